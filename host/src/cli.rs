@@ -1,0 +1,72 @@
+//! The command line. Every flag can also be set with an `MCP_V8_*` environment variable.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A JavaScript runtime with memory for AI agents, served over MCP (stdio).
+///
+/// Each `run_js` call runs in a V8 isolate restored from the named heap's snapshot, and the
+/// heap is saved again afterwards, so the next call continues where this one ended.
+#[derive(Debug, Parser)]
+#[command(name = "mcp-v8", version, about, long_about = None)]
+pub struct Cli {
+    /// Keep heaps in this process's memory (lost when it exits). Needs no setup.
+    #[arg(long, env = "MCP_V8_MEMORY", conflicts_with = "stateless")]
+    pub memory: bool,
+
+    /// Keep no heaps at all: every call starts from a fresh isolate.
+    #[arg(long, env = "MCP_V8_STATELESS")]
+    pub stateless: bool,
+
+    /// Longest a single call may run, in seconds.
+    #[arg(
+        long,
+        env = "MCP_V8_EXECUTION_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 30.0,
+        value_parser = parse_seconds
+    )]
+    pub execution_timeout: f64,
+}
+
+impl Cli {
+    /// The execution timeout as a [`Duration`].
+    pub fn execution_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.execution_timeout)
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if secs > 0.0 && secs <= 86_400.0 {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "{s} is out of range: give more than 0 and at most 86400 seconds"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli =
+            Cli::try_parse_from(["mcp-v8", "--memory", "--execution-timeout", "2.5"]).unwrap();
+        assert!(cli.memory);
+        assert_eq!(cli.execution_timeout(), Duration::from_millis(2500));
+        assert!(Cli::try_parse_from(["mcp-v8", "--memory", "--stateless"]).is_err());
+        assert!(Cli::try_parse_from(["mcp-v8", "--execution-timeout", "0"]).is_err());
+    }
+}

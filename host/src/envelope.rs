@@ -1,0 +1,196 @@
+//! The envelope around every stored heap snapshot.
+//!
+//! ```text
+//! magic "MCPV8HP\0" (8) | format u16 LE | V8 version len u8 | V8 version | payload len u64 LE
+//! | checksum u64 LE | payload
+//! ```
+//!
+//! The checksum is XXH3-64 of the payload, seeded with XXH3-64 of every header byte before
+//! it, so a flipped bit anywhere is caught. [`open`] checks everything before returning the
+//! payload, because V8 aborts the whole process on a snapshot it cannot read.
+
+use bytes::Bytes;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// Identifies an mcp-v8 heap.
+pub const MAGIC: &[u8; 8] = b"MCPV8HP\0";
+
+/// The envelope format. Bump it whenever a snapshot made by an older build could not be
+/// restored by a newer one with the same V8 (e.g. when the set of native functions
+/// registered as external references changes).
+pub const FORMAT_VERSION: u16 = 1;
+
+/// Why stored bytes cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Too short, bad magic, bad length or bad checksum.
+    #[error("corrupt heap: {0}")]
+    Corrupt(String),
+    /// A well-formed heap that this build cannot restore.
+    #[error("incompatible heap: {0}")]
+    Incompatible(String),
+}
+
+/// Wraps a V8 snapshot for storage: one allocation, one copy of the payload.
+pub fn seal(payload: &[u8]) -> Vec<u8> {
+    seal_for(crate::engine::v8_version(), payload)
+}
+
+fn seal_for(v8_version: &str, payload: &[u8]) -> Vec<u8> {
+    // The V8 version is at most 255 bytes by construction of the format.
+    let version = &v8_version.as_bytes()[..v8_version.len().min(255)];
+    let mut out = Vec::with_capacity(8 + 2 + 1 + version.len() + 16 + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.push(version.len() as u8);
+    out.extend_from_slice(version);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let checksum = xxh3_64_with_seed(payload, xxh3_64(&out));
+    out.extend_from_slice(&checksum.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Verifies a stored blob and returns its V8 payload, sharing `blob`'s memory.
+pub fn open(blob: &Bytes) -> Result<Bytes, EnvelopeError> {
+    open_for(crate::engine::v8_version(), blob)
+}
+
+fn open_for(v8_version: &str, blob: &Bytes) -> Result<Bytes, EnvelopeError> {
+    let mut header = Reader { blob, at: 0 };
+    if header.take(MAGIC.len())? != MAGIC {
+        return Err(corrupt("the stored data is not an mcp-v8 heap snapshot"));
+    }
+    let format = u16::from_le_bytes(header.array()?);
+    if format != FORMAT_VERSION {
+        return Err(EnvelopeError::Incompatible(format!(
+            "it uses heap format {format}, this mcp-v8 reads format {FORMAT_VERSION}"
+        )));
+    }
+    let [version_len] = header.array()?;
+    let made_by = String::from_utf8_lossy(header.take(usize::from(version_len))?).into_owned();
+    let len = u64::from_le_bytes(header.array()?);
+    let checksummed = header.at;
+    let checksum = u64::from_le_bytes(header.array()?);
+    let payload = blob.slice(header.at..);
+    if u64::try_from(payload.len()).ok() != Some(len) {
+        return Err(EnvelopeError::Corrupt(format!(
+            "the header announces {len} bytes of snapshot but {} are stored (truncated or padded)",
+            payload.len()
+        )));
+    }
+    if xxh3_64_with_seed(&payload, xxh3_64(&blob[..checksummed])) != checksum {
+        return Err(corrupt("checksum mismatch, the stored bytes were altered"));
+    }
+    if made_by != v8_version {
+        return Err(EnvelopeError::Incompatible(format!(
+            "it was made by V8 {made_by}, this mcp-v8 runs V8 {v8_version}; start a new heap"
+        )));
+    }
+    Ok(payload)
+}
+
+fn corrupt(why: &str) -> EnvelopeError {
+    EnvelopeError::Corrupt(why.to_string())
+}
+
+/// Reads header fields front to back; running out of bytes is a truncation.
+struct Reader<'a> {
+    blob: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], EnvelopeError> {
+        let field = self
+            .blob
+            .get(self.at..self.at + n)
+            .ok_or_else(|| corrupt("the stored data is truncated"))?;
+        self.at += n;
+        Ok(field)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], EnvelopeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V8: &str = "13.5.212.10";
+
+    fn sealed(payload: &[u8]) -> Bytes {
+        Bytes::from(seal_for(V8, payload))
+    }
+
+    #[test]
+    fn round_trips_without_copying() {
+        let blob = sealed(b"snapshot bytes");
+        let payload = open_for(V8, &blob).unwrap();
+        assert_eq!(&payload[..], b"snapshot bytes");
+        // The payload is a view into the blob, not a copy.
+        assert_eq!(
+            payload.as_ptr(),
+            blob[blob.len() - payload.len()..].as_ptr()
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_corrupt() {
+        let blob = sealed(b"0123456789");
+        for len in 0..blob.len() {
+            let err = open_for(V8, &blob.slice(..len)).unwrap_err();
+            assert!(matches!(err, EnvelopeError::Corrupt(_)), "len {len}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let blob = sealed(b"0123456789");
+        for i in 0..blob.len() {
+            let mut bad = blob.to_vec();
+            bad[i] ^= 0x40;
+            let err = open_for(V8, &Bytes::from(bad));
+            assert!(err.is_err(), "flip at {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn appended_bytes_are_corrupt() {
+        let mut bad = sealed(b"abc").to_vec();
+        bad.push(0);
+        assert!(matches!(
+            open_for(V8, &Bytes::from(bad)),
+            Err(EnvelopeError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn foreign_data_is_named_as_such() {
+        let err = open_for(V8, &Bytes::from_static(b"{\"not\": \"a heap\"}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "corrupt heap: the stored data is not an mcp-v8 heap snapshot"
+        );
+    }
+
+    #[test]
+    fn another_v8_version_is_incompatible() {
+        let blob = Bytes::from(seal_for("12.0.0.1", b"abc"));
+        let err = open_for(V8, &blob).unwrap_err();
+        assert!(matches!(err, EnvelopeError::Incompatible(_)));
+        assert!(err.to_string().contains("made by V8 12.0.0.1"), "{err}");
+    }
+
+    #[test]
+    fn another_format_is_incompatible() {
+        let mut blob = sealed(b"abc").to_vec();
+        blob[8..10].copy_from_slice(&99u16.to_le_bytes());
+        let err = open_for(V8, &Bytes::from(blob)).unwrap_err();
+        assert!(matches!(err, EnvelopeError::Incompatible(_)), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! mcp-v8: a JavaScript runtime with memory, served over MCP.
+//!
+//! * [`engine`] runs code in V8 and snapshots heaps;
+//! * [`envelope`] wraps and verifies stored snapshots;
+//! * [`storage`] is where heaps live (built-in memory store, plugins);
+//! * [`runtime`] ties them together for one call;
+//! * [`server`] exposes the runtime as MCP tools and resources;
+//! * [`cli`] parses the command line.
+
+pub mod cli;
+pub mod engine;
+pub mod envelope;
+pub mod runtime;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,71 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use mcp_v8::cli::Cli;
+use mcp_v8::engine::{self, Limits};
+use mcp_v8::runtime::Runtime;
+use mcp_v8::server::McpServer;
+use mcp_v8::storage::{HeapStorage, MemoryStore};
+use rmcp::ServiceExt;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // stdout belongs to the MCP stdio transport: logs go to stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-v8: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("mcp-v8: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    engine::init();
+    let storage: Arc<dyn HeapStorage> = Arc::new(MemoryStore::new());
+    if !cli.memory && !cli.stateless {
+        tracing::warn!(
+            "no storage configured: heaps are kept in memory and will not survive a restart"
+        );
+    }
+    let limits = Limits {
+        timeout: cli.execution_timeout(),
+    };
+    let runtime = Arc::new(Runtime::new(storage, limits));
+    tracing::info!(
+        stateless = cli.stateless,
+        storage = %runtime.storage().info().name,
+        v8 = engine::v8_version(),
+        "mcp-v8 serving MCP on stdio"
+    );
+    let service = McpServer::new(runtime, cli.stateless)
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| format!("MCP handshake failed: {e}"))?;
+    service
+        .waiting()
+        .await
+        .map_err(|e| format!("MCP service failed: {e}"))?;
+    Ok(())
+}

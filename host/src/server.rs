@@ -1,0 +1,301 @@
+//! The MCP face of the [`Runtime`]: tools `run_js`, `list_heaps`, `delete_heap`, and heaps
+//! as `heap://<name>` resources. Thin: every decision lives in the runtime.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use rmcp::handler::server::common::schema_for_output;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, ErrorData, Implementation, ListResourcesResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_handler, tool_router, RoleServer, ServerHandler};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::runtime::{CallError, Runtime};
+use crate::storage::HeapMeta;
+
+const RESOURCE_SCHEME: &str = "heap://";
+
+/// Arguments of `run_js` on a stateful server.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunJsArgs {
+    /// JavaScript source. The value of its last expression is the result.
+    pub code: String,
+    /// Heap to run on: 1-128 characters of A-Z a-z 0-9 . _ - (not starting with '.').
+    /// Omit it to start a new heap; the result names it.
+    #[serde(default)]
+    pub heap: Option<String>,
+}
+
+/// Arguments of `run_js` on a stateless server.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct StatelessRunJsArgs {
+    /// JavaScript source. The value of its last expression is the result.
+    pub code: String,
+}
+
+/// Arguments naming one heap.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct HeapArgs {
+    /// The heap's name.
+    pub heap: String,
+}
+
+/// What a stateful `run_js` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunJsOutput {
+    /// The completion value: strings as they are, objects as JSON, other values as
+    /// `String(value)` prints them, `undefined` as "undefined".
+    pub output: String,
+    /// The heap the code ran on; pass it again to continue.
+    pub heap: String,
+}
+
+/// What a stateless `run_js` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StatelessRunJsOutput {
+    /// The completion value, rendered as for the stateful tool.
+    pub output: String,
+}
+
+/// One heap in `list_heaps`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HeapInfo {
+    /// Heap name.
+    pub heap: String,
+    /// Size of the stored snapshot in bytes.
+    pub size: u64,
+    /// Last write, in milliseconds since the Unix epoch.
+    pub last_modified_ms: u64,
+}
+
+/// What `list_heaps` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HeapList {
+    /// All heaps, by name.
+    pub heaps: Vec<HeapInfo>,
+}
+
+impl From<HeapMeta> for HeapInfo {
+    fn from(m: HeapMeta) -> Self {
+        let last_modified_ms = m
+            .last_modified
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Self {
+            heap: m.name,
+            size: m.size,
+            last_modified_ms,
+        }
+    }
+}
+
+/// The MCP server. Cheap to clone; clones share the runtime.
+#[derive(Clone)]
+pub struct McpServer {
+    runtime: Arc<Runtime>,
+    stateless: bool,
+    tool_router: ToolRouter<Self>,
+}
+
+impl McpServer {
+    /// A server with heaps (`stateless == false`) or without.
+    pub fn new(runtime: Arc<Runtime>, stateless: bool) -> Self {
+        let tool_router = if stateless {
+            Self::stateless_tools()
+        } else {
+            Self::heap_tools()
+        };
+        Self {
+            runtime,
+            stateless,
+            tool_router,
+        }
+    }
+}
+
+fn structured<T: Serialize>(value: &T) -> Result<CallToolResult, ErrorData> {
+    serde_json::to_value(value)
+        .map(CallToolResult::structured)
+        .map_err(|e| ErrorData::internal_error(format!("could not encode the result: {e}"), None))
+}
+
+fn tool_error(error: CallError) -> Result<CallToolResult, ErrorData> {
+    Ok(CallToolResult::error(vec![ContentBlock::text(
+        error.to_string(),
+    )]))
+}
+
+#[tool_router(router = heap_tools, vis = "pub(crate)")]
+impl McpServer {
+    /// Stateful `run_js`.
+    #[tool(
+        name = "run_js",
+        description = "Run JavaScript in a V8 isolate whose heap persists between calls. \
+The value of the last expression is the result (`output`): strings as they are, objects and \
+arrays as JSON. Everything the code leaves in the global scope (var, let, const, functions, \
+globalThis properties) is saved in the named `heap`: call again with the same `heap` to continue \
+where you left off. Omit `heap` to start a new one; the result tells you its name. A call that \
+throws changes nothing. Plain ECMAScript: no require, fetch, fs or DOM.",
+        output_schema = schema_for_output::<RunJsOutput>()
+    )]
+    async fn run_js(
+        &self,
+        Parameters(args): Parameters<RunJsArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        match self.runtime.run_on_heap(args.code, args.heap).await {
+            Ok(run) => structured(&RunJsOutput {
+                output: run.output,
+                heap: run.heap,
+            }),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    /// `list_heaps`.
+    #[tool(
+        description = "List the saved heaps with their snapshot size in bytes and last-modified \
+time (milliseconds since the Unix epoch).",
+        output_schema = schema_for_output::<HeapList>()
+    )]
+    async fn list_heaps(&self) -> Result<CallToolResult, ErrorData> {
+        match self.runtime.list().await {
+            Ok(heaps) => structured(&HeapList {
+                heaps: heaps.into_iter().map(HeapInfo::from).collect(),
+            }),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    /// `delete_heap`.
+    #[tool(description = "Delete a saved heap and everything in it. This cannot be undone.")]
+    async fn delete_heap(
+        &self,
+        Parameters(args): Parameters<HeapArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        match self.runtime.delete(&args.heap).await {
+            Ok(()) => structured(&json!({ "deleted": args.heap })),
+            Err(e) => tool_error(e),
+        }
+    }
+}
+
+#[tool_router(router = stateless_tools, vis = "pub(crate)")]
+impl McpServer {
+    /// Stateless `run_js`.
+    #[tool(
+        name = "run_js",
+        description = "Run JavaScript in a fresh V8 isolate. The value of the last expression \
+is the result (`output`): strings as they are, objects and arrays as JSON. Nothing is kept \
+between calls. Plain ECMAScript: no require, fetch, fs or DOM.",
+        output_schema = schema_for_output::<StatelessRunJsOutput>()
+    )]
+    async fn run_js_stateless(
+        &self,
+        Parameters(args): Parameters<StatelessRunJsArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        match self.runtime.run_stateless(args.code).await {
+            Ok(output) => structured(&StatelessRunJsOutput { output }),
+            Err(e) => tool_error(e),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = if self.stateless {
+            ServerCapabilities::builder().enable_tools().build()
+        } else {
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build()
+        };
+        let instructions = if self.stateless {
+            "Runs JavaScript with run_js. Each call starts from a clean slate."
+        } else {
+            "Runs JavaScript with run_js on named heaps that persist between calls. \
+Use one heap per task and pass its name on every call."
+        };
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("mcp-v8", env!("CARGO_PKG_VERSION")))
+            .with_instructions(instructions)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        if self.stateless {
+            return Ok(ListResourcesResult::with_all_items(Vec::new()));
+        }
+        let heaps = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let resources = heaps
+            .into_iter()
+            .map(|m| {
+                Resource::new(format!("{RESOURCE_SCHEME}{}", m.name), m.name.clone())
+                    .with_description(format!("mcp-v8 heap '{}'", m.name))
+                    .with_mime_type("application/json")
+                    .with_size(m.size)
+            })
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let Some(name) = uri
+            .strip_prefix(RESOURCE_SCHEME)
+            .filter(|_| !self.stateless)
+        else {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {uri}"),
+                None,
+            ));
+        };
+        let meta = match self.runtime.describe(name).await {
+            Ok(Some(meta)) => meta,
+            Ok(None) => {
+                return Err(ErrorData::resource_not_found(
+                    format!("no heap named '{name}'"),
+                    None,
+                ))
+            }
+            Err(CallError::InvalidName(e)) => {
+                return Err(ErrorData::invalid_params(e.to_string(), None))
+            }
+            Err(e) => return Err(ErrorData::internal_error(e.to_string(), None)),
+        };
+        let backend = self.runtime.storage().info();
+        let body = json!({
+            "heap": meta.name,
+            "size": meta.size,
+            "version": meta.version.as_str(),
+            "last_modified_ms": HeapInfo::from(meta.clone()).last_modified_ms,
+            "storage": backend.name,
+        });
+        Ok(
+            ReadResourceResult::new(vec![ResourceContents::text(body.to_string(), uri.clone())
+                .with_mime_type("application/json")])
+            .into(),
+        )
+    }
+}

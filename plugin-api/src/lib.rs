@@ -1,0 +1,55 @@
+//! The contract between `mcp-v8` and the stores that keep its heap snapshots.
+//!
+//! A heap store keeps opaque snapshot blobs under validated heap names and hands out a
+//! *version token* with each one, so that writers can make conditional puts
+//! (compare-and-swap) and never silently overwrite each other's update.
+//!
+//! There are two faces to the contract:
+//!
+//! * [`HeapStore`], a plain synchronous Rust trait. Storage plugin authors implement it.
+//! * [`ffi`], the stable-ABI form of the same trait (`abi_stable`), which is what crosses
+//!   the boundary between the host and a dynamically loaded plugin. [`ffi::FfiHeapStore`]
+//!   wraps a [`HeapStore`] on the plugin side; [`ffi::ForeignHeapStore`] turns the
+//!   trait object back into a [`HeapStore`] on the host side. Neither side's Rust types
+//!   cross the boundary.
+//!
+//! ```
+//! use mcp_v8_plugin_api::{BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot, StoreError, Version};
+//!
+//! /// A store that keeps nothing: every read is "not found", every write is refused.
+//! struct Nothing;
+//!
+//! impl HeapStore for Nothing {
+//!     fn info(&self) -> BackendInfo {
+//!         BackendInfo::new("nothing", "0.1.0")
+//!     }
+//!     fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
+//!         Err(StoreError::not_found(name))
+//!     }
+//!     fn put(&self, _: &str, _: &[u8], _: Precondition) -> Result<Version, StoreError> {
+//!         Err(StoreError::unavailable("this store is read-only"))
+//!     }
+//!     fn delete(&self, name: &str) -> Result<(), StoreError> {
+//!         Err(StoreError::not_found(name))
+//!     }
+//!     fn list(&self, _prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
+//!         Ok(Vec::new())
+//!     }
+//! }
+//! # let _ = Nothing.info();
+//! ```
+
+mod error;
+pub mod ffi;
+mod name;
+mod store;
+
+pub use error::{ErrorKind, StoreError};
+pub use name::{validate_heap_name, MAX_HEAP_NAME_LEN};
+pub use store::{BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot, Version};
+
+/// The version of this contract, `major.minor`.
+///
+/// The host refuses a plugin whose major version differs from its own, or whose minor
+/// version is newer than its own.
+pub const PLUGIN_API_VERSION: &str = env!("CARGO_PKG_VERSION");

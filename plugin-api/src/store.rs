@@ -1,0 +1,108 @@
+use std::time::SystemTime;
+
+use crate::StoreError;
+
+/// An opaque version token for one stored revision of a heap (an e-tag, a generation, a
+/// content hash...). Two reads return equal tokens only if nothing was written between
+/// them. Only the store that issued a token can interpret it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(pub String);
+
+impl Version {
+    /// The token as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The condition under which a [`HeapStore::put`] may write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write unconditionally.
+    Any,
+    /// Write only if no heap of that name exists (create).
+    MustNotExist,
+    /// Write only if the stored heap is still at this version (compare-and-swap).
+    MustMatch(Version),
+}
+
+/// A stored heap as read back: its bytes and the version they are at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The bytes exactly as they were put.
+    pub bytes: Vec<u8>,
+    /// The version of these bytes, for a later conditional put.
+    pub version: Version,
+}
+
+/// What [`HeapStore::list`] says about one heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeapMeta {
+    /// The heap name.
+    pub name: String,
+    /// Size of the stored bytes.
+    pub size: u64,
+    /// Current version.
+    pub version: Version,
+    /// When it was last written.
+    pub last_modified: SystemTime,
+}
+
+/// The name and version of a storage backend, for logs and diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// A short name, e.g. `"file"` or `"s3"`.
+    pub name: String,
+    /// The backend's own version.
+    pub version: String,
+}
+
+impl BackendInfo {
+    /// A backend called `name` at `version`.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+        }
+    }
+}
+
+/// A store of heap snapshots: the trait a storage plugin implements.
+///
+/// Methods are synchronous and may block (the host calls them from a blocking thread
+/// pool) and are called concurrently from several threads. Names passed in have been
+/// validated by the host with [`crate::validate_heap_name`]; a store that maps names to
+/// paths or keys should validate them again.
+///
+/// Errors should use the most specific [`crate::ErrorKind`]: the host reports
+/// [`crate::ErrorKind::Conflict`] as "changed concurrently, retry" and
+/// [`crate::ErrorKind::Unavailable`] as retryable.
+pub trait HeapStore: Send + Sync + 'static {
+    /// The backend's name and version.
+    fn info(&self) -> BackendInfo;
+
+    /// Reads a heap. A missing heap is an error of kind [`crate::ErrorKind::NotFound`].
+    fn get(&self, name: &str) -> Result<Snapshot, StoreError>;
+
+    /// Writes a heap if `precondition` holds, atomically: a reader sees the old bytes or
+    /// the new ones, never a mix. Returns the new version. A failed precondition is an
+    /// error of kind [`crate::ErrorKind::Conflict`] and writes nothing.
+    fn put(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        precondition: Precondition,
+    ) -> Result<Version, StoreError>;
+
+    /// Removes a heap. A missing heap is an error of kind [`crate::ErrorKind::NotFound`].
+    fn delete(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Lists the heaps whose names start with `prefix` (all of them for `""`), in any order.
+    fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError>;
+}
