@@ -36,7 +36,7 @@ pub fn seal(payload: &[u8]) -> Vec<u8> {
     seal_for(crate::engine::v8_version(), payload)
 }
 
-fn seal_for(v8_version: &str, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn seal_for(v8_version: &str, payload: &[u8]) -> Vec<u8> {
     // The V8 version is at most 255 bytes by construction of the format.
     let version = &v8_version.as_bytes()[..v8_version.len().min(255)];
     let mut out = Vec::with_capacity(8 + 2 + 1 + version.len() + 16 + payload.len());

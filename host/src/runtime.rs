@@ -20,7 +20,7 @@ pub enum CallError {
     #[error("{0}")]
     Run(#[from] RunError),
     /// The stored heap cannot be restored.
-    #[error("heap '{heap}' cannot be loaded: {error}")]
+    #[error("heap '{heap}' cannot be loaded: {error} (delete_heap removes it so the name can start over)")]
     Envelope { heap: String, error: EnvelopeError },
     /// Someone else saved the heap while this call ran on the old state.
     #[error("heap '{heap}' was changed concurrently while this code ran, so its result was not saved; retry the call")]
@@ -175,5 +175,188 @@ impl Default for Limits {
         Self {
             timeout: Duration::from_secs(30),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+    use bytes::Bytes;
+
+    fn runtime() -> (Runtime, MemoryStore) {
+        let store = MemoryStore::new();
+        (
+            Runtime::new(Arc::new(store.clone()), Limits::default()),
+            store,
+        )
+    }
+
+    async fn output(rt: &Runtime, code: &str, heap: &str) -> String {
+        rt.run_on_heap(code.into(), Some(heap.into()))
+            .await
+            .unwrap()
+            .output
+    }
+
+    /// Replaces the stored bytes of `heap` with `f(bytes)`.
+    fn tamper(store: &MemoryStore, heap: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Bytes {
+        let stored = store.get_now(heap).unwrap();
+        let bad = Bytes::from(f(stored.bytes.to_vec()));
+        store.put_now(heap, bad.clone(), Precondition::Any).unwrap();
+        bad
+    }
+
+    type Damage = Box<dyn FnOnce(Vec<u8>) -> Vec<u8>>;
+
+    #[tokio::test]
+    async fn damaged_heaps_are_clear_errors_and_are_left_alone() {
+        let (rt, store) = runtime();
+        let damages: Vec<(&str, Damage, &str)> = vec![
+            (
+                "truncated",
+                Box::new(|b: Vec<u8>| b[..b.len() / 2].to_vec()),
+                "corrupt heap",
+            ),
+            (
+                "bitflip",
+                Box::new(|mut b: Vec<u8>| {
+                    let i = b.len() - 100;
+                    b[i] ^= 1;
+                    b
+                }),
+                "checksum mismatch",
+            ),
+            (
+                "foreign",
+                Box::new(|_| b"PK\x03\x04 a zip file".to_vec()),
+                "not an mcp-v8 heap",
+            ),
+            ("empty", Box::new(|_| Vec::new()), "truncated"),
+            (
+                "other-v8",
+                Box::new(|b: Vec<u8>| {
+                    // The same snapshot, sealed as if another V8 had made it.
+                    let payload = envelope::open(&Bytes::from(b)).unwrap();
+                    envelope::seal_for("12.0.1.0", &payload)
+                }),
+                "made by V8",
+            ),
+        ];
+        for (heap, damage, expected) in damages {
+            output(&rt, "var keep = 1", heap).await;
+            let bad = tamper(&store, heap, damage);
+            let error = rt
+                .run_on_heap("keep".into(), Some(heap.into()))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, CallError::Envelope { .. }),
+                "{heap}: {error}"
+            );
+            assert!(error.to_string().contains(expected), "{heap}: {error}");
+            // The damaged bytes are not overwritten: nothing is lost that could be recovered.
+            assert_eq!(store.get_now(heap).unwrap().bytes, bad, "{heap}");
+            // The runtime keeps working, on other heaps and once the heap is deleted.
+            assert_eq!(output(&rt, "2 + 2", "healthy").await, "4");
+            rt.delete(heap).await.unwrap();
+            assert_eq!(output(&rt, "typeof keep", heap).await, "undefined");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_writer_turns_into_a_conflict_and_nothing_is_lost() {
+        let (rt, store) = runtime();
+        output(&rt, "var n = 1", "h").await;
+        // Another host saves the heap between this host's load and save: simulate it with a
+        // store whose version moves under us.
+        let moved = store.get_now("h").unwrap().bytes;
+        let racing = RacingStore {
+            inner: store.clone(),
+            sneak_in: moved,
+        };
+        let rt2 = Runtime::new(Arc::new(racing), Limits::default());
+        let error = rt2
+            .run_on_heap("n = 100".into(), Some("h".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CallError::Conflict { .. }), "{error}");
+        assert!(
+            error.to_string().contains("changed concurrently"),
+            "{error}"
+        );
+        assert_eq!(output(&rt, "n", "h").await, "1");
+    }
+
+    /// A store in which someone else writes the heap right after every read.
+    struct RacingStore {
+        inner: MemoryStore,
+        sneak_in: Bytes,
+    }
+
+    #[async_trait::async_trait]
+    impl HeapStorage for RacingStore {
+        fn info(&self) -> crate::storage::BackendInfo {
+            self.inner.info()
+        }
+        async fn get(&self, name: &str) -> Result<crate::storage::Stored, StoreError> {
+            let got = self.inner.get(name).await;
+            self.inner
+                .put_now(name, self.sneak_in.clone(), Precondition::Any)?;
+            got
+        }
+        async fn put(
+            &self,
+            name: &str,
+            bytes: Bytes,
+            p: Precondition,
+        ) -> Result<crate::storage::Version, StoreError> {
+            self.inner.put(name, bytes, p).await
+        }
+        async fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.inner.delete(name).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
+            self.inner.list(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn storage_failures_are_reported_with_their_kind() {
+        struct Down;
+        #[async_trait::async_trait]
+        impl HeapStorage for Down {
+            fn info(&self) -> crate::storage::BackendInfo {
+                crate::storage::BackendInfo::new("down", "0")
+            }
+            async fn get(&self, _: &str) -> Result<crate::storage::Stored, StoreError> {
+                Err(StoreError::unavailable("connection refused"))
+            }
+            async fn put(
+                &self,
+                _: &str,
+                _: Bytes,
+                _: Precondition,
+            ) -> Result<crate::storage::Version, StoreError> {
+                Err(StoreError::unavailable("connection refused"))
+            }
+            async fn delete(&self, _: &str) -> Result<(), StoreError> {
+                Err(StoreError::unavailable("connection refused"))
+            }
+            async fn list(&self, _: &str) -> Result<Vec<HeapMeta>, StoreError> {
+                Err(StoreError::unavailable("connection refused"))
+            }
+        }
+        let rt = Runtime::new(Arc::new(Down), Limits::default());
+        let error = rt
+            .run_on_heap("1".into(), Some("h".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "storage error (unavailable) for heap 'h': connection refused"
+        );
+        // Stateless runs do not need the store.
+        assert_eq!(rt.run_stateless("1 + 1".into()).await.unwrap(), "2");
     }
 }

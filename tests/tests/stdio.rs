@@ -1,0 +1,212 @@
+//! `mcp-v8` over stdio, driven as Claude Desktop or Cursor would drive it.
+
+use futures::future::join_all;
+use mcp_v8_e2e::Server;
+use rmcp::model::{ReadResourceRequestParams, ResourceContents};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn lists_the_heap_tools() {
+    let server = Server::start(&["--memory"]).await;
+    let mut names: Vec<String> = server
+        .client()
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["delete_heap", "list_heaps", "run_js"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn state_persists_across_calls() {
+    let server = Server::start(&["--memory"]).await;
+    assert_eq!(
+        server
+            .output("var count = 1; let items = ['a']; function add(x) { items.push(x); return items.length; }; count", "work")
+            .await,
+        "1"
+    );
+    assert_eq!(
+        server.output("count += 1; add('b'); count", "work").await,
+        "2"
+    );
+    assert_eq!(
+        server.output("({ count, items })", "work").await,
+        r#"{"count":2,"items":["a","b"]}"#
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn heaps_are_isolated() {
+    let server = Server::start(&["--memory"]).await;
+    server.output("var who = 'alpha'", "alpha").await;
+    server.output("var who = 'beta'", "beta").await;
+    assert_eq!(server.output("who", "alpha").await, "alpha");
+    assert_eq!(server.output("who", "beta").await, "beta");
+    assert_eq!(server.output("typeof who", "gamma").await, "undefined");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_omitted_heap_gets_a_generated_name_that_works() {
+    let server = Server::start(&["--memory"]).await;
+    let first = server.run_js("var secret = 7; secret * 6", None).await.ok();
+    assert_eq!(first["output"], "42");
+    let heap = first["heap"].as_str().unwrap().to_string();
+    assert!(heap.starts_with("heap-") && heap.len() > 8, "{heap}");
+    assert_eq!(server.output("secret", &heap).await, "7");
+    let second = server.run_js("typeof secret", None).await.ok();
+    assert_ne!(second["heap"], first["heap"]);
+    assert_eq!(second["output"], "undefined");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_heap_names_are_rejected_before_storage() {
+    let server = Server::start(&["--memory"]).await;
+    let too_long = "x".repeat(129);
+    for name in [
+        "",
+        "../x",
+        ".hidden",
+        "a/b",
+        "sp ace",
+        "ünï",
+        too_long.as_str(),
+    ] {
+        let error = server.run_js("1", Some(name)).await.err();
+        assert!(error.contains("invalid heap name"), "{name:?}: {error}");
+        let error = server
+            .reply("delete_heap", json!({ "heap": name }))
+            .await
+            .err();
+        assert!(error.contains("invalid heap name"), "{name:?}: {error}");
+    }
+    let listed = server.reply("list_heaps", json!({})).await.ok();
+    assert_eq!(listed["heaps"], json!([]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_exception_is_a_tool_error_and_changes_nothing() {
+    let server = Server::start(&["--memory"]).await;
+    server.output("var n = 1", "h").await;
+    let error = server
+        .run_js("n = 2;\nundefinedFunction()", Some("h"))
+        .await
+        .err();
+    assert!(error.contains("ReferenceError"), "{error}");
+    assert!(
+        error.contains("undefinedFunction is not defined"),
+        "{error}"
+    );
+    assert!(error.contains("line 2"), "{error}");
+    let error = server.run_js("n = 3; let = ;", Some("h")).await.err();
+    assert!(error.contains("SyntaxError"), "{error}");
+    assert_eq!(server.output("n", "h").await, "1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_calls_on_one_heap_lose_no_update() {
+    let server = Server::start(&["--memory"]).await;
+    server.output("var counter = 0", "shared").await;
+    let calls = (0..20).map(|_| server.run_js("++counter", Some("shared")));
+    let mut outputs: Vec<u32> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|reply| reply.ok()["output"].as_str().unwrap().parse().unwrap())
+        .collect();
+    outputs.sort_unstable();
+    assert_eq!(outputs, (1..=20).collect::<Vec<_>>());
+    assert_eq!(server.output("counter", "shared").await, "20");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn list_delete_and_resources() {
+    let server = Server::start(&["--memory"]).await;
+    server.output("var big = 'x'.repeat(1000)", "b-heap").await;
+    server.output("1", "a-heap").await;
+    let listed = server.reply("list_heaps", json!({})).await.ok();
+    let heaps = listed["heaps"].as_array().unwrap();
+    let names: Vec<&str> = heaps.iter().map(|h| h["heap"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a-heap", "b-heap"]);
+    assert!(heaps.iter().all(|h| h["size"].as_u64().unwrap() > 0));
+    assert!(heaps
+        .iter()
+        .all(|h| h["last_modified_ms"].as_u64().unwrap() > 1_600_000_000_000));
+
+    let resources = server.client().list_all_resources().await.unwrap();
+    let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(uris, ["heap://a-heap", "heap://b-heap"]);
+    let read = server
+        .client()
+        .read_resource(ReadResourceRequestParams::new("heap://b-heap"))
+        .await
+        .unwrap();
+    let ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+        panic!("expected text contents");
+    };
+    let meta: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(meta["heap"], "b-heap");
+    assert_eq!(meta["storage"], "memory");
+    assert_eq!(meta["size"], heaps[1]["size"]);
+    assert!(server
+        .client()
+        .read_resource(ReadResourceRequestParams::new("heap://missing"))
+        .await
+        .is_err());
+
+    let deleted = server
+        .reply("delete_heap", json!({ "heap": "b-heap" }))
+        .await
+        .ok();
+    assert_eq!(deleted["deleted"], "b-heap");
+    let error = server
+        .reply("delete_heap", json!({ "heap": "b-heap" }))
+        .await
+        .err();
+    assert!(error.contains("not found"), "{error}");
+    assert_eq!(server.output("typeof big", "b-heap").await, "undefined");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_infinite_loop_times_out_and_the_heap_is_unchanged() {
+    let server = Server::start(&["--memory", "--execution-timeout", "1"]).await;
+    server.output("var n = 1", "loop").await;
+    let started = std::time::Instant::now();
+    let error = server
+        .run_js("n = 2; while (true) {}", Some("loop"))
+        .await
+        .err();
+    assert!(error.contains("timed out after 1 s"), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(server.output("n", "loop").await, "1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stateless_mode_keeps_nothing() {
+    let server = Server::start(&["--stateless"]).await;
+    let tools = server.client().list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["run_js"]);
+    let first = server
+        .reply("run_js", json!({ "code": "var x = 5; x * 2" }))
+        .await
+        .ok();
+    assert_eq!(first, json!({ "output": "10" }));
+    let second = server
+        .reply("run_js", json!({ "code": "typeof x" }))
+        .await
+        .ok();
+    assert_eq!(second["output"], "undefined");
+    server.stop().await;
+}
