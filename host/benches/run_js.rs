@@ -1,64 +1,122 @@
-//! `run_js` latency through the runtime (engine + envelope + memory store), without MCP.
+//! `run_js` through the runtime (engine + envelope + memory store), without MCP: latency of
+//! single calls in worker processes and in-process, and throughput of concurrent clients.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures::future::join_all;
 use mcp_v8::engine::Limits;
+use mcp_v8::executor::Executor;
 use mcp_v8::runtime::Runtime;
 use mcp_v8::storage::MemoryStore;
+use tokio::runtime::Runtime as Tokio;
 
-fn run_js(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+const BIG_HEAP: &str =
+    "var data = Array.from({ length: 20000 }, (_, i) => ({ id: i, name: 'item-' + i })); \
+                        var blob = 'x'.repeat(400000); data.length";
+
+fn tokio() -> Tokio {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap();
-    let runtime = Runtime::new(Arc::new(MemoryStore::new()), Limits::default());
-    // A heap holding about 1 MB of data.
-    rt.block_on(
-        runtime.run_on_heap(
-            "var data = Array.from({ length: 20000 }, (_, i) => ({ id: i, name: 'item-' + i })); \
-         var blob = 'x'.repeat(400000); data.length"
-                .into(),
-            Some("big".into()),
-        ),
-    )
-    .unwrap();
-    rt.block_on(runtime.run_on_heap("var n = 0".into(), Some("small".into())))
-        .unwrap();
+        .expect("tokio runtime")
+}
 
+fn workers(size: usize) -> Executor {
+    Executor::workers(PathBuf::from(env!("CARGO_BIN_EXE_mcp-v8")), size)
+}
+
+fn runtime(rt: &Tokio, executor: Executor) -> Runtime {
+    let runtime = Runtime::new(Arc::new(MemoryStore::new()), executor, Limits::default());
+    rt.block_on(async {
+        runtime
+            .run_on_heap(BIG_HEAP.into(), Some("big".into()))
+            .await
+            .unwrap();
+        runtime
+            .run_on_heap("var n = 0".into(), Some("small".into()))
+            .await
+            .unwrap();
+    });
+    runtime
+}
+
+fn latency(c: &mut Criterion) {
+    let rt = tokio();
     let mut group = c.benchmark_group("run_js");
-    group.bench_function("stateless", |b| {
-        b.to_async(&rt)
-            .iter(|| async { runtime.run_stateless("1 + 1".into()).await.unwrap() })
-    });
-    group.bench_function("stateful, fresh heap", |b| {
-        b.to_async(&rt).iter(|| async {
-            // A new generated heap each time.
-            runtime.run_on_heap("1 + 1".into(), None).await.unwrap()
-        })
-    });
-    group.bench_function("stateful, small heap", |b| {
-        b.to_async(&rt).iter(|| async {
-            runtime
-                .run_on_heap("++n".into(), Some("small".into()))
-                .await
-                .unwrap()
-        })
-    });
-    group.bench_function("stateful, 1 MB heap", |b| {
-        b.to_async(&rt).iter(|| async {
-            runtime
-                .run_on_heap("data.length".into(), Some("big".into()))
-                .await
-                .unwrap()
-        })
-    });
+    for (label, executor) in [("workers", workers(1)), ("in-process", Executor::InProcess)] {
+        let runtime = runtime(&rt, executor);
+        group.bench_function(BenchmarkId::new("stateless", label), |b| {
+            b.to_async(&rt)
+                .iter(|| async { runtime.run_stateless("1 + 1".into()).await.unwrap() })
+        });
+        group.bench_function(BenchmarkId::new("stateful fresh heap", label), |b| {
+            b.to_async(&rt).iter(|| async {
+                let run = runtime.run_on_heap("1 + 1".into(), None).await.unwrap();
+                runtime.delete(&run.heap).await.unwrap();
+            })
+        });
+        group.bench_function(BenchmarkId::new("stateful small heap", label), |b| {
+            b.to_async(&rt).iter(|| async {
+                runtime
+                    .run_on_heap("++n".into(), Some("small".into()))
+                    .await
+                    .unwrap()
+            })
+        });
+        group.bench_function(BenchmarkId::new("stateful 1 MB heap", label), |b| {
+            b.to_async(&rt).iter(|| async {
+                runtime
+                    .run_on_heap("data.length".into(), Some("big".into()))
+                    .await
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = tokio();
+    let mut group = c.benchmark_group("run_js concurrent clients");
+    let runtime = Runtime::new(
+        Arc::new(MemoryStore::new()),
+        workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Limits::default(),
+    );
+    for clients in [1usize, 2, 4, 8] {
+        group.throughput(Throughput::Elements(clients as u64));
+        let heaps: Vec<String> = (0..clients).map(|i| format!("client-{i}")).collect();
+        group.bench_with_input(BenchmarkId::new("stateful", clients), &heaps, |b, heaps| {
+            b.to_async(&rt).iter(|| {
+                join_all(heaps.iter().map(|heap| {
+                    runtime.run_on_heap(
+                        "var n = (globalThis.n || 0) + 1; n".into(),
+                        Some(heap.clone()),
+                    )
+                }))
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("stateless", clients),
+            &clients,
+            |b, &clients| {
+                b.to_async(&rt)
+                    .iter(|| join_all((0..clients).map(|_| runtime.run_stateless("1 + 1".into()))))
+            },
+        );
+    }
     group.finish();
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20);
-    targets = run_js
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = latency, throughput
 }
 criterion_main!(benches);

@@ -28,12 +28,28 @@ pub struct Cli {
         value_parser = parse_seconds
     )]
     pub execution_timeout: f64,
+
+    /// How many executions may run at once, each in its own worker process [default: CPUs].
+    #[arg(long, env = "MCP_V8_MAX_CONCURRENT_EXECUTIONS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_concurrent_executions: Option<u16>,
+
+    /// Internal: serve executions for a host over stdin/stdout.
+    #[arg(long, hide = true)]
+    pub worker: bool,
 }
 
 impl Cli {
     /// The execution timeout as a [`Duration`].
     pub fn execution_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.execution_timeout)
+    }
+
+    /// The worker pool size: the flag, or the number of CPUs.
+    pub fn max_concurrent_executions(&self) -> usize {
+        self.max_concurrent_executions
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 }
 

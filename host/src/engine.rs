@@ -10,8 +10,9 @@ use std::sync::{Once, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-use crate::envelope;
+use crate::envelope::{self, EnvelopeError};
 
 /// How a run may behave.
 #[derive(Debug, Clone, Copy)]
@@ -21,8 +22,11 @@ pub struct Limits {
 }
 
 /// A failed run. Nothing is stored after a failure.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RunError {
+    /// The stored heap failed verification; V8 never saw it.
+    #[error("{0}")]
+    Heap(EnvelopeError),
     /// The code threw (or failed to compile).
     #[error("{0}")]
     Exception(JsException),
@@ -32,10 +36,15 @@ pub enum RunError {
     /// V8 could not serialise the heap.
     #[error("could not snapshot the heap: {0}")]
     Snapshot(String),
+    /// The process running the code died (V8 aborted, or it was killed).
+    #[error(
+        "the JavaScript engine crashed while running this code ({0}); the heap was not changed"
+    )]
+    Crashed(String),
 }
 
 /// A JavaScript exception, as an agent needs to see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JsException {
     /// `error.name` (e.g. `TypeError`), or `"Error"` for thrown non-errors.
     pub name: String,
@@ -99,13 +108,17 @@ pub fn run_stateless(code: &str, limits: Limits) -> Result<String, RunError> {
     evaluate(scope, code, limits)
 }
 
-/// Runs `code` on the heap restored from `snapshot` (a verified envelope payload), or on a
-/// fresh heap, and snapshots the heap afterwards.
+/// Runs `code` on the heap restored from `sealed` (a stored envelope, verified here before
+/// V8 sees a byte of it), or on a fresh heap, and snapshots the heap afterwards.
 pub fn run_stateful(
     code: &str,
-    snapshot: Option<Bytes>,
+    sealed: Option<&Bytes>,
     limits: Limits,
 ) -> Result<StatefulOutcome, RunError> {
+    let snapshot = sealed
+        .map(envelope::open)
+        .transpose()
+        .map_err(RunError::Heap)?;
     init();
     let _exclusive = ISOLATES.write().unwrap_or_else(PoisonError::into_inner);
     let mut isolate = match snapshot {
@@ -314,8 +327,7 @@ mod tests {
     }
 
     fn step(code: &str, heap: Option<Bytes>) -> Result<(String, Bytes), RunError> {
-        let payload = heap.map(|sealed| envelope::open(&sealed).expect("valid envelope"));
-        run_stateful(code, payload, limits()).map(|o| (o.output, o.sealed_heap))
+        run_stateful(code, heap.as_ref(), limits()).map(|o| (o.output, o.sealed_heap))
     }
 
     fn stateless(code: &str) -> Result<String, RunError> {
@@ -409,8 +421,7 @@ mod tests {
         let short = Limits {
             timeout: Duration::from_millis(200),
         };
-        let payload = envelope::open(&heap).unwrap();
-        let err = run_stateful("n = 2; for (;;) {}", Some(payload), short)
+        let err = run_stateful("n = 2; for (;;) {}", Some(&heap), short)
             .err()
             .unwrap();
         assert_eq!(err, RunError::Timeout(Duration::from_millis(200)));

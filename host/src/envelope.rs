@@ -21,7 +21,7 @@ pub const MAGIC: &[u8; 8] = b"MCPV8HP\0";
 pub const FORMAT_VERSION: u16 = 1;
 
 /// Why stored bytes cannot be restored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum EnvelopeError {
     /// Too short, bad magic, bad length or bad checksum.
     #[error("corrupt heap: {0}")]

@@ -1,6 +1,7 @@
 //! mcp-v8: a JavaScript runtime with memory, served over MCP.
 //!
 //! * [`engine`] runs code in V8 and snapshots heaps;
+//! * [`executor`] decides where code runs: [`worker`] processes or this process;
 //! * [`envelope`] wraps and verifies stored snapshots;
 //! * [`storage`] is where heaps live (built-in memory store, plugins);
 //! * [`runtime`] ties them together for one call;
@@ -10,6 +11,8 @@
 pub mod cli;
 pub mod engine;
 pub mod envelope;
+pub mod executor;
 pub mod runtime;
 pub mod server;
 pub mod storage;
+pub mod worker;

@@ -4,14 +4,20 @@ use std::sync::Arc;
 use clap::Parser;
 use mcp_v8::cli::Cli;
 use mcp_v8::engine::{self, Limits};
+use mcp_v8::executor::Executor;
 use mcp_v8::runtime::Runtime;
 use mcp_v8::server::McpServer;
 use mcp_v8::storage::{HeapStorage, MemoryStore};
+use mcp_v8::worker;
 use rmcp::ServiceExt;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.worker {
+        init_logging();
+        return worker::serve();
+    }
     // stdout belongs to the MCP stdio transport: logs go to stderr.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -41,8 +47,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr: stdout belongs to the MCP stdio transport (and to a worker's answers).
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
-    engine::init();
     let storage: Arc<dyn HeapStorage> = Arc::new(MemoryStore::new());
     if !cli.memory && !cli.stateless {
         tracing::warn!(
@@ -52,9 +68,14 @@ async fn run(cli: Cli) -> Result<(), String> {
     let limits = Limits {
         timeout: cli.execution_timeout(),
     };
-    let runtime = Arc::new(Runtime::new(storage, limits));
+    let program =
+        std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
+    let workers = cli.max_concurrent_executions();
+    let executor = Executor::workers(program, workers);
+    let runtime = Arc::new(Runtime::new(storage, executor, limits));
     tracing::info!(
         stateless = cli.stateless,
+        workers,
         storage = %runtime.storage().info().name,
         v8 = engine::v8_version(),
         "mcp-v8 serving MCP on stdio"

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use mcp_v8_plugin_api::validate_heap_name;
 
-use crate::engine::{self, Limits, RunError};
-use crate::envelope::{self, EnvelopeError};
+use crate::engine::{Limits, RunError};
+use crate::envelope::EnvelopeError;
+use crate::executor::{Executor, Job};
 use crate::storage::{ErrorKind, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError};
 
 /// Why a tool call failed. Every variant leaves the stored heap as it was.
@@ -45,15 +46,17 @@ pub struct HeapRun {
 /// Runs code on heaps kept in a [`HeapStorage`].
 pub struct Runtime {
     storage: Arc<dyn HeapStorage>,
+    executor: Executor,
     locks: HeapLocks,
     limits: Limits,
 }
 
 impl Runtime {
-    /// A runtime storing heaps in `storage`, running code under `limits`.
-    pub fn new(storage: Arc<dyn HeapStorage>, limits: Limits) -> Self {
+    /// A runtime storing heaps in `storage` and running code with `executor` under `limits`.
+    pub fn new(storage: Arc<dyn HeapStorage>, executor: Executor, limits: Limits) -> Self {
         Self {
             storage,
+            executor,
             locks: HeapLocks::default(),
             limits,
         }
@@ -66,11 +69,13 @@ impl Runtime {
 
     /// Runs `code` without any heap.
     pub async fn run_stateless(&self, code: String) -> Result<String, CallError> {
-        let limits = self.limits;
-        let output = tokio::task::spawn_blocking(move || engine::run_stateless(&code, limits))
-            .await
-            .map_err(|e| CallError::Internal(e.to_string()))??;
-        Ok(output)
+        let job = Job {
+            code,
+            stateful: false,
+            heap: None,
+            limits: self.limits,
+        };
+        Ok(self.executor.run(job).await?.output)
     }
 
     /// Runs `code` on heap `heap` (a new heap with a generated name when `None`) and saves
@@ -89,30 +94,28 @@ impl Runtime {
         };
         let _guard = self.locks.lock(&heap).await;
 
-        let (snapshot, precondition) = match self.storage.get(&heap).await {
-            Ok(stored) => {
-                let payload =
-                    envelope::open(&stored.bytes).map_err(|error| CallError::Envelope {
-                        heap: heap.clone(),
-                        error,
-                    })?;
-                (Some(payload), Precondition::MustMatch(stored.version))
-            }
+        let (stored, precondition) = match self.storage.get(&heap).await {
+            Ok(stored) => (Some(stored.bytes), Precondition::MustMatch(stored.version)),
             Err(e) if e.kind() == ErrorKind::NotFound => (None, Precondition::MustNotExist),
             Err(error) => return Err(CallError::Storage { heap, error }),
         };
-
-        let limits = self.limits;
-        let outcome =
-            tokio::task::spawn_blocking(move || engine::run_stateful(&code, snapshot, limits))
-                .await
-                .map_err(|e| CallError::Internal(e.to_string()))??;
-
-        match self
-            .storage
-            .put(&heap, outcome.sealed_heap, precondition)
-            .await
-        {
+        let job = Job {
+            code,
+            stateful: true,
+            heap: stored,
+            limits: self.limits,
+        };
+        let outcome = match self.executor.run(job).await {
+            Ok(outcome) => outcome,
+            Err(RunError::Heap(error)) => return Err(CallError::Envelope { heap, error }),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(sealed) = outcome.sealed_heap else {
+            return Err(CallError::Internal(
+                "a stateful run returned no heap".into(),
+            ));
+        };
+        match self.storage.put(&heap, sealed, precondition).await {
             Ok(_) => Ok(HeapRun {
                 output: outcome.output,
                 heap,
@@ -181,13 +184,18 @@ impl Default for Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope;
     use crate::storage::MemoryStore;
     use bytes::Bytes;
 
     fn runtime() -> (Runtime, MemoryStore) {
         let store = MemoryStore::new();
         (
-            Runtime::new(Arc::new(store.clone()), Limits::default()),
+            Runtime::new(
+                Arc::new(store.clone()),
+                Executor::InProcess,
+                Limits::default(),
+            ),
             store,
         )
     }
@@ -275,7 +283,7 @@ mod tests {
             inner: store.clone(),
             sneak_in: moved,
         };
-        let rt2 = Runtime::new(Arc::new(racing), Limits::default());
+        let rt2 = Runtime::new(Arc::new(racing), Executor::InProcess, Limits::default());
         let error = rt2
             .run_on_heap("n = 100".into(), Some("h".into()))
             .await
@@ -347,7 +355,7 @@ mod tests {
                 Err(StoreError::unavailable("connection refused"))
             }
         }
-        let rt = Runtime::new(Arc::new(Down), Limits::default());
+        let rt = Runtime::new(Arc::new(Down), Executor::InProcess, Limits::default());
         let error = rt
             .run_on_heap("1".into(), Some("h".into()))
             .await

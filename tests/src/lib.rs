@@ -32,6 +32,7 @@ pub fn binary() -> PathBuf {
 /// A running `mcp-v8` and an MCP client session with it over stdio.
 pub struct Server {
     client: RunningService<RoleClient, ()>,
+    pid: u32,
 }
 
 /// What a tool call came back with.
@@ -70,13 +71,24 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn mcp-v8");
+        let pid = transport.id().expect("mcp-v8 has a pid");
         let client = ().serve(transport).await.expect("MCP handshake with mcp-v8");
-        Server { client }
+        Server { client, pid }
     }
 
     /// The client session, for calls the helpers do not cover.
     pub fn client(&self) -> &RunningService<RoleClient, ()> {
         &self.client
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Process ids of the server's worker processes.
+    pub fn workers(&self) -> Vec<u32> {
+        children_of(self.pid)
     }
 
     /// Calls `tool` with `arguments` (a JSON object).
@@ -135,4 +147,24 @@ impl Server {
     pub async fn stop(self) {
         self.client.cancel().await.expect("close the MCP session");
     }
+}
+
+/// Direct children of process `parent`, from /proc.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split(' ').nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
 }

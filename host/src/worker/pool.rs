@@ -1,0 +1,152 @@
+//! The host's side: a bounded pool of worker processes.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::BufReader;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::Semaphore;
+
+use super::protocol::{read_frame_async, write_frame_async, Request, Response};
+use crate::engine::RunError;
+use crate::executor::{Job, Outcome};
+
+/// How long past its own time limit a worker may take to answer before it is killed.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Up to `size` worker processes, started on demand and reused. Jobs beyond `size` wait in
+/// arrival order. A worker that dies, or whose caller goes away (cancellation), is killed
+/// and replaced by a fresh one on a later job.
+pub struct WorkerPool {
+    program: PathBuf,
+    slots: Semaphore,
+    idle: Mutex<Vec<Worker>>,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl WorkerPool {
+    /// A pool running `program --worker`, at most `size` at once.
+    pub fn new(program: PathBuf, size: usize) -> Self {
+        Self {
+            program,
+            slots: Semaphore::new(size.max(1)),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `job` on a free worker.
+    pub async fn run(&self, job: Job) -> Result<Outcome, RunError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| RunError::Crashed("the worker pool is shut down".into()))?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut worker = match idle {
+            Some(worker) => worker,
+            None => Worker::spawn(&self.program)?,
+        };
+        let deadline = job.limits.timeout + GRACE;
+        match tokio::time::timeout(deadline, worker.call(&job)).await {
+            Ok(Ok(result)) => {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(worker);
+                result
+            }
+            // The worker died or garbled its answer: report how, and let it go.
+            Ok(Err(io_error)) => Err(RunError::Crashed(worker.death(io_error).await)),
+            // It did not stop at its own time limit: kill it.
+            Err(_) => Err(RunError::Timeout(job.limits.timeout)),
+        }
+        // A worker not put back is dropped here, which kills its process.
+    }
+}
+
+impl Worker {
+    fn spawn(program: &PathBuf) -> Result<Self, RunError> {
+        let mut child = Command::new(program)
+            .arg("--worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                RunError::Crashed(format!("cannot start worker {}: {e}", program.display()))
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(RunError::Crashed("worker started without pipes".into()));
+        };
+        Ok(Self {
+            child,
+            stdin,
+            stdout: BufReader::with_capacity(1 << 16, stdout),
+        })
+    }
+
+    /// Sends one job and reads the answer. An I/O error means the worker is unusable.
+    async fn call(&mut self, job: &Job) -> std::io::Result<Result<Outcome, RunError>> {
+        let request = Request {
+            stateful: job.stateful,
+            heap: job.heap.is_some(),
+            timeout_ms: u64::try_from(job.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
+        sections.extend(job.heap.as_deref());
+        write_frame_async(&mut self.stdin, &request, &sections).await?;
+        let (response, sections) = read_frame_async::<Response>(&mut self.stdout).await?;
+        Ok(match response {
+            Response::Err(e) => Err(e),
+            Response::Ok => {
+                let mut sections = sections.into_iter();
+                let output = sections.next().unwrap_or_default();
+                let output = String::from_utf8(output).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "output is not UTF-8")
+                })?;
+                Ok(Outcome {
+                    output,
+                    sealed_heap: sections.next().map(Bytes::from),
+                })
+            }
+        })
+    }
+
+    /// Says why a worker stopped answering.
+    async fn death(mut self, io_error: std::io::Error) -> String {
+        // The pipe closing usually means the process is exiting; give it a moment to be reaped.
+        let status = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+        match status {
+            Ok(Ok(status)) => describe_exit(status),
+            _ => {
+                let _ = self.child.start_kill();
+                format!("worker stopped answering: {io_error}")
+            }
+        }
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(5) => "V8 stopped the worker process on a fatal error (SIGTRAP)".into(),
+        Some(6) => "V8 aborted the worker process (SIGABRT)".into(),
+        Some(9) => "the worker process was killed (SIGKILL)".into(),
+        Some(11) => "the worker process crashed (SIGSEGV)".into(),
+        Some(signal) => format!("the worker process died of signal {signal}"),
+        None => format!("the worker process exited with {status}"),
+    }
+}

@@ -1,0 +1,77 @@
+//! Executions run in worker processes: parallel across heaps, and a crash or a kill costs
+//! only the call it hit.
+
+use futures::future::join_all;
+use mcp_v8_e2e::Server;
+
+#[tokio::test]
+async fn parallel_stateful_calls_on_distinct_heaps_all_succeed() {
+    let server = Server::start(&["--memory", "--max-concurrent-executions", "4"]).await;
+    let heaps: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    for (i, heap) in heaps.iter().enumerate() {
+        server
+            .output(&format!("var id = {i}; var n = 0"), heap)
+            .await;
+    }
+    for round in 1..=5 {
+        let calls = heaps
+            .iter()
+            .map(|heap| server.run_js("++n; id * 1000 + n", Some(heap)));
+        let replies = join_all(calls).await;
+        for (i, reply) in replies.into_iter().enumerate() {
+            let out = reply.ok();
+            assert_eq!(
+                out["output"],
+                (i * 1000 + round).to_string(),
+                "heap p{i} round {round}"
+            );
+        }
+    }
+    assert!(server.workers().len() <= 4, "{:?}", server.workers());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_v8_abort_fails_only_its_call_and_keeps_the_heap() {
+    let server = Server::start(&["--memory"]).await;
+    server.output("var kept = 'yes'", "crash").await;
+    // V8 treats this as a fatal out-of-memory ("invalid table size") and aborts the process.
+    let error = server
+        .run_js(
+            "kept = 'no'; new Array(2**27).fill(0).length",
+            Some("crash"),
+        )
+        .await
+        .err();
+    assert!(error.contains("JavaScript engine crashed"), "{error}");
+    assert!(error.contains("heap was not changed"), "{error}");
+    assert_eq!(server.output("kept", "crash").await, "yes");
+    assert_eq!(server.output("6 * 7", "other").await, "42");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_worker_fails_only_its_call() {
+    let server = Server::start(&["--memory", "--max-concurrent-executions", "1"]).await;
+    server.output("var state = 1", "victim").await;
+    let workers = server.workers();
+    assert_eq!(workers.len(), 1, "one warm worker: {workers:?}");
+    let (reply, ()) = tokio::join!(
+        server.run_js("state = 2; for (;;) {}", Some("victim")),
+        async {
+            let status = std::process::Command::new("kill")
+                .args(["-9", &workers[0].to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    );
+    let error = reply.err();
+    assert!(error.contains("killed (SIGKILL)"), "{error}");
+    // A fresh worker replaces it; the heap is as it was.
+    assert_eq!(server.output("state", "victim").await, "1");
+    let replacement = server.workers();
+    assert_eq!(replacement.len(), 1);
+    assert_ne!(replacement, workers);
+    server.stop().await;
+}
