@@ -1,23 +1,45 @@
 //! The command line. Every flag can also be set with an `MCP_V8_*` environment variable.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::config::Config;
+use crate::storage::StorageChoice;
 
 /// A JavaScript runtime with memory for AI agents, served over MCP (stdio).
 ///
 /// Each `run_js` call runs in a V8 isolate restored from the named heap's snapshot, and the
 /// heap is saved again afterwards, so the next call continues where this one ended.
+///
+/// Storage: --memory, --directory-path DIR, or a plugins.toml (--config); with none of them,
+/// heaps are kept in memory.
 #[derive(Debug, Parser)]
 #[command(name = "mcp-v8", version, about, long_about = None)]
 pub struct Cli {
-    /// Keep heaps in this process's memory (lost when it exits). Needs no setup.
-    #[arg(long, env = "MCP_V8_MEMORY", conflicts_with = "stateless")]
+    /// Keep heaps in this process's memory (lost when it exits). Needs no setup and ignores
+    /// any configuration file.
+    #[arg(long, env = "MCP_V8_MEMORY", conflicts_with_all = ["stateless", "directory_path"])]
     pub memory: bool,
 
     /// Keep no heaps at all: every call starts from a fresh isolate.
-    #[arg(long, env = "MCP_V8_STATELESS")]
+    #[arg(long, env = "MCP_V8_STATELESS", conflicts_with = "directory_path")]
     pub stateless: bool,
+
+    /// Keep heaps as files in DIR, with the file storage plugin (found next to this binary
+    /// or in --plugin-dir). Ignores any configuration file.
+    #[arg(long, env = "MCP_V8_DIRECTORY_PATH", value_name = "DIR")]
+    pub directory_path: Option<PathBuf>,
+
+    /// Where to find the file storage plugin for --directory-path.
+    #[arg(long, env = "MCP_V8_PLUGIN_DIR", value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+
+    /// Storage configuration file [default: ./plugins.toml, else
+    /// $XDG_CONFIG_HOME/mcp-v8/plugins.toml].
+    #[arg(long, env = "MCP_V8_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
 
     /// Longest a single call may run, in seconds.
     #[arg(
@@ -43,6 +65,23 @@ impl Cli {
     /// The execution timeout as a [`Duration`].
     pub fn execution_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.execution_timeout)
+    }
+
+    /// Where heaps should live, from the flags and, if they do not say, the configuration.
+    pub fn storage_choice(&self) -> Result<StorageChoice, String> {
+        if self.memory || self.stateless {
+            return Ok(StorageChoice::Memory { warn: false });
+        }
+        if let Some(directory) = &self.directory_path {
+            return Ok(StorageChoice::Directory {
+                directory: directory.clone(),
+                plugin_dir: self.plugin_dir.clone(),
+            });
+        }
+        Ok(match Config::discover(self.config.as_deref())? {
+            Some(config) => StorageChoice::Configured(config),
+            None => StorageChoice::Memory { warn: true },
+        })
     }
 
     /// The worker pool size: the flag, or the number of CPUs.

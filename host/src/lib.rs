@@ -6,9 +6,10 @@
 //! * [`storage`] is where heaps live (built-in memory store, plugins);
 //! * [`runtime`] ties them together for one call;
 //! * [`server`] exposes the runtime as MCP tools and resources;
-//! * [`cli`] parses the command line.
+//! * [`cli`] parses the command line, [`config`] reads `plugins.toml`.
 
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod envelope;
 pub mod executor;

@@ -7,7 +7,7 @@ use mcp_v8::engine::{self, Limits};
 use mcp_v8::executor::Executor;
 use mcp_v8::runtime::Runtime;
 use mcp_v8::server::McpServer;
-use mcp_v8::storage::{HeapStorage, MemoryStore};
+use mcp_v8::storage;
 use mcp_v8::worker;
 use rmcp::ServiceExt;
 use tracing_subscriber::EnvFilter;
@@ -40,7 +40,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("mcp-v8: {e}");
             ExitCode::FAILURE
         }
@@ -59,12 +58,7 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let storage: Arc<dyn HeapStorage> = Arc::new(MemoryStore::new());
-    if !cli.memory && !cli.stateless {
-        tracing::warn!(
-            "no storage configured: heaps are kept in memory and will not survive a restart"
-        );
-    }
+    let storage = storage::registry::open(&cli.storage_choice()?)?;
     let limits = Limits {
         timeout: cli.execution_timeout(),
     };

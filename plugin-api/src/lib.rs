@@ -42,14 +42,13 @@
 mod error;
 pub mod ffi;
 mod name;
+pub mod plugin;
 mod store;
 
 pub use error::{ErrorKind, StoreError};
 pub use name::{validate_heap_name, MAX_HEAP_NAME_LEN};
 pub use store::{BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot, Version};
 
-/// The version of this contract, `major.minor`.
-///
-/// The host refuses a plugin whose major version differs from its own, or whose minor
-/// version is newer than its own.
+/// The version of this contract. The host refuses a plugin built against a version with a
+/// different major version (or, while it is 0.x, a different minor version).
 pub const PLUGIN_API_VERSION: &str = env!("CARGO_PKG_VERSION");

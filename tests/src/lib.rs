@@ -1,6 +1,6 @@
 //! Helpers for the end-to-end tests: start the real `mcp-v8` binary and talk MCP to it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use rmcp::model::{CallToolRequestParams, CallToolResult};
@@ -9,18 +9,33 @@ use rmcp::transport::TokioChildProcess;
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Map, Value};
 
+/// Where cargo put the workspace's binaries and plugin libraries for this test build.
+pub fn build_dir() -> PathBuf {
+    // The test runs from target/<profile>/deps/; the binary is in target/<profile>/.
+    let exe = std::env::current_exe().expect("current test executable");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// A plugin library of this workspace's build, e.g. `library("mcp_v8_file_storage")`.
+pub fn library(crate_name: &str) -> PathBuf {
+    let path = build_dir().join(format!("lib{crate_name}.so"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run `cargo build --workspace` before the end-to-end tests",
+        path.display()
+    );
+    path
+}
+
 /// The `mcp-v8` binary under test: `$MCP_V8_BIN`, or the one cargo built next to this test.
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("MCP_V8_BIN") {
         return PathBuf::from(path);
     }
-    // The test runs from target/<profile>/deps/; the binary is in target/<profile>/.
-    let exe = std::env::current_exe().expect("current test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join("mcp-v8");
+    let bin = build_dir().join("mcp-v8");
     assert!(
         bin.exists(),
         "{} does not exist: run `cargo build --workspace` before the end-to-end tests",
@@ -79,6 +94,17 @@ impl Server {
     /// The client session, for calls the helpers do not cover.
     pub fn client(&self) -> &RunningService<RoleClient, ()> {
         &self.client
+    }
+
+    /// Kills the server with SIGKILL, as a crash would.
+    pub async fn kill(self) {
+        let status = std::process::Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        // The client notices the closed pipe; its result does not matter here.
+        let _ = self.client.cancel().await;
     }
 
     /// The server's process id.
@@ -167,4 +193,92 @@ pub fn children_of(parent: u32) -> Vec<u32> {
                 == Some(parent)
         })
         .collect()
+}
+
+/// Runs `mcp-v8 ARGS` with no client (stdin closed) and returns its exit code and stderr:
+/// for start-up failures, which happen before any MCP traffic.
+pub fn start_up_failure(args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mcp-v8");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+/// Builds the example plugin against a copy of `plugin-api` whose version is `version`, in
+/// its own target directory, and returns the library. This is what a third party whose
+/// plugin is built against another plugin-api release hands to the host.
+pub fn example_plugin_built_against_api(version: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let work = build_dir().join(format!("plugin-api-{version}"));
+    let api = work.join("plugin-api");
+    let plugin = work.join("example-plugin");
+    for dir in [api.join("src"), plugin.join("src")] {
+        std::fs::create_dir_all(dir).expect("create build folders");
+    }
+    for entry in std::fs::read_dir(workspace.join("plugin-api/src")).expect("plugin-api sources") {
+        let entry = entry.expect("source entry");
+        let target = api.join("src").join(entry.file_name());
+        copy_if_changed(&entry.path(), &target);
+    }
+    copy_if_changed(
+        &workspace.join("tests/example-plugin/src/lib.rs"),
+        &plugin.join("src/lib.rs"),
+    );
+    copy_if_changed(&workspace.join("Cargo.lock"), &plugin.join("Cargo.lock"));
+    write_if_changed(
+        &api.join("Cargo.toml"),
+        &format!(
+            "[package]\nname = \"mcp-v8-plugin-api\"\nversion = \"{version}\"\nedition = \"2021\"\n\
+             [lib]\nname = \"mcp_v8_plugin_api\"\n\
+             [dependencies]\nabi_stable = {{ version = \"0.11.3\", default-features = false }}\n"
+        ),
+    );
+    write_if_changed(
+        &plugin.join("Cargo.toml"),
+        "[package]\nname = \"mcp-v8-example-storage\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\
+         [workspace]\n[lib]\ncrate-type = [\"cdylib\"]\n\
+         [dependencies]\nmcp-v8-plugin-api = { path = \"../plugin-api\" }\n\
+         abi_stable = { version = \"0.11.3\", default-features = false }\n\
+         serde = { version = \"1\", features = [\"derive\"] }\nserde_json = \"1\"\n",
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--offline", "--quiet", "--manifest-path"])
+        .arg(plugin.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", work.join("target"))
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "building the example plugin against plugin-api {version} failed"
+    );
+    work.join("target/debug/libmcp_v8_example_storage.so")
+}
+
+fn copy_if_changed(from: &Path, to: &Path) {
+    let bytes = std::fs::read(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    write_if_changed(to, &String::from_utf8(bytes).expect("UTF-8 source"));
+}
+
+/// Writes only on change, so cargo's incremental build is not thrown away.
+fn write_if_changed(path: &Path, text: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+        std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+}
+
+/// The path of a loaded shared library that is certainly not an mcp-v8 plugin (libc).
+pub fn some_system_library() -> PathBuf {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.contains("/libc.so"))
+        .map(PathBuf::from)
+        .expect("libc is mapped into this process")
 }

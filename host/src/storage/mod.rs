@@ -1,9 +1,11 @@
 //! Where heaps live: one async interface over the built-in memory store and over
 //! storage plugins.
 
+pub mod loader;
 mod locks;
 mod memory;
 mod plugin;
+pub mod registry;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,6 +14,7 @@ pub use mcp_v8_plugin_api::{BackendInfo, ErrorKind, HeapMeta, Precondition, Stor
 pub use locks::HeapLocks;
 pub use memory::MemoryStore;
 pub use plugin::PluginStore;
+pub use registry::StorageChoice;
 
 /// A stored heap: its sealed bytes (shared, not copied) and their version.
 #[derive(Debug, Clone)]

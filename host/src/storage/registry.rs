@@ -1,0 +1,84 @@
+//! Chooses and opens the heap store from the command line and `plugins.toml`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{loader, HeapStorage, MemoryStore};
+use crate::config::Config;
+
+/// The file plugin's library name on this platform.
+pub const FILE_PLUGIN_LIBRARY: &str = "libmcp_v8_file_storage.so";
+
+/// Where heaps should live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageChoice {
+    /// The built-in memory store; `warn` when nobody asked for it explicitly.
+    Memory { warn: bool },
+    /// The file plugin, on a directory, from a library found by [`find_file_plugin`].
+    Directory {
+        directory: PathBuf,
+        plugin_dir: Option<PathBuf>,
+    },
+    /// What a configuration file says.
+    Configured(Config),
+}
+
+/// Opens the chosen store. Errors are one line, meant for stderr at start-up.
+pub fn open(choice: &StorageChoice) -> Result<Arc<dyn HeapStorage>, String> {
+    match choice {
+        StorageChoice::Memory { warn } => {
+            if *warn {
+                tracing::warn!(
+                    "no storage configured: heaps are kept in memory and will not survive a restart"
+                );
+            }
+            Ok(Arc::new(MemoryStore::new()))
+        }
+        StorageChoice::Directory {
+            directory,
+            plugin_dir,
+        } => {
+            let library = find_file_plugin(plugin_dir.as_deref())?;
+            let config = serde_json::json!({ "directory": directory });
+            Ok(Arc::new(loader::load("file", &library, &config)?))
+        }
+        StorageChoice::Configured(config) => {
+            if config.storage == "memory" {
+                return Ok(Arc::new(MemoryStore::new()));
+            }
+            let entry = config.plugins.get(&config.storage).ok_or_else(|| {
+                format!(
+                    "{}: no plugin named '{}'",
+                    config.source.display(),
+                    config.storage
+                )
+            })?;
+            Ok(Arc::new(loader::load(
+                &config.storage,
+                &entry.path,
+                &entry.config,
+            )?))
+        }
+    }
+}
+
+/// The file plugin library: in `plugin_dir` when given, else next to the running binary.
+pub fn find_file_plugin(plugin_dir: Option<&Path>) -> Result<PathBuf, String> {
+    let dir = match plugin_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .ok_or("cannot tell where the mcp-v8 binary is; pass --plugin-dir")?,
+    };
+    let library = dir.join(FILE_PLUGIN_LIBRARY);
+    if library.is_file() {
+        Ok(library)
+    } else {
+        Err(format!(
+            "the file storage plugin {} does not exist: build it (cargo build --release) or pass \
+             --plugin-dir",
+            library.display()
+        ))
+    }
+}

@@ -1,0 +1,424 @@
+//! mcp-v8 storage plugin: one file per heap in a directory.
+//!
+//! * `<directory>/<heap>.heap` holds the snapshot. Heap names never start with `.`, so the
+//!   plugin's own files (`.<heap>.lock`, `.<heap>.<n>.tmp`) can never collide with a heap.
+//! * Writes are atomic: a temporary file in the same directory is written and fsynced, renamed
+//!   over the heap file, and the directory is fsynced. A crash or `kill -9` at any point
+//!   leaves the old snapshot or the new one, never a torn one.
+//! * The version token is the file's inode, modification time (ns) and size, so it changes
+//!   with every write (each write makes a new file) and costs one `stat` to check.
+//! * Conditional puts and deletes hold an exclusive `flock` on `.<heap>.lock`, which excludes
+//!   other threads and other processes on the same machine.
+//!
+//! Configuration (`[plugins.file.config]` in `plugins.toml`):
+//!
+//! ```toml
+//! directory = "/var/lib/mcp-v8/heaps"   # created (mode 0700) if missing
+//! ```
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use mcp_v8_plugin_api::{
+    export_plugin, validate_heap_name, BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition,
+    Snapshot, StoreError, Version,
+};
+use serde::Deserialize;
+
+const SUFFIX: &str = ".heap";
+/// Temporary files older than this are left over from a crash and are removed at start.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+/// The plugin's configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the heap files live.
+    pub directory: PathBuf,
+}
+
+/// Heaps as files in one directory.
+pub struct FileStore {
+    dir: PathBuf,
+    tmp_counter: AtomicU64,
+}
+
+export_plugin!("file", open);
+
+/// The plugin's constructor: parses the configuration and opens the directory.
+pub fn open(config: &str) -> Result<FileStore, StoreError> {
+    // Via a Value, so errors name the field rather than a position in generated JSON.
+    let config: Config = serde_json::from_str(config)
+        .and_then(serde_json::from_value)
+        .map_err(|e| StoreError::other(format!("invalid file storage configuration: {e}")))?;
+    FileStore::open(&config.directory)
+}
+
+impl FileStore {
+    /// Opens (creating with mode 0700 if needed) the heap directory.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                io_error(
+                    &format!("cannot create heap directory {}", dir.display()),
+                    e,
+                )
+            })?;
+        let store = Self {
+            dir: dir.to_path_buf(),
+            tmp_counter: AtomicU64::new(0),
+        };
+        store.remove_stale_temporaries();
+        Ok(store)
+    }
+
+    fn heap_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{SUFFIX}"))
+    }
+
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if name.starts_with('.') && name.ends_with(".tmp") && old {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Exclusive lock on one heap name, across threads and processes; released on drop.
+    fn lock(&self, name: &str) -> Result<File, StoreError> {
+        let path = self.dir.join(format!(".{name}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_error(&format!("cannot open lock file {}", path.display()), e))?;
+        file.lock()
+            .map_err(|e| io_error(&format!("cannot lock {}", path.display()), e))?;
+        Ok(file)
+    }
+
+    /// The version of the heap file as it is now, or `None` if there is none.
+    fn current_version(&self, name: &str) -> Result<Option<Version>, StoreError> {
+        match fs::metadata(self.heap_path(name)) {
+            Ok(meta) => Ok(Some(version_of(&meta))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(&format!("cannot stat heap '{name}'"), e)),
+        }
+    }
+
+    fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<Version, StoreError> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{name}.{}-{n}.tmp", std::process::id()));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            let final_path = self.heap_path(name);
+            fs::rename(&tmp, &final_path)?;
+            File::open(&self.dir)?.sync_all()?;
+            fs::metadata(&final_path)
+        })();
+        match result {
+            Ok(meta) => Ok(version_of(&meta)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(io_error(&format!("cannot write heap '{name}'"), e))
+            }
+        }
+    }
+}
+
+fn version_of(meta: &fs::Metadata) -> Version {
+    let mtime_ns = (meta.mtime() as i128) * 1_000_000_000 + meta.mtime_nsec() as i128;
+    Version(format!("{:x}.{:x}.{:x}", meta.ino(), mtime_ns, meta.size()))
+}
+
+fn io_error(context: &str, e: io::Error) -> StoreError {
+    let kind = match e.kind() {
+        io::ErrorKind::NotFound => ErrorKind::NotFound,
+        io::ErrorKind::StorageFull | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => {
+            ErrorKind::Unavailable
+        }
+        _ => ErrorKind::Other,
+    };
+    StoreError::new(kind, format!("{context}: {e}"))
+}
+
+impl HeapStore for FileStore {
+    fn info(&self) -> BackendInfo {
+        BackendInfo::new("file", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
+        validate_heap_name(name)?;
+        let mut file = match File::open(self.heap_path(name)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::not_found(name))
+            }
+            Err(e) => return Err(io_error(&format!("cannot open heap '{name}'"), e)),
+        };
+        // Version and bytes come from the same open file, so they always match.
+        let meta = file
+            .metadata()
+            .map_err(|e| io_error(&format!("cannot stat heap '{name}'"), e))?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| io_error(&format!("cannot read heap '{name}'"), e))?;
+        Ok(Snapshot {
+            bytes,
+            version: version_of(&meta),
+        })
+    }
+
+    fn put(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        precondition: Precondition,
+    ) -> Result<Version, StoreError> {
+        validate_heap_name(name)?;
+        let _lock = self.lock(name)?;
+        let current = self.current_version(name)?;
+        match (&precondition, &current) {
+            (Precondition::Any, _) | (Precondition::MustNotExist, None) => {}
+            (Precondition::MustNotExist, Some(_)) => {
+                return Err(StoreError::conflict(format!(
+                    "heap '{name}' already exists"
+                )))
+            }
+            (Precondition::MustMatch(expected), current) => {
+                if current.as_ref() != Some(expected) {
+                    return Err(StoreError::conflict(format!(
+                        "heap '{name}' is no longer at version {expected}"
+                    )));
+                }
+            }
+        }
+        self.write_atomically(name, bytes)
+    }
+
+    fn delete(&self, name: &str) -> Result<(), StoreError> {
+        validate_heap_name(name)?;
+        let _lock = self.lock(name)?;
+        match fs::remove_file(self.heap_path(name)) {
+            Ok(()) => File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error("cannot sync the heap directory", e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::not_found(name)),
+            Err(e) => Err(io_error(&format!("cannot delete heap '{name}'"), e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
+        let entries = fs::read_dir(&self.dir)
+            .map_err(|e| io_error(&format!("cannot list {}", self.dir.display()), e))?;
+        let mut heaps = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("cannot list the heap directory", e))?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
+                continue;
+            };
+            if !name.starts_with(prefix) || validate_heap_name(name).is_err() {
+                continue;
+            }
+            // A heap deleted while listing is simply not listed.
+            let Ok(meta) = entry.metadata() else { continue };
+            heaps.push(HeapMeta {
+                name: name.to_string(),
+                size: meta.len(),
+                version: version_of(&meta),
+                last_modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+        Ok(heaps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn store() -> (tempfile::TempDir, FileStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(&dir.path().join("heaps")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn creates_its_directory_private() {
+        let (dir, _store) = store();
+        let mode = fs::metadata(dir.path().join("heaps")).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn put_get_list_delete() {
+        let (_dir, store) = store();
+        let v1 = store.put("a", b"one", Precondition::MustNotExist).unwrap();
+        let got = store.get("a").unwrap();
+        assert_eq!((got.bytes.as_slice(), &got.version), (&b"one"[..], &v1));
+        let v2 = store
+            .put("a", b"two!", Precondition::MustMatch(v1.clone()))
+            .unwrap();
+        assert_ne!(v1, v2);
+        store.put("b", b"x", Precondition::Any).unwrap();
+        let mut names: Vec<_> = store
+            .list("")
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.name, m.size))
+            .collect();
+        names.sort();
+        assert_eq!(names, [("a".to_string(), 4), ("b".to_string(), 1)]);
+        assert_eq!(store.list("b").unwrap().len(), 1);
+        store.delete("a").unwrap();
+        assert_eq!(store.get("a").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(store.delete("a").unwrap_err().kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn preconditions_are_enforced() {
+        let (_dir, store) = store();
+        let v1 = store.put("a", b"1", Precondition::Any).unwrap();
+        assert_eq!(
+            store
+                .put("a", b"2", Precondition::MustNotExist)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Conflict
+        );
+        store
+            .put("a", b"2", Precondition::MustMatch(v1.clone()))
+            .unwrap();
+        // Same size, written again: the version still moves (new inode).
+        assert_eq!(
+            store
+                .put("a", b"3", Precondition::MustMatch(v1))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            store
+                .put(
+                    "new",
+                    b"x",
+                    Precondition::MustMatch(Version("1.2.3".into()))
+                )
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Conflict
+        );
+        assert_eq!(store.get("a").unwrap().bytes, b"2");
+    }
+
+    #[test]
+    fn names_cannot_escape_the_directory() {
+        let (dir, store) = store();
+        for name in ["../x", "..", "a/b", ".lock", "/etc/passwd", ""] {
+            assert_eq!(
+                store.put(name, b"x", Precondition::Any).unwrap_err().kind(),
+                ErrorKind::InvalidName,
+                "{name}"
+            );
+            assert_eq!(
+                store.get(name).unwrap_err().kind(),
+                ErrorKind::InvalidName,
+                "{name}"
+            );
+            assert_eq!(
+                store.delete(name).unwrap_err().kind(),
+                ErrorKind::InvalidName,
+                "{name}"
+            );
+        }
+        assert!(!dir.path().join("x.heap").exists());
+    }
+
+    #[test]
+    fn concurrent_compare_and_swap_loses_no_update() {
+        let (_dir, store) = store();
+        let store = Arc::new(store);
+        store.put("n", b"0", Precondition::MustNotExist).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let mut done = 0;
+                    while done < 25 {
+                        let cur = store.get("n").unwrap();
+                        let n: u32 = String::from_utf8(cur.bytes).unwrap().parse().unwrap();
+                        let next = (n + 1).to_string();
+                        match store.put("n", next.as_bytes(), Precondition::MustMatch(cur.version))
+                        {
+                            Ok(_) => done += 1,
+                            Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.get("n").unwrap().bytes, b"100");
+    }
+
+    #[test]
+    fn configuration_errors_are_clear() {
+        let err = open(r#"{"dir": "/tmp/x"}"#).err().unwrap();
+        assert!(err.message().contains("unknown field `dir`"), "{err}");
+        let err = open("{}").err().unwrap();
+        assert!(err.message().contains("missing field `directory`"), "{err}");
+    }
+
+    #[test]
+    fn stale_temporaries_are_cleaned_and_fresh_ones_kept() {
+        let (dir, store) = store();
+        let heaps = dir.path().join("heaps");
+        let stale = heaps.join(".a.1-1.tmp");
+        let fresh = heaps.join(".a.1-2.tmp");
+        fs::write(&stale, b"torn").unwrap();
+        fs::write(&fresh, b"in flight").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        drop(store);
+        let _store = FileStore::open(&heaps).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists());
+    }
+}
