@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
-use mcp_v8::engine::Limits;
+use mcp_v8::engine::{Completion, Limits};
 use mcp_v8::executor::Executor;
-use mcp_v8::runtime::Runtime;
+use mcp_v8::runtime::{CallLimits, HeapRun, Runtime};
 use mcp_v8::storage::MemoryStore;
 use tokio::runtime::Runtime as Tokio;
 
@@ -28,17 +28,25 @@ fn workers(size: usize) -> Executor {
     Executor::workers(PathBuf::from(env!("CARGO_BIN_EXE_mcp-v8")), size)
 }
 
+async fn on_heap(runtime: &Runtime, code: &str, heap: Option<&str>) -> HeapRun {
+    let reply = runtime
+        .run_on_heap(code.into(), heap.map(Into::into), CallLimits::default())
+        .await;
+    reply.result.expect("the benchmark code runs")
+}
+
+async fn stateless(runtime: &Runtime, code: &str) -> Completion {
+    let reply = runtime
+        .run_stateless(code.into(), CallLimits::default())
+        .await;
+    reply.result.expect("the benchmark code runs")
+}
+
 fn runtime(rt: &Tokio, executor: Executor) -> Runtime {
     let runtime = Runtime::new(Arc::new(MemoryStore::new()), executor, Limits::default());
     rt.block_on(async {
-        runtime
-            .run_on_heap(BIG_HEAP.into(), Some("big".into()))
-            .await
-            .unwrap();
-        runtime
-            .run_on_heap("var n = 0".into(), Some("small".into()))
-            .await
-            .unwrap();
+        on_heap(&runtime, BIG_HEAP, Some("big")).await;
+        on_heap(&runtime, "var n = 0", Some("small")).await;
     });
     runtime
 }
@@ -49,30 +57,21 @@ fn latency(c: &mut Criterion) {
     for (label, executor) in [("workers", workers(1)), ("in-process", Executor::InProcess)] {
         let runtime = runtime(&rt, executor);
         group.bench_function(BenchmarkId::new("stateless", label), |b| {
-            b.to_async(&rt)
-                .iter(|| async { runtime.run_stateless("1 + 1".into()).await.unwrap() })
+            b.to_async(&rt).iter(|| stateless(&runtime, "1 + 1"))
         });
         group.bench_function(BenchmarkId::new("stateful fresh heap", label), |b| {
             b.to_async(&rt).iter(|| async {
-                let run = runtime.run_on_heap("1 + 1".into(), None).await.unwrap();
+                let run = on_heap(&runtime, "1 + 1", None).await;
                 runtime.delete(&run.heap).await.unwrap();
             })
         });
         group.bench_function(BenchmarkId::new("stateful small heap", label), |b| {
-            b.to_async(&rt).iter(|| async {
-                runtime
-                    .run_on_heap("++n".into(), Some("small".into()))
-                    .await
-                    .unwrap()
-            })
+            b.to_async(&rt)
+                .iter(|| on_heap(&runtime, "++n", Some("small")))
         });
         group.bench_function(BenchmarkId::new("stateful 1 MB heap", label), |b| {
-            b.to_async(&rt).iter(|| async {
-                runtime
-                    .run_on_heap("data.length".into(), Some("big".into()))
-                    .await
-                    .unwrap()
-            })
+            b.to_async(&rt)
+                .iter(|| on_heap(&runtime, "data.length", Some("big")))
         });
     }
     group.finish();
@@ -81,9 +80,10 @@ fn latency(c: &mut Criterion) {
 fn throughput(c: &mut Criterion) {
     let rt = tokio();
     let mut group = c.benchmark_group("run_js concurrent clients");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = Runtime::new(
         Arc::new(MemoryStore::new()),
-        workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        workers(cpus),
         Limits::default(),
     );
     for clients in [1usize, 2, 4, 8] {
@@ -92,21 +92,14 @@ fn throughput(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("stateful", clients), &heaps, |b, heaps| {
             b.to_async(&rt).iter(|| {
                 join_all(heaps.iter().map(|heap| {
-                    runtime.run_on_heap(
-                        "var n = (globalThis.n || 0) + 1; n".into(),
-                        Some(heap.clone()),
-                    )
+                    on_heap(&runtime, "var n = (globalThis.n || 0) + 1; n", Some(heap))
                 }))
             })
         });
-        group.bench_with_input(
-            BenchmarkId::new("stateless", clients),
-            &clients,
-            |b, &clients| {
-                b.to_async(&rt)
-                    .iter(|| join_all((0..clients).map(|_| runtime.run_stateless("1 + 1".into()))))
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("stateless", clients), &clients, |b, &n| {
+            b.to_async(&rt)
+                .iter(|| join_all((0..n).map(|_| stateless(&runtime, "1 + 1"))))
+        });
     }
     group.finish();
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::Config;
+use crate::engine::Limits;
 use crate::storage::StorageChoice;
 
 /// A JavaScript runtime with memory for AI agents, served over MCP (stdio).
@@ -51,6 +52,16 @@ pub struct Cli {
     )]
     pub execution_timeout: f64,
 
+    /// Largest JavaScript heap of one call, in MB; more ends the call with "heap limit
+    /// exceeded".
+    #[arg(long, env = "MCP_V8_HEAP_MEMORY_MAX", value_name = "MB", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(8..=16384))]
+    pub heap_memory_max: u32,
+
+    /// Most console output kept per call, in bytes; the rest is dropped with a marker.
+    #[arg(long, env = "MCP_V8_CONSOLE_MAX_BYTES", value_name = "BYTES", default_value_t = 1 << 20)]
+    pub console_max_bytes: usize,
+
     /// How many executions may run at once, each in its own worker process [default: CPUs].
     #[arg(long, env = "MCP_V8_MAX_CONCURRENT_EXECUTIONS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -65,6 +76,15 @@ impl Cli {
     /// The execution timeout as a [`Duration`].
     pub fn execution_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.execution_timeout)
+    }
+
+    /// The limits every call runs under (calls may tighten them).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            timeout: self.execution_timeout(),
+            heap_bytes: (self.heap_memory_max as usize) << 20,
+            console_bytes: self.console_max_bytes,
+        }
     }
 
     /// Where heaps should live, from the flags and, if they do not say, the configuration.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use crate::engine::{self, Limits, RunError};
+use crate::engine::{self, Completion, Console, Limits, RunError};
 use crate::worker::WorkerPool;
 
 /// One execution.
@@ -18,17 +18,27 @@ pub struct Job {
     /// The sealed heap to restore, for a stateful run on an existing heap. It is verified
     /// right before V8 would see it.
     pub heap: Option<Bytes>,
-    /// Time limit.
+    /// Time, memory and output limits.
     pub limits: Limits,
 }
 
-/// A successful execution.
-#[derive(Debug, Clone)]
+/// How an execution ended.
+#[derive(Debug)]
 pub struct Outcome {
-    /// The rendered completion value.
-    pub output: String,
-    /// The sealed heap after the run (stateful runs only).
-    pub sealed_heap: Option<Bytes>,
+    /// The completion, and for stateful runs the sealed heap afterwards.
+    pub result: Result<(Completion, Option<Bytes>), RunError>,
+    /// What the code printed, also when it failed.
+    pub console: Console,
+}
+
+impl Outcome {
+    /// An execution that failed before any code ran.
+    pub fn failed(error: RunError) -> Self {
+        Self {
+            result: Err(error),
+            console: Console::default(),
+        }
+    }
 }
 
 /// Runs jobs.
@@ -48,28 +58,33 @@ impl Executor {
     }
 
     /// Runs `job` to completion.
-    pub async fn run(&self, job: Job) -> Result<Outcome, RunError> {
+    pub async fn run(&self, job: Job) -> Outcome {
         match self {
             Executor::InProcess => tokio::task::spawn_blocking(move || run_here(job))
                 .await
-                .map_err(|e| RunError::Crashed(format!("execution thread failed: {e}")))?,
+                .unwrap_or_else(|e| {
+                    Outcome::failed(RunError::Crashed(format!("execution thread failed: {e}")))
+                }),
             Executor::Workers(pool) => pool.run(job).await,
         }
     }
 }
 
 /// Runs a job on the current thread.
-pub fn run_here(job: Job) -> Result<Outcome, RunError> {
+pub fn run_here(job: Job) -> Outcome {
     if job.stateful {
-        let outcome = engine::run_stateful(&job.code, job.heap.as_ref(), job.limits)?;
-        Ok(Outcome {
-            output: outcome.output,
-            sealed_heap: Some(outcome.sealed_heap),
-        })
+        let run = engine::run_stateful(&job.code, job.heap.as_ref(), job.limits);
+        Outcome {
+            result: run
+                .result
+                .map(|(completion, heap)| (completion, Some(heap))),
+            console: run.console,
+        }
     } else {
-        Ok(Outcome {
-            output: engine::run_stateless(&job.code, job.limits)?,
-            sealed_heap: None,
-        })
+        let run = engine::run_stateless(&job.code, job.limits);
+        Outcome {
+            result: run.result.map(|completion| (completion, None)),
+            console: run.console,
+        }
     }
 }

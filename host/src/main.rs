@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use mcp_v8::cli::Cli;
-use mcp_v8::engine::{self, Limits};
+use mcp_v8::engine;
 use mcp_v8::executor::Executor;
 use mcp_v8::runtime::Runtime;
 use mcp_v8::server::McpServer;
@@ -59,9 +59,7 @@ fn init_logging() {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let storage = storage::registry::open(&cli.storage_choice()?)?;
-    let limits = Limits {
-        timeout: cli.execution_timeout(),
-    };
+    let limits = cli.limits();
     let program =
         std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
     let workers = cli.max_concurrent_executions();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mcp_v8_plugin_api::validate_heap_name;
 
-use crate::engine::{Limits, RunError};
+use crate::engine::{Completion, Console, Limits, RunError};
 use crate::envelope::EnvelopeError;
 use crate::executor::{Executor, Job};
 use crate::storage::{ErrorKind, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError};
@@ -17,7 +17,10 @@ pub enum CallError {
     /// The heap name was rejected before any store saw it.
     #[error("{0}")]
     InvalidName(StoreError),
-    /// The code failed (exception, timeout, snapshot failure).
+    /// A per-call limit was out of range.
+    #[error("{0}")]
+    InvalidLimit(String),
+    /// The code failed (exception, timeout, heap limit, crash).
     #[error("{0}")]
     Run(#[from] RunError),
     /// The stored heap cannot be restored.
@@ -29,18 +32,45 @@ pub enum CallError {
     /// The heap store failed.
     #[error("storage error ({kind}) for heap '{heap}': {error}", kind = error.kind())]
     Storage { heap: String, error: StoreError },
-    /// The execution thread failed unexpectedly.
+    /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A call's result and what the code printed, which is worth showing also after a failure.
+#[derive(Debug)]
+pub struct Reply<T> {
+    /// The result.
+    pub result: Result<T, CallError>,
+    /// `console` output of the code.
+    pub console: Console,
+}
+
+impl<T> Reply<T> {
+    fn failed(error: CallError) -> Self {
+        Self {
+            result: Err(error),
+            console: Console::default(),
+        }
+    }
 }
 
 /// The result of a stateful run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeapRun {
-    /// The rendered completion value.
-    pub output: String,
+    /// The rendered completion value and pending timers.
+    pub completion: Completion,
     /// The heap the code ran on (generated when the caller gave none).
     pub heap: String,
+}
+
+/// Per-call limits; each may only tighten the server's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallLimits {
+    /// Time limit for this call.
+    pub timeout: Option<Duration>,
+    /// Heap limit for this call, in bytes.
+    pub heap_bytes: Option<usize>,
 }
 
 /// Runs code on heaps kept in a [`HeapStorage`].
@@ -67,15 +97,55 @@ impl Runtime {
         &self.storage
     }
 
+    /// The server's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The server's limits tightened by a call's.
+    fn limits_for(&self, call: CallLimits) -> Result<Limits, CallError> {
+        let mut limits = self.limits;
+        if let Some(timeout) = call.timeout {
+            if timeout.is_zero() || timeout > self.limits.timeout {
+                return Err(CallError::InvalidLimit(format!(
+                    "timeout_secs must be more than 0 and at most the server's {} s",
+                    self.limits.timeout.as_secs_f64()
+                )));
+            }
+            limits.timeout = timeout;
+        }
+        if let Some(heap_bytes) = call.heap_bytes {
+            if heap_bytes < (1 << 20) || heap_bytes > self.limits.heap_bytes {
+                return Err(CallError::InvalidLimit(format!(
+                    "heap_memory_max_mb must be at least 1 and at most the server's {} MB",
+                    self.limits.heap_bytes >> 20
+                )));
+            }
+            limits.heap_bytes = heap_bytes;
+        }
+        Ok(limits)
+    }
+
     /// Runs `code` without any heap.
-    pub async fn run_stateless(&self, code: String) -> Result<String, CallError> {
+    pub async fn run_stateless(&self, code: String, call: CallLimits) -> Reply<Completion> {
+        let limits = match self.limits_for(call) {
+            Ok(limits) => limits,
+            Err(e) => return Reply::failed(e),
+        };
         let job = Job {
             code,
             stateful: false,
             heap: None,
-            limits: self.limits,
+            limits,
         };
-        Ok(self.executor.run(job).await?.output)
+        let outcome = self.executor.run(job).await;
+        Reply {
+            result: outcome
+                .result
+                .map(|(completion, _)| completion)
+                .map_err(CallError::from),
+            console: outcome.console,
+        }
     }
 
     /// Runs `code` on heap `heap` (a new heap with a generated name when `None`) and saves
@@ -84,44 +154,50 @@ impl Runtime {
         &self,
         code: String,
         heap: Option<String>,
-    ) -> Result<HeapRun, CallError> {
+        call: CallLimits,
+    ) -> Reply<HeapRun> {
         let heap = match heap {
-            Some(name) => {
-                validate_heap_name(&name).map_err(CallError::InvalidName)?;
-                name
-            }
+            Some(name) => match validate_heap_name(&name) {
+                Ok(()) => name,
+                Err(e) => return Reply::failed(CallError::InvalidName(e)),
+            },
             None => generated_name(),
+        };
+        let limits = match self.limits_for(call) {
+            Ok(limits) => limits,
+            Err(e) => return Reply::failed(e),
         };
         let _guard = self.locks.lock(&heap).await;
 
         let (stored, precondition) = match self.storage.get(&heap).await {
             Ok(stored) => (Some(stored.bytes), Precondition::MustMatch(stored.version)),
             Err(e) if e.kind() == ErrorKind::NotFound => (None, Precondition::MustNotExist),
-            Err(error) => return Err(CallError::Storage { heap, error }),
+            Err(error) => return Reply::failed(CallError::Storage { heap, error }),
         };
         let job = Job {
             code,
             stateful: true,
             heap: stored,
-            limits: self.limits,
+            limits,
         };
-        let outcome = match self.executor.run(job).await {
-            Ok(outcome) => outcome,
-            Err(RunError::Heap(error)) => return Err(CallError::Envelope { heap, error }),
-            Err(e) => return Err(e.into()),
-        };
-        let Some(sealed) = outcome.sealed_heap else {
-            return Err(CallError::Internal(
+        let outcome = self.executor.run(job).await;
+        let result = match outcome.result {
+            Ok((completion, Some(sealed))) => {
+                match self.storage.put(&heap, sealed, precondition).await {
+                    Ok(_) => Ok(HeapRun { completion, heap }),
+                    Err(e) if e.kind() == ErrorKind::Conflict => Err(CallError::Conflict { heap }),
+                    Err(error) => Err(CallError::Storage { heap, error }),
+                }
+            }
+            Ok((_, None)) => Err(CallError::Internal(
                 "a stateful run returned no heap".into(),
-            ));
+            )),
+            Err(RunError::Heap(error)) => Err(CallError::Envelope { heap, error }),
+            Err(e) => Err(e.into()),
         };
-        match self.storage.put(&heap, sealed, precondition).await {
-            Ok(_) => Ok(HeapRun {
-                output: outcome.output,
-                heap,
-            }),
-            Err(e) if e.kind() == ErrorKind::Conflict => Err(CallError::Conflict { heap }),
-            Err(error) => Err(CallError::Storage { heap, error }),
+        Reply {
+            result,
+            console: outcome.console,
         }
     }
 
@@ -173,14 +249,6 @@ fn generated_name() -> String {
     format!("heap-{}", &id[..12])
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,9 +269,11 @@ mod tests {
     }
 
     async fn output(rt: &Runtime, code: &str, heap: &str) -> String {
-        rt.run_on_heap(code.into(), Some(heap.into()))
+        rt.run_on_heap(code.into(), Some(heap.into()), CallLimits::default())
             .await
+            .result
             .unwrap()
+            .completion
             .output
     }
 
@@ -255,8 +325,9 @@ mod tests {
             output(&rt, "var keep = 1", heap).await;
             let bad = tamper(&store, heap, damage);
             let error = rt
-                .run_on_heap("keep".into(), Some(heap.into()))
+                .run_on_heap("keep".into(), Some(heap.into()), CallLimits::default())
                 .await
+                .result
                 .unwrap_err();
             assert!(
                 matches!(error, CallError::Envelope { .. }),
@@ -285,8 +356,9 @@ mod tests {
         };
         let rt2 = Runtime::new(Arc::new(racing), Executor::InProcess, Limits::default());
         let error = rt2
-            .run_on_heap("n = 100".into(), Some("h".into()))
+            .run_on_heap("n = 100".into(), Some("h".into()), CallLimits::default())
             .await
+            .result
             .unwrap_err();
         assert!(matches!(error, CallError::Conflict { .. }), "{error}");
         assert!(
@@ -357,14 +429,22 @@ mod tests {
         }
         let rt = Runtime::new(Arc::new(Down), Executor::InProcess, Limits::default());
         let error = rt
-            .run_on_heap("1".into(), Some("h".into()))
+            .run_on_heap("1".into(), Some("h".into()), CallLimits::default())
             .await
+            .result
             .unwrap_err();
         assert_eq!(
             error.to_string(),
             "storage error (unavailable) for heap 'h': connection refused"
         );
         // Stateless runs do not need the store.
-        assert_eq!(rt.run_stateless("1 + 1".into()).await.unwrap(), "2");
+        assert_eq!(
+            rt.run_stateless("1 + 1".into(), CallLimits::default())
+                .await
+                .result
+                .unwrap()
+                .output,
+            "2"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! as `heap://<name>` resources. Thin: every decision lives in the runtime.
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -17,8 +17,10 @@ use rmcp::{tool, tool_handler, tool_router, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{CallError, Runtime};
+use crate::engine::{Console, LogLine};
+use crate::runtime::{CallError, CallLimits, Runtime};
 use crate::storage::HeapMeta;
 
 const RESOURCE_SCHEME: &str = "heap://";
@@ -32,6 +34,12 @@ pub struct RunJsArgs {
     /// Omit it to start a new heap; the result names it.
     #[serde(default)]
     pub heap: Option<String>,
+    /// Time limit for this call in seconds, at most the server's.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// JavaScript heap limit for this call in MB, at most the server's.
+    #[serde(default)]
+    pub heap_memory_max_mb: Option<u64>,
 }
 
 /// Arguments of `run_js` on a stateless server.
@@ -39,6 +47,36 @@ pub struct RunJsArgs {
 pub struct StatelessRunJsArgs {
     /// JavaScript source. The value of its last expression is the result.
     pub code: String,
+    /// Time limit for this call in seconds, at most the server's.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// JavaScript heap limit for this call in MB, at most the server's.
+    #[serde(default)]
+    pub heap_memory_max_mb: Option<u64>,
+}
+
+fn call_limits(timeout_secs: Option<f64>, heap_mb: Option<u64>) -> Result<CallLimits, CallError> {
+    let timeout = timeout_secs
+        .map(|secs| {
+            Duration::try_from_secs_f64(secs).map_err(|_| {
+                CallError::InvalidLimit(format!("timeout_secs {secs} is not a duration"))
+            })
+        })
+        .transpose()?;
+    let heap_bytes = heap_mb
+        .map(|mb| {
+            usize::try_from(mb)
+                .ok()
+                .and_then(|mb| mb.checked_mul(1 << 20))
+                .ok_or_else(|| {
+                    CallError::InvalidLimit(format!("heap_memory_max_mb {mb} is too large"))
+                })
+        })
+        .transpose()?;
+    Ok(CallLimits {
+        timeout,
+        heap_bytes,
+    })
 }
 
 /// Arguments naming one heap.
@@ -51,11 +89,18 @@ pub struct HeapArgs {
 /// What a stateful `run_js` returns.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RunJsOutput {
-    /// The completion value: strings as they are, objects as JSON, other values as
-    /// `String(value)` prints them, `undefined` as "undefined".
+    /// The completion value (for a promise, what it resolved to): strings as they are,
+    /// objects as JSON, other values as `String(value)` prints them.
     pub output: String,
     /// The heap the code ran on; pass it again to continue.
     pub heap: String,
+    /// `console` output, in order.
+    pub logs: Vec<LogLine>,
+    /// Console output went over the limit and the rest was dropped.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub logs_truncated: bool,
+    /// Timers still pending when the result settled; they were dropped.
+    pub pending_timers: usize,
 }
 
 /// What a stateless `run_js` returns.
@@ -63,6 +108,13 @@ pub struct RunJsOutput {
 pub struct StatelessRunJsOutput {
     /// The completion value, rendered as for the stateful tool.
     pub output: String,
+    /// `console` output, in order.
+    pub logs: Vec<LogLine>,
+    /// Console output went over the limit and the rest was dropped.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub logs_truncated: bool,
+    /// Timers still pending when the result settled; they were dropped.
+    pub pending_timers: usize,
 }
 
 /// One heap in `list_heaps`.
@@ -134,6 +186,53 @@ fn tool_error(error: CallError) -> Result<CallToolResult, ErrorData> {
     )]))
 }
 
+/// A run's result as JSON (structured and as text) plus, when the code printed anything, the
+/// console as plain text; a failure as an error text followed by the console.
+fn run_result<T: Serialize>(
+    result: Result<T, CallError>,
+    console: &Console,
+) -> Result<CallToolResult, ErrorData> {
+    let printed = !console.lines.is_empty() || console.truncated;
+    match result {
+        Ok(value) => {
+            let mut result = structured(&value)?;
+            if printed {
+                result.content.push(ContentBlock::text(format!(
+                    "console:\n{}",
+                    console.to_text()
+                )));
+            }
+            Ok(result)
+        }
+        Err(error) => {
+            let mut text = error.to_string();
+            if printed {
+                text.push_str("\n\nconsole output before the failure:\n");
+                text.push_str(&console.to_text());
+            }
+            Ok(CallToolResult::error(vec![ContentBlock::text(text)]))
+        }
+    }
+}
+
+/// Runs `work` unless the client cancels the request first; dropping the work kills the
+/// worker process running it, and nothing is saved.
+async fn cancellable<T>(
+    ct: CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        result = work => Some(result),
+        () = ct.cancelled() => None,
+    }
+}
+
+fn cancelled() -> Result<CallToolResult, ErrorData> {
+    tool_error(CallError::Internal(
+        "cancelled by the client; the heap was not changed".into(),
+    ))
+}
+
 #[tool_router(router = heap_tools, vis = "pub(crate)")]
 impl McpServer {
     /// Stateful `run_js`.
@@ -141,23 +240,35 @@ impl McpServer {
         name = "run_js",
         description = "Run JavaScript in a V8 isolate whose heap persists between calls. \
 The value of the last expression is the result (`output`): strings as they are, objects and \
-arrays as JSON. Everything the code leaves in the global scope (var, let, const, functions, \
-globalThis properties) is saved in the named `heap`: call again with the same `heap` to continue \
-where you left off. Omit `heap` to start a new one; the result tells you its name. A call that \
-throws changes nothing. Plain ECMAScript: no require, fetch, fs or DOM.",
+arrays as JSON; a promise is awaited (top-level `await` works too). Everything the code leaves \
+in the global scope (var, let, const, functions, globalThis properties) is saved in the named \
+`heap`: call again with the same `heap` to continue where you left off. Omit `heap` to start a \
+new one; the result tells you its name. console.log output comes back in `logs`; setTimeout and \
+setInterval run on a virtual clock until the result settles. A call that throws, times out or \
+runs out of memory changes nothing. Plain ECMAScript: no require, fetch, fs or DOM.",
         output_schema = schema_for_output::<RunJsOutput>()
     )]
     async fn run_js(
         &self,
+        ct: CancellationToken,
         Parameters(args): Parameters<RunJsArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        match self.runtime.run_on_heap(args.code, args.heap).await {
-            Ok(run) => structured(&RunJsOutput {
-                output: run.output,
-                heap: run.heap,
-            }),
-            Err(e) => tool_error(e),
-        }
+        let limits = match call_limits(args.timeout_secs, args.heap_memory_max_mb) {
+            Ok(limits) => limits,
+            Err(e) => return tool_error(e),
+        };
+        let run = self.runtime.run_on_heap(args.code, args.heap, limits);
+        let Some(reply) = cancellable(ct, run).await else {
+            return cancelled();
+        };
+        let result = reply.result.map(|run| RunJsOutput {
+            output: run.completion.output,
+            heap: run.heap,
+            logs: reply.console.lines.clone(),
+            logs_truncated: reply.console.truncated,
+            pending_timers: run.completion.pending_timers,
+        });
+        run_result(result, &reply.console)
     }
 
     /// `list_heaps`.
@@ -194,18 +305,31 @@ impl McpServer {
     #[tool(
         name = "run_js",
         description = "Run JavaScript in a fresh V8 isolate. The value of the last expression \
-is the result (`output`): strings as they are, objects and arrays as JSON. Nothing is kept \
+is the result (`output`): strings as they are, objects and arrays as JSON; a promise is awaited \
+(top-level `await` works too). console.log output comes back in `logs`. Nothing is kept \
 between calls. Plain ECMAScript: no require, fetch, fs or DOM.",
         output_schema = schema_for_output::<StatelessRunJsOutput>()
     )]
     async fn run_js_stateless(
         &self,
+        ct: CancellationToken,
         Parameters(args): Parameters<StatelessRunJsArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        match self.runtime.run_stateless(args.code).await {
-            Ok(output) => structured(&StatelessRunJsOutput { output }),
-            Err(e) => tool_error(e),
-        }
+        let limits = match call_limits(args.timeout_secs, args.heap_memory_max_mb) {
+            Ok(limits) => limits,
+            Err(e) => return tool_error(e),
+        };
+        let run = self.runtime.run_stateless(args.code, limits);
+        let Some(reply) = cancellable(ct, run).await else {
+            return cancelled();
+        };
+        let result = reply.result.map(|completion| StatelessRunJsOutput {
+            output: completion.output,
+            logs: reply.console.lines.clone(),
+            logs_truncated: reply.console.truncated,
+            pending_timers: completion.pending_timers,
+        });
+        run_result(result, &reply.console)
     }
 }
 

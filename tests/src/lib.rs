@@ -132,18 +132,20 @@ impl Server {
     /// Calls `tool` and sorts the answer into [`Reply`].
     pub async fn reply(&self, tool: &str, arguments: Value) -> Reply {
         let result = self.call(tool, arguments).await;
-        let text: String = result
+        let texts: Vec<String> = result
             .content
             .iter()
             .filter_map(|c| c.as_text().map(|t| t.text.clone()))
             .collect();
         if result.is_error == Some(true) {
-            Reply::Err(text)
+            Reply::Err(texts.concat())
         } else {
             let structured = result.structured_content.expect("structured content");
-            // The text content carries the same JSON for clients without structured output.
+            // The first text block carries the same JSON, for clients without structured
+            // output; a second one, if any, is the console.
+            let first = texts.first().map(String::as_str).unwrap_or_default();
             assert_eq!(
-                serde_json::from_str::<Value>(&text).ok(),
+                serde_json::from_str::<Value>(first).ok(),
                 Some(structured.clone())
             );
             Reply::Ok(structured)

@@ -202,7 +202,10 @@ async fn stateless_mode_keeps_nothing() {
         .reply("run_js", json!({ "code": "var x = 5; x * 2" }))
         .await
         .ok();
-    assert_eq!(first, json!({ "output": "10" }));
+    assert_eq!(
+        first,
+        json!({ "output": "10", "logs": [], "pending_timers": 0 })
+    );
     let second = server
         .reply("run_js", json!({ "code": "typeof x" }))
         .await

@@ -5,17 +5,15 @@
 mod pool;
 mod protocol;
 
+use bytes::Bytes;
 use std::io::{self, BufReader, BufWriter};
 use std::process::ExitCode;
-use std::time::Duration;
-
-use bytes::Bytes;
 
 pub use pool::WorkerPool;
 use protocol::{read_frame, write_frame, Request, Response};
 
-use crate::engine::{self, Limits, RunError};
-use crate::executor::{run_here, Job};
+use crate::engine::{self, RunError};
+use crate::executor::{run_here, Job, Outcome};
 
 /// The worker's main loop: answer requests on stdin until it closes.
 pub fn serve() -> ExitCode {
@@ -40,26 +38,26 @@ pub fn serve() -> ExitCode {
             .into_iter()
             .next()
             .map(|bytes| String::from_utf8(bytes).map_err(|_| "code is not UTF-8"));
-        let result = match code {
+        let outcome = match code {
             Some(Ok(code)) => run_here(Job {
                 code,
                 stateful: request.stateful,
                 heap,
-                limits: Limits {
-                    timeout: Duration::from_millis(request.timeout_ms),
-                },
+                limits: request.limits,
             }),
-            Some(Err(e)) => Err(RunError::Crashed(e.into())),
-            None => Err(RunError::Crashed("request without code".into())),
+            Some(Err(e)) => Outcome::failed(RunError::Crashed(e.into())),
+            None => Outcome::failed(RunError::Crashed("request without code".into())),
         };
-        let written = match &result {
-            Ok(outcome) => {
-                let mut sections: Vec<&[u8]> = vec![outcome.output.as_bytes()];
-                sections.extend(outcome.sealed_heap.as_deref());
-                write_frame(&mut output, &Response::Ok, &sections)
-            }
-            Err(e) => write_frame(&mut output, &Response::Err(e.clone()), &[]),
+        let (result, heap) = match outcome.result {
+            Ok((completion, heap)) => (Ok(completion), heap),
+            Err(e) => (Err(e), None),
         };
+        let response = Response {
+            result,
+            console: outcome.console,
+        };
+        let sections: Vec<&[u8]> = heap.as_deref().into_iter().collect();
+        let written = write_frame(&mut output, &response, &sections);
         if let Err(e) = written {
             tracing::error!("worker: cannot answer the host: {e}");
             return ExitCode::FAILURE;

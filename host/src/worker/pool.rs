@@ -43,12 +43,10 @@ impl WorkerPool {
     }
 
     /// Runs `job` on a free worker.
-    pub async fn run(&self, job: Job) -> Result<Outcome, RunError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| RunError::Crashed("the worker pool is shut down".into()))?;
+    pub async fn run(&self, job: Job) -> Outcome {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Outcome::failed(RunError::Crashed("the worker pool is shut down".into()));
+        };
         let idle = self
             .idle
             .lock()
@@ -56,21 +54,24 @@ impl WorkerPool {
             .pop();
         let mut worker = match idle {
             Some(worker) => worker,
-            None => Worker::spawn(&self.program)?,
+            None => match Worker::spawn(&self.program) {
+                Ok(worker) => worker,
+                Err(e) => return Outcome::failed(e),
+            },
         };
         let deadline = job.limits.timeout + GRACE;
         match tokio::time::timeout(deadline, worker.call(&job)).await {
-            Ok(Ok(result)) => {
+            Ok(Ok(outcome)) => {
                 self.idle
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(worker);
-                result
+                outcome
             }
             // The worker died or garbled its answer: report how, and let it go.
-            Ok(Err(io_error)) => Err(RunError::Crashed(worker.death(io_error).await)),
+            Ok(Err(io_error)) => Outcome::failed(RunError::Crashed(worker.death(io_error).await)),
             // It did not stop at its own time limit: kill it.
-            Err(_) => Err(RunError::Timeout(job.limits.timeout)),
+            Err(_) => Outcome::failed(RunError::Timeout(job.limits.timeout)),
         }
         // A worker not put back is dropped here, which kills its process.
     }
@@ -99,29 +100,20 @@ impl Worker {
     }
 
     /// Sends one job and reads the answer. An I/O error means the worker is unusable.
-    async fn call(&mut self, job: &Job) -> std::io::Result<Result<Outcome, RunError>> {
+    async fn call(&mut self, job: &Job) -> std::io::Result<Outcome> {
         let request = Request {
             stateful: job.stateful,
             heap: job.heap.is_some(),
-            timeout_ms: u64::try_from(job.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            limits: job.limits,
         };
         let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
         sections.extend(job.heap.as_deref());
         write_frame_async(&mut self.stdin, &request, &sections).await?;
         let (response, sections) = read_frame_async::<Response>(&mut self.stdout).await?;
-        Ok(match response {
-            Response::Err(e) => Err(e),
-            Response::Ok => {
-                let mut sections = sections.into_iter();
-                let output = sections.next().unwrap_or_default();
-                let output = String::from_utf8(output).map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "output is not UTF-8")
-                })?;
-                Ok(Outcome {
-                    output,
-                    sealed_heap: sections.next().map(Bytes::from),
-                })
-            }
+        let heap = sections.into_iter().next().map(Bytes::from);
+        Ok(Outcome {
+            result: response.result.map(|completion| (completion, heap)),
+            console: response.console,
         })
     }
 

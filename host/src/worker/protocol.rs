@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::engine::RunError;
+use crate::engine::{Completion, Console, Limits, RunError};
 
 /// Largest header accepted, to fail fast on a garbled stream.
 const MAX_HEADER: u32 = 1 << 20;
@@ -28,17 +28,17 @@ pub struct Request {
     pub stateful: bool,
     /// A sealed heap follows the code.
     pub heap: bool,
-    /// Execution time limit in milliseconds.
-    pub timeout_ms: u64,
+    /// Time, memory and output limits.
+    pub limits: Limits,
 }
 
-/// What a worker answers. Sections on success: the output, then the sealed heap if stateful.
+/// What a worker answers. Sections on success of a stateful run: the sealed heap.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Response {
-    /// The code ran.
-    Ok,
-    /// The code failed.
-    Err(RunError),
+pub struct Response {
+    /// The completion, or why there is none.
+    pub result: Result<Completion, RunError>,
+    /// What the code printed.
+    pub console: Console,
 }
 
 fn encode_header<H: Serialize>(header: &H) -> io::Result<Vec<u8>> {
@@ -153,22 +153,26 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_between_both_sides() {
+        let limits = Limits::default();
         let request = Request {
             stateful: true,
             heap: true,
-            timeout_ms: 1500,
+            limits,
         };
         let mut wire = Vec::new();
         write_frame(&mut wire, &request, &[b"1 + 1", &[0u8, 1, 2]]).unwrap();
         let (back, sections): (Request, _) = read_frame_async(&mut wire.as_slice()).await.unwrap();
-        assert!(back.stateful && back.heap && back.timeout_ms == 1500);
+        assert!(back.stateful && back.heap && back.limits == limits);
         assert_eq!(sections, vec![b"1 + 1".to_vec(), vec![0, 1, 2]]);
 
         let mut wire = Vec::new();
-        let error = Response::Err(RunError::Timeout(std::time::Duration::from_secs(2)));
+        let error = Response {
+            result: Err(RunError::Timeout(std::time::Duration::from_secs(2))),
+            console: Console::default(),
+        };
         write_frame_async(&mut wire, &error, &[]).await.unwrap();
         let (back, sections): (Response, _) = read_frame(&mut wire.as_slice()).unwrap().unwrap();
-        assert!(matches!(back, Response::Err(RunError::Timeout(d)) if d.as_secs() == 2));
+        assert!(matches!(back.result, Err(RunError::Timeout(d)) if d.as_secs() == 2));
         assert!(sections.is_empty());
     }
 

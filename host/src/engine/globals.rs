@@ -1,0 +1,313 @@
+//! What the engine adds to the JavaScript global scope: `console`, timers and
+//! `queueMicrotask`, backed by native functions and per-run state.
+//!
+//! The functions live in the heap and are saved with it, so V8 must be able to find their
+//! native callbacks when it creates and when it restores a snapshot: every callback is listed
+//! in [`external_references`], in a fixed order. Changing that list changes the heap format
+//! ([`crate::envelope::FORMAT_VERSION`]).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use super::render::render;
+
+/// A captured `console` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LogLine {
+    /// `log`, `info`, `warn`, `error` or `debug`.
+    pub level: String,
+    /// The arguments, rendered and joined by spaces.
+    pub text: String,
+}
+
+/// Everything `console` printed during one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Console {
+    /// The lines, in order.
+    pub lines: Vec<LogLine>,
+    /// Lines were dropped because the output reached its size limit.
+    pub truncated: bool,
+}
+
+impl Console {
+    /// The lines as plain text, one `[level] text` per line.
+    pub fn to_text(&self) -> String {
+        let mut text: String = self
+            .lines
+            .iter()
+            .map(|l| format!("[{}] {}\n", l.level, l.text))
+            .collect();
+        if self.truncated {
+            text.push_str("[console output truncated]\n");
+        }
+        text
+    }
+}
+
+struct Timer {
+    id: u32,
+    callback: v8::Global<v8::Function>,
+    args: Vec<v8::Global<v8::Value>>,
+    repeat: Option<u64>,
+}
+
+/// Per-run state, kept in an isolate slot while the run lasts.
+pub(super) struct RunState {
+    console: Console,
+    console_bytes: usize,
+    console_limit: usize,
+    /// Timers by (due time in virtual ms, sequence number): earliest first, ties in order.
+    timers: BTreeMap<(u64, u64), Timer>,
+    now: u64,
+    sequence: u64,
+    next_id: u32,
+}
+
+impl RunState {
+    pub(super) fn new(console_limit: usize) -> Self {
+        Self {
+            console: Console::default(),
+            console_bytes: 0,
+            console_limit,
+            timers: BTreeMap::new(),
+            now: 0,
+            sequence: 0,
+            next_id: 1,
+        }
+    }
+
+    /// Ends the run: returns the console and the number of timers that never fired, and
+    /// drops those timers (their handles must go before the isolate does).
+    pub(super) fn finish(self) -> (Console, usize) {
+        (self.console, self.timers.len())
+    }
+
+    fn log(&mut self, level: &str, text: String) {
+        if self.console.truncated {
+            return;
+        }
+        let cost = text.len() + level.len() + 4;
+        if self.console_bytes + cost > self.console_limit {
+            self.console.truncated = true;
+            return;
+        }
+        self.console_bytes += cost;
+        self.console.lines.push(LogLine {
+            level: level.to_string(),
+            text,
+        });
+    }
+
+    fn schedule(&mut self, timer: Timer, delay: u64) {
+        self.sequence += 1;
+        self.timers.insert((self.now + delay, self.sequence), timer);
+    }
+}
+
+/// The next due timer's callback and arguments, advancing virtual time to it. Intervals are
+/// scheduled again before they run, so they may clear themselves.
+pub(super) fn next_timer<'s>(
+    scope: &mut v8::HandleScope<'s>,
+) -> Option<(v8::Local<'s, v8::Function>, Vec<v8::Local<'s, v8::Value>>)> {
+    let state = scope.get_slot_mut::<RunState>()?;
+    let ((due, _), timer) = state.timers.pop_first()?;
+    state.now = due;
+    let callback = timer.callback.clone();
+    let args = timer.args.clone();
+    if let Some(every) = timer.repeat {
+        state.schedule(timer, every);
+    }
+    let callback = v8::Local::new(scope, callback);
+    let args = args.iter().map(|a| v8::Local::new(scope, a)).collect();
+    Some((callback, args))
+}
+
+fn console_line(scope: &mut v8::HandleScope, args: &v8::FunctionCallbackArguments, level: &str) {
+    let text = (0..args.length())
+        .map(|i| render(scope, args.get(i)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(state) = scope.get_slot_mut::<RunState>() {
+        state.log(level, text);
+    }
+}
+
+fn console_log(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    _: v8::ReturnValue,
+) {
+    console_line(scope, &args, "log");
+}
+fn console_info(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    _: v8::ReturnValue,
+) {
+    console_line(scope, &args, "info");
+}
+fn console_warn(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    _: v8::ReturnValue,
+) {
+    console_line(scope, &args, "warn");
+}
+fn console_error(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    _: v8::ReturnValue,
+) {
+    console_line(scope, &args, "error");
+}
+fn console_debug(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    _: v8::ReturnValue,
+) {
+    console_line(scope, &args, "debug");
+}
+
+fn throw_type_error(scope: &mut v8::HandleScope, message: &str) {
+    if let Some(message) = v8::String::new(scope, message) {
+        let error = v8::Exception::type_error(scope, message);
+        scope.throw_exception(error);
+    }
+}
+
+fn add_timer(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    mut rv: v8::ReturnValue,
+    repeat: bool,
+) {
+    let Ok(callback) = v8::Local::<v8::Function>::try_from(args.get(0)) else {
+        let name = if repeat { "setInterval" } else { "setTimeout" };
+        throw_type_error(scope, &format!("{name}: the callback must be a function"));
+        return;
+    };
+    let delay = args.get(1).number_value(scope).unwrap_or(0.0);
+    // As in Node.js: below 1 ms (or not a number) means 1 ms.
+    let delay = if delay.is_finite() && delay >= 1.0 {
+        delay.min(u64::MAX as f64) as u64
+    } else {
+        1
+    };
+    let extra: Vec<v8::Global<v8::Value>> = (2..args.length())
+        .map(|i| v8::Global::new(scope, args.get(i)))
+        .collect();
+    let callback = v8::Global::new(scope, callback);
+    let Some(state) = scope.get_slot_mut::<RunState>() else {
+        return;
+    };
+    let id = state.next_id;
+    state.next_id = state.next_id.wrapping_add(1).max(1);
+    state.schedule(
+        Timer {
+            id,
+            callback,
+            args: extra,
+            repeat: repeat.then_some(delay),
+        },
+        delay,
+    );
+    rv.set_uint32(id);
+}
+
+fn set_timeout(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    rv: v8::ReturnValue,
+) {
+    add_timer(scope, args, rv, false);
+}
+
+fn set_interval(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    rv: v8::ReturnValue,
+) {
+    add_timer(scope, args, rv, true);
+}
+
+fn clear_timer(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    _: v8::ReturnValue,
+) {
+    let Some(id) = args.get(0).uint32_value(scope) else {
+        return;
+    };
+    if let Some(state) = scope.get_slot_mut::<RunState>() {
+        state.timers.retain(|_, timer| timer.id != id);
+    }
+}
+
+fn queue_microtask(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    _: v8::ReturnValue,
+) {
+    match v8::Local::<v8::Function>::try_from(args.get(0)) {
+        Ok(callback) => scope.enqueue_microtask(callback),
+        Err(_) => throw_type_error(scope, "queueMicrotask: the callback must be a function"),
+    }
+}
+
+fn reference(callback: impl v8::MapFnTo<v8::FunctionCallback>) -> v8::ExternalReference<'static> {
+    v8::ExternalReference {
+        function: callback.map_fn_to(),
+    }
+}
+
+/// Every native callback, in a fixed order, for snapshot creation and restoration.
+pub(super) fn external_references() -> &'static v8::ExternalReferences {
+    static REFS: OnceLock<v8::ExternalReferences> = OnceLock::new();
+    REFS.get_or_init(|| {
+        v8::ExternalReferences::new(&[
+            reference(console_log),
+            reference(console_info),
+            reference(console_warn),
+            reference(console_error),
+            reference(console_debug),
+            reference(set_timeout),
+            reference(set_interval),
+            reference(clear_timer),
+            reference(queue_microtask),
+        ])
+    })
+}
+
+fn define(
+    scope: &mut v8::HandleScope,
+    target: v8::Local<v8::Object>,
+    name: &str,
+    callback: impl v8::MapFnTo<v8::FunctionCallback>,
+) -> Option<()> {
+    let function = v8::Function::new(scope, callback)?;
+    let key = v8::String::new(scope, name)?;
+    target.set(scope, key.into(), function.into())?;
+    Some(())
+}
+
+/// Adds `console`, the timer functions and `queueMicrotask` to a fresh context's global.
+pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
+    let context = scope.get_current_context();
+    let global = context.global(scope);
+    let console = v8::Object::new(scope);
+    define(scope, console, "log", console_log)?;
+    define(scope, console, "info", console_info)?;
+    define(scope, console, "warn", console_warn)?;
+    define(scope, console, "error", console_error)?;
+    define(scope, console, "debug", console_debug)?;
+    let key = v8::String::new(scope, "console")?;
+    global.set(scope, key.into(), console.into())?;
+    define(scope, global, "setTimeout", set_timeout)?;
+    define(scope, global, "setInterval", set_interval)?;
+    define(scope, global, "clearTimeout", clear_timer)?;
+    define(scope, global, "clearInterval", clear_timer)?;
+    define(scope, global, "queueMicrotask", queue_microtask)?;
+    Some(())
+}

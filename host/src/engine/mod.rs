@@ -1,0 +1,786 @@
+//! The V8 engine: runs one piece of JavaScript in a fresh isolate, optionally restored from
+//! a heap snapshot, drives its promises and timers, and (when stateful) snapshots the heap
+//! again afterwards.
+//!
+//! Every function here blocks; callers run it on a blocking thread or in a worker process.
+//! Stored heaps are verified ([`crate::envelope`]) right here, before V8 sees a byte: V8
+//! aborts the process on a malformed snapshot.
+
+mod globals;
+mod render;
+mod source;
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Once, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use globals::RunState;
+pub use globals::{Console, LogLine};
+use render::{describe_thrown, render};
+
+use crate::envelope::{self, EnvelopeError};
+
+/// How a run may behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Wall-clock time after which the isolate is terminated.
+    pub timeout: Duration,
+    /// Largest JavaScript heap, in bytes.
+    pub heap_bytes: usize,
+    /// Most bytes of console output kept.
+    pub console_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            heap_bytes: 128 << 20,
+            console_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A failed run. Nothing is stored after a failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum RunError {
+    /// The stored heap failed verification; V8 never saw it.
+    #[error("{0}")]
+    Heap(EnvelopeError),
+    /// The code threw (or failed to compile), at the top level, in a promise it returned
+    /// or in a timer callback.
+    #[error("{0}")]
+    Exception(JsException),
+    /// The code ran longer than allowed.
+    #[error("execution timed out after {} s; the heap was not changed", .0.as_secs_f64())]
+    Timeout(Duration),
+    /// The code needed more memory than allowed.
+    #[error("heap limit exceeded: the code needed more than {} MB of JavaScript heap; the heap was not changed", .0 >> 20)]
+    HeapLimit(usize),
+    /// The result is a promise that nothing left can settle.
+    #[error("the result is a promise that never settles (no timers or callbacks are left to run it); the heap was not changed")]
+    Unsettled,
+    /// V8 could not serialise the heap.
+    #[error("could not snapshot the heap: {0}")]
+    Snapshot(String),
+    /// The process running the code died (V8 aborted, or it was killed).
+    #[error(
+        "the JavaScript engine crashed while running this code ({0}); the heap was not changed"
+    )]
+    Crashed(String),
+}
+
+/// A JavaScript exception, as an agent needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsException {
+    /// `error.name` (e.g. `TypeError`), or `"Error"` for thrown non-errors.
+    pub name: String,
+    /// `error.message`, or the thrown value as a string.
+    pub message: String,
+    /// 1-based line of the throw, when known.
+    pub line: Option<usize>,
+    /// 1-based column of the throw, when known.
+    pub column: Option<usize>,
+}
+
+impl std::fmt::Display for JsException {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Uncaught {}: {}", self.name, self.message)?;
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, " (at line {l}, column {c})"),
+            (Some(l), None) => write!(f, " (at line {l})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a successful run produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The completion value (or the value its promise resolved to), rendered as text.
+    pub output: String,
+    /// Timers still pending when the result settled; they were dropped.
+    pub pending_timers: usize,
+}
+
+/// A run's result and whatever the code printed along the way (also when it failed).
+#[derive(Debug)]
+pub struct Run<T> {
+    /// The result.
+    pub result: Result<T, RunError>,
+    /// `console` output, in order.
+    pub console: Console,
+}
+
+static INIT: Once = Once::new();
+/// V8 shares one read-only heap per process and a snapshot creator rebuilds it, so while one
+/// is alive no other isolate may exist (two crash the process with SIGSEGV/SIGABRT). Snapshot
+/// creators take this lock exclusively, plain isolates shared. Worker processes run one
+/// execution each, so this only serialises in-process execution.
+static ISOLATES: RwLock<()> = RwLock::new(());
+
+/// Initialises V8 once per process. Cheap after the first call.
+pub fn init() {
+    INIT.call_once(|| {
+        let platform = v8::new_default_platform(0, false).make_shared();
+        v8::V8::initialize_platform(platform);
+        v8::V8::initialize();
+    });
+}
+
+/// The V8 version this process runs, as recorded in every heap envelope.
+pub fn v8_version() -> &'static str {
+    v8::V8::get_version()
+}
+
+/// Why execution was terminated from outside JavaScript.
+const NOT_TERMINATED: u8 = 0;
+const TIMED_OUT: u8 = 1;
+const OUT_OF_HEAP: u8 = 2;
+
+/// Shared between a run, its watchdog thread and V8's near-heap-limit callback.
+struct Guard {
+    isolate: v8::IsolateHandle,
+    reason: AtomicU8,
+}
+
+impl Guard {
+    fn terminate(&self, reason: u8) {
+        // The first reason wins: a timeout during the heap-limit unwinding stays a heap error.
+        let _ = self.reason.compare_exchange(
+            NOT_TERMINATED,
+            reason,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        self.isolate.terminate_execution();
+    }
+
+    fn error(&self, limits: &Limits) -> Option<RunError> {
+        match self.reason.load(Ordering::SeqCst) {
+            TIMED_OUT => Some(RunError::Timeout(limits.timeout)),
+            OUT_OF_HEAP => Some(RunError::HeapLimit(limits.heap_bytes)),
+            _ => None,
+        }
+    }
+}
+
+extern "C" fn near_heap_limit(data: *mut c_void, current: usize, _initial: usize) -> usize {
+    // SAFETY: `data` is the `Guard` registered in `guard()`, which the run keeps alive (in an
+    // Arc held on its stack) for as long as the isolate exists.
+    let guard = unsafe { &*(data as *const Guard) };
+    guard.terminate(OUT_OF_HEAP);
+    // Head-room so that V8 can unwind the terminated script instead of aborting.
+    current.saturating_mul(2)
+}
+
+/// Arms the heap limit of `isolate`, and gives the watchdog a way to stop it.
+fn guard(isolate: &mut v8::Isolate) -> Arc<Guard> {
+    let guard = Arc::new(Guard {
+        isolate: isolate.thread_safe_handle(),
+        reason: AtomicU8::new(NOT_TERMINATED),
+    });
+    isolate.add_near_heap_limit_callback(near_heap_limit, Arc::as_ptr(&guard) as *mut c_void);
+    guard
+}
+
+fn create_params(limits: &Limits) -> v8::CreateParams {
+    v8::CreateParams::default()
+        .heap_limits(0, limits.heap_bytes)
+        .external_references(&**globals::external_references())
+}
+
+/// Runs `code` in a plain isolate; nothing is kept.
+pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
+    init();
+    let _shared = ISOLATES.read().unwrap_or_else(PoisonError::into_inner);
+    let isolate = &mut v8::Isolate::new(create_params(&limits));
+    let guard = guard(isolate);
+    isolate.set_slot(RunState::new(limits.console_bytes));
+    let result = {
+        let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
+        let scope = &mut v8::HandleScope::new(&mut *isolate);
+        let context = v8::Context::new(scope, Default::default());
+        let scope = &mut v8::ContextScope::new(scope, context);
+        match globals::install(scope) {
+            Some(()) => evaluate(scope, code, &guard, &limits),
+            None => Err(RunError::Crashed(
+                "could not set up the global scope".into(),
+            )),
+        }
+    };
+    let run = finish(isolate, result.map(|output| (output, ())));
+    Run {
+        result: run.result.map(|(completion, ())| completion),
+        console: run.console,
+    }
+}
+
+/// Removes the run state from `isolate` and pairs its console with `result`.
+fn finish<T>(
+    isolate: &mut v8::Isolate,
+    result: Result<(String, T), RunError>,
+) -> Run<(Completion, T)> {
+    let (console, pending_timers) = isolate
+        .remove_slot::<RunState>()
+        .map(RunState::finish)
+        .unwrap_or_default();
+    Run {
+        result: result.map(|(output, extra)| {
+            (
+                Completion {
+                    output,
+                    pending_timers,
+                },
+                extra,
+            )
+        }),
+        console,
+    }
+}
+
+/// Runs `code` on the heap restored from `sealed` (a stored envelope, verified here before
+/// V8 sees a byte of it), or on a fresh heap, and snapshots the heap afterwards. On success
+/// the result carries the new heap, sealed and ready to store.
+pub fn run_stateful(
+    code: &str,
+    sealed: Option<&Bytes>,
+    limits: Limits,
+) -> Run<(Completion, Bytes)> {
+    let snapshot = match sealed.map(envelope::open).transpose() {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            return Run {
+                result: Err(RunError::Heap(e)),
+                console: Console::default(),
+            }
+        }
+    };
+    init();
+    let _exclusive = ISOLATES.write().unwrap_or_else(PoisonError::into_inner);
+    let fresh = snapshot.is_none();
+    let params = create_params(&limits);
+    let refs = Some(globals::external_references());
+    let mut isolate = match snapshot {
+        Some(blob) => {
+            v8::Isolate::snapshot_creator_from_existing_snapshot(blob, refs, Some(params))
+        }
+        None => v8::Isolate::snapshot_creator(refs, Some(params)),
+    };
+    let guard = guard(&mut isolate);
+    isolate.set_slot(RunState::new(limits.console_bytes));
+    let result = {
+        let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
+        let scope = &mut v8::HandleScope::new(&mut *isolate);
+        let context = v8::Context::new(scope, Default::default());
+        let result = {
+            let scope = &mut v8::ContextScope::new(scope, context);
+            let installed = if fresh {
+                globals::install(scope)
+            } else {
+                Some(())
+            };
+            match installed {
+                Some(()) => evaluate(scope, code, &guard, &limits),
+                None => Err(RunError::Crashed(
+                    "could not set up the global scope".into(),
+                )),
+            }
+        };
+        if result.is_ok() {
+            scope.set_default_context(context);
+        } else {
+            // The failed run's context is thrown away: an empty one takes its place, so the
+            // discarded snapshot below is small and quick whatever the code allocated.
+            scope.cancel_terminate_execution();
+            let empty = v8::Context::new(scope, Default::default());
+            scope.set_default_context(empty);
+        }
+        result
+    };
+    // Console and timers go first: their handles must not outlive the isolate.
+    let run = finish(&mut isolate, result.map(|output| (output, ())));
+    // A snapshot creator must always end with create_blob; after a failure it is discarded.
+    let handling = if run.result.is_ok() {
+        v8::FunctionCodeHandling::Keep
+    } else {
+        v8::FunctionCodeHandling::Clear
+    };
+    let blob = isolate.create_blob(handling);
+    let result = run.result.and_then(|(completion, ())| {
+        let blob = blob.ok_or_else(|| RunError::Snapshot("V8 returned no snapshot".into()))?;
+        Ok((completion, Bytes::from(envelope::seal(&blob))))
+    });
+    Run {
+        result,
+        console: run.console,
+    }
+}
+
+/// Compiles and runs `code`, then drives microtasks and timers until its result settles.
+fn evaluate(
+    scope: &mut v8::HandleScope,
+    code: &str,
+    guard: &Guard,
+    limits: &Limits,
+) -> Result<String, RunError> {
+    let tc = &mut v8::TryCatch::new(scope);
+    let value = match compile(tc, code) {
+        Some(script) => script.run(tc),
+        None => None,
+    };
+    let Some(value) = value else {
+        return Err(failure(tc, guard, limits));
+    };
+    let promise = v8::Local::<v8::Promise>::try_from(value).ok();
+    loop {
+        tc.perform_microtask_checkpoint();
+        if tc.has_terminated() {
+            return Err(failure(tc, guard, limits));
+        }
+        let Some(promise) = promise else { break };
+        match promise.state() {
+            v8::PromiseState::Fulfilled => {
+                let value = promise.result(tc);
+                return Ok(render(tc, value));
+            }
+            v8::PromiseState::Rejected => {
+                let reason = promise.result(tc);
+                // The error's own stack knows where it was made.
+                let message = v8::Exception::create_message(tc, reason);
+                return Err(RunError::Exception(describe_thrown(
+                    tc,
+                    reason,
+                    Some(message),
+                )));
+            }
+            v8::PromiseState::Pending => {}
+        }
+        let Some((callback, args)) = globals::next_timer(tc) else {
+            return Err(RunError::Unsettled);
+        };
+        let undefined = v8::undefined(tc).into();
+        if callback.call(tc, undefined, &args).is_none() {
+            return Err(failure(tc, guard, limits));
+        }
+    }
+    Ok(render(tc, value))
+}
+
+/// Compiles `code` as a classic script, or, if it uses top-level `await`, as the body of an
+/// async function ([`source::wrap_async`]). A compile error is left pending in `tc`.
+fn compile<'s>(
+    tc: &mut v8::TryCatch<'s, v8::HandleScope>,
+    code: &str,
+) -> Option<v8::Local<'s, v8::Script>> {
+    let script = compile_as(tc, code);
+    if script.is_some() {
+        return script;
+    }
+    let uses_await = tc
+        .message()
+        .map(|m| m.get(tc).to_rust_string_lossy(tc))
+        .is_some_and(|m| source::is_top_level_await_error(&m));
+    if !uses_await {
+        return None;
+    }
+    tc.reset();
+    compile_as(tc, &source::wrap_async(code))
+}
+
+fn compile_as<'s>(
+    tc: &mut v8::TryCatch<'s, v8::HandleScope>,
+    code: &str,
+) -> Option<v8::Local<'s, v8::Script>> {
+    let source = v8::String::new(tc, code)?;
+    let name = v8::String::new(tc, "run_js")?;
+    let origin = v8::ScriptOrigin::new(
+        tc,
+        name.into(),
+        0,
+        0,
+        false,
+        0,
+        None,
+        false,
+        false,
+        false,
+        None,
+    );
+    v8::Script::compile(tc, source, Some(&origin))
+}
+
+/// Turns the pending exception or termination of `tc` into a [`RunError`].
+fn failure(tc: &mut v8::TryCatch<v8::HandleScope>, guard: &Guard, limits: &Limits) -> RunError {
+    if let Some(error) = guard.error(limits) {
+        return error;
+    }
+    if tc.has_terminated() {
+        return RunError::Timeout(limits.timeout);
+    }
+    let message = tc.message();
+    match tc.exception() {
+        Some(exception) => RunError::Exception(describe_thrown(tc, exception, message)),
+        None => RunError::Exception(JsException {
+            name: "Error".into(),
+            message: "execution failed without an exception".into(),
+            line: None,
+            column: None,
+        }),
+    }
+}
+
+/// Terminates the isolate if the run outlives its time limit.
+struct Watchdog {
+    done: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn arm(guard: Arc<Guard>, timeout: Duration) -> Self {
+        let (done, wait) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mcp-v8-watchdog".into())
+            .spawn(move || {
+                if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
+                    guard.terminate(TIMED_OUT);
+                }
+            })
+            .ok();
+        Self {
+            done: Some(done),
+            thread,
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(10),
+            ..Limits::default()
+        }
+    }
+
+    fn step(code: &str, heap: Option<Bytes>) -> Result<(String, Bytes), RunError> {
+        run_stateful(code, heap.as_ref(), limits())
+            .result
+            .map(|(completion, heap)| (completion.output, heap))
+    }
+
+    fn stateless(code: &str) -> Result<String, RunError> {
+        run_stateless(code, limits()).result.map(|c| c.output)
+    }
+
+    fn exception(result: Result<String, RunError>) -> JsException {
+        match result {
+            Err(RunError::Exception(e)) => e,
+            other => panic!("expected an exception, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn globals_of_every_kind_survive_a_snapshot() {
+        let (_, heap) = step(
+            "var v = 1; let l = 2; const c = 3; function f() { return v + l + c; } \
+             globalThis.g = { list: [1, 2], nested: { m: new Map([[1, 'a']]) } }; class K { get x() { return 7; } }; \
+             var k = new K(); undefined",
+            None,
+        )
+        .unwrap();
+        let (out, heap) = step(
+            "[f(), g.list.length, g.nested.m.get(1), k.x, typeof K]",
+            Some(heap),
+        )
+        .unwrap();
+        assert_eq!(out, r#"[6,2,"a",7,"function"]"#);
+        let (out, _) = step("l += 10; l", Some(heap)).unwrap();
+        assert_eq!(out, "12");
+    }
+
+    #[test]
+    fn values_render_as_documented() {
+        let cases = [
+            ("'text'", "text"),
+            ("42", "42"),
+            ("1.5", "1.5"),
+            ("true", "true"),
+            ("null", "null"),
+            ("undefined", "undefined"),
+            ("10n ** 20n", "100000000000000000000"),
+            ("Symbol('s')", "Symbol(s)"),
+            ("({a: 1, b: [true, null]})", r#"{"a":1,"b":[true,null]}"#),
+            ("[1, 'two']", r#"[1,"two"]"#),
+            (
+                "(function add(a, b) { return a + b; })",
+                "function add(a, b) { return a + b; }",
+            ),
+            ("const o = {}; o.self = o; o", "[object Object]"),
+            ("({ toJSON() { return undefined; } })", "[object Object]"),
+            ("Object.create(null)", "{}"),
+            ("new Date(0)", r#""1970-01-01T00:00:00.000Z""#),
+            ("Promise.resolve(5)", "5"),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(stateless(code).unwrap(), expected, "{code}");
+        }
+    }
+
+    #[test]
+    fn exceptions_carry_name_message_and_position() {
+        let e = exception(stateless("let a = 1;\n  null.boom"));
+        assert_eq!(e.name, "TypeError");
+        assert!(e.message.contains("null"), "{}", e.message);
+        assert_eq!((e.line, e.column), (Some(2), Some(8)));
+        let e = exception(stateless("let = ;"));
+        assert_eq!(e.name, "SyntaxError");
+        assert_eq!(e.line, Some(1));
+        let e = exception(stateless("throw 'plain'"));
+        assert_eq!(
+            (e.name.as_str(), e.message.as_str()),
+            ("Error", "thrown value: plain")
+        );
+        let e = exception(stateless("Promise.reject(new RangeError('nope'))"));
+        assert_eq!(
+            (e.name.as_str(), e.message.as_str()),
+            ("RangeError", "nope")
+        );
+        assert_eq!(
+            e.to_string(),
+            "Uncaught RangeError: nope (at line 1, column 16)"
+        );
+        let e = exception(stateless("class MyError extends Error { constructor() { super('m'); this.name = 'MyError'; } }\nthrow new MyError()"));
+        assert_eq!((e.name.as_str(), e.line), ("MyError", Some(2)));
+    }
+
+    #[test]
+    fn an_infinite_loop_times_out_and_keeps_nothing() {
+        let (_, heap) = step("var n = 1", None).unwrap();
+        let short = Limits {
+            timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let err = run_stateful("n = 2; for (;;) {}", Some(&heap), short)
+            .result
+            .err()
+            .unwrap();
+        assert_eq!(err, RunError::Timeout(Duration::from_millis(200)));
+        assert!(err.to_string().contains("timed out after 0.2 s"), "{err}");
+        let err = run_stateless("while (true) {}", short).result.unwrap_err();
+        assert_eq!(err, RunError::Timeout(Duration::from_millis(200)));
+        // The stored heap is whatever the caller had: the failed run produced none.
+        assert_eq!(step("n", Some(heap)).unwrap().0, "1");
+    }
+
+    #[test]
+    fn promises_are_awaited() {
+        assert_eq!(
+            stateless("(async () => { await null; return 6 * 7; })()").unwrap(),
+            "42"
+        );
+        assert_eq!(
+            stateless("Promise.resolve({ a: 1 })").unwrap(),
+            r#"{"a":1}"#
+        );
+        let e = exception(stateless(
+            "(async () => { await 0; throw new TypeError('late'); })()",
+        ));
+        assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "late"));
+        assert_eq!(
+            stateless("new Promise(() => {})").unwrap_err(),
+            RunError::Unsettled
+        );
+    }
+
+    #[test]
+    fn top_level_await_keeps_declarations_and_the_result() {
+        let (out, heap) = step(
+            "const base = await Promise.resolve(40);\nfunction add(x) { return base + x }\nadd(2)",
+            None,
+        )
+        .unwrap();
+        assert_eq!(out, "42");
+        let (out, _) = step(
+            "const more = await Promise.resolve(1)\nadd(more)",
+            Some(heap),
+        )
+        .unwrap();
+        assert_eq!(out, "41");
+        assert_eq!(stateless("await 1; 'done'").unwrap(), "done");
+        assert_eq!(
+            stateless("for (const x of [1]) { await x }").unwrap(),
+            "undefined"
+        );
+    }
+
+    #[test]
+    fn timers_run_in_virtual_time_order() {
+        let code = "const order = [];
+            setTimeout(() => order.push('c'), 30);
+            setTimeout(() => order.push('a'), 10);
+            setTimeout((x) => order.push(x), 10, 'b');
+            const cancelled = setTimeout(() => order.push('never'), 5);
+            clearTimeout(cancelled);
+            queueMicrotask(() => order.push('micro'));
+            let ticks = 0;
+            const every = setInterval(() => { if (++ticks === 3) clearInterval(every); }, 7);
+            new Promise((done) => setTimeout(() => done(order.concat([ticks])), 40))";
+        assert_eq!(stateless(code).unwrap(), r#"["micro","a","b","c",3]"#);
+    }
+
+    #[test]
+    fn pending_timers_are_counted_and_dropped() {
+        let run = run_stateless(
+            "setTimeout(() => {}, 10); setInterval(() => {}, 5); 'now'",
+            limits(),
+        );
+        let completion = run.result.unwrap();
+        assert_eq!(
+            (completion.output.as_str(), completion.pending_timers),
+            ("now", 2)
+        );
+        // Nothing of them survives into the heap either.
+        let (_, heap) = step("setInterval(() => { globalThis.ran = true }, 1); 1", None).unwrap();
+        assert_eq!(step("typeof ran", Some(heap)).unwrap().0, "undefined");
+    }
+
+    #[test]
+    fn an_exception_in_a_timer_fails_the_call() {
+        let e = exception(stateless(
+            "new Promise((done) => { setTimeout(() => { throw new Error('in timer'); }, 1); setTimeout(done, 5); })",
+        ));
+        assert_eq!(e.message, "in timer");
+        let e = exception(stateless("setTimeout('not a function', 1)"));
+        assert_eq!(e.name, "TypeError");
+    }
+
+    #[test]
+    fn console_is_captured_in_order_and_survives_snapshots() {
+        let run = run_stateless(
+            "console.log('a', 1, {b: [2]}); console.warn('w'); console.error(new Error('e').message); \
+             console.info(null, undefined); console.debug('d'); 'ok'",
+            limits(),
+        );
+        assert_eq!(run.result.unwrap().output, "ok");
+        let lines: Vec<(String, String)> = run
+            .console
+            .lines
+            .into_iter()
+            .map(|l| (l.level, l.text))
+            .collect();
+        let expected = [
+            ("log", r#"a 1 {"b":[2]}"#),
+            ("warn", "w"),
+            ("error", "e"),
+            ("info", "null undefined"),
+            ("debug", "d"),
+        ];
+        assert_eq!(lines, expected.map(|(l, t)| (l.to_string(), t.to_string())));
+        // A restored heap still has a working console.
+        let (_, heap) = step("var x = 1", None).unwrap();
+        let run = run_stateful("console.log('again', x); x", Some(&heap), limits());
+        assert_eq!(run.console.lines[0].text, "again 1");
+        assert!(run.result.is_ok());
+    }
+
+    #[test]
+    fn console_output_is_capped_with_a_marker() {
+        let small = Limits {
+            console_bytes: 100,
+            ..limits()
+        };
+        let run = run_stateless(
+            "for (let i = 0; i < 100; i++) console.log('line ' + i); 'done'",
+            small,
+        );
+        assert_eq!(run.result.unwrap().output, "done");
+        assert!(run.console.truncated);
+        assert!(run.console.lines.len() < 20, "{}", run.console.lines.len());
+        assert!(run
+            .console
+            .to_text()
+            .ends_with("[console output truncated]\n"));
+    }
+
+    #[test]
+    fn console_output_is_kept_when_the_code_fails() {
+        let run = run_stateless("console.log('before'); null.x", limits());
+        assert!(matches!(run.result, Err(RunError::Exception(_))));
+        assert_eq!(run.console.lines[0].text, "before");
+    }
+
+    #[test]
+    fn a_memory_bomb_hits_the_heap_limit_and_the_process_lives() {
+        let small = Limits {
+            heap_bytes: 32 << 20,
+            ..limits()
+        };
+        let (_, heap) = step("var kept = 'yes'", None).unwrap();
+        let run = run_stateful(
+            "kept = 'no'; const a = []; for (;;) a.push(new Array(1e5).fill(1))",
+            Some(&heap),
+            small,
+        );
+        assert_eq!(run.result.unwrap_err(), RunError::HeapLimit(32 << 20));
+        let run = run_stateless(
+            "const a = []; for (;;) a.push('x'.repeat(1e4) + a.length)",
+            small,
+        );
+        let err = run.result.unwrap_err();
+        assert!(err.to_string().starts_with("heap limit exceeded"), "{err}");
+        assert_eq!(step("kept", Some(heap)).unwrap().0, "yes");
+    }
+
+    #[test]
+    fn stack_overflow_is_a_range_error() {
+        let e = exception(stateless("function f() { return f(); } f()"));
+        assert_eq!(e.name, "RangeError");
+        assert!(e.message.contains("call stack"), "{}", e.message);
+    }
+
+    #[test]
+    fn concurrent_runs_do_not_crash_the_process() {
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let (_, mut heap) = step(&format!("var n = {t}; n"), None).unwrap();
+                    for i in 0..10 {
+                        let (out, next) = step("++n", Some(heap)).unwrap();
+                        assert_eq!(out, (t + i + 1).to_string());
+                        heap = next;
+                    }
+                })
+            })
+            .collect();
+        let stateless: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let out = stateless(&format!("{t} * {i}")).unwrap();
+                        assert_eq!(out, (t * i).to_string());
+                    }
+                })
+            })
+            .collect();
+        for t in threads.into_iter().chain(stateless) {
+            t.join().unwrap();
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Top-level `await`: code that uses it cannot run as a classic script, so it is rewritten to
+//! run inside an async function, the way a REPL does:
+//!
+//! * the last statement, if it is an expression, is returned, so it is still the result;
+//! * top-level `var`/`let`/`const NAME = ...`, `function NAME` and `class NAME` become
+//!   `globalThis` properties, so they persist in the heap like script globals do.
+//!
+//! The scan is lexical (strings, template literals, comments, regular expressions, bracket
+//! depth), not a full parser: declarations it does not recognise (destructuring, several
+//! names without initialisers) stay local to the call.
+
+/// The error V8 reports for `await` in a classic script.
+pub fn is_top_level_await_error(message: &str) -> bool {
+    message.contains("await is only valid")
+}
+
+/// Rewrites `code` to run inside an async function (see the module docs).
+pub fn wrap_async(code: &str) -> String {
+    let statements = top_level_statements(code);
+    let mut out = String::with_capacity(code.len() + 64);
+    out.push_str("(async () => {\n");
+    let last = statements.len().saturating_sub(1);
+    let mut copied = 0;
+    for (i, range) in statements.iter().enumerate() {
+        out.push_str(&code[copied..range.start]);
+        let statement = &code[range.clone()];
+        if i == last && is_expression_statement(statement) {
+            let expression = statement.trim_end().trim_end_matches(';');
+            out.push_str("return (");
+            out.push_str(expression);
+            out.push_str("\n);");
+            out.push_str(&statement[expression.len()..].replacen(';', "", 1));
+        } else {
+            out.push_str(&globalize(statement));
+        }
+        copied = range.end;
+    }
+    out.push_str(&code[copied..]);
+    out.push_str("\n})()");
+    out
+}
+
+const STATEMENT_KEYWORDS: &[&str] = &[
+    "var", "let", "const", "function", "async", "class", "if", "for", "while", "do", "try",
+    "switch", "return", "throw", "break", "continue", "import", "export", "debugger",
+];
+
+fn first_word(statement: &str) -> &str {
+    let s = statement.trim_start();
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+fn is_expression_statement(statement: &str) -> bool {
+    let s = statement.trim_start();
+    if s.is_empty() || s.starts_with('{') || s.starts_with(';') {
+        return false;
+    }
+    let word = first_word(s);
+    // `async (...) =>` and `async x =>` are expressions; `async function` is not.
+    if word == "async" {
+        return !s["async".len()..].trim_start().starts_with("function");
+    }
+    !STATEMENT_KEYWORDS.contains(&word)
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
+/// Turns a recognisable top-level declaration into a `globalThis` assignment.
+fn globalize(statement: &str) -> String {
+    let lead = statement.len() - statement.trim_start().len();
+    let (prefix, s) = statement.split_at(lead);
+    let word = first_word(s);
+    let after_word = &s[word.len()..];
+    match word {
+        "var" | "let" | "const" => {
+            let rest = after_word.trim_start();
+            let name = first_word(rest);
+            let tail = rest[name.len()..].trim_start();
+            if !is_identifier(name) {
+                return statement.to_string();
+            }
+            if tail.starts_with('=') && !tail.starts_with("==") {
+                format!("{prefix}globalThis.{name} {tail}")
+            } else if tail.is_empty() || tail.starts_with(';') {
+                format!("{prefix}globalThis.{name} = undefined{tail}")
+            } else {
+                statement.to_string()
+            }
+        }
+        "function" | "class" => {
+            let rest = after_word.trim_start().trim_start_matches('*').trim_start();
+            let name = first_word(rest);
+            if is_identifier(name) {
+                format!("{prefix}globalThis.{name} = {s};")
+            } else {
+                statement.to_string()
+            }
+        }
+        "async" if after_word.trim_start().starts_with("function") => {
+            let rest = after_word.trim_start()["function".len()..].trim_start();
+            let name = first_word(rest.trim_start_matches('*').trim_start());
+            if is_identifier(name) {
+                format!("{prefix}globalThis.{name} = {s};")
+            } else {
+                statement.to_string()
+            }
+        }
+        _ => statement.to_string(),
+    }
+}
+
+/// Byte ranges of the top-level statements of `code`, leading white space and comments
+/// excluded.
+fn top_level_statements(code: &str) -> Vec<std::ops::Range<usize>> {
+    let bytes = code.as_bytes();
+    let mut statements = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut depth = 0i32;
+    // Brace depths at which a template literal's `${` was opened.
+    let mut templates: Vec<i32> = Vec::new();
+    let mut last_significant = b';';
+    let mut last_word = String::new();
+    let mut i = 0;
+    // A statement that began with a block-bodied keyword ends at its closing brace.
+    let mut block_statement = false;
+
+    let end_statement = |start: &mut Option<usize>, end: usize, statements: &mut Vec<_>| {
+        if let Some(s) = start.take() {
+            statements.push(s..end);
+        }
+    };
+
+    while i < bytes.len() {
+        let c = bytes[i];
+        // Comments.
+        if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            let newline = code[i..].find('\n').map_or(bytes.len(), |n| i + n);
+            i = newline;
+            continue;
+        }
+        if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
+            i = code[i + 2..]
+                .find("*/")
+                .map_or(bytes.len(), |n| i + 2 + n + 2);
+            continue;
+        }
+        if c == b'\n' {
+            if depth == 0
+                && start.is_some()
+                && ends_here(last_significant, next_significant(bytes, i + 1))
+            {
+                end_statement(&mut start, i, &mut statements);
+                block_statement = false;
+            }
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if start.is_none() {
+            if c == b';' {
+                i += 1;
+                continue;
+            }
+            start = Some(i);
+            let word = first_word(&code[i..]);
+            block_statement = matches!(
+                word,
+                "function" | "class" | "if" | "for" | "while" | "try" | "switch" | "async"
+            ) || c == b'{';
+        }
+        match c {
+            b'"' | b'\'' => i = skip_string(bytes, i),
+            b'`' => {
+                i = skip_template(bytes, i + 1, &mut templates, depth);
+                last_significant = b'`';
+                continue;
+            }
+            b'/' if regex_allowed(last_significant, &last_word) => i = skip_regex(bytes, i),
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' | b']' => {
+                depth -= 1;
+                i += 1;
+            }
+            b'}' => {
+                if templates.last() == Some(&depth) {
+                    templates.pop();
+                    i = skip_template(bytes, i + 1, &mut templates, depth);
+                    last_significant = b'`';
+                    continue;
+                }
+                depth -= 1;
+                i += 1;
+                if depth == 0 && block_statement && !continues_after_block(bytes, i) {
+                    last_significant = b'}';
+                    end_statement(&mut start, i, &mut statements);
+                    block_statement = false;
+                    continue;
+                }
+            }
+            b';' if depth == 0 => {
+                i += 1;
+                end_statement(&mut start, i, &mut statements);
+                block_statement = false;
+                last_significant = b';';
+                last_word.clear();
+                continue;
+            }
+            _ => i += 1,
+        }
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' {
+            let word_start = i - 1;
+            let word_end = code[word_start..]
+                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '$'))
+                .map_or(bytes.len(), |n| word_start + n);
+            last_word = code[word_start..word_end].to_string();
+            i = word_end;
+            last_significant = b'a';
+            continue;
+        }
+        last_significant = c;
+        last_word.clear();
+    }
+    end_statement(&mut start, bytes.len(), &mut statements);
+    statements
+}
+
+/// After a block's closing brace: `else`, `catch`, `finally`, or `while` of a do-while, or an
+/// operator/call continuing an expression, keep the statement going.
+fn continues_after_block(bytes: &[u8], at: usize) -> bool {
+    let rest = std::str::from_utf8(&bytes[at..]).unwrap_or("").trim_start();
+    ["else", "catch", "finally", "while"]
+        .iter()
+        .any(|w| first_word(rest) == *w)
+        || rest.starts_with([
+            '.', '(', '[', ',', '?', ')', '+', '-', '*', '/', '=', '&', '|', '<', '>',
+        ])
+}
+
+/// The next byte that is neither white space nor inside a comment.
+fn next_significant(bytes: &[u8], mut at: usize) -> Option<u8> {
+    while at < bytes.len() {
+        match (bytes[at], bytes.get(at + 1)) {
+            (b'/', Some(b'/')) => {
+                while at < bytes.len() && bytes[at] != b'\n' {
+                    at += 1;
+                }
+            }
+            (b'/', Some(b'*')) => {
+                at += 2;
+                while at < bytes.len() && !(bytes[at] == b'*' && bytes.get(at + 1) == Some(&b'/')) {
+                    at += 1;
+                }
+                at += 2;
+            }
+            (c, _) if c.is_ascii_whitespace() => at += 1,
+            (c, _) => return Some(c),
+        }
+    }
+    None
+}
+
+/// Whether a newline between `before` and `after` ends a statement (automatic semicolon
+/// insertion, as far as a lexical scan can tell).
+fn ends_here(before: u8, after: Option<u8>) -> bool {
+    let continues_before = b"([{,.=+-*/%&|^!~?:<>".contains(&before);
+    let continues_after = match after {
+        None => false,
+        Some(c) => b".,)]}?:+-*/%=&|^<>([`".contains(&c),
+    };
+    !continues_before && !continues_after
+}
+
+fn regex_allowed(last: u8, last_word: &str) -> bool {
+    if last == b'a' {
+        return matches!(
+            last_word,
+            "return"
+                | "typeof"
+                | "case"
+                | "do"
+                | "else"
+                | "in"
+                | "of"
+                | "new"
+                | "delete"
+                | "void"
+                | "throw"
+                | "await"
+                | "yield"
+        );
+    }
+    !matches!(last, b')' | b']' | b'}' | b'`' | b'"' | b'\'')
+}
+
+fn skip_string(bytes: &[u8], open: usize) -> usize {
+    let quote = bytes[open];
+    let mut i = open + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            c if c == quote => return i + 1,
+            b'\n' => return i,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+fn skip_regex(bytes: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    let mut class = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'[' => {
+                class = true;
+                i += 1;
+            }
+            b']' => {
+                class = false;
+                i += 1;
+            }
+            b'/' if !class => {
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+                    i += 1;
+                }
+                return i;
+            }
+            b'\n' => return i,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// Skips template text from `at` up to the closing backtick, or up to a `${`, in which case
+/// the current depth is remembered and scanning resumes in code.
+fn skip_template(bytes: &[u8], mut at: usize, templates: &mut Vec<i32>, depth: i32) -> usize {
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' => at += 2,
+            b'`' => return at + 1,
+            b'$' if bytes.get(at + 1) == Some(&b'{') => {
+                templates.push(depth);
+                return at + 2;
+            }
+            _ => at += 1,
+        }
+    }
+    bytes.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statements(code: &str) -> Vec<&str> {
+        top_level_statements(code)
+            .into_iter()
+            .map(|r| &code[r])
+            .collect()
+    }
+
+    #[test]
+    fn splits_statements_like_asi_would() {
+        assert_eq!(statements("a = 1; b = 2\nc"), ["a = 1;", "b = 2", "c"]);
+        assert_eq!(
+            statements("const x = await f()\nx\n  .map(y => y * 2)\n  .length"),
+            ["const x = await f()", "x\n  .map(y => y * 2)\n  .length"]
+        );
+        assert_eq!(
+            statements("if (a) {\n b()\n} else {\n c()\n}\nd"),
+            ["if (a) {\n b()\n} else {\n c()\n}", "d"]
+        );
+        assert_eq!(
+            statements("function f() { return 1 }\nf()"),
+            ["function f() { return 1 }", "f()"]
+        );
+        assert_eq!(
+            statements("const o = {\n a: 1,\n b: '}'\n}\no.a"),
+            ["const o = {\n a: 1,\n b: '}'\n}", "o.a"]
+        );
+    }
+
+    #[test]
+    fn strings_comments_templates_and_regexes_are_opaque() {
+        assert_eq!(
+            statements("s = 'a;b' // c;d\nt = `x${ {y: 1}.y };z`\n/* ; */ r = /[;}]/g; r"),
+            [
+                "s = 'a;b' // c;d",
+                "t = `x${ {y: 1}.y };z`",
+                "r = /[;}]/g;",
+                "r"
+            ]
+        );
+        assert_eq!(statements("x = a / b / c; y"), ["x = a / b / c;", "y"]);
+    }
+
+    #[test]
+    fn wraps_and_returns_the_last_expression() {
+        let wrapped = wrap_async("const v = await p;\nv + 1");
+        assert_eq!(
+            wrapped,
+            "(async () => {\nglobalThis.v = await p;\nreturn (v + 1\n);\n})()"
+        );
+        let wrapped = wrap_async("await p;");
+        assert!(wrapped.contains("return (await p\n);"), "{wrapped}");
+    }
+
+    #[test]
+    fn declarations_become_globals() {
+        assert_eq!(globalize("let a = 1"), "globalThis.a = 1");
+        assert_eq!(globalize("var b;"), "globalThis.b = undefined;");
+        assert_eq!(
+            globalize("function f() {}"),
+            "globalThis.f = function f() {};"
+        );
+        assert_eq!(
+            globalize("async function g() {}"),
+            "globalThis.g = async function g() {};"
+        );
+        assert_eq!(globalize("class K {}"), "globalThis.K = class K {};");
+        // Left alone: destructuring, and comparisons that look like declarations do not exist.
+        assert_eq!(globalize("const { a, b } = o"), "const { a, b } = o");
+        assert_eq!(globalize("x == 1"), "x == 1");
+    }
+
+    #[test]
+    fn statements_are_not_returned() {
+        for code in [
+            "let x = await p",
+            "for (const a of b) {}",
+            "if (x) { await y }",
+            "{ a }",
+        ] {
+            assert!(!wrap_async(code).contains("return ("), "{code}");
+        }
+        assert!(wrap_async("async () => 1").contains("return ("));
+    }
+}

@@ -1,0 +1,256 @@
+//! The JavaScript runtime over stdio: promises, top-level await, console, timers, limits,
+//! cancellation, and concurrency on one heap.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use mcp_v8_e2e::Server;
+use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest};
+use rmcp::service::PeerRequestOptions;
+use rmcp::ServiceError;
+use serde_json::json;
+
+#[tokio::test]
+async fn async_results_rejections_and_top_level_await() {
+    let server = Server::start(&["--memory"]).await;
+    let out = server
+        .run_js(
+            "(async () => { await null; return { ok: true }; })()",
+            Some("a"),
+        )
+        .await
+        .ok();
+    assert_eq!(out["output"], r#"{"ok":true}"#);
+
+    let error = server
+        .run_js("Promise.reject(new RangeError('no way'))", Some("a"))
+        .await
+        .err();
+    assert!(error.contains("Uncaught RangeError: no way"), "{error}");
+
+    let out = server
+        .run_js(
+            "const answer = await Promise.resolve(42);\nanswer",
+            Some("tla"),
+        )
+        .await
+        .ok();
+    assert_eq!(out["output"], "42");
+    // Top-level declarations made with await persist like any other global.
+    assert_eq!(server.output("answer + 1", "tla").await, "43");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn console_lines_come_back_in_order() {
+    let server = Server::start(&["--memory"]).await;
+    let result = server
+        .call(
+            "run_js",
+            json!({ "code": "console.log('one', {n: 1}); console.warn('two'); console.error('three'); 3", "heap": "c" }),
+        )
+        .await;
+    let structured = result.structured_content.clone().unwrap();
+    assert_eq!(
+        structured["logs"],
+        json!([
+            { "level": "log", "text": "one {\"n\":1}" },
+            { "level": "warn", "text": "two" },
+            { "level": "error", "text": "three" },
+        ])
+    );
+    assert_eq!(structured["output"], "3");
+    // And as text an agent reads directly.
+    let console = result.content[1].as_text().unwrap().text.clone();
+    assert_eq!(
+        console,
+        "console:\n[log] one {\"n\":1}\n[warn] two\n[error] three\n"
+    );
+
+    let error = server
+        .run_js("console.log('got here'); missing()", Some("c"))
+        .await
+        .err();
+    assert!(error.contains("ReferenceError"), "{error}");
+    assert!(
+        error.contains("console output before the failure:\n[log] got here"),
+        "{error}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn timers_fire_in_order_and_pending_ones_are_reported() {
+    let server = Server::start(&["--memory"]).await;
+    let out = server
+        .run_js(
+            "const seen = [];
+             setTimeout(() => seen.push('late'), 50);
+             setTimeout(() => seen.push('early'), 5);
+             await new Promise((resolve) => setTimeout(resolve, 100));
+             seen",
+            Some("t"),
+        )
+        .await
+        .ok();
+    assert_eq!(out["output"], r#"["early","late"]"#);
+    assert_eq!(out["pending_timers"], 0);
+    let out = server
+        .run_js("setInterval(() => {}, 1000); 'left running'", Some("t"))
+        .await
+        .ok();
+    assert_eq!(
+        (out["output"].as_str(), out["pending_timers"].as_u64()),
+        (Some("left running"), Some(1))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_infinite_loop_times_out_within_a_second_of_its_limit() {
+    let server = Server::start(&["--memory", "--execution-timeout", "2"]).await;
+    server.output("var state = 'before'", "spin").await;
+    let started = Instant::now();
+    let error = server
+        .run_js("state = 'during'; for (;;) {}", Some("spin"))
+        .await
+        .err();
+    let took = started.elapsed();
+    assert!(error.contains("timed out after 2 s"), "{error}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(server.output("state", "spin").await, "before");
+    // A tighter per-call limit; a looser one is refused.
+    let error = server
+        .reply(
+            "run_js",
+            json!({ "code": "for (;;) {}", "heap": "spin", "timeout_secs": 0.5 }),
+        )
+        .await
+        .err();
+    assert!(error.contains("timed out after 0.5 s"), "{error}");
+    let error = server
+        .reply("run_js", json!({ "code": "1", "timeout_secs": 60 }))
+        .await
+        .err();
+    assert!(error.contains("at most the server's 2 s"), "{error}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_a_heap_limit_error_and_the_server_answers_the_next_call() {
+    let server = Server::start(&["--memory", "--heap-memory-max", "64"]).await;
+    server.output("var kept = 'intact'", "bomb").await;
+    let error = server
+        .run_js(
+            "kept = 'gone'; const a = []; for (;;) a.push(new Array(1e6))",
+            Some("bomb"),
+        )
+        .await
+        .err();
+    assert!(error.contains("heap limit exceeded"), "{error}");
+    assert!(error.contains("64 MB"), "{error}");
+    assert_eq!(server.output("kept", "bomb").await, "intact");
+    let error = server
+        .reply("run_js", json!({ "code": "const b = []; for (;;) b.push('x'.repeat(1000) + b.length)", "heap_memory_max_mb": 16 }))
+        .await
+        .err();
+    assert!(error.contains("16 MB"), "{error}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stack_overflow_is_a_range_error() {
+    let server = Server::start(&["--memory"]).await;
+    let error = server
+        .run_js("function f() { f(); } f()", Some("s"))
+        .await
+        .err();
+    assert!(
+        error.contains("RangeError: Maximum call stack size exceeded"),
+        "{error}"
+    );
+    assert_eq!(server.output("1 + 1", "s").await, "2");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cancellation_stops_a_long_run_and_changes_nothing() {
+    // One worker and a long execution timeout: if cancelling did not stop the loop, the next
+    // call would wait for the loop's 60 s limit.
+    let server = Server::start(&[
+        "--memory",
+        "--max-concurrent-executions",
+        "1",
+        "--execution-timeout",
+        "60",
+    ])
+    .await;
+    server.output("var state = 'before'", "long").await;
+    let workers = server.workers();
+    let params = CallToolRequestParams::new("run_js").with_arguments(
+        json!({ "code": "state = 'during'; for (;;) {}", "heap": "long" })
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    // The client gives up after a second and sends notifications/cancelled.
+    let handle = server
+        .client()
+        .peer()
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+            PeerRequestOptions::with_timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = handle.await_response().await;
+    assert!(
+        matches!(response, Err(ServiceError::Timeout { .. })),
+        "{response:?}"
+    );
+    // The worker running the loop is killed and replaced; the heap is as it was.
+    assert_eq!(server.output("state", "long").await, "before");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_ne!(server.workers(), workers);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_clients_incrementing_one_counter_lose_nothing() {
+    // Two servers, as two clients would each start one, on one heap directory.
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().join("heaps");
+    let heaps = heaps.to_str().unwrap();
+    let first = Server::start(&["--directory-path", heaps]).await;
+    let second = Server::start(&["--directory-path", heaps]).await;
+    first.output("var counter = 0", "shared").await;
+    let conflicts = join_all([increment(&first), increment(&second)]).await;
+    assert_eq!(
+        first.output("counter", "shared").await,
+        "100",
+        "conflicts: {conflicts:?}"
+    );
+    first.stop().await;
+    second.stop().await;
+}
+
+/// Increments the shared counter 50 times, retrying on conflicts; returns the conflicts.
+async fn increment(server: &Server) -> u32 {
+    let mut done = 0;
+    let mut conflicts = 0;
+    while done < 50 {
+        match server.run_js("++counter", Some("shared")).await {
+            mcp_v8_e2e::Reply::Ok(_) => done += 1,
+            mcp_v8_e2e::Reply::Err(e) => {
+                assert!(e.contains("changed concurrently"), "{e}");
+                conflicts += 1;
+            }
+        }
+    }
+    conflicts
+}
