@@ -50,6 +50,44 @@ async fn a_v8_abort_fails_only_its_call_and_keeps_the_heap() {
     server.stop().await;
 }
 
+/// JavaScript that makes V8 abort, or that would exhaust memory outside the JavaScript heap:
+/// each call fails on its own, and the server and the heap carry on.
+#[tokio::test]
+async fn the_crash_list_fails_cleanly() {
+    let server = Server::start(&["--memory", "--heap-memory-max", "64"]).await;
+    server.output("var kept = 'yes'", "crashy").await;
+    let cases = [
+        (
+            "new Array(2**27).fill(0).length",
+            "JavaScript engine crashed",
+        ),
+        (
+            "const m = new Map(); for (let i = 0;; i++) m.set(i, {i})",
+            "heap limit exceeded",
+        ),
+        (
+            "const s = new Set(); for (let i = 0;; i++) s.add('k' + i)",
+            "heap limit exceeded",
+        ),
+        (
+            "const b = []; for (;;) b.push(new ArrayBuffer(1 << 24))",
+            "Array buffer allocation failed",
+        ),
+        ("new ArrayBuffer(2 ** 40)", "RangeError"),
+        ("let s = 'x'; for (;;) s += s", "Invalid string length"),
+        ("JSON.parse('['.repeat(1e6))", "Error"),
+    ];
+    for (code, expected) in cases {
+        let error = server
+            .run_js(&format!("kept = 'no'; {code}"), Some("crashy"))
+            .await
+            .err();
+        assert!(error.contains(expected), "{code}: {error}");
+        assert_eq!(server.output("kept", "crashy").await, "yes", "after {code}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_killed_worker_fails_only_its_call() {
     let server = Server::start(&["--memory", "--max-concurrent-executions", "1"]).await;

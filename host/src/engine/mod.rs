@@ -6,6 +6,7 @@
 //! Stored heaps are verified ([`crate::envelope`]) right here, before V8 sees a byte: V8
 //! aborts the process on a malformed snapshot.
 
+mod allocator;
 mod globals;
 mod render;
 mod source;
@@ -192,6 +193,8 @@ fn guard(isolate: &mut v8::Isolate) -> Arc<Guard> {
 fn create_params(limits: &Limits) -> v8::CreateParams {
     v8::CreateParams::default()
         .heap_limits(0, limits.heap_bytes)
+        // ArrayBuffers live outside the heap: they get a budget of the same size.
+        .array_buffer_allocator(allocator::with_budget(limits.heap_bytes))
         .external_references(&**globals::external_references())
 }
 
@@ -746,6 +749,34 @@ mod tests {
         let err = run.result.unwrap_err();
         assert!(err.to_string().starts_with("heap limit exceeded"), "{err}");
         assert_eq!(step("kept", Some(heap)).unwrap().0, "yes");
+    }
+
+    #[test]
+    fn array_buffer_memory_has_a_budget() {
+        let small = Limits {
+            heap_bytes: 32 << 20,
+            ..limits()
+        };
+        let e = exception(
+            run_stateless(
+                "const keep = []; for (;;) keep.push(new ArrayBuffer(1 << 20))",
+                small,
+            )
+            .result
+            .map(|c| c.output),
+        );
+        assert_eq!(e.name, "RangeError");
+        assert!(
+            e.message.contains("Array buffer allocation failed"),
+            "{}",
+            e.message
+        );
+        // Freed buffers return to the budget.
+        let out = run_stateless(
+            "let n = 0; for (let i = 0; i < 200; i++) { n += new Uint8Array(1 << 20).length } n",
+            small,
+        );
+        assert_eq!(out.result.unwrap().output, (200u32 << 20).to_string());
     }
 
     #[test]
