@@ -8,8 +8,11 @@ use clap::Parser;
 use crate::config::Config;
 use crate::engine::Limits;
 use crate::storage::StorageChoice;
+use crate::transport::guard::Policy;
+use crate::transport::http::HttpOptions;
 
-/// A JavaScript runtime with memory for AI agents, served over MCP (stdio).
+/// A JavaScript runtime with memory for AI agents, served over MCP (stdio, or HTTP with
+/// --http-port / --sse-port).
 ///
 /// Each `run_js` call runs in a V8 isolate restored from the named heap's snapshot, and the
 /// heap is saved again afterwards, so the next call continues where this one ended.
@@ -67,6 +70,63 @@ pub struct Cli {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_executions: Option<u16>,
 
+    /// Serve MCP over Streamable HTTP on this port, at /mcp (instead of stdio).
+    #[arg(long, env = "MCP_V8_HTTP_PORT", value_name = "PORT")]
+    pub http_port: Option<u16>,
+
+    /// Serve the legacy HTTP+SSE transport on this port: GET /sse, POST /message.
+    #[arg(long, env = "MCP_V8_SSE_PORT", value_name = "PORT")]
+    pub sse_port: Option<u16>,
+
+    /// Address the HTTP transports bind. Anything but loopback exposes code execution to
+    /// the network: set --auth-token.
+    #[arg(
+        long,
+        env = "MCP_V8_HOST",
+        value_name = "ADDR",
+        default_value = "127.0.0.1"
+    )]
+    pub host: String,
+
+    /// Host header values accepted, comma-separated (`name` for any port, or `name:port`)
+    /// [default: localhost, 127.0.0.1, [::1] and --host].
+    #[arg(
+        long,
+        env = "MCP_V8_ALLOWED_HOSTS",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Option<Vec<String>>,
+
+    /// Browser origins accepted, comma-separated (`scheme://host:port`, or `:*` for any port)
+    /// [default: http(s)://localhost, 127.0.0.1 and [::1] on any port]. Requests without an
+    /// Origin header (non-browser clients) are not affected.
+    #[arg(
+        long,
+        env = "MCP_V8_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Require `Authorization: Bearer TOKEN` on every HTTP request.
+    #[arg(
+        long,
+        env = "MCP_V8_AUTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub auth_token: Option<String>,
+
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, env = "MCP_V8_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+
+    /// On SIGINT/SIGTERM, how long calls in flight may take to finish, in seconds.
+    #[arg(long, env = "MCP_V8_SHUTDOWN_GRACE", value_name = "SECS", default_value_t = 10.0,
+          value_parser = parse_seconds)]
+    pub shutdown_grace: f64,
+
     /// Internal: serve executions for a host over stdin/stdout.
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -102,6 +162,30 @@ impl Cli {
             Some(config) => StorageChoice::Configured(config),
             None => StorageChoice::Memory { warn: true },
         })
+    }
+
+    /// The HTTP transports' options, or `None` to serve stdio.
+    pub fn http_options(&self) -> Option<HttpOptions> {
+        if self.http_port.is_none() && self.sse_port.is_none() {
+            return None;
+        }
+        let (hosts, origins) = Policy::defaults(&self.host);
+        Some(HttpOptions {
+            host: self.host.clone(),
+            http_port: self.http_port,
+            sse_port: self.sse_port,
+            policy: Policy {
+                allowed_hosts: self.allowed_hosts.clone().unwrap_or(hosts),
+                allowed_origins: self.allowed_origins.clone().unwrap_or(origins),
+                token: self.auth_token.clone().filter(|t| !t.is_empty()),
+            },
+            max_body_bytes: self.max_body_bytes,
+        })
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace)
     }
 
     /// The worker pool size: the flag, or the number of CPUs.

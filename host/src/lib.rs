@@ -5,7 +5,7 @@
 //! * [`envelope`] wraps and verifies stored snapshots;
 //! * [`storage`] is where heaps live (built-in memory store, plugins);
 //! * [`runtime`] ties them together for one call;
-//! * [`server`] exposes the runtime as MCP tools and resources;
+//! * [`server`] exposes the runtime as MCP tools and resources, [`transport`] serves it;
 //! * [`cli`] parses the command line, [`config`] reads `plugins.toml`.
 
 pub mod cli;
@@ -16,4 +16,5 @@ pub mod executor;
 pub mod runtime;
 pub mod server;
 pub mod storage;
+pub mod transport;
 pub mod worker;

@@ -8,8 +8,9 @@ use mcp_v8::executor::Executor;
 use mcp_v8::runtime::Runtime;
 use mcp_v8::server::McpServer;
 use mcp_v8::storage;
+use mcp_v8::transport;
 use mcp_v8::worker;
-use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -70,15 +71,24 @@ async fn run(cli: Cli) -> Result<(), String> {
         workers,
         storage = %runtime.storage().info().name,
         v8 = engine::v8_version(),
-        "mcp-v8 serving MCP on stdio"
+        "mcp-v8 starting"
     );
-    let service = McpServer::new(runtime, cli.stateless)
-        .serve(rmcp::transport::stdio())
-        .await
-        .map_err(|e| format!("MCP handshake failed: {e}"))?;
-    service
-        .waiting()
-        .await
-        .map_err(|e| format!("MCP service failed: {e}"))?;
+    let server = McpServer::new(runtime, cli.stateless);
+    let shutdown = CancellationToken::new();
+    transport::cancel_on_signals(shutdown.clone());
+    match cli.http_options() {
+        Some(options) => {
+            let loopback = matches!(options.host.as_str(), "127.0.0.1" | "localhost" | "::1");
+            if !loopback && options.policy.token.is_none() {
+                tracing::warn!(
+                    host = %options.host,
+                    "listening beyond loopback without --auth-token: anyone who can reach this \
+                     port can run code here"
+                );
+            }
+            transport::http::serve(server, options, shutdown, cli.shutdown_grace()).await?;
+        }
+        None => transport::serve_stdio(server, shutdown, cli.shutdown_grace()).await?,
+    }
     Ok(())
 }

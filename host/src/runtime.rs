@@ -168,6 +168,7 @@ impl Runtime {
             Err(e) => return Reply::failed(e),
         };
         let _guard = self.locks.lock(&heap).await;
+        tracing::debug!("running code on heap {heap}");
 
         let (stored, precondition) = match self.storage.get(&heap).await {
             Ok(stored) => (Some(stored.bytes), Precondition::MustMatch(stored.version)),

@@ -150,11 +150,47 @@ impl From<HeapMeta> for HeapInfo {
     }
 }
 
+/// Counts things in progress (tool calls, responses being written), so that shutdown can
+/// wait for them.
+#[derive(Debug)]
+pub struct Counter(tokio::sync::watch::Sender<usize>);
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+impl Counter {
+    /// Counts one more until the returned guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> CounterGuard {
+        self.0.send_modify(|n| *n += 1);
+        CounterGuard(Arc::clone(self))
+    }
+
+    /// Returns once nothing is in progress.
+    pub async fn idle(&self) {
+        let mut running = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = running.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// One thing in progress; see [`Counter::enter`].
+pub struct CounterGuard(Arc<Counter>);
+
+impl Drop for CounterGuard {
+    fn drop(&mut self) {
+        self.0 .0.send_modify(|n| *n -= 1);
+    }
+}
+
 /// The MCP server. Cheap to clone; clones share the runtime.
 #[derive(Clone)]
 pub struct McpServer {
     runtime: Arc<Runtime>,
     stateless: bool,
+    calls: Arc<Counter>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -169,8 +205,14 @@ impl McpServer {
         Self {
             runtime,
             stateless,
+            calls: Arc::new(Counter::default()),
             tool_router,
         }
+    }
+
+    /// The tool calls in progress.
+    pub fn calls(&self) -> Arc<Counter> {
+        Arc::clone(&self.calls)
     }
 }
 
@@ -257,6 +299,7 @@ runs out of memory changes nothing. Plain ECMAScript: no require, fetch, fs or D
             Ok(limits) => limits,
             Err(e) => return tool_error(e),
         };
+        let _call = self.calls.enter();
         let run = self.runtime.run_on_heap(args.code, args.heap, limits);
         let Some(reply) = cancellable(ct, run).await else {
             return cancelled();
@@ -292,6 +335,7 @@ time (milliseconds since the Unix epoch).",
         &self,
         Parameters(args): Parameters<HeapArgs>,
     ) -> Result<CallToolResult, ErrorData> {
+        let _call = self.calls.enter();
         match self.runtime.delete(&args.heap).await {
             Ok(()) => structured(&json!({ "deleted": args.heap })),
             Err(e) => tool_error(e),
@@ -319,6 +363,7 @@ between calls. Plain ECMAScript: no require, fetch, fs or DOM.",
             Ok(limits) => limits,
             Err(e) => return tool_error(e),
         };
+        let _call = self.calls.enter();
         let run = self.runtime.run_stateless(args.code, limits);
         let Some(reply) = cancellable(ct, run).await else {
             return cancelled();

@@ -44,10 +44,24 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+pub mod http;
+
+/// An MCP client session with a running `mcp-v8`, over any transport.
+pub struct Client {
+    service: RunningService<RoleClient, ()>,
+}
+
 /// A running `mcp-v8` and an MCP client session with it over stdio.
 pub struct Server {
-    client: RunningService<RoleClient, ()>,
+    client: Client,
     pid: u32,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 /// What a tool call came back with.
@@ -87,13 +101,11 @@ impl Server {
             .spawn()
             .expect("spawn mcp-v8");
         let pid = transport.id().expect("mcp-v8 has a pid");
-        let client = ().serve(transport).await.expect("MCP handshake with mcp-v8");
-        Server { client, pid }
-    }
-
-    /// The client session, for calls the helpers do not cover.
-    pub fn client(&self) -> &RunningService<RoleClient, ()> {
-        &self.client
+        let service = ().serve(transport).await.expect("MCP handshake with mcp-v8");
+        Server {
+            client: Client { service },
+            pid,
+        }
     }
 
     /// Kills the server with SIGKILL, as a crash would.
@@ -104,7 +116,7 @@ impl Server {
             .expect("run kill");
         assert!(status.success());
         // The client notices the closed pipe; its result does not matter here.
-        let _ = self.client.cancel().await;
+        let _ = self.client.service.cancel().await;
     }
 
     /// The server's process id.
@@ -117,13 +129,30 @@ impl Server {
         children_of(self.pid)
     }
 
+    /// Ends the session and waits for the server to exit.
+    pub async fn stop(self) {
+        self.client.stop().await;
+    }
+}
+
+impl Client {
+    /// Wraps an established client session.
+    pub fn new(service: RunningService<RoleClient, ()>) -> Self {
+        Self { service }
+    }
+
+    /// The client session, for calls the helpers do not cover.
+    pub fn client(&self) -> &RunningService<RoleClient, ()> {
+        &self.service
+    }
+
     /// Calls `tool` with `arguments` (a JSON object).
     pub async fn call(&self, tool: &str, arguments: Value) -> CallToolResult {
         let arguments: Map<String, Value> = match arguments {
             Value::Object(map) => map,
             other => panic!("tool arguments must be an object, not {other}"),
         };
-        self.client
+        self.service
             .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(arguments))
             .await
             .unwrap_or_else(|e| panic!("tools/call {tool} failed at the protocol level: {e}"))
@@ -171,9 +200,9 @@ impl Server {
             .to_string()
     }
 
-    /// Ends the session and waits for the server to exit.
+    /// Ends the session.
     pub async fn stop(self) {
-        self.client.cancel().await.expect("close the MCP session");
+        self.service.cancel().await.expect("close the MCP session");
     }
 }
 

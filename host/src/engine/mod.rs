@@ -309,6 +309,7 @@ pub fn run_stateful(
     // Console and timers go first: their handles must not outlive the isolate.
     let run = finish(&mut isolate, result.map(|output| (output, ())));
     // A snapshot creator must always end with create_blob; after a failure it is discarded.
+    // Compiled code is kept: restoring then skips recompiling what already ran.
     let handling = if run.result.is_ok() {
         v8::FunctionCodeHandling::Keep
     } else {
@@ -378,6 +379,21 @@ fn evaluate(
 /// Compiles `code` as a classic script, or, if it uses top-level `await`, as the body of an
 /// async function ([`source::wrap_async`]). A compile error is left pending in `tc`.
 fn compile<'s>(
+    tc: &mut v8::TryCatch<'s, v8::HandleScope>,
+    code: &str,
+) -> Option<v8::Local<'s, v8::Script>> {
+    // Long string literals would make the heap unsnapshottable (see `source`); if the
+    // rewritten code does not compile, the original is used and its error reported.
+    if let Some(rewritten) = source::split_long_literals(code) {
+        if let Some(script) = compile_code(tc, &rewritten) {
+            return Some(script);
+        }
+        tc.reset();
+    }
+    compile_code(tc, code)
+}
+
+fn compile_code<'s>(
     tc: &mut v8::TryCatch<'s, v8::HandleScope>,
     code: &str,
 ) -> Option<v8::Local<'s, v8::Script>> {
@@ -777,6 +793,17 @@ mod tests {
             small,
         );
         assert_eq!(out.result.unwrap().output, (200u32 << 20).to_string());
+    }
+
+    #[test]
+    fn long_string_literals_can_be_saved_in_a_heap() {
+        let literal = "x".repeat(1 << 20);
+        let (out, heap) = step(&format!("var big = '{literal}'; big.length"), None).unwrap();
+        assert_eq!(out, (1u32 << 20).to_string());
+        assert_eq!(
+            step("big.slice(0, 3) + big.length", Some(heap)).unwrap().0,
+            "xxx1048576"
+        );
     }
 
     #[test]

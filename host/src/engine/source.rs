@@ -8,6 +8,152 @@
 //! The scan is lexical (strings, template literals, comments, regular expressions, bracket
 //! depth), not a full parser: declarations it does not recognise (destructuring, several
 //! names without initialisers) stay local to the call.
+//!
+//! Long string literals: V8 interns string literals, and an interned string too large for a
+//! regular heap page (128 KB) makes V8's snapshot serialiser abort. [`split_long_literals`]
+//! rewrites such a literal into an array of shorter literals joined at run time, which gives
+//! the same string without interning it.
+
+/// Longest string literal left as it is, in bytes of source.
+pub const LONG_LITERAL: usize = 32 * 1024;
+
+/// Rewrites every quoted string literal longer than [`LONG_LITERAL`] as
+/// `(['part', 'part', ...].join(''))`. `None` when there is none.
+pub fn split_long_literals(code: &str) -> Option<String> {
+    if code.len() <= LONG_LITERAL {
+        return None;
+    }
+    let bytes = code.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    let mut last_significant = b';';
+    let mut last_word = String::new();
+    let mut templates: Vec<i32> = Vec::new();
+    let mut depth = 0i32;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            i = code[i..].find('\n').map_or(bytes.len(), |n| i + n);
+            continue;
+        }
+        if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
+            i = code[i + 2..]
+                .find("*/")
+                .map_or(bytes.len(), |n| i + 2 + n + 2);
+            continue;
+        }
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        match c {
+            b'"' | b'\'' => {
+                let end = skip_string(bytes, i);
+                if end - i > LONG_LITERAL && bytes.get(end - 1) == Some(&c) {
+                    out.push_str(&code[copied..i]);
+                    out.push_str(&split_literal(&code[i + 1..end - 1], c as char));
+                    copied = end;
+                }
+                i = end;
+                last_significant = c;
+                last_word.clear();
+                continue;
+            }
+            b'`' => {
+                i = skip_template(bytes, i + 1, &mut templates, depth);
+                last_significant = b'`';
+                continue;
+            }
+            b'/' if regex_allowed(last_significant, &last_word) => {
+                i = skip_regex(bytes, i);
+                last_significant = b')';
+                continue;
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' => depth -= 1,
+            b'}' => {
+                if templates.last() == Some(&depth) {
+                    templates.pop();
+                    i = skip_template(bytes, i + 1, &mut templates, depth);
+                    last_significant = b'`';
+                    continue;
+                }
+                depth -= 1;
+            }
+            _ => {}
+        }
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' {
+            let end = code[i..]
+                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '$'))
+                .map_or(bytes.len(), |n| i + n);
+            last_word = code[i..end].to_string();
+            last_significant = b'a';
+            i = end;
+            continue;
+        }
+        last_significant = c;
+        last_word.clear();
+        i += 1;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&code[copied..]);
+    Some(out)
+}
+
+/// `body` (the text between the quotes) as joined parts, cut only between escape sequences.
+fn split_literal(body: &str, quote: char) -> String {
+    let bytes = body.as_bytes();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if i - start >= LONG_LITERAL / 2 && body.is_char_boundary(i) {
+            parts.push(&body[start..i]);
+            start = i;
+        }
+        i += if bytes[i] == b'\\' {
+            escape_len(bytes, i)
+        } else {
+            1
+        };
+    }
+    parts.push(&body[start..]);
+    let parts: Vec<String> = parts.iter().map(|p| format!("{quote}{p}{quote}")).collect();
+    format!("([{}].join(''))", parts.join(","))
+}
+
+/// Length of the escape sequence starting with the backslash at `at`.
+fn escape_len(bytes: &[u8], at: usize) -> usize {
+    let rest = &bytes[at + 1..];
+    let len = match rest.first() {
+        None => 0,
+        Some(b'x') => 3,
+        Some(b'u') if rest.get(1) == Some(&b'{') => rest
+            .iter()
+            .position(|&b| b == b'}')
+            .map_or(rest.len(), |p| p + 1),
+        Some(b'u') => 5,
+        Some(b'0'..=b'7') => {
+            1 + rest[1..]
+                .iter()
+                .take(2)
+                .take_while(|b| (b'0'..=b'7').contains(b))
+                .count()
+        }
+        Some(b'\r') if rest.get(1) == Some(&b'\n') => 2,
+        // Any other escaped character, which may be several bytes long in UTF-8.
+        Some(&b) => match b {
+            0x00..=0x7F => 1,
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            _ => 4,
+        },
+    };
+    (1 + len).min(bytes.len() - at)
+}
 
 /// The error V8 reports for `await` in a classic script.
 pub fn is_top_level_await_error(message: &str) -> bool {
@@ -437,6 +583,39 @@ mod tests {
         // Left alone: destructuring, and comparisons that look like declarations do not exist.
         assert_eq!(globalize("const { a, b } = o"), "const { a, b } = o");
         assert_eq!(globalize("x == 1"), "x == 1");
+    }
+
+    #[test]
+    fn long_literals_are_split_between_escapes() {
+        assert_eq!(split_long_literals("'short'"), None);
+        let body = format!(
+            "{}\\u00e9{}\\x41\\n{}",
+            "a".repeat(20_000),
+            "b".repeat(20_000),
+            "é".repeat(10_000)
+        );
+        let code = format!("var s = '{body}'; s.length");
+        let rewritten = split_long_literals(&code).unwrap();
+        assert!(rewritten.starts_with("var s = (['"), "{}", &rewritten[..20]);
+        assert!(rewritten.ends_with("'].join('')); s.length"));
+        // Every part is a well-formed literal: no part starts or ends inside an escape.
+        for part in rewritten["var s = ([".len()..rewritten.len() - "].join('')); s.length".len()]
+            .split("','")
+        {
+            assert!(!part.ends_with('\\') && part.len() <= LONG_LITERAL / 2 + 8);
+        }
+        let joined: String = rewritten
+            ["var s = (['".len()..rewritten.len() - "'].join('')); s.length".len()]
+            .split("','")
+            .collect();
+        assert_eq!(joined, body);
+        // Strings inside comments and other quotes are left alone.
+        let big = "z".repeat(LONG_LITERAL + 1);
+        assert_eq!(split_long_literals(&format!("// '{big}'\n1")), None);
+        assert_eq!(split_long_literals(&format!("`{big}`")), None);
+        assert!(split_long_literals(&format!("\"{big}\""))
+            .unwrap()
+            .starts_with("([\""));
     }
 
     #[test]

@@ -1,0 +1,232 @@
+//! Who may talk to the HTTP transports: `Host` and `Origin` checks against DNS rebinding and
+//! hostile web pages, and an optional bearer token. One policy, applied to both transports.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// The access policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Acceptable `Host` values: names (any port) or `name:port`.
+    pub allowed_hosts: Vec<String>,
+    /// Acceptable `Origin` values: `scheme://host:port`, or `scheme://host:*` for any port.
+    /// Requests without `Origin` (not from a browser) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// The bearer token every request must carry, if any.
+    pub token: Option<String>,
+}
+
+/// Host names that mean this machine.
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+impl Policy {
+    /// The defaults for a server bound to `bind`: loopback names, plus `bind` itself when it
+    /// is a specific address; browser pages served from loopback.
+    pub fn defaults(bind: &str) -> (Vec<String>, Vec<String>) {
+        let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
+        let bind = bracket_ipv6(bind);
+        if !hosts.contains(&bind) && bind != "0.0.0.0" && bind != "[::]" {
+            hosts.push(bind);
+        }
+        let origins = LOOPBACK_HOSTS
+            .iter()
+            .flat_map(|h| [format!("http://{h}:*"), format!("https://{h}:*")])
+            .collect();
+        (hosts, origins)
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let name = strip_port(&host);
+        self.allowed_hosts.iter().any(|allowed| {
+            let allowed = allowed.to_ascii_lowercase();
+            allowed == host || (strip_port(&allowed) == allowed && allowed == name)
+        })
+    }
+
+    fn origin_allowed(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        let (without_port, _) = split_origin_port(&origin);
+        self.allowed_origins.iter().any(|allowed| {
+            let allowed = allowed.to_ascii_lowercase();
+            match allowed.strip_suffix(":*") {
+                Some(prefix) => prefix == without_port,
+                None => allowed == origin,
+            }
+        })
+    }
+
+    fn token_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.as_bytes())
+    }
+}
+
+fn bracket_ipv6(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// `example.com:80` → `example.com`, `[::1]:80` → `[::1]`.
+fn strip_port(authority: &str) -> &str {
+    if let Some(end) = authority.find(']') {
+        return &authority[..=end];
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(name, _)| name)
+}
+
+/// `http://h:1` → (`http://h`, Some(`1`)).
+fn split_origin_port(origin: &str) -> (&str, Option<&str>) {
+    let after_scheme = origin.find("://").map_or(0, |i| i + 3);
+    let authority = &origin[after_scheme..];
+    let name = strip_port(authority);
+    if name.len() == authority.len() {
+        (origin, None)
+    } else {
+        (
+            &origin[..after_scheme + name.len()],
+            Some(&authority[name.len() + 1..]),
+        )
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// The middleware: checks `Host`, then `Origin`, then the token.
+pub async fn check(State(policy): State<Arc<Policy>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    if !policy.host_allowed(host) {
+        tracing::warn!(host, "refused a request for a host that is not allowed");
+        return (
+            StatusCode::FORBIDDEN,
+            format!("Host '{host}' is not allowed (see --allowed-hosts)"),
+        )
+            .into_response();
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !policy.origin_allowed(origin) {
+            tracing::warn!(
+                origin,
+                "refused a request from an origin that is not allowed"
+            );
+            return (
+                StatusCode::FORBIDDEN,
+                format!("Origin '{origin}' is not allowed (see --allowed-origins)"),
+            )
+                .into_response();
+        }
+    }
+    if !policy.token_ok(headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(token: Option<&str>) -> Policy {
+        let (allowed_hosts, allowed_origins) = Policy::defaults("127.0.0.1");
+        Policy {
+            allowed_hosts,
+            allowed_origins,
+            token: token.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn loopback_hosts_on_any_port_by_default() {
+        let p = policy(None);
+        for host in [
+            "localhost:8080",
+            "127.0.0.1:1",
+            "[::1]:3000",
+            "LOCALHOST",
+            "127.0.0.1",
+        ] {
+            assert!(p.host_allowed(host), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "127.0.0.2:80",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!p.host_allowed(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn explicit_hosts_may_pin_a_port() {
+        let p = Policy {
+            allowed_hosts: vec!["mcp.example.com:443".into(), "internal".into()],
+            allowed_origins: vec![],
+            token: None,
+        };
+        assert!(p.host_allowed("mcp.example.com:443"));
+        assert!(!p.host_allowed("mcp.example.com:444"));
+        assert!(p.host_allowed("internal:9000"));
+    }
+
+    #[test]
+    fn origins_match_scheme_host_and_port() {
+        let p = policy(None);
+        assert!(p.origin_allowed("http://localhost:6274"));
+        assert!(p.origin_allowed("https://127.0.0.1:443"));
+        assert!(!p.origin_allowed("http://evil.example"));
+        assert!(!p.origin_allowed("http://localhost.evil.example:80"));
+        assert!(!p.origin_allowed("null"));
+        let exact = Policy {
+            allowed_hosts: vec![],
+            allowed_origins: vec!["https://app.example.com".into()],
+            token: None,
+        };
+        assert!(exact.origin_allowed("https://app.example.com"));
+        assert!(!exact.origin_allowed("https://app.example.com:8443"));
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        let p = policy(Some("s3cret"));
+        let mut headers = HeaderMap::new();
+        assert!(!p.token_ok(&headers));
+        headers.insert(header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
+        assert!(!p.token_ok(&headers));
+        headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(p.token_ok(&headers));
+        assert!(policy(None).token_ok(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,186 @@
+//! Serving MCP over HTTP: Streamable HTTP at `/mcp` and the legacy SSE transport, each on its
+//! own port, behind the access policy, with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::guard::{self, Policy};
+use super::sse;
+use crate::server::{Counter, McpServer};
+
+/// What to serve where.
+pub struct HttpOptions {
+    /// Address to bind.
+    pub host: String,
+    /// Streamable HTTP port.
+    pub http_port: Option<u16>,
+    /// Legacy SSE port.
+    pub sse_port: Option<u16>,
+    /// Who may connect.
+    pub policy: Policy,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+/// The Streamable HTTP router: `/mcp`. Cancelling `sessions` ends every session.
+pub fn streamable_router(
+    server: McpServer,
+    options: &HttpOptions,
+    sessions: CancellationToken,
+) -> Router {
+    // Host and Origin are checked by our own layer, the same way for both transports.
+    let config = StreamableHttpServerConfig::default()
+        .disable_allowed_hosts()
+        .disable_allowed_origins()
+        .with_max_request_body_bytes(options.max_body_bytes)
+        .with_cancellation_token(sessions);
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new().nest_service("/mcp", service)
+}
+
+fn guarded(
+    router: Router,
+    options: &HttpOptions,
+    draining: CancellationToken,
+    posts: Arc<Counter>,
+) -> Router {
+    router
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(options.policy.clone()),
+            guard::check,
+        ))
+        .layer(axum::middleware::from_fn_with_state(posts, track_posts))
+        .layer(axum::middleware::from_fn_with_state(
+            draining,
+            refuse_when_draining,
+        ))
+}
+
+/// Counts POST responses still being written: a Streamable HTTP tool result travels in the
+/// body of the POST that asked for it, so shutdown waits for those bodies to end.
+async fn track_posts(
+    axum::extract::State(posts): axum::extract::State<Arc<Counter>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use futures::StreamExt;
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let guard = posts.enter();
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        // Lives as long as the body, so the count drops when the body is done or dropped.
+        let _ = &guard;
+        chunk
+    });
+    axum::response::Response::from_parts(parts, axum::body::Body::from_stream(body))
+}
+
+/// Once shutdown has begun, new sessions get 503 while the open ones finish their calls
+/// (their follow-up requests, such as stream resumption, still get through).
+async fn refuse_when_draining(
+    axum::extract::State(draining): axum::extract::State<CancellationToken>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let in_session =
+        request.headers().contains_key("mcp-session-id") || request.uri().path() == "/message";
+    if draining.is_cancelled() && !in_session {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "mcp-v8 is shutting down",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Binds the configured ports and serves until `shutdown` is cancelled; then stops accepting,
+/// lets tool calls in flight finish for up to `grace`, and closes every session.
+pub async fn serve(
+    server: McpServer,
+    options: HttpOptions,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut listeners = Vec::new();
+    let sessions = CancellationToken::new();
+    let calls = server.calls();
+    let posts = Arc::new(Counter::default());
+    if let Some(port) = options.http_port {
+        let router = guarded(
+            streamable_router(server.clone(), &options, sessions.clone()),
+            &options,
+            shutdown.clone(),
+            Arc::clone(&posts),
+        );
+        listeners.push(("Streamable HTTP", port, "/mcp", router));
+    }
+    if let Some(port) = options.sse_port {
+        let router = guarded(
+            sse::router(server.clone(), sessions.clone()),
+            &options,
+            shutdown.clone(),
+            Arc::clone(&posts),
+        );
+        listeners.push(("HTTP+SSE", port, "/sse", router));
+    }
+    for (name, port, path, router) in listeners {
+        let listener = TcpListener::bind((options.host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{port} for {name}: {e}", options.host))?;
+        let local: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!("{name} transport listening on http://{local}{path}");
+        // The line tests and scripts read to learn the port (useful with port 0).
+        eprintln!("mcp-v8: {name} listening on http://{local}{path}");
+        let stop = sessions.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+    }
+    shutdown.cancelled().await;
+    tracing::info!(
+        "shutting down: refusing new requests; waiting up to {} s for calls in flight",
+        grace.as_secs_f64()
+    );
+    let finished = async {
+        calls.idle().await;
+        posts.idle().await;
+    };
+    if tokio::time::timeout(grace, finished).await.is_err() {
+        tracing::warn!("calls still running after the grace period are cancelled");
+    }
+    // Ending the sessions closes their streams and stops the servers, which then drain.
+    sessions.cancel();
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Err(e)) = result {
+                tracing::warn!("HTTP server ended with an error: {e}");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+    }
+    Ok(())
+}
