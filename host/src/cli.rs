@@ -36,7 +36,14 @@ pub struct Cli {
     #[arg(long, env = "MCP_V8_DIRECTORY_PATH", value_name = "DIR")]
     pub directory_path: Option<PathBuf>,
 
-    /// Where to find the file storage plugin for --directory-path.
+    /// Keep heaps in this S3 bucket, with the S3 storage plugin (found next to this binary or
+    /// in --plugin-dir). Credentials, region and endpoint come from the standard AWS_*
+    /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
+    #[arg(long, env = "MCP_V8_S3_BUCKET", value_name = "BUCKET",
+          conflicts_with_all = ["directory_path", "memory", "stateless"])]
+    pub s3_bucket: Option<String>,
+
+    /// Where to find the bundled storage plugins for --directory-path and --s3-bucket.
     #[arg(long, env = "MCP_V8_PLUGIN_DIR", value_name = "DIR")]
     pub plugin_dir: Option<PathBuf>,
 
@@ -151,6 +158,12 @@ impl Cli {
     pub fn storage_choice(&self) -> Result<StorageChoice, String> {
         if self.memory || self.stateless {
             return Ok(StorageChoice::Memory { warn: false });
+        }
+        if let Some(bucket) = &self.s3_bucket {
+            return Ok(StorageChoice::S3Bucket {
+                bucket: bucket.clone(),
+                plugin_dir: self.plugin_dir.clone(),
+            });
         }
         if let Some(directory) = &self.directory_path {
             return Ok(StorageChoice::Directory {

@@ -45,6 +45,7 @@ pub fn binary() -> PathBuf {
 }
 
 pub mod http;
+pub mod s3;
 
 /// An MCP client session with a running `mcp-v8`, over any transport.
 pub struct Client {
@@ -94,8 +95,14 @@ impl Reply {
 impl Server {
     /// Starts `mcp-v8 ARGS` and completes the MCP handshake.
     pub async fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Starts `mcp-v8 ARGS` with extra environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = tokio::process::Command::new(binary());
         command.args(args).env("RUST_LOG", "warn");
+        command.envs(env.iter().copied());
         let (transport, _) = TokioChildProcess::builder(command)
             .stderr(Stdio::inherit())
             .spawn()
@@ -229,8 +236,14 @@ pub fn children_of(parent: u32) -> Vec<u32> {
 /// Runs `mcp-v8 ARGS` with no client (stdin closed) and returns its exit code and stderr:
 /// for start-up failures, which happen before any MCP traffic.
 pub fn start_up_failure(args: &[&str]) -> (i32, String) {
+    start_up_failure_with_env(args, &[])
+}
+
+/// [`start_up_failure`] with extra environment variables.
+pub fn start_up_failure_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let output = std::process::Command::new(binary())
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .output()

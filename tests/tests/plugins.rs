@@ -232,9 +232,7 @@ fn each_loader_failure_is_one_clear_line_and_exit_code_1() {
         start_up_failure(&["--directory-path", "/tmp/x", "--plugin-dir", "/nonexistent"]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains(
-            "the file storage plugin /nonexistent/libmcp_v8_file_storage.so does not exist"
-        ),
+        stderr.contains("the storage plugin /nonexistent/libmcp_v8_file_storage.so does not exist"),
         "{stderr}"
     );
 }

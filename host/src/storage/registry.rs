@@ -8,15 +8,22 @@ use crate::config::Config;
 
 /// The file plugin's library name on this platform.
 pub const FILE_PLUGIN_LIBRARY: &str = "libmcp_v8_file_storage.so";
+/// The S3 plugin's library name on this platform.
+pub const S3_PLUGIN_LIBRARY: &str = "libmcp_v8_s3_storage.so";
 
 /// Where heaps should live.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageChoice {
     /// The built-in memory store; `warn` when nobody asked for it explicitly.
     Memory { warn: bool },
-    /// The file plugin, on a directory, from a library found by [`find_file_plugin`].
+    /// The file plugin, on a directory, from a library found by [`find_plugin`].
     Directory {
         directory: PathBuf,
+        plugin_dir: Option<PathBuf>,
+    },
+    /// The S3 plugin, on a bucket (the rest from the standard AWS environment variables).
+    S3Bucket {
+        bucket: String,
         plugin_dir: Option<PathBuf>,
     },
     /// What a configuration file says.
@@ -38,9 +45,14 @@ pub fn open(choice: &StorageChoice) -> Result<Arc<dyn HeapStorage>, String> {
             directory,
             plugin_dir,
         } => {
-            let library = find_file_plugin(plugin_dir.as_deref())?;
+            let library = find_plugin(FILE_PLUGIN_LIBRARY, plugin_dir.as_deref())?;
             let config = serde_json::json!({ "directory": directory });
             Ok(Arc::new(loader::load("file", &library, &config)?))
+        }
+        StorageChoice::S3Bucket { bucket, plugin_dir } => {
+            let library = find_plugin(S3_PLUGIN_LIBRARY, plugin_dir.as_deref())?;
+            let config = serde_json::json!({ "bucket": bucket });
+            Ok(Arc::new(loader::load("s3", &library, &config)?))
         }
         StorageChoice::Configured(config) => {
             if config.storage == "memory" {
@@ -62,8 +74,8 @@ pub fn open(choice: &StorageChoice) -> Result<Arc<dyn HeapStorage>, String> {
     }
 }
 
-/// The file plugin library: in `plugin_dir` when given, else next to the running binary.
-pub fn find_file_plugin(plugin_dir: Option<&Path>) -> Result<PathBuf, String> {
+/// A bundled plugin library: in `plugin_dir` when given, else next to the running binary.
+pub fn find_plugin(library: &str, plugin_dir: Option<&Path>) -> Result<PathBuf, String> {
     let dir = match plugin_dir {
         Some(dir) => dir.to_path_buf(),
         None => std::env::current_exe()
@@ -71,14 +83,14 @@ pub fn find_file_plugin(plugin_dir: Option<&Path>) -> Result<PathBuf, String> {
             .and_then(|exe| exe.parent().map(Path::to_path_buf))
             .ok_or("cannot tell where the mcp-v8 binary is; pass --plugin-dir")?,
     };
-    let library = dir.join(FILE_PLUGIN_LIBRARY);
-    if library.is_file() {
-        Ok(library)
+    let path = dir.join(library);
+    if path.is_file() {
+        Ok(path)
     } else {
         Err(format!(
-            "the file storage plugin {} does not exist: build it (cargo build --release) or pass \
+            "the storage plugin {} does not exist: build it (cargo build --release) or pass \
              --plugin-dir",
-            library.display()
+            path.display()
         ))
     }
 }

@@ -1,0 +1,200 @@
+//! The S3 plugin, through the real binary and the real cdylib, against moto on 127.0.0.1.
+
+use futures::future::join_all;
+use mcp_v8_e2e::s3::{Moto, AWS_ENV};
+use mcp_v8_e2e::{start_up_failure_with_env, Reply, Server};
+use serde_json::json;
+
+async fn server(config: &str) -> Server {
+    Server::start_with_env(&["--config", config], &AWS_ENV).await
+}
+
+#[tokio::test]
+async fn heaps_live_in_the_bucket_and_survive_a_restart() {
+    let moto = Moto::start().await;
+    moto.create_bucket("heaps").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = moto.config(dir.path(), "heaps");
+
+    let host = server(&config).await;
+    host.output("var notes = ['kept in S3']", "notes").await;
+    host.output("notes.push('twice'); notes.length", "notes")
+        .await;
+    host.output("1", "scratch").await;
+    let listed = host.reply("list_heaps", json!({})).await.ok();
+    let names: Vec<&str> = listed["heaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["heap"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["notes", "scratch"]);
+    assert!(listed["heaps"][0]["size"].as_u64().unwrap() > 1000);
+    host.reply("delete_heap", json!({ "heap": "scratch" }))
+        .await
+        .ok();
+    let error = host
+        .reply("delete_heap", json!({ "heap": "scratch" }))
+        .await
+        .err();
+    assert!(error.contains("not found"), "{error}");
+    host.stop().await;
+
+    let host = server(&config).await;
+    assert_eq!(
+        host.output("notes.join(' / ')", "notes").await,
+        "kept in S3 / twice"
+    );
+    assert_eq!(host.output("typeof notes", "scratch").await, "undefined");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn two_hosts_on_one_bucket_lose_no_update() {
+    let moto = Moto::start().await;
+    moto.create_bucket("shared").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = moto.config(dir.path(), "shared");
+    let (a, b) = (server(&config).await, server(&config).await);
+    a.output("var counter = 0", "counter").await;
+
+    let results = join_all([increment_25_times(&a), increment_25_times(&b)]).await;
+    let successes: u32 = results.iter().map(|(ok, _)| ok).sum();
+    let conflicts: u32 = results.iter().map(|(_, conflicts)| conflicts).sum();
+    let final_value: u32 = a.output("counter", "counter").await.parse().unwrap();
+    assert_eq!(
+        final_value, successes,
+        "{successes} successes, {conflicts} conflicts"
+    );
+    assert!(
+        successes >= 25,
+        "at least one host's calls succeed: {successes}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// 25 increments; every failure must be a conflict. Returns (successes, conflicts).
+async fn increment_25_times(host: &Server) -> (u32, u32) {
+    let (mut ok, mut conflicts) = (0, 0);
+    for _ in 0..25 {
+        match host.run_js("++counter", Some("counter")).await {
+            Reply::Ok(_) => ok += 1,
+            Reply::Err(e) => {
+                assert!(e.contains("was changed concurrently"), "{e}");
+                conflicts += 1;
+            }
+        }
+    }
+    (ok, conflicts)
+}
+
+#[tokio::test]
+async fn a_missing_bucket_stops_start_up() {
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = moto.config(dir.path(), "no-such-bucket");
+    let (code, stderr) = start_up_failure_with_env(&["--config", &config], &AWS_ENV);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("bucket 'no-such-bucket' at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    let (code, stderr) = start_up_failure_with_env(&["--config", &config], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no S3 credentials"), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_s3_outage_is_a_tool_error_and_the_server_recovers() {
+    let mut moto = Moto::start().await;
+    moto.create_bucket("flaky").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = moto.config(dir.path(), "flaky");
+    let host = server(&config).await;
+    host.output("var before = 1", "h").await;
+
+    moto.stop().await;
+    let error = host.run_js("before", Some("h")).await.err();
+    assert!(error.contains("storage error (unavailable)"), "{error}");
+    assert!(error.contains("cannot reach S3"), "{error}");
+    let error = host.reply("list_heaps", json!({})).await.err();
+    assert!(error.contains("unavailable"), "{error}");
+    // The server itself keeps serving.
+    assert_eq!(host.client().list_all_tools().await.unwrap().len(), 3);
+
+    moto.resume().await;
+    moto.create_bucket("flaky").await;
+    assert_eq!(host.output("var after = 2; after", "h2").await, "2");
+    host.stop().await;
+}
+
+/// moto enforces S3's conditional writes (`If-None-Match: *`, `If-Match`), which is what the
+/// plugin's "native" mode relies on; "emulated" mode gives the same answers without them.
+#[tokio::test]
+async fn the_test_server_enforces_conditional_writes() {
+    use mcp_v8_plugin_api::{ErrorKind, HeapStore, Precondition, Version};
+    use mcp_v8_s3_storage::{AccessKeys, S3Store};
+
+    let moto = Moto::start().await;
+    moto.create_bucket("cas").await;
+    for mode in ["native", "emulated"] {
+        let config = serde_json::from_value(json!({
+            "bucket": "cas", "endpoint_url": moto.endpoint(), "force_path_style": true,
+            "prefix": format!("{mode}/"), "conditional_writes": mode,
+        }))
+        .unwrap();
+        let keys = AccessKeys {
+            id: "testing".into(),
+            secret: "testing".into(),
+            session_token: None,
+        };
+        // The plugin owns a tokio runtime, so it is driven from a plain thread, as the host does.
+        let checks = std::thread::spawn(move || {
+            let store = S3Store::open(config, keys).expect("open the store");
+            let v1 = store.put("h", b"one", Precondition::MustNotExist).unwrap();
+            let again = store
+                .put("h", b"two", Precondition::MustNotExist)
+                .unwrap_err();
+            assert_eq!(again.kind(), ErrorKind::Conflict, "{mode}: {again}");
+            let stale = store
+                .put(
+                    "h",
+                    b"two",
+                    Precondition::MustMatch(Version("\"stale\"".into())),
+                )
+                .unwrap_err();
+            assert_eq!(stale.kind(), ErrorKind::Conflict, "{mode}: {stale}");
+            let v2 = store
+                .put("h", b"two", Precondition::MustMatch(v1.clone()))
+                .unwrap();
+            assert_ne!(v1, v2);
+            let got = store.get("h").unwrap();
+            assert_eq!((got.bytes.as_slice(), got.version), (&b"two"[..], v2));
+            assert_eq!(
+                store.get("missing").unwrap_err().kind(),
+                ErrorKind::NotFound
+            );
+        });
+        checks.join().expect("conditional write checks");
+    }
+}
+
+#[tokio::test]
+async fn the_s3_bucket_shortcut_reads_the_aws_environment() {
+    let moto = Moto::start().await;
+    moto.create_bucket("quick").await;
+    let endpoint = moto.endpoint();
+    let mut env = AWS_ENV.to_vec();
+    env.push(("AWS_ENDPOINT_URL", &endpoint));
+    let host = Server::start_with_env(&["--s3-bucket", "quick"], &env).await;
+    assert_eq!(
+        host.output("var q = 'in the bucket'; q", "q").await,
+        "in the bucket"
+    );
+    host.stop().await;
+    let host = Server::start_with_env(&["--s3-bucket", "quick"], &env).await;
+    assert_eq!(host.output("q", "q").await, "in the bucket");
+    host.stop().await;
+}
