@@ -19,14 +19,7 @@ fn main() -> ExitCode {
         init_logging();
         return worker::serve();
     }
-    // stdout belongs to the MCP stdio transport: logs go to stderr.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    init_logging();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

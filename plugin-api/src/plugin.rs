@@ -71,6 +71,33 @@ impl RootModule for PluginModuleRef {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
+/// Parses a plugin's configuration (the JSON object the host hands to `open`) into the
+/// plugin's own type. Errors name the plugin and the offending field, e.g. "invalid file
+/// storage configuration: unknown field `dir`"; use `#[serde(deny_unknown_fields)]` so that
+/// typos are caught at start-up.
+///
+/// ```
+/// #[derive(Debug, serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct Config { directory: String }
+///
+/// let config: Config = mcp_v8_plugin_api::plugin::parse_config("file", r#"{"directory": "/x"}"#).unwrap();
+/// assert_eq!(config.directory, "/x");
+/// let err = mcp_v8_plugin_api::plugin::parse_config::<Config>("file", r#"{"dir": "/x"}"#).unwrap_err();
+/// assert!(err.message().contains("unknown field `dir`"));
+/// ```
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    plugin: &str,
+    config: &str,
+) -> Result<T, crate::StoreError> {
+    // Via a Value, so errors name the field rather than a position in generated JSON.
+    serde_json::from_str(config)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            crate::StoreError::other(format!("invalid {plugin} storage configuration: {e}"))
+        })
+}
+
 /// Runs a plugin's constructor, turning a panic into an error. Used by
 /// [`crate::export_plugin!`]; not meant to be called directly.
 #[doc(hidden)]

@@ -280,7 +280,8 @@ pub fn example_plugin_built_against_api(version: &str) -> PathBuf {
         &format!(
             "[package]\nname = \"mcp-v8-plugin-api\"\nversion = \"{version}\"\nedition = \"2021\"\n\
              [lib]\nname = \"mcp_v8_plugin_api\"\n\
-             [dependencies]\nabi_stable = {{ version = \"0.11.3\", default-features = false }}\n"
+             [dependencies]\nabi_stable = {{ version = \"0.11.3\", default-features = false }}\n\
+             serde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n"
         ),
     );
     write_if_changed(
@@ -289,7 +290,7 @@ pub fn example_plugin_built_against_api(version: &str) -> PathBuf {
          [workspace]\n[lib]\ncrate-type = [\"cdylib\"]\n\
          [dependencies]\nmcp-v8-plugin-api = { path = \"../plugin-api\" }\n\
          abi_stable = { version = \"0.11.3\", default-features = false }\n\
-         serde = { version = \"1\", features = [\"derive\"] }\nserde_json = \"1\"\n",
+         serde = { version = \"1\", features = [\"derive\"] }\n",
     );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)

@@ -51,10 +51,7 @@ export_plugin!("file", open);
 
 /// The plugin's constructor: parses the configuration and opens the directory.
 pub fn open(config: &str) -> Result<FileStore, StoreError> {
-    // Via a Value, so errors name the field rather than a position in generated JSON.
-    let config: Config = serde_json::from_str(config)
-        .and_then(serde_json::from_value)
-        .map_err(|e| StoreError::other(format!("invalid file storage configuration: {e}")))?;
+    let config: Config = mcp_v8_plugin_api::plugin::parse_config("file", config)?;
     FileStore::open(&config.directory)
 }
 

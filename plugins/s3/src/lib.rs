@@ -94,10 +94,7 @@ export_plugin!("s3", open);
 /// The plugin's constructor: parses the configuration, builds the client and checks that the
 /// bucket is there and reachable.
 pub fn open(config: &str) -> Result<S3Store, StoreError> {
-    // Via a Value, so errors name the field rather than a position in generated JSON.
-    let config: Config = serde_json::from_str(config)
-        .and_then(serde_json::from_value)
-        .map_err(|e| StoreError::other(format!("invalid s3 storage configuration: {e}")))?;
+    let config: Config = mcp_v8_plugin_api::plugin::parse_config("s3", config)?;
     S3Store::open(config, AccessKeys::from_env()?)
 }
 
@@ -328,7 +325,7 @@ impl HeapStore for S3Store {
                 StoreError::unavailable(format!("reading heap '{name}' from S3 failed: {e}"))
             })?;
             Ok(Snapshot {
-                bytes: bytes.into_bytes().to_vec(),
+                bytes: Vec::from(bytes.into_bytes()),
                 version: Version(version),
             })
         })

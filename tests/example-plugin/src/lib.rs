@@ -45,10 +45,7 @@ struct ExampleStore {
 
 /// The constructor the host calls with `[plugins.example.config]` as JSON.
 fn open(config: &str) -> Result<ExampleStore, StoreError> {
-    // Via a Value, so errors name the field rather than a position in generated JSON.
-    let config: Config = serde_json::from_str(config)
-        .and_then(serde_json::from_value)
-        .map_err(|e| StoreError::other(format!("invalid example storage configuration: {e}")))?;
+    let config: Config = mcp_v8_plugin_api::plugin::parse_config("example", config)?;
     Ok(ExampleStore {
         config,
         heaps: Mutex::default(),
