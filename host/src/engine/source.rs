@@ -23,78 +23,18 @@ pub fn split_long_literals(code: &str) -> Option<String> {
     if code.len() <= LONG_LITERAL {
         return None;
     }
-    let bytes = code.as_bytes();
     let mut out = String::new();
     let mut copied = 0;
-    let mut i = 0;
-    let mut last_significant = b';';
-    let mut last_word = String::new();
-    let mut templates: Vec<i32> = Vec::new();
-    let mut depth = 0i32;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
-            i = code[i..].find('\n').map_or(bytes.len(), |n| i + n);
+    for token in Lexer::new(code) {
+        let Token::Str { quote, start, end } = token else {
             continue;
+        };
+        // Only closed literals: an unterminated one is left for V8 to report.
+        if end - start > LONG_LITERAL && code.as_bytes()[end - 1] == quote {
+            out.push_str(&code[copied..start]);
+            out.push_str(&split_literal(&code[start + 1..end - 1], quote as char));
+            copied = end;
         }
-        if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
-            i = code[i + 2..]
-                .find("*/")
-                .map_or(bytes.len(), |n| i + 2 + n + 2);
-            continue;
-        }
-        if c.is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        match c {
-            b'"' | b'\'' => {
-                let end = skip_string(bytes, i);
-                if end - i > LONG_LITERAL && bytes.get(end - 1) == Some(&c) {
-                    out.push_str(&code[copied..i]);
-                    out.push_str(&split_literal(&code[i + 1..end - 1], c as char));
-                    copied = end;
-                }
-                i = end;
-                last_significant = c;
-                last_word.clear();
-                continue;
-            }
-            b'`' => {
-                i = skip_template(bytes, i + 1, &mut templates, depth);
-                last_significant = b'`';
-                continue;
-            }
-            b'/' if regex_allowed(last_significant, &last_word) => {
-                i = skip_regex(bytes, i);
-                last_significant = b')';
-                continue;
-            }
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' => depth -= 1,
-            b'}' => {
-                if templates.last() == Some(&depth) {
-                    templates.pop();
-                    i = skip_template(bytes, i + 1, &mut templates, depth);
-                    last_significant = b'`';
-                    continue;
-                }
-                depth -= 1;
-            }
-            _ => {}
-        }
-        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' {
-            let end = code[i..]
-                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '$'))
-                .map_or(bytes.len(), |n| i + n);
-            last_word = code[i..end].to_string();
-            last_significant = b'a';
-            i = end;
-            continue;
-        }
-        last_significant = c;
-        last_word.clear();
-        i += 1;
     }
     if copied == 0 {
         return None;
@@ -268,119 +208,177 @@ fn top_level_statements(code: &str) -> Vec<std::ops::Range<usize>> {
     let bytes = code.as_bytes();
     let mut statements = Vec::new();
     let mut start: Option<usize> = None;
-    let mut depth = 0i32;
-    // Brace depths at which a template literal's `${` was opened.
-    let mut templates: Vec<i32> = Vec::new();
-    let mut last_significant = b';';
-    let mut last_word = String::new();
-    let mut i = 0;
     // A statement that began with a block-bodied keyword ends at its closing brace.
     let mut block_statement = false;
-
-    let end_statement = |start: &mut Option<usize>, end: usize, statements: &mut Vec<_>| {
-        if let Some(s) = start.take() {
-            statements.push(s..end);
-        }
-    };
-
-    while i < bytes.len() {
-        let c = bytes[i];
-        // Comments.
-        if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
-            let newline = code[i..].find('\n').map_or(bytes.len(), |n| i + n);
-            i = newline;
-            continue;
-        }
-        if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
-            i = code[i + 2..]
-                .find("*/")
-                .map_or(bytes.len(), |n| i + 2 + n + 2);
-            continue;
-        }
-        if c == b'\n' {
-            if depth == 0
-                && start.is_some()
-                && ends_here(last_significant, next_significant(bytes, i + 1))
-            {
-                end_statement(&mut start, i, &mut statements);
-                block_statement = false;
+    let mut lexer = Lexer::new(code);
+    while let Some(token) = lexer.next() {
+        let at = token.start();
+        if let Token::Newline(_) = token {
+            let next = next_significant(bytes, at + 1);
+            if lexer.depth == 0 && start.is_some() && ends_here(lexer.before_newline, next) {
+                statements.extend(start.take().map(|s| s..at));
             }
-            i += 1;
-            continue;
-        }
-        if c.is_ascii_whitespace() {
-            i += 1;
             continue;
         }
         if start.is_none() {
-            if c == b';' {
-                i += 1;
+            if matches!(token, Token::Punct(b';', _)) {
                 continue;
             }
-            start = Some(i);
-            let word = first_word(&code[i..]);
-            block_statement = matches!(
-                word,
-                "function" | "class" | "if" | "for" | "while" | "try" | "switch" | "async"
-            ) || c == b'{';
+            start = Some(at);
+            block_statement = token == Token::Punct(b'{', at)
+                || matches!(
+                    first_word(&code[at..]),
+                    "function" | "class" | "if" | "for" | "while" | "try" | "switch" | "async"
+                );
         }
-        match c {
-            b'"' | b'\'' => i = skip_string(bytes, i),
-            b'`' => {
-                i = skip_template(bytes, i + 1, &mut templates, depth);
-                last_significant = b'`';
-                continue;
+        let end = match token {
+            Token::Punct(b';', _) if lexer.depth == 0 => at + 1,
+            Token::Punct(b'}', _)
+                if lexer.depth == 0 && block_statement && !continues_after_block(bytes, at + 1) =>
+            {
+                at + 1
             }
-            b'/' if regex_allowed(last_significant, &last_word) => i = skip_regex(bytes, i),
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                i += 1;
-            }
-            b')' | b']' => {
-                depth -= 1;
-                i += 1;
-            }
-            b'}' => {
-                if templates.last() == Some(&depth) {
-                    templates.pop();
-                    i = skip_template(bytes, i + 1, &mut templates, depth);
-                    last_significant = b'`';
-                    continue;
-                }
-                depth -= 1;
-                i += 1;
-                if depth == 0 && block_statement && !continues_after_block(bytes, i) {
-                    last_significant = b'}';
-                    end_statement(&mut start, i, &mut statements);
-                    block_statement = false;
-                    continue;
-                }
-            }
-            b';' if depth == 0 => {
-                i += 1;
-                end_statement(&mut start, i, &mut statements);
-                block_statement = false;
-                last_significant = b';';
-                last_word.clear();
-                continue;
-            }
-            _ => i += 1,
-        }
-        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' {
-            let word_start = i - 1;
-            let word_end = code[word_start..]
-                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '$'))
-                .map_or(bytes.len(), |n| word_start + n);
-            last_word = code[word_start..word_end].to_string();
-            i = word_end;
-            last_significant = b'a';
-            continue;
-        }
-        last_significant = c;
-        last_word.clear();
+            _ => continue,
+        };
+        statements.extend(start.take().map(|s| s..end));
+        block_statement = false;
     }
-    end_statement(&mut start, bytes.len(), &mut statements);
+    statements.extend(start.map(|s| s..bytes.len()));
     statements
+}
+
+/// A lexical token: just enough of JavaScript to find statements and string literals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// A quoted string literal `start..end`, quotes included.
+    Str { quote: u8, start: usize, end: usize },
+    /// A piece of template literal text starting at the offset.
+    Template(usize),
+    /// A regular expression literal starting at the offset.
+    Regex(usize),
+    /// A name, keyword or number starting at the offset.
+    Word(usize),
+    /// A line break at the offset.
+    Newline(usize),
+    /// Any other character at the offset.
+    Punct(u8, usize),
+}
+
+impl Token {
+    fn start(self) -> usize {
+        match self {
+            Token::Str { start, .. } => start,
+            Token::Template(at)
+            | Token::Regex(at)
+            | Token::Word(at)
+            | Token::Newline(at)
+            | Token::Punct(_, at) => at,
+        }
+    }
+}
+
+/// Splits JavaScript source into [`Token`]s, skipping white space and comments, and tracking
+/// bracket depth.
+struct Lexer<'a> {
+    code: &'a str,
+    at: usize,
+    /// Bracket depth after the last token.
+    depth: i32,
+    /// Brace depths at which a template literal's `${` was opened.
+    templates: Vec<i32>,
+    /// The last significant character (`a` for a word), for ASI and regex decisions.
+    before_newline: u8,
+    last_word: &'a str,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(code: &'a str) -> Self {
+        Self {
+            code,
+            at: 0,
+            depth: 0,
+            templates: Vec::new(),
+            before_newline: b';',
+            last_word: "",
+        }
+    }
+
+    fn significant(&mut self, class: u8, token: Token) -> Option<Token> {
+        self.before_newline = class;
+        if class != b'a' {
+            self.last_word = "";
+        }
+        Some(token)
+    }
+}
+
+impl Iterator for Lexer<'_> {
+    type Item = Token;
+
+    fn next(&mut self) -> Option<Token> {
+        let bytes = self.code.as_bytes();
+        loop {
+            let i = self.at;
+            let &c = bytes.get(i)?;
+            if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
+                self.at = self.code[i..].find('\n').map_or(bytes.len(), |n| i + n);
+                continue;
+            }
+            if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
+                self.at = self.code[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |n| i + 2 + n + 2);
+                continue;
+            }
+            if c == b'\n' {
+                self.at += 1;
+                return Some(Token::Newline(i));
+            }
+            if c.is_ascii_whitespace() {
+                self.at += 1;
+                continue;
+            }
+            match c {
+                b'"' | b'\'' => {
+                    self.at = skip_string(bytes, i);
+                    let token = Token::Str {
+                        quote: c,
+                        start: i,
+                        end: self.at,
+                    };
+                    return self.significant(c, token);
+                }
+                b'`' => {
+                    self.at = skip_template(bytes, i + 1, &mut self.templates, self.depth);
+                    return self.significant(b'`', Token::Template(i));
+                }
+                b'/' if regex_allowed(self.before_newline, self.last_word) => {
+                    self.at = skip_regex(bytes, i);
+                    // A regular expression is a value, like a closed bracket.
+                    return self.significant(b')', Token::Regex(i));
+                }
+                b'(' | b'[' | b'{' => self.depth += 1,
+                b')' | b']' => self.depth -= 1,
+                b'}' if self.templates.last() == Some(&self.depth) => {
+                    self.templates.pop();
+                    self.at = skip_template(bytes, i + 1, &mut self.templates, self.depth);
+                    return self.significant(b'`', Token::Template(i));
+                }
+                b'}' => self.depth -= 1,
+                _ if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' => {
+                    self.at = self.code[i..]
+                        .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '$'))
+                        .map_or(bytes.len(), |n| i + n);
+                    self.last_word = &self.code[i..self.at];
+                    return self.significant(b'a', Token::Word(i));
+                }
+                _ => {}
+            }
+            // Multi-byte UTF-8 characters pass one byte at a time; only ASCII matters here.
+            self.at += 1;
+            return self.significant(c, Token::Punct(c, i));
+        }
+    }
 }
 
 /// After a block's closing brace: `else`, `catch`, `finally`, or `while` of a do-while, or an
