@@ -153,6 +153,14 @@ impl Client {
         &self.service
     }
 
+    /// The names of the server's tools, sorted.
+    pub async fn tool_names(&self) -> Vec<String> {
+        let tools = self.service.list_all_tools().await.expect("tools/list");
+        let mut names: Vec<String> = tools.into_iter().map(|t| t.name.to_string()).collect();
+        names.sort();
+        names
+    }
+
     /// Calls `tool` with `arguments` (a JSON object).
     pub async fn call(&self, tool: &str, arguments: Value) -> CallToolResult {
         let arguments: Map<String, Value> = match arguments {

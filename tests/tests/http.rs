@@ -7,30 +7,17 @@ use mcp_v8_e2e::Client;
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
 
-async fn tool_names(client: &Client) -> Vec<String> {
-    let mut names: Vec<String> = client
-        .client()
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
-    names.sort();
-    names
-}
-
 #[tokio::test]
 async fn both_transports_serve_the_same_tools_and_share_heaps() {
     let server = HttpServer::start(&["--memory"]).await;
     let streamable = server.streamable(None).await;
     let sse = server.sse(None).await;
     assert_eq!(
-        tool_names(&streamable).await,
+        streamable.tool_names().await,
         ["delete_heap", "list_heaps", "run_js"]
     );
     assert_eq!(
-        tool_names(&sse).await,
+        sse.tool_names().await,
         ["delete_heap", "list_heaps", "run_js"]
     );
 

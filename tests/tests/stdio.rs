@@ -8,15 +8,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn lists_the_heap_tools() {
     let server = Server::start(&["--memory"]).await;
-    let mut names: Vec<String> = server
-        .client()
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
-    names.sort();
+    let names = server.tool_names().await;
     assert_eq!(names, ["delete_heap", "list_heaps", "run_js"]);
     server.stop().await;
 }
