@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use super::render::render;
+use super::render::{describe_thrown, render};
 
 /// A captured `console` call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -63,6 +63,8 @@ pub(super) struct RunState {
     now: u64,
     sequence: u64,
     next_id: u32,
+    /// Rejected promises nobody handled (yet), by identity hash.
+    unhandled: Vec<(i32, String)>,
 }
 
 impl RunState {
@@ -75,12 +77,16 @@ impl RunState {
             now: 0,
             sequence: 0,
             next_id: 1,
+            unhandled: Vec::new(),
         }
     }
 
     /// Ends the run: returns the console and the number of timers that never fired, and
     /// drops those timers (their handles must go before the isolate does).
-    pub(super) fn finish(self) -> (Console, usize) {
+    pub(super) fn finish(mut self) -> (Console, usize) {
+        for (_, text) in std::mem::take(&mut self.unhandled) {
+            self.log("error", format!("Uncaught (in promise) {text}"));
+        }
         (self.console, self.timers.len())
     }
 
@@ -122,6 +128,43 @@ pub(super) fn next_timer<'s>(
     let callback = v8::Local::new(scope, callback);
     let args = args.iter().map(|a| v8::Local::new(scope, a)).collect();
     Some((callback, args))
+}
+
+/// V8's report of promise rejections: the ones still unhandled when the run ends are logged as
+/// console errors, as a browser or Node.js would print them.
+pub(super) extern "C" fn promise_rejected(message: v8::PromiseRejectMessage) {
+    // SAFETY: V8 calls this from inside the isolate, with a context entered, which is what a
+    // CallbackScope needs.
+    let scope = &mut unsafe { v8::CallbackScope::new(&message) };
+    let id = message.get_promise().get_identity_hash().get();
+    match message.get_event() {
+        v8::PromiseRejectEvent::PromiseRejectWithNoHandler => {
+            let text = match message.get_value() {
+                Some(value) => {
+                    let e = describe_thrown(scope, value, None);
+                    format!("{}: {}", e.name, e.message)
+                }
+                None => "undefined".into(),
+            };
+            if let Some(state) = scope.get_slot_mut::<RunState>() {
+                state.unhandled.push((id, text));
+            }
+        }
+        v8::PromiseRejectEvent::PromiseHandlerAddedAfterReject => {
+            if let Some(state) = scope.get_slot_mut::<RunState>() {
+                state.unhandled.retain(|(unhandled, _)| *unhandled != id);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The run's own result is reported as its error, not as an unhandled rejection.
+pub(super) fn handled(scope: &mut v8::HandleScope, promise: v8::Local<v8::Promise>) {
+    let id = promise.get_identity_hash().get();
+    if let Some(state) = scope.get_slot_mut::<RunState>() {
+        state.unhandled.retain(|(unhandled, _)| *unhandled != id);
+    }
 }
 
 fn console_line(scope: &mut v8::HandleScope, args: &v8::FunctionCallbackArguments, level: &str) {

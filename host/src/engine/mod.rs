@@ -205,6 +205,7 @@ pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
     let isolate = &mut v8::Isolate::new(create_params(&limits));
     let guard = guard(isolate);
     isolate.set_slot(RunState::new(limits.console_bytes));
+    isolate.set_promise_reject_callback(globals::promise_rejected);
     let result = {
         let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
         let scope = &mut v8::HandleScope::new(&mut *isolate);
@@ -277,6 +278,7 @@ pub fn run_stateful(
     };
     let guard = guard(&mut isolate);
     isolate.set_slot(RunState::new(limits.console_bytes));
+    isolate.set_promise_reject_callback(globals::promise_rejected);
     let result = {
         let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
         let scope = &mut v8::HandleScope::new(&mut *isolate);
@@ -354,6 +356,7 @@ fn evaluate(
                 return Ok(render(tc, value));
             }
             v8::PromiseState::Rejected => {
+                globals::handled(tc, promise);
                 let reason = promise.result(tc);
                 // The error's own stack knows where it was made.
                 let message = v8::Exception::create_message(tc, reason);
@@ -804,6 +807,24 @@ mod tests {
             step("big.slice(0, 3) + big.length", Some(heap)).unwrap().0,
             "xxx1048576"
         );
+    }
+
+    #[test]
+    fn unhandled_rejections_are_logged_once_and_handled_ones_not() {
+        let run = run_stateless(
+            "(async () => { throw new TypeError('lost'); })();
+             const later = Promise.reject(new Error('caught late')); later.catch(() => {});
+             Promise.reject(new RangeError('returned'))",
+            limits(),
+        );
+        assert!(matches!(run.result, Err(RunError::Exception(ref e)) if e.message == "returned"));
+        let lines: Vec<String> = run
+            .console
+            .lines
+            .iter()
+            .map(|l| format!("[{}] {}", l.level, l.text))
+            .collect();
+        assert_eq!(lines, ["[error] Uncaught (in promise) TypeError: lost"]);
     }
 
     #[test]
