@@ -39,6 +39,8 @@
 //! # let _ = Nothing.info();
 //! ```
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod ffi;
 mod name;

@@ -79,8 +79,13 @@ impl WorkerPool {
 
 impl Worker {
     fn spawn(program: &PathBuf) -> Result<Self, RunError> {
+        // Workers get no environment but the logging settings: JavaScript cannot read it, and
+        // secrets such as storage credentials or the auth token have no business there.
+        let logging = std::env::vars().filter(|(k, _)| k == "RUST_LOG" || k == "RUST_BACKTRACE");
         let mut child = Command::new(program)
             .arg("--worker")
+            .env_clear()
+            .envs(logging)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
