@@ -32,6 +32,9 @@ pub enum CallError {
     /// The heap store failed.
     #[error("storage error ({kind}) for heap '{heap}': {error}", kind = error.kind())]
     Storage { heap: String, error: StoreError },
+    /// The heap store failed to list heaps.
+    #[error("storage error ({kind}) while listing heaps: {0}", kind = .0.kind())]
+    Listing(StoreError),
     /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -204,14 +207,7 @@ impl Runtime {
 
     /// All heaps, sorted by name.
     pub async fn list(&self) -> Result<Vec<HeapMeta>, CallError> {
-        let mut heaps = self
-            .storage
-            .list("")
-            .await
-            .map_err(|error| CallError::Storage {
-                heap: "*".into(),
-                error,
-            })?;
+        let mut heaps = self.storage.list("").await.map_err(CallError::Listing)?;
         heaps.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(heaps)
     }
