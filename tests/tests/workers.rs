@@ -94,9 +94,14 @@ async fn a_killed_worker_fails_only_its_call() {
     server.output("var state = 1", "victim").await;
     let workers = server.workers();
     assert_eq!(workers.len(), 1, "one warm worker: {workers:?}");
+    let idle_cpu = cpu_ticks(workers[0]);
     let (reply, ()) = tokio::join!(
         server.run_js("state = 2; for (;;) {}", Some("victim")),
         async {
+            // Kill it only once it is busy with the loop (its CPU time grows).
+            while cpu_ticks(workers[0]) < idle_cpu + 2 {
+                tokio::task::yield_now().await;
+            }
             let status = std::process::Command::new("kill")
                 .args(["-9", &workers[0].to_string()])
                 .status()
@@ -112,4 +117,43 @@ async fn a_killed_worker_fails_only_its_call() {
     assert_eq!(replacement.len(), 1);
     assert_ne!(replacement, workers);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_while_idle_costs_no_call() {
+    let server = Server::start(&["--memory", "--max-concurrent-executions", "1"]).await;
+    server.output("var state = 'kept'", "idle").await;
+    let workers = server.workers();
+    assert_eq!(workers.len(), 1);
+    let status = std::process::Command::new("kill")
+        .args(["-9", &workers[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Wait until the kernel has ended it (a zombie until mcp-v8 reaps it).
+    let stat = format!("/proc/{}/stat", workers[0]);
+    while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
+        tokio::task::yield_now().await;
+    }
+    // The next call runs on a fresh worker instead of failing.
+    assert_eq!(server.output("state", "idle").await, "kept");
+    server.stop().await;
+}
+
+/// User plus system CPU time of a process, in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: state is the 1st, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }

@@ -47,33 +47,58 @@ impl WorkerPool {
         let Ok(_slot) = self.slots.acquire().await else {
             return Outcome::failed(RunError::Crashed("the worker pool is shut down".into()));
         };
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let mut worker = match idle {
-            Some(worker) => worker,
-            None => match Worker::spawn(&self.program) {
-                Ok(worker) => worker,
-                Err(e) => return Outcome::failed(e),
-            },
-        };
         let deadline = job.limits.timeout + GRACE;
-        match tokio::time::timeout(deadline, worker.call(&job)).await {
-            Ok(Ok(outcome)) => {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(worker);
-                outcome
-            }
-            // The worker died or garbled its answer: report how, and let it go.
-            Ok(Err(io_error)) => Outcome::failed(RunError::Crashed(worker.death(io_error).await)),
-            // It did not stop at its own time limit: kill it.
-            Err(_) => Outcome::failed(RunError::Timeout(job.limits.timeout)),
+        let mut reused = self.take_idle();
+        loop {
+            let fresh = reused.is_none();
+            let mut worker = match reused.take() {
+                Some(worker) => worker,
+                None => match Worker::spawn(&self.program) {
+                    Ok(worker) => worker,
+                    Err(e) => return Outcome::failed(e),
+                },
+            };
+            return match tokio::time::timeout(deadline, worker.call(&job)).await {
+                Ok(Ok(outcome)) => {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(worker);
+                    outcome
+                }
+                // An idle worker that died before it could take the job (killed while
+                // waiting, say) says nothing about the job: run it on a fresh one.
+                Ok(Err(Failure::BeforeJob(_))) if !fresh => continue,
+                // The worker died or garbled its answer: report how, and let it go.
+                Ok(Err(Failure::BeforeJob(e) | Failure::DuringJob(e))) => {
+                    Outcome::failed(RunError::Crashed(worker.death(e).await))
+                }
+                // It did not stop at its own time limit: kill it.
+                Err(_) => Outcome::failed(RunError::Timeout(job.limits.timeout)),
+            };
         }
         // A worker not put back is dropped here, which kills its process.
+    }
+}
+
+/// How a call to a worker went wrong.
+enum Failure {
+    /// The job could not be handed over: the worker was gone already.
+    BeforeJob(std::io::Error),
+    /// The worker took the job and then failed to answer.
+    DuringJob(std::io::Error),
+}
+
+impl WorkerPool {
+    /// An idle worker that is still alive, if any.
+    fn take_idle(&self) -> Option<Worker> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(mut worker) = idle.pop() {
+            if matches!(worker.child.try_wait(), Ok(None)) {
+                return Some(worker);
+            }
+        }
+        None
     }
 }
 
@@ -104,8 +129,8 @@ impl Worker {
         })
     }
 
-    /// Sends one job and reads the answer. An I/O error means the worker is unusable.
-    async fn call(&mut self, job: &Job) -> std::io::Result<Outcome> {
+    /// Sends one job and reads the answer. A failure means the worker is unusable.
+    async fn call(&mut self, job: &Job) -> Result<Outcome, Failure> {
         let request = Request {
             stateful: job.stateful,
             heap: job.heap.is_some(),
@@ -113,8 +138,12 @@ impl Worker {
         };
         let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
         sections.extend(job.heap.as_deref());
-        write_frame_async(&mut self.stdin, &request, &sections).await?;
-        let (response, sections) = read_frame_async::<Response>(&mut self.stdout).await?;
+        write_frame_async(&mut self.stdin, &request, &sections)
+            .await
+            .map_err(Failure::BeforeJob)?;
+        let (response, sections) = read_frame_async::<Response>(&mut self.stdout)
+            .await
+            .map_err(Failure::DuringJob)?;
         let heap = sections.into_iter().next().map(Bytes::from);
         Ok(Outcome {
             result: response.result.map(|completion| (completion, heap)),
