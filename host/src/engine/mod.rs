@@ -69,6 +69,9 @@ pub enum RunError {
     /// V8 could not serialise the heap.
     #[error("could not snapshot the heap: {0}")]
     Snapshot(String),
+    /// No engine could be started for the call (e.g. a worker process failed to start).
+    #[error("no JavaScript engine is available: {0}; the heap was not changed")]
+    Unavailable(String),
     /// The process running the code died (V8 aborted, or it was killed).
     #[error(
         "the JavaScript engine crashed while running this code ({0}); the heap was not changed"

@@ -45,7 +45,7 @@ impl WorkerPool {
     /// Runs `job` on a free worker.
     pub async fn run(&self, job: Job) -> Outcome {
         let Ok(_slot) = self.slots.acquire().await else {
-            return Outcome::failed(RunError::Crashed("the worker pool is shut down".into()));
+            return Outcome::failed(RunError::Unavailable("the worker pool is shut down".into()));
         };
         let deadline = job.limits.timeout + GRACE;
         let mut reused = self.take_idle();
@@ -117,10 +117,10 @@ impl Worker {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
-                RunError::Crashed(format!("cannot start worker {}: {e}", program.display()))
+                RunError::Unavailable(format!("cannot start worker {}: {e}", program.display()))
             })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(RunError::Crashed("worker started without pipes".into()));
+            return Err(RunError::Unavailable("worker started without pipes".into()));
         };
         Ok(Self {
             child,
