@@ -183,8 +183,11 @@ extern "C" fn near_heap_limit(data: *mut c_void, current: usize, _initial: usize
     current.saturating_mul(2)
 }
 
-/// Arms the heap limit of `isolate`, and gives the watchdog a way to stop it.
-fn guard(isolate: &mut v8::Isolate) -> Arc<Guard> {
+/// Readies a new isolate for a run: per-run state, promise-rejection reports, heap limit.
+/// Returns the guard the watchdog stops it with.
+fn prepare(isolate: &mut v8::Isolate, limits: &Limits) -> Arc<Guard> {
+    isolate.set_slot(RunState::new(limits.console_bytes));
+    isolate.set_promise_reject_callback(globals::promise_rejected);
     let guard = Arc::new(Guard {
         isolate: isolate.thread_safe_handle(),
         reason: AtomicU8::new(NOT_TERMINATED),
@@ -206,20 +209,13 @@ pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
     init();
     let _shared = ISOLATES.read().unwrap_or_else(PoisonError::into_inner);
     let isolate = &mut v8::Isolate::new(create_params(&limits));
-    let guard = guard(isolate);
-    isolate.set_slot(RunState::new(limits.console_bytes));
-    isolate.set_promise_reject_callback(globals::promise_rejected);
+    let guard = prepare(isolate, &limits);
     let result = {
         let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
         let scope = &mut v8::HandleScope::new(&mut *isolate);
         let context = v8::Context::new(scope, Default::default());
         let scope = &mut v8::ContextScope::new(scope, context);
-        match globals::install(scope) {
-            Some(()) => evaluate(scope, code, &guard, &limits),
-            None => Err(RunError::Crashed(
-                "could not set up the global scope".into(),
-            )),
-        }
+        run_in(scope, code, true, &guard, &limits)
     };
     let run = finish(isolate, result.map(|output| (output, ())));
     Run {
@@ -271,34 +267,20 @@ pub fn run_stateful(
     init();
     let _exclusive = ISOLATES.write().unwrap_or_else(PoisonError::into_inner);
     let fresh = snapshot.is_none();
-    let params = create_params(&limits);
-    let refs = Some(globals::external_references());
+    // The parameters carry the external references.
+    let params = Some(create_params(&limits));
     let mut isolate = match snapshot {
-        Some(blob) => {
-            v8::Isolate::snapshot_creator_from_existing_snapshot(blob, refs, Some(params))
-        }
-        None => v8::Isolate::snapshot_creator(refs, Some(params)),
+        Some(blob) => v8::Isolate::snapshot_creator_from_existing_snapshot(blob, None, params),
+        None => v8::Isolate::snapshot_creator(None, params),
     };
-    let guard = guard(&mut isolate);
-    isolate.set_slot(RunState::new(limits.console_bytes));
-    isolate.set_promise_reject_callback(globals::promise_rejected);
+    let guard = prepare(&mut isolate, &limits);
     let result = {
         let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
         let scope = &mut v8::HandleScope::new(&mut *isolate);
         let context = v8::Context::new(scope, Default::default());
         let result = {
             let scope = &mut v8::ContextScope::new(scope, context);
-            let installed = if fresh {
-                globals::install(scope)
-            } else {
-                Some(())
-            };
-            match installed {
-                Some(()) => evaluate(scope, code, &guard, &limits),
-                None => Err(RunError::Crashed(
-                    "could not set up the global scope".into(),
-                )),
-            }
+            run_in(scope, code, fresh, &guard, &limits)
         };
         if result.is_ok() {
             scope.set_default_context(context);
@@ -329,6 +311,22 @@ pub fn run_stateful(
         result,
         console: run.console,
     }
+}
+
+/// Runs `code` in the entered context, first adding the globals to a fresh one.
+fn run_in(
+    scope: &mut v8::HandleScope,
+    code: &str,
+    fresh: bool,
+    guard: &Guard,
+    limits: &Limits,
+) -> Result<String, RunError> {
+    if fresh && globals::install(scope).is_none() {
+        return Err(RunError::Crashed(
+            "could not set up the global scope".into(),
+        ));
+    }
+    evaluate(scope, code, guard, limits)
 }
 
 /// Compiles and runs `code`, then drives microtasks and timers until its result settles.
