@@ -57,6 +57,13 @@ impl Executor {
         Executor::Workers(WorkerPool::new(program, size))
     }
 
+    /// Gets ready for the first job (starts a worker process ahead of time).
+    pub fn prewarm(&self) {
+        if let Executor::Workers(pool) = self {
+            pool.prewarm();
+        }
+    }
+
     /// Runs `job` to completion.
     pub async fn run(&self, job: Job) -> Outcome {
         match self {

@@ -59,6 +59,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let workers = cli.max_concurrent_executions();
     let executor = Executor::workers(program, workers);
     let runtime = Arc::new(Runtime::new(storage, executor, limits));
+    runtime.prewarm();
     tracing::info!(
         stateless = cli.stateless,
         workers,

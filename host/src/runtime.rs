@@ -95,6 +95,11 @@ impl Runtime {
         }
     }
 
+    /// Gets the executor ready for the first call.
+    pub fn prewarm(&self) {
+        self.executor.prewarm();
+    }
+
     /// The store behind this runtime.
     pub fn storage(&self) -> &Arc<dyn HeapStorage> {
         &self.storage

@@ -90,6 +90,19 @@ enum Failure {
 }
 
 impl WorkerPool {
+    /// Starts one worker ahead of the first call, so that it pays no start-up (V8 initialises
+    /// while the worker waits). A failure here is only logged: the first call will try again.
+    pub fn prewarm(&self) {
+        match Worker::spawn(&self.program) {
+            Ok(worker) => self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(worker),
+            Err(e) => tracing::warn!("could not start a worker ahead of time: {e}"),
+        }
+    }
+
     /// An idle worker that is still alive, if any.
     fn take_idle(&self) -> Option<Worker> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
