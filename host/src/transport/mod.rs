@@ -39,23 +39,25 @@ pub async fn serve_stdio(
     Ok(())
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
+/// Cancels `token` on SIGINT or SIGTERM. The handlers are installed before this returns, so a
+/// signal that arrives right after start-up is not fatal.
 pub fn cancel_on_signals(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (interrupt, terminate) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot listen for SIGINT/SIGTERM: {e}");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM: {e}");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
+        let (mut interrupt, mut terminate) = (interrupt, terminate);
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            () = terminate => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
         token.cancel();
     });
