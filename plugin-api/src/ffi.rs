@@ -387,17 +387,7 @@ mod tests {
             }
             let mut map = self.0.lock().unwrap();
             let current = map.get(name).map(|(_, g)| *g);
-            match (&p, current) {
-                (Precondition::MustNotExist, Some(_)) => {
-                    return Err(StoreError::conflict("exists"))
-                }
-                (Precondition::MustMatch(v), c)
-                    if Some(v.0.as_str()) != c.map(|g| g.to_string()).as_deref() =>
-                {
-                    return Err(StoreError::conflict("moved"))
-                }
-                _ => {}
-            }
+            p.check(name, current.map(|g| Version(g.to_string())).as_ref())?;
             let gen = current.unwrap_or(0) + 1;
             map.insert(name.to_string(), (bytes.to_vec(), gen));
             Ok(Version(gen.to_string()))
@@ -465,7 +455,7 @@ mod tests {
             .put("a", b"z", Precondition::MustMatch(v1))
             .unwrap_err();
         assert_eq!(stale.kind(), ErrorKind::Conflict);
-        assert_eq!(stale.message(), "moved");
+        assert_eq!(stale.message(), "heap 'a' is no longer at version 1");
         let exists = store
             .put("a", b"z", Precondition::MustNotExist)
             .unwrap_err();

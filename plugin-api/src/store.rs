@@ -32,6 +32,32 @@ pub enum Precondition {
     MustMatch(Version),
 }
 
+impl Precondition {
+    /// Checks the precondition against the version stored now (`None`: no such heap) and
+    /// returns the contract's [`crate::ErrorKind::Conflict`] error when it does not hold.
+    /// A store calls this while it holds whatever lock makes check-then-write atomic.
+    ///
+    /// ```
+    /// use mcp_v8_plugin_api::{ErrorKind, Precondition, Version};
+    /// let v1 = Version("1".into());
+    /// assert!(Precondition::MustMatch(v1.clone()).check("h", Some(&v1)).is_ok());
+    /// let err = Precondition::MustNotExist.check("h", Some(&v1)).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Conflict);
+    /// ```
+    pub fn check(&self, name: &str, current: Option<&Version>) -> Result<(), StoreError> {
+        match (self, current) {
+            (Precondition::Any, _) | (Precondition::MustNotExist, None) => Ok(()),
+            (Precondition::MustNotExist, Some(_)) => Err(StoreError::conflict(format!(
+                "heap '{name}' already exists"
+            ))),
+            (Precondition::MustMatch(expected), current) if current == Some(expected) => Ok(()),
+            (Precondition::MustMatch(expected), _) => Err(StoreError::conflict(format!(
+                "heap '{name}' is no longer at version {expected}"
+            ))),
+        }
+    }
+}
+
 /// A stored heap as read back: its bytes and the version they are at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -105,4 +131,28 @@ pub trait HeapStore: Send + Sync + 'static {
 
     /// Lists the heaps whose names start with `prefix` (all of them for `""`), in any order.
     fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn preconditions_hold_or_conflict() {
+        let v1 = Version("1".into());
+        let v2 = Version("2".into());
+        let ok = |p: Precondition, current: Option<&Version>| p.check("h", current).is_ok();
+        assert!(ok(Precondition::Any, None) && ok(Precondition::Any, Some(&v1)));
+        assert!(ok(Precondition::MustNotExist, None));
+        assert!(!ok(Precondition::MustNotExist, Some(&v1)));
+        assert!(ok(Precondition::MustMatch(v1.clone()), Some(&v1)));
+        assert!(!ok(Precondition::MustMatch(v1.clone()), Some(&v2)));
+        assert!(!ok(Precondition::MustMatch(v1.clone()), None));
+        let err = Precondition::MustMatch(v1)
+            .check("h", Some(&v2))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        assert_eq!(err.message(), "heap 'h' is no longer at version 1");
+    }
 }

@@ -63,22 +63,8 @@ impl MemoryStore {
             .heaps
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let current = heaps.get(name).map(|e| e.version);
-        match (&precondition, current) {
-            (Precondition::Any, _) | (Precondition::MustNotExist, None) => {}
-            (Precondition::MustNotExist, Some(_)) => {
-                return Err(StoreError::conflict(format!(
-                    "heap '{name}' already exists"
-                )))
-            }
-            (Precondition::MustMatch(expected), current) => {
-                if current.map(|v| v.to_string()).as_deref() != Some(expected.as_str()) {
-                    return Err(StoreError::conflict(format!(
-                        "heap '{name}' is no longer at version {expected}"
-                    )));
-                }
-            }
-        }
+        let current = heaps.get(name).map(|e| Version(e.version.to_string()));
+        precondition.check(name, current.as_ref())?;
         let version = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         heaps.insert(
             name.to_string(),

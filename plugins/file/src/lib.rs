@@ -202,22 +202,7 @@ impl HeapStore for FileStore {
     ) -> Result<Version, StoreError> {
         validate_heap_name(name)?;
         let _lock = self.lock(name)?;
-        let current = self.current_version(name)?;
-        match (&precondition, &current) {
-            (Precondition::Any, _) | (Precondition::MustNotExist, None) => {}
-            (Precondition::MustNotExist, Some(_)) => {
-                return Err(StoreError::conflict(format!(
-                    "heap '{name}' already exists"
-                )))
-            }
-            (Precondition::MustMatch(expected), current) => {
-                if current.as_ref() != Some(expected) {
-                    return Err(StoreError::conflict(format!(
-                        "heap '{name}' is no longer at version {expected}"
-                    )));
-                }
-            }
-        }
+        precondition.check(name, self.current_version(name)?.as_ref())?;
         self.write_atomically(name, bytes)
     }
 

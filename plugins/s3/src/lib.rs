@@ -356,17 +356,8 @@ impl HeapStore for S3Store {
             }
             (ConditionalWrites::Emulated, _) => {
                 // Race window: another writer may write between this HEAD and the PUT.
-                let current = self.head_etag(&key)?;
-                let holds = match &precondition {
-                    Precondition::MustNotExist => current.is_none(),
-                    Precondition::MustMatch(v) => current.as_deref() == Some(v.as_str()),
-                    Precondition::Any => true,
-                };
-                if !holds {
-                    return Err(StoreError::conflict(format!(
-                        "write heap '{name}': the object changed meanwhile"
-                    )));
-                }
+                let current = self.head_etag(&key)?.map(Version);
+                precondition.check(name, current.as_ref())?;
             }
         }
         let output = self

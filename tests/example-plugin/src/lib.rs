@@ -81,18 +81,9 @@ impl HeapStore for ExampleStore {
             panic!("asked to panic on heap '{name}'");
         }
         let mut heaps = self.heaps.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = heaps.get(name).map(|e| e.version.to_string());
-        match (&precondition, &current) {
-            (Precondition::MustNotExist, Some(_)) => {
-                return Err(StoreError::conflict(format!(
-                    "heap '{name}' already exists"
-                )))
-            }
-            (Precondition::MustMatch(v), current) if current.as_deref() != Some(v.as_str()) => {
-                return Err(StoreError::conflict(format!("heap '{name}' has moved on")))
-            }
-            _ => {}
-        }
+        let current = heaps.get(name).map(|e| Version(e.version.to_string()));
+        // The contract's compare-and-swap, checked under the lock that makes it atomic.
+        precondition.check(name, current.as_ref())?;
         if current.is_none() && self.config.max_heaps.is_some_and(|max| heaps.len() >= max) {
             return Err(StoreError::unavailable("the example store is full"));
         }
