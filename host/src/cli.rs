@@ -72,6 +72,11 @@ pub struct Cli {
     #[arg(long, env = "MCP_V8_CONSOLE_MAX_BYTES", value_name = "BYTES", default_value_t = 1 << 20)]
     pub console_max_bytes: usize,
 
+    /// Most bytes of a call's result (`output`) kept; the rest is cut with a marker and
+    /// `output_truncated` is set.
+    #[arg(long, env = "MCP_V8_MAX_OUTPUT_BYTES", value_name = "BYTES", default_value_t = 4 << 20)]
+    pub max_output_bytes: usize,
+
     /// How many executions may run at once, each in its own worker process [default: CPUs].
     #[arg(long, env = "MCP_V8_MAX_CONCURRENT_EXECUTIONS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -151,6 +156,7 @@ impl Cli {
             timeout: self.execution_timeout(),
             heap_bytes: (self.heap_memory_max as usize) << 20,
             console_bytes: self.console_max_bytes,
+            output_bytes: self.max_output_bytes,
         }
     }
 

@@ -1,9 +1,12 @@
 //! The envelope around every stored heap snapshot.
 //!
 //! ```text
-//! magic "MCPV8HP\0" (8) | format u16 LE | V8 version len u8 | V8 version | payload len u64 LE
-//! | checksum u64 LE | payload
+//! magic "MCPV8HP\0" (8) | format u16 LE | V8 version len u8 | V8 version
+//! | heap name len u8 | heap name | payload len u64 LE | checksum u64 LE | payload
 //! ```
+//!
+//! The heap's name binds the snapshot to it: bytes copied from one heap to another are
+//! refused. Format 2 had no name field; such heaps are still read.
 //!
 //! The checksum is XXH3-64 of the payload, seeded with XXH3-64 of every header byte before
 //! it, so a flipped bit anywhere is caught. [`open`] checks everything before returning the
@@ -18,7 +21,11 @@ pub const MAGIC: &[u8; 8] = b"MCPV8HP\0";
 /// The envelope format. Bump it whenever a snapshot made by an older build could not be
 /// restored by a newer one with the same V8 (e.g. when the set of native functions
 /// registered as external references changes).
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
+
+/// The oldest format still read: format 2 lacks the heap name, and its external references
+/// are a prefix of format 3's.
+const OLDEST_READABLE: u16 = 2;
 
 /// Why stored bytes cannot be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -29,21 +36,27 @@ pub enum EnvelopeError {
     /// A well-formed heap that this build cannot restore.
     #[error("incompatible heap: {0}")]
     Incompatible(String),
+    /// The snapshot was made for another heap and stored under this name by hand.
+    #[error("the stored snapshot belongs to heap '{0}', not to this one (copied or renamed outside mcp-v8)")]
+    OtherHeap(String),
 }
 
-/// Wraps a V8 snapshot for storage: one allocation, one copy of the payload.
-pub fn seal(payload: &[u8]) -> Vec<u8> {
-    seal_for(crate::engine::v8_version(), payload)
+/// Wraps the V8 snapshot of heap `heap` for storage: one allocation, one copy of the payload.
+pub fn seal(payload: &[u8], heap: &str) -> Vec<u8> {
+    seal_for(crate::engine::v8_version(), heap, payload)
 }
 
-pub(crate) fn seal_for(v8_version: &str, payload: &[u8]) -> Vec<u8> {
-    // The V8 version is at most 255 bytes by construction of the format.
+pub(crate) fn seal_for(v8_version: &str, heap: &str, payload: &[u8]) -> Vec<u8> {
+    // Both fit a length byte: V8 versions are short, heap names at most 128 bytes (validated).
     let version = &v8_version.as_bytes()[..v8_version.len().min(255)];
-    let mut out = Vec::with_capacity(8 + 2 + 1 + version.len() + 16 + payload.len());
+    let name = &heap.as_bytes()[..heap.len().min(255)];
+    let mut out = Vec::with_capacity(8 + 2 + 2 + version.len() + name.len() + 16 + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.push(version.len() as u8);
     out.extend_from_slice(version);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     let checksum = xxh3_64_with_seed(payload, xxh3_64(&out));
     out.extend_from_slice(&checksum.to_le_bytes());
@@ -51,24 +64,31 @@ pub(crate) fn seal_for(v8_version: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Verifies a stored blob and returns its V8 payload, sharing `blob`'s memory.
-pub fn open(blob: &Bytes) -> Result<Bytes, EnvelopeError> {
-    open_for(crate::engine::v8_version(), blob)
+/// Verifies a blob stored as heap `heap` and returns its V8 payload, sharing `blob`'s memory.
+pub fn open(blob: &Bytes, heap: &str) -> Result<Bytes, EnvelopeError> {
+    open_for(crate::engine::v8_version(), heap, blob)
 }
 
-fn open_for(v8_version: &str, blob: &Bytes) -> Result<Bytes, EnvelopeError> {
+fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Bytes, EnvelopeError> {
     let mut header = Reader { blob, at: 0 };
     if header.take(MAGIC.len())? != MAGIC {
         return Err(corrupt("the stored data is not an mcp-v8 heap snapshot"));
     }
     let format = u16::from_le_bytes(header.array()?);
-    if format != FORMAT_VERSION {
+    if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&format) {
         return Err(EnvelopeError::Incompatible(format!(
-            "it uses heap format {format}, this mcp-v8 reads format {FORMAT_VERSION}"
+            "it uses heap format {format}, this mcp-v8 reads formats {OLDEST_READABLE} to \
+             {FORMAT_VERSION}"
         )));
     }
     let [version_len] = header.array()?;
     let made_by = String::from_utf8_lossy(header.take(usize::from(version_len))?).into_owned();
+    let owner = if format >= 3 {
+        let [name_len] = header.array()?;
+        Some(header.take(usize::from(name_len))?)
+    } else {
+        None
+    };
     let len = u64::from_le_bytes(header.array()?);
     let checksummed = header.at;
     let checksum = u64::from_le_bytes(header.array()?);
@@ -81,6 +101,11 @@ fn open_for(v8_version: &str, blob: &Bytes) -> Result<Bytes, EnvelopeError> {
     }
     if xxh3_64_with_seed(&payload, xxh3_64(&blob[..checksummed])) != checksum {
         return Err(corrupt("checksum mismatch, the stored bytes were altered"));
+    }
+    if let Some(owner) = owner.filter(|owner| *owner != heap.as_bytes()) {
+        return Err(EnvelopeError::OtherHeap(
+            String::from_utf8_lossy(owner).into_owned(),
+        ));
     }
     if made_by != v8_version {
         return Err(EnvelopeError::Incompatible(format!(
@@ -124,13 +149,13 @@ mod tests {
     const V8: &str = "13.5.212.10";
 
     fn sealed(payload: &[u8]) -> Bytes {
-        Bytes::from(seal_for(V8, payload))
+        Bytes::from(seal_for(V8, "h", payload))
     }
 
     #[test]
     fn round_trips_without_copying() {
         let blob = sealed(b"snapshot bytes");
-        let payload = open_for(V8, &blob).unwrap();
+        let payload = open_for(V8, "h", &blob).unwrap();
         assert_eq!(&payload[..], b"snapshot bytes");
         // The payload is a view into the blob, not a copy.
         assert_eq!(
@@ -143,7 +168,7 @@ mod tests {
     fn every_truncation_is_corrupt() {
         let blob = sealed(b"0123456789");
         for len in 0..blob.len() {
-            let err = open_for(V8, &blob.slice(..len)).unwrap_err();
+            let err = open_for(V8, "h", &blob.slice(..len)).unwrap_err();
             assert!(matches!(err, EnvelopeError::Corrupt(_)), "len {len}: {err}");
         }
     }
@@ -154,7 +179,7 @@ mod tests {
         for i in 0..blob.len() {
             let mut bad = blob.to_vec();
             bad[i] ^= 0x40;
-            let err = open_for(V8, &Bytes::from(bad));
+            let err = open_for(V8, "h", &Bytes::from(bad));
             assert!(err.is_err(), "flip at {i} went unnoticed");
         }
     }
@@ -164,14 +189,14 @@ mod tests {
         let mut bad = sealed(b"abc").to_vec();
         bad.push(0);
         assert!(matches!(
-            open_for(V8, &Bytes::from(bad)),
+            open_for(V8, "h", &Bytes::from(bad)),
             Err(EnvelopeError::Corrupt(_))
         ));
     }
 
     #[test]
     fn foreign_data_is_named_as_such() {
-        let err = open_for(V8, &Bytes::from_static(b"{\"not\": \"a heap\"}")).unwrap_err();
+        let err = open_for(V8, "h", &Bytes::from_static(b"{\"not\": \"a heap\"}")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "corrupt heap: the stored data is not an mcp-v8 heap snapshot"
@@ -180,8 +205,8 @@ mod tests {
 
     #[test]
     fn another_v8_version_is_incompatible() {
-        let blob = Bytes::from(seal_for("12.0.0.1", b"abc"));
-        let err = open_for(V8, &blob).unwrap_err();
+        let blob = Bytes::from(seal_for("12.0.0.1", "h", b"abc"));
+        let err = open_for(V8, "h", &blob).unwrap_err();
         assert!(matches!(err, EnvelopeError::Incompatible(_)));
         assert!(err.to_string().contains("made by V8 12.0.0.1"), "{err}");
     }
@@ -190,7 +215,32 @@ mod tests {
     fn another_format_is_incompatible() {
         let mut blob = sealed(b"abc").to_vec();
         blob[8..10].copy_from_slice(&99u16.to_le_bytes());
-        let err = open_for(V8, &Bytes::from(blob)).unwrap_err();
+        let err = open_for(V8, "h", &Bytes::from(blob)).unwrap_err();
         assert!(matches!(err, EnvelopeError::Incompatible(_)), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_is_bound_to_its_heap() {
+        let blob = sealed(b"abc");
+        let err = open_for(V8, "other", &blob).unwrap_err();
+        assert_eq!(err, EnvelopeError::OtherHeap("h".into()));
+        assert!(err.to_string().contains("belongs to heap 'h'"), "{err}");
+    }
+
+    #[test]
+    fn format_2_heaps_without_a_name_are_still_read() {
+        // Format 2: the same header without the name field.
+        let payload = b"old snapshot";
+        let mut old = Vec::new();
+        old.extend_from_slice(MAGIC);
+        old.extend_from_slice(&2u16.to_le_bytes());
+        old.push(V8.len() as u8);
+        old.extend_from_slice(V8.as_bytes());
+        old.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        let checksum = xxh3_64_with_seed(payload, xxh3_64(&old));
+        old.extend_from_slice(&checksum.to_le_bytes());
+        old.extend_from_slice(payload);
+        let opened = open_for(V8, "any-name", &Bytes::from(old)).unwrap();
+        assert_eq!(&opened[..], payload);
     }
 }

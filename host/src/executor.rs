@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{self, Completion, Console, Limits, RunError};
 use crate::worker::WorkerPool;
@@ -13,13 +14,33 @@ use crate::worker::WorkerPool;
 pub struct Job {
     /// The JavaScript source.
     pub code: String,
-    /// Snapshot the heap afterwards (a stateful run).
-    pub stateful: bool,
-    /// The sealed heap to restore, for a stateful run on an existing heap. It is verified
-    /// right before V8 would see it.
-    pub heap: Option<Bytes>,
+    /// What the code runs on.
+    pub target: Target,
     /// Time, memory and output limits.
     pub limits: Limits,
+}
+
+/// What a job runs on.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A fresh isolate; nothing is kept.
+    Stateless,
+    /// A heap, snapshotted afterwards (a stateful run).
+    Heap {
+        /// The heap's name, which its snapshot is bound to.
+        name: String,
+        /// The sealed heap to restore, or `None` for a new heap. It is verified right before
+        /// V8 would see it.
+        sealed: Option<Bytes>,
+    },
+}
+
+/// How far a job got before it ended, for telling a crash of V8 restoring a heap from a crash
+/// of the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    /// The isolate is ready (a heap restored): the code starts now.
+    Started,
 }
 
 /// How an execution ended.
@@ -67,7 +88,7 @@ impl Executor {
     /// Runs `job` to completion.
     pub async fn run(&self, job: Job) -> Outcome {
         match self {
-            Executor::InProcess => tokio::task::spawn_blocking(move || run_here(job))
+            Executor::InProcess => tokio::task::spawn_blocking(move || run_here(job, |_| {}))
                 .await
                 .unwrap_or_else(|e| {
                     Outcome::failed(RunError::Crashed(format!("execution thread failed: {e}")))
@@ -77,21 +98,25 @@ impl Executor {
     }
 }
 
-/// Runs a job on the current thread.
-pub fn run_here(job: Job) -> Outcome {
-    if job.stateful {
-        let run = engine::run_stateful(&job.code, job.heap.as_ref(), job.limits);
-        Outcome {
-            result: run
-                .result
-                .map(|(completion, heap)| (completion, Some(heap))),
-            console: run.console,
+/// Runs a job on the current thread, reporting its stages to `stage` as it reaches them.
+pub fn run_here(job: Job, mut stage: impl FnMut(Stage)) -> Outcome {
+    let started = || stage(Stage::Started);
+    match job.target {
+        Target::Heap { name, sealed } => {
+            let run = engine::run_stateful(&job.code, &name, sealed.as_ref(), job.limits, started);
+            Outcome {
+                result: run
+                    .result
+                    .map(|(completion, heap)| (completion, Some(heap))),
+                console: run.console,
+            }
         }
-    } else {
-        let run = engine::run_stateless(&job.code, job.limits);
-        Outcome {
-            result: run.result.map(|completion| (completion, None)),
-            console: run.console,
+        Target::Stateless => {
+            let run = engine::run_stateless(&job.code, job.limits, started);
+            Outcome {
+                result: run.result.map(|completion| (completion, None)),
+                console: run.console,
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use mcp_v8_plugin_api::validate_heap_name;
 
 use crate::engine::{Completion, Console, Limits, RunError};
 use crate::envelope::EnvelopeError;
-use crate::executor::{Executor, Job};
+use crate::executor::{Executor, Job, Target};
 use crate::storage::{ErrorKind, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError};
 
 /// Why a tool call failed. Every variant leaves the stored heap as it was.
@@ -26,6 +26,9 @@ pub enum CallError {
     /// The stored heap cannot be restored.
     #[error("heap '{heap}' cannot be loaded: {error} (delete_heap removes it so the name can start over)")]
     Envelope { heap: String, error: EnvelopeError },
+    /// The stored heap passed verification, but V8 failed to restore it.
+    #[error("heap '{heap}' cannot be loaded: V8 could not restore its snapshot ({reason}); the code did not run (delete_heap removes the heap so the name can start over)")]
+    Unrestorable { heap: String, reason: String },
     /// Someone else saved the heap while this call ran on the old state.
     #[error("heap '{heap}' was changed concurrently while this code ran, so its result was not saved; retry the call")]
     Conflict { heap: String },
@@ -142,8 +145,7 @@ impl Runtime {
         };
         let job = Job {
             code,
-            stateful: false,
-            heap: None,
+            target: Target::Stateless,
             limits,
         };
         let outcome = self.executor.run(job).await;
@@ -185,8 +187,10 @@ impl Runtime {
         };
         let job = Job {
             code,
-            stateful: true,
-            heap: stored,
+            target: Target::Heap {
+                name: heap.clone(),
+                sealed: stored,
+            },
             limits,
         };
         let outcome = self.executor.run(job).await;
@@ -202,6 +206,7 @@ impl Runtime {
                 "a stateful run returned no heap".into(),
             )),
             Err(RunError::Heap(error)) => Err(CallError::Envelope { heap, error }),
+            Err(RunError::Unrestorable(reason)) => Err(CallError::Unrestorable { heap, reason }),
             Err(e) => Err(e.into()),
         };
         Reply {
@@ -317,8 +322,8 @@ mod tests {
                 "other-v8",
                 Box::new(|b: Vec<u8>| {
                     // The same snapshot, sealed as if another V8 had made it.
-                    let payload = envelope::open(&Bytes::from(b)).unwrap();
-                    envelope::seal_for("12.0.1.0", &payload)
+                    let payload = envelope::open(&Bytes::from(b), "other-v8").unwrap();
+                    envelope::seal_for("12.0.1.0", "other-v8", &payload)
                 }),
                 "made by V8",
             ),

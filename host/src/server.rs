@@ -92,6 +92,9 @@ pub struct RunJsOutput {
     /// The completion value (for a promise, what it resolved to): strings as they are,
     /// objects as JSON, other values as `String(value)` prints them.
     pub output: String,
+    /// The output was longer than the server's limit (--max-output-bytes) and was cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub output_truncated: bool,
     /// The heap the code ran on; pass it again to continue.
     pub heap: String,
     /// `console` output, in order.
@@ -108,6 +111,9 @@ pub struct RunJsOutput {
 pub struct StatelessRunJsOutput {
     /// The completion value, rendered as for the stateful tool.
     pub output: String,
+    /// The output was longer than the server's limit (--max-output-bytes) and was cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub output_truncated: bool,
     /// `console` output, in order.
     pub logs: Vec<LogLine>,
     /// Console output went over the limit and the rest was dropped.
@@ -306,6 +312,7 @@ runs out of memory changes nothing. Plain ECMAScript: no require, fetch, fs or D
         };
         let result = reply.result.map(|run| RunJsOutput {
             output: run.completion.output,
+            output_truncated: run.completion.output_truncated,
             heap: run.heap,
             logs: reply.console.lines.clone(),
             logs_truncated: reply.console.truncated,
@@ -370,6 +377,7 @@ between calls. Plain ECMAScript: no require, fetch, fs or DOM.",
         };
         let result = reply.result.map(|completion| StatelessRunJsOutput {
             output: completion.output,
+            output_truncated: completion.output_truncated,
             logs: reply.console.lines.clone(),
             logs_truncated: reply.console.truncated,
             pending_timers: completion.pending_timers,

@@ -1,5 +1,6 @@
 //! What the engine adds to the JavaScript global scope: `console`, timers and
-//! `queueMicrotask`, backed by native functions and per-run state.
+//! `queueMicrotask`, backed by native functions and per-run state; and the changes that keep
+//! every heap snapshottable (see [`PRELUDE`]).
 //!
 //! The functions live in the heap and are saved with it, so V8 must be able to find their
 //! native callbacks when it creates and when it restores a snapshot: every callback is listed
@@ -11,7 +12,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use super::render::{describe_thrown, render};
+use super::render::{describe_thrown, render, Unrendered};
 
 /// A captured `console` call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -65,6 +66,8 @@ pub(super) struct RunState {
     next_id: u32,
     /// Rejected promises nobody handled (yet), by identity hash.
     unhandled: Vec<(i32, String)>,
+    /// Objects made in this run that V8 cannot snapshot, with what they are.
+    unsaveable: Vec<(v8::Weak<v8::Object>, String)>,
 }
 
 impl RunState {
@@ -78,6 +81,7 @@ impl RunState {
             sequence: 0,
             next_id: 1,
             unhandled: Vec::new(),
+            unsaveable: Vec::new(),
         }
     }
 
@@ -168,10 +172,16 @@ pub(super) fn handled(scope: &mut v8::HandleScope, promise: v8::Local<v8::Promis
 }
 
 fn console_line(scope: &mut v8::HandleScope, args: &v8::FunctionCallbackArguments, level: &str) {
-    let text = (0..args.length())
-        .map(|i| render(scope, args.get(i)))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let mut parts = Vec::with_capacity(args.length().max(0) as usize);
+    for i in 0..args.length() {
+        match render(scope, args.get(i)) {
+            Ok(text) => parts.push(text),
+            Err(Unrendered::Threw(_)) => parts.push("[unprintable value]".into()),
+            // The run is being stopped: print nothing more.
+            Err(Unrendered::Terminated) => return,
+        }
+    }
+    let text = parts.join(" ");
     if let Some(state) = scope.get_slot_mut::<RunState>() {
         state.log(level, text);
     }
@@ -299,6 +309,40 @@ fn queue_microtask(
     }
 }
 
+/// `track(object, kind)`, called by [`PRELUDE`] for every object V8 cannot snapshot.
+fn track_unsaveable(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    mut rv: v8::ReturnValue,
+) {
+    let value = args.get(0);
+    rv.set(value);
+    let Ok(object) = v8::Local::<v8::Object>::try_from(value) else {
+        return;
+    };
+    let kind = args.get(1).to_rust_string_lossy(scope);
+    let weak = v8::Weak::new(scope, object);
+    if let Some(state) = scope.get_slot_mut::<RunState>() {
+        state.unsaveable.push((weak, kind));
+    }
+}
+
+/// What keeps the heap from being saved: the first object made in this run that V8 cannot
+/// snapshot and that is still alive after a full garbage collection. Costs nothing unless the
+/// run made such objects.
+pub(super) fn unsaveable(scope: &mut v8::HandleScope) -> Option<String> {
+    if scope.get_slot::<RunState>()?.unsaveable.is_empty() {
+        return None;
+    }
+    scope.low_memory_notification();
+    let state = scope.get_slot::<RunState>()?;
+    state
+        .unsaveable
+        .iter()
+        .find(|(weak, _)| !weak.is_empty())
+        .map(|(_, kind)| kind.clone())
+}
+
 fn reference(callback: impl v8::MapFnTo<v8::FunctionCallback>) -> v8::ExternalReference<'static> {
     v8::ExternalReference {
         function: callback.map_fn_to(),
@@ -319,6 +363,8 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(set_interval),
             reference(clear_timer),
             reference(queue_microtask),
+            // Heap format 3. Append only: older heaps refer to the entries above by index.
+            reference(track_unsaveable),
         ])
     })
 }
@@ -352,5 +398,79 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     define(scope, global, "clearTimeout", clear_timer)?;
     define(scope, global, "clearInterval", clear_timer)?;
     define(scope, global, "queueMicrotask", queue_microtask)?;
+    run_prelude(scope)
+}
+
+/// JavaScript run once in every fresh heap, so that built-ins that V8 cannot snapshot never
+/// crash a save:
+///
+/// * `FinalizationRegistry` keeps no registrations: V8 aborts on a snapshot holding one with
+///   an unregister token or a collected target. Its callbacks would never run here anyway
+///   (a call lasts milliseconds and the spec does not promise that they run); `register`
+///   and `unregister` keep their checks and results.
+/// * Intl objects (formatters, collators, locales, segmenters and their segments) hold ICU
+///   data that V8 cannot snapshot: each one is tracked, and a save that would still include
+///   one fails with an error naming it ([`unsaveable`]) instead of aborting.
+const PRELUDE: &str = r#"(track) => {
+  'use strict';
+  const weakly = (v) => (typeof v === 'object' && v !== null) || typeof v === 'function' ||
+    (typeof v === 'symbol' && Symbol.keyFor(v) === undefined);
+  class FinalizationRegistry {
+    #tokens = new WeakMap();
+    constructor(cleanup) {
+      if (typeof cleanup !== 'function') {
+        throw new TypeError('FinalizationRegistry: cleanup must be callable');
+      }
+    }
+    register(target, held, token) {
+      if (!weakly(target)) throw new TypeError('FinalizationRegistry.prototype.register: invalid target');
+      if (Object.is(target, held)) throw new TypeError('FinalizationRegistry.prototype.register: target and holdings must not be same');
+      if (token !== undefined) {
+        if (!weakly(token)) throw new TypeError('FinalizationRegistry.prototype.register: invalid unregister token');
+        this.#tokens.set(token, true);
+      }
+    }
+    unregister(token) {
+      if (!weakly(token)) throw new TypeError('FinalizationRegistry.prototype.unregister: invalid unregister token');
+      return this.#tokens.delete(token);
+    }
+  }
+  Object.defineProperty(FinalizationRegistry.prototype, Symbol.toStringTag,
+    { value: 'FinalizationRegistry', configurable: true });
+  Object.defineProperty(globalThis, 'FinalizationRegistry',
+    { value: FinalizationRegistry, writable: true, configurable: true });
+
+  const wrap = (owner, key, kind) => {
+    const original = owner[key];
+    if (typeof original !== 'function') return undefined;
+    const wrapped = new Proxy(original, {
+      construct: (target, args, newTarget) => track(Reflect.construct(target, args, newTarget), kind),
+      apply: (target, self, args) => track(Reflect.apply(target, self, args), kind),
+    });
+    const descriptor = Object.getOwnPropertyDescriptor(owner, key);
+    Object.defineProperty(owner, key, { ...descriptor, value: wrapped });
+    return wrapped;
+  };
+  for (const name of Object.getOwnPropertyNames(Intl)) {
+    const constructor = Intl[name];
+    if (typeof constructor !== 'function' || !constructor.prototype) continue;
+    const wrapped = wrap(Intl, name, 'Intl.' + name);
+    Object.defineProperty(constructor.prototype, 'constructor',
+      { value: wrapped, writable: true, configurable: true });
+  }
+  wrap(Intl.Locale.prototype, 'maximize', 'Intl.Locale');
+  wrap(Intl.Locale.prototype, 'minimize', 'Intl.Locale');
+  const segments = Object.getPrototypeOf(new Intl.Segmenter().segment(''));
+  wrap(Intl.Segmenter.prototype, 'segment', 'Intl.Segmenter segments');
+  wrap(segments, Symbol.iterator, 'Intl.Segmenter iterator');
+}"#;
+
+fn run_prelude(scope: &mut v8::HandleScope) -> Option<()> {
+    let source = v8::String::new(scope, PRELUDE)?;
+    let setup = v8::Script::compile(scope, source, None)?.run(scope)?;
+    let setup = v8::Local::<v8::Function>::try_from(setup).ok()?;
+    let track = v8::Function::new(scope, track_unsaveable)?;
+    let undefined = v8::undefined(scope).into();
+    setup.call(scope, undefined, &[track.into()])?;
     Some(())
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use globals::RunState;
 pub use globals::{Console, LogLine};
-use render::{describe_thrown, render};
+use render::{clip, describe_thrown, render, Unrendered};
 
 use crate::envelope::{self, EnvelopeError};
 
@@ -35,6 +35,8 @@ pub struct Limits {
     pub heap_bytes: usize,
     /// Most bytes of console output kept.
     pub console_bytes: usize,
+    /// Most bytes of the rendered result kept.
+    pub output_bytes: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +45,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             heap_bytes: 128 << 20,
             console_bytes: 1 << 20,
+            output_bytes: 4 << 20,
         }
     }
 }
@@ -69,6 +72,14 @@ pub enum RunError {
     /// V8 could not serialise the heap.
     #[error("could not snapshot the heap: {0}")]
     Snapshot(String),
+    /// The heap holds an object that V8 cannot snapshot.
+    #[error("the heap cannot be saved: it still holds an {0} object made in this call, and V8 cannot \
+             snapshot those; create it where it is used (inside a function) or drop every reference \
+             to it (e.g. set the variable to null) before the call ends; the heap was not changed")]
+    Unsaveable(String),
+    /// V8 could not restore the stored snapshot (it ended the process trying).
+    #[error("V8 could not restore the stored snapshot ({0})")]
+    Unrestorable(String),
     /// No engine could be started for the call (e.g. a worker process failed to start).
     #[error("no JavaScript engine is available: {0}; the heap was not changed")]
     Unavailable(String),
@@ -108,6 +119,8 @@ impl std::fmt::Display for JsException {
 pub struct Completion {
     /// The completion value (or the value its promise resolved to), rendered as text.
     pub output: String,
+    /// The output was longer than [`Limits::output_bytes`] and was cut there.
+    pub output_truncated: bool,
     /// Timers still pending when the result settled; they were dropped.
     pub pending_timers: usize,
 }
@@ -131,6 +144,10 @@ static ISOLATES: RwLock<()> = RwLock::new(());
 /// Initialises V8 once per process. Cheap after the first call.
 pub fn init() {
     INIT.call_once(|| {
+        // Without ICU data, Intl and toLocaleString abort the process.
+        if let Err(code) = v8::icu::set_common_data_74(deno_core_icudata::ICU_DATA) {
+            tracing::error!("could not load ICU data (error {code}): Intl will not work");
+        }
         let platform = v8::new_default_platform(0, false).make_shared();
         v8::V8::initialize_platform(platform);
         v8::V8::initialize();
@@ -204,8 +221,9 @@ fn create_params(limits: &Limits) -> v8::CreateParams {
         .external_references(&**globals::external_references())
 }
 
-/// Runs `code` in a plain isolate; nothing is kept.
-pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
+/// Runs `code` in a plain isolate; nothing is kept. `started` is called once the isolate and
+/// its context exist, right before the code runs.
+pub fn run_stateless(code: &str, limits: Limits, started: impl FnOnce()) -> Run<Completion> {
     init();
     let _shared = ISOLATES.read().unwrap_or_else(PoisonError::into_inner);
     let isolate = &mut v8::Isolate::new(create_params(&limits));
@@ -214,10 +232,11 @@ pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
         let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
         let scope = &mut v8::HandleScope::new(&mut *isolate);
         let context = v8::Context::new(scope, Default::default());
+        started();
         let scope = &mut v8::ContextScope::new(scope, context);
         run_in(scope, code, true, &guard, &limits)
     };
-    let run = finish(isolate, result.map(|output| (output, ())));
+    let run = finish(isolate, result.map(|output| (output, ())), &limits);
     Run {
         result: run.result.map(|(completion, ())| completion),
         console: run.console,
@@ -228,16 +247,25 @@ pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
 fn finish<T>(
     isolate: &mut v8::Isolate,
     result: Result<(String, T), RunError>,
+    limits: &Limits,
 ) -> Run<(Completion, T)> {
     let (console, pending_timers) = isolate
         .remove_slot::<RunState>()
         .map(RunState::finish)
         .unwrap_or_default();
     Run {
-        result: result.map(|(output, extra)| {
+        result: result.map(|(mut output, extra)| {
+            let output_truncated = clip(&mut output, limits.output_bytes);
+            if output_truncated {
+                output.push_str(&format!(
+                    "\n[output truncated at {} bytes]",
+                    limits.output_bytes
+                ));
+            }
             (
                 Completion {
                     output,
+                    output_truncated,
                     pending_timers,
                 },
                 extra,
@@ -247,15 +275,21 @@ fn finish<T>(
     }
 }
 
-/// Runs `code` on the heap restored from `sealed` (a stored envelope, verified here before
-/// V8 sees a byte of it), or on a fresh heap, and snapshots the heap afterwards. On success
-/// the result carries the new heap, sealed and ready to store.
+/// Runs `code` on heap `heap`, restored from `sealed` (a stored envelope, verified here
+/// before V8 sees a byte of it) or fresh, and snapshots the heap afterwards. On success the
+/// result carries the new heap, sealed and ready to store. `started` is called once V8 has
+/// restored the heap, right before the code runs.
 pub fn run_stateful(
     code: &str,
+    heap: &str,
     sealed: Option<&Bytes>,
     limits: Limits,
+    started: impl FnOnce(),
 ) -> Run<(Completion, Bytes)> {
-    let snapshot = match sealed.map(envelope::open).transpose() {
+    let snapshot = match sealed
+        .map(|sealed| envelope::open(sealed, heap))
+        .transpose()
+    {
         Ok(snapshot) => snapshot,
         Err(e) => {
             return Run {
@@ -278,9 +312,22 @@ pub fn run_stateful(
         let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
         let scope = &mut v8::HandleScope::new(&mut *isolate);
         let context = v8::Context::new(scope, Default::default());
+        started();
         let result = {
             let scope = &mut v8::ContextScope::new(scope, context);
-            run_in(scope, code, fresh, &guard, &limits)
+            // The run's handles go before the check below, which must not see them as
+            // references.
+            let result = run_in(
+                &mut v8::HandleScope::new(scope),
+                code,
+                fresh,
+                &guard,
+                &limits,
+            );
+            result.and_then(|output| match globals::unsaveable(scope) {
+                Some(kind) => Err(RunError::Unsaveable(kind)),
+                None => Ok(output),
+            })
         };
         if result.is_ok() {
             scope.set_default_context(context);
@@ -294,7 +341,7 @@ pub fn run_stateful(
         result
     };
     // Console and timers go first: their handles must not outlive the isolate.
-    let run = finish(&mut isolate, result.map(|output| (output, ())));
+    let run = finish(&mut isolate, result.map(|output| (output, ())), &limits);
     // A snapshot creator must always end with create_blob; after a failure it is discarded.
     // Compiled code is kept: restoring then skips recompiling what already ran.
     let handling = if run.result.is_ok() {
@@ -305,7 +352,7 @@ pub fn run_stateful(
     let blob = isolate.create_blob(handling);
     let result = run.result.and_then(|(completion, ())| {
         let blob = blob.ok_or_else(|| RunError::Snapshot("V8 returned no snapshot".into()))?;
-        Ok((completion, Bytes::from(envelope::seal(&blob))))
+        Ok((completion, Bytes::from(envelope::seal(&blob, heap))))
     });
     Run {
         result,
@@ -354,7 +401,7 @@ fn evaluate(
         match promise.state() {
             v8::PromiseState::Fulfilled => {
                 let value = promise.result(tc);
-                return Ok(render(tc, value));
+                return render_result(tc, value, guard, limits);
             }
             v8::PromiseState::Rejected => {
                 globals::handled(tc, promise);
@@ -377,7 +424,30 @@ fn evaluate(
             return Err(failure(tc, guard, limits));
         }
     }
-    Ok(render(tc, value))
+    render_result(tc, value, guard, limits)
+}
+
+/// Renders the run's result, under the run's limits: a timeout, heap limit or exception
+/// while rendering fails the run.
+fn render_result(
+    tc: &mut v8::TryCatch<v8::HandleScope>,
+    value: v8::Local<v8::Value>,
+    guard: &Guard,
+    limits: &Limits,
+) -> Result<String, RunError> {
+    match render(tc, value) {
+        Ok(text) => match guard.error(limits) {
+            Some(error) => Err(error),
+            None => Ok(text),
+        },
+        Err(Unrendered::Terminated) => Err(guard
+            .error(limits)
+            .unwrap_or(RunError::Timeout(limits.timeout))),
+        Err(Unrendered::Threw(mut e)) => {
+            e.message = format!("the result could not be rendered: {}", e.message);
+            Err(RunError::Exception(e))
+        }
+    }
 }
 
 /// Compiles `code` as a classic script, or, if it uses top-level `await`, as the body of an
@@ -495,6 +565,14 @@ impl Drop for Watchdog {
 mod tests {
     use super::*;
 
+    fn stateless_run(code: &str, limits: Limits) -> Run<Completion> {
+        run_stateless(code, limits, || {})
+    }
+
+    fn stateful_run(code: &str, heap: Option<&Bytes>, limits: Limits) -> Run<(Completion, Bytes)> {
+        run_stateful(code, "test", heap, limits, || {})
+    }
+
     fn limits() -> Limits {
         Limits {
             timeout: Duration::from_secs(10),
@@ -503,13 +581,13 @@ mod tests {
     }
 
     fn step(code: &str, heap: Option<Bytes>) -> Result<(String, Bytes), RunError> {
-        run_stateful(code, heap.as_ref(), limits())
+        stateful_run(code, heap.as_ref(), limits())
             .result
             .map(|(completion, heap)| (completion.output, heap))
     }
 
     fn stateless(code: &str) -> Result<String, RunError> {
-        run_stateless(code, limits()).result.map(|c| c.output)
+        stateless_run(code, limits()).result.map(|c| c.output)
     }
 
     fn exception(result: Result<String, RunError>) -> JsException {
@@ -600,13 +678,13 @@ mod tests {
             timeout: Duration::from_millis(200),
             ..Limits::default()
         };
-        let err = run_stateful("n = 2; for (;;) {}", Some(&heap), short)
+        let err = stateful_run("n = 2; for (;;) {}", Some(&heap), short)
             .result
             .err()
             .unwrap();
         assert_eq!(err, RunError::Timeout(Duration::from_millis(200)));
         assert!(err.to_string().contains("timed out after 0.2 s"), "{err}");
-        let err = run_stateless("while (true) {}", short).result.unwrap_err();
+        let err = stateless_run("while (true) {}", short).result.unwrap_err();
         assert_eq!(err, RunError::Timeout(Duration::from_millis(200)));
         // The stored heap is whatever the caller had: the failed run produced none.
         assert_eq!(step("n", Some(heap)).unwrap().0, "1");
@@ -670,7 +748,7 @@ mod tests {
 
     #[test]
     fn pending_timers_are_counted_and_dropped() {
-        let run = run_stateless(
+        let run = stateless_run(
             "setTimeout(() => {}, 10); setInterval(() => {}, 5); 'now'",
             limits(),
         );
@@ -696,7 +774,7 @@ mod tests {
 
     #[test]
     fn console_is_captured_in_order_and_survives_snapshots() {
-        let run = run_stateless(
+        let run = stateless_run(
             "console.log('a', 1, {b: [2]}); console.warn('w'); console.error(new Error('e').message); \
              console.info(null, undefined); console.debug('d'); 'ok'",
             limits(),
@@ -718,7 +796,7 @@ mod tests {
         assert_eq!(lines, expected.map(|(l, t)| (l.to_string(), t.to_string())));
         // A restored heap still has a working console.
         let (_, heap) = step("var x = 1", None).unwrap();
-        let run = run_stateful("console.log('again', x); x", Some(&heap), limits());
+        let run = stateful_run("console.log('again', x); x", Some(&heap), limits());
         assert_eq!(run.console.lines[0].text, "again 1");
         assert!(run.result.is_ok());
     }
@@ -729,7 +807,7 @@ mod tests {
             console_bytes: 100,
             ..limits()
         };
-        let run = run_stateless(
+        let run = stateless_run(
             "for (let i = 0; i < 100; i++) console.log('line ' + i); 'done'",
             small,
         );
@@ -744,7 +822,7 @@ mod tests {
 
     #[test]
     fn console_output_is_kept_when_the_code_fails() {
-        let run = run_stateless("console.log('before'); null.x", limits());
+        let run = stateless_run("console.log('before'); null.x", limits());
         assert!(matches!(run.result, Err(RunError::Exception(_))));
         assert_eq!(run.console.lines[0].text, "before");
     }
@@ -756,13 +834,13 @@ mod tests {
             ..limits()
         };
         let (_, heap) = step("var kept = 'yes'", None).unwrap();
-        let run = run_stateful(
+        let run = stateful_run(
             "kept = 'no'; const a = []; for (;;) a.push(new Array(1e5).fill(1))",
             Some(&heap),
             small,
         );
         assert_eq!(run.result.unwrap_err(), RunError::HeapLimit(32 << 20));
-        let run = run_stateless(
+        let run = stateless_run(
             "const a = []; for (;;) a.push('x'.repeat(1e4) + a.length)",
             small,
         );
@@ -778,7 +856,7 @@ mod tests {
             ..limits()
         };
         let e = exception(
-            run_stateless(
+            stateless_run(
                 "const keep = []; for (;;) keep.push(new ArrayBuffer(1 << 20))",
                 small,
             )
@@ -792,7 +870,7 @@ mod tests {
             e.message
         );
         // Freed buffers return to the budget.
-        let out = run_stateless(
+        let out = stateless_run(
             "let n = 0; for (let i = 0; i < 200; i++) { n += new Uint8Array(1 << 20).length } n",
             small,
         );
@@ -812,7 +890,7 @@ mod tests {
 
     #[test]
     fn unhandled_rejections_are_logged_once_and_handled_ones_not() {
-        let run = run_stateless(
+        let run = stateless_run(
             "(async () => { throw new TypeError('lost'); })();
              const later = Promise.reject(new Error('caught late')); later.catch(() => {});
              Promise.reject(new RangeError('returned'))",
@@ -862,5 +940,113 @@ mod tests {
         for t in threads.into_iter().chain(stateless) {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn rendering_the_result_runs_under_the_time_limit_and_keeps_nothing() {
+        let (_, heap) = step("var keep = 'kept'", None).unwrap();
+        let short = Limits {
+            timeout: Duration::from_millis(300),
+            ..limits()
+        };
+        for code in [
+            "keep = 'lost'; ({ toJSON() { while (true) {} } })",
+            "keep = 'lost'; const f = () => 1; f.toString = () => { for (;;) {} }; f",
+            "keep = 'lost'; ({ get x() { for (;;) {} } })",
+            "keep = 'lost'; new Proxy({}, { ownKeys() { for (;;) {} } })",
+        ] {
+            let err = stateful_run(code, Some(&heap), short).result.unwrap_err();
+            assert_eq!(err, RunError::Timeout(short.timeout), "{code}");
+        }
+        let e = exception(stateless(
+            "({ toJSON() { throw 1 }, toString() { throw new Error('no text') } })",
+        ));
+        assert!(
+            e.message.starts_with("the result could not be rendered"),
+            "{}",
+            e.message
+        );
+        assert_eq!(step("keep", Some(heap)).unwrap().0, "kept");
+    }
+
+    #[test]
+    fn long_output_is_cut_at_the_limit_with_a_marker() {
+        let small = Limits {
+            output_bytes: 1000,
+            ..limits()
+        };
+        let completion = stateless_run("'é'.repeat(2000)", small).result.unwrap();
+        assert!(completion.output_truncated);
+        assert!(completion.output.starts_with(&"é".repeat(500)));
+        assert!(completion
+            .output
+            .ends_with("[output truncated at 1000 bytes]"));
+        let completion = stateless_run("'x'.repeat(1000)", small).result.unwrap();
+        assert!(!completion.output_truncated);
+        assert_eq!(completion.output.len(), 1000);
+    }
+
+    #[test]
+    fn long_exception_texts_are_clipped() {
+        let e = exception(stateless("throw new Error('m'.repeat(1e6))"));
+        assert!(e.message.len() < 20_000, "{}", e.message.len());
+        assert!(e.message.ends_with("[truncated]"));
+    }
+
+    #[test]
+    fn finalization_registries_survive_a_snapshot() {
+        let (out, heap) = step(
+            "var fr = new FinalizationRegistry(() => {}); var token = {}; \
+             fr.register({}, 'held', token); fr.register({}, 1); \
+             [fr instanceof FinalizationRegistry, String(fr)]",
+            None,
+        )
+        .unwrap();
+        assert_eq!(out, r#"[true,"[object FinalizationRegistry]"]"#);
+        let (out, _) = step(
+            "[fr.unregister(token), fr.unregister(token), (() => { try { fr.register(1) } catch (e) { return e.name } })()]",
+            Some(heap),
+        )
+        .unwrap();
+        assert_eq!(out, r#"[true,false,"TypeError"]"#);
+    }
+
+    #[test]
+    fn intl_objects_kept_in_the_heap_are_a_clear_error_and_transient_ones_work() {
+        let (_, heap) = step("var kept = 1", None).unwrap();
+        for (code, kind) in [
+            (
+                "var nf = new Intl.NumberFormat('en-US'); nf.format(1)",
+                "Intl.NumberFormat",
+            ),
+            (
+                "var dtf = Intl.DateTimeFormat('en-US'); 1",
+                "Intl.DateTimeFormat",
+            ),
+            ("globalThis.c = new Intl.Collator('de'); 1", "Intl.Collator"),
+            ("var l = new Intl.Locale('en').maximize(); 1", "Intl.Locale"),
+            (
+                "var s = new Intl.Segmenter('en').segment('a b'); 1",
+                "Intl.Segmenter segments",
+            ),
+            (
+                "class Money extends Intl.NumberFormat {}; var m = new Money('en'); 1",
+                "Intl.NumberFormat",
+            ),
+        ] {
+            let err = stateful_run(code, Some(&heap), limits())
+                .result
+                .unwrap_err();
+            assert_eq!(err, RunError::Unsaveable(kind.into()), "{code}");
+            assert!(err.to_string().contains(kind), "{err}");
+        }
+        let (out, heap) = step(
+            "var money = (x) => new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD' }).format(x); \
+             [money(1234.5), new Date(0).toLocaleDateString('en-US', { timeZone: 'UTC' }), 'a'.localeCompare('b')]",
+            Some(heap),
+        )
+        .unwrap();
+        assert_eq!(out, r#"["$1,234.50","1/1/1970",-1]"#);
+        assert_eq!(step("money(2) + kept", Some(heap)).unwrap().0, "$2.001");
     }
 }

@@ -10,10 +10,12 @@ use std::io::{self, BufReader, BufWriter};
 use std::process::ExitCode;
 
 pub use pool::WorkerPool;
-use protocol::{read_frame, write_frame, Request, Response};
+use protocol::{
+    encode_console, read_frame, write_frame, Answer, Done, Finished, Request, RequestTarget,
+};
 
 use crate::engine::{self, RunError};
-use crate::executor::{run_here, Job, Outcome};
+use crate::executor::{run_here, Job, Outcome, Target};
 
 /// The worker's main loop: answer requests on stdin until it closes.
 pub fn serve() -> ExitCode {
@@ -29,35 +31,57 @@ pub fn serve() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let heap = if request.heap {
-            sections.pop().map(Bytes::from)
-        } else {
-            None
+        let target = match request.target {
+            RequestTarget::Stateless => Target::Stateless,
+            RequestTarget::Heap { name, restore } => Target::Heap {
+                name,
+                sealed: if restore {
+                    sections.pop().map(Bytes::from)
+                } else {
+                    None
+                },
+            },
         };
         let code = sections
             .into_iter()
             .next()
             .map(|bytes| String::from_utf8(bytes).map_err(|_| "code is not UTF-8"));
+        let mut answered = Ok(());
         let outcome = match code {
-            Some(Ok(code)) => run_here(Job {
-                code,
-                stateful: request.stateful,
-                heap,
-                limits: request.limits,
-            }),
+            Some(Ok(code)) => {
+                let job = Job {
+                    code,
+                    target,
+                    limits: request.limits,
+                };
+                run_here(job, |stage| {
+                    // The host learns that V8 has restored the heap: a crash from here on is
+                    // the code's, not the snapshot's.
+                    answered = write_frame(&mut output, &Answer::Stage(stage), &[]);
+                })
+            }
             Some(Err(e)) => Outcome::failed(RunError::Crashed(e.into())),
             None => Outcome::failed(RunError::Crashed("request without code".into())),
         };
-        let (result, heap) = match outcome.result {
-            Ok((completion, heap)) => (Ok(completion), heap),
-            Err(e) => (Err(e), None),
+        let (result, output_text, heap) = match outcome.result {
+            Ok((completion, heap)) => (
+                Ok(Finished {
+                    output_truncated: completion.output_truncated,
+                    pending_timers: completion.pending_timers,
+                }),
+                completion.output,
+                heap,
+            ),
+            Err(e) => (Err(e), String::new(), None),
         };
-        let response = Response {
+        let done = Answer::Done(Done {
             result,
-            console: outcome.console,
-        };
-        let sections: Vec<&[u8]> = heap.as_deref().into_iter().collect();
-        let written = write_frame(&mut output, &response, &sections);
+            console_truncated: outcome.console.truncated,
+        });
+        let console = encode_console(&outcome.console);
+        let mut sections: Vec<&[u8]> = vec![output_text.as_bytes(), &console];
+        sections.extend(heap.as_deref());
+        let written = answered.and_then(|()| write_frame(&mut output, &done, &sections));
         if let Err(e) = written {
             tracing::error!("worker: cannot answer the host: {e}");
             return ExitCode::FAILURE;

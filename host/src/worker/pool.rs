@@ -10,9 +10,11 @@ use tokio::io::BufReader;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Semaphore;
 
-use super::protocol::{read_frame_async, write_frame_async, Request, Response};
-use crate::engine::RunError;
-use crate::executor::{Job, Outcome};
+use super::protocol::{
+    decode_console, read_frame_async, write_frame_async, Answer, Request, RequestTarget,
+};
+use crate::engine::{Completion, RunError};
+use crate::executor::{Job, Outcome, Stage, Target};
 
 /// How long past its own time limit a worker may take to answer before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
@@ -69,10 +71,14 @@ impl WorkerPool {
                 // An idle worker that died before it could take the job (killed while
                 // waiting, say) says nothing about the job: run it on a fresh one.
                 Ok(Err(Failure::BeforeJob(_))) if !fresh => continue,
-                // The worker died or garbled its answer: report how, and let it go.
-                Ok(Err(Failure::BeforeJob(e) | Failure::DuringJob(e))) => {
-                    Outcome::failed(RunError::Crashed(worker.death(e).await))
+                // It died while V8 restored the heap: the snapshot is at fault, not the code.
+                Ok(Err(Failure::BeforeStart(e))) if restores(&job) => {
+                    Outcome::failed(RunError::Unrestorable(worker.death(e).await))
                 }
+                // The worker died or garbled its answer: report how, and let it go.
+                Ok(Err(
+                    Failure::BeforeJob(e) | Failure::BeforeStart(e) | Failure::DuringJob(e),
+                )) => Outcome::failed(RunError::Crashed(worker.death(e).await)),
                 // It did not stop at its own time limit: kill it.
                 Err(_) => Outcome::failed(RunError::Timeout(job.limits.timeout)),
             };
@@ -81,11 +87,23 @@ impl WorkerPool {
     }
 }
 
+fn restores(job: &Job) -> bool {
+    matches!(
+        job.target,
+        Target::Heap {
+            sealed: Some(_),
+            ..
+        }
+    )
+}
+
 /// How a call to a worker went wrong.
 enum Failure {
     /// The job could not be handed over: the worker was gone already.
     BeforeJob(std::io::Error),
-    /// The worker took the job and then failed to answer.
+    /// The worker took the job and failed before its code started (restoring the heap).
+    BeforeStart(std::io::Error),
+    /// The worker failed while running the code, or answered garbage.
     DuringJob(std::io::Error),
 }
 
@@ -144,24 +162,57 @@ impl Worker {
 
     /// Sends one job and reads the answer. A failure means the worker is unusable.
     async fn call(&mut self, job: &Job) -> Result<Outcome, Failure> {
+        let (target, sealed) = match &job.target {
+            Target::Stateless => (RequestTarget::Stateless, None),
+            Target::Heap { name, sealed } => (
+                RequestTarget::Heap {
+                    name: name.clone(),
+                    restore: sealed.is_some(),
+                },
+                sealed.as_deref(),
+            ),
+        };
         let request = Request {
-            stateful: job.stateful,
-            heap: job.heap.is_some(),
+            target,
             limits: job.limits,
         };
         let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
-        sections.extend(job.heap.as_deref());
+        sections.extend(sealed);
         write_frame_async(&mut self.stdin, &request, &sections)
             .await
             .map_err(Failure::BeforeJob)?;
-        let (response, sections) = read_frame_async::<Response>(&mut self.stdout)
-            .await
-            .map_err(Failure::DuringJob)?;
-        let heap = sections.into_iter().next().map(Bytes::from);
-        Ok(Outcome {
-            result: response.result.map(|completion| (completion, heap)),
-            console: response.console,
-        })
+        let mut started = false;
+        loop {
+            let frame = read_frame_async::<Answer>(&mut self.stdout).await;
+            let (answer, sections) = match frame {
+                Ok(frame) => frame,
+                Err(e) if started => return Err(Failure::DuringJob(e)),
+                Err(e) => return Err(Failure::BeforeStart(e)),
+            };
+            let done = match answer {
+                Answer::Stage(Stage::Started) => {
+                    started = true;
+                    continue;
+                }
+                Answer::Done(done) => done,
+            };
+            let mut sections = sections.into_iter();
+            let output = sections.next().unwrap_or_default();
+            let console = sections.next().unwrap_or_default();
+            let heap = sections.next().map(Bytes::from);
+            let console =
+                decode_console(&console, done.console_truncated).map_err(Failure::DuringJob)?;
+            let result = done.result.map(|finished| {
+                let completion = Completion {
+                    output: String::from_utf8(output)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                    output_truncated: finished.output_truncated,
+                    pending_timers: finished.pending_timers,
+                };
+                (completion, heap)
+            });
+            return Ok(Outcome { result, console });
+        }
     }
 
     /// Says why a worker stopped answering.

@@ -5,8 +5,12 @@
 //! section = u64 LE length | bytes
 //! ```
 //!
-//! Code, output and snapshots travel as raw sections, never inside JSON, so a 10 MB snapshot
-//! costs one write and one read.
+//! Code, output, console and snapshots travel as raw sections, never inside JSON, so a 10 MB
+//! snapshot costs one write and one read and no size of output can outgrow the header. The
+//! header carries only fixed-size facts and error texts, which the engine keeps short.
+//!
+//! A worker answers a request with one [`Answer::Stage`] frame once the code starts (its heap
+//! restored), then one [`Answer::Done`] frame.
 
 use std::io::{self, Read, Write};
 
@@ -14,31 +18,111 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::engine::{Completion, Console, Limits, RunError};
+use crate::engine::{Console, Limits, LogLine, RunError};
+use crate::executor::Stage;
 
 /// Largest header accepted, to fail fast on a garbled stream.
 const MAX_HEADER: u32 = 1 << 20;
 /// Most sections in one frame.
 const MAX_SECTIONS: u32 = 4;
+/// Largest section accepted (a snapshot of the largest heap allowed fits).
+const MAX_SECTION: u64 = 32 << 30;
 
-/// What the host asks a worker to do. Sections: the code, then the sealed heap if `heap`.
+/// What the host asks a worker to do. Sections: the code, then the sealed heap if there is
+/// one to restore.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
-    /// Snapshot the heap afterwards.
-    pub stateful: bool,
-    /// A sealed heap follows the code.
-    pub heap: bool,
+    /// What the code runs on.
+    pub target: RequestTarget,
     /// Time, memory and output limits.
     pub limits: Limits,
 }
 
-/// What a worker answers. Sections on success of a stateful run: the sealed heap.
+/// [`crate::executor::Target`] without its bytes.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Response {
-    /// The completion, or why there is none.
-    pub result: Result<Completion, RunError>,
-    /// What the code printed.
-    pub console: Console,
+pub enum RequestTarget {
+    /// A fresh isolate.
+    Stateless,
+    /// A heap; a sealed heap section follows the code when `restore`.
+    Heap {
+        /// The heap's name.
+        name: String,
+        /// A sealed heap follows the code.
+        restore: bool,
+    },
+}
+
+/// What a worker says.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Answer {
+    /// How far the job got. No sections.
+    Stage(Stage),
+    /// The job is over. Sections: the output, the console ([`encode_console`]), then on
+    /// success of a stateful run the sealed heap.
+    Done(Done),
+}
+
+/// The header of a finished job.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Done {
+    /// The completion's facts (its output is a section), or why there is none.
+    pub result: Result<Finished, RunError>,
+    /// Console lines were dropped at the console limit.
+    pub console_truncated: bool,
+}
+
+/// A completion without its output.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Finished {
+    /// The output was cut at the output limit.
+    pub output_truncated: bool,
+    /// Timers dropped when the result settled.
+    pub pending_timers: usize,
+}
+
+/// The console as a section: per line, `u8 level length | level | u32 LE text length | text`.
+pub fn encode_console(console: &Console) -> Vec<u8> {
+    let size: usize = console
+        .lines
+        .iter()
+        .map(|l| 5 + l.level.len() + l.text.len())
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    for line in &console.lines {
+        let level = &line.level.as_bytes()[..line.level.len().min(255)];
+        out.push(level.len() as u8);
+        out.extend_from_slice(level);
+        let text = line.text.as_bytes();
+        let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&text[..len as usize]);
+    }
+    out
+}
+
+/// Reads a console section written by [`encode_console`].
+pub fn decode_console(mut bytes: &[u8], truncated: bool) -> io::Result<Console> {
+    let mut lines = Vec::new();
+    while !bytes.is_empty() {
+        let (level, rest) = split(bytes, 1)?;
+        let (level, rest) = split(rest, usize::from(level[0]))?;
+        let (len, rest) = split(rest, 4)?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (text, rest) = split(rest, len)?;
+        lines.push(LogLine {
+            level: String::from_utf8_lossy(level).into_owned(),
+            text: String::from_utf8_lossy(text).into_owned(),
+        });
+        bytes = rest;
+    }
+    Ok(Console { lines, truncated })
+}
+
+fn split(bytes: &[u8], n: usize) -> io::Result<(&[u8], &[u8])> {
+    if bytes.len() < n {
+        return Err(invalid("console section cut short"));
+    }
+    Ok(bytes.split_at(n))
 }
 
 fn encode_header<H: Serialize>(header: &H) -> io::Result<Vec<u8>> {
@@ -51,6 +135,13 @@ fn decode_header<H: DeserializeOwned>(bytes: &[u8]) -> io::Result<H> {
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+fn section_len(len: u64) -> io::Result<usize> {
+    if len > MAX_SECTION {
+        return Err(invalid("section too large"));
+    }
+    usize::try_from(len).map_err(|_| invalid("section too large"))
 }
 
 /// Writes one frame (blocking side: the worker).
@@ -93,8 +184,7 @@ pub fn read_frame<H: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<(
     for _ in 0..count {
         let mut len = [0u8; 8];
         r.read_exact(&mut len)?;
-        let len =
-            usize::try_from(u64::from_le_bytes(len)).map_err(|_| invalid("section too large"))?;
+        let len = section_len(u64::from_le_bytes(len))?;
         let mut section = vec![0u8; len];
         r.read_exact(&mut section)?;
         sections.push(section);
@@ -138,8 +228,7 @@ pub async fn read_frame_async<H: DeserializeOwned>(
     }
     let mut sections = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let len =
-            usize::try_from(r.read_u64_le().await?).map_err(|_| invalid("section too large"))?;
+        let len = section_len(r.read_u64_le().await?)?;
         let mut section = vec![0u8; len];
         r.read_exact(&mut section).await?;
         sections.push(section);
@@ -155,25 +244,53 @@ mod tests {
     async fn frames_round_trip_between_both_sides() {
         let limits = Limits::default();
         let request = Request {
-            stateful: true,
-            heap: true,
+            target: RequestTarget::Heap {
+                name: "h".into(),
+                restore: true,
+            },
             limits,
         };
         let mut wire = Vec::new();
         write_frame(&mut wire, &request, &[b"1 + 1", &[0u8, 1, 2]]).unwrap();
         let (back, sections): (Request, _) = read_frame_async(&mut wire.as_slice()).await.unwrap();
-        assert!(back.stateful && back.heap && back.limits == limits);
+        assert!(
+            matches!(back.target, RequestTarget::Heap { ref name, restore: true } if name == "h")
+        );
+        assert_eq!(back.limits, limits);
         assert_eq!(sections, vec![b"1 + 1".to_vec(), vec![0, 1, 2]]);
 
         let mut wire = Vec::new();
-        let error = Response {
+        let error = Answer::Done(Done {
             result: Err(RunError::Timeout(std::time::Duration::from_secs(2))),
-            console: Console::default(),
-        };
+            console_truncated: false,
+        });
         write_frame_async(&mut wire, &error, &[]).await.unwrap();
-        let (back, sections): (Response, _) = read_frame(&mut wire.as_slice()).unwrap().unwrap();
-        assert!(matches!(back.result, Err(RunError::Timeout(d)) if d.as_secs() == 2));
+        let (back, sections): (Answer, _) = read_frame(&mut wire.as_slice()).unwrap().unwrap();
+        assert!(matches!(
+            back,
+            Answer::Done(Done { result: Err(RunError::Timeout(d)), .. }) if d.as_secs() == 2
+        ));
         assert!(sections.is_empty());
+    }
+
+    #[test]
+    fn console_sections_carry_any_text() {
+        let console = Console {
+            lines: vec![
+                LogLine {
+                    level: "log".into(),
+                    text: "\u{0}\u{1}\n\"quoted\" ✓".into(),
+                },
+                LogLine {
+                    level: "error".into(),
+                    text: String::new(),
+                },
+            ],
+            truncated: true,
+        };
+        let bytes = encode_console(&console);
+        assert_eq!(decode_console(&bytes, true).unwrap(), console);
+        assert!(decode_console(&bytes[..bytes.len() - 1], true).is_err());
     }
 
     #[test]
