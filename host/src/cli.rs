@@ -130,7 +130,7 @@ pub struct Cli {
     )]
     pub auth_token: Option<String>,
 
-    /// Largest HTTP request body, in bytes.
+    /// Largest request, in bytes: an HTTP request body, or one message (line) on stdio.
     #[arg(long, env = "MCP_V8_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
 

@@ -31,7 +31,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Dropping the runtime would wait for every blocking task, and a storage plugin that
+    // never returns would then keep the server from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mcp-v8: {e}");
@@ -82,7 +86,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             transport::http::serve(server, options, shutdown, cli.shutdown_grace()).await?;
         }
-        None => transport::serve_stdio(server, shutdown, cli.shutdown_grace()).await?,
+        None => {
+            transport::serve_stdio(server, shutdown, cli.shutdown_grace(), cli.max_body_bytes)
+                .await?
+        }
     }
     Ok(())
 }

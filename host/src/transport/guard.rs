@@ -116,6 +116,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The middleware: checks `Host`, then `Origin`, then the token.
 pub async fn check(State(policy): State<Arc<Policy>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
+    // Several Host (or Origin, or Authorization) headers are never legitimate, and servers
+    // and proxies disagree on which one counts: refuse rather than pick.
+    for name in [header::HOST, header::ORIGIN, header::AUTHORIZATION] {
+        if headers.get_all(&name).iter().nth(1).is_some() {
+            tracing::warn!(header = %name, "refused a request with a repeated header");
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the request has more than one {name} header"),
+            )
+                .into_response();
+        }
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())

@@ -4,6 +4,7 @@
 pub mod guard;
 pub mod http;
 mod sse;
+pub mod stdio;
 
 use std::time::Duration;
 
@@ -13,15 +14,17 @@ use tokio_util::sync::CancellationToken;
 use crate::server::McpServer;
 
 /// Serves one client on stdin/stdout until it disconnects, or until `shutdown` is cancelled
-/// and calls in flight have finished (for up to `grace`).
+/// and calls in flight have finished (for up to `grace`). Messages may be up to `max_message`
+/// bytes long.
 pub async fn serve_stdio(
     server: McpServer,
     shutdown: CancellationToken,
     grace: Duration,
+    max_message: usize,
 ) -> Result<(), String> {
     let calls = server.calls();
     let running = server
-        .serve(rmcp::transport::stdio())
+        .serve(stdio::transport(max_message))
         .await
         .map_err(|e| format!("MCP handshake failed: {e}"))?;
     let stop = async {
