@@ -134,6 +134,12 @@ pub struct Cli {
     #[arg(long, env = "MCP_V8_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
 
+    /// Longest a storage plugin may take for one operation, in seconds; a call whose store
+    /// does not answer in time fails with "storage did not answer".
+    #[arg(long, env = "MCP_V8_STORAGE_TIMEOUT", value_name = "SECS", default_value_t = 30.0,
+          value_parser = parse_seconds)]
+    pub storage_timeout: f64,
+
     /// On SIGINT/SIGTERM, how long calls in flight may take to finish, in seconds.
     #[arg(long, env = "MCP_V8_SHUTDOWN_GRACE", value_name = "SECS", default_value_t = 10.0,
           value_parser = parse_seconds)]
@@ -142,6 +148,10 @@ pub struct Cli {
     /// Internal: serve executions for a host over stdin/stdout.
     #[arg(long, hide = true)]
     pub worker: bool,
+
+    /// Internal: check that PATH is a loadable storage plugin, print the reason if not.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub check_plugin: Option<PathBuf>,
 }
 
 impl Cli {
@@ -200,6 +210,11 @@ impl Cli {
             },
             max_body_bytes: self.max_body_bytes,
         })
+    }
+
+    /// The storage plugin time limit.
+    pub fn storage_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.storage_timeout)
     }
 
     /// The shutdown grace period.

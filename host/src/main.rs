@@ -15,6 +15,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(path) = &cli.check_plugin {
+        // The answer goes to stdout, for the server that asked.
+        return match storage::loader::check(path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => {
+                println!("{why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.worker {
         init_logging();
         return worker::serve();
@@ -56,7 +66,7 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let storage = storage::registry::open(&cli.storage_choice()?)?;
+    let storage = storage::registry::open(&cli.storage_choice()?, cli.storage_timeout())?;
     let limits = cli.limits();
     let program =
         std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;

@@ -222,6 +222,22 @@ impl Runtime {
         Ok(heaps)
     }
 
+    /// Up to `limit` heaps whose names sort after `after`, by name, and the cursor (the last
+    /// name) to pass as `after` for the next page, if there is one.
+    pub async fn list_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<HeapMeta>, Option<String>), CallError> {
+        let mut heaps = self.list().await?;
+        if let Some(after) = after {
+            heaps.retain(|m| m.name.as_str() > after);
+        }
+        let next = (heaps.len() > limit).then(|| heaps[limit - 1].name.clone());
+        heaps.truncate(limit);
+        Ok((heaps, next))
+    }
+
     /// Metadata of one heap, or `None` when it does not exist.
     pub async fn describe(&self, heap: &str) -> Result<Option<HeapMeta>, CallError> {
         validate_heap_name(heap).map_err(CallError::InvalidName)?;

@@ -24,6 +24,8 @@ use crate::runtime::{CallError, CallLimits, Runtime};
 use crate::storage::HeapMeta;
 
 const RESOURCE_SCHEME: &str = "heap://";
+/// Most heaps in one page of `list_heaps` or `resources/list`.
+pub const PAGE_SIZE: usize = 1000;
 
 /// Arguments of `run_js` on a stateful server.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -77,6 +79,14 @@ fn call_limits(timeout_secs: Option<f64>, heap_mb: Option<u64>) -> Result<CallLi
         timeout,
         heap_bytes,
     })
+}
+
+/// Arguments of `list_heaps`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct ListArgs {
+    /// `next_cursor` of the previous page, to get the next one.
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 /// Arguments naming one heap.
@@ -137,8 +147,11 @@ pub struct HeapInfo {
 /// What `list_heaps` returns.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HeapList {
-    /// All heaps, by name.
+    /// Heaps, by name: up to 1000 per page.
     pub heaps: Vec<HeapInfo>,
+    /// Present when there are more heaps: pass it as `cursor` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 impl From<HeapMeta> for HeapInfo {
@@ -324,13 +337,22 @@ runs out of memory changes nothing. Plain ECMAScript: no require, fetch, fs or D
     /// `list_heaps`.
     #[tool(
         description = "List the saved heaps with their snapshot size in bytes and last-modified \
-time (milliseconds since the Unix epoch).",
+time (milliseconds since the Unix epoch), 1000 per page: when `next_cursor` is present, call \
+again with it as `cursor` for more.",
         output_schema = schema_for_output::<HeapList>()
     )]
-    async fn list_heaps(&self) -> Result<CallToolResult, ErrorData> {
-        match self.runtime.list().await {
-            Ok(heaps) => structured(&HeapList {
+    async fn list_heaps(
+        &self,
+        Parameters(args): Parameters<ListArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        match self
+            .runtime
+            .list_page(args.cursor.as_deref(), PAGE_SIZE)
+            .await
+        {
+            Ok((heaps, next_cursor)) => structured(&HeapList {
                 heaps: heaps.into_iter().map(HeapInfo::from).collect(),
+                next_cursor,
             }),
             Err(e) => tool_error(e),
         }
@@ -410,15 +432,16 @@ Use one heap per task and pass its name on every call."
 
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         if self.stateless {
             return Ok(ListResourcesResult::with_all_items(Vec::new()));
         }
-        let heaps = self
+        let cursor = request.and_then(|r| r.cursor);
+        let (heaps, next_cursor) = self
             .runtime
-            .list()
+            .list_page(cursor.as_deref(), PAGE_SIZE)
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let resources = heaps
@@ -430,7 +453,9 @@ Use one heap per task and pass its name on every call."
                     .with_size(m.size)
             })
             .collect();
-        Ok(ListResourcesResult::with_all_items(resources))
+        let mut page = ListResourcesResult::with_all_items(resources);
+        page.next_cursor = next_cursor;
+        Ok(page)
     }
 
     async fn read_resource(

@@ -312,6 +312,15 @@ impl ForeignHeapStore {
             RErr(e) => Err(e.into()),
         }
     }
+
+    /// Like [`HeapStore::list`], but converts entries one at a time as they are taken, so
+    /// a consumer that keeps only some of a huge listing never holds two copies of it.
+    pub fn list_each(&self, prefix: &str) -> Result<impl Iterator<Item = HeapMeta>, StoreError> {
+        match self.0 .0.list(prefix.into()) {
+            ROk(items) => Ok(items.into_iter().map(HeapMeta::from)),
+            RErr(e) => Err(e.into()),
+        }
+    }
 }
 
 impl HeapStore for ForeignHeapStore {
@@ -352,10 +361,7 @@ impl HeapStore for ForeignHeapStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
-        match self.0 .0.list(prefix.into()) {
-            ROk(items) => Ok(items.into_iter().map(HeapMeta::from).collect()),
-            RErr(e) => Err(e.into()),
-        }
+        self.list_each(prefix).map(Iterator::collect)
     }
 }
 

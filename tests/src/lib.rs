@@ -335,3 +335,85 @@ pub fn some_system_library() -> PathBuf {
         .map(PathBuf::from)
         .expect("libc is mapped into this process")
 }
+
+/// `mcp-v8` over stdio driven line by line, for what an MCP client library would never send.
+pub struct RawStdio {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl RawStdio {
+    /// Starts `mcp-v8 ARGS` and completes the handshake.
+    pub async fn start(args: &[&str]) -> RawStdio {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(binary())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mcp-v8");
+        let stdin = child.stdin.take().expect("stdin pipe");
+        let stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout pipe")).lines();
+        let mut raw = RawStdio {
+            child,
+            stdin,
+            stdout,
+        };
+        raw.send_line(
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+        )
+        .await;
+        let answer = raw.next().await;
+        assert_eq!(answer["id"], 0, "{answer}");
+        raw.send_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        raw
+    }
+
+    /// Writes one line (a newline is added).
+    pub async fn send_line(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(line.as_bytes()).await.expect("write");
+        self.stdin.write_all(b"\n").await.expect("write");
+        self.stdin.flush().await.expect("flush");
+    }
+
+    /// The next message from the server.
+    pub async fn next(&mut self) -> Value {
+        let line = self
+            .stdout
+            .next_line()
+            .await
+            .expect("read stdout")
+            .expect("the server closed stdout");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// Calls `run_js` with `code` as request `id` and returns the response.
+    pub async fn run_js(&mut self, id: u64, code: &str) -> Value {
+        let request = serde_json::json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": { "name": "run_js", "arguments": { "code": code, "heap": "raw" } }
+        });
+        self.send_line(&request.to_string()).await;
+        self.next().await
+    }
+
+    /// The server process.
+    pub fn child(&mut self) -> &mut tokio::process::Child {
+        &mut self.child
+    }
+
+    /// Closes stdin and waits for the server to exit.
+    pub async fn close(self) -> std::process::ExitStatus {
+        let RawStdio {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        child.wait().await.expect("wait for mcp-v8")
+    }
+}

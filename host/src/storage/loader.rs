@@ -1,11 +1,16 @@
 //! Loads storage plugins: shared libraries exporting an mcp-v8 root module.
 //!
-//! Every failure is one line naming the library and the cause.
+//! Every failure is one line naming the library and the cause. The server first reads a
+//! plugin's root module in a child process ([`load_checked`]): abi_stable follows pointers
+//! from the exported symbol, so a malformed library would crash whoever reads it, and only
+//! a child's crash can be reported instead of suffered.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use abi_stable::library::{
-    lib_header_from_path, LibHeader, LibraryError, RootModule, ROOT_MODULE_LOADER_NAME_WITH_NUL,
+    lib_header_from_path, AbiHeader, LibHeader, LibraryError, RootModule,
+    ROOT_MODULE_LOADER_NAME_WITH_NUL,
 };
 use abi_stable::sabi_types::VersionNumber;
 use abi_stable::std_types::{RResult, RStr};
@@ -19,18 +24,8 @@ use super::PluginStore;
 /// `name` is the plugin's name in the configuration, for messages.
 pub fn load(name: &str, path: &Path, config: &serde_json::Value) -> Result<PluginStore, String> {
     let fail = |why: String| format!("storage plugin '{name}' ({}): {why}", path.display());
-    if !path.is_file() {
-        return Err(fail("the library file does not exist".into()));
-    }
-    // An absolute path, so that dlopen never searches the system library paths instead.
-    let path =
-        &std::fs::canonicalize(path).map_err(|e| fail(format!("cannot resolve the path: {e}")))?;
-    probe(path).map_err(fail)?;
-    let header = lib_header_from_path(path).map_err(|e| fail(describe(e)))?;
-    check_identity(header).map_err(fail)?;
-    let module = header
-        .init_root_module::<PluginModuleRef>()
-        .map_err(|e| fail(describe(e)))?;
+    let path = &absolute(path).map_err(fail)?;
+    let module = root_module(path).map_err(fail)?;
     let config = config.to_string();
     let store = match (module.open())(RStr::from_str(&config)) {
         RResult::ROk(store) => store,
@@ -48,6 +43,82 @@ pub fn load(name: &str, path: &Path, config: &serde_json::Value) -> Result<Plugi
         "storage plugin loaded"
     );
     Ok(store)
+}
+
+/// [`load`], after reading the root module in a child process (`program --check-plugin
+/// PATH`): a library that would crash the reader crashes only the child.
+pub fn load_checked(
+    program: &Path,
+    name: &str,
+    path: &Path,
+    config: &serde_json::Value,
+) -> Result<PluginStore, String> {
+    let fail = |why: String| format!("storage plugin '{name}' ({}): {why}", path.display());
+    let absolute = absolute(path).map_err(fail)?;
+    check_in_child(program, &absolute).map_err(fail)?;
+    load(name, path, config)
+}
+
+/// What `mcp-v8 --check-plugin PATH` does: reads the plugin's root module without opening a
+/// store. `Err` is the one-line cause.
+pub fn check(path: &Path) -> Result<(), String> {
+    root_module(&absolute(path)?).map(|_| ())
+}
+
+fn check_in_child(program: &Path, path: &Path) -> Result<(), String> {
+    let output = Command::new(program)
+        .arg("--check-plugin")
+        .arg(path)
+        // Nothing of the server's environment (storage secrets, tokens) goes to the child.
+        .env_clear()
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot start {} to check the plugin: {e}",
+                program.display()
+            )
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if !said.is_empty() {
+        return Err(said);
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Err(match output.status.signal() {
+        Some(signal) => format!(
+            "reading its root module crashed the checking process (signal {signal}): the \
+             exported `{}` symbol is malformed (e.g. a valid abi_stable header followed by \
+             garbage), so it was not loaded",
+            ROOT_MODULE_LOADER_NAME_WITH_NUL.trim_end_matches('\0')
+        ),
+        None => format!(
+            "checking the library failed without a reason ({})",
+            output.status
+        ),
+    })
+}
+
+/// An existing library's absolute path, so that dlopen never searches the system library
+/// paths instead.
+fn absolute(path: &Path) -> Result<std::path::PathBuf, String> {
+    if !path.is_file() {
+        return Err("the library file does not exist".into());
+    }
+    std::fs::canonicalize(path).map_err(|e| format!("cannot resolve the path: {e}"))
+}
+
+/// Reads and checks a plugin's root module.
+fn root_module(path: &Path) -> Result<PluginModuleRef, String> {
+    probe(path)?;
+    let header = lib_header_from_path(path).map_err(describe)?;
+    check_identity(header)?;
+    header
+        .init_root_module::<PluginModuleRef>()
+        .map_err(describe)
 }
 
 /// Checks with `dlopen` that the file is a shared library exporting an abi_stable root
@@ -95,30 +166,77 @@ fn incompatible(theirs: impl std::fmt::Display, ours: impl std::fmt::Display) ->
 }
 
 fn describe(error: LibraryError) -> String {
-    match error {
+    let text = match error {
         LibraryError::IncompatibleVersionNumber {
             expected_version,
             actual_version,
             ..
-        } => incompatible(actual_version, expected_version),
+        } => return incompatible(actual_version, expected_version),
+        LibraryError::InvalidAbiHeader(found) => return describe_header(&found),
         LibraryError::AbiInstability(detail) => {
-            let first = detail.to_string();
-            let first = first
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            format!(
+            return format!(
                 "its root module does not match this mcp-v8's storage contract (not an mcp-v8 \
-                 storage plugin, or built against an incompatible mcp-v8-plugin-api): {first}"
+                 storage plugin, or built against an incompatible mcp-v8-plugin-api): {}",
+                layout_mismatch(&detail.to_string())
             )
         }
-        other => other
-            .to_string()
+        other => other.to_string(),
+    };
+    let line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        "abi_stable refused the library without saying why".into()
+    } else {
+        line
+    }
+}
+
+/// The header abi_stable found where the root module should be, explained.
+fn describe_header(found: &AbiHeader) -> String {
+    let ours = AbiHeader::VALUE;
+    if found.magic_string != ours.magic_string {
+        return format!(
+            "not an mcp-v8 storage plugin: it exports `{}`, but that is not an abi_stable \
+             library header (a symbol of another type under the same name)",
+            ROOT_MODULE_LOADER_NAME_WITH_NUL.trim_end_matches('\0')
+        );
+    }
+    format!(
+        "built with abi_stable {}.{}, but this mcp-v8 uses abi_stable {}.{}; rebuild the \
+         plugin against this mcp-v8's mcp-v8-plugin-api",
+        found.abi_major, found.abi_minor, ours.abi_major, ours.abi_minor
+    )
+}
+
+/// The lines of abi_stable's layout report that say what differs, joined on one line.
+fn layout_mismatch(report: &str) -> String {
+    let interesting: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let lower = l.to_ascii_lowercase();
+            !l.is_empty()
+                && (lower.contains("error")
+                    || lower.contains("expected")
+                    || lower.contains("found")
+                    || lower.contains("mismatch")
+                    || lower.contains("field"))
+        })
+        .take(6)
+        .collect();
+    if interesting.is_empty() {
+        report
             .lines()
-            .next()
-            .unwrap_or("unknown error")
-            .to_string(),
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .take(6)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    } else {
+        interesting.join(" | ")
     }
 }

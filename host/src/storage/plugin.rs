@@ -1,51 +1,162 @@
-//! A store provided by a dynamically loaded plugin. Its calls block, so they run off the
-//! async executor.
+//! A store provided by a dynamically loaded plugin, behind a defended boundary.
+//!
+//! A plugin is trusted code running in this process, but a buggy one must not take the
+//! server down with it. So every call:
+//!
+//! * runs on tokio's blocking pool under a time limit (`--storage-timeout`): a call that does
+//!   not answer in time fails with "storage did not answer", releases its heap, and can be
+//!   cancelled by the client meanwhile;
+//! * is refused at once while an earlier call on the same heap is still stuck, and while
+//!   [`MAX_STUCK`] calls are stuck in all, so hung calls hold at most that many threads and
+//!   never starve the pool that other heaps need;
+//! * has its answers checked like a client's: `list` entries with invalid names are dropped
+//!   (and logged), and at most [`MAX_LISTED`] are kept.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use mcp_v8_plugin_api::ffi::ForeignHeapStore;
-use mcp_v8_plugin_api::HeapStore;
+use mcp_v8_plugin_api::{validate_heap_name, HeapStore};
 
 use super::{BackendInfo, HeapMeta, HeapStorage, Precondition, StoreError, Stored, Version};
 
-/// A plugin's store. Its methods block, so each call runs off the async executor.
+/// Most plugin calls that may be stuck (past their time limit and still running) at once.
+pub const MAX_STUCK: usize = 16;
+/// Most heaps a `list` passes on; a plugin listing more is cut there (and it is logged).
+pub const MAX_LISTED: usize = 100_000;
+/// The default of `--storage-timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A plugin's store.
 #[derive(Clone)]
 pub struct PluginStore {
     inner: Arc<ForeignHeapStore>,
     info: BackendInfo,
+    timeout: Duration,
+    calls: Arc<Calls>,
+}
+
+/// Plugin calls still running, by id: which heap (empty for `list`), which call, since when.
+#[derive(Default)]
+struct Calls {
+    next: AtomicU64,
+    running: Mutex<HashMap<u64, (String, &'static str, Instant)>>,
+}
+
+impl Calls {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (String, &'static str, Instant)>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Takes a call off the running list when the plugin returns (or its task is dropped).
+struct Running {
+    calls: Arc<Calls>,
+    id: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.calls.running().remove(&self.id);
+    }
 }
 
 impl PluginStore {
-    /// Wraps a store received from a plugin.
+    /// Wraps a store received from a plugin; calls time out after [`DEFAULT_TIMEOUT`].
     pub fn new(store: ForeignHeapStore) -> Self {
         let info = store.info();
         Self {
             inner: Arc::new(store),
             info,
+            timeout: DEFAULT_TIMEOUT,
+            calls: Arc::default(),
         }
     }
 
-    /// Runs a blocking plugin call off the async executor. On a multi-threaded runtime it
-    /// runs in place (`block_in_place`: this worker thread's other tasks move to another
-    /// thread), which saves the hand-off to the blocking pool; that hand-off costs more than
-    /// the plugin's own work for a 1 MB read (measured in `benches/storage_plugin.rs`).
-    async fn blocking<T: Send + 'static>(
+    /// Sets how long one plugin call may take.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs a blocking plugin call on the blocking pool, under the time limit.
+    async fn call<T: Send + 'static>(
         &self,
         op: &'static str,
+        heap: &str,
         f: impl FnOnce(&ForeignHeapStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        let in_place = Handle::try_current()
-            .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
-        if in_place {
-            return tokio::task::block_in_place(|| f(&self.inner));
-        }
+        let running = self.admit(op, heap)?;
         let store = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| StoreError::other(format!("storage {op} did not complete: {e}")))?
+        let task = tokio::task::spawn_blocking(move || {
+            let _running = running;
+            f(&store)
+        });
+        match tokio::time::timeout(self.timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(StoreError::other(format!(
+                "storage {op} did not complete: {e}"
+            ))),
+            Err(_) => {
+                tracing::error!(
+                    plugin = %self.info.name,
+                    op,
+                    heap,
+                    "a storage plugin call did not answer in time"
+                );
+                Err(StoreError::unavailable(format!(
+                    "storage did not answer in {} s ({op}{}); see --storage-timeout",
+                    self.timeout.as_secs_f64(),
+                    if heap.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" of heap '{heap}'")
+                    },
+                )))
+            }
+        }
+    }
+
+    /// Registers a call, unless calls that never answered forbid it.
+    fn admit(&self, op: &'static str, heap: &str) -> Result<Running, StoreError> {
+        let mut running = self.calls.running();
+        let now = Instant::now();
+        let stuck = |since: &Instant| now.duration_since(*since) >= self.timeout;
+        if let Some((_, earlier, since)) = running
+            .values()
+            .find(|(name, _, since)| name == heap && stuck(since))
+        {
+            return Err(StoreError::unavailable(format!(
+                "storage has not answered an earlier {earlier}{} for {} s; refusing more calls \
+                 on it until that one returns",
+                if heap.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of heap '{heap}'")
+                },
+                now.duration_since(*since).as_secs()
+            )));
+        }
+        let stuck_calls = running
+            .values()
+            .filter(|(_, _, since)| stuck(since))
+            .count();
+        if stuck_calls >= MAX_STUCK {
+            return Err(StoreError::unavailable(format!(
+                "storage has {stuck_calls} calls that never answered; refusing more until they \
+                 return"
+            )));
+        }
+        let id = self.calls.next.fetch_add(1, Ordering::Relaxed);
+        running.insert(id, (heap.to_string(), op, now));
+        Ok(Running {
+            calls: Arc::clone(&self.calls),
+            id,
+        })
     }
 }
 
@@ -56,8 +167,8 @@ impl HeapStorage for PluginStore {
     }
 
     async fn get(&self, name: &str) -> Result<Stored, StoreError> {
-        let name = name.to_string();
-        let (bytes, version) = self.blocking("get", move |s| s.get_raw(&name)).await?;
+        let heap = name.to_string();
+        let (bytes, version) = self.call("get", name, move |s| s.get_raw(&heap)).await?;
         // The plugin's buffer becomes the Bytes' owner: no copy.
         Ok(Stored {
             bytes: Bytes::from_owner(bytes),
@@ -71,18 +182,94 @@ impl HeapStorage for PluginStore {
         bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
-        let name = name.to_string();
-        self.blocking("put", move |s| s.put(&name, &bytes, precondition))
+        let heap = name.to_string();
+        self.call("put", name, move |s| s.put(&heap, &bytes, precondition))
             .await
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let name = name.to_string();
-        self.blocking("delete", move |s| s.delete(&name)).await
+        let heap = name.to_string();
+        self.call("delete", name, move |s| s.delete(&heap)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
-        let prefix = prefix.to_string();
-        self.blocking("list", move |s| s.list(&prefix)).await
+        let owned = prefix.to_string();
+        let plugin = self.info.name.clone();
+        self.call("list", "", move |s| {
+            let listed = s.list_each(&owned)?;
+            Ok(checked_listing(&plugin, &owned, listed))
+        })
+        .await
+    }
+}
+
+/// The entries of a plugin's `list` that a client could have named, at most [`MAX_LISTED`].
+fn checked_listing(
+    plugin: &str,
+    prefix: &str,
+    listed: impl Iterator<Item = HeapMeta>,
+) -> Vec<HeapMeta> {
+    let (mut invalid, mut over) = (0usize, 0usize);
+    let mut heaps = Vec::new();
+    for meta in listed {
+        if validate_heap_name(&meta.name).is_err() || !meta.name.starts_with(prefix) {
+            invalid += 1;
+        } else if heaps.len() >= MAX_LISTED {
+            over += 1;
+        } else {
+            heaps.push(meta);
+        }
+    }
+    if invalid > 0 {
+        tracing::warn!(
+            plugin,
+            invalid,
+            "storage plugin listed invalid heap names; they were ignored"
+        );
+    }
+    if over > 0 {
+        tracing::warn!(
+            plugin,
+            over,
+            max = MAX_LISTED,
+            "storage plugin listed too many heaps; the rest were ignored"
+        );
+    }
+    heaps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcp_v8_plugin_api::Version;
+    use std::time::UNIX_EPOCH;
+
+    fn meta(name: &str) -> HeapMeta {
+        HeapMeta {
+            name: name.into(),
+            size: 1,
+            version: Version("1".into()),
+            last_modified: UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn listings_keep_only_names_a_client_could_use() {
+        let long = "x".repeat(100_000);
+        let names = [
+            "good",
+            "../etc/passwd",
+            "",
+            "nul\0",
+            "new\nline",
+            &long,
+            "good.2",
+            "other",
+        ];
+        let kept = checked_listing("p", "good", names.iter().map(|n| meta(n)));
+        let kept: Vec<&str> = kept.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(kept, ["good", "good.2"]);
+        let many = (0..MAX_LISTED + 5).map(|i| meta(&format!("h{i}")));
+        assert_eq!(checked_listing("p", "", many).len(), MAX_LISTED);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{loader, HeapStorage, MemoryStore};
 use crate::config::Config;
@@ -30,30 +31,35 @@ pub enum StorageChoice {
     Configured(Config),
 }
 
-/// Opens the chosen store. Errors are one line, meant for stderr at start-up.
-pub fn open(choice: &StorageChoice) -> Result<Arc<dyn HeapStorage>, String> {
-    match choice {
+/// Opens the chosen store; plugin calls time out after `storage_timeout`. Plugins are first
+/// checked by a child process of this executable ([`loader::load_checked`]). Errors are one
+/// line, meant for stderr at start-up.
+pub fn open(
+    choice: &StorageChoice,
+    storage_timeout: Duration,
+) -> Result<Arc<dyn HeapStorage>, String> {
+    let (name, library, config) = match choice {
         StorageChoice::Memory { warn } => {
             if *warn {
                 tracing::warn!(
                     "no storage configured: heaps are kept in memory and will not survive a restart"
                 );
             }
-            Ok(Arc::new(MemoryStore::new()))
+            return Ok(Arc::new(MemoryStore::new()));
         }
         StorageChoice::Directory {
             directory,
             plugin_dir,
-        } => {
-            let library = find_plugin(FILE_PLUGIN_LIBRARY, plugin_dir.as_deref())?;
-            let config = serde_json::json!({ "directory": directory });
-            Ok(Arc::new(loader::load("file", &library, &config)?))
-        }
-        StorageChoice::S3Bucket { bucket, plugin_dir } => {
-            let library = find_plugin(S3_PLUGIN_LIBRARY, plugin_dir.as_deref())?;
-            let config = serde_json::json!({ "bucket": bucket });
-            Ok(Arc::new(loader::load("s3", &library, &config)?))
-        }
+        } => (
+            "file",
+            find_plugin(FILE_PLUGIN_LIBRARY, plugin_dir.as_deref())?,
+            serde_json::json!({ "directory": directory }),
+        ),
+        StorageChoice::S3Bucket { bucket, plugin_dir } => (
+            "s3",
+            find_plugin(S3_PLUGIN_LIBRARY, plugin_dir.as_deref())?,
+            serde_json::json!({ "bucket": bucket }),
+        ),
         StorageChoice::Configured(config) => {
             if config.storage == "memory" {
                 return Ok(Arc::new(MemoryStore::new()));
@@ -65,13 +71,17 @@ pub fn open(choice: &StorageChoice) -> Result<Arc<dyn HeapStorage>, String> {
                     config.storage
                 )
             })?;
-            Ok(Arc::new(loader::load(
-                &config.storage,
-                &entry.path,
-                &entry.config,
-            )?))
+            (
+                config.storage.as_str(),
+                entry.path.clone(),
+                entry.config.clone(),
+            )
         }
-    }
+    };
+    let program =
+        std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
+    let store = loader::load_checked(&program, name, &library, &config)?;
+    Ok(Arc::new(store.with_timeout(storage_timeout)))
 }
 
 /// A bundled plugin library: in `plugin_dir` when given, else next to the running binary.

@@ -220,7 +220,9 @@ fn too_long(input: &mut impl BufRead, start: &[u8], max_line: usize) -> Incoming
         read: 0,
     };
     let id = {
-        let mut de = serde_json::Deserializer::from_reader(start.chain(&mut rest));
+        // serde_json reads byte by byte: give it a buffer.
+        let reader = io::BufReader::with_capacity(1 << 16, start.chain(&mut rest));
+        let mut de = serde_json::Deserializer::from_reader(reader);
         Probe::deserialize(&mut de).ok().and_then(|probe| probe.id)
     };
     // Whatever the probe did not read of the line goes too.
@@ -256,19 +258,15 @@ impl<R: BufRead> Read for UntilNewline<'_, R> {
             self.done = true;
             return Ok(0);
         }
-        let end = match available.iter().position(|&b| b == b'\n') {
+        let available = &available[..available.len().min(out.len())];
+        let n = match available.iter().position(|&b| b == b'\n') {
             Some(newline) => {
                 self.done = true;
                 newline + 1
             }
             None => available.len(),
         };
-        let n = end.min(out.len());
         out[..n].copy_from_slice(&available[..n]);
-        if n < end {
-            // The newline is still ahead.
-            self.done = false;
-        }
         self.input.consume(n);
         self.read += n as u64;
         Ok(n)

@@ -1,0 +1,240 @@
+//! Every call keeps its contract whatever the code or the client sends: an error is an error,
+//! nothing is saved after one, and every request gets an answer. Over stdio and Streamable
+//! HTTP, against the real binary.
+
+use mcp_v8_e2e::http::{http, HttpServer};
+use mcp_v8_e2e::{Client, RawStdio, Server};
+use serde_json::Value;
+
+/// Big results and consoles, each with what it must come back as.
+async fn sizes_travel_safely(client: &Client, heap: &str) {
+    let out = client
+        .run_js("'x'.repeat(1100 * 1000)", Some(heap))
+        .await
+        .ok();
+    assert_eq!(out["output"].as_str().unwrap().len(), 1_100_000);
+    assert!(out.get("output_truncated").is_none());
+
+    let out = client
+        .run_js(
+            "for (let i = 0; i < 50000; i++) console.log('line ' + i); 'done'",
+            Some(heap),
+        )
+        .await
+        .ok();
+    assert_eq!(out["output"], "done");
+    assert_eq!(out["logs"].as_array().unwrap().len(), 50_000);
+    assert_eq!(out["logs"][49_999]["text"], "line 49999");
+
+    let control: String = (0..300_000u32)
+        .map(|i| char::from((i % 32) as u8))
+        .collect();
+    let out = client
+        .run_js(
+            "let s = ''; for (let i = 0; i < 300000; i++) s += String.fromCharCode(i % 32); \
+             console.log(s); s",
+            Some(heap),
+        )
+        .await
+        .ok();
+    assert_eq!(out["output"].as_str().unwrap(), control);
+    assert_eq!(out["logs"][0]["text"].as_str().unwrap(), control);
+
+    let error = client
+        .run_js("while (true) console.log('x')", Some(heap))
+        .await
+        .err();
+    assert!(error.contains("execution timed out"), "{error}");
+    assert!(error.contains("[console output truncated]"), "{error}");
+
+    let out = client.run_js("'é'.repeat(3 << 20)", Some(heap)).await.ok();
+    assert_eq!(out["output_truncated"], true);
+    let output = out["output"].as_str().unwrap();
+    assert!(
+        output.ends_with("[output truncated at 4194304 bytes]"),
+        "{}",
+        &output[output.len() - 60..]
+    );
+    assert!(output.len() < (4 << 20) + 100);
+}
+
+#[tokio::test]
+async fn results_and_logs_of_any_size_travel_safely_over_stdio_and_http() {
+    let server = Server::start(&["--memory", "--execution-timeout", "3"]).await;
+    sizes_travel_safely(&server, "stdio").await;
+    server.stop().await;
+
+    let http = HttpServer::start(&["--memory", "--execution-timeout", "3"]).await;
+    let client = http.streamable(None).await;
+    sizes_travel_safely(&client, "http").await;
+    client.stop().await;
+    assert!(http.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_timeout_while_rendering_the_result_fails_the_call_and_saves_nothing() {
+    let server = Server::start(&["--memory", "--execution-timeout", "2"]).await;
+    server.output("var keep = 'kept'", "render").await;
+    for code in [
+        "keep = 'lost'; ({ toJSON() { while (true) {} } })",
+        "keep = 'lost'; const f = function () {}; f.toString = () => { for (;;) {} }; f",
+    ] {
+        let error = server.run_js(code, Some("render")).await.err();
+        assert!(
+            error.contains("execution timed out after 2 s"),
+            "{code}: {error}"
+        );
+    }
+    let error = server
+        .run_js(
+            "keep = 'lost'; ({ toJSON() { throw 1 }, toString() { throw new Error('no') } })",
+            Some("render"),
+        )
+        .await
+        .err();
+    assert!(
+        error.contains("the result could not be rendered"),
+        "{error}"
+    );
+    assert_eq!(server.output("keep", "render").await, "kept");
+    server.stop().await;
+}
+
+fn error_of(answer: &Value) -> (i64, String) {
+    (
+        answer["error"]["code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no error in {answer}")),
+        answer["error"]["message"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn every_stdio_request_gets_an_answer_and_the_server_goes_on() {
+    let mut raw = RawStdio::start(&["--memory"]).await;
+    // 10 MB of code works, as on HTTP.
+    let code = format!("'{}'.length", "x".repeat(10 << 20));
+    let answer = raw.run_js(1, &code).await;
+    assert_eq!(answer["result"]["structuredContent"]["output"], "10485760");
+
+    // A line over the limit (64 MiB by default) is answered, naming the limit.
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"run_js","arguments":{{"code":"'{}'"}}}}}}"#,
+        "y".repeat(70 << 20)
+    );
+    raw.send_line(&huge).await;
+    let answer = raw.next().await;
+    assert_eq!(answer["id"], 2);
+    let (code, message) = error_of(&answer);
+    assert_eq!(code, -32600);
+    assert!(message.contains("67108864 bytes"), "{message}");
+    assert!(message.contains("--max-body-bytes"), "{message}");
+
+    // Lone surrogates in the code or the heap name.
+    for (id, field) in [(3, "code"), (4, "heap")] {
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"run_js","arguments":{{"code":"1","heap":"h","{field}":"\ud800"}}}}}}"#
+        );
+        raw.send_line(&line).await;
+        let answer = raw.next().await;
+        assert_eq!(answer["id"], id);
+        let (code, message) = error_of(&answer);
+        assert_eq!(code, -32700, "{message}");
+        assert!(message.contains("surrogate"), "{message}");
+    }
+
+    // Not JSON at all.
+    raw.send_line("this is not json").await;
+    let (code, _) = error_of(&raw.next().await);
+    assert_eq!(code, -32700);
+
+    // And the server goes on serving.
+    let answer = raw.run_js(5, "6 * 7").await;
+    assert_eq!(answer["id"], 5);
+    assert_eq!(answer["result"]["structuredContent"]["output"], "42");
+    assert!(raw.close().await.success());
+}
+
+#[tokio::test]
+async fn finalization_registries_and_intl_never_crash_a_save() {
+    let server = Server::start(&["--memory"]).await;
+    server
+        .output(
+            "var registry = new FinalizationRegistry(() => {}); var token = {}; \
+             registry.register({}, 'held', token); registry.register({}, 'gone'); 1",
+            "weak",
+        )
+        .await;
+    assert_eq!(
+        server.output("registry.unregister(token)", "weak").await,
+        "true"
+    );
+    let error = server
+        .run_js(
+            "var nf = new Intl.NumberFormat('en-US'); nf.format(1)",
+            Some("weak"),
+        )
+        .await
+        .err();
+    assert!(
+        error.contains("the heap cannot be saved: it still holds an Intl.NumberFormat object"),
+        "{error}"
+    );
+    assert_eq!(server.output("typeof nf", "weak").await, "undefined");
+    assert_eq!(
+        server
+            .output("new Intl.NumberFormat('de-DE').format(1234.5)", "weak")
+            .await,
+        "1.234,5"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_copied_to_another_heap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().join("heaps");
+    let args = ["--directory-path", heaps.to_str().unwrap()];
+    let server = Server::start(&args).await;
+    server.output("var who = 'A'", "alpha").await;
+    server.output("var who = 'B'", "beta").await;
+    std::fs::copy(heaps.join("alpha.heap"), heaps.join("beta.heap")).unwrap();
+    let error = server.run_js("who", Some("beta")).await.err();
+    assert!(
+        error.contains("heap 'beta' cannot be loaded") && error.contains("belongs to heap 'alpha'"),
+        "{error}"
+    );
+    assert_eq!(server.output("who", "alpha").await, "A");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_with_two_host_headers_is_refused() {
+    let server = HttpServer::start(&["--memory"]).await;
+    let port = server
+        .mcp_url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let response = http()
+        .post(&server.mcp_url)
+        .header("host", format!("127.0.0.1:{port}"))
+        .header("host", "evil.example")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("more than one host header"));
+    assert!(server.terminate().await.success());
+}
