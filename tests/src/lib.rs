@@ -264,10 +264,20 @@ pub fn start_up_failure_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, S
 /// its own target directory, and returns the library. This is what a third party whose
 /// plugin is built against another plugin-api release hands to the host.
 pub fn example_plugin_built_against_api(version: &str) -> PathBuf {
+    example_plugin_built_against(&format!("plugin-api-{version}"), version, &[])
+}
+
+/// Builds the example plugin against a copy of `plugin-api` with version `version` and the
+/// text replacements `patch` (file under `src/`, from, to), in a folder of its own named `tag`.
+pub fn example_plugin_built_against(
+    tag: &str,
+    version: &str,
+    patch: &[(&str, &str, &str)],
+) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root");
-    let work = build_dir().join(format!("plugin-api-{version}"));
+    let work = build_dir().join(tag);
     let api = work.join("plugin-api");
     let plugin = work.join("example-plugin");
     for dir in [api.join("src"), plugin.join("src")] {
@@ -275,8 +285,15 @@ pub fn example_plugin_built_against_api(version: &str) -> PathBuf {
     }
     for entry in std::fs::read_dir(workspace.join("plugin-api/src")).expect("plugin-api sources") {
         let entry = entry.expect("source entry");
-        let target = api.join("src").join(entry.file_name());
-        copy_if_changed(&entry.path(), &target);
+        let name = entry.file_name();
+        let mut text = std::fs::read_to_string(entry.path()).expect("read plugin-api source");
+        for (file, from, to) in patch {
+            if name.to_str() == Some(*file) {
+                assert!(text.contains(from), "{file} has no {from:?}");
+                text = text.replace(from, to);
+            }
+        }
+        write_if_changed(&api.join("src").join(name), &text);
     }
     copy_if_changed(
         &workspace.join("tests/example-plugin/src/lib.rs"),
@@ -300,18 +317,36 @@ pub fn example_plugin_built_against_api(version: &str) -> PathBuf {
          abi_stable = { version = \"0.11.3\", default-features = false }\n\
          serde = { version = \"1\", features = [\"derive\"] }\n",
     );
+    cargo_build(&plugin.join("Cargo.toml"), &work.join("target"));
+    work.join("target/debug/libmcp_v8_example_storage.so")
+}
+
+/// Builds a dependency-free `cdylib` whose `src/lib.rs` is `source`, and returns the library:
+/// for libraries that pretend to be plugins.
+pub fn fake_library(name: &str, source: &str) -> PathBuf {
+    let work = build_dir().join("fake-libraries").join(name);
+    std::fs::create_dir_all(work.join("src")).expect("create build folders");
+    write_if_changed(
+        &work.join("Cargo.toml"),
+        &format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\
+             [workspace]\n[lib]\ncrate-type = [\"cdylib\"]\n"
+        ),
+    );
+    write_if_changed(&work.join("src/lib.rs"), source);
+    cargo_build(&work.join("Cargo.toml"), &work.join("target"));
+    work.join(format!("target/debug/lib{}.so", name.replace('-', "_")))
+}
+
+fn cargo_build(manifest: &Path, target: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
         .args(["build", "--offline", "--quiet", "--manifest-path"])
-        .arg(plugin.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", work.join("target"))
+        .arg(manifest)
+        .env("CARGO_TARGET_DIR", target)
         .status()
         .expect("run cargo");
-    assert!(
-        status.success(),
-        "building the example plugin against plugin-api {version} failed"
-    );
-    work.join("target/debug/libmcp_v8_example_storage.so")
+    assert!(status.success(), "building {} failed", manifest.display());
 }
 
 fn copy_if_changed(from: &Path, to: &Path) {
@@ -393,14 +428,24 @@ impl RawStdio {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 
-    /// Calls `run_js` with `code` as request `id` and returns the response.
+    /// Calls `run_js` with `code` on heap `raw` as request `id` and returns the response.
     pub async fn run_js(&mut self, id: u64, code: &str) -> Value {
+        self.send_tool_call(
+            id,
+            "run_js",
+            serde_json::json!({ "code": code, "heap": "raw" }),
+        )
+        .await;
+        self.next().await
+    }
+
+    /// Sends a `tools/call` of `tool` with `arguments` as request `id`, without waiting.
+    pub async fn send_tool_call(&mut self, id: u64, tool: &str, arguments: Value) {
         let request = serde_json::json!({
             "jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": { "name": "run_js", "arguments": { "code": code, "heap": "raw" } }
+            "params": { "name": tool, "arguments": arguments }
         });
         self.send_line(&request.to_string()).await;
-        self.next().await
     }
 
     /// The server process.

@@ -212,31 +212,32 @@ fn describe_header(found: &AbiHeader) -> String {
     )
 }
 
-/// The lines of abi_stable's layout report that say what differs, joined on one line.
+/// What abi_stable's layout report says differs, on one line: each "Error:" block of the
+/// report with its expected and found values.
 fn layout_mismatch(report: &str) -> String {
-    let interesting: Vec<&str> = report
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            let lower = l.to_ascii_lowercase();
-            !l.is_empty()
-                && (lower.contains("error")
-                    || lower.contains("expected")
-                    || lower.contains("found")
-                    || lower.contains("mismatch")
-                    || lower.contains("field"))
-        })
-        .take(6)
-        .collect();
-    if interesting.is_empty() {
-        report
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .take(6)
-            .collect::<Vec<_>>()
-            .join(" | ")
-    } else {
-        interesting.join(" | ")
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let value_after = |from: usize, label: &str| -> Option<&str> {
+        let at = from + lines[from..].iter().position(|l| *l == label)?;
+        lines.get(at + 1).copied().filter(|l| !l.is_empty())
+    };
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(what) = line.strip_prefix("Error:") else {
+            continue;
+        };
+        let mut text = what.trim().to_string();
+        if let (Some(expected), Some(actual)) =
+            (value_after(i, "Expected:"), value_after(i, "Found:"))
+        {
+            text.push_str(&format!(" (expected {expected}, found {actual})"));
+        }
+        if !found.contains(&text) {
+            found.push(text);
+        }
     }
+    if found.is_empty() {
+        return "abi_stable reports different layouts without naming the difference".into();
+    }
+    found.truncate(3);
+    found.join("; ")
 }

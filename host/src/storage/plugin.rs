@@ -25,7 +25,7 @@ use mcp_v8_plugin_api::{validate_heap_name, HeapStore};
 use super::{BackendInfo, HeapMeta, HeapStorage, Precondition, StoreError, Stored, Version};
 
 /// Most plugin calls that may be stuck (past their time limit and still running) at once.
-pub const MAX_STUCK: usize = 16;
+pub const MAX_STUCK: usize = 64;
 /// Most heaps a `list` passes on; a plugin listing more is cut there (and it is logged).
 pub const MAX_LISTED: usize = 100_000;
 /// The default of `--storage-timeout`.

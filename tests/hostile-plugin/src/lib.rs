@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [plugins.hostile.config]
-//! hang_on_get = "stuck"   # get of this heap never returns
+//! hang_on_get = "stuck"   # get of heaps whose names start with this never returns
 //! hang_on_list = true     # list never returns
 //! list = "junk"           # list returns invalid names besides the real heaps
 //! list_count = 5000000    # list returns this many made-up heaps besides the real ones
@@ -67,7 +67,12 @@ impl HeapStore for HostileStore {
     }
 
     fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
-        if self.config.hang_on_get.as_deref() == Some(name) {
+        if self
+            .config
+            .hang_on_get
+            .as_deref()
+            .is_some_and(|p| name.starts_with(p))
+        {
             hang();
         }
         let heaps = self.heaps.lock().unwrap_or_else(PoisonError::into_inner);
