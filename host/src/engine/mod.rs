@@ -1049,4 +1049,52 @@ mod tests {
         assert_eq!(out, r#"["$1,234.50","1/1/1970",-1]"#);
         assert_eq!(step("money(2) + kept", Some(heap)).unwrap().0, "$2.001");
     }
+
+    /// Built-ins probed for what V8's snapshot serialiser can keep: each is saved and then used
+    /// on the restored heap. (FinalizationRegistry and Intl have tests of their own.)
+    #[test]
+    fn built_ins_that_survive_a_snapshot() {
+        let cases = [
+            ("var target = {}; var ref = new WeakRef(target)", "ref.deref() === target", "true"),
+            ("var gone = new WeakRef({})", "typeof gone.deref", "function"),
+            (
+                "var key = {}; var map = new WeakMap([[key, 1]]); var set = new WeakSet([key])",
+                "[map.get(key), set.has(key)]",
+                "[1,true]",
+            ),
+            ("var ints = new Int32Array(2); Atomics.add(ints, 0, 5)", "Atomics.load(ints, 0)", "5"),
+            (
+                "function* count() { yield 1; yield 2; } var gen = count(); gen.next()",
+                "gen.next().value",
+                "2",
+            ),
+            (
+                "async function* pages() { yield 1; await null; yield 2; } var pager = pages(); pager.next()",
+                "pager.next().then((r) => r.value)",
+                "2",
+            ),
+            (
+                "var buffer = new ArrayBuffer(8); var moved = buffer.transfer()",
+                "[buffer.detached, moved.byteLength]",
+                "[true,8]",
+            ),
+            (
+                "var growing = new ArrayBuffer(8, { maxByteLength: 64 }); growing.resize(16)",
+                "growing.resize(32); growing.byteLength",
+                "32",
+            ),
+            ("var waiting = new Promise(() => {})", "typeof waiting.then", "function"),
+            ("var proxy = new Proxy({}, { get: () => 5 })", "proxy.anything", "5"),
+            ("var max3 = Math.max.bind(null, 3)", "max3(1)", "3"),
+            ("var doubled = [1, 2, 3].values().map((x) => x * 2); doubled.next()", "doubled.next().value", "4"),
+            ("var shared = Symbol.for('app')", "shared === Symbol.for('app')", "true"),
+            ("var re = /a/g; re.exec('aa')", "re.lastIndex", "1"),
+            ("var when = new Date(0)", "when.getTime()", "0"),
+        ];
+        for (setup, check, expected) in cases {
+            let (_, heap) = step(setup, None).unwrap_or_else(|e| panic!("{setup}: {e}"));
+            let (out, _) = step(check, Some(heap)).unwrap_or_else(|e| panic!("{check}: {e}"));
+            assert_eq!(out, expected, "{setup} / {check}");
+        }
+    }
 }
