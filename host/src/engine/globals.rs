@@ -68,6 +68,8 @@ pub(super) struct RunState {
     unhandled: Vec<(i32, String)>,
     /// Objects made in this run that V8 cannot snapshot, with what they are.
     unsaveable: Vec<(v8::Weak<v8::Object>, String)>,
+    /// Drops the objects the prelude can make again (`forget` in `prelude.js`).
+    forget: Option<v8::Global<v8::Function>>,
 }
 
 impl RunState {
@@ -82,6 +84,7 @@ impl RunState {
             next_id: 1,
             unhandled: Vec::new(),
             unsaveable: Vec::new(),
+            forget: None,
         }
     }
 
@@ -309,7 +312,8 @@ fn queue_microtask(
     }
 }
 
-/// `track(object, kind)`, called by [`PRELUDE`] for every object V8 cannot snapshot.
+/// `track(object, kind, forget?)`, called by [`PRELUDE`] for every object V8 cannot
+/// snapshot; `forget`, if given, drops the ones the prelude can make again.
 fn track_unsaveable(
     scope: &mut v8::HandleScope,
     args: v8::FunctionCallbackArguments,
@@ -322,8 +326,14 @@ fn track_unsaveable(
     };
     let kind = args.get(1).to_rust_string_lossy(scope);
     let weak = v8::Weak::new(scope, object);
+    let forget = v8::Local::<v8::Function>::try_from(args.get(2))
+        .ok()
+        .map(|f| v8::Global::new(scope, f));
     if let Some(state) = scope.get_slot_mut::<RunState>() {
         state.unsaveable.push((weak, kind));
+        if state.forget.is_none() {
+            state.forget = forget;
+        }
     }
 }
 
@@ -331,8 +341,16 @@ fn track_unsaveable(
 /// snapshot and that is still alive after a full garbage collection. Costs nothing unless the
 /// run made such objects.
 pub(super) fn unsaveable(scope: &mut v8::HandleScope) -> Option<String> {
-    if scope.get_slot::<RunState>()?.unsaveable.is_empty() {
+    let state = scope.get_slot::<RunState>()?;
+    if state.unsaveable.is_empty() {
         return None;
+    }
+    if let Some(forget) = state.forget.clone() {
+        let forget = v8::Local::new(scope, forget);
+        let undefined = v8::undefined(scope).into();
+        let tc = &mut v8::TryCatch::new(scope);
+        // It cannot throw; should it, the check below still tells what is left.
+        let _ = forget.call(tc, undefined, &[]);
     }
     scope.low_memory_notification();
     let state = scope.get_slot::<RunState>()?;
@@ -398,7 +416,7 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     define(scope, global, "clearTimeout", clear_timer)?;
     define(scope, global, "clearInterval", clear_timer)?;
     define(scope, global, "queueMicrotask", queue_microtask)?;
-    run_prelude(scope)
+    Some(())
 }
 
 /// JavaScript run once in every fresh heap, so that built-ins that V8 cannot snapshot never
@@ -408,64 +426,14 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
 ///   an unregister token or a collected target. Its callbacks would never run here anyway
 ///   (a call lasts milliseconds and the spec does not promise that they run); `register`
 ///   and `unregister` keep their checks and results.
-/// * Intl objects (formatters, collators, locales, segmenters and their segments) hold ICU
-///   data that V8 cannot snapshot: each one is tracked, and a save that would still include
-///   one fails with an error naming it ([`unsaveable`]) instead of aborting.
-const PRELUDE: &str = r#"(track) => {
-  'use strict';
-  const weakly = (v) => (typeof v === 'object' && v !== null) || typeof v === 'function' ||
-    (typeof v === 'symbol' && Symbol.keyFor(v) === undefined);
-  class FinalizationRegistry {
-    #tokens = new WeakMap();
-    constructor(cleanup) {
-      if (typeof cleanup !== 'function') {
-        throw new TypeError('FinalizationRegistry: cleanup must be callable');
-      }
-    }
-    register(target, held, token) {
-      if (!weakly(target)) throw new TypeError('FinalizationRegistry.prototype.register: invalid target');
-      if (Object.is(target, held)) throw new TypeError('FinalizationRegistry.prototype.register: target and holdings must not be same');
-      if (token !== undefined) {
-        if (!weakly(token)) throw new TypeError('FinalizationRegistry.prototype.register: invalid unregister token');
-        this.#tokens.set(token, true);
-      }
-    }
-    unregister(token) {
-      if (!weakly(token)) throw new TypeError('FinalizationRegistry.prototype.unregister: invalid unregister token');
-      return this.#tokens.delete(token);
-    }
-  }
-  Object.defineProperty(FinalizationRegistry.prototype, Symbol.toStringTag,
-    { value: 'FinalizationRegistry', configurable: true });
-  Object.defineProperty(globalThis, 'FinalizationRegistry',
-    { value: FinalizationRegistry, writable: true, configurable: true });
+/// * Intl constructors make stand-ins that make their ICU object when first used and drop it
+///   before every save ([`unsaveable`] calls the prelude's `forget`), so a formatter kept in a
+///   global survives calls. Segments and segment iterators cannot be made again: they are
+///   tracked, and a save that would still include one fails with an error naming it.
+const PRELUDE: &str = include_str!("prelude.js");
 
-  const wrap = (owner, key, kind) => {
-    const original = owner[key];
-    if (typeof original !== 'function') return undefined;
-    const wrapped = new Proxy(original, {
-      construct: (target, args, newTarget) => track(Reflect.construct(target, args, newTarget), kind),
-      apply: (target, self, args) => track(Reflect.apply(target, self, args), kind),
-    });
-    const descriptor = Object.getOwnPropertyDescriptor(owner, key);
-    Object.defineProperty(owner, key, { ...descriptor, value: wrapped });
-    return wrapped;
-  };
-  for (const name of Object.getOwnPropertyNames(Intl)) {
-    const constructor = Intl[name];
-    if (typeof constructor !== 'function' || !constructor.prototype) continue;
-    const wrapped = wrap(Intl, name, 'Intl.' + name);
-    Object.defineProperty(constructor.prototype, 'constructor',
-      { value: wrapped, writable: true, configurable: true });
-  }
-  wrap(Intl.Locale.prototype, 'maximize', 'Intl.Locale');
-  wrap(Intl.Locale.prototype, 'minimize', 'Intl.Locale');
-  const segments = Object.getPrototypeOf(new Intl.Segmenter().segment(''));
-  wrap(Intl.Segmenter.prototype, 'segment', 'Intl.Segmenter segments');
-  wrap(segments, Symbol.iterator, 'Intl.Segmenter iterator');
-}"#;
-
-fn run_prelude(scope: &mut v8::HandleScope) -> Option<()> {
+/// Runs [`PRELUDE`] in a fresh context that will be snapshotted.
+pub(super) fn make_snapshottable(scope: &mut v8::HandleScope) -> Option<()> {
     let source = v8::String::new(scope, PRELUDE)?;
     let setup = v8::Script::compile(scope, source, None)?.run(scope)?;
     let setup = v8::Local::<v8::Function>::try_from(setup).ok()?;

@@ -234,7 +234,7 @@ pub fn run_stateless(code: &str, limits: Limits, started: impl FnOnce()) -> Run<
         let context = v8::Context::new(scope, Default::default());
         started();
         let scope = &mut v8::ContextScope::new(scope, context);
-        run_in(scope, code, true, &guard, &limits)
+        run_in(scope, code, Setup::Globals, &guard, &limits)
     };
     let run = finish(isolate, result.map(|output| (output, ())), &limits);
     Run {
@@ -317,10 +317,15 @@ pub fn run_stateful(
             let scope = &mut v8::ContextScope::new(scope, context);
             // The run's handles go before the check below, which must not see them as
             // references.
+            let setup = if fresh {
+                Setup::SnapshotGlobals
+            } else {
+                Setup::Restored
+            };
             let result = run_in(
                 &mut v8::HandleScope::new(scope),
                 code,
-                fresh,
+                setup,
                 &guard,
                 &limits,
             );
@@ -360,15 +365,32 @@ pub fn run_stateful(
     }
 }
 
-/// Runs `code` in the entered context, first adding the globals to a fresh one.
+/// What a run's context needs before the code runs.
+enum Setup {
+    /// Nothing: it was restored from a heap that has it all.
+    Restored,
+    /// The engine's globals (a stateless run).
+    Globals,
+    /// The globals, and the changes that keep a heap snapshottable (a new heap).
+    SnapshotGlobals,
+}
+
+/// Runs `code` in the entered context, first setting it up as `setup` says.
 fn run_in(
     scope: &mut v8::HandleScope,
     code: &str,
-    fresh: bool,
+    setup: Setup,
     guard: &Guard,
     limits: &Limits,
 ) -> Result<String, RunError> {
-    if fresh && globals::install(scope).is_none() {
+    let ready = match setup {
+        Setup::Restored => Some(()),
+        Setup::Globals => globals::install(scope),
+        Setup::SnapshotGlobals => {
+            globals::install(scope).and_then(|()| globals::make_snapshottable(scope))
+        }
+    };
+    if ready.is_none() {
         return Err(RunError::Crashed(
             "could not set up the global scope".into(),
         ));
@@ -1012,26 +1034,55 @@ mod tests {
     }
 
     #[test]
-    fn intl_objects_kept_in_the_heap_are_a_clear_error_and_transient_ones_work() {
+    fn intl_objects_kept_in_the_heap_survive_calls() {
+        let (out, heap) = step(
+            "var usd = new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD' }); \
+             var format = usd.format; var legacy = Intl.DateTimeFormat('en-US', { timeZone: 'UTC' }); \
+             var de = new Intl.Collator('de'); var place = new Intl.Locale('en').maximize(); \
+             class Money extends Intl.NumberFormat { twice(x) { return this.format(2 * x); } } \
+             var money = new Money('en-US'); \
+             var plural = new Intl.PluralRules('en'); var list = new Intl.ListFormat('en'); \
+             var rel = new Intl.RelativeTimeFormat('en'); var names = new Intl.DisplayNames(['en'], { type: 'region' }); \
+             var words = new Intl.Segmenter('en', { granularity: 'word' }); usd.format(1)",
+            None,
+        )
+        .unwrap();
+        assert_eq!(out, "$1.00");
+        let (out, heap) = step(
+            "[usd.format(1234.5), format(2), usd.format === format, legacy.format(new Date(0)), \
+              ['b', 'a', 'ä'].sort(de.compare).join(''), place.toString(), money.twice(21), \
+              money instanceof Intl.NumberFormat, String(usd), plural.select(1), list.format(['a', 'b']), \
+              rel.format(-1, 'day'), names.of('DE'), [...words.segment('hi there')].length, \
+              usd.resolvedOptions().currency, Object.getPrototypeOf(usd) === Intl.NumberFormat.prototype]",
+            Some(heap),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"["$1,234.50","$2.00",true,"1/1/1970","aäb","en-Latn-US","42",true,"[object Intl.NumberFormat]","one","a and b","1 day ago","Germany",3,"USD",true]"#
+        );
+        // And again, after a save made them anew.
+        assert_eq!(step("format(3)", Some(heap)).unwrap().0, "$3.00");
+        // Bad arguments still throw where they are given.
+        let e = exception(stateless(
+            "new Intl.NumberFormat('en', { style: 'currency' })",
+        ));
+        assert_eq!(e.name, "TypeError");
+        let e = exception(stateless("Intl.Locale('en')"));
+        assert_eq!(e.name, "TypeError");
+    }
+
+    #[test]
+    fn intl_segments_kept_in_the_heap_are_a_clear_error() {
         let (_, heap) = step("var kept = 1", None).unwrap();
         for (code, kind) in [
-            (
-                "var nf = new Intl.NumberFormat('en-US'); nf.format(1)",
-                "Intl.NumberFormat",
-            ),
-            (
-                "var dtf = Intl.DateTimeFormat('en-US'); 1",
-                "Intl.DateTimeFormat",
-            ),
-            ("globalThis.c = new Intl.Collator('de'); 1", "Intl.Collator"),
-            ("var l = new Intl.Locale('en').maximize(); 1", "Intl.Locale"),
             (
                 "var s = new Intl.Segmenter('en').segment('a b'); 1",
                 "Intl.Segmenter segments",
             ),
             (
-                "class Money extends Intl.NumberFormat {}; var m = new Money('en'); 1",
-                "Intl.NumberFormat",
+                "var it = new Intl.Segmenter('en').segment('a b')[Symbol.iterator](); it.next(); 1",
+                "Intl.Segmenter iterator",
             ),
         ] {
             let err = stateful_run(code, Some(&heap), limits())
@@ -1040,14 +1091,13 @@ mod tests {
             assert_eq!(err, RunError::Unsaveable(kind.into()), "{code}");
             assert!(err.to_string().contains(kind), "{err}");
         }
-        let (out, heap) = step(
-            "var money = (x) => new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD' }).format(x); \
-             [money(1234.5), new Date(0).toLocaleDateString('en-US', { timeZone: 'UTC' }), 'a'.localeCompare('b')]",
+        // Used and dropped within the call, they are fine.
+        let (out, _) = step(
+            "[...new Intl.Segmenter('en').segment('a b')].length + kept",
             Some(heap),
         )
         .unwrap();
-        assert_eq!(out, r#"["$1,234.50","1/1/1970",-1]"#);
-        assert_eq!(step("money(2) + kept", Some(heap)).unwrap().0, "$2.001");
+        assert_eq!(out, "4");
     }
 
     /// Built-ins probed for what V8's snapshot serialiser can keep: each is saved and then used
