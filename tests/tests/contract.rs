@@ -242,3 +242,24 @@ async fn a_request_with_two_host_headers_is_refused() {
         .contains("more than one host header"));
     assert!(server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn the_clock_moves_with_the_timers_and_absurd_delays_are_clamped() {
+    let server = Server::start(&["--memory"]).await;
+    let out = server
+        .output(
+            "const t0 = Date.now();\nawait new Promise((done) => setTimeout(done, 5000));\n\
+             const waited = Date.now() - t0;\nwaited >= 5000 && waited < 6000",
+            "clock",
+        )
+        .await;
+    assert_eq!(out, "true");
+    let out = server
+        .output(
+            "await new Promise((done) => setTimeout(() => done('late'), 2 ** 64))",
+            "clock",
+        )
+        .await;
+    assert_eq!(out, "late");
+    server.stop().await;
+}

@@ -1,6 +1,7 @@
-//! What the engine adds to the JavaScript global scope: `console`, timers and
-//! `queueMicrotask`, backed by native functions and per-run state; and the changes that keep
-//! every heap snapshottable (see [`PRELUDE`]).
+//! What the engine adds to the JavaScript global scope: `console`, timers,
+//! `queueMicrotask`, and a clock (`Date`, `performance`) that moves with the timers, backed by
+//! native functions and per-run state; and the changes that keep every heap snapshottable (see
+//! [`PRELUDE`]).
 //!
 //! The functions live in the heap and are saved with it, so V8 must be able to find their
 //! native callbacks when it creates and when it restores a snapshot: every callback is listed
@@ -61,7 +62,12 @@ pub(super) struct RunState {
     console_limit: usize,
     /// Timers by (due time in virtual ms, sequence number): earliest first, ties in order.
     timers: BTreeMap<(u64, u64), Timer>,
+    /// Virtual time in ms: how far timers have moved the clock forward.
     now: u64,
+    /// When the run started, for the clock code sees.
+    started: std::time::Instant,
+    /// The wall clock when the run started, in ms since the Unix epoch.
+    wall_start_ms: f64,
     sequence: u64,
     next_id: u32,
     /// Rejected promises nobody handled (yet), by identity hash.
@@ -80,6 +86,10 @@ impl RunState {
             console_limit,
             timers: BTreeMap::new(),
             now: 0,
+            started: std::time::Instant::now(),
+            wall_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             sequence: 0,
             next_id: 1,
             unhandled: Vec::new(),
@@ -115,7 +125,14 @@ impl RunState {
 
     fn schedule(&mut self, timer: Timer, delay: u64) {
         self.sequence += 1;
-        self.timers.insert((self.now + delay, self.sequence), timer);
+        self.timers
+            .insert((self.now.saturating_add(delay), self.sequence), timer);
+    }
+
+    /// Milliseconds on the call's clock: real time since the run started plus the time that
+    /// timers skipped.
+    fn elapsed_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0 + self.now as f64
     }
 }
 
@@ -245,9 +262,10 @@ fn add_timer(
         return;
     };
     let delay = args.get(1).number_value(scope).unwrap_or(0.0);
-    // As in Node.js: below 1 ms (or not a number) means 1 ms.
+    // As in Node.js: below 1 ms (or not a number) means 1 ms; as in browsers, nothing waits
+    // longer than 2^31 - 1 ms.
     let delay = if delay.is_finite() && delay >= 1.0 {
-        delay.min(u64::MAX as f64) as u64
+        delay.min(MAX_DELAY_MS as f64) as u64
     } else {
         1
     };
@@ -271,6 +289,9 @@ fn add_timer(
     );
     rv.set_uint32(id);
 }
+
+/// The longest timer delay, in ms (about 24.8 days), as browsers and Node.js clamp it.
+const MAX_DELAY_MS: u64 = (1 << 31) - 1;
 
 fn set_timeout(
     scope: &mut v8::HandleScope,
@@ -361,6 +382,30 @@ pub(super) fn unsaveable(scope: &mut v8::HandleScope) -> Option<String> {
         .map(|(_, kind)| kind.clone())
 }
 
+/// `Date.now()` on the call's clock.
+fn wall_now(
+    scope: &mut v8::HandleScope,
+    _: v8::FunctionCallbackArguments,
+    mut rv: v8::ReturnValue,
+) {
+    let now = match scope.get_slot::<RunState>() {
+        Some(state) => (state.wall_start_ms + state.elapsed_ms()).floor(),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_millis() as f64),
+    };
+    rv.set_double(now);
+}
+
+/// `performance.now()`: milliseconds on the call's clock since the call started.
+fn elapsed(scope: &mut v8::HandleScope, _: v8::FunctionCallbackArguments, mut rv: v8::ReturnValue) {
+    rv.set_double(
+        scope
+            .get_slot::<RunState>()
+            .map_or(0.0, RunState::elapsed_ms),
+    );
+}
+
 fn reference(callback: impl v8::MapFnTo<v8::FunctionCallback>) -> v8::ExternalReference<'static> {
     v8::ExternalReference {
         function: callback.map_fn_to(),
@@ -383,6 +428,8 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(queue_microtask),
             // Heap format 3. Append only: older heaps refer to the entries above by index.
             reference(track_unsaveable),
+            reference(wall_now),
+            reference(elapsed),
         ])
     })
 }
@@ -416,8 +463,23 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     define(scope, global, "clearTimeout", clear_timer)?;
     define(scope, global, "clearInterval", clear_timer)?;
     define(scope, global, "queueMicrotask", queue_microtask)?;
+    install_clock(scope)
+}
+
+/// Puts `Date` and `performance` on the call's clock ([`CLOCK`]).
+fn install_clock(scope: &mut v8::HandleScope) -> Option<()> {
+    let source = v8::String::new(scope, CLOCK)?;
+    let setup = v8::Script::compile(scope, source, None)?.run(scope)?;
+    let setup = v8::Local::<v8::Function>::try_from(setup).ok()?;
+    let now = v8::Function::new(scope, wall_now)?;
+    let elapsed = v8::Function::new(scope, elapsed)?;
+    let undefined = v8::undefined(scope).into();
+    setup.call(scope, undefined, &[now.into(), elapsed.into()])?;
     Some(())
 }
+
+/// JavaScript that puts `Date` and `performance` on the call's clock.
+const CLOCK: &str = include_str!("clock.js");
 
 /// JavaScript run once in every fresh heap, so that built-ins that V8 cannot snapshot never
 /// crash a save:

@@ -1147,4 +1147,42 @@ mod tests {
             assert_eq!(out, expected, "{setup} / {check}");
         }
     }
+
+    #[test]
+    fn absurd_timer_delays_are_clamped() {
+        for delay in ["2 ** 64", "Infinity", "1e300", "2 ** 31 + 5"] {
+            let code = format!("new Promise((done) => setTimeout(() => done('late'), {delay}))");
+            assert_eq!(stateless(&code).unwrap(), "late", "{delay}");
+        }
+        let (out, heap) = step(
+            "var ticks = 0; var every = setInterval(() => { if (++ticks === 3) clearInterval(every) }, 1000); \
+             new Promise((done) => setTimeout(() => done(ticks), 2 ** 60))",
+            None,
+        )
+        .unwrap();
+        assert_eq!(out, "3");
+        assert_eq!(step("ticks", Some(heap)).unwrap().0, "3");
+    }
+
+    #[test]
+    fn the_clock_moves_with_the_timers() {
+        let code = "const t0 = Date.now(), p0 = performance.now(), d0 = new Date();
+            await new Promise((done) => setTimeout(done, 10000));
+            const waited = Date.now() - t0, measured = performance.now() - p0;
+            [waited >= 10000 && waited < 11000, measured >= 10000 && measured < 11000,
+             new Date() - d0 >= 10000, typeof Date(), new Date(0).getTime(), Date.UTC(2000, 0, 1),
+             new Date() instanceof Date, Math.abs(performance.timeOrigin + performance.now() - Date.now()) < 5]";
+        let expected = r#"[true,true,true,"string",0,946684800000,true,true]"#;
+        assert_eq!(stateless(code).unwrap(), expected);
+        // The clock is per call, also on a restored heap, and starts from the real time.
+        let (_, heap) = step("var before = Date.now(); 1", None).unwrap();
+        let (out, _) = step(code, Some(heap.clone())).unwrap();
+        assert_eq!(out, expected);
+        let (out, _) = step(
+            "Date.now() >= before && Date.now() - before < 60000",
+            Some(heap),
+        )
+        .unwrap();
+        assert_eq!(out, "true");
+    }
 }
