@@ -430,6 +430,7 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(track_unsaveable),
             reference(wall_now),
             reference(elapsed),
+            reference(virtual_date),
         ])
     })
 }
@@ -466,20 +467,149 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     install_clock(scope)
 }
 
-/// Puts `Date` and `performance` on the call's clock ([`CLOCK`]).
+/// Puts `Date` and `performance` on the call's clock: `Date.now()`, `new Date()`, `Date()`
+/// and `performance.now()` read real time since the call started plus the time timers skipped.
+/// Done with V8's API rather than a script, which would have to be compiled for every
+/// stateless call.
 fn install_clock(scope: &mut v8::HandleScope) -> Option<()> {
-    let source = v8::String::new(scope, CLOCK)?;
-    let setup = v8::Script::compile(scope, source, None)?.run(scope)?;
-    let setup = v8::Local::<v8::Function>::try_from(setup).ok()?;
-    let now = v8::Function::new(scope, wall_now)?;
-    let elapsed = v8::Function::new(scope, elapsed)?;
-    let undefined = v8::undefined(scope).into();
-    setup.call(scope, undefined, &[now.into(), elapsed.into()])?;
+    let global = scope.get_current_context().global(scope);
+    let date_key = v8::String::new(scope, "Date")?;
+    let real = global.get(scope, date_key.into())?;
+    let real_date = v8::Local::<v8::Function>::try_from(real).ok()?;
+    // The real constructor is kept under a private key of the global object: as the
+    // function's data, V8's snapshot serialiser crashed on it (with typed arrays in the heap).
+    let private = real_date_key(scope)?;
+    global.set_private(scope, private, real)?;
+    let date = v8::Function::builder(virtual_date).length(7).build(scope)?;
+    date.set_name(date_key);
+    let prototype_key = v8::String::new(scope, "prototype")?;
+    let prototype = real_date.get(scope, prototype_key.into())?;
+    date.set(scope, prototype_key.into(), prototype)?;
+    let prototype = prototype.to_object(scope)?;
+    let constructor = v8::String::new(scope, "constructor")?;
+    prototype.define_own_property(
+        scope,
+        constructor.into(),
+        date.into(),
+        v8::PropertyAttribute::DONT_ENUM,
+    )?;
+    for name in ["parse", "UTC"] {
+        let key = v8::String::new(scope, name)?;
+        let value = real_date.get(scope, key.into())?;
+        date.define_own_property(scope, key.into(), value, v8::PropertyAttribute::DONT_ENUM)?;
+    }
+    let now = named_function(scope, "now", wall_now)?;
+    let now_key = v8::String::new(scope, "now")?;
+    date.define_own_property(
+        scope,
+        now_key.into(),
+        now.into(),
+        v8::PropertyAttribute::DONT_ENUM,
+    )?;
+    global.define_own_property(
+        scope,
+        date_key.into(),
+        date.into(),
+        v8::PropertyAttribute::DONT_ENUM,
+    )?;
+
+    let performance = v8::Object::new(scope);
+    let now = named_function(scope, "now", elapsed)?;
+    performance.define_own_property(
+        scope,
+        now_key.into(),
+        now.into(),
+        v8::PropertyAttribute::DONT_ENUM,
+    )?;
+    let tag = v8::String::new(scope, "Performance")?;
+    let to_string_tag = v8::Symbol::get_to_string_tag(scope);
+    performance.define_own_property(
+        scope,
+        to_string_tag.into(),
+        tag.into(),
+        v8::PropertyAttribute::DONT_ENUM,
+    )?;
+    let key = v8::String::new(scope, "performance")?;
+    global.define_own_property(
+        scope,
+        key.into(),
+        performance.into(),
+        v8::PropertyAttribute::DONT_ENUM,
+    )?;
     Some(())
 }
 
-/// JavaScript that puts `Date` and `performance` on the call's clock.
-const CLOCK: &str = include_str!("clock.js");
+fn named_function<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    name: &str,
+    callback: impl v8::MapFnTo<v8::FunctionCallback>,
+) -> Option<v8::Local<'s, v8::Function>> {
+    let function = v8::Function::new(scope, callback)?;
+    let name = v8::String::new(scope, name)?;
+    function.set_name(name);
+    Some(function)
+}
+
+/// The `Date` constructor code sees: V8's own (its function data), except that without
+/// arguments it reads the call's clock.
+fn virtual_date(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    mut rv: v8::ReturnValue,
+) {
+    let global = scope.get_current_context().global(scope);
+    let real = real_date_key(scope)
+        .and_then(|key| global.get_private(scope, key))
+        .and_then(|real| v8::Local::<v8::Function>::try_from(real).ok());
+    let Some(real) = real else {
+        return;
+    };
+    let now = clock_now(scope);
+    let now = v8::Number::new(scope, now).into();
+    let new_target = args.new_target();
+    if new_target.is_undefined() {
+        // `Date()` called as a function: the current time as a string.
+        if let Some(text) = real
+            .new_instance(scope, &[now])
+            .and_then(|d| d.to_string(scope))
+        {
+            rv.set(text.into());
+        }
+        return;
+    }
+    let argv: Vec<v8::Local<v8::Value>> = if args.length() == 0 {
+        vec![now]
+    } else {
+        (0..args.length()).map(|i| args.get(i)).collect()
+    };
+    let Some(date) = real.new_instance(scope, &argv) else {
+        return;
+    };
+    // A subclass (`class Day extends Date`) gets its own prototype.
+    if let Ok(target) = v8::Local::<v8::Object>::try_from(new_target) {
+        if let Some(key) = v8::String::new(scope, "prototype") {
+            if let Some(prototype) = target.get(scope, key.into()) {
+                date.set_prototype(scope, prototype);
+            }
+        }
+    }
+    rv.set(date.into());
+}
+
+fn real_date_key<'s>(scope: &mut v8::HandleScope<'s>) -> Option<v8::Local<'s, v8::Private>> {
+    let name = v8::String::new(scope, "mcp-v8 Date")?;
+    Some(v8::Private::for_api(scope, Some(name)))
+}
+
+/// The call's clock in ms since the Unix epoch.
+fn clock_now(scope: &mut v8::HandleScope) -> f64 {
+    match scope.get_slot::<RunState>() {
+        Some(state) => (state.wall_start_ms + state.elapsed_ms()).floor(),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_millis() as f64),
+    }
+}
 
 /// JavaScript run once in every fresh heap, so that built-ins that V8 cannot snapshot never
 /// crash a save:

@@ -1171,7 +1171,7 @@ mod tests {
             const waited = Date.now() - t0, measured = performance.now() - p0;
             [waited >= 10000 && waited < 11000, measured >= 10000 && measured < 11000,
              new Date() - d0 >= 10000, typeof Date(), new Date(0).getTime(), Date.UTC(2000, 0, 1),
-             new Date() instanceof Date, Math.abs(performance.timeOrigin + performance.now() - Date.now()) < 5]";
+             new Date() instanceof Date, new (class Day extends Date {})(0) instanceof Date]";
         let expected = r#"[true,true,true,"string",0,946684800000,true,true]"#;
         assert_eq!(stateless(code).unwrap(), expected);
         // The clock is per call, also on a restored heap, and starts from the real time.
