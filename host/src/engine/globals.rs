@@ -473,54 +473,30 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
 /// stateless call.
 fn install_clock(scope: &mut v8::HandleScope) -> Option<()> {
     let global = scope.get_current_context().global(scope);
-    let date_key = v8::String::new(scope, "Date")?;
-    let real = global.get(scope, date_key.into())?;
+    let real = property(scope, global, "Date")?;
     let real_date = v8::Local::<v8::Function>::try_from(real).ok()?;
     // The real constructor is kept under a private key of the global object: as the
     // function's data, V8's snapshot serialiser crashed on it (with typed arrays in the heap).
     let private = real_date_key(scope)?;
     global.set_private(scope, private, real)?;
     let date = v8::Function::builder(virtual_date).length(7).build(scope)?;
-    date.set_name(date_key);
-    let prototype_key = v8::String::new(scope, "prototype")?;
-    let prototype = real_date.get(scope, prototype_key.into())?;
-    date.set(scope, prototype_key.into(), prototype)?;
+    date.set_name(v8::String::new(scope, "Date")?);
+    let prototype = property(scope, real_date.into(), "prototype")?;
+    let key = v8::String::new(scope, "prototype")?;
+    date.set(scope, key.into(), prototype)?;
     let prototype = prototype.to_object(scope)?;
-    let constructor = v8::String::new(scope, "constructor")?;
-    prototype.define_own_property(
-        scope,
-        constructor.into(),
-        date.into(),
-        v8::PropertyAttribute::DONT_ENUM,
-    )?;
+    hide(scope, prototype, "constructor", date.into())?;
     for name in ["parse", "UTC"] {
-        let key = v8::String::new(scope, name)?;
-        let value = real_date.get(scope, key.into())?;
-        date.define_own_property(scope, key.into(), value, v8::PropertyAttribute::DONT_ENUM)?;
+        let value = property(scope, real_date.into(), name)?;
+        hide(scope, date.into(), name, value)?;
     }
     let now = named_function(scope, "now", wall_now)?;
-    let now_key = v8::String::new(scope, "now")?;
-    date.define_own_property(
-        scope,
-        now_key.into(),
-        now.into(),
-        v8::PropertyAttribute::DONT_ENUM,
-    )?;
-    global.define_own_property(
-        scope,
-        date_key.into(),
-        date.into(),
-        v8::PropertyAttribute::DONT_ENUM,
-    )?;
+    hide(scope, date.into(), "now", now.into())?;
+    hide(scope, global, "Date", date.into())?;
 
     let performance = v8::Object::new(scope);
     let now = named_function(scope, "now", elapsed)?;
-    performance.define_own_property(
-        scope,
-        now_key.into(),
-        now.into(),
-        v8::PropertyAttribute::DONT_ENUM,
-    )?;
+    hide(scope, performance, "now", now.into())?;
     let tag = v8::String::new(scope, "Performance")?;
     let to_string_tag = v8::Symbol::get_to_string_tag(scope);
     performance.define_own_property(
@@ -529,13 +505,27 @@ fn install_clock(scope: &mut v8::HandleScope) -> Option<()> {
         tag.into(),
         v8::PropertyAttribute::DONT_ENUM,
     )?;
-    let key = v8::String::new(scope, "performance")?;
-    global.define_own_property(
-        scope,
-        key.into(),
-        performance.into(),
-        v8::PropertyAttribute::DONT_ENUM,
-    )?;
+    hide(scope, global, "performance", performance.into())
+}
+
+fn property<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    target: v8::Local<v8::Object>,
+    name: &str,
+) -> Option<v8::Local<'s, v8::Value>> {
+    let key = v8::String::new(scope, name)?;
+    target.get(scope, key.into())
+}
+
+/// Defines `target[name] = value`, not enumerable, as built-ins are.
+fn hide(
+    scope: &mut v8::HandleScope,
+    target: v8::Local<v8::Object>,
+    name: &str,
+    value: v8::Local<v8::Value>,
+) -> Option<()> {
+    let key = v8::String::new(scope, name)?;
+    target.define_own_property(scope, key.into(), value, v8::PropertyAttribute::DONT_ENUM)?;
     Some(())
 }
 
