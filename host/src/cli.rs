@@ -136,7 +136,8 @@ pub struct Cli {
 
     /// Longest a storage plugin may take for one operation, in seconds; a call whose store
     /// does not answer in time fails with "storage did not answer".
-    #[arg(long, env = "MCP_V8_STORAGE_TIMEOUT", value_name = "SECS", default_value_t = 30.0,
+    #[arg(long, env = "MCP_V8_STORAGE_TIMEOUT", value_name = "SECS",
+          default_value_t = crate::storage::PLUGIN_TIMEOUT.as_secs_f64(),
           value_parser = parse_seconds)]
     pub storage_timeout: f64,
 

@@ -229,6 +229,7 @@ impl Runtime {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<HeapMeta>, Option<String>), CallError> {
+        let limit = limit.max(1);
         let mut heaps = self.list().await?;
         if let Some(after) = after {
             heaps.retain(|m| m.name.as_str() > after);

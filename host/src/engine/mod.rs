@@ -315,13 +315,13 @@ pub fn run_stateful(
         started();
         let result = {
             let scope = &mut v8::ContextScope::new(scope, context);
-            // The run's handles go before the check below, which must not see them as
-            // references.
             let setup = if fresh {
                 Setup::SnapshotGlobals
             } else {
                 Setup::Restored
             };
+            // The run's handles go before the check below, which must not see them as
+            // references.
             let result = run_in(
                 &mut v8::HandleScope::new(scope),
                 code,

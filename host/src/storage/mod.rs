@@ -13,7 +13,7 @@ pub use mcp_v8_plugin_api::{BackendInfo, ErrorKind, HeapMeta, Precondition, Stor
 
 pub use locks::HeapLocks;
 pub use memory::MemoryStore;
-pub use plugin::PluginStore;
+pub use plugin::{PluginStore, DEFAULT_TIMEOUT as PLUGIN_TIMEOUT};
 pub use registry::StorageChoice;
 
 /// A stored heap: its sealed bytes (shared, not copied) and their version.
