@@ -1,5 +1,6 @@
 //! mcp-v8: a JavaScript runtime with memory, served over MCP.
 //!
+//! * [`frontend`] reads a call's code (JavaScript or TypeScript) before V8 compiles it;
 //! * [`engine`] runs code in V8 and snapshots heaps;
 //! * [`executor`] decides where code runs: [`worker`] processes or this process;
 //! * [`envelope`] wraps and verifies stored snapshots;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod envelope;
 pub mod executor;
+pub mod frontend;
 pub mod runtime;
 pub mod server;
 pub mod storage;

@@ -165,7 +165,7 @@ pub(super) extern "C" fn promise_rejected(message: v8::PromiseRejectMessage) {
         v8::PromiseRejectEvent::PromiseRejectWithNoHandler => {
             let text = match message.get_value() {
                 Some(value) => {
-                    let e = describe_thrown(scope, value, None);
+                    let e = describe_thrown(scope, value);
                     format!("{}: {}", e.name, e.message)
                 }
                 None => "undefined".into(),

@@ -9,7 +9,8 @@
 mod allocator;
 mod globals;
 mod render;
-mod source;
+mod repl;
+mod trace;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -23,8 +24,10 @@ use serde::{Deserialize, Serialize};
 use globals::RunState;
 pub use globals::{Console, LogLine};
 use render::{clip, describe_thrown, render, Unrendered};
+pub use trace::Frame;
 
 use crate::envelope::{self, EnvelopeError};
+use crate::frontend::{self, Prepared};
 
 /// How a run may behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,16 +104,39 @@ pub struct JsException {
     pub line: Option<usize>,
     /// 1-based column of the throw, when known.
     pub column: Option<usize>,
+    /// The user's frames, innermost first (empty when V8 recorded none).
+    #[serde(default)]
+    pub stack: Vec<Frame>,
+}
+
+impl JsException {
+    /// A syntax error the front end found before V8 saw the code.
+    fn syntax(error: frontend::CodeError) -> Self {
+        Self {
+            name: "SyntaxError".into(),
+            message: error.message,
+            line: Some(error.position.line),
+            column: Some(error.position.column),
+            stack: Vec::new(),
+        }
+    }
 }
 
 impl std::fmt::Display for JsException {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Uncaught {}: {}", self.name, self.message)?;
         match (self.line, self.column) {
-            (Some(l), Some(c)) => write!(f, " (at line {l}, column {c})"),
-            (Some(l), None) => write!(f, " (at line {l})"),
-            _ => Ok(()),
+            (Some(l), Some(c)) => write!(f, " (at line {l}, column {c})")?,
+            (Some(l), None) => write!(f, " (at line {l})")?,
+            _ => {}
         }
+        // One frame is the position already given.
+        if self.stack.len() > 1 {
+            for frame in &self.stack {
+                write!(f, "\n    {frame}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -205,6 +231,9 @@ extern "C" fn near_heap_limit(data: *mut c_void, current: usize, _initial: usize
 fn prepare(isolate: &mut v8::Isolate, limits: &Limits) -> Arc<Guard> {
     isolate.set_slot(RunState::new(limits.console_bytes));
     isolate.set_promise_reject_callback(globals::promise_rejected);
+    // Errors record where they were made, so positions survive the promise a REPL-mode
+    // script turns every throw into.
+    isolate.set_capture_stack_trace_for_uncaught_exceptions(true, trace::MAX_FRAMES);
     let guard = Arc::new(Guard {
         isolate: isolate.thread_safe_handle(),
         reason: AtomicU8::new(NOT_TERMINATED),
@@ -224,6 +253,10 @@ fn create_params(limits: &Limits) -> v8::CreateParams {
 /// Runs `code` in a plain isolate; nothing is kept. `started` is called once the isolate and
 /// its context exist, right before the code runs.
 pub fn run_stateless(code: &str, limits: Limits, started: impl FnOnce()) -> Run<Completion> {
+    let code = match frontend::prepare(code) {
+        Ok(code) => code,
+        Err(e) => return refused(e),
+    };
     init();
     let _shared = ISOLATES.read().unwrap_or_else(PoisonError::into_inner);
     let isolate = &mut v8::Isolate::new(create_params(&limits));
@@ -234,12 +267,20 @@ pub fn run_stateless(code: &str, limits: Limits, started: impl FnOnce()) -> Run<
         let context = v8::Context::new(scope, Default::default());
         started();
         let scope = &mut v8::ContextScope::new(scope, context);
-        run_in(scope, code, Setup::Globals, &guard, &limits)
+        run_in(scope, &code, Setup::Globals, &guard, &limits)
     };
     let run = finish(isolate, result.map(|output| (output, ())), &limits);
     Run {
         result: run.result.map(|(completion, ())| completion),
         console: run.console,
+    }
+}
+
+/// A run of code the front end refused: nothing ran.
+fn refused<T>(error: frontend::CodeError) -> Run<T> {
+    Run {
+        result: Err(RunError::Exception(JsException::syntax(error))),
+        console: Console::default(),
     }
 }
 
@@ -286,6 +327,10 @@ pub fn run_stateful(
     limits: Limits,
     started: impl FnOnce(),
 ) -> Run<(Completion, Bytes)> {
+    let code = match frontend::prepare(code) {
+        Ok(code) => code,
+        Err(e) => return refused(e),
+    };
     let snapshot = match sealed
         .map(|sealed| envelope::open(sealed, heap))
         .transpose()
@@ -324,7 +369,7 @@ pub fn run_stateful(
             // references.
             let result = run_in(
                 &mut v8::HandleScope::new(scope),
-                code,
+                &code,
                 setup,
                 &guard,
                 &limits,
@@ -378,7 +423,7 @@ enum Setup {
 /// Runs `code` in the entered context, first setting it up as `setup` says.
 fn run_in(
     scope: &mut v8::HandleScope,
-    code: &str,
+    code: &Prepared,
     setup: Setup,
     guard: &Guard,
     limits: &Limits,
@@ -398,31 +443,47 @@ fn run_in(
     evaluate(scope, code, guard, limits)
 }
 
-/// Compiles and runs `code`, then drives microtasks and timers until its result settles.
+/// Runs `code` as a REPL-mode script ([`repl`]), then drives microtasks and timers until
+/// its result settles.
 fn evaluate(
     scope: &mut v8::HandleScope,
-    code: &str,
+    code: &Prepared,
     guard: &Guard,
     limits: &Limits,
 ) -> Result<String, RunError> {
     let tc = &mut v8::TryCatch::new(scope);
-    let value = match compile(tc, code) {
-        Some(script) => script.run(tc),
-        None => None,
+    let Some(source) = v8::String::new(tc, code.code()) else {
+        return Err(RunError::Exception(JsException {
+            name: "RangeError".into(),
+            message: "the code is too long for V8".into(),
+            line: None,
+            column: None,
+            stack: Vec::new(),
+        }));
     };
-    let Some(value) = value else {
-        return Err(failure(tc, guard, limits));
+    let Some(mut promise) = repl::evaluate(tc, source) else {
+        return Err(failure(tc, guard, limits, code));
     };
-    let promise = v8::Local::<v8::Promise>::try_from(value).ok();
+    // The script's promise resolves to a wrapper around its completion value; when that
+    // value is itself a promise, the run's result is what it settles to.
+    let mut unwrapped = false;
     loop {
         tc.perform_microtask_checkpoint();
         if tc.has_terminated() {
-            return Err(failure(tc, guard, limits));
+            return Err(failure(tc, guard, limits, code));
         }
-        let Some(promise) = promise else { break };
         match promise.state() {
             v8::PromiseState::Fulfilled => {
-                let value = promise.result(tc);
+                let mut value = promise.result(tc);
+                if !unwrapped {
+                    unwrapped = true;
+                    value = repl::completion(tc, value)
+                        .ok_or_else(|| failure(tc, guard, limits, code))?;
+                    if let Ok(inner) = v8::Local::<v8::Promise>::try_from(value) {
+                        promise = inner;
+                        continue;
+                    }
+                }
                 return render_result(tc, value, guard, limits);
             }
             v8::PromiseState::Rejected => {
@@ -430,11 +491,9 @@ fn evaluate(
                 let reason = promise.result(tc);
                 // The error's own stack knows where it was made.
                 let message = v8::Exception::create_message(tc, reason);
-                return Err(RunError::Exception(describe_thrown(
-                    tc,
-                    reason,
-                    Some(message),
-                )));
+                let mut exception = describe_thrown(tc, reason);
+                trace::locate(tc, &mut exception, reason, Some(message), code);
+                return Err(RunError::Exception(exception));
             }
             v8::PromiseState::Pending => {}
         }
@@ -443,10 +502,9 @@ fn evaluate(
         };
         let undefined = v8::undefined(tc).into();
         if callback.call(tc, undefined, &args).is_none() {
-            return Err(failure(tc, guard, limits));
+            return Err(failure(tc, guard, limits, code));
         }
     }
-    render_result(tc, value, guard, limits)
 }
 
 /// Renders the run's result, under the run's limits: a timeout, heap limit or exception
@@ -472,66 +530,13 @@ fn render_result(
     }
 }
 
-/// Compiles `code` as a classic script, or, if it uses top-level `await`, as the body of an
-/// async function ([`source::wrap_async`]). A compile error is left pending in `tc`.
-fn compile<'s>(
-    tc: &mut v8::TryCatch<'s, v8::HandleScope>,
-    code: &str,
-) -> Option<v8::Local<'s, v8::Script>> {
-    // Long string literals would make the heap unsnapshottable (see `source`); if the
-    // rewritten code does not compile, the original is used and its error reported.
-    if let Some(rewritten) = source::split_long_literals(code) {
-        if let Some(script) = compile_code(tc, &rewritten) {
-            return Some(script);
-        }
-        tc.reset();
-    }
-    compile_code(tc, code)
-}
-
-fn compile_code<'s>(
-    tc: &mut v8::TryCatch<'s, v8::HandleScope>,
-    code: &str,
-) -> Option<v8::Local<'s, v8::Script>> {
-    let script = compile_as(tc, code);
-    if script.is_some() {
-        return script;
-    }
-    let uses_await = tc
-        .message()
-        .map(|m| m.get(tc).to_rust_string_lossy(tc))
-        .is_some_and(|m| source::is_top_level_await_error(&m));
-    if !uses_await {
-        return None;
-    }
-    tc.reset();
-    compile_as(tc, &source::wrap_async(code))
-}
-
-fn compile_as<'s>(
-    tc: &mut v8::TryCatch<'s, v8::HandleScope>,
-    code: &str,
-) -> Option<v8::Local<'s, v8::Script>> {
-    let source = v8::String::new(tc, code)?;
-    let name = v8::String::new(tc, "run_js")?;
-    let origin = v8::ScriptOrigin::new(
-        tc,
-        name.into(),
-        0,
-        0,
-        false,
-        0,
-        None,
-        false,
-        false,
-        false,
-        None,
-    );
-    v8::Script::compile(tc, source, Some(&origin))
-}
-
 /// Turns the pending exception or termination of `tc` into a [`RunError`].
-fn failure(tc: &mut v8::TryCatch<v8::HandleScope>, guard: &Guard, limits: &Limits) -> RunError {
+fn failure(
+    tc: &mut v8::TryCatch<v8::HandleScope>,
+    guard: &Guard,
+    limits: &Limits,
+    code: &Prepared,
+) -> RunError {
     if let Some(error) = guard.error(limits) {
         return error;
     }
@@ -540,12 +545,17 @@ fn failure(tc: &mut v8::TryCatch<v8::HandleScope>, guard: &Guard, limits: &Limit
     }
     let message = tc.message();
     match tc.exception() {
-        Some(exception) => RunError::Exception(describe_thrown(tc, exception, message)),
+        Some(thrown) => {
+            let mut exception = describe_thrown(tc, thrown);
+            trace::locate(tc, &mut exception, thrown, message, code);
+            RunError::Exception(exception)
+        }
         None => RunError::Exception(JsException {
             name: "Error".into(),
             message: "execution failed without an exception".into(),
             line: None,
             column: None,
+            stack: Vec::new(),
         }),
     }
 }
@@ -747,10 +757,8 @@ mod tests {
         .unwrap();
         assert_eq!(out, "41");
         assert_eq!(stateless("await 1; 'done'").unwrap(), "done");
-        assert_eq!(
-            stateless("for (const x of [1]) { await x }").unwrap(),
-            "undefined"
-        );
+        // A loop's value is its last statement's, as `eval` gives it.
+        assert_eq!(stateless("for (const x of [1]) { await x }").unwrap(), "1");
     }
 
     #[test]

@@ -37,19 +37,11 @@ fn clipped(mut text: String) -> String {
     text
 }
 
+/// The name and message of a thrown value; where it was thrown is `trace`'s business.
 pub(super) fn describe_thrown(
     scope: &mut v8::HandleScope,
     thrown: v8::Local<v8::Value>,
-    message: Option<v8::Local<v8::Message>>,
 ) -> JsException {
-    let (line, column) = match message {
-        // V8 reports an unknown column as -1, which arrives here as usize::MAX.
-        Some(m) => (
-            m.get_line_number(scope),
-            m.get_start_column().checked_add(1),
-        ),
-        None => (None, None),
-    };
     let property = |scope: &mut v8::HandleScope, key: &str| -> Option<String> {
         let object = thrown.to_object(scope)?;
         let key = v8::String::new(scope, key)?;
@@ -61,16 +53,18 @@ pub(super) fn describe_thrown(
         JsException {
             name: clipped(property(tc, "name").unwrap_or_else(|| "Error".into())),
             message: clipped(property(tc, "message").unwrap_or_default()),
-            line,
-            column,
+            line: None,
+            column: None,
+            stack: Vec::new(),
         }
     } else {
         let text = render(scope, thrown).unwrap_or_else(|_| "[unprintable value]".into());
         JsException {
             name: "Error".into(),
             message: clipped(format!("thrown value: {text}")),
-            line,
-            column,
+            line: None,
+            column: None,
+            stack: Vec::new(),
         }
     }
 }
@@ -113,9 +107,8 @@ pub(crate) fn render(
     if tc.has_terminated() {
         return Err(Unrendered::Terminated);
     }
-    let message = tc.message();
     match tc.exception() {
-        Some(exception) => Err(Unrendered::Threw(describe_thrown(tc, exception, message))),
+        Some(exception) => Err(Unrendered::Threw(describe_thrown(tc, exception))),
         None => Err(Unrendered::Terminated),
     }
 }

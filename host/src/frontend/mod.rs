@@ -1,0 +1,334 @@
+//! The front end: reads the code of a call once, before V8 sees it, and says what V8 is to
+//! compile and how to find the user's positions again.
+//!
+//! * JavaScript is compiled as written. REPL semantics (the value of the last statement,
+//!   top-level `await`, declaring a `let`/`const` again in a later call) come from V8's own
+//!   REPL mode, which the engine runs it in — no rewriting, so V8's positions are the user's.
+//! * TypeScript (code that oxc parses as TypeScript but not as JavaScript) has its types
+//!   stripped ([`typescript`]); positions go back through a source map.
+//! * String and template literals too long to keep in a snapshot are split ([`literals`]).
+//! * `import`/`export` are refused with a clear error: `run_js` runs scripts, not modules.
+//!
+//! Code that oxc cannot parse either way goes to V8 as written, and V8 reports the error,
+//! unless it parses further as TypeScript, which then names the error.
+
+mod literals;
+mod positions;
+mod typescript;
+
+use oxc_allocator::Allocator;
+use oxc_ast::ast::{Program, Statement};
+use oxc_parser::Parser;
+use oxc_span::SourceType;
+
+pub use literals::LONG_LITERAL;
+pub use positions::Position;
+use positions::{offset_of, position_of, Edits};
+use typescript::Stripped;
+
+/// What a script's name (V8's `sourceURL`) starts with, for every call.
+const NAME_PREFIX: &str = "run_js";
+
+/// The language the code was read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// JavaScript, or code neither parser could read (V8 then reports why).
+    JavaScript,
+    /// TypeScript, with its types stripped.
+    TypeScript,
+}
+
+/// Code that cannot run, and where the problem is in the code as submitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CodeError {
+    /// What is wrong.
+    pub message: String,
+    /// Where, in the code as submitted.
+    pub position: Position,
+}
+
+/// Which call a stack frame's code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Origin {
+    /// The code of this call.
+    ThisCall,
+    /// A function an earlier call on the same heap defined.
+    EarlierCall,
+}
+
+/// A call's code, ready for V8.
+#[derive(Debug)]
+pub struct Prepared {
+    /// What V8 compiles: the body, then a line naming the script.
+    code: String,
+    /// Length of the body, before the naming line.
+    body: usize,
+    /// The script's name, unique to this call.
+    name: String,
+    source: Source,
+}
+
+/// How the body relates to the code as submitted.
+#[derive(Debug)]
+enum Source {
+    /// The body is the code as submitted.
+    AsWritten,
+    /// The body is the JavaScript as submitted with long literals split.
+    Split { user: String, edits: Edits },
+    /// The body is JavaScript made from TypeScript (with long literals split).
+    TypeScript {
+        user: String,
+        stripped: Box<Stripped>,
+        edits: Edits,
+    },
+}
+
+/// Reads `code` (see the module docs).
+pub fn prepare(code: &str) -> Result<Prepared, CodeError> {
+    let allocator = Allocator::default();
+    let js_error = match parse(&allocator, code, SourceType::unambiguous()) {
+        Ok(program) => {
+            refuse_modules(&program, code)?;
+            let (body, edits) = Edits::apply(code, literals::split(&program));
+            let source = if edits.is_empty() {
+                Source::AsWritten
+            } else {
+                Source::Split {
+                    user: code.to_owned(),
+                    edits,
+                }
+            };
+            return Ok(Prepared::new(body, source));
+        }
+        Err(error) => error,
+    };
+    let ts_allocator = Allocator::default();
+    let ts_error = match parse(&ts_allocator, code, SourceType::ts().with_unambiguous(true)) {
+        Ok(program) => {
+            refuse_modules(&program, code)?;
+            let stripped = typescript::strip(&ts_allocator, program)
+                .map_err(|(message, at)| error_at(code, message, at))?;
+            let js_allocator = Allocator::default();
+            let replacements = parse(&js_allocator, &stripped.code, SourceType::unambiguous())
+                .map(|program| literals::split(&program))
+                .unwrap_or_default();
+            let (body, edits) = Edits::apply(&stripped.code, replacements);
+            return Ok(Prepared::new(
+                body,
+                Source::TypeScript {
+                    user: code.to_owned(),
+                    stripped: Box::new(stripped),
+                    edits,
+                },
+            ));
+        }
+        Err(error) => error,
+    };
+    if ts_error.1 > js_error.1 {
+        return Err(error_at(code, ts_error.0, ts_error.1));
+    }
+    Ok(Prepared::new(code.to_owned(), Source::AsWritten))
+}
+
+/// The first error of a parse: its message and byte offset.
+type ParseError = (String, usize);
+
+fn parse<'a>(
+    allocator: &'a Allocator,
+    code: &'a str,
+    source_type: SourceType,
+) -> Result<Program<'a>, ParseError> {
+    let parsed = Parser::new(allocator, code, source_type).parse();
+    match parsed.diagnostics.into_iter().next() {
+        None if !parsed.panicked => Ok(parsed.program),
+        None => Err(("the code could not be parsed".into(), 0)),
+        Some(error) => {
+            let at = error
+                .labels
+                .first()
+                .map_or(0, |label| label.offset() as usize);
+            Err((error.message.to_string(), at))
+        }
+    }
+}
+
+fn error_at(code: &str, message: String, at: usize) -> CodeError {
+    CodeError {
+        message,
+        position: position_of(code, at),
+    }
+}
+
+/// `run_js` has no module loader: a module declaration is an error at its position.
+fn refuse_modules(program: &Program, code: &str) -> Result<(), CodeError> {
+    for statement in &program.body {
+        let span = match statement {
+            Statement::TSImportEqualsDeclaration(d) => d.span,
+            s => match s.as_module_declaration() {
+                Some(d) => oxc_span::GetSpan::span(d),
+                None => continue,
+            },
+        };
+        let keyword = if code[span.start as usize..].starts_with("export") {
+            "export"
+        } else {
+            "import"
+        };
+        return Err(error_at(
+            code,
+            format!(
+                "`{keyword}` is not available: run_js runs scripts, not modules, and has no \
+                 module loader (no import, export or require); define what you need in the \
+                 code, or keep it in the heap from an earlier call"
+            ),
+            span.start as usize,
+        ));
+    }
+    Ok(())
+}
+
+impl Prepared {
+    fn new(mut code: String, source: Source) -> Self {
+        let body = code.len();
+        let name = format!(
+            "{NAME_PREFIX}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        // A comment on a line of its own changes neither positions nor completion values.
+        code.push_str("\n//# sourceURL=");
+        code.push_str(&name);
+        Self {
+            code,
+            body,
+            name,
+            source,
+        }
+    }
+
+    /// The code V8 compiles.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The language the code was read as.
+    pub fn language(&self) -> Language {
+        match self.source {
+            Source::TypeScript { .. } => Language::TypeScript,
+            _ => Language::JavaScript,
+        }
+    }
+
+    /// Which call the script named `name` (a stack frame's script name or `sourceURL`) came
+    /// from; `None` for the runtime's own scripts.
+    pub fn origin(&self, name: &str) -> Option<Origin> {
+        if name == self.name {
+            Some(Origin::ThisCall)
+        } else if name.starts_with(NAME_PREFIX) {
+            Some(Origin::EarlierCall)
+        } else {
+            None
+        }
+    }
+
+    /// The position in the code as submitted of `compiled`, a position in [`Self::code`].
+    /// Positions past the submitted code (V8 reports an unexpected end of input after the
+    /// naming line) are its end.
+    pub fn user_position(&self, compiled: Position) -> Position {
+        let body = &self.code[..self.body];
+        let at = offset_of(body, compiled);
+        match &self.source {
+            Source::AsWritten => position_of(body, at),
+            Source::Split { user, edits } => position_of(user, edits.to_original(at)),
+            Source::TypeScript {
+                user,
+                stripped,
+                edits,
+            } => {
+                let js = position_of(&stripped.code, edits.to_original(at));
+                let end = position_of(user, user.len());
+                stripped.to_typescript(js).map_or(end, |p| p.min(end))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(line: usize, column: usize) -> Position {
+        Position { line, column }
+    }
+
+    #[test]
+    fn javascript_is_compiled_as_written() {
+        let prepared = prepare("const x = await f()\nif (x) 'a'\nelse 'b'").unwrap();
+        assert_eq!(prepared.language(), Language::JavaScript);
+        assert!(prepared
+            .code()
+            .starts_with("const x = await f()\nif (x) 'a'\nelse 'b'\n//# sourceURL=run_js-"));
+        assert_eq!(prepared.user_position(at(2, 5)), at(2, 5));
+        // The naming line is not the user's.
+        assert_eq!(prepared.user_position(at(4, 3)), at(3, 9));
+        assert_eq!(prepared.origin(&prepared.name), Some(Origin::ThisCall));
+        assert_eq!(prepared.origin("run_js-0000"), Some(Origin::EarlierCall));
+        assert_eq!(prepared.origin("run_js"), Some(Origin::EarlierCall));
+        assert_eq!(prepared.origin(""), None);
+    }
+
+    #[test]
+    fn typescript_is_stripped_and_positions_map_back() {
+        let code = "interface P { x: number }\nconst p: P = { x: 1 } as P;\nfunction f<T>(v: T): T {\n  return v!;\n}\nenum E { A, B }\nthrow new Error(String(f(p.x) + E.B))";
+        let prepared = prepare(code).unwrap();
+        assert_eq!(prepared.language(), Language::TypeScript);
+        let body = &prepared.code()[..prepared.body];
+        assert!(!body.contains("interface"), "{body}");
+        assert!(!body.contains(": P"), "{body}");
+        let throw = position_of(body, body.find("throw").unwrap());
+        assert_eq!(prepared.user_position(throw), at(7, 1));
+        let ret = position_of(body, body.find("return").unwrap());
+        assert_eq!(prepared.user_position(ret), at(4, 3));
+    }
+
+    #[test]
+    fn long_literals_are_split_and_positions_map_back() {
+        let long = "é".repeat(LONG_LITERAL);
+        let code = format!("var o = {{ '{long}': `{long}${{1}}` }};\nnull.x");
+        let prepared = prepare(&code).unwrap();
+        let body = &prepared.code()[..prepared.body];
+        assert!(body.starts_with("var o = { [([\"éé"), "{}", &body[..40]);
+        assert!(body.contains("`${([\"éé"));
+        let throw = position_of(body, body.find("null.x").unwrap());
+        assert_eq!(prepared.user_position(throw), at(2, 1));
+        let key = position_of(body, body.find("[([").unwrap() + 3);
+        assert_eq!(prepared.user_position(key), at(1, 11));
+    }
+
+    #[test]
+    fn modules_are_refused_where_they_stand() {
+        for (code, keyword, position) in [
+            ("const a = 1\nimport fs from 'fs'", "import", at(2, 1)),
+            ("export const b = 2", "export", at(1, 1)),
+            ("let n: number = 1\nexport { n }", "export", at(2, 1)),
+            ("import x = require('x')", "import", at(1, 1)),
+        ] {
+            let error = prepare(code).unwrap_err();
+            assert!(
+                error
+                    .message
+                    .starts_with(&format!("`{keyword}` is not available")),
+                "{code}: {error}"
+            );
+            assert_eq!(error.position, position, "{code}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_left_to_v8_unless_typescript_reads_further() {
+        let prepared = prepare("let q = 1; q = ").unwrap();
+        assert_eq!(&prepared.code()[..prepared.body], "let q = 1; q = ");
+        let error = prepare("let n: number = 1;\nlet m: string = ;").unwrap_err();
+        assert_eq!(error.position.line, 2, "{error:?}");
+    }
+}
