@@ -250,6 +250,36 @@ fn throw_type_error(scope: &mut v8::HandleScope, message: &str) {
     }
 }
 
+/// The error `require(name)` and `import(name)` give: there are no modules to load.
+fn no_modules<'s>(scope: &mut v8::HandleScope<'s>, call: &str) -> Option<v8::Local<'s, v8::Value>> {
+    let text = format!("{call} is not available: {}", crate::frontend::NO_MODULES);
+    let message = v8::String::new(scope, &text)?;
+    Some(v8::Exception::error(scope, message))
+}
+
+/// `require`: says why, instead of "require is not defined".
+fn require(scope: &mut v8::HandleScope, args: v8::FunctionCallbackArguments, _: v8::ReturnValue) {
+    let name = args.get(0).to_rust_string_lossy(scope);
+    if let Some(error) = no_modules(scope, &format!("require('{name}')")) {
+        scope.throw_exception(error);
+    }
+}
+
+/// `import(name)`: a promise rejected with the reason.
+pub(super) fn import_dynamically<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    _options: v8::Local<'s, v8::Data>,
+    _resource: v8::Local<'s, v8::Value>,
+    specifier: v8::Local<'s, v8::String>,
+    _attributes: v8::Local<'s, v8::FixedArray>,
+) -> Option<v8::Local<'s, v8::Promise>> {
+    let resolver = v8::PromiseResolver::new(scope)?;
+    let name = specifier.to_rust_string_lossy(scope);
+    let error = no_modules(scope, &format!("import('{name}')"))?;
+    resolver.reject(scope, error)?;
+    Some(resolver.get_promise(scope))
+}
+
 fn add_timer(
     scope: &mut v8::HandleScope,
     args: v8::FunctionCallbackArguments,
@@ -431,6 +461,7 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(wall_now),
             reference(elapsed),
             reference(virtual_date),
+            reference(require),
         ])
     })
 }
@@ -464,6 +495,7 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     define(scope, global, "clearTimeout", clear_timer)?;
     define(scope, global, "clearInterval", clear_timer)?;
     define(scope, global, "queueMicrotask", queue_microtask)?;
+    define(scope, global, "require", require)?;
     install_clock(scope)
 }
 

@@ -231,6 +231,7 @@ extern "C" fn near_heap_limit(data: *mut c_void, current: usize, _initial: usize
 fn prepare(isolate: &mut v8::Isolate, limits: &Limits) -> Arc<Guard> {
     isolate.set_slot(RunState::new(limits.console_bytes));
     isolate.set_promise_reject_callback(globals::promise_rejected);
+    isolate.set_host_import_module_dynamically_callback(globals::import_dynamically);
     // Errors record where they were made, so positions survive the promise a REPL-mode
     // script turns every throw into.
     isolate.set_capture_stack_trace_for_uncaught_exceptions(true, trace::MAX_FRAMES);
@@ -1192,5 +1193,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, "true");
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(10),
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn stack_traces_list_the_users_frames_in_their_code() {
+        let run = run_stateful(
+            "function helper(x) {\n  return x.missing.field\n}",
+            "t",
+            None,
+            limits(),
+            || {},
+        );
+        let (_, heap) = run.result.unwrap();
+        let code = "// TypeScript\nfunction caller(): number {\n  return helper({})\n}\ncaller()";
+        let run = run_stateful(code, "t", Some(&heap), limits(), || {});
+        let Err(RunError::Exception(e)) = run.result else {
+            panic!("{:?}", run.result.map(|r| r.0))
+        };
+        // The position is this call's innermost frame; the earlier call's frame says so.
+        assert_eq!((e.line, e.column), (Some(3), Some(10)));
+        assert_eq!(
+            e.to_string(),
+            "Uncaught TypeError: Cannot read properties of undefined (reading 'field') \
+             (at line 3, column 10)\n    at helper (line 2, column 20 of an earlier call)\n    \
+             at caller (line 3, column 10)\n    at line 5, column 1"
+        );
     }
 }

@@ -26,6 +26,11 @@ pub use positions::Position;
 use positions::{offset_of, position_of, Edits};
 use typescript::Stripped;
 
+/// Why `import`, `export` and `require` fail, for every error that says so.
+pub const NO_MODULES: &str = "run_js runs scripts, not modules, and has no module loader (no \
+    import, export or require); define what you need in the code, or keep it in the heap from an \
+    earlier call";
+
 /// What a script's name (V8's `sourceURL`) starts with, for every call.
 const NAME_PREFIX: &str = "run_js";
 
@@ -177,11 +182,7 @@ fn refuse_modules(program: &Program, code: &str) -> Result<(), CodeError> {
         };
         return Err(error_at(
             code,
-            format!(
-                "`{keyword}` is not available: run_js runs scripts, not modules, and has no \
-                 module loader (no import, export or require); define what you need in the \
-                 code, or keep it in the heap from an earlier call"
-            ),
+            format!("`{keyword}` is not available: {NO_MODULES}"),
             span.start as usize,
         ));
     }
