@@ -30,7 +30,7 @@ pub const PAGE_SIZE: usize = 1000;
 /// Arguments of `run_js` on a stateful server.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct RunJsArgs {
-    /// JavaScript source. The value of its last expression is the result.
+    /// JavaScript or TypeScript source. The value of its last statement is the result.
     pub code: String,
     /// Heap to run on: 1-128 characters of A-Z a-z 0-9 . _ - (not starting with '.').
     /// Omit it to start a new heap; the result names it.
@@ -47,7 +47,7 @@ pub struct RunJsArgs {
 /// Arguments of `run_js` on a stateless server.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct StatelessRunJsArgs {
-    /// JavaScript source. The value of its last expression is the result.
+    /// JavaScript or TypeScript source. The value of its last statement is the result.
     pub code: String,
     /// Time limit for this call in seconds, at most the server's.
     #[serde(default)]
@@ -299,14 +299,18 @@ impl McpServer {
     /// Stateful `run_js`.
     #[tool(
         name = "run_js",
-        description = "Run JavaScript in a V8 isolate whose heap persists between calls. \
-The value of the last expression is the result (`output`): strings as they are, objects and \
-arrays as JSON; a promise is awaited (top-level `await` works too). Everything the code leaves \
-in the global scope (var, let, const, functions, globalThis properties) is saved in the named \
-`heap`: call again with the same `heap` to continue where you left off. Omit `heap` to start a \
-new one; the result tells you its name. console.log output comes back in `logs`; setTimeout and \
-setInterval run on a virtual clock until the result settles. A call that throws, times out or \
-runs out of memory changes nothing. Plain ECMAScript: no require, fetch, fs or DOM.",
+        description = "Run JavaScript (or TypeScript: types are stripped, not checked) in a \
+V8 isolate whose heap persists between calls, with REPL semantics: the value of the last \
+statement is the result (`output`), whatever the statement (expression, if/else, try, loop, \
+block); strings as they are, objects and arrays as JSON; a promise is awaited, and `await` works \
+anywhere at the top level. Everything the code declares at the top level (var, let, const, \
+function, class, destructuring) and globalThis properties are saved in the named `heap`: call \
+again with the same `heap` to continue where you left off; a later call may declare the same \
+let/const/class again. Omit `heap` to start a new one; the result tells you its name. \
+console.log output comes back in `logs`; setTimeout and setInterval run on a virtual clock (Date \
+follows it) until the result settles. A call that throws, times out or runs out of memory \
+changes nothing; errors give the line and column in your code. Plain ECMAScript scripts: no \
+modules (import, export, require), fetch, fs or DOM.",
         output_schema = schema_for_output::<RunJsOutput>()
     )]
     async fn run_js(
@@ -377,10 +381,12 @@ impl McpServer {
     /// Stateless `run_js`.
     #[tool(
         name = "run_js",
-        description = "Run JavaScript in a fresh V8 isolate. The value of the last expression \
-is the result (`output`): strings as they are, objects and arrays as JSON; a promise is awaited \
-(top-level `await` works too). console.log output comes back in `logs`. Nothing is kept \
-between calls. Plain ECMAScript: no require, fetch, fs or DOM.",
+        description = "Run JavaScript (or TypeScript: types are stripped, not checked) in a \
+fresh V8 isolate, with REPL semantics: the value of the last statement is the result (`output`), \
+whatever the statement (expression, if/else, try, loop, block); strings as they are, objects and \
+arrays as JSON; a promise is awaited, and `await` works anywhere at the top level. console.log \
+output comes back in `logs`. Nothing is kept between calls; errors give the line and column in \
+your code. Plain ECMAScript scripts: no modules (import, export, require), fetch, fs or DOM.",
         output_schema = schema_for_output::<StatelessRunJsOutput>()
     )]
     async fn run_js_stateless(

@@ -248,7 +248,7 @@ impl Prepared {
             } => {
                 let js = position_of(&stripped.code, edits.to_original(at));
                 let end = position_of(user, user.len());
-                stripped.to_typescript(js).map_or(end, |p| p.min(end))
+                stripped.to_typescript(user, js).map_or(end, |p| p.min(end))
             }
         }
     }

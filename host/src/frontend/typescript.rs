@@ -11,7 +11,7 @@ use oxc_semantic::SemanticBuilder;
 use oxc_sourcemap::SourceMap;
 use oxc_transformer::{TransformOptions, Transformer};
 
-use super::positions::Position;
+use super::positions::{offset_of, position_of, Position};
 
 /// The name the source map gives the TypeScript; it never leaves this module.
 const NAME: &str = "run_js.ts";
@@ -60,9 +60,9 @@ pub(super) fn strip<'a>(
 }
 
 impl Stripped {
-    /// The TypeScript position that JavaScript position `at` was made from: the start of the
-    /// nearest mapped token at or before it.
-    pub(super) fn to_typescript(&self, at: Position) -> Option<Position> {
+    /// The position in `typescript` (the code stripped) that JavaScript position `at` was
+    /// made from.
+    pub(super) fn to_typescript(&self, typescript: &str, at: Position) -> Option<Position> {
         let table = self.map.generate_lookup_table();
         let line = u32::try_from(at.line.checked_sub(1)?).ok()?;
         let column = u32::try_from(at.column.checked_sub(1)?).ok()?;
@@ -71,9 +71,22 @@ impl Stripped {
             .lookup_token(&table, line, column)
             // Before a line's first token (its indentation): that token.
             .or_else(|| table.get(line as usize)?.first().copied())?;
-        Some(Position {
+        let start = Position {
             line: token.get_src_line() as usize + 1,
             column: token.get_src_col() as usize + 1,
+        };
+        // Tokens mark where expressions start; between one and `at` the printer mostly
+        // wrote what the user did (`a.b.c`), and when it did, the offset carries over.
+        let token_at = Position {
+            line: at.line,
+            column: token.get_dst_col() as usize + 1,
+        };
+        let stretch = &self.code[offset_of(&self.code, token_at)..offset_of(&self.code, at)];
+        let from = offset_of(typescript, start);
+        Some(if typescript[from..].starts_with(stretch) {
+            position_of(typescript, from + stretch.len())
+        } else {
+            start
         })
     }
 }
