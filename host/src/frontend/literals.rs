@@ -14,6 +14,9 @@ pub const LONG_LITERAL: usize = 32 * 1024;
 /// The replacements (byte range of the source, new text) that split the long literals of
 /// `program`, in source order.
 pub(super) fn split(program: &oxc_ast::ast::Program) -> Vec<(Range<usize>, String)> {
+    if program.source_text.len() <= LONG_LITERAL {
+        return Vec::new();
+    }
     let mut finder = Finder::default();
     finder.visit_program(program);
     finder.replacements.sort_by_key(|(range, _)| range.start);

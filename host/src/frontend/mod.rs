@@ -91,49 +91,93 @@ enum Source {
 
 /// Reads `code` (see the module docs).
 pub fn prepare(code: &str) -> Result<Prepared, CodeError> {
-    let allocator = Allocator::default();
-    let js_error = match parse(&allocator, code, SourceType::unambiguous()) {
-        Ok(program) => {
-            refuse_modules(&program, code)?;
-            let (body, edits) = Edits::apply(code, literals::split(&program));
-            let source = if edits.is_empty() {
-                Source::AsWritten
-            } else {
-                Source::Split {
-                    user: code.to_owned(),
-                    edits,
-                }
-            };
-            return Ok(Prepared::new(body, source));
-        }
-        Err(error) => error,
+    let js_error = match with_arena(|arena| as_javascript(arena, code)) {
+        Reading::Read(prepared) => return prepared,
+        Reading::Unparsed(error) => error,
     };
-    let ts_allocator = Allocator::default();
-    let ts_error = match parse(&ts_allocator, code, SourceType::ts().with_unambiguous(true)) {
-        Ok(program) => {
-            refuse_modules(&program, code)?;
-            let stripped = typescript::strip(&ts_allocator, program)
-                .map_err(|(message, at)| error_at(code, message, at))?;
-            let js_allocator = Allocator::default();
-            let replacements = parse(&js_allocator, &stripped.code, SourceType::unambiguous())
-                .map(|program| literals::split(&program))
-                .unwrap_or_default();
-            let (body, edits) = Edits::apply(&stripped.code, replacements);
-            return Ok(Prepared::new(
-                body,
-                Source::TypeScript {
-                    user: code.to_owned(),
-                    stripped: Box::new(stripped),
-                    edits,
-                },
-            ));
-        }
-        Err(error) => error,
+    let ts_error = match with_arena(|arena| as_typescript(arena, code)) {
+        Reading::Read(prepared) => return prepared,
+        Reading::Unparsed(error) => error,
     };
     if ts_error.1 > js_error.1 {
         return Err(error_at(code, ts_error.0, ts_error.1));
     }
     Ok(Prepared::new(code.to_owned(), Source::AsWritten))
+}
+
+/// How reading the code as one language went.
+enum Reading {
+    /// It parsed: the code to run, or why it cannot run.
+    Read(Result<Prepared, CodeError>),
+    /// It did not parse.
+    Unparsed(ParseError),
+}
+
+fn as_javascript(arena: &Allocator, code: &str) -> Reading {
+    let program = match parse(arena, code, SourceType::unambiguous()) {
+        Ok(program) => program,
+        Err(error) => return Reading::Unparsed(error),
+    };
+    Reading::Read(refuse_modules(&program, code).map(|()| {
+        let (body, edits) = Edits::apply(code, literals::split(&program));
+        let source = if edits.is_empty() {
+            Source::AsWritten
+        } else {
+            Source::Split {
+                user: code.to_owned(),
+                edits,
+            }
+        };
+        Prepared::new(body, source)
+    }))
+}
+
+fn as_typescript(arena: &Allocator, code: &str) -> Reading {
+    let program = match parse(arena, code, SourceType::ts().with_unambiguous(true)) {
+        Ok(program) => program,
+        Err(error) => return Reading::Unparsed(error),
+    };
+    let stripped = refuse_modules(&program, code).and_then(|()| {
+        typescript::strip(arena, program).map_err(|(message, at)| error_at(code, message, at))
+    });
+    Reading::Read(stripped.map(|stripped| {
+        let js_arena = Allocator::default();
+        let replacements = parse(&js_arena, &stripped.code, SourceType::unambiguous())
+            .map(|program| literals::split(&program))
+            .unwrap_or_default();
+        let (body, edits) = Edits::apply(&stripped.code, replacements);
+        Prepared::new(
+            body,
+            Source::TypeScript {
+                user: code.to_owned(),
+                stripped: Box::new(stripped),
+                edits,
+            },
+        )
+    }))
+}
+
+/// Largest arena kept for the next call, in bytes; a bigger one (after a huge call) is freed.
+const ARENA_KEPT: usize = 64 << 20;
+
+/// Runs `f` with this thread's parse arena, reset afterwards: a call's syntax tree is tens of
+/// bytes per byte of code, and fresh memory for it costs more than the parse itself.
+fn with_arena<R>(f: impl FnOnce(&Allocator) -> R) -> R {
+    thread_local! {
+        static ARENA: std::cell::RefCell<Allocator> = std::cell::RefCell::new(Allocator::default());
+    }
+    ARENA.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut arena) => {
+            let result = f(&arena);
+            if arena.capacity() > ARENA_KEPT {
+                *arena = Allocator::default();
+            } else {
+                arena.reset();
+            }
+            result
+        }
+        Err(_) => f(&Allocator::default()),
+    })
 }
 
 /// The first error of a parse: its message and byte offset.
