@@ -441,6 +441,9 @@ fn run_in(
             "could not set up the global scope".into(),
         ));
     }
+    if !matches!(setup, Setup::Globals) {
+        globals::enable_error_stacks(scope);
+    }
     evaluate(scope, code, guard, limits)
 }
 
@@ -1229,6 +1232,44 @@ mod trace_tests {
             "Uncaught TypeError: Cannot read properties of undefined (reading 'field') \
              (at line 3, column 10)\n    at helper (line 2, column 20 of an earlier call)\n    \
              at caller (line 3, column 10)\n    at line 5, column 1"
+        );
+    }
+}
+
+#[cfg(test)]
+mod error_stack_tests {
+    use super::*;
+
+    fn step(code: &str, heap: Option<Bytes>) -> (String, Bytes) {
+        let limits = Limits {
+            timeout: Duration::from_secs(10),
+            ..Limits::default()
+        };
+        let run = run_stateful(code, "t", heap.as_ref(), limits, || {});
+        let (completion, heap) = run.result.unwrap();
+        (completion.output, heap)
+    }
+
+    #[test]
+    fn errors_have_a_stack_in_a_heap_and_keep_it_across_a_save() {
+        let (out, heap) = step(
+            "function make() { return new Error('kept') }\nvar kept = make(); kept.stack",
+            None,
+        );
+        assert!(
+            out.starts_with("Error: kept\n    at make (run_js-"),
+            "{out}"
+        );
+        assert!(out.contains(":1:26)\n    at run_js-"), "{out}");
+        let (again, heap) = step("kept.stack", Some(heap));
+        assert_eq!(again, out);
+        let (fresh, _) = step(
+            "try { null.x } catch (e) { e.stack.split('\\n')[0] }",
+            Some(heap),
+        );
+        assert_eq!(
+            fresh,
+            "TypeError: Cannot read properties of null (reading 'x')"
         );
     }
 }
