@@ -1197,34 +1197,12 @@ mod tests {
         .unwrap();
         assert_eq!(out, "true");
     }
-}
-
-#[cfg(test)]
-mod trace_tests {
-    use super::*;
-
-    fn limits() -> Limits {
-        Limits {
-            timeout: Duration::from_secs(10),
-            ..Limits::default()
-        }
-    }
 
     #[test]
     fn stack_traces_list_the_users_frames_in_their_code() {
-        let run = run_stateful(
-            "function helper(x) {\n  return x.missing.field\n}",
-            "t",
-            None,
-            limits(),
-            || {},
-        );
-        let (_, heap) = run.result.unwrap();
+        let (_, heap) = step("function helper(x) {\n  return x.missing.field\n}", None).unwrap();
         let code = "// TypeScript\nfunction caller(): number {\n  return helper({})\n}\ncaller()";
-        let run = run_stateful(code, "t", Some(&heap), limits(), || {});
-        let Err(RunError::Exception(e)) = run.result else {
-            panic!("{:?}", run.result.map(|r| r.0))
-        };
+        let e = exception(step(code, Some(heap)).map(|(out, _)| out));
         // The position is this call's innermost frame; the earlier call's frame says so.
         assert_eq!((e.line, e.column), (Some(3), Some(10)));
         assert_eq!(
@@ -1234,39 +1212,26 @@ mod trace_tests {
              at caller (line 3, column 10)\n    at line 5, column 1"
         );
     }
-}
-
-#[cfg(test)]
-mod error_stack_tests {
-    use super::*;
-
-    fn step(code: &str, heap: Option<Bytes>) -> (String, Bytes) {
-        let limits = Limits {
-            timeout: Duration::from_secs(10),
-            ..Limits::default()
-        };
-        let run = run_stateful(code, "t", heap.as_ref(), limits, || {});
-        let (completion, heap) = run.result.unwrap();
-        (completion.output, heap)
-    }
 
     #[test]
     fn errors_have_a_stack_in_a_heap_and_keep_it_across_a_save() {
         let (out, heap) = step(
             "function make() { return new Error('kept') }\nvar kept = make(); kept.stack",
             None,
-        );
+        )
+        .unwrap();
         assert!(
             out.starts_with("Error: kept\n    at make (run_js-"),
             "{out}"
         );
         assert!(out.contains(":1:26)\n    at run_js-"), "{out}");
-        let (again, heap) = step("kept.stack", Some(heap));
+        let (again, heap) = step("kept.stack", Some(heap)).unwrap();
         assert_eq!(again, out);
         let (fresh, _) = step(
             "try { null.x } catch (e) { e.stack.split('\\n')[0] }",
             Some(heap),
-        );
+        )
+        .unwrap();
         assert_eq!(
             fresh,
             "TypeError: Cannot read properties of null (reading 'x')"
