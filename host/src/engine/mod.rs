@@ -218,8 +218,8 @@ impl Guard {
 }
 
 extern "C" fn near_heap_limit(data: *mut c_void, current: usize, _initial: usize) -> usize {
-    // SAFETY: `data` is the `Guard` registered in `guard()`, which the run keeps alive (in an
-    // Arc held on its stack) for as long as the isolate exists.
+    // SAFETY: `data` is the `Guard` registered in `prepare()`; every run declares the Arc that
+    // holds it before its isolate, so it is dropped after the isolate (and V8 is done with it).
     let guard = unsafe { &*(data as *const Guard) };
     guard.terminate(OUT_OF_HEAP);
     // Head-room so that V8 can unwind the terminated script instead of aborting.
@@ -260,8 +260,11 @@ pub fn run_stateless(code: &str, limits: Limits, started: impl FnOnce()) -> Run<
     };
     init();
     let _shared = ISOLATES.read().unwrap_or_else(PoisonError::into_inner);
+    // Declared before the isolate, so dropped after it: V8 holds a pointer to it.
+    #[allow(clippy::needless_late_init)] // the late initialisation is the point: drop order
+    let guard;
     let isolate = &mut v8::Isolate::new(create_params(&limits));
-    let guard = prepare(isolate, &limits);
+    guard = prepare(isolate, &limits);
     let result = {
         let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
         let scope = &mut v8::HandleScope::new(&mut *isolate);
@@ -349,11 +352,14 @@ pub fn run_stateful(
     let fresh = snapshot.is_none();
     // The parameters carry the external references.
     let params = Some(create_params(&limits));
+    // Declared before the isolate, so dropped after it: V8 holds a pointer to it.
+    #[allow(clippy::needless_late_init)] // the late initialisation is the point: drop order
+    let guard;
     let mut isolate = match snapshot {
         Some(blob) => v8::Isolate::snapshot_creator_from_existing_snapshot(blob, None, params),
         None => v8::Isolate::snapshot_creator(None, params),
     };
-    let guard = prepare(&mut isolate, &limits);
+    guard = prepare(&mut isolate, &limits);
     let result = {
         let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
         let scope = &mut v8::HandleScope::new(&mut *isolate);
