@@ -2,7 +2,8 @@
 //!
 //! * [`frontend`] reads a call's code (JavaScript or TypeScript) before V8 compiles it;
 //! * [`engine`] runs code in V8 and snapshots heaps;
-//! * [`executor`] decides where code runs: [`worker`] processes or this process;
+//! * [`job`] is one execution and how it ended; [`executor`] decides where jobs run:
+//!   [`worker`] processes or this process;
 //! * [`envelope`] wraps and verifies stored snapshots;
 //! * [`storage`] is where heaps live (built-in memory store, plugins);
 //! * [`runtime`] ties them together for one call;
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod envelope;
 pub mod executor;
 pub mod frontend;
+pub mod job;
 pub mod runtime;
 pub mod server;
 pub mod storage;

@@ -8,7 +8,8 @@ use mcp_v8_plugin_api::validate_heap_name;
 
 use crate::engine::{Completion, Console, Limits, RunError};
 use crate::envelope::EnvelopeError;
-use crate::executor::{Executor, Job, Target};
+use crate::executor::Executor;
+use crate::job::{Job, Target};
 use crate::storage::{ErrorKind, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError};
 
 /// Why a tool call failed. Every variant leaves the stored heap as it was.

@@ -15,7 +15,7 @@ use protocol::{
 };
 
 use crate::engine::{self, RunError};
-use crate::executor::{run_here, Job, Outcome, Target};
+use crate::job::{run_here, Job, Outcome, Target};
 
 /// The worker's main loop: answer requests on stdin until it closes.
 pub fn serve() -> ExitCode {

@@ -14,7 +14,7 @@ use super::protocol::{
     decode_console, read_frame_async, write_frame_async, Answer, Request, RequestTarget,
 };
 use crate::engine::{Completion, RunError};
-use crate::executor::{Job, Outcome, Stage, Target};
+use crate::job::{Job, Outcome, Stage, Target};
 
 /// How long past its own time limit a worker may take to answer before it is killed.
 const GRACE: Duration = Duration::from_secs(5);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::engine::{Console, Limits, LogLine, RunError};
-use crate::executor::Stage;
+use crate::job::Stage;
 
 /// Largest header accepted, to fail fast on a garbled stream.
 const MAX_HEADER: u32 = 1 << 20;
@@ -38,7 +38,7 @@ pub struct Request {
     pub limits: Limits,
 }
 
-/// [`crate::executor::Target`] without its bytes.
+/// [`crate::job::Target`] without its bytes.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RequestTarget {
     /// A fresh isolate.
