@@ -5,10 +5,38 @@
 use serde::{Deserialize, Serialize};
 
 use super::JsException;
-use crate::frontend::{Origin, Position, Prepared};
+use crate::frontend::{Position, Prepared};
 
 /// Most frames V8 records per error, and most frames reported.
 pub(super) const MAX_FRAMES: i32 = 16;
+
+/// Which call a stack frame's code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// The code of this call.
+    ThisCall,
+    /// A function an earlier call on the same heap defined.
+    EarlierCall,
+}
+
+/// The scripts of this call: every script has an id, and ids only grow, also across a
+/// snapshot; this call's code has ids from `first` on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ThisCall<'a> {
+    pub(super) code: &'a Prepared,
+    pub(super) first: i32,
+}
+
+impl ThisCall<'_> {
+    /// The id the next script compiled in `scope` will have (about 10 µs: it compiles an
+    /// empty function to learn it).
+    pub(super) fn first_script_id(scope: &mut v8::HandleScope) -> Option<i32> {
+        let source = v8::String::new(scope, "(function () {})")?;
+        let marker = v8::Script::compile(scope, source, None)?.run(scope)?;
+        let marker = v8::Local::<v8::Function>::try_from(marker).ok()?;
+        Some(marker.script_id() + 1)
+    }
+}
 
 /// A frame of the user's code in a stack trace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,12 +74,12 @@ pub(super) fn locate(
     exception: &mut JsException,
     thrown: v8::Local<v8::Value>,
     message: Option<v8::Local<v8::Message>>,
-    code: &Prepared,
+    call: ThisCall,
 ) {
     let trace = v8::Exception::get_stack_trace(scope, thrown)
         .or_else(|| message.and_then(|m| m.get_stack_trace(scope)));
     if let Some(trace) = trace {
-        exception.stack = frames(scope, trace, code);
+        exception.stack = frames(scope, trace, call);
     }
     let here = exception
         .stack
@@ -63,7 +91,7 @@ pub(super) fn locate(
         let m = message?;
         let line = m.get_line_number(scope).filter(|&l| l > 0)?;
         let column = m.get_start_column().checked_add(1)?;
-        let p = code.user_position(Position { line, column });
+        let p = call.code.user_position(Position { line, column });
         Some((p.line, p.column))
     });
     if let Some((line, column)) = position {
@@ -75,25 +103,30 @@ pub(super) fn locate(
 fn frames(
     scope: &mut v8::HandleScope,
     trace: v8::Local<v8::StackTrace>,
-    code: &Prepared,
+    call: ThisCall,
 ) -> Vec<Frame> {
     let mut frames = Vec::new();
     for i in 0..trace.get_frame_count() {
         let Some(frame) = trace.get_frame(scope, i) else {
             continue;
         };
-        let Some(origin) = frame
+        let is_user = frame
             .get_script_name_or_source_url(scope)
-            .and_then(|name| code.origin(&name.to_rust_string_lossy(scope)))
-        else {
+            .is_some_and(|name| Prepared::is_user_script(&name.to_rust_string_lossy(scope)));
+        if !is_user {
             continue;
+        }
+        let origin = if frame.get_script_id() >= call.first as usize {
+            Origin::ThisCall
+        } else {
+            Origin::EarlierCall
         };
         let compiled = Position {
             line: frame.get_line_number(),
             column: frame.get_column(),
         };
         let at = match origin {
-            Origin::ThisCall => code.user_position(compiled),
+            Origin::ThisCall => call.code.user_position(compiled),
             Origin::EarlierCall => compiled,
         };
         let function = frame

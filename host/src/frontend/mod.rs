@@ -31,8 +31,9 @@ pub const NO_MODULES: &str = "run_js runs scripts, not modules, and has no modul
     import, export or require); define what you need in the code, or keep it in the heap from an \
     earlier call";
 
-/// What a script's name (V8's `sourceURL`) starts with, for every call.
-const NAME_PREFIX: &str = "run_js";
+/// The name (V8's `sourceURL`) of every call's script. One name for all: V8 keeps every
+/// distinct script name in the heap for good.
+const NAME: &str = "run_js";
 
 /// The language the code was read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,15 +54,6 @@ pub struct CodeError {
     pub position: Position,
 }
 
-/// Which call a stack frame's code came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Origin {
-    /// The code of this call.
-    ThisCall,
-    /// A function an earlier call on the same heap defined.
-    EarlierCall,
-}
-
 /// A call's code, ready for V8.
 #[derive(Debug)]
 pub struct Prepared {
@@ -69,8 +61,6 @@ pub struct Prepared {
     code: String,
     /// Length of the body, before the naming line.
     body: usize,
-    /// The script's name, unique to this call.
-    name: String,
     source: Source,
 }
 
@@ -236,19 +226,10 @@ fn refuse_modules(program: &Program, code: &str) -> Result<(), CodeError> {
 impl Prepared {
     fn new(mut code: String, source: Source) -> Self {
         let body = code.len();
-        let name = format!(
-            "{NAME_PREFIX}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
         // A comment on a line of its own changes neither positions nor completion values.
         code.push_str("\n//# sourceURL=");
-        code.push_str(&name);
-        Self {
-            code,
-            body,
-            name,
-            source,
-        }
+        code.push_str(NAME);
+        Self { code, body, source }
     }
 
     /// The code V8 compiles.
@@ -264,16 +245,10 @@ impl Prepared {
         }
     }
 
-    /// Which call the script named `name` (a stack frame's script name or `sourceURL`) came
-    /// from; `None` for the runtime's own scripts.
-    pub fn origin(&self, name: &str) -> Option<Origin> {
-        if name == self.name {
-            Some(Origin::ThisCall)
-        } else if name.starts_with(NAME_PREFIX) {
-            Some(Origin::EarlierCall)
-        } else {
-            None
-        }
+    /// Whether the script named `name` (a stack frame's script name or `sourceURL`) is a
+    /// call's code, this call's or an earlier one's, rather than the runtime's own.
+    pub fn is_user_script(name: &str) -> bool {
+        name.starts_with(NAME)
     }
 
     /// The position in the code as submitted of `compiled`, a position in [`Self::code`].
@@ -312,14 +287,12 @@ mod tests {
         assert_eq!(prepared.language(), Language::JavaScript);
         assert!(prepared
             .code()
-            .starts_with("const x = await f()\nif (x) 'a'\nelse 'b'\n//# sourceURL=run_js-"));
+            .starts_with("const x = await f()\nif (x) 'a'\nelse 'b'\n//# sourceURL=run_js"));
         assert_eq!(prepared.user_position(at(2, 5)), at(2, 5));
         // The naming line is not the user's.
         assert_eq!(prepared.user_position(at(4, 3)), at(3, 9));
-        assert_eq!(prepared.origin(&prepared.name), Some(Origin::ThisCall));
-        assert_eq!(prepared.origin("run_js-0000"), Some(Origin::EarlierCall));
-        assert_eq!(prepared.origin("run_js"), Some(Origin::EarlierCall));
-        assert_eq!(prepared.origin(""), None);
+        assert!(Prepared::is_user_script("run_js"));
+        assert!(!Prepared::is_user_script(""));
     }
 
     #[test]
