@@ -6,8 +6,11 @@ mod pool;
 mod protocol;
 
 use bytes::Bytes;
+use futures::executor::block_on;
+use futures::io::AllowStdIo;
 use std::io::{self, BufReader, BufWriter};
 use std::process::ExitCode;
+use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 
 pub use pool::WorkerPool;
 use protocol::{
@@ -20,10 +23,11 @@ use crate::job::{run_here, Job, Outcome, Target};
 /// The worker's main loop: answer requests on stdin until it closes.
 pub fn serve() -> ExitCode {
     engine::init();
-    let mut input = BufReader::new(io::stdin().lock());
-    let mut output = BufWriter::new(io::stdout().lock());
+    // The protocol's codec is async; the worker blocks on its pipes, with nothing else to do.
+    let mut input = AllowStdIo::new(BufReader::new(io::stdin().lock())).compat();
+    let mut output = AllowStdIo::new(BufWriter::new(io::stdout().lock())).compat_write();
     loop {
-        let (request, mut sections) = match read_frame::<Request>(&mut input) {
+        let (request, mut sections) = match block_on(read_frame::<Request>(&mut input)) {
             Ok(Some(frame)) => frame,
             Ok(None) => return ExitCode::SUCCESS,
             Err(e) => {
@@ -57,7 +61,7 @@ pub fn serve() -> ExitCode {
                 run_here(job, |stage| {
                     // The host learns that V8 has restored the heap: a crash from here on is
                     // the code's, not the snapshot's.
-                    answered = write_frame(&mut output, &Answer::Stage(stage), &[]);
+                    answered = block_on(write_frame(&mut output, &Answer::Stage(stage), &[]));
                 })
             }
             Some(Err(e)) => Outcome::failed(RunError::Crashed(e.into())),
@@ -81,7 +85,7 @@ pub fn serve() -> ExitCode {
         let console = encode_console(&outcome.console);
         let mut sections: Vec<&[u8]> = vec![output_text.as_bytes(), &console];
         sections.extend(heap.as_deref());
-        let written = answered.and_then(|()| write_frame(&mut output, &done, &sections));
+        let written = answered.and_then(|()| block_on(write_frame(&mut output, &done, &sections)));
         if let Err(e) = written {
             tracing::error!("worker: cannot answer the host: {e}");
             return ExitCode::FAILURE;

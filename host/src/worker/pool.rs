@@ -1,5 +1,6 @@
 //! The host's side: a bounded pool of worker processes.
 
+use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Mutex, PoisonError};
@@ -10,9 +11,7 @@ use tokio::io::BufReader;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Semaphore;
 
-use super::protocol::{
-    decode_console, read_frame_async, write_frame_async, Answer, Request, RequestTarget,
-};
+use super::protocol::{decode_console, read_frame, write_frame, Answer, Request, RequestTarget};
 use crate::engine::{Completion, RunError};
 use crate::job::{Job, Outcome, Stage, Target};
 
@@ -178,12 +177,15 @@ impl Worker {
         };
         let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
         sections.extend(sealed);
-        write_frame_async(&mut self.stdin, &request, &sections)
+        write_frame(&mut self.stdin, &request, &sections)
             .await
             .map_err(Failure::BeforeJob)?;
         let mut started = false;
         loop {
-            let frame = read_frame_async::<Answer>(&mut self.stdout).await;
+            // A worker that stops talking mid-call has died.
+            let frame = read_frame::<Answer>(&mut self.stdout)
+                .await
+                .and_then(|frame| frame.ok_or_else(|| io::ErrorKind::UnexpectedEof.into()));
             let (answer, sections) = match frame {
                 Ok(frame) => frame,
                 Err(e) if started => return Err(Failure::DuringJob(e)),

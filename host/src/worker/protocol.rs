@@ -11,8 +11,12 @@
 //!
 //! A worker answers a request with one [`Answer::Stage`] frame once the code starts (its heap
 //! restored), then one [`Answer::Done`] frame.
+//!
+//! One codec serves both sides: [`write_frame`] and [`read_frame`] are async; the worker,
+//! which has nothing else to do while it waits, drives them over its blocking pipes with
+//! `block_on`.
 
-use std::io::{self, Read, Write};
+use std::io;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -144,56 +148,8 @@ fn section_len(len: u64) -> io::Result<usize> {
     usize::try_from(len).map_err(|_| invalid("section too large"))
 }
 
-/// Writes one frame (blocking side: the worker).
-pub fn write_frame<H: Serialize>(
-    w: &mut impl Write,
-    header: &H,
-    sections: &[&[u8]],
-) -> io::Result<()> {
-    let header = encode_header(header)?;
-    w.write_all(&(header.len() as u32).to_le_bytes())?;
-    w.write_all(&header)?;
-    w.write_all(&(sections.len() as u32).to_le_bytes())?;
-    for section in sections {
-        w.write_all(&(section.len() as u64).to_le_bytes())?;
-        w.write_all(section)?;
-    }
-    w.flush()
-}
-
-/// Reads one frame (blocking side). `Ok(None)` at a clean end of stream.
-pub fn read_frame<H: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<(H, Vec<Vec<u8>>)>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let header_len = u32::from_le_bytes(len);
-    if header_len > MAX_HEADER {
-        return Err(invalid("frame header too large"));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    r.read_exact(&mut header)?;
-    r.read_exact(&mut len)?;
-    let count = u32::from_le_bytes(len);
-    if count > MAX_SECTIONS {
-        return Err(invalid("too many sections"));
-    }
-    let mut sections = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let mut len = [0u8; 8];
-        r.read_exact(&mut len)?;
-        let len = section_len(u64::from_le_bytes(len))?;
-        let mut section = vec![0u8; len];
-        r.read_exact(&mut section)?;
-        sections.push(section);
-    }
-    Ok(Some((decode_header(&header)?, sections)))
-}
-
-/// Writes one frame (async side: the host).
-pub async fn write_frame_async<H: Serialize>(
+/// Writes one frame.
+pub async fn write_frame<H: Serialize>(
     w: &mut (impl AsyncWrite + Unpin),
     header: &H,
     sections: &[&[u8]],
@@ -211,12 +167,17 @@ pub async fn write_frame_async<H: Serialize>(
     w.flush().await
 }
 
-/// Reads one frame (async side). End of stream is an `UnexpectedEof` error: a worker
-/// that stops talking mid-call has died.
-pub async fn read_frame_async<H: DeserializeOwned>(
+/// Reads one frame. `Ok(None)` when the stream ends where a frame would begin; ending inside
+/// one is an error.
+pub async fn read_frame<H: DeserializeOwned>(
     r: &mut (impl AsyncRead + Unpin),
-) -> io::Result<(H, Vec<Vec<u8>>)> {
-    let header_len = r.read_u32_le().await?;
+) -> io::Result<Option<(H, Vec<Vec<u8>>)>> {
+    let mut len = [0u8; 4];
+    if r.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
+    }
+    r.read_exact(&mut len[1..]).await?;
+    let header_len = u32::from_le_bytes(len);
     if header_len > MAX_HEADER {
         return Err(invalid("frame header too large"));
     }
@@ -233,7 +194,7 @@ pub async fn read_frame_async<H: DeserializeOwned>(
         r.read_exact(&mut section).await?;
         sections.push(section);
     }
-    Ok((decode_header(&header)?, sections))
+    Ok(Some((decode_header(&header)?, sections)))
 }
 
 #[cfg(test)]
@@ -241,7 +202,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn frames_round_trip_between_both_sides() {
+    async fn frames_round_trip() {
         let limits = Limits::default();
         let request = Request {
             target: RequestTarget::Heap {
@@ -251,8 +212,11 @@ mod tests {
             limits,
         };
         let mut wire = Vec::new();
-        write_frame(&mut wire, &request, &[b"1 + 1", &[0u8, 1, 2]]).unwrap();
-        let (back, sections): (Request, _) = read_frame_async(&mut wire.as_slice()).await.unwrap();
+        write_frame(&mut wire, &request, &[b"1 + 1", &[0u8, 1, 2]])
+            .await
+            .unwrap();
+        let (back, sections): (Request, _) =
+            read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
         assert!(
             matches!(back.target, RequestTarget::Heap { ref name, restore: true } if name == "h")
         );
@@ -264,8 +228,9 @@ mod tests {
             result: Err(RunError::Timeout(std::time::Duration::from_secs(2))),
             console_truncated: false,
         });
-        write_frame_async(&mut wire, &error, &[]).await.unwrap();
-        let (back, sections): (Answer, _) = read_frame(&mut wire.as_slice()).unwrap().unwrap();
+        write_frame(&mut wire, &error, &[]).await.unwrap();
+        let (back, sections): (Answer, _) =
+            read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
         assert!(matches!(
             back,
             Answer::Done(Done { result: Err(RunError::Timeout(d)), .. }) if d.as_secs() == 2
@@ -293,10 +258,15 @@ mod tests {
         assert!(decode_console(&bytes[..bytes.len() - 1], true).is_err());
     }
 
-    #[test]
-    fn end_of_stream_and_garbage() {
-        assert!(read_frame::<Request>(&mut [].as_slice()).unwrap().is_none());
+    #[tokio::test]
+    async fn end_of_stream_and_garbage() {
+        let none = read_frame::<Request>(&mut [].as_slice()).await.unwrap();
+        assert!(none.is_none());
+        let cut = read_frame::<Request>(&mut [1u8, 0].as_slice()).await;
+        assert_eq!(cut.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         let garbage = [0xFFu8; 16];
-        assert!(read_frame::<Request>(&mut garbage.as_slice()).is_err());
+        assert!(read_frame::<Request>(&mut garbage.as_slice())
+            .await
+            .is_err());
     }
 }
