@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{self, Completion, Console, Limits, RunError};
+use crate::engine::{self, Completion, Limits, Run};
 
 /// One execution.
 #[derive(Debug, Clone)]
@@ -41,24 +41,8 @@ pub enum Stage {
     Started,
 }
 
-/// How an execution ended.
-#[derive(Debug)]
-pub struct Outcome {
-    /// The completion, and for stateful runs the sealed heap afterwards.
-    pub result: Result<(Completion, Option<Bytes>), RunError>,
-    /// What the code printed, also when it failed.
-    pub console: Console,
-}
-
-impl Outcome {
-    /// An execution that failed before any code ran.
-    pub fn failed(error: RunError) -> Self {
-        Self {
-            result: Err(error),
-            console: Console::default(),
-        }
-    }
-}
+/// How an execution ended: the completion, and for stateful runs the sealed heap afterwards.
+pub type Outcome = Run<(Completion, Option<Bytes>)>;
 
 /// Runs a job on the current thread, reporting its stages to `stage` as it reaches them.
 pub fn run_here(job: Job, mut stage: impl FnMut(Stage)) -> Outcome {
@@ -66,7 +50,7 @@ pub fn run_here(job: Job, mut stage: impl FnMut(Stage)) -> Outcome {
     match job.target {
         Target::Heap { name, sealed } => {
             let run = engine::run_stateful(&job.code, &name, sealed.as_ref(), job.limits, started);
-            Outcome {
+            Run {
                 result: run
                     .result
                     .map(|(completion, heap)| (completion, Some(heap))),
@@ -75,7 +59,7 @@ pub fn run_here(job: Job, mut stage: impl FnMut(Stage)) -> Outcome {
         }
         Target::Stateless => {
             let run = engine::run_stateless(&job.code, job.limits, started);
-            Outcome {
+            Run {
                 result: run.result.map(|completion| (completion, None)),
                 console: run.console,
             }

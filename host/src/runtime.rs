@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mcp_v8_plugin_api::validate_heap_name;
 
-use crate::engine::{Completion, Console, Limits, RunError};
+use crate::engine::{Completion, Limits, Run, RunError};
 use crate::envelope::EnvelopeError;
 use crate::executor::Executor;
 use crate::job::{Job, Target};
@@ -45,22 +45,7 @@ pub enum CallError {
 }
 
 /// A call's result and what the code printed, which is worth showing also after a failure.
-#[derive(Debug)]
-pub struct Reply<T> {
-    /// The result.
-    pub result: Result<T, CallError>,
-    /// `console` output of the code.
-    pub console: Console,
-}
-
-impl<T> Reply<T> {
-    fn failed(error: CallError) -> Self {
-        Self {
-            result: Err(error),
-            console: Console::default(),
-        }
-    }
-}
+pub type Reply<T> = Run<T, CallError>;
 
 /// The result of a stateful run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +135,7 @@ impl Runtime {
             limits,
         };
         let outcome = self.executor.run(job).await;
-        Reply {
+        Run {
             result: outcome
                 .result
                 .map(|(completion, _)| completion)
@@ -210,7 +195,7 @@ impl Runtime {
             Err(RunError::Unrestorable(reason)) => Err(CallError::Unrestorable { heap, reason }),
             Err(e) => Err(e.into()),
         };
-        Reply {
+        Run {
             result,
             console: outcome.console,
         }

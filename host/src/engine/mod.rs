@@ -151,13 +151,25 @@ pub struct Completion {
     pub pending_timers: usize,
 }
 
-/// A run's result and whatever the code printed along the way (also when it failed).
+/// A result and whatever the code printed along the way (also when it failed): what every
+/// layer returns for a run — the engine, a job ([`crate::job::Outcome`]) and a call
+/// ([`crate::runtime::Reply`]), each with its own error type.
 #[derive(Debug)]
-pub struct Run<T> {
+pub struct Run<T, E = RunError> {
     /// The result.
-    pub result: Result<T, RunError>,
+    pub result: Result<T, E>,
     /// `console` output, in order.
     pub console: Console,
+}
+
+impl<T, E> Run<T, E> {
+    /// A run that failed before any code ran: nothing was printed.
+    pub fn failed(error: E) -> Self {
+        Self {
+            result: Err(error),
+            console: Console::default(),
+        }
+    }
 }
 
 static INIT: Once = Once::new();
@@ -256,7 +268,7 @@ fn create_params(limits: &Limits) -> v8::CreateParams {
 pub fn run_stateless(code: &str, limits: Limits, started: impl FnOnce()) -> Run<Completion> {
     let code = match frontend::prepare(code) {
         Ok(code) => code,
-        Err(e) => return refused(e),
+        Err(e) => return Run::failed(RunError::Exception(JsException::syntax(e))),
     };
     init();
     let _shared = ISOLATES.read().unwrap_or_else(PoisonError::into_inner);
@@ -277,14 +289,6 @@ pub fn run_stateless(code: &str, limits: Limits, started: impl FnOnce()) -> Run<
     Run {
         result: run.result.map(|(completion, ())| completion),
         console: run.console,
-    }
-}
-
-/// A run of code the front end refused: nothing ran.
-fn refused<T>(error: frontend::CodeError) -> Run<T> {
-    Run {
-        result: Err(RunError::Exception(JsException::syntax(error))),
-        console: Console::default(),
     }
 }
 
@@ -333,7 +337,7 @@ pub fn run_stateful(
 ) -> Run<(Completion, Bytes)> {
     let code = match frontend::prepare(code) {
         Ok(code) => code,
-        Err(e) => return refused(e),
+        Err(e) => return Run::failed(RunError::Exception(JsException::syntax(e))),
     };
     let snapshot = match sealed
         .map(|sealed| envelope::open(sealed, heap))
