@@ -28,8 +28,8 @@ pub(super) struct ThisCall<'a> {
 }
 
 impl ThisCall<'_> {
-    /// The id the next script compiled in `scope` will have (about 10 µs: it compiles an
-    /// empty function to learn it).
+    /// The id the next script compiled in `scope` will have; it compiles an empty function
+    /// to learn it.
     pub(super) fn first_script_id(scope: &mut v8::HandleScope) -> Option<i32> {
         let source = v8::String::new(scope, "(function () {})")?;
         let marker = v8::Script::compile(scope, source, None)?.run(scope)?;
