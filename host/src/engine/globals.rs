@@ -636,19 +636,17 @@ fn clock_now(scope: &mut v8::HandleScope) -> f64 {
 /// Sets `Error.stackTraceLimit` (to V8's default, 10) where it is missing. V8 leaves it out of
 /// the contexts of snapshot creators, and without it `error.stack` is undefined. Heaps saved
 /// before this existed get it on their next call; code that replaced `Error` keeps its own.
-pub(super) fn enable_error_stacks(scope: &mut v8::HandleScope) {
-    let _ = (|| {
-        let global = scope.get_current_context().global(scope);
-        let name = v8::String::new(scope, "Error")?;
-        let error = global.get(scope, name.into())?;
-        let error = v8::Local::<v8::Function>::try_from(error).ok()?;
-        let limit = v8::String::new(scope, "stackTraceLimit")?;
-        if !error.has_own_property(scope, limit.into())? {
-            let ten = v8::Integer::new(scope, 10);
-            error.set(scope, limit.into(), ten.into())?;
-        }
-        Some(())
-    })();
+pub(super) fn enable_error_stacks(scope: &mut v8::HandleScope) -> Option<()> {
+    let global = scope.get_current_context().global(scope);
+    let name = v8::String::new(scope, "Error")?;
+    let error = global.get(scope, name.into())?;
+    let error = v8::Local::<v8::Function>::try_from(error).ok()?;
+    let limit = v8::String::new(scope, "stackTraceLimit")?;
+    if !error.has_own_property(scope, limit.into())? {
+        let ten = v8::Integer::new(scope, 10);
+        error.set(scope, limit.into(), ten.into())?;
+    }
+    Some(())
 }
 
 /// JavaScript run once in every fresh heap, so that built-ins that V8 cannot snapshot never

@@ -110,6 +110,17 @@ pub struct JsException {
 }
 
 impl JsException {
+    /// An exception with no known place; `trace` fills the place in where V8 knows it.
+    pub(crate) fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            message: message.into(),
+            line: None,
+            column: None,
+            stack: Vec::new(),
+        }
+    }
+
     /// A syntax error the front end found before V8 saw the code.
     fn syntax(error: frontend::CodeError) -> Self {
         Self {
@@ -455,8 +466,9 @@ fn run_in(
             "could not set up the global scope".into(),
         ));
     }
+    // Best effort: without it only `error.stack` is missing, and the code runs.
     if !matches!(setup, Setup::Globals) {
-        globals::enable_error_stacks(scope);
+        let _ = globals::enable_error_stacks(scope);
     }
     evaluate(scope, code, guard, limits)
 }
@@ -471,13 +483,10 @@ fn evaluate(
 ) -> Result<String, RunError> {
     let tc = &mut v8::TryCatch::new(scope);
     let Some(source) = v8::String::new(tc, code.code()) else {
-        return Err(RunError::Exception(JsException {
-            name: "RangeError".into(),
-            message: "the code is too long for V8".into(),
-            line: None,
-            column: None,
-            stack: Vec::new(),
-        }));
+        return Err(RunError::Exception(JsException::new(
+            "RangeError",
+            "the code is too long for V8",
+        )));
     };
     // Without the marker (it cannot fail short of termination), every user frame counts as
     // this call's.
@@ -572,13 +581,10 @@ fn failure(
             trace::locate(tc, &mut exception, thrown, message, call);
             RunError::Exception(exception)
         }
-        None => RunError::Exception(JsException {
-            name: "Error".into(),
-            message: "execution failed without an exception".into(),
-            line: None,
-            column: None,
-            stack: Vec::new(),
-        }),
+        None => RunError::Exception(JsException::new(
+            "Error",
+            "execution failed without an exception",
+        )),
     }
 }
 

@@ -50,22 +50,13 @@ pub(super) fn describe_thrown(
     };
     if thrown.is_native_error() {
         let tc = &mut v8::TryCatch::new(scope);
-        JsException {
-            name: clipped(property(tc, "name").unwrap_or_else(|| "Error".into())),
-            message: clipped(property(tc, "message").unwrap_or_default()),
-            line: None,
-            column: None,
-            stack: Vec::new(),
-        }
+        JsException::new(
+            clipped(property(tc, "name").unwrap_or_else(|| "Error".into())),
+            clipped(property(tc, "message").unwrap_or_default()),
+        )
     } else {
         let text = render(scope, thrown).unwrap_or_else(|_| "[unprintable value]".into());
-        JsException {
-            name: "Error".into(),
-            message: clipped(format!("thrown value: {text}")),
-            line: None,
-            column: None,
-            stack: Vec::new(),
-        }
+        JsException::new("Error", clipped(format!("thrown value: {text}")))
     }
 }
 

@@ -21,7 +21,6 @@ use oxc_ast::ast::{Program, Statement};
 use oxc_parser::Parser;
 use oxc_span::SourceType;
 
-pub use literals::LONG_LITERAL;
 pub use positions::Position;
 use positions::{offset_of, position_of, Edits};
 use typescript::Stripped;
@@ -34,15 +33,6 @@ pub const NO_MODULES: &str = "run_js runs scripts, not modules, and has no modul
 /// The name (V8's `sourceURL`) of every call's script. One name for all: V8 keeps every
 /// distinct script name in the heap for good.
 const NAME: &str = "run_js";
-
-/// The language the code was read as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Language {
-    /// JavaScript, or code neither parser could read (V8 then reports why).
-    JavaScript,
-    /// TypeScript, with its types stripped.
-    TypeScript,
-}
 
 /// Code that cannot run, and where the problem is in the code as submitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -237,14 +227,6 @@ impl Prepared {
         &self.code
     }
 
-    /// The language the code was read as.
-    pub fn language(&self) -> Language {
-        match self.source {
-            Source::TypeScript { .. } => Language::TypeScript,
-            _ => Language::JavaScript,
-        }
-    }
-
     /// Whether the script named `name` (a stack frame's script name or `sourceURL`) is a
     /// call's code, this call's or an earlier one's, rather than the runtime's own.
     pub fn is_user_script(name: &str) -> bool {
@@ -275,6 +257,7 @@ impl Prepared {
 
 #[cfg(test)]
 mod tests {
+    use super::literals::LONG_LITERAL;
     use super::*;
 
     fn at(line: usize, column: usize) -> Position {
@@ -284,7 +267,7 @@ mod tests {
     #[test]
     fn javascript_is_compiled_as_written() {
         let prepared = prepare("const x = await f()\nif (x) 'a'\nelse 'b'").unwrap();
-        assert_eq!(prepared.language(), Language::JavaScript);
+        assert!(matches!(prepared.source, Source::AsWritten));
         assert!(prepared
             .code()
             .starts_with("const x = await f()\nif (x) 'a'\nelse 'b'\n//# sourceURL=run_js"));
@@ -299,7 +282,7 @@ mod tests {
     fn typescript_is_stripped_and_positions_map_back() {
         let code = "interface P { x: number }\nconst p: P = { x: 1 } as P;\nfunction f<T>(v: T): T {\n  return v!;\n}\nenum E { A, B }\nthrow new Error(String(f(p.x) + E.B))";
         let prepared = prepare(code).unwrap();
-        assert_eq!(prepared.language(), Language::TypeScript);
+        assert!(matches!(prepared.source, Source::TypeScript { .. }));
         let body = &prepared.code()[..prepared.body];
         assert!(!body.contains("interface"), "{body}");
         assert!(!body.contains(": P"), "{body}");
