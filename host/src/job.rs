@@ -49,20 +49,10 @@ pub fn run_here(job: Job, mut stage: impl FnMut(Stage)) -> Outcome {
     let started = || stage(Stage::Started);
     match job.target {
         Target::Heap { name, sealed } => {
-            let run = engine::run_stateful(&job.code, &name, sealed.as_ref(), job.limits, started);
-            Run {
-                result: run
-                    .result
-                    .map(|(completion, heap)| (completion, Some(heap))),
-                console: run.console,
-            }
+            engine::run_stateful(&job.code, &name, sealed.as_ref(), job.limits, started)
+                .map_result(|result| result.map(|(completion, heap)| (completion, Some(heap))))
         }
-        Target::Stateless => {
-            let run = engine::run_stateless(&job.code, job.limits, started);
-            Run {
-                result: run.result.map(|completion| (completion, None)),
-                console: run.console,
-            }
-        }
+        Target::Stateless => engine::run_stateless(&job.code, job.limits, started)
+            .map_result(|result| result.map(|completion| (completion, None))),
     }
 }

@@ -135,13 +135,11 @@ impl Runtime {
             limits,
         };
         let outcome = self.executor.run(job).await;
-        Run {
-            result: outcome
-                .result
+        outcome.map_result(|result| {
+            result
                 .map(|(completion, _)| completion)
-                .map_err(CallError::from),
-            console: outcome.console,
-        }
+                .map_err(CallError::from)
+        })
     }
 
     /// Runs `code` on heap `heap` (a new heap with a generated name when `None`) and saves

@@ -181,6 +181,14 @@ impl<T, E> Run<T, E> {
             console: Console::default(),
         }
     }
+
+    /// The same run with its result turned by `f`; the console stays.
+    pub fn map_result<U, F>(self, f: impl FnOnce(Result<T, E>) -> Result<U, F>) -> Run<U, F> {
+        Run {
+            result: f(self.result),
+            console: self.console,
+        }
+    }
 }
 
 static INIT: Once = Once::new();
@@ -301,10 +309,7 @@ pub fn run_stateless(code: &str, limits: Limits, started: impl FnOnce()) -> Run<
         run_in(scope, &code, Setup::Globals, &guard, &limits)
     };
     let run = finish(isolate, result.map(|output| (output, ())), &limits);
-    Run {
-        result: run.result.map(|(completion, ())| completion),
-        console: run.console,
-    }
+    run.map_result(|result| result.map(|(completion, ())| completion))
 }
 
 /// Removes the run state from `isolate` and pairs its console with `result`.
@@ -359,12 +364,7 @@ pub fn run_stateful(
         .transpose()
     {
         Ok(snapshot) => snapshot,
-        Err(e) => {
-            return Run {
-                result: Err(RunError::Heap(e)),
-                console: Console::default(),
-            }
-        }
+        Err(e) => return Run::failed(RunError::Heap(e)),
     };
     init();
     let _exclusive = ISOLATES.write().unwrap_or_else(PoisonError::into_inner);
@@ -426,14 +426,12 @@ pub fn run_stateful(
         v8::FunctionCodeHandling::Clear
     };
     let blob = isolate.create_blob(handling);
-    let result = run.result.and_then(|(completion, ())| {
-        let blob = blob.ok_or_else(|| RunError::Snapshot("V8 returned no snapshot".into()))?;
-        Ok((completion, Bytes::from(envelope::seal(&blob, heap))))
-    });
-    Run {
-        result,
-        console: run.console,
-    }
+    run.map_result(|result| {
+        result.and_then(|(completion, ())| {
+            let blob = blob.ok_or_else(|| RunError::Snapshot("V8 returned no snapshot".into()))?;
+            Ok((completion, Bytes::from(envelope::seal(&blob, heap))))
+        })
+    })
 }
 
 /// What a run's context needs before the code runs.
