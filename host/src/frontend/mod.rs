@@ -121,10 +121,15 @@ fn as_typescript(arena: &Allocator, code: &str) -> Reading {
         typescript::strip(arena, program).map_err(|(message, at)| error_at(code, message, at))
     });
     Reading::Read(stripped.map(|stripped| {
+        // Parsing the JavaScript again is only worth it when a literal can be long.
         let js_arena = Allocator::default();
-        let replacements = parse(&js_arena, &stripped.code, SourceType::unambiguous())
-            .map(|program| literals::split(&program))
-            .unwrap_or_default();
+        let replacements = if stripped.code.len() > literals::LONG_LITERAL {
+            parse(&js_arena, &stripped.code, SourceType::unambiguous())
+                .map(|program| literals::split(&program))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let (body, edits) = Edits::apply(&stripped.code, replacements);
         Prepared::new(
             body,
