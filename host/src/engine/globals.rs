@@ -638,8 +638,7 @@ fn clock_now(scope: &mut v8::HandleScope) -> f64 {
 /// before this existed get it on their next call; code that replaced `Error` keeps its own.
 pub(super) fn enable_error_stacks(scope: &mut v8::HandleScope) -> Option<()> {
     let global = scope.get_current_context().global(scope);
-    let name = v8::String::new(scope, "Error")?;
-    let error = global.get(scope, name.into())?;
+    let error = property(scope, global, "Error")?;
     let error = v8::Local::<v8::Function>::try_from(error).ok()?;
     let limit = v8::String::new(scope, "stackTraceLimit")?;
     if !error.has_own_property(scope, limit.into())? {
