@@ -73,7 +73,7 @@ fn front_end(c: &mut Criterion) {
         let code = code_of(block, size);
         group.bench_function(BenchmarkId::new(language, label), |b| {
             b.iter(|| {
-                engine::run_stateless(&code, limits, || {})
+                engine::run_stateless(&code, limits)
                     .result
                     .expect("the benchmark code runs")
             })

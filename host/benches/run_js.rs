@@ -11,6 +11,7 @@ use mcp_v8::engine::{Completion, Limits};
 use mcp_v8::executor::Executor;
 use mcp_v8::runtime::{CallLimits, HeapRun, Runtime};
 use mcp_v8::storage::MemoryStore;
+use mcp_v8::worker::WorkerSettings;
 use tokio::runtime::Runtime as Tokio;
 
 const BIG_HEAP: &str =
@@ -25,7 +26,11 @@ fn tokio() -> Tokio {
 }
 
 fn workers(size: usize) -> Executor {
-    Executor::workers(PathBuf::from(env!("CARGO_BIN_EXE_mcp-v8")), size)
+    let settings = WorkerSettings {
+        warm_bytes: 256 << 20,
+        limits: Limits::default(),
+    };
+    Executor::workers(PathBuf::from(env!("CARGO_BIN_EXE_mcp-v8")), size, settings)
 }
 
 async fn on_heap(runtime: &Runtime, code: &str, heap: Option<&str>) -> HeapRun {

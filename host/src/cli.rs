@@ -7,9 +7,11 @@ use clap::Parser;
 
 use crate::config::Config;
 use crate::engine::Limits;
+use crate::runtime::{Policy as StoragePolicy, SaveMode};
 use crate::storage::StorageChoice;
 use crate::transport::guard::Policy;
 use crate::transport::http::HttpOptions;
+use crate::worker::WorkerSettings;
 
 /// A JavaScript runtime with memory for AI agents, served over MCP (stdio, or HTTP with
 /// --http-port / --sse-port).
@@ -146,6 +148,27 @@ pub struct Cli {
           value_parser = parse_seconds)]
     pub shutdown_grace: f64,
 
+    /// When a stateful call's new heap is stored: `background` answers first and stores
+    /// after (the heap stays locked until then, so later calls see it); `sync` stores before
+    /// answering and runs a call again when another writer got there first [default:
+    /// background for the memory and file stores, sync for S3 and other plugins, which
+    /// several hosts may share].
+    #[arg(long, env = "MCP_V8_SAVE", value_name = "WHEN", value_enum)]
+    pub save: Option<SaveMode>,
+
+    /// With --save sync, how often a call whose heap another writer changed while it ran is
+    /// run again on the newer state before the conflict is returned.
+    #[arg(long, env = "MCP_V8_CONFLICT_RETRIES", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub conflict_retries: u32,
+
+    /// Most memory each worker spends keeping recently used heaps warm (restored and
+    /// ready, with their last snapshot), e.g. `256MiB`, `1GB` or plain bytes; the least
+    /// recently used go first. 0 keeps none warm.
+    #[arg(long, env = "MCP_V8_WARM_HEAPS_MAX_BYTES", value_name = "SIZE",
+          default_value = "256MiB", value_parser = parse_size)]
+    pub warm_heaps_max_bytes: u64,
+
     /// Internal: serve executions for a host over stdin/stdout.
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -223,12 +246,54 @@ impl Cli {
         Duration::from_secs_f64(self.shutdown_grace)
     }
 
+    /// What each worker is told: its warm-heap budget and the server's limits.
+    pub fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            warm_bytes: usize::try_from(self.warm_heaps_max_bytes).unwrap_or(usize::MAX),
+            limits: self.limits(),
+        }
+    }
+
+    /// How the runtime stores heaps in a store called `store`.
+    pub fn storage_policy(&self, store: &str) -> StoragePolicy {
+        StoragePolicy {
+            save: self.save.unwrap_or_else(|| SaveMode::default_for(store)),
+            conflict_retries: self.conflict_retries,
+        }
+    }
+
     /// The worker pool size: the flag, or the number of CPUs.
     pub fn max_concurrent_executions(&self) -> usize {
         self.max_concurrent_executions
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
+}
+
+/// A size in bytes: plain (`1048576`) or with a unit (`512KB`, `512KiB`, `256MiB`, `2GB`,
+/// `1GiB`; decimal units are powers of 1000, binary ones of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 2GB or a number of bytes)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => return Err(format!("'{other}' is not a size unit (use B, KB, KiB, MB, MiB, GB, GiB)")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -262,5 +327,26 @@ mod tests {
         assert_eq!(cli.execution_timeout(), Duration::from_millis(2500));
         assert!(Cli::try_parse_from(["mcp-v8", "--memory", "--stateless"]).is_err());
         assert!(Cli::try_parse_from(["mcp-v8", "--execution-timeout", "0"]).is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_and_without_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("1 gib"), Ok(1 << 30));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999TB").is_err());
+    }
+
+    #[test]
+    fn the_save_mode_defaults_by_store_and_the_flag_wins() {
+        let cli = Cli::try_parse_from(["mcp-v8", "--memory"]).unwrap();
+        assert_eq!(cli.storage_policy("memory").save, SaveMode::Background);
+        assert_eq!(cli.storage_policy("file").save, SaveMode::Background);
+        assert_eq!(cli.storage_policy("s3").save, SaveMode::Sync);
+        let cli = Cli::try_parse_from(["mcp-v8", "--memory", "--save", "sync"]).unwrap();
+        assert_eq!(cli.storage_policy("memory").save, SaveMode::Sync);
     }
 }

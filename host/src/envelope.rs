@@ -8,6 +8,13 @@
 //! The heap's name binds the snapshot to it: bytes copied from one heap to another are
 //! refused. Format 2 had no name field; such heaps are still read.
 //!
+//! Format 4 marks heaps whose snapshot shares the read-only heap every isolate of a process
+//! shares: all heaps made since mcp-v8 runs V8 with `--no-extensible-ro-snapshot`. A heap of
+//! format 2 or 3 may carry a read-only heap of its own (V8 promoted objects into it when it
+//! was saved), and V8 crashes restoring it while any other isolate lives in the process: the
+//! runtime runs such heaps alone ([`ReadOnly::Own`]) and keeps their format when it saves
+//! them again, since their read-only heap goes with them.
+//!
 //! The checksum is XXH3-64 of the payload, seeded with XXH3-64 of every header byte before
 //! it, so a flipped bit anywhere is caught. [`open`] checks everything before returning the
 //! payload, because V8 aborts the whole process on a snapshot it cannot read.
@@ -21,11 +28,34 @@ pub const MAGIC: &[u8; 8] = b"MCPV8HP\0";
 /// The envelope format. Bump it whenever a snapshot made by an older build could not be
 /// restored by a newer one with the same V8 (e.g. when the set of native functions
 /// registered as external references changes).
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
+
+/// The format of heaps that carry their own read-only heap, written again when they are saved.
+const OWN_READ_ONLY_FORMAT: u16 = 3;
 
 /// The oldest format still read: format 2 lacks the heap name, and its external references
 /// are a prefix of format 3's.
 const OLDEST_READABLE: u16 = 2;
+
+/// Whose read-only heap a snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOnly {
+    /// V8's own, shared by every isolate of the process: the snapshot may be restored next
+    /// to other isolates.
+    Shared,
+    /// Its own (a heap from before format 4): it must be restored with no other isolate alive
+    /// in the process.
+    Own,
+}
+
+/// A verified heap: its V8 snapshot, sharing the stored blob's memory, and its kind.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The raw V8 snapshot.
+    pub snapshot: Bytes,
+    /// Whose read-only heap it holds.
+    pub read_only: ReadOnly,
+}
 
 /// Why stored bytes cannot be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -42,17 +72,26 @@ pub enum EnvelopeError {
 }
 
 /// Wraps the V8 snapshot of heap `heap` for storage: one allocation, one copy of the payload.
-pub fn seal(payload: &[u8], heap: &str) -> Vec<u8> {
-    seal_for(crate::engine::v8_version(), heap, payload)
+pub fn seal(payload: &[u8], heap: &str, read_only: ReadOnly) -> Vec<u8> {
+    let format = match read_only {
+        ReadOnly::Shared => FORMAT_VERSION,
+        ReadOnly::Own => OWN_READ_ONLY_FORMAT,
+    };
+    seal_as(format, crate::engine::v8_version(), heap, payload)
 }
 
+#[cfg(test)]
 pub(crate) fn seal_for(v8_version: &str, heap: &str, payload: &[u8]) -> Vec<u8> {
+    seal_as(FORMAT_VERSION, v8_version, heap, payload)
+}
+
+fn seal_as(format: u16, v8_version: &str, heap: &str, payload: &[u8]) -> Vec<u8> {
     // Both fit a length byte: V8 versions are short, heap names at most 128 bytes (validated).
     let version = &v8_version.as_bytes()[..v8_version.len().min(255)];
     let name = &heap.as_bytes()[..heap.len().min(255)];
     let mut out = Vec::with_capacity(8 + 2 + 2 + version.len() + name.len() + 16 + payload.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&format.to_le_bytes());
     out.push(version.len() as u8);
     out.extend_from_slice(version);
     out.push(name.len() as u8);
@@ -65,11 +104,11 @@ pub(crate) fn seal_for(v8_version: &str, heap: &str, payload: &[u8]) -> Vec<u8> 
 }
 
 /// Verifies a blob stored as heap `heap` and returns its V8 payload, sharing `blob`'s memory.
-pub fn open(blob: &Bytes, heap: &str) -> Result<Bytes, EnvelopeError> {
+pub fn open(blob: &Bytes, heap: &str) -> Result<Opened, EnvelopeError> {
     open_for(crate::engine::v8_version(), heap, blob)
 }
 
-fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Bytes, EnvelopeError> {
+fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Opened, EnvelopeError> {
     let mut header = Reader { blob, at: 0 };
     if header.take(MAGIC.len())? != MAGIC {
         return Err(corrupt("the stored data is not an mcp-v8 heap snapshot"));
@@ -112,7 +151,15 @@ fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Bytes, Envelop
             "it was made by V8 {made_by}, this mcp-v8 runs V8 {v8_version}; start a new heap"
         )));
     }
-    Ok(payload)
+    let read_only = if format >= 4 {
+        ReadOnly::Shared
+    } else {
+        ReadOnly::Own
+    };
+    Ok(Opened {
+        snapshot: payload,
+        read_only,
+    })
 }
 
 fn corrupt(why: &str) -> EnvelopeError {
@@ -155,7 +202,9 @@ mod tests {
     #[test]
     fn round_trips_without_copying() {
         let blob = sealed(b"snapshot bytes");
-        let payload = open_for(V8, "h", &blob).unwrap();
+        let opened = open_for(V8, "h", &blob).unwrap();
+        assert_eq!(opened.read_only, ReadOnly::Shared);
+        let payload = opened.snapshot;
         assert_eq!(&payload[..], b"snapshot bytes");
         // The payload is a view into the blob, not a copy.
         assert_eq!(
@@ -241,6 +290,15 @@ mod tests {
         old.extend_from_slice(&checksum.to_le_bytes());
         old.extend_from_slice(payload);
         let opened = open_for(V8, "any-name", &Bytes::from(old)).unwrap();
-        assert_eq!(&opened[..], payload);
+        assert_eq!(&opened.snapshot[..], payload);
+        assert_eq!(opened.read_only, ReadOnly::Own);
+    }
+
+    #[test]
+    fn heaps_with_their_own_read_only_heap_keep_their_format() {
+        let blob = Bytes::from(seal_as(OWN_READ_ONLY_FORMAT, V8, "h", b"abc"));
+        assert_eq!(open_for(V8, "h", &blob).unwrap().read_only, ReadOnly::Own);
+        let blob = Bytes::from(seal_as(FORMAT_VERSION, V8, "h", b"abc"));
+        assert_eq!(open_for(V8, "h", &blob).unwrap().read_only, ReadOnly::Shared);
     }
 }

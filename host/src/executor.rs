@@ -1,26 +1,28 @@
-//! Where code runs: in worker processes (what the server does), or on a blocking thread of
+//! Where code runs: in worker processes (what the server does), or on blocking threads of
 //! this process (tests, benchmarks, embedding).
 
 use std::path::PathBuf;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::engine::RunError;
-use crate::job::{run_here, Job, Outcome};
-use crate::worker::WorkerPool;
+use tokio::sync::oneshot;
+
+use crate::engine::{self, Fresh, RunError, Warm};
+use crate::job::{Job, NotWarm, Outcome, Ran, Saved, Saving, Start, Target};
+use crate::worker::{WorkerPool, WorkerSettings};
 
 /// Runs jobs.
 pub enum Executor {
-    /// In this process, on tokio's blocking pool. V8 cannot overlap a snapshot creator with
-    /// any other isolate in one process, so stateful runs here go one at a time, and a V8
+    /// In this process, on tokio's blocking pool, with nothing kept warm between jobs. A V8
     /// abort takes the whole process down.
     InProcess,
-    /// In supervised worker processes, one job per worker at a time.
+    /// In supervised worker processes, one job per worker at a time, which keep heaps warm.
     Workers(WorkerPool),
 }
 
 impl Executor {
     /// A pool of up to `size` worker processes running `program --worker`.
-    pub fn workers(program: PathBuf, size: usize) -> Self {
-        Executor::Workers(WorkerPool::new(program, size))
+    pub fn workers(program: PathBuf, size: usize, settings: WorkerSettings) -> Self {
+        Executor::Workers(WorkerPool::new(program, size, settings))
     }
 
     /// Gets ready for the first job (starts a worker process ahead of time).
@@ -30,15 +32,89 @@ impl Executor {
         }
     }
 
-    /// Runs `job` to completion.
-    pub async fn run(&self, job: Job) -> Outcome {
+    /// Runs `job`: the outcome comes back once the code has settled; a successful stateful
+    /// run's snapshot follows through the returned [`Saving`].
+    pub async fn run(&self, job: Job) -> Ran {
         match self {
-            Executor::InProcess => tokio::task::spawn_blocking(move || run_here(job, |_| {}))
-                .await
-                .unwrap_or_else(|e| {
-                    Outcome::failed(RunError::Crashed(format!("execution thread failed: {e}")))
-                }),
+            Executor::InProcess => run_in_process(job).await,
             Executor::Workers(pool) => pool.run(job).await,
         }
     }
+}
+
+/// Held by every in-process job while its isolates live: shared, or exclusively by a heap
+/// with its own read-only heap ([`Start::Alone`]).
+static ISOLATES: RwLock<()> = RwLock::new(());
+
+#[allow(dead_code)] // held for its lifetime only
+enum Isolates<'a> {
+    Shared(RwLockReadGuard<'a, ()>),
+    Alone(RwLockWriteGuard<'a, ()>),
+}
+
+async fn run_in_process(job: Job) -> Ran {
+    let start = match &job.target {
+        Target::Stateless => None,
+        Target::Heap { start, .. } => Some(start.clone()),
+    };
+    let alone = matches!(start, Some(Start::Alone(_)));
+    let snapshot = match start {
+        Some(Start::Warm(_)) => return Err(NotWarm),
+        Some(Start::Snapshot(bytes) | Start::Alone(bytes)) => Some(Some(bytes)),
+        Some(Start::New) => Some(None),
+        None => None,
+    };
+    let stateful = snapshot.is_some();
+    let (answer, outcome) = oneshot::channel::<Outcome>();
+    let (save, saved) = oneshot::channel::<Result<Saved, RunError>>();
+    let thread = tokio::task::spawn_blocking(move || {
+        let _isolates = if alone {
+            Isolates::Alone(ISOLATES.write().unwrap_or_else(PoisonError::into_inner))
+        } else {
+            Isolates::Shared(ISOLATES.read().unwrap_or_else(PoisonError::into_inner))
+        };
+        let code = match engine::read_code(&job.code) {
+            Ok(code) => code,
+            Err(e) => return drop(answer.send(Outcome::failed(e))),
+        };
+        let Some(snapshot) = snapshot else {
+            let run = match Fresh::new(&job.limits) {
+                Ok(fresh) => fresh.run(&code, &job.limits).0,
+                Err(e) => Outcome::failed(e),
+            };
+            return drop(answer.send(run));
+        };
+        let warm = match Warm::new(snapshot, &job.limits) {
+            Ok(warm) => warm,
+            Err(e) => return drop(answer.send(Outcome::failed(e))),
+        };
+        let (run, spent) = warm.run(&code, &job.limits);
+        let succeeded = run.result.is_ok();
+        // The answer goes first; the snapshot follows.
+        let _ = answer.send(run);
+        if succeeded {
+            let _ = save.send(spent.save().map(|snapshot| Saved {
+                snapshot,
+                warm: None,
+            }));
+        }
+    });
+    let outcome = match outcome.await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            let why = match thread.await {
+                Err(e) => format!("execution thread failed: {e}"),
+                Ok(()) => "execution thread ended without an answer".into(),
+            };
+            return Ok((Outcome::failed(RunError::Crashed(why)), None));
+        }
+    };
+    let saving = (stateful && outcome.result.is_ok()).then(|| {
+            Saving::new(async move {
+                saved.await.unwrap_or_else(|_| {
+                    Err(RunError::Snapshot("the execution thread ended".into()))
+                })
+            })
+        });
+    Ok((outcome, saving))
 }

@@ -1,11 +1,14 @@
-//! One execution — the code, what it runs on, its limits — and how it ended; and running one
-//! on the current thread. Shared by the [`crate::executor`] (which picks where jobs run) and
-//! the [`crate::worker`] processes (which run them), so neither depends on the other.
+//! One execution — the code, what it runs on, its limits — and what comes back: shared by
+//! the [`crate::executor`] (which picks where jobs run), the [`crate::worker`] processes
+//! (which run them) and the [`crate::runtime`], so none of them depends on another.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{self, Completion, Limits, Run};
+use crate::engine::{Completion, Limits, Run, RunError};
 
 /// One execution.
 #[derive(Debug, Clone)]
@@ -23,15 +26,43 @@ pub struct Job {
 pub enum Target {
     /// A fresh isolate; nothing is kept.
     Stateless,
-    /// A heap, snapshotted afterwards (a stateful run).
+    /// A heap, snapshotted after the run (a stateful run).
     Heap {
-        /// The heap's name, which its snapshot is bound to.
+        /// The heap's name.
         name: String,
-        /// The sealed heap to restore, or `None` for a new heap. It is verified right before
-        /// V8 would see it.
-        sealed: Option<Bytes>,
+        /// Where its state comes from.
+        start: Start,
     },
 }
+
+/// Where a heap's state comes from.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// A new, empty heap.
+    New,
+    /// A raw V8 snapshot, verified by the runtime (V8 ends the process on anything else).
+    Snapshot(Bytes),
+    /// A verified snapshot that carries its own read-only heap (a heap from before format 4
+    /// of [`crate::envelope`]): V8 crashes restoring it while any other isolate lives in the
+    /// process, so it runs alone and is not kept warm.
+    Alone(Bytes),
+    /// The isolate a worker keeps warm from an earlier run.
+    Warm(WarmRef),
+}
+
+/// A warm isolate: which worker holds it, and which of its saves it was restored from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmRef {
+    /// The worker's number in its pool.
+    pub worker: u64,
+    /// The save it holds, as numbered by that worker.
+    pub generation: u64,
+}
+
+/// The warm isolate a job asked for is gone (evicted, its worker busy or dead): run the job
+/// again from the stored snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotWarm;
 
 /// How far a job got before it ended, for telling a crash of V8 restoring a heap from a crash
 /// of the code.
@@ -41,18 +72,33 @@ pub enum Stage {
     Started,
 }
 
-/// How an execution ended: the completion, and for stateful runs the sealed heap afterwards.
-pub type Outcome = Run<(Completion, Option<Bytes>)>;
+/// How a run ended, as the caller sees it.
+pub type Outcome = Run<Completion>;
 
-/// Runs a job on the current thread, reporting its stages to `stage` as it reaches them.
-pub fn run_here(job: Job, mut stage: impl FnMut(Stage)) -> Outcome {
-    let started = || stage(Stage::Started);
-    match job.target {
-        Target::Heap { name, sealed } => {
-            engine::run_stateful(&job.code, &name, sealed.as_ref(), job.limits, started)
-                .map_result(|result| result.map(|(completion, heap)| (completion, Some(heap))))
-        }
-        Target::Stateless => engine::run_stateless(&job.code, job.limits, started)
-            .map_result(|result| result.map(|completion| (completion, None))),
+/// A successful stateful run's new state.
+#[derive(Debug)]
+pub struct Saved {
+    /// The raw V8 snapshot (the runtime seals it for the store).
+    pub snapshot: Bytes,
+    /// Where the state is now warm, if anywhere.
+    pub warm: Option<WarmRef>,
+}
+
+/// The snapshot of a successful stateful run, being taken after its answer went out.
+pub struct Saving(Pin<Box<dyn Future<Output = Result<Saved, RunError>> + Send>>);
+
+impl Saving {
+    /// A save that `future` completes.
+    pub fn new(future: impl Future<Output = Result<Saved, RunError>> + Send + 'static) -> Self {
+        Self(Box::pin(future))
+    }
+
+    /// Waits for the snapshot.
+    pub async fn finish(self) -> Result<Saved, RunError> {
+        self.0.await
     }
 }
+
+/// What an executor hands back: the outcome as soon as the code has settled, and for a
+/// successful stateful run the save that follows.
+pub type Ran = Result<(Outcome, Option<Saving>), NotWarm>;

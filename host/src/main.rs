@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     }
     if cli.worker {
         init_logging();
-        return worker::serve();
+        return worker::serve(cli.worker_settings());
     }
     init_logging();
 
@@ -71,17 +71,19 @@ async fn run(cli: Cli) -> Result<(), String> {
     let program =
         std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
     let workers = cli.max_concurrent_executions();
-    let executor = Executor::workers(program, workers);
-    let runtime = Arc::new(Runtime::new(storage, executor, limits));
+    let executor = Executor::workers(program, workers, cli.worker_settings());
+    let policy = cli.storage_policy(&storage.info().name);
+    let runtime = Arc::new(Runtime::with_policy(storage, executor, limits, policy));
     runtime.prewarm();
     tracing::info!(
         stateless = cli.stateless,
         workers,
         storage = %runtime.storage().info().name,
+        save = ?policy.save,
         v8 = engine::v8_version(),
         "mcp-v8 starting"
     );
-    let server = McpServer::new(runtime, cli.stateless);
+    let server = McpServer::new(Arc::clone(&runtime), cli.stateless);
     let shutdown = CancellationToken::new();
     transport::cancel_on_signals(shutdown.clone());
     match cli.http_options() {
@@ -101,5 +103,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await?
         }
     }
+    // Nothing answered is lost on a clean stop: the states still being saved go in first.
+    runtime.flush(cli.shutdown_grace()).await;
     Ok(())
 }

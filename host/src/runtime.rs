@@ -1,16 +1,66 @@
 //! What the MCP tools do, independent of MCP: run code on a heap (load, verify, execute,
 //! snapshot, conditionally store), run code statelessly, list and delete heaps.
+//!
+//! A heap's state is stored after its call has been answered ([`SaveMode::Background`]):
+//! the heap stays locked until the save is in, so the next call on it, `list_heaps` and
+//! `delete_heap` see it (read your writes); a save that fails is reported by the heap's next
+//! call. The runtime checks the stored version before using a warm isolate, so a heap changed
+//! by another process is never served stale.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mcp_v8_plugin_api::validate_heap_name;
+use tokio::sync::{OwnedMutexGuard, RwLock};
 
 use crate::engine::{Completion, Limits, Run, RunError};
-use crate::envelope::EnvelopeError;
+use crate::envelope::{self, EnvelopeError, ReadOnly};
 use crate::executor::Executor;
-use crate::job::{Job, Target};
-use crate::storage::{ErrorKind, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError};
+use crate::job::{Job, NotWarm, Saving, Start, Target, WarmRef};
+use crate::storage::{
+    ErrorKind, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError, Version,
+};
+
+/// When a stateful call's new state is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaveMode {
+    /// After the answer: the caller waits for its code, not for V8's snapshot or the store.
+    Background,
+    /// Before the answer: every answer is durable first, and a call that loses a race with
+    /// another writer runs again on the newer state.
+    Sync,
+}
+
+impl SaveMode {
+    /// The default for a store called `store`: stores one host owns (memory, a directory)
+    /// save in the background; any other (S3, a third-party plugin) may be shared by several
+    /// hosts, which want every answer durable and races retried, so they save in sync.
+    pub fn default_for(store: &str) -> Self {
+        match store {
+            "memory" | "file" => SaveMode::Background,
+            _ => SaveMode::Sync,
+        }
+    }
+}
+
+/// How the runtime stores and retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// When states are stored.
+    pub save: SaveMode,
+    /// How often a call whose store lost a race runs again (sync saves only).
+    pub conflict_retries: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            save: SaveMode::Background,
+            conflict_retries: 3,
+        }
+    }
+}
 
 /// Why a tool call failed. Every variant leaves the stored heap as it was.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +80,12 @@ pub enum CallError {
     /// The stored heap passed verification, but V8 failed to restore it.
     #[error("heap '{heap}' cannot be loaded: V8 could not restore its snapshot ({reason}); the code did not run (delete_heap removes the heap so the name can start over)")]
     Unrestorable { heap: String, reason: String },
-    /// Someone else saved the heap while this call ran on the old state.
-    #[error("heap '{heap}' was changed concurrently while this code ran, so its result was not saved; retry the call")]
-    Conflict { heap: String },
+    /// Someone else saved the heap while this call ran on the old state, every time it ran.
+    #[error("heap '{heap}' was changed concurrently while this code ran ({attempts} attempts), so its result was not saved; retry the call")]
+    Conflict { heap: String, attempts: u32 },
+    /// The previous call's state, already answered, could not be stored.
+    #[error("the previous call on heap '{heap}' succeeded, but its changes could not be saved: {reason}. Those changes are lost and the heap goes on from its last saved state; this call's code did not run, so run it again")]
+    Lost { heap: String, reason: String },
     /// The heap store failed.
     #[error("storage error ({kind}) for heap '{heap}': {error}", kind = error.kind())]
     Storage { heap: String, error: StoreError },
@@ -54,6 +107,8 @@ pub struct HeapRun {
     pub completion: Completion,
     /// The heap the code ran on (generated when the caller gave none).
     pub heap: String,
+    /// How often the code ran again because another writer stored the heap first.
+    pub retries: u32,
 }
 
 /// Per-call limits; each may only tighten the server's.
@@ -67,20 +122,57 @@ pub struct CallLimits {
 
 /// Runs code on heaps kept in a [`HeapStorage`].
 pub struct Runtime {
-    storage: Arc<dyn HeapStorage>,
     executor: Executor,
     locks: HeapLocks,
     limits: Limits,
+    policy: Policy,
+    heaps: Arc<Heaps>,
+    /// Every save after an answer holds it shared; whoever must see all answered states
+    /// (listing, shutting down) takes it exclusively.
+    saves: Arc<RwLock<()>>,
+}
+
+/// What the runtime knows about heaps beyond the store, shared with background saves.
+struct Heaps {
+    storage: Arc<dyn HeapStorage>,
+    /// Heaps a worker holds warm, and the stored version that state is.
+    warm: Mutex<HashMap<String, (WarmRef, Version)>>,
+    /// Heaps whose last answered state could not be stored, and why.
+    lost: Mutex<HashMap<String, String>>,
+}
+
+/// How a stored heap starts a run, and what its next store must know.
+struct Loaded {
+    start: Start,
+    precondition: Precondition,
+    read_only: ReadOnly,
 }
 
 impl Runtime {
-    /// A runtime storing heaps in `storage` and running code with `executor` under `limits`.
+    /// A runtime storing heaps in `storage` and running code with `executor` under `limits`,
+    /// saving in the background.
     pub fn new(storage: Arc<dyn HeapStorage>, executor: Executor, limits: Limits) -> Self {
+        Self::with_policy(storage, executor, limits, Policy::default())
+    }
+
+    /// A runtime that stores as `policy` says.
+    pub fn with_policy(
+        storage: Arc<dyn HeapStorage>,
+        executor: Executor,
+        limits: Limits,
+        policy: Policy,
+    ) -> Self {
         Self {
-            storage,
             executor,
             locks: HeapLocks::default(),
             limits,
+            policy,
+            heaps: Arc::new(Heaps {
+                storage,
+                warm: Mutex::default(),
+                lost: Mutex::default(),
+            }),
+            saves: Arc::new(RwLock::new(())),
         }
     }
 
@@ -91,12 +183,36 @@ impl Runtime {
 
     /// The store behind this runtime.
     pub fn storage(&self) -> &Arc<dyn HeapStorage> {
-        &self.storage
+        &self.heaps.storage
     }
 
     /// The server's limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// How this runtime stores.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Waits, at most `grace`, for every answered state to be stored. Returns whether all were.
+    pub async fn flush(&self, grace: Duration) -> bool {
+        match tokio::time::timeout(grace, self.saves.write()).await {
+            Ok(_) => true,
+            Err(_) => {
+                tracing::error!(
+                    "stopping with heap saves still in progress after {} s: their calls' changes are lost",
+                    grace.as_secs_f64()
+                );
+                false
+            }
+        }
+    }
+
+    /// Waits for the saves of every call answered so far.
+    async fn settled(&self) {
+        drop(self.saves.write().await);
     }
 
     /// The server's limits tightened by a call's.
@@ -123,6 +239,7 @@ impl Runtime {
         Ok(limits)
     }
 
+
     /// Runs `code` without any heap.
     pub async fn run_stateless(&self, code: String, call: CallLimits) -> Reply<Completion> {
         let limits = match self.limits_for(call) {
@@ -134,16 +251,15 @@ impl Runtime {
             target: Target::Stateless,
             limits,
         };
-        let outcome = self.executor.run(job).await;
-        outcome.map_result(|result| {
-            result
-                .map(|(completion, _)| completion)
-                .map_err(CallError::from)
-        })
+        match self.executor.run(job).await {
+            Ok((outcome, _)) => outcome.map_result(|result| result.map_err(CallError::from)),
+            Err(NotWarm) => Reply::failed(CallError::Internal("a stateless job asked for a warm heap".into())),
+        }
     }
 
-    /// Runs `code` on heap `heap` (a new heap with a generated name when `None`) and saves
-    /// the heap afterwards, unless the code failed.
+    /// Runs `code` on heap `heap` (a new heap with a generated name when `None`) and stores
+    /// the heap's new state, unless the code failed: after the answer, or before it with
+    /// [`SaveMode::Sync`].
     pub async fn run_on_heap(
         &self,
         code: String,
@@ -161,47 +277,113 @@ impl Runtime {
             Ok(limits) => limits,
             Err(e) => return Reply::failed(e),
         };
-        let _guard = self.locks.lock(&heap).await;
+        // Held until the state is stored, also when that happens after the answer.
+        let guard = self.locks.lock(&heap).await;
         tracing::debug!("running code on heap {heap}");
-
-        let (stored, precondition) = match self.storage.get(&heap).await {
-            Ok(stored) => (Some(stored.bytes), Precondition::MustMatch(stored.version)),
-            Err(e) if e.kind() == ErrorKind::NotFound => (None, Precondition::MustNotExist),
-            Err(error) => return Reply::failed(CallError::Storage { heap, error }),
-        };
-        let job = Job {
-            code,
-            target: Target::Heap {
-                name: heap.clone(),
-                sealed: stored,
-            },
-            limits,
-        };
-        let outcome = self.executor.run(job).await;
-        let result = match outcome.result {
-            Ok((completion, Some(sealed))) => {
-                match self.storage.put(&heap, sealed, precondition).await {
-                    Ok(_) => Ok(HeapRun { completion, heap }),
-                    Err(e) if e.kind() == ErrorKind::Conflict => Err(CallError::Conflict { heap }),
-                    Err(error) => Err(CallError::Storage { heap, error }),
+        if let Some(reason) = self.heaps.take_lost(&heap) {
+            return Reply::failed(CallError::Lost { heap, reason });
+        }
+        let mut retries = 0;
+        loop {
+            let loaded = match self.heaps.load(&heap).await {
+                Ok(loaded) => loaded,
+                Err(e) => return Reply::failed(e),
+            };
+            let job = Job {
+                code: code.clone(),
+                target: Target::Heap {
+                    name: heap.clone(),
+                    start: loaded.start,
+                },
+                limits,
+            };
+            let (outcome, saving) = match self.executor.run(job).await {
+                Ok(ran) => ran,
+                // Evicted, or its worker busy or gone: load it from the store.
+                Err(NotWarm) => {
+                    self.heaps.forget(&heap);
+                    continue;
                 }
+            };
+            let saving = match (outcome.result.is_ok(), saving) {
+                (true, Some(saving)) => saving,
+                (true, None) => {
+                    return Reply::failed(CallError::Internal(
+                        "a stateful run returned no heap".into(),
+                    ))
+                }
+                (false, _) => {
+                    return outcome.map_result(|result| match result {
+                        Ok(_) => Err(CallError::Internal("unreachable".into())),
+                        Err(RunError::Unrestorable(reason)) => {
+                            Err(CallError::Unrestorable { heap, reason })
+                        }
+                        Err(e) => Err(e.into()),
+                    })
+                }
+            };
+            let answer = |outcome: crate::job::Outcome, heap: String, retries| {
+                outcome.map_result(|result| {
+                    result
+                        .map(|completion| HeapRun {
+                            completion,
+                            heap,
+                            retries,
+                        })
+                        .map_err(CallError::from)
+                })
+            };
+            match self.policy.save {
+                SaveMode::Background => {
+                    let gate = Arc::clone(&self.saves).read_owned().await;
+                    let heaps = Arc::clone(&self.heaps);
+                    let name = heap.clone();
+                    tokio::spawn(async move {
+                        let _gate = gate;
+                        heaps
+                            .store_after_answer(&name, saving, loaded.precondition, loaded.read_only, guard)
+                            .await;
+                    });
+                    return answer(outcome, heap, retries);
+                }
+                SaveMode::Sync => match self
+                    .heaps
+                    .store(&heap, saving, loaded.precondition, loaded.read_only)
+                    .await
+                {
+                    Ok(()) => return answer(outcome, heap, retries),
+                    Err(CallError::Conflict { .. }) if retries < self.policy.conflict_retries => {
+                        retries += 1;
+                        tracing::debug!(heap, retries, "heap changed concurrently: running again");
+                        tokio::time::sleep(jitter(retries)).await;
+                    }
+                    Err(CallError::Conflict { heap, .. }) => {
+                        let attempts = retries + 1;
+                        return Run {
+                            result: Err(CallError::Conflict { heap, attempts }),
+                            console: outcome.console,
+                        };
+                    }
+                    Err(e) => {
+                        return Run {
+                            result: Err(e),
+                            console: outcome.console,
+                        }
+                    }
+                },
             }
-            Ok((_, None)) => Err(CallError::Internal(
-                "a stateful run returned no heap".into(),
-            )),
-            Err(RunError::Heap(error)) => Err(CallError::Envelope { heap, error }),
-            Err(RunError::Unrestorable(reason)) => Err(CallError::Unrestorable { heap, reason }),
-            Err(e) => Err(e.into()),
-        };
-        Run {
-            result,
-            console: outcome.console,
         }
     }
 
-    /// All heaps, sorted by name.
+    /// All heaps, sorted by name, including every state answered so far.
     pub async fn list(&self) -> Result<Vec<HeapMeta>, CallError> {
-        let mut heaps = self.storage.list("").await.map_err(CallError::Listing)?;
+        self.settled().await;
+        let mut heaps = self
+            .heaps
+            .storage
+            .list("")
+            .await
+            .map_err(CallError::Listing)?;
         heaps.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(heaps)
     }
@@ -226,7 +408,9 @@ impl Runtime {
     /// Metadata of one heap, or `None` when it does not exist.
     pub async fn describe(&self, heap: &str) -> Result<Option<HeapMeta>, CallError> {
         validate_heap_name(heap).map_err(CallError::InvalidName)?;
+        self.settled().await;
         let heaps = self
+            .heaps
             .storage
             .list(heap)
             .await
@@ -241,7 +425,10 @@ impl Runtime {
     pub async fn delete(&self, heap: &str) -> Result<(), CallError> {
         validate_heap_name(heap).map_err(CallError::InvalidName)?;
         let _guard = self.locks.lock(heap).await;
-        self.storage
+        self.heaps.forget(heap);
+        self.heaps.take_lost(heap);
+        self.heaps
+            .storage
             .delete(heap)
             .await
             .map_err(|error| CallError::Storage {
@@ -251,10 +438,144 @@ impl Runtime {
     }
 }
 
+impl Heaps {
+    /// Where `heap`'s next run starts: its warm isolate if the store still holds the state it
+    /// came from, otherwise the stored snapshot (verified here, before V8 sees a byte), or a
+    /// new heap.
+    async fn load(&self, heap: &str) -> Result<Loaded, CallError> {
+        let warm = self.warm().get(heap).cloned();
+        if let Some((warm, version)) = warm {
+            // One cheap question to the store: has anyone else changed the heap since?
+            let current = self
+                .storage
+                .version(heap)
+                .await
+                .map_err(|error| CallError::Storage {
+                    heap: heap.into(),
+                    error,
+                })?;
+            if current.as_ref() == Some(&version) {
+                return Ok(Loaded {
+                    start: Start::Warm(warm),
+                    precondition: Precondition::MustMatch(version),
+                    read_only: ReadOnly::Shared,
+                });
+            }
+            tracing::debug!(heap, "heap changed in the store: its warm isolate is dropped");
+            self.forget(heap);
+        }
+        match self.storage.get(heap).await {
+            Ok(stored) => {
+                let opened =
+                    envelope::open(&stored.bytes, heap).map_err(|error| CallError::Envelope {
+                        heap: heap.into(),
+                        error,
+                    })?;
+                let start = match opened.read_only {
+                    ReadOnly::Shared => Start::Snapshot(opened.snapshot),
+                    ReadOnly::Own => Start::Alone(opened.snapshot),
+                };
+                Ok(Loaded {
+                    start,
+                    precondition: Precondition::MustMatch(stored.version),
+                    read_only: opened.read_only,
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Loaded {
+                start: Start::New,
+                precondition: Precondition::MustNotExist,
+                read_only: ReadOnly::Shared,
+            }),
+            Err(error) => Err(CallError::Storage {
+                heap: heap.into(),
+                error,
+            }),
+        }
+    }
+
+    /// Waits for the snapshot `saving` delivers and stores it if `precondition` holds.
+    async fn store(
+        &self,
+        heap: &str,
+        saving: Saving,
+        precondition: Precondition,
+        read_only: ReadOnly,
+    ) -> Result<(), CallError> {
+        // Until the store confirms, no warm isolate stands for this heap.
+        self.forget(heap);
+        let saved = saving.finish().await?;
+        let sealed = envelope::seal(&saved.snapshot, heap, read_only);
+        match self.storage.put(heap, sealed.into(), precondition).await {
+            Ok(version) => {
+                if let (Some(warm), ReadOnly::Shared) = (saved.warm, read_only) {
+                    self.warm().insert(heap.to_string(), (warm, version));
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::Conflict => Err(CallError::Conflict {
+                heap: heap.into(),
+                attempts: 1,
+            }),
+            Err(error) => Err(CallError::Storage {
+                heap: heap.into(),
+                error,
+            }),
+        }
+    }
+
+    /// [`Heaps::store`] for a call already answered: a failure is logged and kept for the
+    /// heap's next call. `lock` (the heap's) is released once it is done.
+    async fn store_after_answer(
+        &self,
+        heap: &str,
+        saving: Saving,
+        precondition: Precondition,
+        read_only: ReadOnly,
+        lock: OwnedMutexGuard<()>,
+    ) {
+        if let Err(e) = self.store(heap, saving, precondition, read_only).await {
+            let reason = match e {
+                CallError::Conflict { .. } => {
+                    "another client or server changed the heap while the code ran".to_string()
+                }
+                other => other.to_string(),
+            };
+            tracing::error!(heap, "the state of an answered call could not be saved: {reason}");
+            self.lost
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(heap.to_string(), reason);
+        }
+        drop(lock);
+    }
+
+    fn warm(&self) -> std::sync::MutexGuard<'_, HashMap<String, (WarmRef, Version)>> {
+        self.warm.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn forget(&self, heap: &str) {
+        self.warm().remove(heap);
+    }
+
+    fn take_lost(&self, heap: &str) -> Option<String> {
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(heap)
+    }
+}
+
 /// A fresh heap name such as `heap-3f9c2a1b7d4e`.
 fn generated_name() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("heap-{}", &id[..12])
+}
+
+/// A random pause before running again after a lost race, longer with each retry, so that
+/// racing hosts fall out of step.
+fn jitter(retry: u32) -> Duration {
+    let random = (uuid::Uuid::new_v4().as_u128() % 1000) as u64;
+    Duration::from_millis(u64::from(retry.min(8)) * (5 + random % 20))
 }
 
 #[cfg(test)]
@@ -276,13 +597,17 @@ mod tests {
         )
     }
 
+    /// Runs `code` on `heap` and waits until its state is stored.
     async fn output(rt: &Runtime, code: &str, heap: &str) -> String {
-        rt.run_on_heap(code.into(), Some(heap.into()), CallLimits::default())
+        let output = rt
+            .run_on_heap(code.into(), Some(heap.into()), CallLimits::default())
             .await
             .result
             .unwrap()
             .completion
-            .output
+            .output;
+        assert!(rt.flush(Duration::from_secs(10)).await);
+        output
     }
 
     /// Replaces the stored bytes of `heap` with `f(bytes)`.
@@ -324,7 +649,7 @@ mod tests {
                 Box::new(|b: Vec<u8>| {
                     // The same snapshot, sealed as if another V8 had made it.
                     let payload = envelope::open(&Bytes::from(b), "other-v8").unwrap();
-                    envelope::seal_for("12.0.1.0", "other-v8", &payload)
+                    envelope::seal_for("12.0.1.0", "other-v8", &payload.snapshot)
                 }),
                 "made by V8",
             ),
@@ -352,28 +677,111 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_concurrent_writer_turns_into_a_conflict_and_nothing_is_lost() {
+    async fn a_lost_race_runs_again_in_sync_mode_and_conflicts_only_when_it_always_loses() {
         let (rt, store) = runtime();
         output(&rt, "var n = 1", "h").await;
-        // Another host saves the heap between this host's load and save: simulate it with a
-        // store whose version moves under us.
+        // Another host saves the heap between this host's load and save, on every attempt.
         let moved = store.get_now("h").unwrap().bytes;
         let racing = RacingStore {
             inner: store.clone(),
             sneak_in: moved,
         };
-        let rt2 = Runtime::new(Arc::new(racing), Executor::InProcess, Limits::default());
+        let policy = Policy {
+            save: SaveMode::Sync,
+            conflict_retries: 2,
+        };
+        let rt2 = Runtime::with_policy(Arc::new(racing), Executor::InProcess, Limits::default(), policy);
         let error = rt2
             .run_on_heap("n = 100".into(), Some("h".into()), CallLimits::default())
             .await
             .result
             .unwrap_err();
-        assert!(matches!(error, CallError::Conflict { .. }), "{error}");
         assert!(
-            error.to_string().contains("changed concurrently"),
+            matches!(error, CallError::Conflict { attempts: 3, .. }),
             "{error}"
         );
+        assert!(error.to_string().contains("changed concurrently"), "{error}");
         assert_eq!(output(&rt, "n", "h").await, "1");
+    }
+
+    #[tokio::test]
+    async fn a_background_save_that_fails_is_reported_by_the_next_call() {
+        let (rt, store) = runtime();
+        output(&rt, "var n = 1", "h").await;
+        let racing = RacingStore {
+            inner: store.clone(),
+            sneak_in: store.get_now("h").unwrap().bytes,
+        };
+        let rt2 = Runtime::new(Arc::new(racing), Executor::InProcess, Limits::default());
+        // Answered at once; its save then loses the race.
+        let run = rt2
+            .run_on_heap("n = 100".into(), Some("h".into()), CallLimits::default())
+            .await;
+        assert_eq!(run.result.unwrap().completion.output, "100");
+        let error = rt2
+            .run_on_heap("n".into(), Some("h".into()), CallLimits::default())
+            .await
+            .result
+            .unwrap_err();
+        assert!(matches!(error, CallError::Lost { .. }), "{error}");
+        assert!(error.to_string().contains("could not be saved"), "{error}");
+        // Reported once; the heap goes on from its stored state.
+        assert_eq!(output(&rt, "n", "h").await, "1");
+    }
+
+    #[tokio::test]
+    async fn a_call_after_an_answer_sees_its_state_and_list_waits_for_the_save() {
+        let store = MemoryStore::new();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = HeldStore {
+            inner: store.clone(),
+            gate: Arc::clone(&gate),
+        };
+        let rt = Runtime::new(Arc::new(held), Executor::InProcess, Limits::default());
+        let answered = rt
+            .run_on_heap("var n = 1; n".into(), Some("h".into()), CallLimits::default())
+            .await;
+        assert_eq!(answered.result.unwrap().completion.output, "1");
+        // Answered while the store has not taken the heap yet.
+        assert!(store.get_now("h").is_err());
+        gate.add_permits(100);
+        // Listing waits for the save: the answered heap is there.
+        let names: Vec<_> = rt.list().await.unwrap().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["h"]);
+        assert_eq!(output(&rt, "++n", "h").await, "2");
+        assert!(rt.flush(Duration::from_secs(5)).await);
+        assert!(store.get_now("h").is_ok());
+    }
+
+    /// A store whose puts wait for a permit of `gate`.
+    struct HeldStore {
+        inner: MemoryStore,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    #[async_trait::async_trait]
+    impl HeapStorage for HeldStore {
+        fn info(&self) -> crate::storage::BackendInfo {
+            self.inner.info()
+        }
+        async fn get(&self, name: &str) -> Result<crate::storage::Stored, StoreError> {
+            self.inner.get(name).await
+        }
+        async fn put(
+            &self,
+            name: &str,
+            bytes: Bytes,
+            p: Precondition,
+        ) -> Result<crate::storage::Version, StoreError> {
+            let _permit = self.gate.acquire().await;
+            self.inner.put(name, bytes, p).await
+        }
+        async fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.inner.delete(name).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
+            self.inner.list(prefix).await
+        }
     }
 
     /// A store in which someone else writes the heap right after every read.

@@ -130,7 +130,7 @@ fn the_corpus_gives_what_a_repl_user_expects() {
     for case in &cases {
         let mut heap: Option<Bytes> = None;
         for (i, step) in case.steps.iter().enumerate() {
-            let run = engine::run_stateful(&step.code, "corpus", heap.as_ref(), limits(), || {});
+            let run = engine::run_stateful(&step.code, heap.clone(), limits());
             let result = run.result.map(|(completion, next)| {
                 heap = Some(next);
                 completion.output
@@ -140,7 +140,7 @@ fn the_corpus_gives_what_a_repl_user_expects() {
             }
         }
         if let [step] = case.steps.as_slice() {
-            let result = engine::run_stateless(&step.code, limits(), || {})
+            let result = engine::run_stateless(&step.code, limits())
                 .result
                 .map(|c| c.output);
             if let Some(problem) = check(&result, &step.expected) {

@@ -215,6 +215,12 @@ impl Client {
             .to_string()
     }
 
+    /// Waits until the heaps of all calls answered so far are stored: `list_heaps` waits for
+    /// saves still in progress. Returns the listing.
+    pub async fn settle(&self) -> Value {
+        self.reply("list_heaps", serde_json::json!({})).await.ok()
+    }
+
     /// Ends the session.
     pub async fn stop(self) {
         self.service.cancel().await.expect("close the MCP session");

@@ -202,6 +202,8 @@ async fn a_snapshot_copied_to_another_heap_is_refused() {
     let server = Server::start(&args).await;
     server.output("var who = 'A'", "alpha").await;
     server.output("var who = 'B'", "beta").await;
+    // Answers come before their heaps are stored; tamper with the files once they are.
+    server.settle().await;
     std::fs::copy(heaps.join("alpha.heap"), heaps.join("beta.heap")).unwrap();
     let error = server.run_js("who", Some("beta")).await.err();
     assert!(

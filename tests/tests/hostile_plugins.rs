@@ -160,6 +160,8 @@ async fn a_snapshot_that_v8_cannot_restore_blames_the_heap_not_the_code() {
     server.output("var x = 1", "bad").await;
     // Re-seal garbage as a valid envelope: the header checks out, the payload is junk.
     let path = heap_file(&heaps, "bad");
+    // Answers come before their heaps are stored; tamper with the files once they are.
+    server.settle().await;
     let stored = std::fs::read(&path).unwrap();
     let version_len = stored[10] as usize;
     let name_len = stored[11 + version_len] as usize;

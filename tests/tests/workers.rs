@@ -123,6 +123,8 @@ async fn a_killed_worker_fails_only_its_call() {
 async fn a_worker_killed_while_idle_costs_no_call() {
     let server = Server::start(&["--memory", "--max-concurrent-executions", "1"]).await;
     server.output("var state = 'kept'", "idle").await;
+    // Idle means done saving, too.
+    server.settle().await;
     let workers = server.workers();
     assert_eq!(workers.len(), 1);
     let status = std::process::Command::new("kill")

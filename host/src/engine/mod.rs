@@ -1,21 +1,25 @@
-//! The V8 engine: runs one piece of JavaScript in a fresh isolate, optionally restored from
-//! a heap snapshot, drives its promises and timers, and (when stateful) snapshots the heap
-//! again afterwards.
+//! The V8 engine: runs one piece of JavaScript in an isolate made for it ([`Fresh`]), or on
+//! a heap restored from a raw V8 snapshot ([`Warm`]), drives its promises and timers, and
+//! (when stateful) snapshots the heap again afterwards ([`Spent::save`]).
 //!
 //! Every function here blocks; callers run it on a blocking thread or in a worker process.
-//! Stored heaps are verified ([`crate::envelope`]) right here, before V8 sees a byte: V8
-//! aborts the process on a malformed snapshot.
+//! The engine trusts the snapshots it is given: the runtime verifies stored heaps
+//! ([`crate::envelope`]) before V8 sees a byte, since V8 aborts the process on a malformed
+//! snapshot. Several isolates, snapshot creators included, may live in one process and run
+//! at once: V8's `--no-extensible-ro-snapshot` (set in [`init`]) keeps creators off the
+//! read-only heap that all isolates share.
 
 mod allocator;
 mod globals;
 mod render;
 mod repl;
+mod session;
 mod trace;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Once, PoisonError, RwLock};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,7 +30,8 @@ pub use globals::{Console, LogLine};
 use render::{clip, describe_thrown, render, Unrendered};
 pub use trace::{Frame, Origin};
 
-use crate::envelope::{self, EnvelopeError};
+pub use session::{Fresh, Spent, Used, Warm};
+
 use crate::frontend::{self, Prepared};
 
 /// How a run may behave.
@@ -56,9 +61,6 @@ impl Default for Limits {
 /// A failed run. Nothing is stored after a failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RunError {
-    /// The stored heap failed verification; V8 never saw it.
-    #[error("{0}")]
-    Heap(EnvelopeError),
     /// The code threw (or failed to compile), at the top level, in a promise it returned
     /// or in a timer callback.
     #[error("{0}")]
@@ -192,11 +194,6 @@ impl<T, E> Run<T, E> {
 }
 
 static INIT: Once = Once::new();
-/// V8 shares one read-only heap per process and a snapshot creator rebuilds it, so while one
-/// is alive no other isolate may exist (two crash the process with SIGSEGV/SIGABRT). Snapshot
-/// creators take this lock exclusively, plain isolates shared. Worker processes run one
-/// execution each, so this only serialises in-process execution.
-static ISOLATES: RwLock<()> = RwLock::new(());
 
 /// Initialises V8 once per process. Cheap after the first call.
 pub fn init() {
@@ -205,9 +202,11 @@ pub fn init() {
         if let Err(code) = v8::icu::set_common_data_74(deno_core_icudata::ICU_DATA) {
             tracing::error!("could not load ICU data (error {code}): Intl will not work");
         }
-        // No read-only promotion when snapshotting: `create_blob` gets cheaper (a 1 MB heap's
-        // stateful call 72 -> 62 ms) and blobs load with and without the flag, so heaps saved
-        // before it still load.
+        // No read-only promotion when snapshotting: snapshot creators no longer rebuild the
+        // read-only heap every isolate of the process shares, so several may live and run at
+        // once (without the flag two crash the process); `create_blob` gets cheaper (a 1 MB
+        // heap's stateful call 72 -> 62 ms); blobs load with and without the flag, so heaps
+        // saved before it still load.
         v8::V8::set_flags_from_string("--no-extensible-ro-snapshot");
         let platform = v8::new_default_platform(0, false).make_shared();
         v8::V8::initialize_platform(platform);
@@ -253,18 +252,17 @@ impl Guard {
 }
 
 extern "C" fn near_heap_limit(data: *mut c_void, current: usize, _initial: usize) -> usize {
-    // SAFETY: `data` is the `Guard` registered in `prepare()`; every run declares the Arc that
-    // holds it before its isolate, so it is dropped after the isolate (and V8 is done with it).
+    // SAFETY: `data` is the `Guard` registered in `prepare_isolate()`; the session that owns the
+    // isolate holds an Arc of it and disposes of the isolate before dropping that Arc.
     let guard = unsafe { &*(data as *const Guard) };
     guard.terminate(OUT_OF_HEAP);
     // Head-room so that V8 can unwind the terminated script instead of aborting.
     current.saturating_mul(2)
 }
 
-/// Readies a new isolate for a run: per-run state, promise-rejection reports, heap limit.
-/// Returns the guard the watchdog stops it with.
-fn prepare(isolate: &mut v8::Isolate, limits: &Limits) -> Arc<Guard> {
-    isolate.set_slot(RunState::new(limits.console_bytes));
+/// Readies a new isolate: promise-rejection reports, dynamic imports, heap limit. Returns
+/// the guard the watchdog stops it with.
+fn prepare_isolate(isolate: &mut v8::Isolate) -> Arc<Guard> {
     isolate.set_promise_reject_callback(globals::promise_rejected);
     isolate.set_host_import_module_dynamically_callback(globals::import_dynamically);
     // Errors record where they were made, so positions survive the promise a REPL-mode
@@ -286,44 +284,52 @@ fn create_params(limits: &Limits) -> v8::CreateParams {
         .external_references(&**globals::external_references())
 }
 
-/// Runs `code` in a plain isolate; nothing is kept. `started` is called once the isolate and
-/// its context exist, right before the code runs.
-pub fn run_stateless(code: &str, limits: Limits, started: impl FnOnce()) -> Run<Completion> {
-    let code = match frontend::prepare(code) {
-        Ok(code) => code,
-        Err(e) => return Run::failed(RunError::Exception(JsException::syntax(e))),
-    };
-    init();
-    let _shared = ISOLATES.read().unwrap_or_else(PoisonError::into_inner);
-    // Declared before the isolate, so dropped after it: V8 holds a pointer to it.
-    #[allow(clippy::needless_late_init)] // the late initialisation is the point: drop order
-    let guard;
-    let isolate = &mut v8::Isolate::new(create_params(&limits));
-    guard = prepare(isolate, &limits);
-    let result = {
-        let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
-        let scope = &mut v8::HandleScope::new(&mut *isolate);
-        let context = v8::Context::new(scope, Default::default());
-        started();
-        let scope = &mut v8::ContextScope::new(scope, context);
-        run_in(scope, &code, Setup::Globals, &guard, &limits)
-    };
-    let run = finish(isolate, result.map(|output| (output, ())), &limits);
-    run.map_result(|result| result.map(|(completion, ())| completion))
+/// Reads `code` with the front end ([`frontend::prepare`]): what V8 will compile, or the
+/// syntax error that stops it before any isolate is used.
+pub fn read_code(code: &str) -> Result<Prepared, RunError> {
+    frontend::prepare(code).map_err(|e| RunError::Exception(JsException::syntax(e)))
 }
 
-/// Removes the run state from `isolate` and pairs its console with `result`.
-fn finish<T>(
+/// Runs `code` in a new plain isolate; nothing is kept.
+pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
+    let code = match read_code(code) {
+        Ok(code) => code,
+        Err(e) => return Run::failed(e),
+    };
+    match Fresh::new(&limits) {
+        Ok(fresh) => fresh.run(&code, &limits).0,
+        Err(e) => Run::failed(e),
+    }
+}
+
+/// Runs `code` on a heap restored from `snapshot` (raw V8 bytes this V8 made; verified by the
+/// caller) or on a new heap, and snapshots the heap afterwards. On success the result carries
+/// the new snapshot.
+pub fn run_stateful(code: &str, snapshot: Option<Bytes>, limits: Limits) -> Run<(Completion, Bytes)> {
+    let code = match read_code(code) {
+        Ok(code) => code,
+        Err(e) => return Run::failed(e),
+    };
+    let warm = match Warm::new(snapshot, &limits) {
+        Ok(warm) => warm,
+        Err(e) => return Run::failed(e),
+    };
+    let (run, spent) = warm.run(&code, &limits);
+    run.map_result(|result| result.and_then(|completion| Ok((completion, spent.save()?))))
+}
+
+/// Pairs the console of the run in `isolate` with `result`, and ends the run's state.
+fn finish(
     isolate: &mut v8::Isolate,
-    result: Result<(String, T), RunError>,
+    result: Result<String, RunError>,
     limits: &Limits,
-) -> Run<(Completion, T)> {
+) -> Run<Completion> {
     let (console, pending_timers) = isolate
         .remove_slot::<RunState>()
         .map(RunState::finish)
         .unwrap_or_default();
     Run {
-        result: result.map(|(mut output, extra)| {
+        result: result.map(|mut output| {
             let output_truncated = clip(&mut output, limits.output_bytes);
             if output_truncated {
                 output.push_str(&format!(
@@ -331,144 +337,14 @@ fn finish<T>(
                     limits.output_bytes
                 ));
             }
-            (
-                Completion {
-                    output,
-                    output_truncated,
-                    pending_timers,
-                },
-                extra,
-            )
+            Completion {
+                output,
+                output_truncated,
+                pending_timers,
+            }
         }),
         console,
     }
-}
-
-/// Runs `code` on heap `heap`, restored from `sealed` (a stored envelope, verified here
-/// before V8 sees a byte of it) or fresh, and snapshots the heap afterwards. On success the
-/// result carries the new heap, sealed and ready to store. `started` is called once V8 has
-/// restored the heap, right before the code runs.
-pub fn run_stateful(
-    code: &str,
-    heap: &str,
-    sealed: Option<&Bytes>,
-    limits: Limits,
-    started: impl FnOnce(),
-) -> Run<(Completion, Bytes)> {
-    let code = match frontend::prepare(code) {
-        Ok(code) => code,
-        Err(e) => return Run::failed(RunError::Exception(JsException::syntax(e))),
-    };
-    let snapshot = match sealed
-        .map(|sealed| envelope::open(sealed, heap))
-        .transpose()
-    {
-        Ok(snapshot) => snapshot,
-        Err(e) => return Run::failed(RunError::Heap(e)),
-    };
-    init();
-    let _exclusive = ISOLATES.write().unwrap_or_else(PoisonError::into_inner);
-    let fresh = snapshot.is_none();
-    // The parameters carry the external references.
-    let params = Some(create_params(&limits));
-    // Declared before the isolate, so dropped after it: V8 holds a pointer to it.
-    #[allow(clippy::needless_late_init)] // the late initialisation is the point: drop order
-    let guard;
-    let mut isolate = match snapshot {
-        Some(blob) => v8::Isolate::snapshot_creator_from_existing_snapshot(blob, None, params),
-        None => v8::Isolate::snapshot_creator(None, params),
-    };
-    guard = prepare(&mut isolate, &limits);
-    let result = {
-        let _watchdog = Watchdog::arm(Arc::clone(&guard), limits.timeout);
-        let scope = &mut v8::HandleScope::new(&mut *isolate);
-        let context = v8::Context::new(scope, Default::default());
-        started();
-        let result = {
-            let scope = &mut v8::ContextScope::new(scope, context);
-            let setup = if fresh {
-                Setup::SnapshotGlobals
-            } else {
-                Setup::Restored
-            };
-            // The run's handles go before the check below, which must not see them as
-            // references.
-            let result = run_in(
-                &mut v8::HandleScope::new(scope),
-                &code,
-                setup,
-                &guard,
-                &limits,
-            );
-            result.and_then(|output| match globals::unsaveable(scope) {
-                Some(kind) => Err(RunError::Unsaveable(kind)),
-                None => Ok(output),
-            })
-        };
-        if result.is_ok() {
-            scope.set_default_context(context);
-        } else {
-            // The failed run's context is thrown away: an empty one takes its place, so the
-            // discarded snapshot below is small and quick whatever the code allocated.
-            scope.cancel_terminate_execution();
-            let empty = v8::Context::new(scope, Default::default());
-            scope.set_default_context(empty);
-        }
-        result
-    };
-    // Console and timers go first: their handles must not outlive the isolate.
-    let run = finish(&mut isolate, result.map(|output| (output, ())), &limits);
-    // A snapshot creator must always end with create_blob; after a failure it is discarded.
-    // Compiled code is kept: restoring then skips recompiling what already ran.
-    let handling = if run.result.is_ok() {
-        v8::FunctionCodeHandling::Keep
-    } else {
-        v8::FunctionCodeHandling::Clear
-    };
-    let blob = isolate.create_blob(handling);
-    run.map_result(|result| {
-        result.and_then(|(completion, ())| {
-            let blob = blob.ok_or_else(|| RunError::Snapshot("V8 returned no snapshot".into()))?;
-            Ok((completion, Bytes::from(envelope::seal(&blob, heap))))
-        })
-    })
-}
-
-/// What a run's context needs before the code runs.
-enum Setup {
-    /// Nothing: it was restored from a heap that has it all.
-    Restored,
-    /// The engine's globals (a stateless run).
-    Globals,
-    /// The globals, and the changes that keep a heap snapshottable (a new heap).
-    SnapshotGlobals,
-}
-
-/// Runs `code` in the entered context, first setting it up as `setup` says.
-fn run_in(
-    scope: &mut v8::HandleScope,
-    code: &Prepared,
-    setup: Setup,
-    guard: &Guard,
-    limits: &Limits,
-) -> Result<String, RunError> {
-    let ready = match setup {
-        Setup::Restored => Some(()),
-        Setup::Globals => globals::install(scope),
-        Setup::SnapshotGlobals => {
-            globals::install(scope).and_then(|()| globals::make_snapshottable(scope))
-        }
-    };
-    if ready.is_none() {
-        return Err(RunError::Crashed(
-            "could not set up the global scope".into(),
-        ));
-    }
-    // Best effort: without it only `error.stack` is missing, and the code runs.
-    if !matches!(setup, Setup::Globals) {
-        let _ = globals::enable_error_stacks(scope);
-    }
-    evaluate(scope, code, guard, limits)
 }
 
 /// Runs `code` as a REPL-mode script ([`repl`]), then drives microtasks and timers until
@@ -586,6 +462,11 @@ fn failure(
     }
 }
 
+/// Arms a watchdog that terminates `guard`'s isolate after `timeout`, until dropped.
+fn watch(guard: &Arc<Guard>, timeout: Duration) -> Watchdog {
+    Watchdog::arm(Arc::clone(guard), timeout)
+}
+
 /// Terminates the isolate if the run outlives its time limit.
 struct Watchdog {
     done: Option<mpsc::Sender<()>>,
@@ -624,11 +505,11 @@ mod tests {
     use super::*;
 
     fn stateless_run(code: &str, limits: Limits) -> Run<Completion> {
-        run_stateless(code, limits, || {})
+        run_stateless(code, limits)
     }
 
     fn stateful_run(code: &str, heap: Option<&Bytes>, limits: Limits) -> Run<(Completion, Bytes)> {
-        run_stateful(code, "test", heap, limits, || {})
+        run_stateful(code, heap.cloned(), limits)
     }
 
     fn limits() -> Limits {
@@ -1272,32 +1153,5 @@ mod tests {
         }
         assert_eq!(step("n", Some(heap)).unwrap().0, "20");
         assert!(sizes.iter().all(|&size| size == sizes[0]), "{sizes:?}");
-    }
-
-    /// A heap saved by a process without `--no-extensible-ro-snapshot` (this engine before it
-    /// set the flag) loads in one with it, and goes on being saved. After a V8 upgrade the
-    /// envelope refuses the fixture: make it again then.
-    #[test]
-    fn heaps_saved_before_the_read_only_flag_still_load() {
-        let old = Bytes::from_static(include_bytes!(
-            "../../tests/fixtures/heap-without-ro-flag.bin"
-        ));
-        let run = run_stateful(
-            "[count(), new Keeper().twice, later, fixed]",
-            "fixture",
-            Some(&old),
-            limits(),
-            || {},
-        );
-        let (completion, heap) = run.result.unwrap();
-        assert_eq!(completion.output, r#"[3,6,"let",7]"#);
-        let run = run_stateful(
-            "kept.a.push(4); count()",
-            "fixture",
-            Some(&heap),
-            limits(),
-            || {},
-        );
-        assert_eq!(run.result.unwrap().0.output, "4");
     }
 }

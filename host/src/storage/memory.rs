@@ -126,6 +126,15 @@ impl HeapStorage for MemoryStore {
             })
             .collect())
     }
+
+    async fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
+        let heaps = self
+            .inner
+            .heaps
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(heaps.get(name).map(|e| Version(e.version.to_string())))
+    }
 }
 
 #[cfg(test)]

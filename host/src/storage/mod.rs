@@ -43,4 +43,11 @@ pub trait HeapStorage: Send + Sync + 'static {
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
     /// Lists heaps whose names start with `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError>;
+    /// The version a heap is at now, `None` when it does not exist: what the runtime asks
+    /// before it runs code on a warm isolate. Stores that can answer it more cheaply than a
+    /// listing (the memory store) say so.
+    async fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
+        let heaps = self.list(name).await?;
+        Ok(heaps.into_iter().find(|m| m.name == name).map(|m| m.version))
+    }
 }

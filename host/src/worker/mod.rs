@@ -1,33 +1,59 @@
 //! Worker processes: the same `mcp-v8` binary started with `--worker`, running one job at a
-//! time for the host. A V8 abort or a kill ends only the worker, and several workers run
-//! snapshot creators in parallel, which one process cannot.
+//! time for the host. A V8 abort or a kill ends only the worker.
+//!
+//! Between jobs a worker keeps isolates ready: a plain one for the next stateless call, and
+//! the heaps it ran recently ([`heaps`]), so a call waits for its code and not for V8. A
+//! stateful job is answered as soon as its code settles; the worker snapshots the heap after
+//! that, sends the snapshot, and restores the next warm isolate from it.
 
+mod heaps;
 mod pool;
 mod protocol;
+
+use std::io::{self, BufReader, BufWriter};
+use std::process::ExitCode;
 
 use bytes::Bytes;
 use futures::executor::block_on;
 use futures::io::AllowStdIo;
-use std::io::{self, BufReader, BufWriter};
-use std::process::ExitCode;
-use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 
+use heaps::{Entry, WarmHeaps};
 pub use pool::WorkerPool;
 use protocol::{
-    encode_console, read_frame, write_frame, Answer, Done, Finished, Request, RequestTarget,
+    encode_console, read_frame, write_frame, Answer, Done, Finished, Generation, Request,
+    RequestStart, RequestTarget,
 };
 
-use crate::engine::{self, RunError};
-use crate::job::{run_here, Job, Outcome, Target};
+use crate::engine::{self, Fresh, Limits, RunError, Warm};
+use crate::job::{Outcome, Stage};
+
+/// What a worker is told when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Most bytes of warm heaps (snapshots and restored isolates) one worker keeps.
+    pub warm_bytes: usize,
+    /// The server's limits, for the isolates made before a call says its own.
+    pub limits: Limits,
+}
+
+type Input = Compat<AllowStdIo<BufReader<io::StdinLock<'static>>>>;
+type Output = Compat<AllowStdIo<BufWriter<io::StdoutLock<'static>>>>;
 
 /// The worker's main loop: answer requests on stdin until it closes.
-pub fn serve() -> ExitCode {
+pub fn serve(settings: WorkerSettings) -> ExitCode {
     engine::init();
     // The protocol's codec is async; the worker blocks on its pipes, with nothing else to do.
-    let mut input = AllowStdIo::new(BufReader::new(io::stdin().lock())).compat();
-    let mut output = AllowStdIo::new(BufWriter::new(io::stdout().lock())).compat_write();
+    let mut input: Input = AllowStdIo::new(BufReader::new(io::stdin().lock())).compat();
+    let mut output: Output =
+        AllowStdIo::new(BufWriter::new(io::stdout().lock())).compat_write();
+    let mut worker = Worker {
+        heaps: WarmHeaps::new(settings.warm_bytes),
+        fresh: None,
+    };
+    worker.make_fresh(&settings.limits);
     loop {
-        let (request, mut sections) = match block_on(read_frame::<Request>(&mut input)) {
+        let (request, sections) = match block_on(read_frame::<Request>(&mut input)) {
             Ok(Some(frame)) => frame,
             Ok(None) => return ExitCode::SUCCESS,
             Err(e) => {
@@ -35,60 +61,177 @@ pub fn serve() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let target = match request.target {
-            RequestTarget::Stateless => Target::Stateless,
-            RequestTarget::Heap { name, restore } => Target::Heap {
-                name,
-                sealed: if restore {
-                    sections.pop().map(Bytes::from)
-                } else {
-                    None
-                },
-            },
-        };
-        let code = sections
-            .into_iter()
-            .next()
-            .map(|bytes| String::from_utf8(bytes).map_err(|_| "code is not UTF-8"));
-        let mut answered = Ok(());
-        let outcome = match code {
-            Some(Ok(code)) => {
-                let job = Job {
-                    code,
-                    target,
-                    limits: request.limits,
-                };
-                run_here(job, |stage| {
-                    // The host learns that V8 has restored the heap: a crash from here on is
-                    // the code's, not the snapshot's.
-                    answered = block_on(write_frame(&mut output, &Answer::Stage(stage), &[]));
-                })
-            }
-            Some(Err(e)) => Outcome::failed(RunError::Crashed(e.into())),
-            None => Outcome::failed(RunError::Crashed("request without code".into())),
-        };
-        let (result, output_text, heap) = match outcome.result {
-            Ok((completion, heap)) => (
-                Ok(Finished {
-                    output_truncated: completion.output_truncated,
-                    pending_timers: completion.pending_timers,
-                }),
-                completion.output,
-                heap,
-            ),
-            Err(e) => (Err(e), String::new(), None),
-        };
-        let done = Answer::Done(Done {
-            result,
-            console_truncated: outcome.console.truncated,
-        });
-        let console = encode_console(&outcome.console);
-        let mut sections: Vec<&[u8]> = vec![output_text.as_bytes(), &console];
-        sections.extend(heap.as_deref());
-        let written = answered.and_then(|()| block_on(write_frame(&mut output, &done, &sections)));
-        if let Err(e) = written {
+        if let Err(e) = worker.serve(request, sections, &mut output) {
             tracing::error!("worker: cannot answer the host: {e}");
             return ExitCode::FAILURE;
         }
     }
+}
+
+struct Worker {
+    heaps: WarmHeaps,
+    /// A plain isolate for the next stateless call.
+    fresh: Option<Fresh>,
+}
+
+impl Worker {
+    fn make_fresh(&mut self, limits: &Limits) {
+        self.fresh = Fresh::new(limits)
+            .map_err(|e| tracing::warn!("worker: cannot make an isolate ahead: {e}"))
+            .ok();
+    }
+
+    fn serve(
+        &mut self,
+        request: Request,
+        mut sections: Vec<Vec<u8>>,
+        out: &mut Output,
+    ) -> io::Result<()> {
+        let limits = request.limits;
+        let snapshot = match &request.target {
+            RequestTarget::Heap {
+                start: RequestStart::Snapshot | RequestStart::Alone,
+                ..
+            } => sections.pop().map(Bytes::from),
+            _ => None,
+        };
+        let code = match sections.into_iter().next().map(String::from_utf8) {
+            Some(Ok(code)) => engine::read_code(&code),
+            Some(Err(_)) => Err(RunError::Crashed("code is not UTF-8".into())),
+            None => Err(RunError::Crashed("request without code".into())),
+        };
+        match request.target {
+            RequestTarget::Stateless => {
+                let code = match code {
+                    Ok(code) => code,
+                    Err(e) => return done(out, Outcome::failed(e)),
+                };
+                let fresh = match self.fresh.take() {
+                    Some(fresh) if fresh.heap_bytes() == limits.heap_bytes => Ok(fresh),
+                    _ => Fresh::new(&limits),
+                };
+                let fresh = match fresh {
+                    Ok(fresh) => fresh,
+                    Err(e) => return done(out, Outcome::failed(e)),
+                };
+                stage(out)?;
+                let (run, used) = fresh.run(&code, &limits);
+                done(out, run)?;
+                // After the answer: dispose of the used isolate, make the next one.
+                drop(used);
+                self.make_fresh(&limits);
+                Ok(())
+            }
+            RequestTarget::Heap { name, start } => {
+                let alone = matches!(start, RequestStart::Alone);
+                // The state to go back to if the run fails.
+                let (previous, warm) = match start {
+                    RequestStart::Warm { generation } => {
+                        let Some(mut entry) = self.heaps.take(&name, generation) else {
+                            return write_frame_now(out, &Answer::NotWarm, &[]);
+                        };
+                        let warm = entry.isolate(&limits);
+                        (Some(entry), warm)
+                    }
+                    RequestStart::Snapshot | RequestStart::Alone => {
+                        self.heaps.forget(&name);
+                        if matches!(start, RequestStart::Alone) {
+                            // Its read-only heap is its own: no other isolate may live.
+                            self.fresh = None;
+                            self.heaps.clear();
+                        }
+                        match snapshot {
+                            Some(snapshot) => (None, Warm::new(Some(snapshot), &limits)),
+                            None => (None, Err(RunError::Crashed("no snapshot sent".into()))),
+                        }
+                    }
+                    RequestStart::New => {
+                        self.heaps.forget(&name);
+                        (None, Warm::new(None, &limits))
+                    }
+                };
+                let keep_previous = |heaps: &mut WarmHeaps, previous: Option<Entry>| {
+                    if let Some(previous) = previous {
+                        let restored = Entry::restore(previous.generation, previous.snapshot, &limits);
+                        heaps.insert(name.clone(), restored);
+                    }
+                };
+                let (code, warm) = match (code, warm) {
+                    (Ok(code), Ok(warm)) => (code, warm),
+                    (Err(e), Ok(warm)) => {
+                        // A syntax error: the warm isolate was not touched.
+                        done(out, Outcome::failed(e))?;
+                        if let Some(mut previous) = previous {
+                            previous.warm = Some(warm);
+                            self.heaps.insert(name, previous);
+                        }
+                        return Ok(());
+                    }
+                    (_, Err(e)) => {
+                        done(out, Outcome::failed(e))?;
+                        keep_previous(&mut self.heaps, previous);
+                        return Ok(());
+                    }
+                };
+                stage(out)?;
+                let (run, spent) = warm.run(&code, &limits);
+                let succeeded = run.result.is_ok();
+                done(out, run)?;
+                if !succeeded {
+                    // Failures never change state: back to the last good snapshot.
+                    drop(spent);
+                    keep_previous(&mut self.heaps, previous);
+                    return Ok(());
+                }
+                match spent.save() {
+                    Ok(snapshot) => {
+                        let generation = self.heaps.next_generation();
+                        write_frame_now(
+                            out,
+                            &Answer::Saved(Ok(Generation(generation))),
+                            &[&snapshot],
+                        )?;
+                        if !alone {
+                            let entry = Entry::restore(generation, snapshot, &limits);
+                            self.heaps.insert(name, entry);
+                        }
+                    }
+                    Err(e) => {
+                        write_frame_now(out, &Answer::Saved(Err(e)), &[])?;
+                        keep_previous(&mut self.heaps, previous);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Tells the host the code starts now: a crash from here on is the code's, not the snapshot's.
+fn stage(out: &mut Output) -> io::Result<()> {
+    write_frame_now(out, &Answer::Stage(Stage::Started), &[])
+}
+
+/// Sends a run's outcome.
+fn done(out: &mut Output, run: Outcome) -> io::Result<()> {
+    let (result, text) = match run.result {
+        Ok(completion) => (
+            Ok(Finished {
+                output_truncated: completion.output_truncated,
+                pending_timers: completion.pending_timers,
+            }),
+            completion.output,
+        ),
+        Err(e) => (Err(e), String::new()),
+    };
+    let header = Answer::Done(Done {
+        result,
+        console_truncated: run.console.truncated,
+    });
+    let console = encode_console(&run.console);
+    write_frame_now(out, &header, &[text.as_bytes(), &console])
+}
+
+fn write_frame_now(out: &mut Output, answer: &Answer, sections: &[&[u8]]) -> io::Result<()> {
+    block_on(write_frame(out, answer, sections))
 }

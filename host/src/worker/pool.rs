@@ -1,33 +1,45 @@
-//! The host's side: a bounded pool of worker processes.
+//! The host's side: a bounded pool of worker processes, with affinity: a job for a heap that
+//! a worker holds warm goes to that worker when it is free.
 
 use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::BufReader;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::protocol::{decode_console, read_frame, write_frame, Answer, Request, RequestTarget};
+use super::protocol::{
+    decode_console, read_frame, write_frame, Answer, Generation, Request, RequestStart,
+    RequestTarget,
+};
+use super::WorkerSettings;
 use crate::engine::{Completion, RunError};
-use crate::job::{Job, Outcome, Stage, Target};
+use crate::job::{Job, NotWarm, Outcome, Ran, Saved, Saving, Stage, Start, Target, WarmRef};
 
 /// How long past its own time limit a worker may take to answer before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
+/// How long a worker may take to snapshot a heap after its run (V8 needs seconds for heaps
+/// of tens of MB).
+const SAVE_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Up to `size` worker processes, started on demand and reused. Jobs beyond `size` wait in
 /// arrival order. A worker that dies, or whose caller goes away (cancellation), is killed
 /// and replaced by a fresh one on a later job.
 pub struct WorkerPool {
     program: PathBuf,
-    slots: Semaphore,
-    idle: Mutex<Vec<Worker>>,
+    settings: WorkerSettings,
+    slots: Arc<Semaphore>,
+    idle: Arc<Mutex<Vec<Worker>>>,
+    numbers: AtomicU64,
 }
 
 struct Worker {
+    number: u64,
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -35,51 +47,73 @@ struct Worker {
 
 impl WorkerPool {
     /// A pool running `program --worker`, at most `size` at once.
-    pub fn new(program: PathBuf, size: usize) -> Self {
+    pub fn new(program: PathBuf, size: usize, settings: WorkerSettings) -> Self {
         Self {
             program,
-            slots: Semaphore::new(size.max(1)),
-            idle: Mutex::new(Vec::new()),
+            settings,
+            slots: Arc::new(Semaphore::new(size.max(1))),
+            idle: Arc::new(Mutex::new(Vec::new())),
+            numbers: AtomicU64::new(0),
         }
     }
 
-    /// Runs `job` on a free worker.
-    pub async fn run(&self, job: Job) -> Outcome {
-        let Ok(_slot) = self.slots.acquire().await else {
-            return Outcome::failed(RunError::Unavailable("the worker pool is shut down".into()));
+    /// Runs `job` on a free worker: the one holding its heap warm, if the job asks for that.
+    pub async fn run(&self, job: Job) -> Ran {
+        let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+            let error = RunError::Unavailable("the worker pool is shut down".into());
+            return Ok((Outcome::failed(error), None));
         };
         let deadline = job.limits.timeout + GRACE;
-        let mut reused = self.take_idle();
+        let mut reused = match &job.target {
+            Target::Heap {
+                start: Start::Warm(warm),
+                ..
+            } => Some(self.take_idle(Some(warm.worker)).ok_or(NotWarm)?),
+            _ => self.take_idle(None),
+        };
         loop {
             let fresh = reused.is_none();
             let mut worker = match reused.take() {
                 Some(worker) => worker,
-                None => match Worker::spawn(&self.program) {
+                None => match self.spawn() {
                     Ok(worker) => worker,
-                    Err(e) => return Outcome::failed(e),
+                    Err(e) => return Ok((Outcome::failed(e), None)),
                 },
             };
             return match tokio::time::timeout(deadline, worker.call(&job)).await {
-                Ok(Ok(outcome)) => {
-                    self.idle
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(worker);
-                    outcome
+                Ok(Ok(Reply::NotWarm)) => {
+                    self.put_back(worker);
+                    Err(NotWarm)
                 }
+                Ok(Ok(Reply::Done(outcome))) => {
+                    if outcome.result.is_ok() && matches!(job.target, Target::Heap { .. }) {
+                        // The worker snapshots the heap now; it stays taken until it is done.
+                        let saving = self.saving(worker, slot);
+                        Ok((outcome, Some(saving)))
+                    } else {
+                        self.put_back(worker);
+                        Ok((outcome, None))
+                    }
+                }
+                // A warm isolate that is gone with its worker: run from the stored snapshot.
+                Ok(Err(Failure::BeforeJob(_))) if is_warm(&job) => Err(NotWarm),
                 // An idle worker that died before it could take the job (killed while
                 // waiting, say) says nothing about the job: run it on a fresh one.
                 Ok(Err(Failure::BeforeJob(_))) if !fresh => continue,
                 // It died while V8 restored the heap: the snapshot is at fault, not the code.
-                Ok(Err(Failure::BeforeStart(e))) if restores(&job) => {
-                    Outcome::failed(RunError::Unrestorable(worker.death(e).await))
-                }
+                Ok(Err(Failure::BeforeStart(e))) if restores(&job) => Ok((
+                    Outcome::failed(RunError::Unrestorable(worker.death(e).await)),
+                    None,
+                )),
                 // The worker died or garbled its answer: report how, and let it go.
                 Ok(Err(
                     Failure::BeforeJob(e) | Failure::BeforeStart(e) | Failure::DuringJob(e),
-                )) => Outcome::failed(RunError::Crashed(worker.death(e).await)),
+                )) => Ok((
+                    Outcome::failed(RunError::Crashed(worker.death(e).await)),
+                    None,
+                )),
                 // It did not stop at its own time limit: kill it.
-                Err(_) => Outcome::failed(RunError::Timeout(job.limits.timeout)),
+                Err(_) => Ok((Outcome::failed(RunError::Timeout(job.limits.timeout)), None)),
             };
         }
         // A worker not put back is dropped here, which kills its process.
@@ -90,7 +124,17 @@ fn restores(job: &Job) -> bool {
     matches!(
         job.target,
         Target::Heap {
-            sealed: Some(_),
+            start: Start::Snapshot(_) | Start::Alone(_) | Start::Warm(_),
+            ..
+        }
+    )
+}
+
+fn is_warm(job: &Job) -> bool {
+    matches!(
+        job.target,
+        Target::Heap {
+            start: Start::Warm(_),
             ..
         }
     )
@@ -106,39 +150,90 @@ enum Failure {
     DuringJob(std::io::Error),
 }
 
+/// What a worker answered.
+enum Reply {
+    Done(Outcome),
+    NotWarm,
+}
+
 impl WorkerPool {
     /// Starts one worker ahead of the first call, so that it pays no start-up (V8 initialises
     /// while the worker waits). A failure here is only logged: the first call will try again.
     pub fn prewarm(&self) {
-        match Worker::spawn(&self.program) {
-            Ok(worker) => self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(worker),
+        match self.spawn() {
+            Ok(worker) => self.put_back(worker),
             Err(e) => tracing::warn!("could not start a worker ahead of time: {e}"),
         }
     }
 
-    /// An idle worker that is still alive, if any.
-    fn take_idle(&self) -> Option<Worker> {
+    /// An idle worker that is still alive: worker `number` if given (or none if it is busy
+    /// or gone), otherwise the one that went idle last.
+    fn take_idle(&self, number: Option<u64>) -> Option<Worker> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(mut worker) = idle.pop() {
-            if matches!(worker.child.try_wait(), Ok(None)) {
-                return Some(worker);
-            }
-        }
-        None
+        idle.retain_mut(|worker| matches!(worker.child.try_wait(), Ok(None)));
+        let index = match number {
+            Some(number) => idle.iter().position(|w| w.number == number)?,
+            None => idle.len().checked_sub(1)?,
+        };
+        Some(idle.remove(index))
+    }
+
+    fn put_back(&self, worker: Worker) {
+        put_back(&self.idle, worker);
+    }
+
+    fn spawn(&self) -> Result<Worker, RunError> {
+        let number = self.numbers.fetch_add(1, Ordering::Relaxed) + 1;
+        Worker::spawn(&self.program, number, &self.settings)
+    }
+
+    /// The save that follows a successful stateful run on `worker`, which goes back to the
+    /// pool (and `slot` with it) once the snapshot is in.
+    fn saving(&self, mut worker: Worker, slot: OwnedSemaphorePermit) -> Saving {
+        let idle = Arc::clone(&self.idle);
+        Saving::new(async move {
+            let _slot = slot;
+            let saved = match tokio::time::timeout(SAVE_DEADLINE, worker.saved()).await {
+                Ok(Ok(saved)) => saved,
+                Ok(Err(e)) => {
+                    let death = worker.death(e).await;
+                    return Err(RunError::Snapshot(format!("{death} while V8 saved it")));
+                }
+                Err(_) => {
+                    return Err(RunError::Snapshot(format!(
+                        "the worker took more than {} s",
+                        SAVE_DEADLINE.as_secs()
+                    )))
+                }
+            };
+            let number = worker.number;
+            put_back(&idle, worker);
+            saved.map(|(generation, snapshot)| Saved {
+                snapshot,
+                warm: Some(WarmRef {
+                    worker: number,
+                    generation: generation.0,
+                }),
+            })
+        })
     }
 }
 
+fn put_back(idle: &Mutex<Vec<Worker>>, worker: Worker) {
+    idle.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(worker);
+}
+
 impl Worker {
-    fn spawn(program: &PathBuf) -> Result<Self, RunError> {
+    fn spawn(program: &PathBuf, number: u64, settings: &WorkerSettings) -> Result<Self, RunError> {
         // Workers get no environment but the logging settings: JavaScript cannot read it, and
         // secrets such as storage credentials or the auth token have no business there.
         let logging = std::env::vars().filter(|(k, _)| k == "RUST_LOG" || k == "RUST_BACKTRACE");
         let mut child = Command::new(program)
             .arg("--worker")
+            .arg(format!("--warm-heaps-max-bytes={}", settings.warm_bytes))
+            .arg(format!("--heap-memory-max={}", settings.limits.heap_bytes >> 20))
             .env_clear()
             .envs(logging)
             .stdin(Stdio::piped())
@@ -153,6 +248,7 @@ impl Worker {
             return Err(RunError::Unavailable("worker started without pipes".into()));
         };
         Ok(Self {
+            number,
             child,
             stdin,
             stdout: BufReader::with_capacity(1 << 16, stdout),
@@ -160,33 +256,38 @@ impl Worker {
     }
 
     /// Sends one job and reads the answer. A failure means the worker is unusable.
-    async fn call(&mut self, job: &Job) -> Result<Outcome, Failure> {
-        let (target, sealed) = match &job.target {
+    async fn call(&mut self, job: &Job) -> Result<Reply, Failure> {
+        let (target, snapshot) = match &job.target {
             Target::Stateless => (RequestTarget::Stateless, None),
-            Target::Heap { name, sealed } => (
-                RequestTarget::Heap {
-                    name: name.clone(),
-                    restore: sealed.is_some(),
-                },
-                sealed.as_deref(),
-            ),
+            Target::Heap { name, start } => {
+                let (start, snapshot) = match start {
+                    Start::New => (RequestStart::New, None),
+                    Start::Snapshot(bytes) => (RequestStart::Snapshot, Some(&bytes[..])),
+                    Start::Alone(bytes) => (RequestStart::Alone, Some(&bytes[..])),
+                    Start::Warm(warm) => (
+                        RequestStart::Warm {
+                            generation: warm.generation,
+                        },
+                        None,
+                    ),
+                };
+                let name = name.clone();
+                (RequestTarget::Heap { name, start }, snapshot)
+            }
         };
         let request = Request {
             target,
             limits: job.limits,
         };
         let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
-        sections.extend(sealed);
+        sections.extend(snapshot);
         write_frame(&mut self.stdin, &request, &sections)
             .await
             .map_err(Failure::BeforeJob)?;
         let mut started = false;
         loop {
             // A worker that stops talking mid-call has died.
-            let frame = read_frame::<Answer>(&mut self.stdout)
-                .await
-                .and_then(|frame| frame.ok_or_else(|| io::ErrorKind::UnexpectedEof.into()));
-            let (answer, sections) = match frame {
+            let (answer, sections) = match self.read().await {
                 Ok(frame) => frame,
                 Err(e) if started => return Err(Failure::DuringJob(e)),
                 Err(e) => return Err(Failure::BeforeStart(e)),
@@ -196,25 +297,54 @@ impl Worker {
                     started = true;
                     continue;
                 }
+                Answer::NotWarm => return Ok(Reply::NotWarm),
                 Answer::Done(done) => done,
+                Answer::Saved(_) => {
+                    return Err(Failure::DuringJob(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a snapshot came before the outcome",
+                    )))
+                }
             };
             let mut sections = sections.into_iter();
             let output = sections.next().unwrap_or_default();
             let console = sections.next().unwrap_or_default();
-            let heap = sections.next().map(Bytes::from);
             let console =
                 decode_console(&console, done.console_truncated).map_err(Failure::DuringJob)?;
-            let result = done.result.map(|finished| {
-                let completion = Completion {
-                    output: String::from_utf8(output)
-                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-                    output_truncated: finished.output_truncated,
-                    pending_timers: finished.pending_timers,
-                };
-                (completion, heap)
+            let result = done.result.map(|finished| Completion {
+                output: String::from_utf8(output)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                output_truncated: finished.output_truncated,
+                pending_timers: finished.pending_timers,
             });
-            return Ok(Outcome { result, console });
+            return Ok(Reply::Done(Outcome { result, console }));
         }
+    }
+
+    /// Reads the snapshot that follows a successful stateful run. The outer error means the
+    /// worker is unusable; the inner one that V8 could not snapshot the heap.
+    async fn saved(&mut self) -> io::Result<Result<(Generation, Bytes), RunError>> {
+        let (answer, sections) = self.read().await?;
+        match answer {
+            Answer::Saved(Ok(generation)) => match sections.into_iter().next() {
+                Some(snapshot) => Ok(Ok((generation, Bytes::from(snapshot)))),
+                None => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a save without its snapshot",
+                )),
+            },
+            Answer::Saved(Err(e)) => Ok(Err(e)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "expected a snapshot",
+            )),
+        }
+    }
+
+    async fn read(&mut self) -> io::Result<(Answer, Vec<Vec<u8>>)> {
+        read_frame::<Answer>(&mut self.stdout)
+            .await
+            .and_then(|frame| frame.ok_or_else(|| io::ErrorKind::UnexpectedEof.into()))
     }
 
     /// Says why a worker stopped answering.

@@ -10,7 +10,10 @@
 //! header carries only fixed-size facts and error texts, which the engine keeps short.
 //!
 //! A worker answers a request with one [`Answer::Stage`] frame once the code starts (its heap
-//! restored), then one [`Answer::Done`] frame.
+//! restored), then one [`Answer::Done`] frame as soon as the code has settled, and after a
+//! successful stateful run one [`Answer::Saved`] frame once V8 has snapshotted the heap — the
+//! host answers its caller between the two. A request for a warm heap the worker no longer
+//! holds gets one [`Answer::NotWarm`] frame instead.
 //!
 //! One codec serves both sides: [`write_frame`] and [`read_frame`] are async; the worker,
 //! which has nothing else to do while it waits, drives them over its blocking pipes with
@@ -32,8 +35,8 @@ const MAX_SECTIONS: u32 = 4;
 /// Largest section accepted (a snapshot of the largest heap allowed fits).
 const MAX_SECTION: u64 = 32 << 30;
 
-/// What the host asks a worker to do. Sections: the code, then the sealed heap if there is
-/// one to restore.
+/// What the host asks a worker to do. Sections: the code, then the raw snapshot to restore
+/// for [`RequestStart::Snapshot`] and [`RequestStart::Alone`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
     /// What the code runs on.
@@ -47,12 +50,29 @@ pub struct Request {
 pub enum RequestTarget {
     /// A fresh isolate.
     Stateless,
-    /// A heap; a sealed heap section follows the code when `restore`.
+    /// A heap.
     Heap {
         /// The heap's name.
         name: String,
-        /// A sealed heap follows the code.
-        restore: bool,
+        /// Where its state comes from.
+        start: RequestStart,
+    },
+}
+
+/// [`crate::job::Start`] without its bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RequestStart {
+    /// A new heap.
+    New,
+    /// A snapshot section follows the code.
+    Snapshot,
+    /// A snapshot section with its own read-only heap follows the code: run it with no other
+    /// isolate alive.
+    Alone,
+    /// The worker's warm isolate of this heap, at this generation.
+    Warm {
+        /// The save the host expects the worker to hold.
+        generation: u64,
     },
 }
 
@@ -61,10 +81,20 @@ pub enum RequestTarget {
 pub enum Answer {
     /// How far the job got. No sections.
     Stage(Stage),
-    /// The job is over. Sections: the output, the console ([`encode_console`]), then on
-    /// success of a stateful run the sealed heap.
+    /// The worker does not hold the heap warm at the generation asked for (it evicted it):
+    /// the job did not run. No sections.
+    NotWarm,
+    /// The code has settled. Sections: the output, then the console ([`encode_console`]).
+    /// A successful stateful run's [`Answer::Saved`] follows.
     Done(Done),
+    /// The snapshot after a successful stateful run, or why there is none. Sections: the raw
+    /// snapshot, on success.
+    Saved(Result<Generation, RunError>),
 }
+
+/// The number a worker gives a heap's save; a later request names it to use the heap warm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation(pub u64);
 
 /// The header of a finished job.
 #[derive(Debug, Serialize, Deserialize)]
@@ -207,7 +237,7 @@ mod tests {
         let request = Request {
             target: RequestTarget::Heap {
                 name: "h".into(),
-                restore: true,
+                start: RequestStart::Snapshot,
             },
             limits,
         };
@@ -218,7 +248,7 @@ mod tests {
         let (back, sections): (Request, _) =
             read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
         assert!(
-            matches!(back.target, RequestTarget::Heap { ref name, restore: true } if name == "h")
+            matches!(back.target, RequestTarget::Heap { ref name, start: RequestStart::Snapshot } if name == "h")
         );
         assert_eq!(back.limits, limits);
         assert_eq!(sections, vec![b"1 + 1".to_vec(), vec![0, 1, 2]]);

@@ -1,0 +1,258 @@
+//! Isolates made before their call comes: a [`Fresh`] one for stateless code, a [`Warm`]
+//! one restored from a heap's snapshot. Either waits *parked* — created, its context set up,
+//! but not entered on its thread — so that one thread can hold several and use them in any
+//! order. rusty_v8 enters an isolate when it creates it and expects it entered when it is
+//! dropped or snapshotted; [`Session`] keeps that balance: it exits right after creation and
+//! enters around every use.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::globals::{self, RunState};
+use super::{
+    create_params, evaluate, finish, init, watch, Completion, Guard, Limits, Run, RunError,
+};
+use crate::frontend::Prepared;
+
+/// A plain isolate and context with the engine's globals, for one stateless run.
+pub struct Fresh(Session);
+
+/// A heap's isolate (a snapshot creator) restored and ready for one run; its snapshot is
+/// taken after the run ([`Spent::save`]).
+pub struct Warm(Session);
+
+/// A [`Fresh`] isolate after its run: dropping it disposes of it, which callers do after the
+/// answer has gone out.
+pub struct Used(#[allow(dead_code)] Session);
+
+/// A [`Warm`] isolate after its run: saved if the run succeeded, discarded otherwise (by
+/// dropping it, which is cheap: what the run made is left out).
+pub struct Spent {
+    session: Session,
+    succeeded: bool,
+}
+
+impl Fresh {
+    /// An isolate and context for code run under `limits` (its heap limit is fixed here).
+    pub fn new(limits: &Limits) -> Result<Self, RunError> {
+        Session::new(Kind::Plain, None, limits).map(Fresh)
+    }
+
+    /// The heap limit this isolate was made with.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.heap_bytes
+    }
+
+    /// Runs `code`; the isolate is used up.
+    pub fn run(mut self, code: &Prepared, limits: &Limits) -> (Run<Completion>, Used) {
+        let run = self.0.run(code, limits);
+        (run, Used(self.0))
+    }
+}
+
+impl Warm {
+    /// A heap's isolate: restored from `snapshot`, or a new heap when `None`.
+    ///
+    /// `snapshot` must be a snapshot this V8 made (the runtime verifies the stored envelope
+    /// before any byte gets here): V8 ends the process on anything else.
+    pub fn new(snapshot: Option<Bytes>, limits: &Limits) -> Result<Self, RunError> {
+        Session::new(Kind::Creator, snapshot, limits).map(Warm)
+    }
+
+    /// The heap limit this isolate was made with.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.heap_bytes
+    }
+
+    /// Bytes of JavaScript heap the isolate holds, for a budget of warm isolates.
+    pub fn footprint(&mut self) -> usize {
+        self.0.with(|isolate| {
+            let stats = isolate.get_heap_statistics();
+            stats.total_heap_size() + stats.external_memory()
+        })
+    }
+
+    /// Runs `code` on the heap. On success the returned [`Spent`] saves the new state.
+    pub fn run(mut self, code: &Prepared, limits: &Limits) -> (Run<Completion>, Spent) {
+        let run = self.0.run(code, limits);
+        let succeeded = run.result.is_ok();
+        (
+            run,
+            Spent {
+                session: self.0,
+                succeeded,
+            },
+        )
+    }
+}
+
+impl Spent {
+    /// The heap's new snapshot: V8's `create_blob`, the slow part of a stateful call, which
+    /// callers run after the answer has gone out. Fails when the run failed.
+    pub fn save(mut self) -> Result<Bytes, RunError> {
+        if !self.succeeded {
+            return Err(RunError::Snapshot("the run failed, so nothing is saved".into()));
+        }
+        let context = self.session.context.take();
+        let Some(mut isolate) = self.session.isolate.take() else {
+            return Err(RunError::Snapshot("the isolate is gone".into()));
+        };
+        // SAFETY: the session is parked (not entered); `create_blob` exits the isolate once
+        // more as it disposes of it, which this enter balances.
+        unsafe { isolate.enter() };
+        if let Some(context) = context {
+            let scope = &mut v8::HandleScope::new(&mut *isolate);
+            let context = v8::Local::new(scope, context);
+            scope.set_default_context(context);
+        }
+        // Compiled code is kept: restoring then skips recompiling what already ran.
+        let blob = isolate.create_blob(v8::FunctionCodeHandling::Keep);
+        blob.map(|blob| Bytes::from(blob.to_vec()))
+            .ok_or_else(|| RunError::Snapshot("V8 returned no snapshot".into()))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `v8::Isolate::new`: nothing is kept.
+    Plain,
+    /// A snapshot creator: must end with `create_blob`.
+    Creator,
+}
+
+/// A parked isolate, its context and its guard.
+struct Session {
+    /// `None` once `create_blob` has consumed it.
+    isolate: Option<v8::OwnedIsolate>,
+    context: Option<v8::Global<v8::Context>>,
+    /// V8 holds a pointer to it (the near-heap-limit callback): it must outlive the isolate,
+    /// which [`Drop`] disposes of first.
+    guard: Arc<Guard>,
+    kind: Kind,
+    heap_bytes: usize,
+}
+
+impl Session {
+    fn new(kind: Kind, snapshot: Option<Bytes>, limits: &Limits) -> Result<Self, RunError> {
+        init();
+        let params = create_params(limits);
+        let fresh_heap = snapshot.is_none();
+        let mut isolate = match (kind, snapshot) {
+            (Kind::Plain, _) => v8::Isolate::new(params),
+            (Kind::Creator, Some(blob)) => {
+                v8::Isolate::snapshot_creator_from_existing_snapshot(blob, None, Some(params))
+            }
+            (Kind::Creator, None) => v8::Isolate::snapshot_creator(None, Some(params)),
+        };
+        let guard = super::prepare_isolate(&mut isolate);
+        let ready = {
+            let scope = &mut v8::HandleScope::new(&mut *isolate);
+            let context = v8::Context::new(scope, Default::default());
+            let scope = &mut v8::ContextScope::new(scope, context);
+            let ready = match (kind, fresh_heap) {
+                (Kind::Plain, _) => globals::install(scope),
+                (Kind::Creator, true) => {
+                    globals::install(scope).and_then(|()| globals::make_snapshottable(scope))
+                }
+                (Kind::Creator, false) => Some(()),
+            };
+            if kind == Kind::Creator {
+                // Best effort: without it only `error.stack` is missing, and the code runs.
+                let _ = globals::enable_error_stacks(scope);
+            }
+            ready.map(|()| v8::Global::new(scope, context))
+        };
+        // SAFETY: rusty_v8 entered the isolate when it made it, and nothing else has entered
+        // an isolate on this thread since: this exit restores the thread's previous state.
+        unsafe { isolate.exit() };
+        let session = Session {
+            isolate: Some(isolate),
+            context: ready,
+            guard,
+            kind,
+            heap_bytes: limits.heap_bytes,
+        };
+        if session.context.is_none() {
+            return Err(RunError::Crashed(
+                "could not set up the global scope".into(),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// Runs `f` with the isolate entered.
+    fn with<R>(&mut self, f: impl FnOnce(&mut v8::OwnedIsolate) -> R) -> R {
+        let isolate = self
+            .isolate
+            .as_mut()
+            .expect("a session keeps its isolate until it is saved or dropped");
+        // SAFETY: a session is parked between uses; enter and exit pair up around `f`, which
+        // leaves every scope it opens before it returns.
+        unsafe { isolate.enter() };
+        let result = f(isolate);
+        // SAFETY: as above; `isolate` is the current isolate again once `f` has returned.
+        unsafe { isolate.exit() };
+        result
+    }
+
+    fn run(&mut self, code: &Prepared, limits: &Limits) -> Run<Completion> {
+        let guard = Arc::clone(&self.guard);
+        let kind = self.kind;
+        let Some(context) = self.context.clone() else {
+            return Run::failed(RunError::Crashed("the isolate has no context".into()));
+        };
+        self.with(|isolate| {
+            isolate.set_slot(RunState::new(limits.console_bytes));
+            let result = {
+                let _watchdog = watch(&guard, limits.timeout);
+                let scope = &mut v8::HandleScope::new(&mut **isolate);
+                let context = v8::Local::new(scope, &context);
+                let scope = &mut v8::ContextScope::new(scope, context);
+                // The run's handles go before the check below, which must not see them as
+                // references.
+                let result = evaluate(&mut v8::HandleScope::new(scope), code, &guard, limits);
+                let result = match kind {
+                    Kind::Creator => result.and_then(|output| match globals::unsaveable(scope) {
+                        Some(kind) => Err(RunError::Unsaveable(kind)),
+                        None => Ok(output),
+                    }),
+                    Kind::Plain => result,
+                };
+                if result.is_err() {
+                    scope.cancel_terminate_execution();
+                }
+                result
+            };
+            // Console and timers go now: their handles must not outlive the isolate.
+            finish(isolate, result, limits)
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let context = self.context.take();
+        let Some(mut isolate) = self.isolate.take() else {
+            return;
+        };
+        // SAFETY: the session is parked; both ways of disposing below exit the isolate once,
+        // which this enter balances.
+        unsafe { isolate.enter() };
+        drop(context);
+        drop(isolate.remove_slot::<RunState>());
+        match self.kind {
+            Kind::Plain => drop(isolate),
+            Kind::Creator => {
+                // A snapshot creator must end with `create_blob`. An empty context takes the
+                // place of the used one, so the discarded snapshot is small and quick.
+                {
+                    let scope = &mut v8::HandleScope::new(&mut *isolate);
+                    let empty = v8::Context::new(scope, Default::default());
+                    scope.set_default_context(empty);
+                }
+                drop(isolate.create_blob(v8::FunctionCodeHandling::Clear));
+            }
+        }
+    }
+}
