@@ -114,6 +114,14 @@ pub struct RunJsOutput {
     pub logs_truncated: bool,
     /// Timers still pending when the result settled; they were dropped.
     pub pending_timers: usize,
+    /// How often the code ran again because another client or server stored the heap while
+    /// it ran (with --save sync); only this last run's output and logs are returned.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a stateless `run_js` returns.
@@ -334,6 +342,7 @@ modules (import, export, require), fetch, fs or DOM.",
             logs: reply.console.lines.clone(),
             logs_truncated: reply.console.truncated,
             pending_timers: run.completion.pending_timers,
+            retries: run.retries,
         });
         run_result(result, &reply.console)
     }

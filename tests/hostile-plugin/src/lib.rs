@@ -7,6 +7,8 @@
 //! hang_on_list = true     # list never returns
 //! list = "junk"           # list returns invalid names besides the real heaps
 //! list_count = 5000000    # list returns this many made-up heaps besides the real ones
+//! hold_puts_until = "/tmp/x/release"  # put waits until this file exists
+//! fail_puts_on = "down"   # put of heaps whose names start with this fails (unavailable)
 //! ```
 
 use std::collections::HashMap;
@@ -27,6 +29,8 @@ struct Config {
     hang_on_list: bool,
     list: Option<String>,
     list_count: Option<u64>,
+    hold_puts_until: Option<std::path::PathBuf>,
+    fail_puts_on: Option<String>,
 }
 
 struct HostileStore {
@@ -89,6 +93,20 @@ impl HeapStore for HostileStore {
         bytes: &[u8],
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
+        if let Some(release) = &self.config.hold_puts_until {
+            // A store slower than any call: the host's answers cannot wait for it.
+            while !release.exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if self
+            .config
+            .fail_puts_on
+            .as_deref()
+            .is_some_and(|p| name.starts_with(p))
+        {
+            return Err(StoreError::unavailable("the store is down"));
+        }
         let mut heaps = self.heaps.lock().unwrap_or_else(PoisonError::into_inner);
         let current = heaps.get(name).map(|(_, v)| Version(v.to_string()));
         precondition.check(name, current.as_ref())?;

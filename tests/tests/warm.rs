@@ -1,0 +1,131 @@
+//! Warm heaps over MCP: answers come before their heap is stored, and nothing about state
+//! changes for it — later calls and other clients read what was answered, failures roll
+//! back, a clean stop stores what was answered, a failed save is reported.
+
+use std::path::Path;
+
+use mcp_v8_e2e::http::HttpServer;
+use mcp_v8_e2e::{library, Server};
+use serde_json::json;
+
+/// A plugins.toml for the hostile test store with `plugin_config`.
+fn hostile(dir: &Path, plugin_config: &str) -> String {
+    let path = dir.join("plugins.toml");
+    let text = format!(
+        "storage = \"hostile\"\n[plugins.hostile]\npath = {:?}\n[plugins.hostile.config]\n{plugin_config}\n",
+        library("mcp_v8_hostile_storage")
+    );
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn an_answer_comes_before_its_heap_is_stored_and_every_client_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    let config = hostile(dir.path(), &format!("hold_puts_until = {release:?}"));
+    let server = HttpServer::start(&["--config", &config, "--save", "background"]).await;
+    let (first, second) = (server.streamable(None).await, server.streamable(None).await);
+
+    // The store holds every put until `release` exists, so this answer cannot have waited
+    // for its heap to be stored.
+    assert_eq!(first.output("var answer = 41; answer", "h").await, "41");
+
+    // Another client's call on the heap, and a listing, wait for that save and see it.
+    let read = tokio::spawn(async move {
+        let output = second.output("answer + 1", "h").await;
+        let listing = second.settle().await;
+        (output, listing, second)
+    });
+    std::fs::write(&release, "").unwrap();
+    let (output, listing, second) = read.await.unwrap();
+    assert_eq!(output, "42");
+    assert_eq!(listing["heaps"][0]["heap"], "h", "{listing}");
+    first.stop().await;
+    second.stop().await;
+    server.terminate().await;
+}
+
+#[tokio::test]
+async fn a_failed_call_on_a_warm_heap_rolls_back_to_the_last_success() {
+    let server = Server::start(&["--memory", "--execution-timeout", "1"]).await;
+    server.output("var list = [1]; let label = 'one'", "h").await;
+    server.output("list.push(2); label = 'two'", "h").await;
+    for failing in [
+        "list.push(3); label = 'three'; throw new Error('no')",
+        "list.push(3); label = 'three'; while (true) {}",
+        "list.push(3); label = 'three'; await Promise.reject(new Error('later'))",
+        "list.push(3); label = 'three'; syntax error here",
+    ] {
+        let error = server.run_js(failing, Some("h")).await.err();
+        assert!(!error.is_empty(), "{failing}");
+        assert_eq!(
+            server.output("JSON.stringify([list, label])", "h").await,
+            r#"[[1,2],"two"]"#,
+            "after {failing:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_right_after_an_answer_still_stores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().join("heaps");
+    let heaps = heaps.to_str().unwrap();
+    let server = HttpServer::start(&["--directory-path", heaps]).await;
+    let client = server.streamable(None).await;
+    // Megabytes of data make the snapshot slow enough to be in flight at the signal.
+    let code = "var data = Array.from({length: 200000}, (_, i) => ({i, s: 'x' + i})); data.length";
+    assert_eq!(client.output(code, "big").await, "200000");
+    let status = server.terminate().await;
+    assert!(status.success(), "{status}");
+
+    let server = Server::start(&["--directory-path", heaps]).await;
+    assert_eq!(
+        server.output("data.length + data[199999].s", "big").await,
+        "200000x199999"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_background_save_that_fails_is_reported_by_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = hostile(dir.path(), "fail_puts_on = \"down\"");
+    let server = Server::start(&["--config", &config, "--save", "background"]).await;
+    server.output("var kept = 1", "fine").await;
+    // Answered; its save then fails.
+    assert_eq!(server.output("var lost = 2; lost", "down-1").await, "2");
+    let error = server.run_js("typeof lost", Some("down-1")).await.err();
+    assert!(
+        error.contains("the previous call on heap 'down-1' succeeded, but its changes could not be saved")
+            && error.contains("the store is down"),
+        "{error}"
+    );
+    // Reported once: the heap goes on from what is stored (nothing).
+    let reply = server.run_js("typeof lost", Some("down-1")).await.ok();
+    assert_eq!(reply["output"], "undefined");
+    assert_eq!(server.output("kept", "fine").await, "1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sync_saves_answer_after_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = hostile(dir.path(), "fail_puts_on = \"down\"");
+    let server = Server::start(&["--config", &config, "--save", "sync"]).await;
+    let error = server.run_js("var lost = 2; lost", Some("down-1")).await.err();
+    assert!(
+        error.contains("storage error (unavailable) for heap 'down-1': the store is down"),
+        "{error}"
+    );
+    // Nothing was answered that is not stored, so nothing is reported as lost.
+    let error = server
+        .reply("run_js", json!({"code": "typeof lost", "heap": "down-1"}))
+        .await
+        .err();
+    assert!(!error.contains("previous call"), "{error}");
+    assert_eq!(server.output("1 + 1", "fine").await, "2");
+    server.stop().await;
+}
