@@ -1,5 +1,7 @@
 //! `run_js` through the runtime (engine + envelope + memory store), without MCP: latency of
-//! single calls in worker processes and in-process, and throughput of concurrent clients.
+//! single calls in worker processes and in-process; latency of calls spaced as an agent
+//! spaces them (the model thinks between calls: warm isolates and saves after the answer
+//! pay off there); throughput of concurrent clients; and what a call costs per MB of heap.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,6 +84,60 @@ fn latency(c: &mut Criterion) {
     group.finish();
 }
 
+/// Calls spaced `gap` apart (the gap is not measured): what an agent sees.
+fn spaced(c: &mut Criterion) {
+    let rt = tokio();
+    let mut group = c.benchmark_group("run_js spaced");
+    let runtime = runtime(&rt, workers(1));
+    let cases: [(&str, Option<&str>, &str, u64); 3] = [
+        ("stateless 1+1, 100 ms apart", None, "1 + 1", 100),
+        ("small heap, 100 ms apart", Some("small"), "++n", 100),
+        ("1 MB heap, 500 ms apart", Some("big"), "data.length", 500),
+    ];
+    for (label, heap, code, gap) in cases {
+        group.bench_function(label, |b| {
+            b.to_async(&rt).iter_custom(|iterations| {
+                let runtime = &runtime;
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iterations {
+                        tokio::time::sleep(Duration::from_millis(gap)).await;
+                        let started = std::time::Instant::now();
+                        match heap {
+                            Some(heap) => drop(on_heap(runtime, code, Some(heap)).await),
+                            None => drop(stateless(runtime, code).await),
+                        }
+                        total += started.elapsed();
+                    }
+                    total
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Back-to-back calls on heaps of growing size: the slope is the snapshot's cost per MB.
+fn heap_size(c: &mut Criterion) {
+    let rt = tokio();
+    let mut group = c.benchmark_group("run_js heap size");
+    let runtime = Runtime::new(Arc::new(MemoryStore::new()), workers(1), Limits::default());
+    for mb in [2usize, 8, 16] {
+        let heap = format!("mb-{mb}");
+        // About `mb` MB of objects and strings.
+        let fill = format!(
+            "var rows = Array.from({{ length: {} }}, (_, i) => ({{ i, s: 'row-' + i }})); rows.length",
+            mb * 12_000
+        );
+        rt.block_on(on_heap(&runtime, &fill, Some(&heap)));
+        group.bench_function(BenchmarkId::new("back-to-back", format!("{mb} MB")), |b| {
+            b.to_async(&rt)
+                .iter(|| on_heap(&runtime, "rows.length", Some(&heap)))
+        });
+    }
+    group.finish();
+}
+
 fn throughput(c: &mut Criterion) {
     let rt = tokio();
     let mut group = c.benchmark_group("run_js concurrent clients");
@@ -115,6 +171,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = latency, throughput
+    targets = latency, spaced, throughput, heap_size
 }
 criterion_main!(benches);

@@ -289,7 +289,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
-        other => return Err(format!("'{other}' is not a size unit (use B, KB, KiB, MB, MiB, GB, GiB)")),
+        other => {
+            return Err(format!(
+                "'{other}' is not a size unit (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
     };
     number
         .checked_mul(scale)

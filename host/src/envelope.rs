@@ -299,6 +299,9 @@ mod tests {
         let blob = Bytes::from(seal_as(OWN_READ_ONLY_FORMAT, V8, "h", b"abc"));
         assert_eq!(open_for(V8, "h", &blob).unwrap().read_only, ReadOnly::Own);
         let blob = Bytes::from(seal_as(FORMAT_VERSION, V8, "h", b"abc"));
-        assert_eq!(open_for(V8, "h", &blob).unwrap().read_only, ReadOnly::Shared);
+        assert_eq!(
+            open_for(V8, "h", &blob).unwrap().read_only,
+            ReadOnly::Shared
+        );
     }
 }

@@ -78,11 +78,16 @@ async fn run_in_process(job: Job) -> Ran {
             Err(e) => return drop(answer.send(Outcome::failed(e))),
         };
         let Some(snapshot) = snapshot else {
-            let run = match Fresh::new(&job.limits) {
-                Ok(fresh) => fresh.run(&code, &job.limits).0,
-                Err(e) => Outcome::failed(e),
-            };
-            return drop(answer.send(run));
+            match Fresh::new(&job.limits) {
+                Ok(fresh) => {
+                    let (run, used) = fresh.run(&code, &job.limits);
+                    let _ = answer.send(run);
+                    // Disposed of after the answer.
+                    drop(used);
+                }
+                Err(e) => drop(answer.send(Outcome::failed(e))),
+            }
+            return;
         };
         let warm = match Warm::new(snapshot, &job.limits) {
             Ok(warm) => warm,
@@ -110,11 +115,11 @@ async fn run_in_process(job: Job) -> Ran {
         }
     };
     let saving = (stateful && outcome.result.is_ok()).then(|| {
-            Saving::new(async move {
-                saved.await.unwrap_or_else(|_| {
-                    Err(RunError::Snapshot("the execution thread ended".into()))
-                })
-            })
-        });
+        Saving::new(async move {
+            saved
+                .await
+                .unwrap_or_else(|_| Err(RunError::Snapshot("the execution thread ended".into())))
+        })
+    });
     Ok((outcome, saving))
 }

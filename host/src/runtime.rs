@@ -239,7 +239,6 @@ impl Runtime {
         Ok(limits)
     }
 
-
     /// Runs `code` without any heap.
     pub async fn run_stateless(&self, code: String, call: CallLimits) -> Reply<Completion> {
         let limits = match self.limits_for(call) {
@@ -253,7 +252,9 @@ impl Runtime {
         };
         match self.executor.run(job).await {
             Ok((outcome, _)) => outcome.map_result(|result| result.map_err(CallError::from)),
-            Err(NotWarm) => Reply::failed(CallError::Internal("a stateless job asked for a warm heap".into())),
+            Err(NotWarm) => Reply::failed(CallError::Internal(
+                "a stateless job asked for a warm heap".into(),
+            )),
         }
     }
 
@@ -341,7 +342,13 @@ impl Runtime {
                     tokio::spawn(async move {
                         let _gate = gate;
                         heaps
-                            .store_after_answer(&name, saving, loaded.precondition, loaded.read_only, guard)
+                            .store_after_answer(
+                                &name,
+                                saving,
+                                loaded.precondition,
+                                loaded.read_only,
+                                guard,
+                            )
                             .await;
                     });
                     return answer(outcome, heap, retries);
@@ -461,7 +468,10 @@ impl Heaps {
                     read_only: ReadOnly::Shared,
                 });
             }
-            tracing::debug!(heap, "heap changed in the store: its warm isolate is dropped");
+            tracing::debug!(
+                heap,
+                "heap changed in the store: its warm isolate is dropped"
+            );
             self.forget(heap);
         }
         match self.storage.get(heap).await {
@@ -540,7 +550,10 @@ impl Heaps {
                 }
                 other => other.to_string(),
             };
-            tracing::error!(heap, "the state of an answered call could not be saved: {reason}");
+            tracing::error!(
+                heap,
+                "the state of an answered call could not be saved: {reason}"
+            );
             self.lost
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -690,7 +703,12 @@ mod tests {
             save: SaveMode::Sync,
             conflict_retries: 2,
         };
-        let rt2 = Runtime::with_policy(Arc::new(racing), Executor::InProcess, Limits::default(), policy);
+        let rt2 = Runtime::with_policy(
+            Arc::new(racing),
+            Executor::InProcess,
+            Limits::default(),
+            policy,
+        );
         let error = rt2
             .run_on_heap("n = 100".into(), Some("h".into()), CallLimits::default())
             .await
@@ -700,7 +718,10 @@ mod tests {
             matches!(error, CallError::Conflict { attempts: 3, .. }),
             "{error}"
         );
-        assert!(error.to_string().contains("changed concurrently"), "{error}");
+        assert!(
+            error.to_string().contains("changed concurrently"),
+            "{error}"
+        );
         assert_eq!(output(&rt, "n", "h").await, "1");
     }
 
@@ -739,14 +760,24 @@ mod tests {
         };
         let rt = Runtime::new(Arc::new(held), Executor::InProcess, Limits::default());
         let answered = rt
-            .run_on_heap("var n = 1; n".into(), Some("h".into()), CallLimits::default())
+            .run_on_heap(
+                "var n = 1; n".into(),
+                Some("h".into()),
+                CallLimits::default(),
+            )
             .await;
         assert_eq!(answered.result.unwrap().completion.output, "1");
         // Answered while the store has not taken the heap yet.
         assert!(store.get_now("h").is_err());
         gate.add_permits(100);
         // Listing waits for the save: the answered heap is there.
-        let names: Vec<_> = rt.list().await.unwrap().into_iter().map(|m| m.name).collect();
+        let names: Vec<_> = rt
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
         assert_eq!(names, ["h"]);
         assert_eq!(output(&rt, "++n", "h").await, "2");
         assert!(rt.flush(Duration::from_secs(5)).await);

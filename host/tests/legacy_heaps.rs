@@ -44,7 +44,11 @@ async fn exercise(rt: &Runtime, store: &MemoryStore) {
         output(rt, "[count(), new Keeper().twice, later, fixed]", "fixture").await,
         r#"[3,6,"let",7]"#
     );
-    assert_eq!(format_of(store, "fixture"), 3, "its own read-only heap goes with it");
+    assert_eq!(
+        format_of(store, "fixture"),
+        3,
+        "its own read-only heap goes with it"
+    );
     assert_eq!(output(rt, "++n", "today").await, "3");
     assert_eq!(output(rt, "kept.a.push(4); count()", "fixture").await, "4");
     assert_eq!(format_of(store, "today"), 4);

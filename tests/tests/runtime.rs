@@ -227,7 +227,14 @@ async fn two_servers_incrementing_one_counter_with_sync_saves_see_no_conflict() 
     let dir = tempfile::tempdir().unwrap();
     let heaps = dir.path().join("heaps");
     let heaps = heaps.to_str().unwrap();
-    let args = ["--directory-path", heaps, "--save", "sync", "--conflict-retries", "100"];
+    let args = [
+        "--directory-path",
+        heaps,
+        "--save",
+        "sync",
+        "--conflict-retries",
+        "100",
+    ];
     let first = Server::start(&args).await;
     let second = Server::start(&args).await;
     first.output("var counter = 0", "shared").await;
@@ -248,7 +255,9 @@ async fn a_heap_changed_by_another_server_is_never_served_stale() {
     for round in 1..=5 {
         // The first server holds the heap warm after each of its calls.
         assert_eq!(
-            first.output("globalThis.n = (globalThis.n || 0) + 1; n", "h").await,
+            first
+                .output("globalThis.n = (globalThis.n || 0) + 1; n", "h")
+                .await,
             (2 * round - 1).to_string()
         );
         first.settle().await;

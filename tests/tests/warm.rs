@@ -49,7 +49,9 @@ async fn an_answer_comes_before_its_heap_is_stored_and_every_client_reads_it() {
 #[tokio::test]
 async fn a_failed_call_on_a_warm_heap_rolls_back_to_the_last_success() {
     let server = Server::start(&["--memory", "--execution-timeout", "1"]).await;
-    server.output("var list = [1]; let label = 'one'", "h").await;
+    server
+        .output("var list = [1]; let label = 'one'", "h")
+        .await;
     server.output("list.push(2); label = 'two'", "h").await;
     for failing in [
         "list.push(3); label = 'three'; throw new Error('no')",
@@ -99,8 +101,9 @@ async fn a_background_save_that_fails_is_reported_by_the_next_call() {
     assert_eq!(server.output("var lost = 2; lost", "down-1").await, "2");
     let error = server.run_js("typeof lost", Some("down-1")).await.err();
     assert!(
-        error.contains("the previous call on heap 'down-1' succeeded, but its changes could not be saved")
-            && error.contains("the store is down"),
+        error.contains(
+            "the previous call on heap 'down-1' succeeded, but its changes could not be saved"
+        ) && error.contains("the store is down"),
         "{error}"
     );
     // Reported once: the heap goes on from what is stored (nothing).
@@ -115,7 +118,10 @@ async fn sync_saves_answer_after_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let config = hostile(dir.path(), "fail_puts_on = \"down\"");
     let server = Server::start(&["--config", &config, "--save", "sync"]).await;
-    let error = server.run_js("var lost = 2; lost", Some("down-1")).await.err();
+    let error = server
+        .run_js("var lost = 2; lost", Some("down-1"))
+        .await
+        .err();
     assert!(
         error.contains("storage error (unavailable) for heap 'down-1': the store is down"),
         "{error}"

@@ -305,7 +305,11 @@ pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
 /// Runs `code` on a heap restored from `snapshot` (raw V8 bytes this V8 made; verified by the
 /// caller) or on a new heap, and snapshots the heap afterwards. On success the result carries
 /// the new snapshot.
-pub fn run_stateful(code: &str, snapshot: Option<Bytes>, limits: Limits) -> Run<(Completion, Bytes)> {
+pub fn run_stateful(
+    code: &str,
+    snapshot: Option<Bytes>,
+    limits: Limits,
+) -> Run<(Completion, Bytes)> {
     let code = match read_code(code) {
         Ok(code) => code,
         Err(e) => return Run::failed(e),

@@ -92,7 +92,9 @@ impl Spent {
     /// callers run after the answer has gone out. Fails when the run failed.
     pub fn save(mut self) -> Result<Bytes, RunError> {
         if !self.succeeded {
-            return Err(RunError::Snapshot("the run failed, so nothing is saved".into()));
+            return Err(RunError::Snapshot(
+                "the run failed, so nothing is saved".into(),
+            ));
         }
         let context = self.session.context.take();
         let Some(mut isolate) = self.session.isolate.take() else {

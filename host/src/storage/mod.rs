@@ -48,6 +48,9 @@ pub trait HeapStorage: Send + Sync + 'static {
     /// listing (the memory store) say so.
     async fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
         let heaps = self.list(name).await?;
-        Ok(heaps.into_iter().find(|m| m.name == name).map(|m| m.version))
+        Ok(heaps
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| m.version))
     }
 }

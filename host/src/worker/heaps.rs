@@ -98,7 +98,11 @@ impl WarmHeaps {
     /// fits its budget. An entry larger than the whole budget is not kept.
     pub fn insert(&mut self, heap: String, mut entry: Entry) {
         if entry.size > self.budget {
-            tracing::debug!(heap, size = entry.size, "worker: heap too large to keep warm");
+            tracing::debug!(
+                heap,
+                size = entry.size,
+                "worker: heap too large to keep warm"
+            );
             self.entries.remove(&heap);
             return;
         }
@@ -116,7 +120,11 @@ impl WarmHeaps {
                 break;
             };
             if let Some(evicted) = self.entries.remove(&oldest) {
-                tracing::debug!(heap = oldest, size = evicted.size, "worker: evicted a warm heap");
+                tracing::debug!(
+                    heap = oldest,
+                    size = evicted.size,
+                    "worker: evicted a warm heap"
+                );
                 total -= evicted.size;
             }
         }
@@ -143,7 +151,10 @@ mod tests {
     use crate::engine::{read_code, run_stateful};
 
     fn snapshot(code: &str) -> Bytes {
-        run_stateful(code, None, Limits::default()).result.unwrap().1
+        run_stateful(code, None, Limits::default())
+            .result
+            .unwrap()
+            .1
     }
 
     #[test]
@@ -168,11 +179,17 @@ mod tests {
     fn a_stale_generation_is_not_served_and_a_warm_isolate_runs() {
         let limits = Limits::default();
         let mut heaps = WarmHeaps::new(1 << 30);
-        heaps.insert("h".into(), Entry::restore(7, snapshot("var n = 41"), &limits));
+        heaps.insert(
+            "h".into(),
+            Entry::restore(7, snapshot("var n = 41"), &limits),
+        );
         assert!(heaps.take("h", 6).is_none(), "another generation");
         assert!(heaps.take("h", 7).is_none(), "the stale entry was dropped");
 
-        heaps.insert("h".into(), Entry::restore(8, snapshot("var n = 41"), &limits));
+        heaps.insert(
+            "h".into(),
+            Entry::restore(8, snapshot("var n = 41"), &limits),
+        );
         let mut entry = heaps.take("h", 8).unwrap();
         let warm = entry.isolate(&limits).unwrap();
         let (run, spent) = warm.run(&read_code("++n").unwrap(), &limits);

@@ -45,13 +45,13 @@ pub fn serve(settings: WorkerSettings) -> ExitCode {
     engine::init();
     // The protocol's codec is async; the worker blocks on its pipes, with nothing else to do.
     let mut input: Input = AllowStdIo::new(BufReader::new(io::stdin().lock())).compat();
-    let mut output: Output =
-        AllowStdIo::new(BufWriter::new(io::stdout().lock())).compat_write();
+    let mut output: Output = AllowStdIo::new(BufWriter::new(io::stdout().lock())).compat_write();
     let mut worker = Worker {
         heaps: WarmHeaps::new(settings.warm_bytes),
         fresh: None,
+        limits: settings.limits,
     };
-    worker.make_fresh(&settings.limits);
+    worker.make_fresh();
     loop {
         let (request, sections) = match block_on(read_frame::<Request>(&mut input)) {
             Ok(Some(frame)) => frame,
@@ -72,11 +72,14 @@ struct Worker {
     heaps: WarmHeaps,
     /// A plain isolate for the next stateless call.
     fresh: Option<Fresh>,
+    /// The server's limits: isolates made ahead are made for them (a call with a tighter
+    /// heap limit gets an isolate of its own).
+    limits: Limits,
 }
 
 impl Worker {
-    fn make_fresh(&mut self, limits: &Limits) {
-        self.fresh = Fresh::new(limits)
+    fn make_fresh(&mut self) {
+        self.fresh = Fresh::new(&self.limits)
             .map_err(|e| tracing::warn!("worker: cannot make an isolate ahead: {e}"))
             .ok();
     }
@@ -119,7 +122,7 @@ impl Worker {
                 done(out, run)?;
                 // After the answer: dispose of the used isolate, make the next one.
                 drop(used);
-                self.make_fresh(&limits);
+                self.make_fresh();
                 Ok(())
             }
             RequestTarget::Heap { name, start } => {
@@ -150,9 +153,11 @@ impl Worker {
                         (None, Warm::new(None, &limits))
                     }
                 };
+                let ahead = self.limits;
                 let keep_previous = |heaps: &mut WarmHeaps, previous: Option<Entry>| {
                     if let Some(previous) = previous {
-                        let restored = Entry::restore(previous.generation, previous.snapshot, &limits);
+                        let restored =
+                            Entry::restore(previous.generation, previous.snapshot, &ahead);
                         heaps.insert(name.clone(), restored);
                     }
                 };
@@ -192,7 +197,7 @@ impl Worker {
                             &[&snapshot],
                         )?;
                         if !alone {
-                            let entry = Entry::restore(generation, snapshot, &limits);
+                            let entry = Entry::restore(generation, snapshot, &ahead);
                             self.heaps.insert(name, entry);
                         }
                     }

@@ -233,7 +233,10 @@ impl Worker {
         let mut child = Command::new(program)
             .arg("--worker")
             .arg(format!("--warm-heaps-max-bytes={}", settings.warm_bytes))
-            .arg(format!("--heap-memory-max={}", settings.limits.heap_bytes >> 20))
+            .arg(format!(
+                "--heap-memory-max={}",
+                settings.limits.heap_bytes >> 20
+            ))
             .env_clear()
             .envs(logging)
             .stdin(Stdio::piped())

@@ -121,6 +121,32 @@ fn s3(c: &mut Criterion) {
                 })
             })
         });
+        // What the host asks before it runs code on a warm heap: the heap's current version.
+        group.bench_function(
+            BenchmarkId::new("version via plugin (list by name)", &label),
+            |b| {
+                b.iter(|| {
+                    let listed = store.list("bench").expect("list");
+                    listed
+                        .into_iter()
+                        .find(|m| m.name == "bench")
+                        .expect("listed")
+                })
+            },
+        );
+        group.bench_function(BenchmarkId::new("head via aws-sdk-s3", &label), |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(
+                        client
+                            .head_object()
+                            .bucket("bench")
+                            .key("plain/bench")
+                            .send(),
+                    )
+                    .expect("head")
+            })
+        });
         // Conditional puts, as the host makes them: each one against the version the previous
         // one returned.
         let mut version = store.get("bench").expect("get").version;
