@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use futures::future::join_all;
 use mcp_v8::engine::{Completion, Limits};
 use mcp_v8::executor::Executor;
@@ -88,6 +90,12 @@ fn latency(c: &mut Criterion) {
 fn spaced(c: &mut Criterion) {
     let rt = tokio();
     let mut group = c.benchmark_group("run_js spaced");
+    // One call per sample: the gaps, not the calls, take the time.
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1));
     let runtime = runtime(&rt, workers(1));
     let cases: [(&str, Option<&str>, &str, u64); 3] = [
         ("stateless 1+1, 100 ms apart", None, "1 + 1", 100),
@@ -121,6 +129,7 @@ fn spaced(c: &mut Criterion) {
 fn heap_size(c: &mut Criterion) {
     let rt = tokio();
     let mut group = c.benchmark_group("run_js heap size");
+    group.sampling_mode(SamplingMode::Flat);
     let runtime = Runtime::new(Arc::new(MemoryStore::new()), workers(1), Limits::default());
     for mb in [2usize, 8, 16] {
         let heap = format!("mb-{mb}");

@@ -117,7 +117,6 @@ impl Worker {
                     Ok(fresh) => fresh,
                     Err(e) => return done(out, Outcome::failed(e)),
                 };
-                stage(out)?;
                 let (run, used) = fresh.run(&code, &limits);
                 done(out, run)?;
                 // After the answer: dispose of the used isolate, make the next one.
@@ -127,6 +126,9 @@ impl Worker {
             }
             RequestTarget::Heap { name, start } => {
                 let alone = matches!(start, RequestStart::Alone);
+                // Only a stored snapshot can be at fault for a crash before the code starts:
+                // the host hears when V8 has restored one (every other isolate is V8's own).
+                let restored_stored = matches!(start, RequestStart::Snapshot | RequestStart::Alone);
                 // The state to go back to if the run fails.
                 let (previous, warm) = match start {
                     RequestStart::Warm { generation } => {
@@ -178,7 +180,9 @@ impl Worker {
                         return Ok(());
                     }
                 };
-                stage(out)?;
+                if restored_stored {
+                    stage(out)?;
+                }
                 let (run, spent) = warm.run(&code, &limits);
                 let succeeded = run.result.is_ok();
                 done(out, run)?;
@@ -212,7 +216,9 @@ impl Worker {
     }
 }
 
-/// Tells the host the code starts now: a crash from here on is the code's, not the snapshot's.
+/// Tells the host that V8 has restored the stored snapshot and the code starts now: a crash
+/// from here on is the code's, not the snapshot's. Each frame costs the host a wake-up, so
+/// jobs with no stored snapshot to blame send none.
 fn stage(out: &mut Output) -> io::Result<()> {
     write_frame_now(out, &Answer::Stage(Stage::Started), &[])
 }
@@ -234,7 +240,12 @@ fn done(out: &mut Output, run: Outcome) -> io::Result<()> {
         console_truncated: run.console.truncated,
     });
     let console = encode_console(&run.console);
-    write_frame_now(out, &header, &[text.as_bytes(), &console])
+    write_frame_now(out, &header, &[text.as_bytes(), &console])?;
+    // The work after an answer (a snapshot, the next isolate) must not keep the host from
+    // reading it: on a machine with few cores the host's thread otherwise waits for this one
+    // to finish (a stateless call measured 2.2 ms instead of 0.7).
+    std::thread::yield_now();
+    Ok(())
 }
 
 fn write_frame_now(out: &mut Output, answer: &Answer, sections: &[&[u8]]) -> io::Result<()> {

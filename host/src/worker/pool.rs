@@ -124,7 +124,7 @@ fn restores(job: &Job) -> bool {
     matches!(
         job.target,
         Target::Heap {
-            start: Start::Snapshot(_) | Start::Alone(_) | Start::Warm(_),
+            start: Start::Snapshot(_) | Start::Alone(_),
             ..
         }
     )

@@ -9,8 +9,8 @@
 //! snapshot costs one write and one read and no size of output can outgrow the header. The
 //! header carries only fixed-size facts and error texts, which the engine keeps short.
 //!
-//! A worker answers a request with one [`Answer::Stage`] frame once the code starts (its heap
-//! restored), then one [`Answer::Done`] frame as soon as the code has settled, and after a
+//! A worker answers a request that restores a stored snapshot with one [`Answer::Stage`]
+//! frame once V8 has restored it and the code starts, then one [`Answer::Done`] frame as soon as the code has settled, and after a
 //! successful stateful run one [`Answer::Saved`] frame once V8 has snapshotted the heap — the
 //! host answers its caller between the two. A request for a warm heap the worker no longer
 //! holds gets one [`Answer::NotWarm`] frame instead.
