@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use mcp_v8_e2e::http::HttpServer;
-use mcp_v8_e2e::{library, Server};
+use mcp_v8_e2e::{library, RawStdio, Server};
 use serde_json::json;
 
 /// A plugins.toml for the hostile test store with `plugin_config`.
@@ -88,6 +88,26 @@ async fn sigterm_right_after_an_answer_still_stores_it() {
         server.output("data.length + data[199999].s", "big").await,
         "200000x199999"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stdin_closing_right_after_an_answer_still_stores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().join("heaps");
+    let heaps = heaps.to_str().unwrap();
+    let mut raw = RawStdio::start(&["--directory-path", heaps]).await;
+    let code = "var data = Array.from({length: 200000}, (_, i) => ({i})); data.length";
+    let answer = raw.run_js(1, code).await;
+    assert_eq!(
+        answer["result"]["structuredContent"]["output"], "200000",
+        "{answer}"
+    );
+    let status = raw.close().await;
+    assert!(status.success(), "{status}");
+
+    let server = Server::start(&["--directory-path", heaps]).await;
+    assert_eq!(server.output("data[199999].i", "raw").await, "199999");
     server.stop().await;
 }
 
