@@ -7,7 +7,7 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::oneshot;
 
 use crate::engine::{self, Fresh, RunError, Warm};
-use crate::job::{Job, NotWarm, Outcome, Ran, Saved, Saving, Start, Target};
+use crate::job::{Job, NotWarm, Outcome, Ran, Saved, Saving, Start, Target, WarmRef};
 use crate::worker::{WorkerPool, WorkerSettings};
 
 /// Runs jobs.
@@ -29,6 +29,14 @@ impl Executor {
     pub fn prewarm(&self) {
         if let Executor::Workers(pool) = self {
             pool.prewarm();
+        }
+    }
+
+    /// Tells the worker holding `warm` to drop `heap`'s isolate: it no longer stands for the
+    /// heap (deleted, changed elsewhere, or run on another worker).
+    pub fn forget(&self, warm: WarmRef, heap: &str) {
+        if let Executor::Workers(pool) = self {
+            pool.forget(warm.worker, heap);
         }
     }
 

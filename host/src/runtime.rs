@@ -122,7 +122,7 @@ pub struct CallLimits {
 
 /// Runs code on heaps kept in a [`HeapStorage`].
 pub struct Runtime {
-    executor: Executor,
+    executor: Arc<Executor>,
     locks: HeapLocks,
     limits: Limits,
     policy: Policy,
@@ -135,6 +135,8 @@ pub struct Runtime {
 /// What the runtime knows about heaps beyond the store, shared with background saves.
 struct Heaps {
     storage: Arc<dyn HeapStorage>,
+    /// Told when a warm isolate no longer stands for its heap.
+    executor: Arc<Executor>,
     /// Heaps a worker holds warm, and the stored version that state is.
     warm: Mutex<HashMap<String, (WarmRef, Version)>>,
     /// Heaps whose last answered state could not be stored, and why.
@@ -162,13 +164,15 @@ impl Runtime {
         limits: Limits,
         policy: Policy,
     ) -> Self {
+        let executor = Arc::new(executor);
         Self {
-            executor,
+            executor: Arc::clone(&executor),
             locks: HeapLocks::default(),
             limits,
             policy,
             heaps: Arc::new(Heaps {
                 storage,
+                executor,
                 warm: Mutex::default(),
                 lost: Mutex::default(),
             }),
@@ -511,8 +515,9 @@ impl Heaps {
         precondition: Precondition,
         read_only: ReadOnly,
     ) -> Result<(), CallError> {
-        // Until the store confirms, no warm isolate stands for this heap.
-        self.forget(heap);
+        // Until the store confirms, no warm isolate stands for this heap (the worker that ran
+        // it holds the new state, which it is told about below or not at all).
+        self.warm().remove(heap);
         let saved = saving.finish().await?;
         let sealed = envelope::seal(&saved.snapshot, heap, read_only);
         match self.storage.put(heap, sealed.into(), precondition).await {
@@ -566,8 +571,13 @@ impl Heaps {
         self.warm.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// No warm isolate stands for `heap` any more: the worker holding one drops it with its
+    /// next job.
     fn forget(&self, heap: &str) {
-        self.warm().remove(heap);
+        let dropped = self.warm().remove(heap);
+        if let Some((warm, _)) = dropped {
+            self.executor.forget(warm, heap);
+        }
     }
 
     fn take_lost(&self, heap: &str) -> Option<String> {

@@ -98,3 +98,19 @@ async fn a_warm_isolate_in_process_is_never_claimed() {
         Err(NotWarm)
     );
 }
+
+#[tokio::test]
+async fn a_forgotten_heap_is_dropped_with_the_workers_next_job() {
+    let executor = executor(1, 256 << 20);
+    let (_, warm) = run(&executor, "var n = 1", Start::New).await.unwrap();
+    let warm = warm.expect("kept warm");
+    executor.forget(warm, "a");
+    let stateless = Job {
+        code: "1".into(),
+        target: Target::Stateless,
+        limits: Limits::default(),
+    };
+    let (outcome, _) = executor.run(stateless).await.unwrap();
+    assert_eq!(outcome.result.unwrap().output, "1");
+    assert_eq!(run(&executor, "n", Start::Warm(warm)).await, Err(NotWarm));
+}

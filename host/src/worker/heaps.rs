@@ -1,6 +1,7 @@
 //! The heaps a worker keeps warm: for each, its last good snapshot (what a failed call rolls
-//! back to, with no store round trip) and an isolate restored from it ahead of the next call,
-//! within a byte budget, least recently used first out.
+//! back to, with no store round trip) and, once the worker has had a moment with nothing to
+//! do, an isolate restored from it ahead of the next call; within a byte budget, least
+//! recently used first out.
 
 use std::collections::HashMap;
 
@@ -23,22 +24,28 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The heap's state as `snapshot`, with an isolate restored from it under `limits`.
-    pub fn restore(generation: u64, snapshot: Bytes, limits: &Limits) -> Self {
-        let mut warm = match Warm::new(Some(snapshot.clone()), limits) {
-            Ok(warm) => Some(warm),
-            Err(e) => {
-                tracing::warn!("worker: cannot keep a heap warm: {e}");
-                None
-            }
-        };
-        let size = snapshot.len() + warm.as_mut().map_or(0, Warm::footprint);
+    /// The heap's state as `snapshot`, not restored yet.
+    pub fn cold(generation: u64, snapshot: Bytes) -> Self {
         Self {
             generation,
+            size: snapshot.len(),
             snapshot,
-            warm,
-            size,
+            warm: None,
             used: 0,
+        }
+    }
+
+    /// Restores an isolate from the snapshot under `limits`, if there is none yet.
+    fn warm_up(&mut self, limits: &Limits) {
+        if self.warm.is_some() {
+            return;
+        }
+        match Warm::new(Some(self.snapshot.clone()), limits) {
+            Ok(mut warm) => {
+                self.size = self.snapshot.len() + warm.footprint();
+                self.warm = Some(warm);
+            }
+            Err(e) => tracing::warn!("worker: cannot keep a heap warm: {e}"),
         }
     }
 
@@ -94,26 +101,49 @@ impl WarmHeaps {
         self.entries.clear();
     }
 
-    /// Keeps `entry` as `heap`'s, then evicts the least recently used others until the cache
-    /// fits its budget. An entry larger than the whole budget is not kept.
+    /// Keeps `entry` as `heap`'s, the most recently used, within the budget.
     pub fn insert(&mut self, heap: String, mut entry: Entry) {
-        if entry.size > self.budget {
-            tracing::debug!(
-                heap,
-                size = entry.size,
-                "worker: heap too large to keep warm"
-            );
-            self.entries.remove(&heap);
-            return;
-        }
         self.clock += 1;
         entry.used = self.clock;
-        self.entries.insert(heap, entry);
+        self.entries.insert(heap.clone(), entry);
+        self.fit(&heap);
+    }
+
+    /// Restores an isolate for the most recently used heap that has none, under `limits`.
+    /// Returns whether there was one to restore.
+    pub fn warm_up_next(&mut self, limits: &Limits) -> bool {
+        let Some((name, entry)) = self
+            .entries
+            .iter_mut()
+            .filter(|(_, e)| e.warm.is_none())
+            .max_by_key(|(_, e)| e.used)
+        else {
+            return false;
+        };
+        let name = name.clone();
+        entry.warm_up(limits);
+        if entry.warm.is_none() {
+            // It cannot be restored: drop it, and the host loads the heap from the store.
+            self.entries.remove(&name);
+        } else {
+            self.fit(&name);
+        }
+        true
+    }
+
+    /// Evicts the least recently used entries other than `kept` until the cache fits its
+    /// budget; `kept` itself goes if it alone is larger than the budget.
+    fn fit(&mut self, kept: &str) {
+        if self.entries.get(kept).is_some_and(|e| e.size > self.budget) {
+            tracing::debug!(heap = kept, "worker: heap too large to keep warm");
+            self.entries.remove(kept);
+        }
         let mut total: usize = self.entries.values().map(|e| e.size).sum();
         while total > self.budget {
             let Some(oldest) = self
                 .entries
                 .iter()
+                .filter(|(name, _)| name.as_str() != kept)
                 .min_by_key(|(_, e)| e.used)
                 .map(|(name, _)| name.clone())
             else {
@@ -157,20 +187,27 @@ mod tests {
             .1
     }
 
+    /// Keeps `snapshot` as `heap`'s and restores it, as a worker does once it is idle.
+    fn keep_warm(heaps: &mut WarmHeaps, heap: &str, generation: u64, snapshot: &Bytes) {
+        heaps.insert(heap.into(), Entry::cold(generation, snapshot.clone()));
+        while heaps.warm_up_next(&Limits::default()) {}
+    }
+
     #[test]
     fn least_recently_used_heaps_go_first_and_the_budget_holds() {
-        let limits = Limits::default();
         let small = snapshot("var x = 1");
-        let one = Entry::restore(1, small.clone(), &limits);
-        let size = one.size;
-        // Room for two entries of this size, not three.
+        let mut probe = WarmHeaps::new(usize::MAX);
+        keep_warm(&mut probe, "a", 1, &small);
+        let size = probe.bytes();
+        assert!(size > small.len(), "the isolate counts too");
+        // Room for two warm entries of this size, not three.
         let mut heaps = WarmHeaps::new(size * 2 + size / 2);
-        heaps.insert("a".into(), one);
-        heaps.insert("b".into(), Entry::restore(2, small.clone(), &limits));
+        keep_warm(&mut heaps, "a", 1, &small);
+        keep_warm(&mut heaps, "b", 2, &small);
         // Using "a" makes "b" the oldest.
         let a = heaps.take("a", 1).unwrap();
         heaps.insert("a".into(), a);
-        heaps.insert("c".into(), Entry::restore(3, small, &limits));
+        keep_warm(&mut heaps, "c", 3, &small);
         assert_eq!(heaps.names(), ["a", "c"]);
         assert!(heaps.bytes() <= size * 2 + size / 2);
     }
@@ -179,18 +216,14 @@ mod tests {
     fn a_stale_generation_is_not_served_and_a_warm_isolate_runs() {
         let limits = Limits::default();
         let mut heaps = WarmHeaps::new(1 << 30);
-        heaps.insert(
-            "h".into(),
-            Entry::restore(7, snapshot("var n = 41"), &limits),
-        );
+        let state = snapshot("var n = 41");
+        keep_warm(&mut heaps, "h", 7, &state);
         assert!(heaps.take("h", 6).is_none(), "another generation");
         assert!(heaps.take("h", 7).is_none(), "the stale entry was dropped");
 
-        heaps.insert(
-            "h".into(),
-            Entry::restore(8, snapshot("var n = 41"), &limits),
-        );
+        keep_warm(&mut heaps, "h", 8, &state);
         let mut entry = heaps.take("h", 8).unwrap();
+        assert!(entry.warm.is_some(), "restored ahead");
         let warm = entry.isolate(&limits).unwrap();
         let (run, spent) = warm.run(&read_code("++n").unwrap(), &limits);
         assert_eq!(run.result.unwrap().output, "42");
@@ -202,10 +235,23 @@ mod tests {
     }
 
     #[test]
-    fn a_heap_larger_than_the_budget_is_not_kept() {
+    fn a_cold_entry_restores_on_demand() {
         let limits = Limits::default();
+        let mut heaps = WarmHeaps::new(1 << 30);
+        heaps.insert("h".into(), Entry::cold(1, snapshot("var n = 1")));
+        let mut entry = heaps.take("h", 1).unwrap();
+        assert!(entry.warm.is_none());
+        let (run, _) = entry
+            .isolate(&limits)
+            .unwrap()
+            .run(&read_code("n").unwrap(), &limits);
+        assert_eq!(run.result.unwrap().output, "1");
+    }
+
+    #[test]
+    fn a_heap_larger_than_the_budget_is_not_kept() {
         let mut heaps = WarmHeaps::new(1000);
-        heaps.insert("big".into(), Entry::restore(1, snapshot("1"), &limits));
+        keep_warm(&mut heaps, "big", 1, &snapshot("1"));
         assert!(heaps.names().is_empty());
     }
 }

@@ -12,6 +12,7 @@ mod protocol;
 
 use std::io::{self, BufReader, BufWriter};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::executor::block_on;
@@ -49,10 +50,13 @@ pub fn serve(settings: WorkerSettings) -> ExitCode {
     let mut worker = Worker {
         heaps: WarmHeaps::new(settings.warm_bytes),
         fresh: None,
+        fresh_failed: false,
         limits: settings.limits,
     };
-    worker.make_fresh();
     loop {
+        // Work ahead only while no request waits: an isolate nobody asked for yet must not
+        // delay a call that is here.
+        while !input_pending(&input, IDLE) && worker.work_ahead() {}
         let (request, sections) = match block_on(read_frame::<Request>(&mut input)) {
             Ok(Some(frame)) => frame,
             Ok(None) => return ExitCode::SUCCESS,
@@ -68,20 +72,53 @@ pub fn serve(settings: WorkerSettings) -> ExitCode {
     }
 }
 
+/// How long a worker waits for the next request before it works ahead. Under load the host
+/// sends the next request within a fraction of this after the previous answer.
+const IDLE: Duration = Duration::from_millis(2);
+
+/// Whether a request is waiting on stdin, after up to `wait`.
+fn input_pending(input: &Input, wait: Duration) -> bool {
+    if !input.get_ref().get_ref().buffer().is_empty() {
+        return true;
+    }
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let wait = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid `pollfd` for stdin, which lives on this stack frame for the call.
+    let ready = unsafe { libc::poll(&mut fd, 1, wait) };
+    // An error or a hang-up counts as pending: the read reports it.
+    ready != 0
+}
+
 struct Worker {
     heaps: WarmHeaps,
     /// A plain isolate for the next stateless call.
     fresh: Option<Fresh>,
+    /// Making one failed: do not try again ahead of a call.
+    fresh_failed: bool,
     /// The server's limits: isolates made ahead are made for them (a call with a tighter
     /// heap limit gets an isolate of its own).
     limits: Limits,
 }
 
 impl Worker {
-    fn make_fresh(&mut self) {
-        self.fresh = Fresh::new(&self.limits)
-            .map_err(|e| tracing::warn!("worker: cannot make an isolate ahead: {e}"))
-            .ok();
+    /// Does one piece of work ahead of the next call: the plain isolate for a stateless call,
+    /// then the warm isolates of recently used heaps. Returns whether there was any.
+    fn work_ahead(&mut self) -> bool {
+        if self.fresh.is_none() && !self.fresh_failed {
+            match Fresh::new(&self.limits) {
+                Ok(fresh) => self.fresh = Some(fresh),
+                Err(e) => {
+                    tracing::warn!("worker: cannot make an isolate ahead: {e}");
+                    self.fresh_failed = true;
+                }
+            }
+            return true;
+        }
+        self.heaps.warm_up_next(&self.limits)
     }
 
     fn serve(
@@ -91,6 +128,9 @@ impl Worker {
         out: &mut Output,
     ) -> io::Result<()> {
         let limits = request.limits;
+        for heap in &request.forget {
+            self.heaps.forget(heap);
+        }
         let snapshot = match &request.target {
             RequestTarget::Heap {
                 start: RequestStart::Snapshot | RequestStart::Alone,
@@ -119,12 +159,16 @@ impl Worker {
                 };
                 let (run, used) = fresh.run(&code, &limits);
                 done(out, run)?;
-                // After the answer: dispose of the used isolate, make the next one.
+                // After the answer.
                 drop(used);
-                self.make_fresh();
                 Ok(())
             }
             RequestTarget::Heap { name, start } => {
+                // A syntax error touches no isolate: a warm one stays as it is.
+                let code = match code {
+                    Ok(code) => code,
+                    Err(e) => return done(out, Outcome::failed(e)),
+                };
                 let alone = matches!(start, RequestStart::Alone);
                 // Only a stored snapshot can be at fault for a crash before the code starts:
                 // the host hears when V8 has restored one (every other isolate is V8's own).
@@ -155,26 +199,15 @@ impl Worker {
                         (None, Warm::new(None, &limits))
                     }
                 };
-                let ahead = self.limits;
                 let keep_previous = |heaps: &mut WarmHeaps, previous: Option<Entry>| {
                     if let Some(previous) = previous {
-                        let restored =
-                            Entry::restore(previous.generation, previous.snapshot, &ahead);
+                        let restored = Entry::cold(previous.generation, previous.snapshot);
                         heaps.insert(name.clone(), restored);
                     }
                 };
-                let (code, warm) = match (code, warm) {
-                    (Ok(code), Ok(warm)) => (code, warm),
-                    (Err(e), Ok(warm)) => {
-                        // A syntax error: the warm isolate was not touched.
-                        done(out, Outcome::failed(e))?;
-                        if let Some(mut previous) = previous {
-                            previous.warm = Some(warm);
-                            self.heaps.insert(name, previous);
-                        }
-                        return Ok(());
-                    }
-                    (_, Err(e)) => {
+                let warm = match warm {
+                    Ok(warm) => warm,
+                    Err(e) => {
                         done(out, Outcome::failed(e))?;
                         keep_previous(&mut self.heaps, previous);
                         return Ok(());
@@ -201,8 +234,7 @@ impl Worker {
                             &[&snapshot],
                         )?;
                         if !alone {
-                            let entry = Entry::restore(generation, snapshot, &ahead);
-                            self.heaps.insert(name, entry);
+                            self.heaps.insert(name, Entry::cold(generation, snapshot));
                         }
                     }
                     Err(e) => {

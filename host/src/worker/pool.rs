@@ -1,6 +1,7 @@
 //! The host's side: a bounded pool of worker processes, with affinity: a job for a heap that
 //! a worker holds warm goes to that worker when it is free.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -36,6 +37,8 @@ pub struct WorkerPool {
     slots: Arc<Semaphore>,
     idle: Arc<Mutex<Vec<Worker>>>,
     numbers: AtomicU64,
+    /// Heaps each worker should drop, by worker number: sent with its next job.
+    forget: Mutex<HashMap<u64, Vec<String>>>,
 }
 
 struct Worker {
@@ -54,6 +57,16 @@ impl WorkerPool {
             slots: Arc::new(Semaphore::new(size.max(1))),
             idle: Arc::new(Mutex::new(Vec::new())),
             numbers: AtomicU64::new(0),
+            forget: Mutex::default(),
+        }
+    }
+
+    /// Asks worker `number` to drop `heap`'s warm isolate with its next job.
+    pub fn forget(&self, number: u64, heap: &str) {
+        let mut forget = self.forget.lock().unwrap_or_else(PoisonError::into_inner);
+        let names = forget.entry(number).or_default();
+        if !names.iter().any(|name| name == heap) {
+            names.push(heap.to_string());
         }
     }
 
@@ -80,7 +93,13 @@ impl WorkerPool {
                     Err(e) => return Ok((Outcome::failed(e), None)),
                 },
             };
-            return match tokio::time::timeout(deadline, worker.call(&job)).await {
+            let forget = self
+                .forget
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&worker.number)
+                .unwrap_or_default();
+            return match tokio::time::timeout(deadline, worker.call(&job, forget)).await {
                 Ok(Ok(Reply::NotWarm)) => {
                     self.put_back(worker);
                     Err(NotWarm)
@@ -259,7 +278,7 @@ impl Worker {
     }
 
     /// Sends one job and reads the answer. A failure means the worker is unusable.
-    async fn call(&mut self, job: &Job) -> Result<Reply, Failure> {
+    async fn call(&mut self, job: &Job, forget: Vec<String>) -> Result<Reply, Failure> {
         let (target, snapshot) = match &job.target {
             Target::Stateless => (RequestTarget::Stateless, None),
             Target::Heap { name, start } => {
@@ -281,6 +300,7 @@ impl Worker {
         let request = Request {
             target,
             limits: job.limits,
+            forget,
         };
         let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
         sections.extend(snapshot);

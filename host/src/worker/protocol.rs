@@ -43,6 +43,9 @@ pub struct Request {
     pub target: RequestTarget,
     /// Time, memory and output limits.
     pub limits: Limits,
+    /// Heaps whose warm isolates no longer stand for them: drop them first.
+    #[serde(default)]
+    pub forget: Vec<String>,
 }
 
 /// [`crate::job::Target`] without its bytes.
@@ -240,6 +243,7 @@ mod tests {
                 start: RequestStart::Snapshot,
             },
             limits,
+            forget: vec!["old".into()],
         };
         let mut wire = Vec::new();
         write_frame(&mut wire, &request, &[b"1 + 1", &[0u8, 1, 2]])
@@ -251,6 +255,7 @@ mod tests {
             matches!(back.target, RequestTarget::Heap { ref name, start: RequestStart::Snapshot } if name == "h")
         );
         assert_eq!(back.limits, limits);
+        assert_eq!(back.forget, ["old"]);
         assert_eq!(sections, vec![b"1 + 1".to_vec(), vec![0, 1, 2]]);
 
         let mut wire = Vec::new();
