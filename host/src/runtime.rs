@@ -97,6 +97,16 @@ pub enum CallError {
     Internal(String),
 }
 
+impl CallError {
+    /// Wraps a store's error about `heap`.
+    fn storage(heap: &str) -> impl FnOnce(StoreError) -> CallError + '_ {
+        move |error| CallError::Storage {
+            heap: heap.into(),
+            error,
+        }
+    }
+}
+
 /// A call's result and what the code printed, which is worth showing also after a failure.
 pub type Reply<T> = Run<T, CallError>;
 
@@ -425,10 +435,7 @@ impl Runtime {
             .storage
             .list(heap)
             .await
-            .map_err(|error| CallError::Storage {
-                heap: heap.into(),
-                error,
-            })?;
+            .map_err(CallError::storage(heap))?;
         Ok(heaps.into_iter().find(|m| m.name == heap))
     }
 
@@ -442,10 +449,7 @@ impl Runtime {
             .storage
             .delete(heap)
             .await
-            .map_err(|error| CallError::Storage {
-                heap: heap.into(),
-                error,
-            })
+            .map_err(CallError::storage(heap))
     }
 }
 
@@ -461,10 +465,7 @@ impl Heaps {
                 .storage
                 .version(heap)
                 .await
-                .map_err(|error| CallError::Storage {
-                    heap: heap.into(),
-                    error,
-                })?;
+                .map_err(CallError::storage(heap))?;
             if current.as_ref() == Some(&version) {
                 return Ok(Loaded {
                     start: Start::Warm(warm),
@@ -500,10 +501,7 @@ impl Heaps {
                 precondition: Precondition::MustNotExist,
                 read_only: ReadOnly::Shared,
             }),
-            Err(error) => Err(CallError::Storage {
-                heap: heap.into(),
-                error,
-            }),
+            Err(error) => Err(CallError::storage(heap)(error)),
         }
     }
 
@@ -531,10 +529,7 @@ impl Heaps {
                 heap: heap.into(),
                 attempts: 1,
             }),
-            Err(error) => Err(CallError::Storage {
-                heap: heap.into(),
-                error,
-            }),
+            Err(error) => Err(CallError::storage(heap)(error)),
         }
     }
 

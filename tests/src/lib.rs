@@ -468,3 +468,15 @@ impl RawStdio {
         child.wait().await.expect("wait for mcp-v8")
     }
 }
+
+/// Writes a plugins.toml under `dir` that uses the hostile test store with `plugin_config`
+/// (its `[plugins.hostile.config]` lines); returns its path.
+pub fn hostile_config(dir: &Path, plugin_config: &str) -> String {
+    let path = dir.join("plugins.toml");
+    let text = format!(
+        "storage = \"hostile\"\n[plugins.hostile]\npath = {:?}\n[plugins.hostile.config]\n{plugin_config}\n",
+        library("mcp_v8_hostile_storage")
+    );
+    std::fs::write(&path, text).expect("write plugins.toml");
+    path.to_str().expect("a UTF-8 path").to_string()
+}

@@ -7,24 +7,14 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use mcp_v8_e2e::{
-    example_plugin_built_against, fake_library, library, start_up_failure, RawStdio, Server,
+    example_plugin_built_against, fake_library, hostile_config, start_up_failure, RawStdio, Server,
 };
 use serde_json::json;
-
-fn config(dir: &Path, plugin_config: &str) -> String {
-    let path = dir.join("plugins.toml");
-    let text = format!(
-        "storage = \"hostile\"\n[plugins.hostile]\npath = {:?}\n[plugins.hostile.config]\n{plugin_config}\n",
-        library("mcp_v8_hostile_storage")
-    );
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
 
 #[tokio::test]
 async fn a_store_that_never_answers_fails_the_call_and_releases_the_heap() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "hang_on_get = \"stuck\"");
+    let config = hostile_config(dir.path(), "hang_on_get = \"stuck\"");
     let server = Server::start(&["--config", &config, "--storage-timeout", "1"]).await;
     let error = server.run_js("1", Some("stuck")).await.err();
     assert!(
@@ -50,7 +40,7 @@ async fn a_store_that_never_answers_fails_the_call_and_releases_the_heap() {
 #[tokio::test]
 async fn hung_calls_are_bounded_and_cannot_take_the_blocking_pool() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "hang_on_get = \"stuck\"");
+    let config = hostile_config(dir.path(), "hang_on_get = \"stuck\"");
     let server = Server::start(&["--config", &config, "--storage-timeout", "1"]).await;
     let heaps: Vec<String> = (0..64).map(|i| format!("stuck-{i}")).collect();
     let calls = heaps.iter().map(|heap| server.run_js("1", Some(heap)));
@@ -69,7 +59,7 @@ async fn hung_calls_are_bounded_and_cannot_take_the_blocking_pool() {
 #[tokio::test]
 async fn a_call_waiting_on_the_store_can_be_cancelled_and_shutdown_is_not_blocked() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "hang_on_get = \"stuck\"");
+    let config = hostile_config(dir.path(), "hang_on_get = \"stuck\"");
     let mut raw = RawStdio::start(&[
         "--config",
         &config,
@@ -123,7 +113,7 @@ async fn a_call_waiting_on_the_store_can_be_cancelled_and_shutdown_is_not_blocke
 #[tokio::test]
 async fn names_a_plugin_lists_are_checked_and_listings_are_paginated() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "list = \"junk\"\nlist_count = 150000");
+    let config = hostile_config(dir.path(), "list = \"junk\"\nlist_count = 150000");
     let server = Server::start(&["--config", &config]).await;
     server.output("1", "real").await;
     let page = server.reply("list_heaps", json!({})).await.ok();

@@ -2,28 +2,15 @@
 //! changes for it — later calls and other clients read what was answered, failures roll
 //! back, a clean stop stores what was answered, a failed save is reported.
 
-use std::path::Path;
-
 use mcp_v8_e2e::http::HttpServer;
-use mcp_v8_e2e::{library, RawStdio, Server};
+use mcp_v8_e2e::{hostile_config, RawStdio, Server};
 use serde_json::json;
-
-/// A plugins.toml for the hostile test store with `plugin_config`.
-fn hostile(dir: &Path, plugin_config: &str) -> String {
-    let path = dir.join("plugins.toml");
-    let text = format!(
-        "storage = \"hostile\"\n[plugins.hostile]\npath = {:?}\n[plugins.hostile.config]\n{plugin_config}\n",
-        library("mcp_v8_hostile_storage")
-    );
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
 
 #[tokio::test]
 async fn an_answer_comes_before_its_heap_is_stored_and_every_client_reads_it() {
     let dir = tempfile::tempdir().unwrap();
     let release = dir.path().join("release");
-    let config = hostile(dir.path(), &format!("hold_puts_until = {release:?}"));
+    let config = hostile_config(dir.path(), &format!("hold_puts_until = {release:?}"));
     let server = HttpServer::start(&["--config", &config, "--save", "background"]).await;
     let (first, second) = (server.streamable(None).await, server.streamable(None).await);
 
@@ -114,7 +101,7 @@ async fn stdin_closing_right_after_an_answer_still_stores_it() {
 #[tokio::test]
 async fn a_background_save_that_fails_is_reported_by_the_next_call() {
     let dir = tempfile::tempdir().unwrap();
-    let config = hostile(dir.path(), "fail_puts_on = \"down\"");
+    let config = hostile_config(dir.path(), "fail_puts_on = \"down\"");
     let server = Server::start(&["--config", &config, "--save", "background"]).await;
     server.output("var kept = 1", "fine").await;
     // Answered; its save then fails.
@@ -136,7 +123,7 @@ async fn a_background_save_that_fails_is_reported_by_the_next_call() {
 #[tokio::test]
 async fn sync_saves_answer_after_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let config = hostile(dir.path(), "fail_puts_on = \"down\"");
+    let config = hostile_config(dir.path(), "fail_puts_on = \"down\"");
     let server = Server::start(&["--config", &config, "--save", "sync"]).await;
     let error = server
         .run_js("var lost = 2; lost", Some("down-1"))
