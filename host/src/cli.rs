@@ -7,6 +7,7 @@ use clap::Parser;
 
 use crate::config::Config;
 use crate::engine::Limits;
+use crate::envelope::Codec;
 use crate::runtime::{Policy as StoragePolicy, SaveMode};
 use crate::storage::StorageChoice;
 use crate::transport::guard::Policy;
@@ -169,6 +170,18 @@ pub struct Cli {
           default_value = "256MiB", value_parser = parse_size)]
     pub warm_heaps_max_bytes: u64,
 
+    /// How heap snapshots are stored in every store: `zstd` compresses them in this process
+    /// before any store sees them, `none` stores them as V8 made them. Heaps stored either
+    /// way are read either way.
+    #[arg(
+        long,
+        env = "MCP_V8_COMPRESSION",
+        value_name = "CODEC",
+        value_enum,
+        default_value = "zstd"
+    )]
+    pub compression: Codec,
+
     /// Internal: serve executions for a host over stdin/stdout.
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -259,6 +272,7 @@ impl Cli {
         StoragePolicy {
             save: self.save.unwrap_or_else(|| SaveMode::default_for(store)),
             conflict_retries: self.conflict_retries,
+            compression: self.compression,
         }
     }
 

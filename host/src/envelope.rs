@@ -2,18 +2,25 @@
 //!
 //! ```text
 //! magic "MCPV8HP\0" (8) | format u16 LE | V8 version len u8 | V8 version
-//! | heap name len u8 | heap name | payload len u64 LE | checksum u64 LE | payload
+//! | heap name len u8 | heap name | flags u8 | codec u8 | snapshot len u64 LE
+//! | payload len u64 LE | checksum u64 LE | payload
 //! ```
+//!
+//! The payload is the V8 snapshot as the codec stored it: as it is (`0`) or compressed with
+//! zstd (`1`). The checksum covers the header and the snapshot V8 will read (after
+//! decompression), so what reaches V8 is exactly what was sealed. Flag bit 0 marks a snapshot
+//! with its own read-only heap ([`ReadOnly::Own`]). Formats 2 to 4 had neither flags, codec
+//! nor snapshot length (the payload was the snapshot) and are still read.
 //!
 //! The heap's name binds the snapshot to it: bytes copied from one heap to another are
 //! refused. Format 2 had no name field; such heaps are still read.
 //!
-//! Format 4 marks heaps whose snapshot shares the read-only heap every isolate of a process
+//! Format 4 marked heaps whose snapshot shares the read-only heap every isolate of a process
 //! shares: all heaps made since mcp-v8 runs V8 with `--no-extensible-ro-snapshot`. A heap of
 //! format 2 or 3 may carry a read-only heap of its own (V8 promoted objects into it when it
 //! was saved), and V8 crashes restoring it while any other isolate lives in the process: the
-//! runtime runs such heaps alone ([`ReadOnly::Own`]) and keeps their format when it saves
-//! them again, since their read-only heap goes with them.
+//! runtime runs such heaps alone ([`ReadOnly::Own`]) and keeps that mark (flag bit 0) when it
+//! saves them again, since their read-only heap goes with them.
 //!
 //! The checksum is XXH3-64 of the payload, seeded with XXH3-64 of every header byte before
 //! it, so a flipped bit anywhere is caught. [`open`] checks everything before returning the
@@ -28,10 +35,34 @@ pub const MAGIC: &[u8; 8] = b"MCPV8HP\0";
 /// The envelope format. Bump it whenever a snapshot made by an older build could not be
 /// restored by a newer one with the same V8 (e.g. when the set of native functions
 /// registered as external references changes).
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 
-/// The format of heaps that carry their own read-only heap, written again when they are saved.
-const OWN_READ_ONLY_FORMAT: u16 = 3;
+/// Flag bit: the snapshot carries its own read-only heap.
+const FLAG_OWN_READ_ONLY: u8 = 1;
+
+/// Largest snapshot a compressed payload may announce (V8 heaps are limited to 16 GiB).
+const MAX_SNAPSHOT: u64 = 32 << 30;
+
+/// The zstd level heaps are compressed at; see the README's measurements.
+pub const ZSTD_LEVEL: i32 = 1;
+
+/// How a snapshot is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Codec {
+    /// As V8 made it.
+    None,
+    /// Compressed with zstd at [`ZSTD_LEVEL`].
+    Zstd,
+}
+
+impl Codec {
+    fn id(self) -> u8 {
+        match self {
+            Codec::None => 0,
+            Codec::Zstd => 1,
+        }
+    }
+}
 
 /// The oldest format still read: format 2 lacks the heap name, and its external references
 /// are a prefix of format 3's.
@@ -48,13 +79,16 @@ pub enum ReadOnly {
     Own,
 }
 
-/// A verified heap: its V8 snapshot, sharing the stored blob's memory, and its kind.
+/// A verified heap: its V8 snapshot (sharing the stored blob's memory unless it was
+/// compressed) and its kind.
 #[derive(Debug, Clone)]
 pub struct Opened {
     /// The raw V8 snapshot.
     pub snapshot: Bytes,
     /// Whose read-only heap it holds.
     pub read_only: ReadOnly,
+    /// How it was stored.
+    pub codec: Codec,
 }
 
 /// Why stored bytes cannot be restored.
@@ -71,33 +105,57 @@ pub enum EnvelopeError {
     OtherHeap(String),
 }
 
-/// Wraps the V8 snapshot of heap `heap` for storage: one allocation, one copy of the payload.
-pub fn seal(payload: &[u8], heap: &str, read_only: ReadOnly) -> Vec<u8> {
-    let format = match read_only {
-        ReadOnly::Shared => FORMAT_VERSION,
-        ReadOnly::Own => OWN_READ_ONLY_FORMAT,
-    };
-    seal_as(format, crate::engine::v8_version(), heap, payload)
+/// Wraps the V8 snapshot of heap `heap` for storage, compressed as `codec` says.
+pub fn seal(snapshot: &[u8], heap: &str, read_only: ReadOnly, codec: Codec) -> Vec<u8> {
+    seal_as(
+        crate::engine::v8_version(),
+        heap,
+        snapshot,
+        read_only,
+        codec,
+    )
 }
 
 #[cfg(test)]
-pub(crate) fn seal_for(v8_version: &str, heap: &str, payload: &[u8]) -> Vec<u8> {
-    seal_as(FORMAT_VERSION, v8_version, heap, payload)
+pub(crate) fn seal_for(v8_version: &str, heap: &str, snapshot: &[u8]) -> Vec<u8> {
+    seal_as(v8_version, heap, snapshot, ReadOnly::Shared, Codec::None)
 }
 
-fn seal_as(format: u16, v8_version: &str, heap: &str, payload: &[u8]) -> Vec<u8> {
+fn seal_as(
+    v8_version: &str,
+    heap: &str,
+    snapshot: &[u8],
+    read_only: ReadOnly,
+    codec: Codec,
+) -> Vec<u8> {
+    let compressed = match codec {
+        Codec::None => None,
+        // Compressing into memory cannot fail short of an allocation failure; should it,
+        // the snapshot is stored as it is.
+        Codec::Zstd => zstd::bulk::compress(snapshot, ZSTD_LEVEL).ok(),
+    };
+    let (codec, payload) = match &compressed {
+        Some(compressed) => (codec, compressed.as_slice()),
+        None => (Codec::None, snapshot),
+    };
     // Both fit a length byte: V8 versions are short, heap names at most 128 bytes (validated).
     let version = &v8_version.as_bytes()[..v8_version.len().min(255)];
     let name = &heap.as_bytes()[..heap.len().min(255)];
-    let mut out = Vec::with_capacity(8 + 2 + 2 + version.len() + name.len() + 16 + payload.len());
+    let mut out = Vec::with_capacity(8 + 4 + 2 + version.len() + name.len() + 24 + payload.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&format.to_le_bytes());
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.push(version.len() as u8);
     out.extend_from_slice(version);
     out.push(name.len() as u8);
     out.extend_from_slice(name);
+    out.push(match read_only {
+        ReadOnly::Shared => 0,
+        ReadOnly::Own => FLAG_OWN_READ_ONLY,
+    });
+    out.push(codec.id());
+    out.extend_from_slice(&(snapshot.len() as u64).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    let checksum = xxh3_64_with_seed(payload, xxh3_64(&out));
+    let checksum = xxh3_64_with_seed(snapshot, xxh3_64(&out));
     out.extend_from_slice(&checksum.to_le_bytes());
     out.extend_from_slice(payload);
     out
@@ -128,6 +186,28 @@ fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Opened, Envelo
     } else {
         None
     };
+    let (read_only, codec, snapshot_len) = if format >= 5 {
+        let [flags, codec] = header.array()?;
+        let read_only = if flags & FLAG_OWN_READ_ONLY != 0 {
+            ReadOnly::Own
+        } else {
+            ReadOnly::Shared
+        };
+        let codec = match codec {
+            0 => Codec::None,
+            1 => Codec::Zstd,
+            other => {
+                return Err(EnvelopeError::Incompatible(format!(
+                    "its snapshot is stored with codec {other}, which this mcp-v8 does not know"
+                )))
+            }
+        };
+        (read_only, codec, Some(u64::from_le_bytes(header.array()?)))
+    } else if format == 4 {
+        (ReadOnly::Shared, Codec::None, None)
+    } else {
+        (ReadOnly::Own, Codec::None, None)
+    };
     let len = u64::from_le_bytes(header.array()?);
     let checksummed = header.at;
     let checksum = u64::from_le_bytes(header.array()?);
@@ -138,8 +218,23 @@ fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Opened, Envelo
             payload.len()
         )));
     }
-    if xxh3_64_with_seed(&payload, xxh3_64(&blob[..checksummed])) != checksum {
-        return Err(corrupt("checksum mismatch, the stored bytes were altered"));
+    let snapshot = match (codec, snapshot_len) {
+        (Codec::Zstd, Some(snapshot_len)) => {
+            if snapshot_len > MAX_SNAPSHOT {
+                return Err(corrupt("the header announces an impossibly large snapshot"));
+            }
+            match decompress(&payload, snapshot_len) {
+                Some(snapshot) => Bytes::from(snapshot),
+                None => return Err(corrupt(ALTERED)),
+            }
+        }
+        (_, Some(snapshot_len)) if snapshot_len != len => {
+            return Err(corrupt("the snapshot's two lengths disagree"))
+        }
+        _ => payload,
+    };
+    if xxh3_64_with_seed(&snapshot, xxh3_64(&blob[..checksummed])) != checksum {
+        return Err(corrupt(ALTERED));
     }
     if let Some(owner) = owner.filter(|owner| *owner != heap.as_bytes()) {
         return Err(EnvelopeError::OtherHeap(
@@ -151,16 +246,32 @@ fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Opened, Envelo
             "it was made by V8 {made_by}, this mcp-v8 runs V8 {v8_version}; start a new heap"
         )));
     }
-    let read_only = if format >= 4 {
-        ReadOnly::Shared
-    } else {
-        ReadOnly::Own
-    };
     Ok(Opened {
-        snapshot: payload,
+        snapshot,
         read_only,
+        codec,
     })
 }
+
+/// The zstd `payload` decompressed, if it decodes to exactly `len` bytes. Memory grows with
+/// what actually decodes, never past `len` + 1, whatever the header claims. Altered bytes
+/// fail to decode or decode to other bytes, which the checksum then catches.
+fn decompress(payload: &[u8], len: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::new(payload).ok()?;
+    let ahead = usize::try_from(len)
+        .unwrap_or(usize::MAX)
+        .min(payload.len().saturating_mul(4));
+    let mut snapshot = Vec::with_capacity(ahead);
+    decoder
+        .take(len.saturating_add(1))
+        .read_to_end(&mut snapshot)
+        .ok()?;
+    (snapshot.len() as u64 == len).then_some(snapshot)
+}
+
+/// What a checksum mismatch says.
+const ALTERED: &str = "checksum mismatch, the stored bytes were altered";
 
 fn corrupt(why: &str) -> EnvelopeError {
     EnvelopeError::Corrupt(why.to_string())
@@ -295,13 +406,92 @@ mod tests {
     }
 
     #[test]
-    fn heaps_with_their_own_read_only_heap_keep_their_format() {
-        let blob = Bytes::from(seal_as(OWN_READ_ONLY_FORMAT, V8, "h", b"abc"));
-        assert_eq!(open_for(V8, "h", &blob).unwrap().read_only, ReadOnly::Own);
-        let blob = Bytes::from(seal_as(FORMAT_VERSION, V8, "h", b"abc"));
-        assert_eq!(
-            open_for(V8, "h", &blob).unwrap().read_only,
-            ReadOnly::Shared
-        );
+    fn heaps_with_their_own_read_only_heap_keep_their_mark() {
+        for codec in [Codec::None, Codec::Zstd] {
+            let blob = Bytes::from(seal_as(V8, "h", b"abc", ReadOnly::Own, codec));
+            assert_eq!(open_for(V8, "h", &blob).unwrap().read_only, ReadOnly::Own);
+            let blob = Bytes::from(seal_as(V8, "h", b"abc", ReadOnly::Shared, codec));
+            assert_eq!(
+                open_for(V8, "h", &blob).unwrap().read_only,
+                ReadOnly::Shared
+            );
+        }
+        // Format 3 and 4 heaps (no flags) say it with their format.
+        for (format, read_only) in [(3u16, ReadOnly::Own), (4, ReadOnly::Shared)] {
+            let blob = Bytes::from(old_format(format, "h", b"abc"));
+            assert_eq!(open_for(V8, "h", &blob).unwrap().read_only, read_only);
+        }
+    }
+
+    /// A heap as formats 3 and 4 sealed it: no flags, codec or snapshot length.
+    fn old_format(format: u16, heap: &str, payload: &[u8]) -> Vec<u8> {
+        let mut old = Vec::new();
+        old.extend_from_slice(MAGIC);
+        old.extend_from_slice(&format.to_le_bytes());
+        old.push(V8.len() as u8);
+        old.extend_from_slice(V8.as_bytes());
+        old.push(heap.len() as u8);
+        old.extend_from_slice(heap.as_bytes());
+        old.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        let checksum = xxh3_64_with_seed(payload, xxh3_64(&old));
+        old.extend_from_slice(&checksum.to_le_bytes());
+        old.extend_from_slice(payload);
+        old
+    }
+
+    /// Something like a V8 snapshot: repetitive, with some variety.
+    fn snapshot_like(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 7) % 251) as u8 ^ ((i >> 9) as u8))
+            .collect()
+    }
+
+    #[test]
+    fn compressed_heaps_round_trip_and_are_smaller() {
+        let snapshot = snapshot_like(1 << 20);
+        let blob = Bytes::from(seal_as(V8, "h", &snapshot, ReadOnly::Shared, Codec::Zstd));
+        assert!(blob.len() < snapshot.len() / 2, "{}", blob.len());
+        let opened = open_for(V8, "h", &blob).unwrap();
+        assert_eq!(opened.codec, Codec::Zstd);
+        assert_eq!(&opened.snapshot[..], &snapshot[..]);
+        // Heaps stored uncompressed read the same.
+        let plain = Bytes::from(seal_as(V8, "h", &snapshot, ReadOnly::Shared, Codec::None));
+        let opened = open_for(V8, "h", &plain).unwrap();
+        assert_eq!(opened.codec, Codec::None);
+        assert_eq!(&opened.snapshot[..], &snapshot[..]);
+    }
+
+    #[test]
+    fn every_damage_to_a_compressed_heap_is_caught() {
+        let snapshot = snapshot_like(64 << 10);
+        let blob = seal_as(V8, "h", &snapshot, ReadOnly::Shared, Codec::Zstd);
+        for i in (0..blob.len()).step_by(37) {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x10;
+            let result = open_for(V8, "h", &Bytes::from(bad));
+            assert!(
+                matches!(
+                    result,
+                    Err(EnvelopeError::Corrupt(_) | EnvelopeError::Incompatible(_))
+                ),
+                "byte {i}: {result:?}"
+            );
+        }
+        for len in (0..blob.len()).step_by(97) {
+            assert!(open_for(V8, "h", &Bytes::from(blob[..len].to_vec())).is_err());
+        }
+    }
+
+    #[test]
+    fn a_header_announcing_a_huge_snapshot_is_refused_without_allocating_it() {
+        let snapshot = snapshot_like(4096);
+        let mut blob = seal_as(V8, "h", &snapshot, ReadOnly::Shared, Codec::Zstd);
+        let at = blob
+            .windows(8)
+            .position(|w| w == (snapshot.len() as u64).to_le_bytes())
+            .unwrap();
+        blob[at..at + 8].copy_from_slice(&(16u64 << 30).to_le_bytes());
+        let err = open_for(V8, "h", &Bytes::from(blob)).unwrap_err();
+        assert!(matches!(err, EnvelopeError::Corrupt(_)), "{err}");
     }
 }

@@ -15,7 +15,7 @@ use mcp_v8_plugin_api::validate_heap_name;
 use tokio::sync::{OwnedMutexGuard, RwLock};
 
 use crate::engine::{Completion, Limits, Run, RunError};
-use crate::envelope::{self, EnvelopeError, ReadOnly};
+use crate::envelope::{self, Codec, EnvelopeError, ReadOnly};
 use crate::executor::Executor;
 use crate::job::{Job, NotWarm, Saving, Start, Target, WarmRef};
 use crate::storage::{
@@ -51,6 +51,8 @@ pub struct Policy {
     pub save: SaveMode,
     /// How often a call whose store lost a race runs again (sync saves only).
     pub conflict_retries: u32,
+    /// How snapshots are stored.
+    pub compression: Codec,
 }
 
 impl Default for Policy {
@@ -58,6 +60,7 @@ impl Default for Policy {
         Self {
             save: SaveMode::Background,
             conflict_retries: 3,
+            compression: Codec::Zstd,
         }
     }
 }
@@ -147,6 +150,8 @@ struct Heaps {
     storage: Arc<dyn HeapStorage>,
     /// Told when a warm isolate no longer stands for its heap.
     executor: Arc<Executor>,
+    /// How snapshots are stored.
+    codec: Codec,
     /// Heaps a worker holds warm, and the stored version that state is.
     warm: Mutex<HashMap<String, (WarmRef, Version)>>,
     /// Heaps whose last answered state could not be stored, and why.
@@ -183,6 +188,7 @@ impl Runtime {
             heaps: Arc::new(Heaps {
                 storage,
                 executor,
+                codec: policy.compression,
                 warm: Mutex::default(),
                 lost: Mutex::default(),
             }),
@@ -481,8 +487,11 @@ impl Heaps {
         }
         match self.storage.get(heap).await {
             Ok(stored) => {
-                let opened =
-                    envelope::open(&stored.bytes, heap).map_err(|error| CallError::Envelope {
+                // Checksums and decompression take milliseconds on big heaps: off the runtime.
+                let name = heap.to_string();
+                let opened = blocking(move || envelope::open(&stored.bytes, &name))
+                    .await?
+                    .map_err(|error| CallError::Envelope {
                         heap: heap.into(),
                         error,
                     })?;
@@ -517,7 +526,9 @@ impl Heaps {
         // it holds the new state, which it is told about below or not at all).
         self.warm().remove(heap);
         let saved = saving.finish().await?;
-        let sealed = envelope::seal(&saved.snapshot, heap, read_only);
+        let (name, codec) = (heap.to_string(), self.codec);
+        let sealed =
+            blocking(move || envelope::seal(&saved.snapshot, &name, read_only, codec)).await?;
         match self.storage.put(heap, sealed.into(), precondition).await {
             Ok(version) => {
                 if let (Some(warm), ReadOnly::Shared) = (saved.warm, read_only) {
@@ -581,6 +592,15 @@ impl Heaps {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(heap)
     }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CallError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CallError::Internal(format!("a blocking task failed: {e}")))
 }
 
 /// A fresh heap name such as `heap-3f9c2a1b7d4e`.
@@ -707,6 +727,7 @@ mod tests {
         let policy = Policy {
             save: SaveMode::Sync,
             conflict_retries: 2,
+            ..Policy::default()
         };
         let rt2 = Runtime::with_policy(
             Arc::new(racing),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use mcp_v8::engine::Limits;
+use mcp_v8::envelope::{self, ReadOnly};
 use mcp_v8::executor::Executor;
 use mcp_v8::runtime::{CallLimits, Runtime};
 use mcp_v8::storage::{MemoryStore, Precondition};
@@ -21,6 +22,11 @@ const FIXTURE: &[u8] = include_bytes!("fixtures/heap-without-ro-flag.bin");
 fn format_of(store: &MemoryStore, heap: &str) -> u16 {
     let bytes = store.get_now(heap).unwrap().bytes;
     u16::from_le_bytes([bytes[8], bytes[9]])
+}
+
+fn read_only_of(store: &MemoryStore, heap: &str) -> ReadOnly {
+    let bytes = store.get_now(heap).unwrap().bytes;
+    envelope::open(&bytes, heap).unwrap().read_only
 }
 
 async fn output(rt: &Runtime, code: &str, heap: &str) -> String {
@@ -44,14 +50,15 @@ async fn exercise(rt: &Runtime, store: &MemoryStore) {
         output(rt, "[count(), new Keeper().twice, later, fixed]", "fixture").await,
         r#"[3,6,"let",7]"#
     );
+    assert_eq!(format_of(store, "fixture"), envelope::FORMAT_VERSION);
     assert_eq!(
-        format_of(store, "fixture"),
-        3,
+        read_only_of(store, "fixture"),
+        ReadOnly::Own,
         "its own read-only heap goes with it"
     );
     assert_eq!(output(rt, "++n", "today").await, "3");
     assert_eq!(output(rt, "kept.a.push(4); count()", "fixture").await, "4");
-    assert_eq!(format_of(store, "today"), 4);
+    assert_eq!(read_only_of(store, "today"), ReadOnly::Shared);
     // Concurrent calls on both kinds.
     let calls = (0..6).map(|i| {
         let heap = if i % 2 == 0 { "fixture" } else { "today" };
