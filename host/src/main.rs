@@ -104,6 +104,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
     }
     // Nothing answered is lost on a clean stop: the states still being saved go in first.
-    runtime.flush(cli.shutdown_grace()).await;
+    if !runtime.flush(cli.shutdown_grace()).await {
+        return Err("stopped before the heaps of every answered call were saved".into());
+    }
     Ok(())
 }

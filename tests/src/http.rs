@@ -84,6 +84,16 @@ impl HttpServer {
         }
     }
 
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn signal_term(&self) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
     /// Waits until the server logs a line containing `needle`.
     pub async fn wait_for_log(&self, needle: &str) {
         let mut logs = self.logs.lock().await;

@@ -79,6 +79,31 @@ async fn sigterm_right_after_an_answer_still_stores_it() {
 }
 
 #[tokio::test]
+async fn a_save_that_cannot_finish_delays_the_exit_only_by_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = dir.path().join("never-created");
+    let config = hostile_config(dir.path(), &format!("hold_puts_until = {never:?}"));
+    let args = [
+        "--config",
+        &config,
+        "--save",
+        "background",
+        "--shutdown-grace",
+        "1",
+    ];
+    let server = HttpServer::start(&args).await;
+    let client = server.streamable(None).await;
+    assert_eq!(client.output("var n = 1; n", "stuck").await, "1");
+    server.signal_term();
+    server
+        .wait_for_log("stopping with heap saves still in progress after 1 s")
+        .await;
+    // Within the grace period, and with an exit status that says something was lost.
+    let status = server.terminate().await;
+    assert_eq!(status.code(), Some(1), "{status}");
+}
+
+#[tokio::test]
 async fn stdin_closing_right_after_an_answer_still_stores_it() {
     let dir = tempfile::tempdir().unwrap();
     let heaps = dir.path().join("heaps");
