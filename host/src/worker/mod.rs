@@ -27,6 +27,7 @@ use protocol::{
 };
 
 use crate::engine::{self, Fresh, Limits, RunError, Warm};
+use crate::frontend::Prepared;
 use crate::job::{Outcome, Stage};
 
 /// What a worker is told when it starts.
@@ -121,13 +122,13 @@ impl Worker {
         self.heaps.warm_up_next(&self.limits)
     }
 
+    /// Answers one request.
     fn serve(
         &mut self,
         request: Request,
         mut sections: Vec<Vec<u8>>,
         out: &mut Output,
     ) -> io::Result<()> {
-        let limits = request.limits;
         for heap in &request.forget {
             self.heaps.forget(heap);
         }
@@ -138,113 +139,125 @@ impl Worker {
             } => sections.pop().map(Bytes::from),
             _ => None,
         };
+        // A syntax error touches no isolate: a warm one stays as it is.
         let code = match sections.into_iter().next().map(String::from_utf8) {
             Some(Ok(code)) => engine::read_code(&code),
             Some(Err(_)) => Err(RunError::Crashed("code is not UTF-8".into())),
             None => Err(RunError::Crashed("request without code".into())),
         };
+        let code = match code {
+            Ok(code) => code,
+            Err(e) => return done(out, Outcome::failed(e)),
+        };
         match request.target {
-            RequestTarget::Stateless => {
-                let code = match code {
-                    Ok(code) => code,
-                    Err(e) => return done(out, Outcome::failed(e)),
-                };
-                let fresh = match self.fresh.take() {
-                    Some(fresh) if fresh.heap_bytes() == limits.heap_bytes => Ok(fresh),
-                    _ => Fresh::new(&limits),
-                };
-                let fresh = match fresh {
-                    Ok(fresh) => fresh,
-                    Err(e) => return done(out, Outcome::failed(e)),
-                };
-                let (run, used) = fresh.run(&code, &limits);
-                done(out, run)?;
-                // After the answer.
-                drop(used);
-                Ok(())
-            }
+            RequestTarget::Stateless => self.run_stateless(&code, &request.limits, out),
             RequestTarget::Heap { name, start } => {
-                // A syntax error touches no isolate: a warm one stays as it is.
-                let code = match code {
-                    Ok(code) => code,
-                    Err(e) => return done(out, Outcome::failed(e)),
-                };
-                let alone = matches!(start, RequestStart::Alone);
-                // Only a stored snapshot can be at fault for a crash before the code starts:
-                // the host hears when V8 has restored one (every other isolate is V8's own).
-                let restored_stored = matches!(start, RequestStart::Snapshot | RequestStart::Alone);
-                // The state to go back to if the run fails.
-                let (previous, warm) = match start {
-                    RequestStart::Warm { generation } => {
-                        let Some(mut entry) = self.heaps.take(&name, generation) else {
-                            return write_frame_now(out, &Answer::NotWarm, &[]);
-                        };
-                        let warm = entry.isolate(&limits);
-                        (Some(entry), warm)
-                    }
-                    RequestStart::Snapshot | RequestStart::Alone => {
-                        self.heaps.forget(&name);
-                        if matches!(start, RequestStart::Alone) {
-                            // Its read-only heap is its own: no other isolate may live.
-                            self.fresh = None;
-                            self.heaps.clear();
-                        }
-                        match snapshot {
-                            Some(snapshot) => (None, Warm::new(Some(snapshot), &limits)),
-                            None => (None, Err(RunError::Crashed("no snapshot sent".into()))),
-                        }
-                    }
-                    RequestStart::New => {
-                        self.heaps.forget(&name);
-                        (None, Warm::new(None, &limits))
-                    }
-                };
-                let keep_previous = |heaps: &mut WarmHeaps, previous: Option<Entry>| {
-                    if let Some(previous) = previous {
-                        let restored = Entry::cold(previous.generation, previous.snapshot);
-                        heaps.insert(name.clone(), restored);
-                    }
-                };
-                let warm = match warm {
-                    Ok(warm) => warm,
-                    Err(e) => {
-                        done(out, Outcome::failed(e))?;
-                        keep_previous(&mut self.heaps, previous);
-                        return Ok(());
-                    }
-                };
-                if restored_stored {
-                    stage(out)?;
-                }
-                let (run, spent) = warm.run(&code, &limits);
-                let succeeded = run.result.is_ok();
-                done(out, run)?;
-                if !succeeded {
-                    // Failures never change state: back to the last good snapshot.
-                    drop(spent);
-                    keep_previous(&mut self.heaps, previous);
-                    return Ok(());
-                }
-                match spent.save() {
-                    Ok(snapshot) => {
-                        let generation = self.heaps.next_generation();
-                        write_frame_now(
-                            out,
-                            &Answer::Saved(Ok(Generation(generation))),
-                            &[&snapshot],
-                        )?;
-                        if !alone {
-                            self.heaps.insert(name, Entry::cold(generation, snapshot));
-                        }
-                    }
-                    Err(e) => {
-                        write_frame_now(out, &Answer::Saved(Err(e)), &[])?;
-                        keep_previous(&mut self.heaps, previous);
-                    }
-                }
-                Ok(())
+                self.run_on_heap(&code, name, start, snapshot, &request.limits, out)
             }
         }
+    }
+
+    fn run_stateless(
+        &mut self,
+        code: &Prepared,
+        limits: &Limits,
+        out: &mut Output,
+    ) -> io::Result<()> {
+        let fresh = match self.fresh.take() {
+            Some(fresh) if fresh.heap_bytes() == limits.heap_bytes => Ok(fresh),
+            _ => Fresh::new(limits),
+        };
+        let fresh = match fresh {
+            Ok(fresh) => fresh,
+            Err(e) => return done(out, Outcome::failed(e)),
+        };
+        let (run, used) = fresh.run(code, limits);
+        done(out, run)?;
+        // Disposed of after the answer.
+        drop(used);
+        Ok(())
+    }
+
+    fn run_on_heap(
+        &mut self,
+        code: &Prepared,
+        name: String,
+        start: RequestStart,
+        snapshot: Option<Bytes>,
+        limits: &Limits,
+        out: &mut Output,
+    ) -> io::Result<()> {
+        let alone = matches!(start, RequestStart::Alone);
+        // Only a stored snapshot can be at fault for a crash before the code starts: the host
+        // hears when V8 has restored one (every other isolate is V8's own).
+        let restores_stored = matches!(start, RequestStart::Snapshot | RequestStart::Alone);
+        // The state to go back to if the run fails, and the isolate to run on.
+        let (previous, warm) = match start {
+            RequestStart::Warm { generation } => {
+                let Some(mut entry) = self.heaps.take(&name, generation) else {
+                    return write_frame_now(out, &Answer::NotWarm, &[]);
+                };
+                let warm = entry.isolate(limits);
+                (Some(entry), warm)
+            }
+            RequestStart::Snapshot | RequestStart::Alone => {
+                self.heaps.forget(&name);
+                if alone {
+                    // Its read-only heap is its own: no other isolate may live.
+                    self.fresh = None;
+                    self.heaps.clear();
+                }
+                match snapshot {
+                    Some(snapshot) => (None, Warm::new(Some(snapshot), limits)),
+                    None => (None, Err(RunError::Crashed("no snapshot sent".into()))),
+                }
+            }
+            RequestStart::New => {
+                self.heaps.forget(&name);
+                (None, Warm::new(None, limits))
+            }
+        };
+        // Failures never change state: back to the last good snapshot, warm again once idle.
+        let roll_back = |heaps: &mut WarmHeaps, previous: Option<Entry>| {
+            if let Some(previous) = previous {
+                let entry = Entry::cold(previous.generation, previous.snapshot);
+                heaps.insert(name.clone(), entry);
+            }
+        };
+        let warm = match warm {
+            Ok(warm) => warm,
+            Err(e) => {
+                done(out, Outcome::failed(e))?;
+                roll_back(&mut self.heaps, previous);
+                return Ok(());
+            }
+        };
+        if restores_stored {
+            stage(out)?;
+        }
+        let (run, spent) = warm.run(code, limits);
+        let succeeded = run.result.is_ok();
+        done(out, run)?;
+        if !succeeded {
+            drop(spent);
+            roll_back(&mut self.heaps, previous);
+            return Ok(());
+        }
+        match spent.save() {
+            Ok(snapshot) => {
+                let generation = self.heaps.next_generation();
+                let saved = Answer::Saved(Ok(Generation(generation)));
+                write_frame_now(out, &saved, &[&snapshot])?;
+                if !alone {
+                    self.heaps.insert(name, Entry::cold(generation, snapshot));
+                }
+            }
+            Err(e) => {
+                write_frame_now(out, &Answer::Saved(Err(e)), &[])?;
+                roll_back(&mut self.heaps, previous);
+            }
+        }
+        Ok(())
     }
 }
 
