@@ -101,12 +101,11 @@ async fn run_in_process(job: Job) -> Ran {
             Ok(warm) => warm,
             Err(e) => return drop(answer.send(Outcome::failed(e))),
         };
-        let (run, spent) = warm.run(&code, &job.limits);
-        let succeeded = run.result.is_ok();
+        let (outcome, left) = engine::answer_first(warm.run(&code, &job.limits));
         // The answer goes first; the snapshot follows.
-        let _ = answer.send(run);
-        if succeeded {
-            let _ = save.send(spent.save().map(|snapshot| Saved {
+        let _ = answer.send(outcome);
+        if let Ok(unsaved) = left {
+            let _ = save.send(unsaved.save().map(|snapshot| Saved {
                 snapshot,
                 warm: None,
             }));

@@ -1,6 +1,6 @@
 //! The V8 engine: runs one piece of JavaScript in an isolate made for it ([`Fresh`]), or on
 //! a heap restored from a raw V8 snapshot ([`Warm`]), drives its promises and timers, and
-//! (when stateful) snapshots the heap again afterwards ([`Spent::save`]).
+//! (when stateful) snapshots the heap again afterwards ([`Unsaved::save`]).
 //!
 //! Every function here blocks; callers run it on a blocking thread or in a worker process.
 //! The engine trusts the snapshots it is given: the runtime verifies stored heaps
@@ -30,7 +30,7 @@ pub use globals::{Console, LogLine};
 use render::{clip, describe_thrown, render, Unrendered};
 pub use trace::{Frame, Origin};
 
-pub use session::{Fresh, Spent, Used, Warm};
+pub use session::{answer_first, Fresh, Unsaved, Used, Warm};
 
 use crate::frontend::{self, Prepared};
 
@@ -318,8 +318,10 @@ pub fn run_stateful(
         Ok(warm) => warm,
         Err(e) => return Run::failed(e),
     };
-    let (run, spent) = warm.run(&code, &limits);
-    run.map_result(|result| result.and_then(|completion| Ok((completion, spent.save()?))))
+    warm.run(&code, &limits).map_result(|result| match result {
+        Ok((completion, unsaved)) => Ok((completion, unsaved.save()?)),
+        Err((e, _used)) => Err(e),
+    })
 }
 
 /// Pairs the console of the run in `isolate` with `result`, and ends the run's state.

@@ -19,19 +19,16 @@ use crate::frontend::Prepared;
 pub struct Fresh(Session);
 
 /// A heap's isolate (a snapshot creator) restored and ready for one run; its snapshot is
-/// taken after the run ([`Spent::save`]).
+/// taken after the run ([`Unsaved::save`]).
 pub struct Warm(Session);
 
-/// A [`Fresh`] isolate after its run: dropping it disposes of it, which callers do after the
-/// answer has gone out.
+/// An isolate after its run, with nothing to keep: dropping it disposes of it, which callers
+/// do after the answer has gone out (for a heap's isolate this is cheap: what the run made is
+/// left out).
 pub struct Used(#[allow(dead_code)] Session);
 
-/// A [`Warm`] isolate after its run: saved if the run succeeded, discarded otherwise (by
-/// dropping it, which is cheap: what the run made is left out).
-pub struct Spent {
-    session: Session,
-    succeeded: bool,
-}
+/// A heap's isolate after a successful run, its new state not saved yet.
+pub struct Unsaved(Session);
 
 impl Fresh {
     /// An isolate and context for code run under `limits` (its heap limit is fixed here).
@@ -73,31 +70,45 @@ impl Warm {
         })
     }
 
-    /// Runs `code` on the heap. On success the returned [`Spent`] saves the new state.
-    pub fn run(mut self, code: &Prepared, limits: &Limits) -> (Run<Completion>, Spent) {
+    /// Runs `code` on the heap. A success leaves the new state to save; a failure leaves
+    /// the heap as it was and an isolate to drop.
+    #[allow(clippy::result_large_err)] // the error carries the isolate, moved once per run
+    pub fn run(
+        mut self,
+        code: &Prepared,
+        limits: &Limits,
+    ) -> Run<(Completion, Unsaved), (RunError, Used)> {
         let run = self.0.run(code, limits);
-        let succeeded = run.result.is_ok();
-        (
-            run,
-            Spent {
-                session: self.0,
-                succeeded,
-            },
-        )
+        let session = self.0;
+        run.map_result(|result| match result {
+            Ok(completion) => Ok((completion, Unsaved(session))),
+            Err(e) => Err((e, Used(session))),
+        })
     }
 }
 
-impl Spent {
+/// What a heap's run is for its caller, who answers first: the outcome to send, and what is
+/// left of the isolate to save (after a success) or to drop (after a failure).
+pub fn answer_first(
+    run: Run<(Completion, Unsaved), (RunError, Used)>,
+) -> (Run<Completion>, Result<Unsaved, Used>) {
+    let (result, left) = match run.result {
+        Ok((completion, unsaved)) => (Ok(completion), Ok(unsaved)),
+        Err((e, used)) => (Err(e), Err(used)),
+    };
+    let outcome = Run {
+        result,
+        console: run.console,
+    };
+    (outcome, left)
+}
+
+impl Unsaved {
     /// The heap's new snapshot: V8's `create_blob`, the slow part of a stateful call, which
-    /// callers run after the answer has gone out. Fails when the run failed.
+    /// callers run after the answer has gone out.
     pub fn save(mut self) -> Result<Bytes, RunError> {
-        if !self.succeeded {
-            return Err(RunError::Snapshot(
-                "the run failed, so nothing is saved".into(),
-            ));
-        }
-        let context = self.session.context.take();
-        let Some(mut isolate) = self.session.isolate.take() else {
+        let context = self.0.context.take();
+        let Some(mut isolate) = self.0.isolate.take() else {
             return Err(RunError::Snapshot("the isolate is gone".into()));
         };
         // SAFETY: the session is parked (not entered); `create_blob` exits the isolate once

@@ -178,7 +178,7 @@ impl WarmHeaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{read_code, run_stateful};
+    use crate::engine::{answer_first, read_code, run_stateful};
 
     fn snapshot(code: &str) -> Bytes {
         run_stateful(code, None, Limits::default())
@@ -225,13 +225,17 @@ mod tests {
         let mut entry = heaps.take("h", 8).unwrap();
         assert!(entry.warm.is_some(), "restored ahead");
         let warm = entry.isolate(&limits).unwrap();
-        let (run, spent) = warm.run(&read_code("++n").unwrap(), &limits);
-        assert_eq!(run.result.unwrap().output, "42");
-        let next = spent.save().unwrap();
-        let (run, _) = Warm::new(Some(next), &limits)
+        let run = warm.run(&read_code("++n").unwrap(), &limits);
+        let Ok((completion, unsaved)) = run.result else {
+            panic!("the run failed")
+        };
+        assert_eq!(completion.output, "42");
+        let next = unsaved.save().unwrap();
+        let run = Warm::new(Some(next), &limits)
             .unwrap()
             .run(&read_code("n").unwrap(), &limits);
-        assert_eq!(run.result.unwrap().output, "42");
+        let (outcome, _) = answer_first(run);
+        assert_eq!(outcome.result.unwrap().output, "42");
     }
 
     #[test]
@@ -241,11 +245,12 @@ mod tests {
         heaps.insert("h".into(), Entry::cold(1, snapshot("var n = 1")));
         let mut entry = heaps.take("h", 1).unwrap();
         assert!(entry.warm.is_none());
-        let (run, _) = entry
+        let run = entry
             .isolate(&limits)
             .unwrap()
             .run(&read_code("n").unwrap(), &limits);
-        assert_eq!(run.result.unwrap().output, "1");
+        let (outcome, _) = answer_first(run);
+        assert_eq!(outcome.result.unwrap().output, "1");
     }
 
     #[test]

@@ -235,15 +235,17 @@ impl Worker {
         if restores_stored {
             stage(out)?;
         }
-        let (run, spent) = warm.run(code, limits);
-        let succeeded = run.result.is_ok();
-        done(out, run)?;
-        if !succeeded {
-            drop(spent);
-            roll_back(&mut self.heaps, previous);
-            return Ok(());
-        }
-        match spent.save() {
+        let (outcome, left) = engine::answer_first(warm.run(code, limits));
+        done(out, outcome)?;
+        let unsaved = match left {
+            Ok(unsaved) => unsaved,
+            Err(used) => {
+                drop(used);
+                roll_back(&mut self.heaps, previous);
+                return Ok(());
+            }
+        };
+        match unsaved.save() {
             Ok(snapshot) => {
                 let generation = self.heaps.next_generation();
                 let saved = Answer::Saved(Ok(Generation(generation)));
