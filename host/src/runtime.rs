@@ -720,10 +720,7 @@ mod tests {
         output(&rt, "var n = 1", "h").await;
         // Another host saves the heap between this host's load and save, on every attempt.
         let moved = store.get_now("h").unwrap().bytes;
-        let racing = RacingStore {
-            inner: store.clone(),
-            sneak_in: moved,
-        };
+        let racing = ScriptedStore::racing(&store, moved);
         let policy = Policy {
             save: SaveMode::Sync,
             conflict_retries: 2,
@@ -755,10 +752,7 @@ mod tests {
     async fn a_background_save_that_fails_is_reported_by_the_next_call() {
         let (rt, store) = runtime();
         output(&rt, "var n = 1", "h").await;
-        let racing = RacingStore {
-            inner: store.clone(),
-            sneak_in: store.get_now("h").unwrap().bytes,
-        };
+        let racing = ScriptedStore::racing(&store, store.get_now("h").unwrap().bytes);
         let rt2 = Runtime::new(Arc::new(racing), Executor::InProcess, Limits::default());
         // Answered at once; its save then loses the race.
         let run = rt2
@@ -780,10 +774,7 @@ mod tests {
     async fn a_call_after_an_answer_sees_its_state_and_list_waits_for_the_save() {
         let store = MemoryStore::new();
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let held = HeldStore {
-            inner: store.clone(),
-            gate: Arc::clone(&gate),
-        };
+        let held = ScriptedStore::held(&store, &gate);
         let rt = Runtime::new(Arc::new(held), Executor::InProcess, Limits::default());
         let answered = rt
             .run_on_heap(
@@ -810,52 +801,44 @@ mod tests {
         assert!(store.get_now("h").is_ok());
     }
 
-    /// A store whose puts wait for a permit of `gate`.
-    struct HeldStore {
+    /// A memory store with a script: someone else writes the heap right after every read
+    /// (`sneak_in`), and puts wait for a permit of `put_gate`.
+    struct ScriptedStore {
         inner: MemoryStore,
-        gate: Arc<tokio::sync::Semaphore>,
+        sneak_in: Option<Bytes>,
+        put_gate: Option<Arc<tokio::sync::Semaphore>>,
+    }
+
+    impl ScriptedStore {
+        fn racing(inner: &MemoryStore, sneak_in: Bytes) -> Self {
+            let (inner, sneak_in) = (inner.clone(), Some(sneak_in));
+            Self {
+                inner,
+                sneak_in,
+                put_gate: None,
+            }
+        }
+
+        fn held(inner: &MemoryStore, gate: &Arc<tokio::sync::Semaphore>) -> Self {
+            let (inner, put_gate) = (inner.clone(), Some(Arc::clone(gate)));
+            Self {
+                inner,
+                sneak_in: None,
+                put_gate,
+            }
+        }
     }
 
     #[async_trait::async_trait]
-    impl HeapStorage for HeldStore {
-        fn info(&self) -> crate::storage::BackendInfo {
-            self.inner.info()
-        }
-        async fn get(&self, name: &str) -> Result<crate::storage::Stored, StoreError> {
-            self.inner.get(name).await
-        }
-        async fn put(
-            &self,
-            name: &str,
-            bytes: Bytes,
-            p: Precondition,
-        ) -> Result<crate::storage::Version, StoreError> {
-            let _permit = self.gate.acquire().await;
-            self.inner.put(name, bytes, p).await
-        }
-        async fn delete(&self, name: &str) -> Result<(), StoreError> {
-            self.inner.delete(name).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
-            self.inner.list(prefix).await
-        }
-    }
-
-    /// A store in which someone else writes the heap right after every read.
-    struct RacingStore {
-        inner: MemoryStore,
-        sneak_in: Bytes,
-    }
-
-    #[async_trait::async_trait]
-    impl HeapStorage for RacingStore {
+    impl HeapStorage for ScriptedStore {
         fn info(&self) -> crate::storage::BackendInfo {
             self.inner.info()
         }
         async fn get(&self, name: &str) -> Result<crate::storage::Stored, StoreError> {
             let got = self.inner.get(name).await;
-            self.inner
-                .put_now(name, self.sneak_in.clone(), Precondition::Any)?;
+            if let Some(bytes) = &self.sneak_in {
+                self.inner.put_now(name, bytes.clone(), Precondition::Any)?;
+            }
             got
         }
         async fn put(
@@ -864,6 +847,10 @@ mod tests {
             bytes: Bytes,
             p: Precondition,
         ) -> Result<crate::storage::Version, StoreError> {
+            let _permit = match &self.put_gate {
+                Some(gate) => gate.acquire().await.ok(),
+                None => None,
+            };
             self.inner.put(name, bytes, p).await
         }
         async fn delete(&self, name: &str) -> Result<(), StoreError> {

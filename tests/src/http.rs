@@ -131,12 +131,7 @@ impl HttpServer {
 
     /// Sends SIGTERM and returns the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        self.signal_term();
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("mcp-v8 stops within 30 s of SIGTERM")

@@ -134,18 +134,19 @@ fn s3(c: &mut Criterion) {
                 })
             },
         );
+        let head = || {
+            runtime
+                .block_on(
+                    client
+                        .head_object()
+                        .bucket("bench")
+                        .key("plain/bench")
+                        .send(),
+                )
+                .expect("head")
+        };
         group.bench_function(BenchmarkId::new("head via aws-sdk-s3", &label), |b| {
-            b.iter(|| {
-                runtime
-                    .block_on(
-                        client
-                            .head_object()
-                            .bucket("bench")
-                            .key("plain/bench")
-                            .send(),
-                    )
-                    .expect("head")
-            })
+            b.iter(head)
         });
         // Conditional puts, as the host makes them: each one against the version the previous
         // one returned.
@@ -157,18 +158,7 @@ fn s3(c: &mut Criterion) {
                     .expect("put");
             })
         });
-        let mut etag = runtime
-            .block_on(
-                client
-                    .head_object()
-                    .bucket("bench")
-                    .key("plain/bench")
-                    .send(),
-            )
-            .expect("head")
-            .e_tag()
-            .unwrap_or_default()
-            .to_string();
+        let mut etag = head().e_tag().unwrap_or_default().to_string();
         group.bench_function(
             BenchmarkId::new("put via aws-sdk-s3 (If-Match)", &label),
             |b| {
