@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::engine::Limits;
 use crate::envelope::Codec;
 use crate::runtime::{Policy as StoragePolicy, SaveMode};
-use crate::storage::StorageChoice;
+use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
 use crate::transport::guard::Policy;
 use crate::transport::http::HttpOptions;
 use crate::worker::WorkerSettings;
@@ -182,6 +182,28 @@ pub struct Cli {
     )]
     pub compression: Codec,
 
+    /// Most bytes the memory store holds (as stored, i.e. compressed), e.g. `512MiB`, `2GB`
+    /// or plain bytes; past it the least recently used heaps are evicted (never one in use),
+    /// and a call on an evicted heap says so [default: unlimited].
+    #[arg(long, env = "MCP_V8_MEMORY_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    pub memory_max_bytes: Option<u64>,
+
+    /// How long the memory store keeps a heap nobody runs, reads or writes, e.g. `90s`,
+    /// `30m`, `2h`; a call on an expired heap says so [default: forever].
+    #[arg(long, env = "MCP_V8_MEMORY_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub memory_ttl: Option<Duration>,
+
+    /// Load the memory store's heaps from this file at start, and write them all to it on
+    /// SIGINT, SIGTERM and end of input (atomically: a crash mid-write keeps the previous
+    /// dump).
+    #[arg(long, env = "MCP_V8_MEMORY_DUMP", value_name = "PATH")]
+    pub memory_dump: Option<PathBuf>,
+
+    /// Also write the memory dump this often while running, e.g. `5m`.
+    #[arg(long, env = "MCP_V8_MEMORY_DUMP_INTERVAL", value_name = "DURATION",
+          value_parser = parse_duration, requires = "memory_dump")]
+    pub memory_dump_interval: Option<Duration>,
+
     /// Internal: serve executions for a host over stdin/stdout.
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -228,6 +250,17 @@ impl Cli {
             Some(config) => StorageChoice::Configured(config),
             None => StorageChoice::Memory { warn: true },
         })
+    }
+
+    /// The memory store's bounds and dump.
+    pub fn memory_settings(&self) -> MemorySettings {
+        MemorySettings {
+            options: MemoryOptions {
+                max_bytes: self.memory_max_bytes,
+                ttl: self.memory_ttl,
+            },
+            dump: self.memory_dump.clone(),
+        }
     }
 
     /// The HTTP transports' options, or `None` to serve stdio.
@@ -314,6 +347,36 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// A duration: a number with a unit (`500ms`, `90s`, `30m`, `2h`, `1d`), or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 90s, 30m or 2h)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => 0.001,
+        "" | "s" | "sec" | "secs" => 1.0,
+        "m" | "min" | "mins" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        other => {
+            return Err(format!(
+                "'{other}' is not a duration unit (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    let secs = number * scale;
+    if secs > 0.0 && secs <= 3.2e9 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("'{s}' is out of range: give more than 0"))
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<f64, String> {
     let secs: f64 = s
         .parse()
@@ -356,6 +419,19 @@ mod tests {
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("99999999999TB").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3 fortnights").is_err());
+        let cli = Cli::try_parse_from(["mcp-v8", "--memory-dump-interval", "5m"]);
+        assert!(cli.is_err(), "an interval without a dump was accepted");
     }
 
     #[test]

@@ -168,7 +168,29 @@ pub fn open(blob: &Bytes, heap: &str) -> Result<Opened, EnvelopeError> {
     open_for(crate::engine::v8_version(), heap, blob)
 }
 
-fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Opened, EnvelopeError> {
+/// What an envelope's header says, read without touching the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The V8 version that made the snapshot.
+    pub made_by: String,
+    /// The heap it was sealed for (`None` for format 2, which did not record it).
+    pub heap: Option<String>,
+    /// Whose read-only heap it holds.
+    pub read_only: ReadOnly,
+    /// How the payload is stored.
+    pub codec: Codec,
+    /// The size of the V8 snapshot, before compression.
+    pub raw_len: u64,
+    /// Where the checksummed header ends and the checksum begins.
+    checksummed: usize,
+    checksum: u64,
+    /// Where the payload begins.
+    payload_at: usize,
+}
+
+/// Reads and checks an envelope's header (magic, format, lengths), not its checksum: cheap
+/// enough to run on every stored heap, e.g. for its raw size or to sort out a dump.
+pub fn header(blob: &[u8]) -> Result<Header, EnvelopeError> {
     let mut header = Reader { blob, at: 0 };
     if header.take(MAGIC.len())? != MAGIC {
         return Err(corrupt("the stored data is not an mcp-v8 heap snapshot"));
@@ -182,9 +204,9 @@ fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Opened, Envelo
     }
     let [version_len] = header.array()?;
     let made_by = String::from_utf8_lossy(header.take(usize::from(version_len))?).into_owned();
-    let owner = if format >= 3 {
+    let heap = if format >= 3 {
         let [name_len] = header.array()?;
-        Some(header.take(usize::from(name_len))?)
+        Some(String::from_utf8_lossy(header.take(usize::from(name_len))?).into_owned())
     } else {
         None
     };
@@ -213,45 +235,58 @@ fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Opened, Envelo
     let len = u64::from_le_bytes(header.array()?);
     let checksummed = header.at;
     let checksum = u64::from_le_bytes(header.array()?);
-    let payload = blob.slice(header.at..);
-    if u64::try_from(payload.len()).ok() != Some(len) {
+    let stored = blob.len() - header.at;
+    if u64::try_from(stored).ok() != Some(len) {
         return Err(EnvelopeError::Corrupt(format!(
-            "the header announces {len} bytes of snapshot but {} are stored (truncated or padded)",
-            payload.len()
+            "the header announces {len} bytes of snapshot but {stored} are stored (truncated or padded)"
         )));
     }
-    let snapshot = match (codec, snapshot_len) {
-        (Codec::Zstd, Some(snapshot_len)) => {
-            if snapshot_len > MAX_SNAPSHOT {
-                return Err(corrupt("the header announces an impossibly large snapshot"));
-            }
-            match decompress(&payload, snapshot_len) {
-                Some(snapshot) => Bytes::from(snapshot),
-                None => return Err(corrupt(ALTERED)),
-            }
+    let raw_len = match (codec, snapshot_len) {
+        (Codec::Zstd, Some(raw)) if raw > MAX_SNAPSHOT => {
+            return Err(corrupt("the header announces an impossibly large snapshot"))
         }
-        (_, Some(snapshot_len)) if snapshot_len != len => {
-            return Err(corrupt("the snapshot's two lengths disagree"))
-        }
-        _ => payload,
+        (Codec::Zstd, Some(raw)) => raw,
+        (_, Some(raw)) if raw != len => return Err(corrupt("the snapshot's two lengths disagree")),
+        _ => len,
     };
-    if xxh3_64_with_seed(&snapshot, xxh3_64(&blob[..checksummed])) != checksum {
+    Ok(Header {
+        made_by,
+        heap,
+        read_only,
+        codec,
+        raw_len,
+        checksummed,
+        checksum,
+        payload_at: header.at,
+    })
+}
+
+fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Opened, EnvelopeError> {
+    let header = self::header(blob)?;
+    let payload = blob.slice(header.payload_at..);
+    let snapshot = match header.codec {
+        Codec::Zstd => match decompress(&payload, header.raw_len) {
+            Some(snapshot) => Bytes::from(snapshot),
+            None => return Err(corrupt(ALTERED)),
+        },
+        Codec::None => payload,
+    };
+    if xxh3_64_with_seed(&snapshot, xxh3_64(&blob[..header.checksummed])) != header.checksum {
         return Err(corrupt(ALTERED));
     }
-    if let Some(owner) = owner.filter(|owner| *owner != heap.as_bytes()) {
-        return Err(EnvelopeError::OtherHeap(
-            String::from_utf8_lossy(owner).into_owned(),
-        ));
+    if let Some(owner) = header.heap.filter(|owner| owner != heap) {
+        return Err(EnvelopeError::OtherHeap(owner));
     }
-    if made_by != v8_version {
+    if header.made_by != v8_version {
         return Err(EnvelopeError::Incompatible(format!(
-            "it was made by V8 {made_by}, this mcp-v8 runs V8 {v8_version}; start a new heap"
+            "it was made by V8 {}, this mcp-v8 runs V8 {v8_version}; start a new heap",
+            header.made_by
         )));
     }
     Ok(Opened {
         snapshot,
-        read_only,
-        codec,
+        read_only: header.read_only,
+        codec: header.codec,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod executor;
 pub mod frontend;
 pub mod job;
+pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod storage;

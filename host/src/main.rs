@@ -66,7 +66,11 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let storage = storage::registry::open(&cli.storage_choice()?, cli.storage_timeout())?;
+    let storage::registry::Opened { storage, dump } = storage::registry::open(
+        &cli.storage_choice()?,
+        cli.storage_timeout(),
+        &cli.memory_settings(),
+    )?;
     let limits = cli.limits();
     let program =
         std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
@@ -86,6 +90,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     let server = McpServer::new(Arc::clone(&runtime), cli.stateless);
     let shutdown = CancellationToken::new();
     transport::cancel_on_signals(shutdown.clone());
+    if let (Some(dump), Some(every)) = (&dump, cli.memory_dump_interval) {
+        Arc::clone(dump).spawn_every(every, shutdown.clone());
+    }
     match cli.http_options() {
         Some(options) => {
             let loopback = matches!(options.host.as_str(), "127.0.0.1" | "localhost" | "::1");
@@ -104,7 +111,16 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
     }
     // Nothing answered is lost on a clean stop: the states still being saved go in first.
-    if !runtime.flush(cli.shutdown_grace()).await {
+    let flushed = runtime.flush(cli.shutdown_grace()).await;
+    if let Some(dump) = dump {
+        let path = dump.path().display().to_string();
+        match tokio::task::spawn_blocking(move || dump.write()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("could not write the memory dump {path}: {e}")),
+            Err(e) => return Err(format!("the memory dump task failed: {e}")),
+        }
+    }
+    if !flushed {
         return Err("stopped before the heaps of every answered call were saved".into());
     }
     Ok(())

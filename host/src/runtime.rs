@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mcp_v8_plugin_api::validate_heap_name;
 use tokio::sync::{OwnedMutexGuard, RwLock};
@@ -18,6 +18,7 @@ use crate::engine::{Completion, Limits, Run, RunError};
 use crate::envelope::{self, Codec, EnvelopeError, ReadOnly};
 use crate::executor::Executor;
 use crate::job::{Job, NotWarm, Saving, Start, Target, WarmRef};
+use crate::metrics::{self, CallMetrics, Metered, StorageStats, StoreMetrics};
 use crate::storage::{
     ErrorKind, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError, Version,
 };
@@ -101,6 +102,29 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// A short label for the kind of failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::InvalidName(_) => "invalid_name",
+            CallError::InvalidLimit(_) => "invalid_limit",
+            CallError::Run(RunError::Exception(_)) => "exception",
+            CallError::Run(RunError::Timeout(_)) => "timeout",
+            CallError::Run(RunError::HeapLimit(_)) => "heap_limit",
+            CallError::Run(RunError::Unsettled) => "unsettled",
+            CallError::Run(RunError::Snapshot(_) | RunError::Unsaveable(_)) => "unsaveable",
+            CallError::Run(RunError::Unrestorable(_)) | CallError::Unrestorable { .. } => {
+                "unrestorable"
+            }
+            CallError::Run(RunError::Unavailable(_)) => "engine_unavailable",
+            CallError::Run(RunError::Crashed(_)) => "crashed",
+            CallError::Envelope { .. } => "corrupt_heap",
+            CallError::Conflict { .. } => "conflict",
+            CallError::Lost { .. } => "lost",
+            CallError::Storage { .. } | CallError::Listing(_) => "storage",
+            CallError::Internal(_) => "internal",
+        }
+    }
+
     /// Wraps a store's error about `heap`.
     fn storage(heap: &str) -> impl FnOnce(StoreError) -> CallError + '_ {
         move |error| CallError::Storage {
@@ -122,6 +146,19 @@ pub struct HeapRun {
     pub heap: String,
     /// How often the code ran again because another writer stored the heap first.
     pub retries: u32,
+    /// What the caller should know about the heap's past, e.g. that the store evicted it and
+    /// it started empty.
+    pub notice: Option<String>,
+}
+
+/// One heap as listed: what the store says, and its snapshot's size before compression when
+/// that is known without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The store's metadata.
+    pub meta: HeapMeta,
+    /// The snapshot's size before compression.
+    pub raw_size: Option<u64>,
 }
 
 /// Per-call limits; each may only tighten the server's.
@@ -143,6 +180,8 @@ pub struct Runtime {
     /// Every save after an answer holds it shared; whoever must see all answered states
     /// (listing, shutting down) takes it exclusively.
     saves: Arc<RwLock<()>>,
+    store_metrics: Arc<StoreMetrics>,
+    call_metrics: CallMetrics,
 }
 
 /// What the runtime knows about heaps beyond the store, shared with background saves.
@@ -156,6 +195,9 @@ struct Heaps {
     warm: Mutex<HashMap<String, (WarmRef, Version)>>,
     /// Heaps whose last answered state could not be stored, and why.
     lost: Mutex<HashMap<String, String>>,
+    /// Snapshot sizes before compression, by heap and stored version, as this runtime sealed
+    /// or opened them.
+    raw_sizes: Mutex<HashMap<String, (Version, u64)>>,
 }
 
 /// How a stored heap starts a run, and what its next store must know.
@@ -163,6 +205,8 @@ struct Loaded {
     start: Start,
     precondition: Precondition,
     read_only: ReadOnly,
+    /// Why a heap the caller may expect starts empty.
+    notice: Option<String>,
 }
 
 impl Runtime {
@@ -180,9 +224,14 @@ impl Runtime {
         policy: Policy,
     ) -> Self {
         let executor = Arc::new(executor);
+        let locks = HeapLocks::default();
+        // A store that drops heaps on its own must know which ones are in use.
+        storage.use_locks(&locks);
+        let store_metrics = Arc::new(StoreMetrics::default());
+        let storage = Arc::new(Metered::new(storage, Arc::clone(&store_metrics)));
         Self {
             executor: Arc::clone(&executor),
-            locks: HeapLocks::default(),
+            locks,
             limits,
             policy,
             heaps: Arc::new(Heaps {
@@ -191,8 +240,11 @@ impl Runtime {
                 codec: policy.compression,
                 warm: Mutex::default(),
                 lost: Mutex::default(),
+                raw_sizes: Mutex::default(),
             }),
             saves: Arc::new(RwLock::new(())),
+            store_metrics,
+            call_metrics: CallMetrics::default(),
         }
     }
 
@@ -214,6 +266,31 @@ impl Runtime {
     /// How this runtime stores.
     pub fn policy(&self) -> Policy {
         self.policy
+    }
+
+    /// What the store holds and how it has been doing, as `storage_stats` reports it.
+    pub fn storage_stats(&self) -> StorageStats {
+        let storage = &self.heaps.storage;
+        self.store_metrics
+            .stats(&storage.info().name, storage.usage())
+    }
+
+    /// Everything counted, as Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        metrics::render(
+            &self.storage_stats(),
+            &self.store_metrics,
+            &self.call_metrics,
+        )
+    }
+
+    /// Counts a `run_js` call that took from `started` to now.
+    fn count<T>(&self, started: Instant, reply: &Reply<T>) {
+        let outcome = match &reply.result {
+            Ok(_) => metrics::Outcome::Ok,
+            Err(e) => metrics::Outcome::Failed(e.kind()),
+        };
+        self.call_metrics.record(started.elapsed(), outcome);
     }
 
     /// Waits, at most `grace`, for every answered state to be stored. Returns whether all were.
@@ -261,6 +338,13 @@ impl Runtime {
 
     /// Runs `code` without any heap.
     pub async fn run_stateless(&self, code: String, call: CallLimits) -> Reply<Completion> {
+        let started = Instant::now();
+        let reply = self.stateless(code, call).await;
+        self.count(started, &reply);
+        reply
+    }
+
+    async fn stateless(&self, code: String, call: CallLimits) -> Reply<Completion> {
         let limits = match self.limits_for(call) {
             Ok(limits) => limits,
             Err(e) => return Reply::failed(e),
@@ -282,6 +366,18 @@ impl Runtime {
     /// the heap's new state, unless the code failed: after the answer, or before it with
     /// [`SaveMode::Sync`].
     pub async fn run_on_heap(
+        &self,
+        code: String,
+        heap: Option<String>,
+        call: CallLimits,
+    ) -> Reply<HeapRun> {
+        let started = Instant::now();
+        let reply = self.on_heap(code, heap, call).await;
+        self.count(started, &reply);
+        reply
+    }
+
+    async fn on_heap(
         &self,
         code: String,
         heap: Option<String>,
@@ -343,6 +439,7 @@ impl Runtime {
                     })
                 }
             };
+            let notice = loaded.notice;
             let answer = |outcome: crate::job::Outcome, heap: String, retries| {
                 outcome.map_result(|result| {
                     result
@@ -350,6 +447,7 @@ impl Runtime {
                             completion,
                             heap,
                             retries,
+                            notice,
                         })
                         .map_err(CallError::from)
                 })
@@ -403,7 +501,7 @@ impl Runtime {
     }
 
     /// All heaps, sorted by name, including every state answered so far.
-    pub async fn list(&self) -> Result<Vec<HeapMeta>, CallError> {
+    pub async fn list(&self) -> Result<Vec<Listed>, CallError> {
         self.settled().await;
         let mut heaps = self
             .heaps
@@ -412,7 +510,7 @@ impl Runtime {
             .await
             .map_err(CallError::Listing)?;
         heaps.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(heaps)
+        Ok(heaps.into_iter().map(|m| self.heaps.listed(m)).collect())
     }
 
     /// Up to `limit` heaps whose names sort after `after`, by name, and the cursor (the last
@@ -421,19 +519,19 @@ impl Runtime {
         &self,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<HeapMeta>, Option<String>), CallError> {
+    ) -> Result<(Vec<Listed>, Option<String>), CallError> {
         let limit = limit.max(1);
         let mut heaps = self.list().await?;
         if let Some(after) = after {
-            heaps.retain(|m| m.name.as_str() > after);
+            heaps.retain(|h| h.meta.name.as_str() > after);
         }
-        let next = (heaps.len() > limit).then(|| heaps[limit - 1].name.clone());
+        let next = (heaps.len() > limit).then(|| heaps[limit - 1].meta.name.clone());
         heaps.truncate(limit);
         Ok((heaps, next))
     }
 
     /// Metadata of one heap, or `None` when it does not exist.
-    pub async fn describe(&self, heap: &str) -> Result<Option<HeapMeta>, CallError> {
+    pub async fn describe(&self, heap: &str) -> Result<Option<Listed>, CallError> {
         validate_heap_name(heap).map_err(CallError::InvalidName)?;
         self.settled().await;
         let heaps = self
@@ -442,7 +540,10 @@ impl Runtime {
             .list(heap)
             .await
             .map_err(CallError::storage(heap))?;
-        Ok(heaps.into_iter().find(|m| m.name == heap))
+        Ok(heaps
+            .into_iter()
+            .find(|m| m.name == heap)
+            .map(|m| self.heaps.listed(m)))
     }
 
     /// Deletes a heap, waiting for any call running on it.
@@ -451,6 +552,11 @@ impl Runtime {
         let _guard = self.locks.lock(heap).await;
         self.heaps.forget(heap);
         self.heaps.take_lost(heap);
+        self.heaps
+            .raw_sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(heap);
         self.heaps
             .storage
             .delete(heap)
@@ -477,6 +583,7 @@ impl Heaps {
                     start: Start::Warm(warm),
                     precondition: Precondition::MustMatch(version),
                     read_only: ReadOnly::Shared,
+                    notice: None,
                 });
             }
             tracing::debug!(
@@ -495,6 +602,7 @@ impl Heaps {
                         heap: heap.into(),
                         error,
                     })?;
+                self.learn_raw_size(heap, &stored.version, opened.snapshot.len());
                 let start = match opened.read_only {
                     ReadOnly::Shared => Start::Snapshot(opened.snapshot),
                     ReadOnly::Own => Start::Alone(opened.snapshot),
@@ -503,12 +611,14 @@ impl Heaps {
                     start,
                     precondition: Precondition::MustMatch(stored.version),
                     read_only: opened.read_only,
+                    notice: None,
                 })
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Loaded {
                 start: Start::New,
                 precondition: Precondition::MustNotExist,
                 read_only: ReadOnly::Shared,
+                notice: self.storage.gone(heap).map(|gone| gone.explain(heap)),
             }),
             Err(error) => Err(CallError::storage(heap)(error)),
         }
@@ -527,10 +637,12 @@ impl Heaps {
         self.warm().remove(heap);
         let saved = saving.finish().await?;
         let (name, codec) = (heap.to_string(), self.codec);
+        let raw_len = saved.snapshot.len();
         let sealed =
             blocking(move || envelope::seal(&saved.snapshot, &name, read_only, codec)).await?;
         match self.storage.put(heap, sealed.into(), precondition).await {
             Ok(version) => {
+                self.learn_raw_size(heap, &version, raw_len);
                 if let (Some(warm), ReadOnly::Shared) = (saved.warm, read_only) {
                     self.warm().insert(heap.to_string(), (warm, version));
                 }
@@ -584,6 +696,32 @@ impl Heaps {
         if let Some((warm, _)) = dropped {
             self.executor.forget(warm, heap);
         }
+    }
+
+    fn learn_raw_size(&self, heap: &str, version: &Version, raw_len: usize) {
+        self.raw_sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(heap.to_string(), (version.clone(), raw_len as u64));
+    }
+
+    /// `meta` with its raw size: from the store if it knows, else as this runtime last saw
+    /// that version.
+    fn listed(&self, meta: HeapMeta) -> Listed {
+        let raw_size = self
+            .storage
+            .raw_size(&meta.name, &meta.version)
+            .or_else(|| {
+                let known = self
+                    .raw_sizes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                known
+                    .get(&meta.name)
+                    .filter(|(version, _)| *version == meta.version)
+                    .map(|(_, raw)| *raw)
+            });
+        Listed { meta, raw_size }
     }
 
     fn take_lost(&self, heap: &str) -> Option<String> {
@@ -793,7 +931,7 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|m| m.name)
+            .map(|m| m.meta.name)
             .collect();
         assert_eq!(names, ["h"]);
         assert_eq!(output(&rt, "++n", "h").await, "2");

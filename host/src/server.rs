@@ -20,8 +20,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Console, LogLine};
-use crate::runtime::{CallError, CallLimits, Runtime};
-use crate::storage::HeapMeta;
+use crate::metrics::StorageStats;
+use crate::runtime::{CallError, CallLimits, Listed, Runtime};
 
 const RESOURCE_SCHEME: &str = "heap://";
 /// Most heaps in one page of `list_heaps` or `resources/list`.
@@ -118,6 +118,10 @@ pub struct RunJsOutput {
     /// it ran (with --save sync); only this last run's output and logs are returned.
     #[serde(skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// Something to know about the heap's past: e.g. that the store evicted or expired it,
+    /// so it started empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -146,8 +150,11 @@ pub struct StatelessRunJsOutput {
 pub struct HeapInfo {
     /// Heap name.
     pub heap: String,
-    /// Size of the stored snapshot in bytes.
+    /// Size of the stored snapshot in bytes (compressed).
     pub size: u64,
+    /// Size of the snapshot before compression, in bytes, when known without reading it
+    /// (always for the memory store; for plugin stores, heaps this server has used).
+    pub raw_size: Option<u64>,
     /// Last write, in milliseconds since the Unix epoch.
     pub last_modified_ms: u64,
 }
@@ -162,8 +169,9 @@ pub struct HeapList {
     pub next_cursor: Option<String>,
 }
 
-impl From<HeapMeta> for HeapInfo {
-    fn from(m: HeapMeta) -> Self {
+impl From<Listed> for HeapInfo {
+    fn from(listed: Listed) -> Self {
+        let m = listed.meta;
         let last_modified_ms = m
             .last_modified
             .duration_since(UNIX_EPOCH)
@@ -172,6 +180,7 @@ impl From<HeapMeta> for HeapInfo {
         Self {
             heap: m.name,
             size: m.size,
+            raw_size: listed.raw_size,
             last_modified_ms,
         }
     }
@@ -235,6 +244,11 @@ impl McpServer {
             calls: Arc::new(Counter::default()),
             tool_router,
         }
+    }
+
+    /// The runtime behind the tools.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        Arc::clone(&self.runtime)
     }
 
     /// The tool calls in progress.
@@ -343,6 +357,7 @@ modules (import, export, require), fetch, fs or DOM.",
             logs_truncated: reply.console.truncated,
             pending_timers: run.completion.pending_timers,
             retries: run.retries,
+            notice: run.notice,
         });
         run_result(result, &reply.console)
     }
@@ -369,6 +384,17 @@ again with it as `cursor` for more.",
             }),
             Err(e) => tool_error(e),
         }
+    }
+
+    /// `storage_stats`.
+    #[tool(
+        description = "Show what the heap store holds and how it has been doing since the server \
+started: heaps, stored and raw (uncompressed) bytes, the size limit, hits, misses, puts, deletes, \
+evictions, expirations, conflicts, errors and get/put latency percentiles.",
+        output_schema = schema_for_output::<StorageStats>()
+    )]
+    async fn storage_stats(&self) -> Result<CallToolResult, ErrorData> {
+        structured(&self.runtime.storage_stats())
     }
 
     /// `delete_heap`.
@@ -461,7 +487,8 @@ Use one heap per task and pass its name on every call."
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let resources = heaps
             .into_iter()
-            .map(|m| {
+            .map(|listed| {
+                let m = listed.meta;
                 Resource::new(format!("{RESOURCE_SCHEME}{}", m.name), m.name.clone())
                     .with_description(format!("mcp-v8 heap '{}'", m.name))
                     .with_mime_type("application/json")
@@ -488,8 +515,8 @@ Use one heap per task and pass its name on every call."
                 None,
             ));
         };
-        let meta = match self.runtime.describe(name).await {
-            Ok(Some(meta)) => meta,
+        let listed = match self.runtime.describe(name).await {
+            Ok(Some(listed)) => listed,
             Ok(None) => {
                 return Err(ErrorData::resource_not_found(
                     format!("no heap named '{name}'"),
@@ -502,11 +529,14 @@ Use one heap per task and pass its name on every call."
             Err(e) => return Err(ErrorData::internal_error(e.to_string(), None)),
         };
         let backend = self.runtime.storage().info();
+        let version = listed.meta.version.to_string();
+        let info = HeapInfo::from(listed);
         let body = json!({
-            "heap": meta.name,
-            "size": meta.size,
-            "version": meta.version.as_str(),
-            "last_modified_ms": HeapInfo::from(meta.clone()).last_modified_ms,
+            "heap": info.heap,
+            "size": info.size,
+            "raw_size": info.raw_size,
+            "version": version,
+            "last_modified_ms": info.last_modified_ms,
             "storage": backend.name,
         });
         Ok(

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
-/// Per-heap locks. Entries disappear once nobody holds or waits for them.
-#[derive(Default)]
+/// Per-heap locks. Entries disappear once nobody holds or waits for them. Clones share the
+/// same locks.
+#[derive(Default, Clone)]
 pub struct HeapLocks {
-    locks: Mutex<HashMap<String, Weak<AsyncMutex<()>>>>,
+    locks: Arc<Mutex<HashMap<String, Weak<AsyncMutex<()>>>>>,
 }
 
 impl HeapLocks {
@@ -30,6 +31,13 @@ impl HeapLocks {
             }
         };
         lock.lock_owned().await
+    }
+
+    /// Whether anyone holds or waits for heap `name`'s lock: a call runs on it, or its state
+    /// is still being saved.
+    pub fn is_held(&self, name: &str) -> bool {
+        let locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.get(name).is_some_and(|weak| weak.strong_count() > 0)
     }
 
     #[cfg(test)]
@@ -53,8 +61,11 @@ mod tests {
         let mut waiting = std::pin::pin!(locks.lock("a"));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        assert!(locks.is_held("a") && locks.clone().is_held("b"));
         drop(a);
-        let _a = waiting.await;
+        let a = waiting.await;
+        drop(a);
+        assert!(!locks.is_held("a"), "a lock nobody holds still counts");
     }
 
     #[tokio::test]

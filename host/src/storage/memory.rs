@@ -1,50 +1,127 @@
-//! The built-in store: heaps in this process's memory, gone when it exits.
+//! The built-in store: heaps in this process's memory, bounded in bytes and in idle time.
+//!
+//! Heaps are kept in least-recently-used order (the `lru` crate's map); every run, read or
+//! write of a heap moves it to the front. Past `--memory-max-bytes` the heaps at the back are
+//! evicted, and past `--memory-ttl` of idleness a heap expires. Neither ever happens to a heap
+//! that is in use: a call runs on it or its state is being saved (the runtime's heap lock is
+//! held, see [`HeapStorage::use_locks`]). Expiry is checked on every access, so an expired heap
+//! is never served even before [`MemoryStore::sweep`] frees it.
+//!
+//! Why not `moka`: its size bound is enforced by asynchronous maintenance (the store may hold
+//! more than its limit until then), it cannot keep an entry that is in use, and its default
+//! admission policy may refuse a new entry outright — a store must not drop a write it
+//! acknowledged. The bookkeeping here is a lock and a linked map; `--bench memory_store`
+//! measures it.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use lru::LruCache;
 
-use super::{BackendInfo, HeapMeta, HeapStorage, Precondition, StoreError, Stored, Version};
+use super::{
+    BackendInfo, Gone, GoneCause, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError,
+    Stored, Usage, Version,
+};
 
-/// Heaps in memory. Clones share the same heaps. Reads take a shared lock and hand out the
-/// stored [`Bytes`] without copying them; writes take the lock exclusively and store the
-/// given [`Bytes`] as they are.
-#[derive(Clone, Default)]
+/// How many dropped heap names are remembered to explain a later call on them.
+pub const GONE_REMEMBERED: usize = 10_000;
+
+/// The memory store's bounds; the default bounds nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// Most stored bytes held (`--memory-max-bytes`).
+    pub max_bytes: Option<u64>,
+    /// How long an unused heap is kept (`--memory-ttl`).
+    pub ttl: Option<Duration>,
+}
+
+/// Heaps in memory. Clones share the same heaps. Reads hand out the stored [`Bytes`] without
+/// copying them; writes keep the given [`Bytes`] as they are.
+#[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
-    heaps: RwLock<HashMap<String, Entry>>,
+    options: MemoryOptions,
+    state: Mutex<State>,
     /// Versions come from one counter, so a deleted and re-created heap never repeats one.
     generation: AtomicU64,
+    /// The runtime's heap locks: a heap whose lock is held is in use.
+    in_use: OnceLock<HeapLocks>,
+    evictions: AtomicU64,
+    expirations: AtomicU64,
+    /// Added to the clock, so tests can let time pass without waiting for it.
+    #[cfg(test)]
+    skew: Mutex<Duration>,
+}
+
+struct State {
+    /// Front: most recently used.
+    heaps: LruCache<String, Entry>,
+    bytes: u64,
+    raw_bytes: u64,
+    /// Heaps evicted or expired lately, and why.
+    gone: LruCache<String, Gone>,
 }
 
 struct Entry {
     bytes: Bytes,
+    raw_len: u64,
     version: u64,
     modified: SystemTime,
+    used: Instant,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_options(MemoryOptions::default())
+    }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty, unbounded store.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty store bounded as `options` say.
+    pub fn with_options(options: MemoryOptions) -> Self {
+        let remembered = NonZeroUsize::new(GONE_REMEMBERED).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            inner: Arc::new(Inner {
+                options,
+                state: Mutex::new(State {
+                    heaps: LruCache::unbounded(),
+                    bytes: 0,
+                    raw_bytes: 0,
+                    gone: LruCache::new(remembered),
+                }),
+                generation: AtomicU64::new(0),
+                in_use: OnceLock::new(),
+                evictions: AtomicU64::new(0),
+                expirations: AtomicU64::new(0),
+                #[cfg(test)]
+                skew: Mutex::new(Duration::ZERO),
+            }),
+        }
+    }
+
+    /// The bounds this store keeps.
+    pub fn options(&self) -> MemoryOptions {
+        self.inner.options
+    }
+
     /// Synchronous [`HeapStorage::get`], for callers outside an async context.
     pub fn get_now(&self, name: &str) -> Result<Stored, StoreError> {
-        let heaps = self
-            .inner
-            .heaps
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let entry = heaps.get(name).ok_or_else(|| StoreError::not_found(name))?;
+        let now = self.inner.now();
+        let mut state = self.inner.state();
+        let entry = self.inner.touch(&mut state, name, now);
+        let entry = entry.ok_or_else(|| StoreError::not_found(name))?;
         Ok(Stored {
             bytes: entry.bytes.clone(),
             version: Version(entry.version.to_string()),
@@ -58,23 +135,189 @@ impl MemoryStore {
         bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
-        let mut heaps = self
-            .inner
-            .heaps
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let current = heaps.get(name).map(|e| Version(e.version.to_string()));
+        let inner = &*self.inner;
+        let now = inner.now();
+        let size = bytes.len() as u64;
+        let mut state = inner.state();
+        let current = inner
+            .touch(&mut state, name, now)
+            .map(|e| Version(e.version.to_string()));
         precondition.check(name, current.as_ref())?;
-        let version = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        heaps.insert(
+        if let Some(max) = inner.options.max_bytes {
+            if size > max {
+                return Err(StoreError::other(format!(
+                    "heap '{name}' takes {} stored, more than the memory store's whole limit of \
+                     {} (--memory-max-bytes); it was not saved",
+                    human_bytes(size),
+                    human_bytes(max)
+                )));
+            }
+            let replaced = state.heaps.peek(name).map_or(0, |e| e.bytes.len() as u64);
+            while state.bytes - replaced + size > max {
+                let victim = state
+                    .heaps
+                    .iter()
+                    .rev()
+                    .map(|(k, _)| k)
+                    .find(|k| k.as_str() != name && !inner.is_in_use(k))
+                    .cloned();
+                let Some(victim) = victim else {
+                    return Err(StoreError::unavailable(format!(
+                        "the memory store is full: heap '{name}' needs {} and the heaps in use \
+                         hold the rest of its {} (--memory-max-bytes); it was not saved",
+                        human_bytes(size),
+                        human_bytes(max)
+                    )));
+                };
+                inner.drop_heap(&mut state, &victim, GoneCause::Evicted);
+            }
+        }
+        let version = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let raw_len = crate::envelope::header(&bytes).map_or(size, |h| h.raw_len);
+        if let Some(old) = state.heaps.put(
             name.to_string(),
             Entry {
                 bytes,
+                raw_len,
                 version,
                 modified: SystemTime::now(),
+                used: now,
+            },
+        ) {
+            state.bytes -= old.bytes.len() as u64;
+            state.raw_bytes -= old.raw_len;
+        }
+        state.bytes += size;
+        state.raw_bytes += raw_len;
+        state.gone.pop(name);
+        Ok(Version(version.to_string()))
+    }
+
+    /// Frees the heaps whose time is up. Callers never see an expired heap either way; this
+    /// gives its memory back.
+    pub fn sweep(&self) {
+        let inner = &*self.inner;
+        let Some(ttl) = inner.options.ttl else { return };
+        let now = inner.now();
+        let mut state = inner.state();
+        // Back to front is oldest use first: stop at the first heap still in its time.
+        let expired: Vec<String> = state
+            .heaps
+            .iter()
+            .rev()
+            .take_while(|(_, e)| now.saturating_duration_since(e.used) >= ttl)
+            .map(|(k, _)| k)
+            .filter(|k| !inner.is_in_use(k))
+            .cloned()
+            .collect();
+        for name in expired {
+            inner.drop_heap(&mut state, &name, GoneCause::Expired);
+        }
+    }
+
+    /// Sweeps expired heaps now and then, for as long as the store lives. Needs a tokio
+    /// runtime; does nothing without a TTL.
+    pub fn spawn_sweeper(&self) {
+        let Some(ttl) = self.inner.options.ttl else {
+            return;
+        };
+        let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let store = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match store.upgrade() {
+                    Some(inner) => MemoryStore { inner }.sweep(),
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Every heap held, least recently used first (for a dump).
+    pub fn entries(&self) -> Vec<(String, Bytes)> {
+        self.sweep();
+        let state = self.inner.state();
+        state
+            .heaps
+            .iter()
+            .rev()
+            .map(|(name, e)| (name.clone(), e.bytes.clone()))
+            .collect()
+    }
+
+    /// Lets `by` pass on the clock.
+    #[cfg(test)]
+    fn advance(&self, by: Duration) {
+        *self.inner.skew.lock().unwrap() += by;
+    }
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self) -> Instant {
+        #[cfg(test)]
+        return Instant::now() + *self.skew.lock().unwrap_or_else(PoisonError::into_inner);
+        #[cfg(not(test))]
+        Instant::now()
+    }
+
+    fn is_in_use(&self, name: &str) -> bool {
+        self.in_use.get().is_some_and(|locks| locks.is_held(name))
+    }
+
+    /// The live entry of `name`, marked as used now; an expired one is dropped instead.
+    fn touch<'a>(&self, state: &'a mut State, name: &str, now: Instant) -> Option<&'a Entry> {
+        let expired = match (state.heaps.peek(name), self.options.ttl) {
+            (None, _) => return None,
+            (Some(e), Some(ttl)) => {
+                now.saturating_duration_since(e.used) >= ttl && !self.is_in_use(name)
+            }
+            (Some(_), None) => false,
+        };
+        if expired {
+            self.drop_heap(state, name, GoneCause::Expired);
+            return None;
+        }
+        let entry = state.heaps.get_mut(name)?;
+        entry.used = now;
+        Some(entry)
+    }
+
+    /// Removes `name` for `cause`, remembering when and why.
+    fn drop_heap(&self, state: &mut State, name: &str, cause: GoneCause) {
+        let Some(entry) = state.heaps.pop(name) else {
+            return;
+        };
+        state.bytes -= entry.bytes.len() as u64;
+        state.raw_bytes -= entry.raw_len;
+        let counter = match cause {
+            GoneCause::Evicted => &self.evictions,
+            GoneCause::Expired => &self.expirations,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            heap = name,
+            bytes = entry.bytes.len(),
+            idle_secs = self.now().saturating_duration_since(entry.used).as_secs(),
+            "heap {} from memory",
+            match cause {
+                GoneCause::Evicted => "evicted (size limit)",
+                GoneCause::Expired => "expired (TTL)",
+            }
+        );
+        state.gone.put(
+            name.to_string(),
+            Gone {
+                cause,
+                at: SystemTime::now(),
             },
         );
-        Ok(Version(version.to_string()))
     }
 }
 
@@ -98,24 +341,26 @@ impl HeapStorage for MemoryStore {
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let mut heaps = self
-            .inner
-            .heaps
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        heaps
-            .remove(name)
-            .map(|_| ())
-            .ok_or_else(|| StoreError::not_found(name))
+        let now = self.inner.now();
+        let mut state = self.inner.state();
+        let live = self.inner.touch(&mut state, name, now).is_some();
+        // Deleted on purpose: a later call has nothing to be told.
+        state.gone.pop(name);
+        if !live {
+            return Err(StoreError::not_found(name));
+        }
+        if let Some(entry) = state.heaps.pop(name) {
+            state.bytes -= entry.bytes.len() as u64;
+            state.raw_bytes -= entry.raw_len;
+        }
+        Ok(())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
-        let heaps = self
-            .inner
+        self.sweep();
+        let state = self.inner.state();
+        Ok(state
             .heaps
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        Ok(heaps
             .iter()
             .filter(|(name, _)| name.starts_with(prefix))
             .map(|(name, e)| HeapMeta {
@@ -128,12 +373,53 @@ impl HeapStorage for MemoryStore {
     }
 
     async fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
-        let heaps = self
-            .inner
-            .heaps
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        Ok(heaps.get(name).map(|e| Version(e.version.to_string())))
+        let now = self.inner.now();
+        let mut state = self.inner.state();
+        let entry = self.inner.touch(&mut state, name, now);
+        Ok(entry.map(|e| Version(e.version.to_string())))
+    }
+
+    fn use_locks(&self, locks: &HeapLocks) {
+        // A store serves one runtime; a second runtime's locks are not ours to mix in.
+        let _ = self.inner.in_use.set(locks.clone());
+    }
+
+    fn gone(&self, name: &str) -> Option<Gone> {
+        self.inner.state().gone.peek(name).copied()
+    }
+
+    fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
+        let state = self.inner.state();
+        let entry = state.heaps.peek(name)?;
+        (entry.version.to_string() == version.as_str()).then_some(entry.raw_len)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let state = self.inner.state();
+        Some(Usage {
+            heaps: state.heaps.len() as u64,
+            bytes: state.bytes,
+            raw_bytes: state.raw_bytes,
+            max_bytes: self.inner.options.max_bytes,
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+            expirations: self.inner.expirations.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// `1.5 MiB`-style sizes for messages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -236,6 +522,7 @@ mod tests {
             store.get("other").await.unwrap_err().kind(),
             ErrorKind::NotFound
         );
+        assert_eq!(store.usage().unwrap().bytes, 6);
     }
 
     #[test]
@@ -267,5 +554,135 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(&store.get_now("n").unwrap().bytes[..], b"400");
+    }
+
+    fn bounded(max_bytes: Option<u64>, ttl: Option<Duration>) -> MemoryStore {
+        MemoryStore::with_options(MemoryOptions { max_bytes, ttl })
+    }
+
+    fn blob(len: usize) -> Bytes {
+        Bytes::from(vec![1u8; len])
+    }
+
+    #[test]
+    fn the_least_recently_used_heaps_go_first_and_say_so() {
+        let store = bounded(Some(300), None);
+        for name in ["a", "b", "c"] {
+            store.put_now(name, blob(100), Precondition::Any).unwrap();
+        }
+        // Reading `a` makes `b` the least recently used.
+        store.get_now("a").unwrap();
+        store.put_now("d", blob(100), Precondition::Any).unwrap();
+        assert_eq!(store.get_now("b").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(store.gone("b").map(|g| g.cause), Some(GoneCause::Evicted));
+        for name in ["a", "c", "d"] {
+            assert!(store.get_now(name).is_ok(), "{name} was evicted");
+        }
+        let usage = store.usage().unwrap();
+        assert_eq!((usage.heaps, usage.bytes, usage.evictions), (3, 300, 1));
+        // Writing `b` again starts it over: nothing to explain any more.
+        store.put_now("b", blob(50), Precondition::Any).unwrap();
+        assert_eq!(store.gone("b"), None);
+    }
+
+    #[test]
+    fn heaps_in_use_are_never_evicted() {
+        let store = bounded(Some(200), None);
+        let locks = HeapLocks::default();
+        store.use_locks(&locks);
+        store.put_now("old", blob(100), Precondition::Any).unwrap();
+        store.put_now("new", blob(100), Precondition::Any).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let held = rt.block_on(locks.lock("old"));
+        // `old` is the least recently used but in use, so `new` goes.
+        store
+            .put_now("third", blob(100), Precondition::Any)
+            .unwrap();
+        assert!(store.get_now("old").is_ok());
+        assert_eq!(store.gone("new").map(|g| g.cause), Some(GoneCause::Evicted));
+        // With every other heap in use, a write that does not fit is refused, nothing lost.
+        let _third = rt.block_on(locks.lock("third"));
+        let full = store
+            .put_now("fourth", blob(150), Precondition::Any)
+            .unwrap_err();
+        assert_eq!(full.kind(), ErrorKind::Unavailable);
+        assert!(full.message().contains("full"), "{}", full.message());
+        assert_eq!(store.usage().unwrap().heaps, 2);
+        drop(held);
+        store
+            .put_now("fourth", blob(100), Precondition::Any)
+            .unwrap();
+        assert_eq!(store.gone("old").map(|g| g.cause), Some(GoneCause::Evicted));
+    }
+
+    #[test]
+    fn a_heap_bigger_than_the_limit_is_refused_and_evicts_nothing() {
+        let store = bounded(Some(100), None);
+        store.put_now("small", blob(60), Precondition::Any).unwrap();
+        let err = store
+            .put_now("big", blob(101), Precondition::Any)
+            .unwrap_err();
+        assert!(
+            err.message()
+                .contains("more than the memory store's whole limit"),
+            "{}",
+            err.message()
+        );
+        assert!(store.get_now("small").is_ok());
+        assert_eq!(store.usage().unwrap().evictions, 0);
+        // Replacing a heap counts its new size only.
+        store
+            .put_now("small", blob(100), Precondition::Any)
+            .unwrap();
+        assert_eq!(store.usage().unwrap().bytes, 100);
+    }
+
+    #[test]
+    fn an_idle_heap_expires_exactly_even_before_a_sweep() {
+        let store = bounded(None, Some(Duration::from_secs(60)));
+        store.put_now("idle", blob(10), Precondition::Any).unwrap();
+        store.put_now("busy", blob(10), Precondition::Any).unwrap();
+        store.advance(Duration::from_secs(59));
+        // Any use restarts the clock: a read, a version check.
+        store.get_now("busy").unwrap();
+        store.advance(Duration::from_secs(2));
+        assert!(store.get_now("idle").is_err(), "an expired heap was served");
+        assert_eq!(
+            store.gone("idle").map(|g| g.cause),
+            Some(GoneCause::Expired)
+        );
+        assert!(store.get_now("busy").is_ok());
+        store.advance(Duration::from_secs(61));
+        store.sweep();
+        let usage = store.usage().unwrap();
+        assert_eq!((usage.heaps, usage.bytes, usage.expirations), (0, 0, 2));
+    }
+
+    #[test]
+    fn a_heap_in_use_does_not_expire() {
+        let store = bounded(None, Some(Duration::from_secs(1)));
+        let locks = HeapLocks::default();
+        store.use_locks(&locks);
+        let v = store.put_now("long", blob(10), Precondition::Any).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let held = rt.block_on(locks.lock("long"));
+        store.advance(Duration::from_secs(5));
+        store.sweep();
+        // The call that held it stores its result on the version it read.
+        store
+            .put_now("long", blob(10), Precondition::MustMatch(v))
+            .unwrap();
+        drop(held);
+        assert!(store.get_now("long").is_ok());
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{loader, HeapStorage, MemoryStore};
+use super::{loader, Dump, HeapStorage, MemoryOptions, MemoryStore};
 use crate::config::Config;
 
 /// The file plugin's library name on this platform.
@@ -31,21 +31,57 @@ pub enum StorageChoice {
     Configured(Config),
 }
 
+/// How the memory store is bounded and where it dumps, when it is the store chosen.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemorySettings {
+    /// Size limit and TTL.
+    pub options: MemoryOptions,
+    /// The dump file (`--memory-dump`).
+    pub dump: Option<PathBuf>,
+}
+
+/// An opened store, and its dump when it is a memory store that has one.
+pub struct Opened {
+    /// The store.
+    pub storage: Arc<dyn HeapStorage>,
+    /// The memory store's dump, already loaded.
+    pub dump: Option<Arc<Dump>>,
+}
+
+/// Opens a memory store as `memory` says: loads its dump and starts its sweeper.
+fn open_memory(memory: &MemorySettings) -> Result<Opened, String> {
+    let store = MemoryStore::with_options(memory.options);
+    store.spawn_sweeper();
+    let dump = match &memory.dump {
+        Some(path) => {
+            let dump = Dump::new(store.clone(), path.clone());
+            dump.load()?;
+            Some(Arc::new(dump))
+        }
+        None => None,
+    };
+    Ok(Opened {
+        storage: Arc::new(store),
+        dump,
+    })
+}
+
 /// Opens the chosen store; plugin calls time out after `storage_timeout`. Plugins are first
 /// checked by a child process of this executable ([`loader::load_checked`]). Errors are one
-/// line, meant for stderr at start-up.
+/// line, meant for stderr at start-up. Needs a tokio runtime (the memory store's sweeper).
 pub fn open(
     choice: &StorageChoice,
     storage_timeout: Duration,
-) -> Result<Arc<dyn HeapStorage>, String> {
+    memory: &MemorySettings,
+) -> Result<Opened, String> {
     let (name, library, config) = match choice {
         StorageChoice::Memory { warn } => {
-            if *warn {
+            if *warn && memory.dump.is_none() {
                 tracing::warn!(
                     "no storage configured: heaps are kept in memory and will not survive a restart"
                 );
             }
-            return Ok(Arc::new(MemoryStore::new()));
+            return open_memory(memory);
         }
         StorageChoice::Directory {
             directory,
@@ -62,7 +98,7 @@ pub fn open(
         ),
         StorageChoice::Configured(config) => {
             if config.storage == "memory" {
-                return Ok(Arc::new(MemoryStore::new()));
+                return open_memory(memory);
             }
             let entry = config.plugins.get(&config.storage).ok_or_else(|| {
                 format!(
@@ -80,8 +116,17 @@ pub fn open(
     };
     let program =
         std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
+    if *memory != MemorySettings::default() {
+        return Err(format!(
+            "--memory-max-bytes, --memory-ttl and --memory-dump apply to the memory store, not \
+             to the {name} store chosen here"
+        ));
+    }
     let store = loader::load_checked(&program, name, &library, &config)?;
-    Ok(Arc::new(store.with_timeout(storage_timeout)))
+    Ok(Opened {
+        storage: Arc::new(store.with_timeout(storage_timeout)),
+        dump: None,
+    })
 }
 
 /// A bundled plugin library: in `plugin_dir` when given, else next to the running binary.

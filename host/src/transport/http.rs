@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::guard::{self, Policy};
 use super::sse;
+use crate::runtime::Runtime;
 use crate::server::{Counter, McpServer};
 
 /// What to serve where.
@@ -50,13 +51,34 @@ pub fn streamable_router(
     Router::new().nest_service("/mcp", service)
 }
 
+/// `GET /metrics`: every counter as Prometheus text (format 0.0.4).
+pub fn metrics_router(runtime: Arc<Runtime>) -> Router {
+    let metrics = move || {
+        let runtime = Arc::clone(&runtime);
+        async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                runtime.metrics_text(),
+            )
+        }
+    };
+    Router::new().route("/metrics", axum::routing::get(metrics))
+}
+
+/// `router` and `/metrics` behind the Host/Origin/token checks, the body limit and the
+/// shutdown gate.
 fn guarded(
     router: Router,
+    runtime: Arc<Runtime>,
     options: &HttpOptions,
     draining: CancellationToken,
     posts: Arc<Counter>,
 ) -> Router {
     router
+        .merge(metrics_router(runtime))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(options.policy.clone()),
@@ -127,6 +149,7 @@ pub async fn serve(
     if let Some(port) = options.http_port {
         let router = guarded(
             streamable_router(server.clone(), &options, sessions.clone()),
+            server.runtime(),
             &options,
             shutdown.clone(),
             Arc::clone(&posts),
@@ -136,6 +159,7 @@ pub async fn serve(
     if let Some(port) = options.sse_port {
         let router = guarded(
             sse::router(server.clone(), sessions.clone()),
+            server.runtime(),
             &options,
             shutdown.clone(),
             Arc::clone(&posts),

@@ -1,0 +1,527 @@
+//! The memory store's dump: every heap written to one file on shutdown (and every
+//! `--memory-dump-interval`), read back at start.
+//!
+//! ```text
+//! file:   magic "MCPV8DMP" (8) | format u16 LE (1) | V8 version len u8 | V8 version
+//!         | record* | end marker "END\0" (4) | heap count u64 LE
+//! record: "HEAP" (4) | name len u8 | name | stored len u64 LE | stored bytes
+//!         | checksum u64 LE: XXH3-64 of everything in the record before it
+//! ```
+//!
+//! The stored bytes are the heap's envelope exactly as the store held it (compressed, with
+//! its own checksum over the snapshot). Records come least recently used first, so reading
+//! them back in order restores the store's eviction order.
+//!
+//! Writing goes to a temporary file next to the dump, which is synced and then renamed over
+//! it (and the directory synced): a crash or `kill -9` mid-dump leaves the previous dump as it
+//! was. Reading checks each record on its own: a record with a bad checksum, a heap made by
+//! another V8 version or sealed for another name is reported and skipped, the rest is loaded;
+//! a truncated file loads every record before the cut.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mcp_v8_plugin_api::validate_heap_name;
+use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::{MemoryStore, Precondition};
+use crate::envelope;
+
+/// Identifies an mcp-v8 memory dump.
+pub const MAGIC: &[u8; 8] = b"MCPV8DMP";
+/// The dump format.
+pub const FORMAT: u16 = 1;
+const RECORD: &[u8; 4] = b"HEAP";
+const END: &[u8; 4] = b"END\0";
+
+/// A memory store's dump file.
+pub struct Dump {
+    store: MemoryStore,
+    path: PathBuf,
+    /// One write at a time (the interval and the shutdown may meet).
+    writing: Mutex<()>,
+}
+
+/// What reading a dump did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Heaps loaded into the store.
+    pub heaps: usize,
+    /// Bytes loaded.
+    pub bytes: u64,
+    /// What could not be loaded, one line each (also logged).
+    pub problems: Vec<String>,
+}
+
+/// What writing a dump did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Heaps written.
+    pub heaps: usize,
+    /// The file's size.
+    pub bytes: u64,
+}
+
+impl Dump {
+    /// The dump of `store` at `path`.
+    pub fn new(store: MemoryStore, path: PathBuf) -> Self {
+        Self {
+            store,
+            path,
+            writing: Mutex::new(()),
+        }
+    }
+
+    /// Where the dump lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads every valid heap of the dump into the store; a missing file loads nothing.
+    /// Errors only when the file exists but is not a dump (or cannot be read at all): then
+    /// the server should not start, or it would overwrite that file on exit.
+    pub fn load(&self) -> Result<Loaded, String> {
+        let started = Instant::now();
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let loaded = read(&mut reader, crate::engine::v8_version(), |name, bytes| {
+            self.store
+                .put_now(name, bytes, Precondition::Any)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        for problem in &loaded.problems {
+            tracing::warn!(dump = %self.path.display(), "{problem}");
+        }
+        if !loaded.problems.is_empty() {
+            // Keep the damaged dump for inspection: the next dump replaces it.
+            let aside = self.path.with_extension("corrupt");
+            match fs::copy(&self.path, &aside) {
+                Ok(_) => {
+                    tracing::warn!(copy = %aside.display(), "the damaged dump was copied aside")
+                }
+                Err(e) => tracing::warn!("could not copy the damaged dump aside: {e}"),
+            }
+        }
+        tracing::info!(
+            dump = %self.path.display(),
+            heaps = loaded.heaps,
+            bytes = loaded.bytes,
+            skipped = loaded.problems.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "memory store loaded from its dump"
+        );
+        Ok(loaded)
+    }
+
+    /// Writes every heap to the dump, atomically.
+    pub fn write(&self) -> io::Result<Written> {
+        let _one = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let started = Instant::now();
+        let entries = self.store.entries();
+        let file_name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "dump".into());
+        let temp = self
+            .path
+            .with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+        let written = (|| {
+            let file = File::create(&temp)?;
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            let bytes = write(&mut out, crate::engine::v8_version(), &entries)?;
+            let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+            file.sync_all()?;
+            fs::rename(&temp, &self.path)?;
+            sync_dir(&self.path);
+            Ok(Written {
+                heaps: entries.len(),
+                bytes,
+            })
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        if let Ok(w) = &written {
+            tracing::info!(
+                dump = %self.path.display(),
+                heaps = w.heaps,
+                bytes = w.bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "memory store dumped"
+            );
+        }
+        written
+    }
+
+    /// Writes the dump every `every` until `stop`, off the async threads.
+    pub fn spawn_every(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                let dump = Arc::clone(&self);
+                match tokio::task::spawn_blocking(move || dump.write()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(dump = %self.path.display(), "dump failed: {e}"),
+                    Err(e) => tracing::error!("dump task failed: {e}"),
+                }
+            }
+        });
+    }
+}
+
+/// Syncs the directory holding `path`, so a rename into it survives a power cut.
+fn sync_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Writes a dump of `entries` (least recently used first) made with V8 `v8_version`;
+/// returns the bytes written.
+pub fn write(
+    out: &mut impl Write,
+    v8_version: &str,
+    entries: &[(String, Bytes)],
+) -> io::Result<u64> {
+    let version = &v8_version.as_bytes()[..v8_version.len().min(255)];
+    let mut written = 0u64;
+    let mut put = |out: &mut dyn Write, bytes: &[u8]| -> io::Result<()> {
+        out.write_all(bytes)?;
+        written += bytes.len() as u64;
+        Ok(())
+    };
+    put(out, MAGIC)?;
+    put(out, &FORMAT.to_le_bytes())?;
+    put(out, &[version.len() as u8])?;
+    put(out, version)?;
+    for (name, bytes) in entries {
+        let name = &name.as_bytes()[..name.len().min(255)];
+        let mut hash = Xxh3::new();
+        let mut field = |out: &mut dyn Write, bytes: &[u8]| -> io::Result<()> {
+            hash.update(bytes);
+            put(out, bytes)
+        };
+        field(out, RECORD)?;
+        field(out, &[name.len() as u8])?;
+        field(out, name)?;
+        field(out, &(bytes.len() as u64).to_le_bytes())?;
+        field(out, bytes)?;
+        let checksum = hash.digest();
+        put(out, &checksum.to_le_bytes())?;
+    }
+    put(out, END)?;
+    put(out, &(entries.len() as u64).to_le_bytes())?;
+    out.flush()?;
+    Ok(written)
+}
+
+/// Reads a dump, handing every valid heap to `keep`; problems are collected heap by heap.
+/// Errors only when `input` is not a dump at all.
+pub fn read(
+    input: &mut impl Read,
+    v8_version: &str,
+    mut keep: impl FnMut(&str, Bytes) -> Result<(), String>,
+) -> Result<Loaded, String> {
+    let mut loaded = Loaded::default();
+    let mut magic = [0u8; 8];
+    if input.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        return Err(
+            "this file is not an mcp-v8 memory dump; move it away or choose another \
+                    --memory-dump path"
+                .into(),
+        );
+    }
+    let mut format = [0u8; 2];
+    let mut len = [0u8; 1];
+    if input.read_exact(&mut format).is_err() || input.read_exact(&mut len).is_err() {
+        loaded
+            .problems
+            .push("the dump is truncated in its header: nothing loaded".into());
+        return Ok(loaded);
+    }
+    let format = u16::from_le_bytes(format);
+    if format != FORMAT {
+        return Err(format!(
+            "the dump has format {format}, this mcp-v8 reads format {FORMAT}; move it away"
+        ));
+    }
+    let mut made_by = vec![0u8; usize::from(len[0])];
+    if input.read_exact(&mut made_by).is_err() {
+        loaded
+            .problems
+            .push("the dump is truncated in its header: nothing loaded".into());
+        return Ok(loaded);
+    }
+    let mut index = 0usize;
+    loop {
+        index += 1;
+        let mut tag = [0u8; 4];
+        if input.read_exact(&mut tag).is_err() {
+            loaded.problems.push(format!(
+                "the dump is truncated after {} heaps (no end marker): the rest is lost",
+                index - 1
+            ));
+            return Ok(loaded);
+        }
+        if &tag == END {
+            let mut count = [0u8; 8];
+            let expected = input
+                .read_exact(&mut count)
+                .ok()
+                .map(|_| u64::from_le_bytes(count));
+            if expected != Some((index - 1) as u64) {
+                loaded.problems.push(format!(
+                    "the dump's end marker does not match its {} records",
+                    index - 1
+                ));
+            }
+            return Ok(loaded);
+        }
+        if &tag != RECORD {
+            loaded.problems.push(format!(
+                "record {index} of the dump is damaged (no record marker): it and the rest are lost"
+            ));
+            return Ok(loaded);
+        }
+        let mut hash = Xxh3::new();
+        hash.update(RECORD);
+        let record = read_record(input, &mut hash);
+        let (name, bytes, checksum) = match record {
+            Some(record) => record,
+            None => {
+                loaded.problems.push(format!(
+                    "the dump is truncated in record {index}: it and the rest are lost"
+                ));
+                return Ok(loaded);
+            }
+        };
+        let label = if validate_heap_name(&name).is_ok() {
+            format!("heap '{name}'")
+        } else {
+            format!("record {index}")
+        };
+        if hash.digest() != checksum {
+            loaded
+                .problems
+                .push(format!("{label}: checksum mismatch in the dump, skipped"));
+            continue;
+        }
+        if let Err(e) = validate_heap_name(&name) {
+            loaded.problems.push(format!("{label}: {e}, skipped"));
+            continue;
+        }
+        match envelope::header(&bytes) {
+            Err(e) => {
+                loaded.problems.push(format!("{label}: {e}, skipped"));
+                continue;
+            }
+            Ok(header) if header.made_by != v8_version => {
+                loaded.problems.push(format!(
+                    "{label}: made by V8 {}, this mcp-v8 runs V8 {v8_version}, skipped",
+                    header.made_by
+                ));
+                continue;
+            }
+            Ok(header) if header.heap.as_deref().is_some_and(|h| h != name) => {
+                loaded.problems.push(format!(
+                    "{label}: its snapshot belongs to heap '{}', skipped",
+                    header.heap.unwrap_or_default()
+                ));
+                continue;
+            }
+            Ok(_) => {}
+        }
+        let size = bytes.len() as u64;
+        match keep(&name, bytes) {
+            Ok(()) => {
+                loaded.heaps += 1;
+                loaded.bytes += size;
+            }
+            Err(e) => loaded.problems.push(format!("{label}: {e}, skipped")),
+        }
+    }
+}
+
+/// Reads one record after its marker: name, bytes and the stored checksum; `None` if the
+/// input ends first. The bytes are read into one buffer of the announced size, grown as
+/// they actually arrive, so a damaged length cannot allocate more than the file holds.
+fn read_record(input: &mut impl Read, hash: &mut Xxh3) -> Option<(String, Bytes, u64)> {
+    let mut len = [0u8; 1];
+    input.read_exact(&mut len).ok()?;
+    let mut name = vec![0u8; usize::from(len[0])];
+    input.read_exact(&mut name).ok()?;
+    let mut size = [0u8; 8];
+    input.read_exact(&mut size).ok()?;
+    hash.update(&len);
+    hash.update(&name);
+    hash.update(&size);
+    let size = u64::from_le_bytes(size);
+    let mut bytes = Vec::with_capacity(usize::try_from(size.min(64 << 20)).ok()?);
+    let got = input.by_ref().take(size).read_to_end(&mut bytes).ok()?;
+    if got as u64 != size {
+        return None;
+    }
+    hash.update(&bytes);
+    let mut checksum = [0u8; 8];
+    input.read_exact(&mut checksum).ok()?;
+    let name = String::from_utf8_lossy(&name).into_owned();
+    Some((name, Bytes::from(bytes), u64::from_le_bytes(checksum)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V8: &str = "13.6.233.8";
+
+    /// A heap sealed by V8 `v8`, its snapshot 1000 bytes of `fill` (stored as they are).
+    fn heap(name: &str, v8: &str, fill: u8) -> (String, Bytes) {
+        let sealed = envelope::seal_for(v8, name, &[fill; 1000]);
+        (name.to_string(), Bytes::from(sealed))
+    }
+
+    fn dumped(entries: &[(String, Bytes)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write(&mut out, V8, entries).unwrap();
+        out
+    }
+
+    fn reread(bytes: &[u8]) -> (Vec<String>, Loaded) {
+        let mut names = Vec::new();
+        let loaded = read(&mut &bytes[..], V8, |name, _| {
+            names.push(name.to_string());
+            Ok(())
+        })
+        .unwrap();
+        (names, loaded)
+    }
+
+    #[test]
+    fn a_dump_round_trips_in_order() {
+        let entries = [heap("a", V8, 1), heap("b", V8, 2), heap("c", V8, 3)];
+        let bytes = dumped(&entries);
+        let mut back = Vec::new();
+        let loaded = read(&mut &bytes[..], V8, |name, b| {
+            back.push((name.to_string(), b));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back, entries);
+        assert_eq!((loaded.heaps, loaded.problems.len()), (3, 0));
+    }
+
+    #[test]
+    fn a_damaged_heap_is_skipped_and_the_rest_loaded() {
+        let entries = [heap("a", V8, 1), heap("b", V8, 2), heap("c", V8, 3)];
+        let mut bytes = dumped(&entries);
+        // Flip a byte inside b's snapshot.
+        let at = bytes.windows(1000).position(|w| w.iter().all(|b| *b == 2));
+        bytes[at.unwrap() + 500] ^= 0xff;
+        let (names, loaded) = reread(&bytes);
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(
+            loaded.problems,
+            ["heap 'b': checksum mismatch in the dump, skipped"]
+        );
+    }
+
+    #[test]
+    fn every_truncation_keeps_the_heaps_before_it() {
+        let entries = [heap("a", V8, 1), heap("b", V8, 2)];
+        let bytes = dumped(&entries);
+        let header = 8 + 2 + 1 + V8.len();
+        let record = |i: usize| 4 + 1 + 1 + 8 + entries[i].1.len() + 8;
+        let (first_end, second_end) = (header + record(0), header + record(0) + record(1));
+        for cut in 8..bytes.len() {
+            let (names, loaded) = reread(&bytes[..cut]);
+            assert!(!loaded.problems.is_empty(), "a cut at {cut} went unnoticed");
+            let expected: &[&str] = match cut {
+                c if c >= second_end => &["a", "b"],
+                c if c >= first_end => &["a"],
+                _ => &[],
+            };
+            assert_eq!(names, expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn heaps_of_another_v8_or_name_are_reported_one_by_one() {
+        let mut moved = heap("x", V8, 4);
+        moved.0 = "y".into();
+        let entries = [heap("old", "12.0.1", 1), heap("ok", V8, 2), moved];
+        let (names, loaded) = reread(&dumped(&entries));
+        assert_eq!(names, ["ok"]);
+        assert_eq!(loaded.problems.len(), 2);
+        assert!(
+            loaded.problems[0].contains("made by V8 12.0.1"),
+            "{:?}",
+            loaded.problems
+        );
+        assert!(
+            loaded.problems[1].contains("belongs to heap 'x'"),
+            "{:?}",
+            loaded.problems
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_dump_is_refused() {
+        let err = read(&mut &b"{\"hello\": 1}"[..], V8, |_, _| Ok(())).unwrap_err();
+        assert!(err.contains("not an mcp-v8 memory dump"), "{err}");
+    }
+
+    #[test]
+    fn writing_replaces_the_dump_atomically_and_loading_restores_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heaps.dump");
+        let store = MemoryStore::new();
+        let v8 = crate::engine::v8_version();
+        for (name, fill) in [("one", 1u8), ("two", 2)] {
+            let (_, bytes) = heap(name, v8, fill);
+            store.put_now(name, bytes, Precondition::Any).unwrap();
+        }
+        let dump = Dump::new(store.clone(), path.clone());
+        let written = dump.write().unwrap();
+        assert_eq!(written.heaps, 2);
+        assert_eq!(fs::metadata(&path).unwrap().len(), written.bytes);
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "a temporary file was left behind");
+
+        let fresh = MemoryStore::new();
+        let loaded = Dump::new(fresh.clone(), path).load().unwrap();
+        assert_eq!((loaded.heaps, loaded.problems.len()), (2, 0));
+        assert_eq!(
+            fresh.get_now("two").unwrap().bytes,
+            store.get_now("two").unwrap().bytes
+        );
+    }
+
+    #[test]
+    fn a_missing_dump_loads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = Dump::new(MemoryStore::new(), dir.path().join("none")).load();
+        assert_eq!(loaded, Ok(Loaded::default()));
+    }
+}
