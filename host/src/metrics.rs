@@ -177,6 +177,7 @@ pub struct StoreMetrics {
     calls: [AtomicU64; 5],
     errors: [[AtomicU64; KINDS.len()]; 5],
     hits: AtomicU64,
+    misses: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
 }
@@ -191,7 +192,7 @@ impl StoreMetrics {
             Ok(bytes) => {
                 let moved = match op {
                     Op::Get => {
-                        self.hits.fetch_add(1, Ordering::Relaxed);
+                        self.looked_up(true);
                         &self.bytes_read
                     }
                     Op::Put => &self.bytes_written,
@@ -200,9 +201,19 @@ impl StoreMetrics {
                 moved.fetch_add(bytes, Ordering::Relaxed);
             }
             Err(kind) => {
+                if (op, kind) == (Op::Get, ErrorKind::NotFound) {
+                    self.looked_up(false);
+                }
                 self.errors[i][kind_index(kind)].fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Counts a lookup of a heap (a read, or a version check before a warm run) as a hit
+    /// when the heap was there.
+    pub fn looked_up(&self, found: bool) {
+        let counter = if found { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn errors(&self, op: Op, kind: ErrorKind) -> u64 {
@@ -247,7 +258,7 @@ impl StoreMetrics {
             raw_bytes: usage.map(|u| u.raw_bytes),
             max_bytes: usage.and_then(|u| u.max_bytes),
             hits: self.hits.load(Ordering::Relaxed),
-            misses: self.errors(Op::Get, ErrorKind::NotFound),
+            misses: self.misses.load(Ordering::Relaxed),
             puts: self.puts(),
             deletes: self.deletes(),
             evictions: usage.map(|u| u.evictions),
@@ -277,9 +288,9 @@ pub struct StorageStats {
     pub raw_bytes: Option<u64>,
     /// The store's size limit (`--memory-max-bytes`), `null` when unbounded.
     pub max_bytes: Option<u64>,
-    /// Reads that found their heap.
+    /// Lookups (reads, and version checks before a run on a warm heap) that found their heap.
     pub hits: u64,
-    /// Reads of a heap that does not exist (new, deleted, evicted or expired).
+    /// Lookups of a heap that does not exist (new, deleted, evicted or expired).
     pub misses: u64,
     /// Heaps written.
     pub puts: u64,
@@ -370,6 +381,9 @@ impl HeapStorage for Metered {
         let started = Instant::now();
         let result = self.inner.version(name).await;
         self.record(Op::Version, started, &result, |_| 0);
+        if let Ok(found) = &result {
+            self.metrics.looked_up(found.is_some());
+        }
         result
     }
 
@@ -434,13 +448,13 @@ pub fn render(stats: &StorageStats, store: &StoreMetrics, calls: &CallMetrics) -
     counter(
         &mut out,
         "mcp_v8_store_hits_total",
-        "Reads that found their heap.",
+        "Lookups that found their heap.",
         stats.hits,
     );
     counter(
         &mut out,
         "mcp_v8_store_misses_total",
-        "Reads of a heap that does not exist.",
+        "Lookups of a heap that does not exist.",
         stats.misses,
     );
     counter(
