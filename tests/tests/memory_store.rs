@@ -295,3 +295,45 @@ async fn a_file_that_is_not_a_dump_stops_the_start_and_is_left_alone() {
     assert!(stderr.contains("not an mcp-v8 memory dump"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "my notes");
 }
+
+#[tokio::test]
+async fn a_plugin_store_reports_what_the_host_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--directory-path", dir.path().to_str().unwrap()]).await;
+    run(&server, "var x = 1", "h").await;
+    run(&server, "x", "h").await;
+    server.settle().await;
+    let stats = stats(&server).await;
+    assert_eq!(stats["store"], "file", "{stats}");
+    assert_eq!(
+        (stats["puts"].as_u64(), stats["misses"].as_u64()),
+        (Some(2), Some(1)),
+        "{stats}"
+    );
+    assert!(stats["bytes_written"].as_u64().unwrap() > 0, "{stats}");
+    for unknown in [
+        "heaps",
+        "bytes",
+        "raw_bytes",
+        "max_bytes",
+        "evictions",
+        "expirations",
+    ] {
+        assert_eq!(stats[unknown], Value::Null, "{unknown}: {stats}");
+    }
+    // The raw size of a heap this server wrote is known.
+    let listing = server.settle().await;
+    assert!(
+        listing["heaps"][0]["raw_size"].as_u64().unwrap()
+            > listing["heaps"][0]["size"].as_u64().unwrap()
+    );
+    server.stop().await;
+    let (code, stderr) = mcp_v8_e2e::start_up_failure(&[
+        "--directory-path",
+        dir.path().to_str().unwrap(),
+        "--memory-max-bytes",
+        "1GB",
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("apply to the memory store"), "{stderr}");
+}

@@ -116,7 +116,7 @@ async fn an_s3_outage_is_a_tool_error_and_the_server_recovers() {
     let error = host.reply("list_heaps", json!({})).await.err();
     assert!(error.contains("unavailable"), "{error}");
     // The server itself keeps serving.
-    assert_eq!(host.client().list_all_tools().await.unwrap().len(), 3);
+    assert_eq!(host.client().list_all_tools().await.unwrap().len(), 4);
 
     moto.resume().await;
     moto.create_bucket("flaky").await;

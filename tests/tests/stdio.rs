@@ -9,7 +9,10 @@ use serde_json::{json, Value};
 async fn lists_the_heap_tools() {
     let server = Server::start(&["--memory"]).await;
     let names = server.tool_names().await;
-    assert_eq!(names, ["delete_heap", "list_heaps", "run_js"]);
+    assert_eq!(
+        names,
+        ["delete_heap", "list_heaps", "run_js", "storage_stats"]
+    );
     server.stop().await;
 }
 
