@@ -93,12 +93,22 @@ impl Dump {
             Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
         };
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let loaded = read(&mut reader, crate::engine::v8_version(), |name, bytes| {
-            self.store
-                .put_now(name, bytes, Precondition::Any)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
+        let len = reader
+            .get_ref()
+            .metadata()
+            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?
+            .len();
+        let loaded = read(
+            &mut reader,
+            len,
+            crate::engine::v8_version(),
+            |name, bytes| {
+                self.store
+                    .put_now(name, bytes, Precondition::Any)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
         .map_err(|e| format!("{}: {e}", self.path.display()))?;
         for problem in &loaded.problems {
             tracing::warn!(dump = %self.path.display(), "{problem}");
@@ -237,13 +247,18 @@ pub fn write(
     Ok(written)
 }
 
-/// Reads a dump, handing every valid heap to `keep`; problems are collected heap by heap.
-/// Errors only when `input` is not a dump at all.
+/// Reads a dump of `len` bytes, handing every valid heap to `keep`; problems are collected
+/// heap by heap. Errors only when `input` is not a dump at all.
 pub fn read(
     input: &mut impl Read,
+    len: u64,
     v8_version: &str,
     mut keep: impl FnMut(&str, Bytes) -> Result<(), String>,
 ) -> Result<Loaded, String> {
+    let input = &mut Counted {
+        inner: input,
+        left: len,
+    };
     let mut loaded = Loaded::default();
     let mut magic = [0u8; 8];
     if input.read_exact(&mut magic).is_err() || &magic != MAGIC {
@@ -364,10 +379,27 @@ pub fn read(
     }
 }
 
+/// A reader that knows how many bytes are left.
+struct Counted<'a, R> {
+    inner: &'a mut R,
+    left: u64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.saturating_sub(n as u64);
+        Ok(n)
+    }
+}
+
 /// Reads one record after its marker: name, bytes and the stored checksum; `None` if the
-/// input ends first. The bytes are read into one buffer of the announced size, grown as
-/// they actually arrive, so a damaged length cannot allocate more than the file holds.
-fn read_record(input: &mut impl Read, hash: &mut Xxh3) -> Option<(String, Bytes, u64)> {
+/// input ends first. A length announcing more than is left is a truncation, caught before
+/// anything is allocated for it.
+fn read_record<R: Read>(
+    input: &mut Counted<'_, R>,
+    hash: &mut Xxh3,
+) -> Option<(String, Bytes, u64)> {
     let mut len = [0u8; 1];
     input.read_exact(&mut len).ok()?;
     let mut name = vec![0u8; usize::from(len[0])];
@@ -378,11 +410,12 @@ fn read_record(input: &mut impl Read, hash: &mut Xxh3) -> Option<(String, Bytes,
     hash.update(&name);
     hash.update(&size);
     let size = u64::from_le_bytes(size);
-    let mut bytes = Vec::with_capacity(usize::try_from(size.min(64 << 20)).ok()?);
-    let got = input.by_ref().take(size).read_to_end(&mut bytes).ok()?;
-    if got as u64 != size {
+    if size > input.left {
         return None;
     }
+    // Zeroed lazily by the allocator, then written once.
+    let mut bytes = vec![0u8; usize::try_from(size).ok()?];
+    input.read_exact(&mut bytes).ok()?;
     hash.update(&bytes);
     let mut checksum = [0u8; 8];
     input.read_exact(&mut checksum).ok()?;
@@ -410,7 +443,7 @@ mod tests {
 
     fn reread(bytes: &[u8]) -> (Vec<String>, Loaded) {
         let mut names = Vec::new();
-        let loaded = read(&mut &bytes[..], V8, |name, _| {
+        let loaded = read(&mut &bytes[..], bytes.len() as u64, V8, |name, _| {
             names.push(name.to_string());
             Ok(())
         })
@@ -423,7 +456,7 @@ mod tests {
         let entries = [heap("a", V8, 1), heap("b", V8, 2), heap("c", V8, 3)];
         let bytes = dumped(&entries);
         let mut back = Vec::new();
-        let loaded = read(&mut &bytes[..], V8, |name, b| {
+        let loaded = read(&mut &bytes[..], bytes.len() as u64, V8, |name, b| {
             back.push((name.to_string(), b));
             Ok(())
         })
@@ -488,7 +521,7 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_dump_is_refused() {
-        let err = read(&mut &b"{\"hello\": 1}"[..], V8, |_, _| Ok(())).unwrap_err();
+        let err = read(&mut &b"{\"hello\": 1}"[..], 12, V8, |_, _| Ok(())).unwrap_err();
         assert!(err.contains("not an mcp-v8 memory dump"), "{err}");
     }
 
