@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mcp_v8::envelope::{self, Codec, ReadOnly};
-use mcp_v8::storage::{Dump, MemoryStore, Precondition};
+use mcp_v8::storage::{Dump, HeapStore, MemoryStore, Precondition};
 
 const HEAPS: usize = 1000;
 const SNAPSHOT: usize = 1 << 20;
@@ -54,7 +54,7 @@ fn main() {
         let name = format!("heap-{i}");
         let sealed = envelope::seal(&snapshot, &name, ReadOnly::Shared, Codec::None);
         store
-            .put_now(&name, Bytes::from(sealed), Precondition::Any)
+            .put(&name, Bytes::from(sealed), Precondition::Any)
             .expect("put");
     }
     let dump = Dump::new(store, path.clone());

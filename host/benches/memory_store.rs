@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mcp_v8::storage::{MemoryOptions, MemoryStore, Precondition};
+use mcp_v8::storage::{HeapStore, MemoryOptions, MemoryStore, Precondition};
 
 fn memory_store(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory_store");
@@ -21,25 +21,17 @@ fn memory_store(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
         for (kind, options) in [("", MemoryOptions::default()), (" bounded", bounded)] {
             let store = MemoryStore::with_options(options);
-            store
-                .put_now("bench", blob.clone(), Precondition::Any)
-                .unwrap();
+            store.put("bench", blob.clone(), Precondition::Any).unwrap();
             group.bench_with_input(
                 BenchmarkId::new(format!("get{kind}"), &label),
                 &store,
-                |b, store| b.iter(|| black_box(store.get_now("bench").unwrap())),
+                |b, store| b.iter(|| black_box(store.get("bench").unwrap())),
             );
             // A put of bytes the caller already owns, as the host does with a sealed snapshot.
             group.bench_with_input(
                 BenchmarkId::new(format!("put{kind}"), &label),
                 &store,
-                |b, store| {
-                    b.iter(|| {
-                        store
-                            .put_now("bench", blob.clone(), Precondition::Any)
-                            .unwrap()
-                    })
-                },
+                |b, store| b.iter(|| store.put("bench", blob.clone(), Precondition::Any).unwrap()),
             );
         }
         // The yardstick: one copy of the blob.
@@ -90,12 +82,10 @@ fn replay_store(store: &MemoryStore, trace: &[usize], blob: &Bytes) -> usize {
     let mut hits = 0;
     for &i in trace {
         let name = format!("heap-{i}");
-        if store.get_now(&name).is_ok() {
+        if store.get(&name).is_ok() {
             hits += 1;
         } else {
-            store
-                .put_now(&name, blob.clone(), Precondition::Any)
-                .unwrap();
+            store.put(&name, blob.clone(), Precondition::Any).unwrap();
         }
     }
     hits

@@ -4,7 +4,6 @@
 //! pay off there); throughput of concurrent clients; and what a call costs per MB of heap.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{
@@ -14,7 +13,7 @@ use futures::future::join_all;
 use mcp_v8::engine::{Completion, Limits};
 use mcp_v8::executor::Executor;
 use mcp_v8::runtime::{CallLimits, HeapRun, Runtime};
-use mcp_v8::storage::MemoryStore;
+use mcp_v8::storage::{MemoryStore, Store};
 use mcp_v8::worker::WorkerSettings;
 use tokio::runtime::Runtime as Tokio;
 
@@ -52,7 +51,11 @@ async fn stateless(runtime: &Runtime, code: &str) -> Completion {
 }
 
 fn runtime(rt: &Tokio, executor: Executor) -> Runtime {
-    let runtime = Runtime::new(Arc::new(MemoryStore::new()), executor, Limits::default());
+    let runtime = Runtime::new(
+        Store::memory(MemoryStore::new()),
+        executor,
+        Limits::default(),
+    );
     rt.block_on(async {
         on_heap(&runtime, BIG_HEAP, Some("big")).await;
         on_heap(&runtime, "var n = 0", Some("small")).await;
@@ -130,7 +133,11 @@ fn heap_size(c: &mut Criterion) {
     let rt = tokio();
     let mut group = c.benchmark_group("run_js heap size");
     group.sampling_mode(SamplingMode::Flat);
-    let runtime = Runtime::new(Arc::new(MemoryStore::new()), workers(1), Limits::default());
+    let runtime = Runtime::new(
+        Store::memory(MemoryStore::new()),
+        workers(1),
+        Limits::default(),
+    );
     for mb in [2usize, 8, 16] {
         let heap = format!("mb-{mb}");
         // About `mb` MB of objects and strings.
@@ -152,7 +159,7 @@ fn throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("run_js concurrent clients");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = Runtime::new(
-        Arc::new(MemoryStore::new()),
+        Store::memory(MemoryStore::new()),
         workers(cpus),
         Limits::default(),
     );

@@ -5,10 +5,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mcp_v8::storage::{loader, HeapStorage, Precondition};
+use mcp_v8::storage::{loader, Precondition, Store};
 
 fn plugin_library() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_BIN_EXE_mcp-v8"));
@@ -28,12 +30,13 @@ fn storage_plugin(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let heaps = dir.path().join("heaps");
-    let store = loader::load(
+    let plugin = loader::load(
         "file",
         &plugin_library(),
         &serde_json::json!({ "directory": heaps }),
     )
     .unwrap();
+    let store = Store::blocking(Arc::new(plugin), Duration::from_secs(30));
     let mut group = c.benchmark_group("file storage");
     for size in [1usize << 20, 10 << 20] {
         let label = format!("{} MiB", size >> 20);

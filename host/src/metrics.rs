@@ -5,17 +5,27 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
+use mcp_v8_plugin_api::ErrorKind;
 use serde::Serialize;
 
-use crate::storage::{
-    BackendInfo, ErrorKind, Gone, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError,
-    Stored, Usage, Version,
-};
+/// What a store holds, for stores that know it without a listing (the memory store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Heaps held.
+    pub heaps: u64,
+    /// Stored bytes held.
+    pub bytes: u64,
+    /// The same heaps' snapshots before compression.
+    pub raw_bytes: u64,
+    /// The store's limit, if it has one.
+    pub max_bytes: Option<u64>,
+    /// Heaps dropped for the size limit so far.
+    pub evictions: u64,
+    /// Heaps dropped for being unused so far.
+    pub expirations: u64,
+}
 
 /// Upper bounds of the latency buckets, in seconds: 1 µs to 60 s in 1-2.5-5 steps.
 pub const BUCKETS: [f64; 24] = [
@@ -312,96 +322,6 @@ pub struct StorageStats {
     pub get_latency: Latency,
     /// Latency of writes.
     pub put_latency: Latency,
-}
-
-/// Any store, measured: every operation is timed and counted in a [`StoreMetrics`].
-pub struct Metered {
-    inner: Arc<dyn HeapStorage>,
-    metrics: Arc<StoreMetrics>,
-}
-
-impl Metered {
-    /// Measures `inner` into `metrics`.
-    pub fn new(inner: Arc<dyn HeapStorage>, metrics: Arc<StoreMetrics>) -> Self {
-        Self { inner, metrics }
-    }
-
-    fn record<T>(
-        &self,
-        op: Op,
-        started: Instant,
-        result: &Result<T, StoreError>,
-        bytes: impl FnOnce(&T) -> u64,
-    ) {
-        let outcome = result.as_ref().map(bytes).map_err(StoreError::kind);
-        self.metrics.record(op, started.elapsed(), outcome);
-    }
-}
-
-#[async_trait]
-impl HeapStorage for Metered {
-    fn info(&self) -> BackendInfo {
-        self.inner.info()
-    }
-
-    async fn get(&self, name: &str) -> Result<Stored, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.get(name).await;
-        self.record(Op::Get, started, &result, |s| s.bytes.len() as u64);
-        result
-    }
-
-    async fn put(
-        &self,
-        name: &str,
-        bytes: Bytes,
-        precondition: Precondition,
-    ) -> Result<Version, StoreError> {
-        let (started, len) = (Instant::now(), bytes.len() as u64);
-        let result = self.inner.put(name, bytes, precondition).await;
-        self.record(Op::Put, started, &result, |_| len);
-        result
-    }
-
-    async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let result = self.inner.delete(name).await;
-        self.record(Op::Delete, started, &result, |_| 0);
-        result
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.list(prefix).await;
-        self.record(Op::List, started, &result, |_| 0);
-        result
-    }
-
-    async fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.version(name).await;
-        self.record(Op::Version, started, &result, |_| 0);
-        if let Ok(found) = &result {
-            self.metrics.looked_up(found.is_some());
-        }
-        result
-    }
-
-    fn use_locks(&self, locks: &HeapLocks) {
-        self.inner.use_locks(locks);
-    }
-
-    fn gone(&self, name: &str) -> Option<Gone> {
-        self.inner.gone(name)
-    }
-
-    fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
-        self.inner.raw_size(name, version)
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.inner.usage()
-    }
 }
 
 /// How a `run_js` call ended, for counting.

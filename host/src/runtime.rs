@@ -18,9 +18,9 @@ use crate::engine::{Completion, Limits, Run, RunError};
 use crate::envelope::{self, Codec, EnvelopeError, ReadOnly};
 use crate::executor::Executor;
 use crate::job::{Job, NotWarm, Saving, Start, Target, WarmRef};
-use crate::metrics::{self, CallMetrics, Metered, StorageStats, StoreMetrics};
+use crate::metrics::{self, CallMetrics, StorageStats};
 use crate::storage::{
-    ErrorKind, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError, Version,
+    ErrorKind, HeapLocks, HeapMeta, Precondition, Snapshot, Store, StoreError, Version,
 };
 
 /// When a stateful call's new state is stored.
@@ -90,6 +90,15 @@ pub enum CallError {
     /// The previous call's state, already answered, could not be stored.
     #[error("the previous call on heap '{heap}' succeeded, but its changes could not be saved: {reason}. Those changes are lost and the heap goes on from its last saved state; this call's code did not run, so run it again")]
     Lost { heap: String, reason: String },
+    /// A fork or copy would replace a heap without `overwrite`.
+    #[error("heap '{heap}' already exists; pass overwrite: true to replace it")]
+    Exists { heap: String },
+    /// A fork or copy names a source heap that does not exist.
+    #[error("heap '{heap}' does not exist")]
+    Missing { heap: String },
+    /// A fork or copy names the same heap twice.
+    #[error("the new heap must have another name than '{heap}'")]
+    SameHeap { heap: String },
     /// The heap store failed.
     #[error("storage error ({kind}) for heap '{heap}': {error}", kind = error.kind())]
     Storage { heap: String, error: StoreError },
@@ -119,6 +128,9 @@ impl CallError {
             CallError::Run(RunError::Crashed(_)) => "crashed",
             CallError::Envelope { .. } => "corrupt_heap",
             CallError::Conflict { .. } => "conflict",
+            CallError::Exists { .. } | CallError::Missing { .. } | CallError::SameHeap { .. } => {
+                "invalid_fork"
+            }
             CallError::Lost { .. } => "lost",
             CallError::Storage { .. } | CallError::Listing(_) => "storage",
             CallError::Internal(_) => "internal",
@@ -149,6 +161,35 @@ pub struct HeapRun {
     /// What the caller should know about the heap's past, e.g. that the store evicted it and
     /// it started empty.
     pub notice: Option<String>,
+    /// For a fork: the heap whose state the code ran on (left unchanged).
+    pub forked_from: Option<String>,
+}
+
+/// Where a stateful call's new state goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaveTo {
+    /// Back to the heap it ran on.
+    Same,
+    /// To another heap (a fork): the heap it ran on stays as it was.
+    Fork {
+        /// The new heap.
+        to: String,
+        /// Replace `to` if it exists (otherwise that is an error).
+        overwrite: bool,
+    },
+}
+
+/// What `copy_heap` made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    /// The heap copied.
+    pub from: String,
+    /// The new heap.
+    pub to: String,
+    /// Its stored size.
+    pub size: u64,
+    /// Its snapshot's size before compression.
+    pub raw_size: u64,
 }
 
 /// One heap as listed: what the store says, and its snapshot's size before compression when
@@ -170,7 +211,7 @@ pub struct CallLimits {
     pub heap_bytes: Option<usize>,
 }
 
-/// Runs code on heaps kept in a [`HeapStorage`].
+/// Runs code on heaps kept in a [`Store`].
 pub struct Runtime {
     executor: Arc<Executor>,
     locks: HeapLocks,
@@ -180,13 +221,12 @@ pub struct Runtime {
     /// Every save after an answer holds it shared; whoever must see all answered states
     /// (listing, shutting down) takes it exclusively.
     saves: Arc<RwLock<()>>,
-    store_metrics: Arc<StoreMetrics>,
     call_metrics: CallMetrics,
 }
 
 /// What the runtime knows about heaps beyond the store, shared with background saves.
 struct Heaps {
-    storage: Arc<dyn HeapStorage>,
+    storage: Store,
     /// Told when a warm isolate no longer stands for its heap.
     executor: Arc<Executor>,
     /// How snapshots are stored.
@@ -198,6 +238,13 @@ struct Heaps {
     /// Snapshot sizes before compression, by heap and stored version, as this runtime sealed
     /// or opened them.
     raw_sizes: Mutex<HashMap<String, (Version, u64)>>,
+}
+
+/// A stored heap, verified: its snapshot, kind and stored version.
+struct OpenedHeap {
+    snapshot: bytes::Bytes,
+    read_only: ReadOnly,
+    version: Version,
 }
 
 /// How a stored heap starts a run, and what its next store must know.
@@ -212,23 +259,16 @@ struct Loaded {
 impl Runtime {
     /// A runtime storing heaps in `storage` and running code with `executor` under `limits`,
     /// saving in the background.
-    pub fn new(storage: Arc<dyn HeapStorage>, executor: Executor, limits: Limits) -> Self {
+    pub fn new(storage: Store, executor: Executor, limits: Limits) -> Self {
         Self::with_policy(storage, executor, limits, Policy::default())
     }
 
     /// A runtime that stores as `policy` says.
-    pub fn with_policy(
-        storage: Arc<dyn HeapStorage>,
-        executor: Executor,
-        limits: Limits,
-        policy: Policy,
-    ) -> Self {
+    pub fn with_policy(storage: Store, executor: Executor, limits: Limits, policy: Policy) -> Self {
         let executor = Arc::new(executor);
         let locks = HeapLocks::default();
         // A store that drops heaps on its own must know which ones are in use.
         storage.use_locks(&locks);
-        let store_metrics = Arc::new(StoreMetrics::default());
-        let storage = Arc::new(Metered::new(storage, Arc::clone(&store_metrics)));
         Self {
             executor: Arc::clone(&executor),
             locks,
@@ -243,7 +283,6 @@ impl Runtime {
                 raw_sizes: Mutex::default(),
             }),
             saves: Arc::new(RwLock::new(())),
-            store_metrics,
             call_metrics: CallMetrics::default(),
         }
     }
@@ -254,7 +293,7 @@ impl Runtime {
     }
 
     /// The store behind this runtime.
-    pub fn storage(&self) -> &Arc<dyn HeapStorage> {
+    pub fn storage(&self) -> &Store {
         &self.heaps.storage
     }
 
@@ -270,18 +309,13 @@ impl Runtime {
 
     /// What the store holds and how it has been doing, as `storage_stats` reports it.
     pub fn storage_stats(&self) -> StorageStats {
-        let storage = &self.heaps.storage;
-        self.store_metrics
-            .stats(&storage.info().name, storage.usage())
+        self.heaps.storage.stats()
     }
 
     /// Everything counted, as Prometheus text.
     pub fn metrics_text(&self) -> String {
-        metrics::render(
-            &self.storage_stats(),
-            &self.store_metrics,
-            &self.call_metrics,
-        )
+        let storage = &self.heaps.storage;
+        metrics::render(&storage.stats(), storage.metrics(), &self.call_metrics)
     }
 
     /// Counts a `run_js` call that took from `started` to now.
@@ -371,8 +405,21 @@ impl Runtime {
         heap: Option<String>,
         call: CallLimits,
     ) -> Reply<HeapRun> {
+        self.run_saving_to(code, heap, SaveTo::Same, call).await
+    }
+
+    /// [`Runtime::run_on_heap`], storing the new state where `save_to` says: with
+    /// [`SaveTo::Fork`], the code runs on `heap`'s state (an empty heap for `None`) and the
+    /// result becomes a new heap, `heap` unchanged.
+    pub async fn run_saving_to(
+        &self,
+        code: String,
+        heap: Option<String>,
+        save_to: SaveTo,
+        call: CallLimits,
+    ) -> Reply<HeapRun> {
         let started = Instant::now();
-        let reply = self.on_heap(code, heap, call).await;
+        let reply = self.on_heap(code, heap, save_to, call).await;
         self.count(started, &reply);
         reply
     }
@@ -381,28 +428,63 @@ impl Runtime {
         &self,
         code: String,
         heap: Option<String>,
+        save_to: SaveTo,
         call: CallLimits,
     ) -> Reply<HeapRun> {
-        let heap = match heap {
+        // A fork without a source starts from an empty heap.
+        let source = match heap {
             Some(name) => match validate_heap_name(&name) {
-                Ok(()) => name,
+                Ok(()) => Some(name),
                 Err(e) => return Reply::failed(CallError::InvalidName(e)),
             },
-            None => generated_name(),
+            None => None,
+        };
+        let (heap, fork) = match &save_to {
+            SaveTo::Same => (source.clone().unwrap_or_else(generated_name), None),
+            SaveTo::Fork { to, overwrite } => {
+                if let Err(e) = validate_heap_name(to) {
+                    return Reply::failed(CallError::InvalidName(e));
+                }
+                if source.as_ref() == Some(to) {
+                    return Reply::failed(CallError::SameHeap { heap: to.clone() });
+                }
+                (to.clone(), Some((source.clone(), *overwrite)))
+            }
         };
         let limits = match self.limits_for(call) {
             Ok(limits) => limits,
             Err(e) => return Reply::failed(e),
         };
-        // Held until the state is stored, also when that happens after the answer.
-        let guard = self.locks.lock(&heap).await;
+        // Held until the state is stored, also when that happens after the answer; a fork
+        // also holds its source until the code has run, taking the two in name order.
+        let (guard, mut source_guard) = match &fork {
+            Some((Some(from), _)) if from.as_str() < heap.as_str() => {
+                let first = self.locks.lock(from).await;
+                (self.locks.lock(&heap).await, Some(first))
+            }
+            Some((Some(from), _)) => {
+                let first = self.locks.lock(&heap).await;
+                (first, Some(self.locks.lock(from).await))
+            }
+            _ => (self.locks.lock(&heap).await, None),
+        };
         tracing::debug!("running code on heap {heap}");
-        if let Some(reason) = self.heaps.take_lost(&heap) {
-            return Reply::failed(CallError::Lost { heap, reason });
+        if fork.is_none() {
+            if let Some(reason) = self.heaps.take_lost(&heap) {
+                return Reply::failed(CallError::Lost { heap, reason });
+            }
         }
         let mut retries = 0;
         loop {
-            let loaded = match self.heaps.load(&heap).await {
+            let loaded = match &fork {
+                None => self.heaps.load(&heap).await,
+                Some((from, overwrite)) => {
+                    self.heaps
+                        .load_fork(from.as_deref(), &heap, *overwrite)
+                        .await
+                }
+            };
+            let loaded = match loaded {
                 Ok(loaded) => loaded,
                 Err(e) => return Reply::failed(e),
             };
@@ -439,7 +521,10 @@ impl Runtime {
                     })
                 }
             };
+            // The source of a fork is not written: others may use it again.
+            drop(source_guard.take());
             let notice = loaded.notice;
+            let forked_from = fork.as_ref().and_then(|(from, _)| from.clone());
             let answer = |outcome: crate::job::Outcome, heap: String, retries| {
                 outcome.map_result(|result| {
                     result
@@ -448,6 +533,7 @@ impl Runtime {
                             heap,
                             retries,
                             notice,
+                            forked_from,
                         })
                         .map_err(CallError::from)
                 })
@@ -477,6 +563,13 @@ impl Runtime {
                     .await
                 {
                     Ok(()) => return answer(outcome, heap, retries),
+                    // Made meanwhile by another writer: running again would not help.
+                    Err(CallError::Conflict { heap, .. }) if fork.is_some() => {
+                        return Run {
+                            result: Err(CallError::Exists { heap }),
+                            console: outcome.console,
+                        };
+                    }
                     Err(CallError::Conflict { .. }) if retries < self.policy.conflict_retries => {
                         retries += 1;
                         tracing::debug!(heap, retries, "heap changed concurrently: running again");
@@ -546,6 +639,20 @@ impl Runtime {
             .map(|m| self.heaps.listed(m)))
     }
 
+    /// Copies heap `from` to a new heap `to` (replacing it with `overwrite`), waiting for any
+    /// call running on either: a named checkpoint.
+    pub async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<Copied, CallError> {
+        validate_heap_name(from).map_err(CallError::InvalidName)?;
+        validate_heap_name(to).map_err(CallError::InvalidName)?;
+        if from == to {
+            return Err(CallError::SameHeap { heap: to.into() });
+        }
+        let (first, second) = if from < to { (from, to) } else { (to, from) };
+        let _first = self.locks.lock(first).await;
+        let _second = self.locks.lock(second).await;
+        self.heaps.copy(from, to, overwrite).await
+    }
+
     /// Deletes a heap, waiting for any call running on it.
     pub async fn delete(&self, heap: &str) -> Result<(), CallError> {
         validate_heap_name(heap).map_err(CallError::InvalidName)?;
@@ -594,22 +701,14 @@ impl Heaps {
         }
         match self.storage.get(heap).await {
             Ok(stored) => {
-                // Checksums and decompression take milliseconds on big heaps: off the runtime.
-                let name = heap.to_string();
-                let opened = blocking(move || envelope::open(&stored.bytes, &name))
-                    .await?
-                    .map_err(|error| CallError::Envelope {
-                        heap: heap.into(),
-                        error,
-                    })?;
-                self.learn_raw_size(heap, &stored.version, opened.snapshot.len());
+                let opened = self.open(heap, stored).await?;
                 let start = match opened.read_only {
                     ReadOnly::Shared => Start::Snapshot(opened.snapshot),
                     ReadOnly::Own => Start::Alone(opened.snapshot),
                 };
                 Ok(Loaded {
                     start,
-                    precondition: Precondition::MustMatch(stored.version),
+                    precondition: Precondition::MustMatch(opened.version),
                     read_only: opened.read_only,
                     notice: None,
                 })
@@ -621,6 +720,114 @@ impl Heaps {
                 notice: self.storage.gone(heap).map(|gone| gone.explain(heap)),
             }),
             Err(error) => Err(CallError::storage(heap)(error)),
+        }
+    }
+
+    /// Verifies a stored heap and takes out its snapshot (checksums and decompression take
+    /// milliseconds on big heaps: off the async threads).
+    async fn open(&self, heap: &str, stored: Snapshot) -> Result<OpenedHeap, CallError> {
+        let name = heap.to_string();
+        let bytes = stored.bytes;
+        let opened = blocking(move || envelope::open(&bytes, &name))
+            .await?
+            .map_err(|error| CallError::Envelope {
+                heap: heap.into(),
+                error,
+            })?;
+        self.learn_raw_size(heap, &stored.version, opened.snapshot.len());
+        Ok(OpenedHeap {
+            snapshot: opened.snapshot,
+            read_only: opened.read_only,
+            version: stored.version,
+        })
+    }
+
+    /// Where a fork into `to` starts: `from`'s stored state (an empty heap for `None`),
+    /// never a warm isolate, which stands for `from` and stays so.
+    async fn load_fork(
+        &self,
+        from: Option<&str>,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<Loaded, CallError> {
+        self.check_free(to, overwrite).await?;
+        // A heap being replaced is not kept warm either.
+        self.forget(to);
+        let (start, read_only) = match from {
+            None => (Start::New, ReadOnly::Shared),
+            Some(from) => {
+                let opened = self.read_existing(from).await?;
+                let start = match opened.read_only {
+                    ReadOnly::Shared => Start::Snapshot(opened.snapshot),
+                    ReadOnly::Own => Start::Alone(opened.snapshot),
+                };
+                (start, opened.read_only)
+            }
+        };
+        Ok(Loaded {
+            start,
+            precondition: if overwrite {
+                Precondition::Any
+            } else {
+                Precondition::MustNotExist
+            },
+            read_only,
+            notice: None,
+        })
+    }
+
+    /// Refuses to write over an existing `heap` unless `overwrite`.
+    async fn check_free(&self, heap: &str, overwrite: bool) -> Result<(), CallError> {
+        if overwrite {
+            return Ok(());
+        }
+        match self.storage.version(heap).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(CallError::Exists { heap: heap.into() }),
+            Err(e) => Err(CallError::storage(heap)(e)),
+        }
+    }
+
+    /// A heap that must exist, verified.
+    async fn read_existing(&self, heap: &str) -> Result<OpenedHeap, CallError> {
+        match self.storage.get(heap).await {
+            Ok(stored) => self.open(heap, stored).await,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(CallError::Missing { heap: heap.into() })
+            }
+            Err(e) => Err(CallError::storage(heap)(e)),
+        }
+    }
+
+    /// Copies `from` to `to`: the snapshot is verified and sealed again for its new name
+    /// (each heap's bytes are bound to its name).
+    async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<Copied, CallError> {
+        self.check_free(to, overwrite).await?;
+        let opened = self.read_existing(from).await?;
+        let (name, codec, read_only) = (to.to_string(), self.codec, opened.read_only);
+        let raw_size = opened.snapshot.len() as u64;
+        let sealed =
+            blocking(move || envelope::seal(&opened.snapshot, &name, read_only, codec)).await?;
+        let size = sealed.len() as u64;
+        let precondition = if overwrite {
+            Precondition::Any
+        } else {
+            Precondition::MustNotExist
+        };
+        self.forget(to);
+        self.take_lost(to);
+        match self.storage.put(to, sealed.into(), precondition).await {
+            Ok(version) => {
+                self.learn_raw_size(to, &version, raw_size as usize);
+                Ok(Copied {
+                    from: from.into(),
+                    to: to.into(),
+                    size,
+                    raw_size,
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::Conflict => Err(CallError::Exists { heap: to.into() }),
+            Err(e) => Err(CallError::storage(to)(e)),
         }
     }
 
@@ -758,14 +965,14 @@ fn jitter(retry: u32) -> Duration {
 mod tests {
     use super::*;
     use crate::envelope;
-    use crate::storage::MemoryStore;
+    use crate::storage::{HeapStore, MemoryStore, Snapshot};
     use bytes::Bytes;
 
     fn runtime() -> (Runtime, MemoryStore) {
         let store = MemoryStore::new();
         (
             Runtime::new(
-                Arc::new(store.clone()),
+                Store::memory(store.clone()),
                 Executor::InProcess,
                 Limits::default(),
             ),
@@ -788,9 +995,9 @@ mod tests {
 
     /// Replaces the stored bytes of `heap` with `f(bytes)`.
     fn tamper(store: &MemoryStore, heap: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Bytes {
-        let stored = store.get_now(heap).unwrap();
+        let stored = store.get(heap).unwrap();
         let bad = Bytes::from(f(stored.bytes.to_vec()));
-        store.put_now(heap, bad.clone(), Precondition::Any).unwrap();
+        store.put(heap, bad.clone(), Precondition::Any).unwrap();
         bad
     }
 
@@ -844,7 +1051,7 @@ mod tests {
             );
             assert!(error.to_string().contains(expected), "{heap}: {error}");
             // The damaged bytes are not overwritten: nothing is lost that could be recovered.
-            assert_eq!(store.get_now(heap).unwrap().bytes, bad, "{heap}");
+            assert_eq!(store.get(heap).unwrap().bytes, bad, "{heap}");
             // The runtime keeps working, on other heaps and once the heap is deleted.
             assert_eq!(output(&rt, "2 + 2", "healthy").await, "4");
             rt.delete(heap).await.unwrap();
@@ -857,19 +1064,14 @@ mod tests {
         let (rt, store) = runtime();
         output(&rt, "var n = 1", "h").await;
         // Another host saves the heap between this host's load and save, on every attempt.
-        let moved = store.get_now("h").unwrap().bytes;
+        let moved = store.get("h").unwrap().bytes;
         let racing = ScriptedStore::racing(&store, moved);
         let policy = Policy {
             save: SaveMode::Sync,
             conflict_retries: 2,
             ..Policy::default()
         };
-        let rt2 = Runtime::with_policy(
-            Arc::new(racing),
-            Executor::InProcess,
-            Limits::default(),
-            policy,
-        );
+        let rt2 = Runtime::with_policy(racing, Executor::InProcess, Limits::default(), policy);
         let error = rt2
             .run_on_heap("n = 100".into(), Some("h".into()), CallLimits::default())
             .await
@@ -890,8 +1092,8 @@ mod tests {
     async fn a_background_save_that_fails_is_reported_by_the_next_call() {
         let (rt, store) = runtime();
         output(&rt, "var n = 1", "h").await;
-        let racing = ScriptedStore::racing(&store, store.get_now("h").unwrap().bytes);
-        let rt2 = Runtime::new(Arc::new(racing), Executor::InProcess, Limits::default());
+        let racing = ScriptedStore::racing(&store, store.get("h").unwrap().bytes);
+        let rt2 = Runtime::new(racing, Executor::InProcess, Limits::default());
         // Answered at once; its save then loses the race.
         let run = rt2
             .run_on_heap("n = 100".into(), Some("h".into()), CallLimits::default())
@@ -911,9 +1113,9 @@ mod tests {
     #[tokio::test]
     async fn a_call_after_an_answer_sees_its_state_and_list_waits_for_the_save() {
         let store = MemoryStore::new();
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = Arc::new(Gate::default());
         let held = ScriptedStore::held(&store, &gate);
-        let rt = Runtime::new(Arc::new(held), Executor::InProcess, Limits::default());
+        let rt = Runtime::new(held, Executor::InProcess, Limits::default());
         let answered = rt
             .run_on_heap(
                 "var n = 1; n".into(),
@@ -923,8 +1125,8 @@ mod tests {
             .await;
         assert_eq!(answered.result.unwrap().completion.output, "1");
         // Answered while the store has not taken the heap yet.
-        assert!(store.get_now("h").is_err());
-        gate.add_permits(100);
+        assert!(store.get("h").is_err());
+        gate.open();
         // Listing waits for the save: the answered heap is there.
         let names: Vec<_> = rt
             .list()
@@ -936,96 +1138,105 @@ mod tests {
         assert_eq!(names, ["h"]);
         assert_eq!(output(&rt, "++n", "h").await, "2");
         assert!(rt.flush(Duration::from_secs(5)).await);
-        assert!(store.get_now("h").is_ok());
+        assert!(store.get("h").is_ok());
     }
 
     /// A memory store with a script: someone else writes the heap right after every read
-    /// (`sneak_in`), and puts wait for a permit of `put_gate`.
+    /// (`sneak_in`), and puts wait until `put_gate` opens.
     struct ScriptedStore {
         inner: MemoryStore,
         sneak_in: Option<Bytes>,
-        put_gate: Option<Arc<tokio::sync::Semaphore>>,
+        put_gate: Option<Arc<Gate>>,
+    }
+
+    /// A gate puts wait at until it opens.
+    #[derive(Default)]
+    struct Gate {
+        open: std::sync::Mutex<bool>,
+        opened: std::sync::Condvar,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+
+        fn pass(&self) {
+            let open = self.open.lock().unwrap();
+            drop(self.opened.wait_while(open, |open| !*open).unwrap());
+        }
     }
 
     impl ScriptedStore {
-        fn racing(inner: &MemoryStore, sneak_in: Bytes) -> Self {
+        fn racing(inner: &MemoryStore, sneak_in: Bytes) -> Store {
             let (inner, sneak_in) = (inner.clone(), Some(sneak_in));
-            Self {
+            let store = Self {
                 inner,
                 sneak_in,
                 put_gate: None,
-            }
+            };
+            Store::blocking(Arc::new(store), Duration::from_secs(30))
         }
 
-        fn held(inner: &MemoryStore, gate: &Arc<tokio::sync::Semaphore>) -> Self {
+        fn held(inner: &MemoryStore, gate: &Arc<Gate>) -> Store {
             let (inner, put_gate) = (inner.clone(), Some(Arc::clone(gate)));
-            Self {
+            let store = Self {
                 inner,
                 sneak_in: None,
                 put_gate,
-            }
+            };
+            Store::blocking(Arc::new(store), Duration::from_secs(30))
         }
     }
 
-    #[async_trait::async_trait]
-    impl HeapStorage for ScriptedStore {
+    impl HeapStore for ScriptedStore {
         fn info(&self) -> crate::storage::BackendInfo {
             self.inner.info()
         }
-        async fn get(&self, name: &str) -> Result<crate::storage::Stored, StoreError> {
-            let got = self.inner.get(name).await;
+        fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
+            let got = self.inner.get(name);
             if let Some(bytes) = &self.sneak_in {
-                self.inner.put_now(name, bytes.clone(), Precondition::Any)?;
+                self.inner.put(name, bytes.clone(), Precondition::Any)?;
             }
             got
         }
-        async fn put(
-            &self,
-            name: &str,
-            bytes: Bytes,
-            p: Precondition,
-        ) -> Result<crate::storage::Version, StoreError> {
-            let _permit = match &self.put_gate {
-                Some(gate) => gate.acquire().await.ok(),
-                None => None,
-            };
-            self.inner.put(name, bytes, p).await
+        fn put(&self, name: &str, bytes: Bytes, p: Precondition) -> Result<Version, StoreError> {
+            if let Some(gate) = &self.put_gate {
+                gate.pass();
+            }
+            self.inner.put(name, bytes, p)
         }
-        async fn delete(&self, name: &str) -> Result<(), StoreError> {
-            self.inner.delete(name).await
+        fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.inner.delete(name)
         }
-        async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
-            self.inner.list(prefix).await
+        fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
+            self.inner.list(prefix)
         }
     }
 
     #[tokio::test]
     async fn storage_failures_are_reported_with_their_kind() {
         struct Down;
-        #[async_trait::async_trait]
-        impl HeapStorage for Down {
+        impl HeapStore for Down {
             fn info(&self) -> crate::storage::BackendInfo {
                 crate::storage::BackendInfo::new("down", "0")
             }
-            async fn get(&self, _: &str) -> Result<crate::storage::Stored, StoreError> {
+            fn get(&self, _: &str) -> Result<Snapshot, StoreError> {
                 Err(StoreError::unavailable("connection refused"))
             }
-            async fn put(
-                &self,
-                _: &str,
-                _: Bytes,
-                _: Precondition,
-            ) -> Result<crate::storage::Version, StoreError> {
+            fn put(&self, _: &str, _: Bytes, _: Precondition) -> Result<Version, StoreError> {
                 Err(StoreError::unavailable("connection refused"))
             }
-            async fn delete(&self, _: &str) -> Result<(), StoreError> {
+            fn delete(&self, _: &str) -> Result<(), StoreError> {
                 Err(StoreError::unavailable("connection refused"))
             }
-            async fn list(&self, _: &str) -> Result<Vec<HeapMeta>, StoreError> {
+            fn list(&self, _: &str) -> Result<Vec<HeapMeta>, StoreError> {
                 Err(StoreError::unavailable("connection refused"))
             }
         }
-        let rt = Runtime::new(Arc::new(Down), Executor::InProcess, Limits::default());
+        let down = Store::blocking(Arc::new(Down), Duration::from_secs(30));
+        let rt = Runtime::new(down, Executor::InProcess, Limits::default());
         let error = rt
             .run_on_heap("1".into(), Some("h".into()), CallLimits::default())
             .await

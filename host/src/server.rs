@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Console, LogLine};
 use crate::metrics::StorageStats;
-use crate::runtime::{CallError, CallLimits, Listed, Runtime};
+use crate::runtime::{CallError, CallLimits, Listed, Runtime, SaveTo};
 
 const RESOURCE_SCHEME: &str = "heap://";
 /// Most heaps in one page of `list_heaps` or `resources/list`.
@@ -42,6 +42,38 @@ pub struct RunJsArgs {
     /// JavaScript heap limit for this call in MB, at most the server's.
     #[serde(default)]
     pub heap_memory_max_mb: Option<u64>,
+    /// Fork: run on `heap`'s state (an empty heap if `heap` is omitted) and save the result
+    /// as this new heap instead; `heap` stays as it was.
+    #[serde(default)]
+    pub save_as: Option<String>,
+    /// With `save_as`: replace that heap if it exists (otherwise that is an error).
+    #[serde(default)]
+    pub overwrite: Option<bool>,
+}
+
+/// Arguments of `copy_heap`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CopyArgs {
+    /// The heap to copy.
+    pub from: String,
+    /// The new heap.
+    pub to: String,
+    /// Replace `to` if it exists (otherwise that is an error).
+    #[serde(default)]
+    pub overwrite: Option<bool>,
+}
+
+/// What `copy_heap` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CopyOutput {
+    /// The heap copied.
+    pub from: String,
+    /// The new heap, holding the same state.
+    pub to: String,
+    /// Its stored size in bytes.
+    pub size: u64,
+    /// Its snapshot's size before compression.
+    pub raw_size: u64,
 }
 
 /// Arguments of `run_js` on a stateless server.
@@ -122,6 +154,9 @@ pub struct RunJsOutput {
     /// so it started empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// With `save_as`: the heap the code ran on, left unchanged (`heap` is the new one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -328,7 +363,9 @@ block); strings as they are, objects and arrays as JSON; a promise is awaited, a
 anywhere at the top level. Everything the code declares at the top level (var, let, const, \
 function, class, destructuring) and globalThis properties are saved in the named `heap`: call \
 again with the same `heap` to continue where you left off; a later call may declare the same \
-let/const/class again. Omit `heap` to start a new one; the result tells you its name. \
+let/const/class again. Omit `heap` to start a new one; the result tells you its name. To try \
+something without changing a heap, pass `save_as`: the code runs on `heap`'s state and the result \
+is saved as that new heap (a fork); `copy_heap` makes a checkpoint. \
 console.log output comes back in `logs`; setTimeout and setInterval run on a virtual clock (Date \
 follows it) until the result settles. A call that throws, times out or runs out of memory \
 changes nothing; errors give the line and column in your code. Plain ECMAScript scripts: no \
@@ -345,7 +382,16 @@ modules (import, export, require), fetch, fs or DOM.",
             Err(e) => return tool_error(e),
         };
         let _call = self.calls.enter();
-        let run = self.runtime.run_on_heap(args.code, args.heap, limits);
+        let save_to = match args.save_as {
+            Some(to) => SaveTo::Fork {
+                to,
+                overwrite: args.overwrite.unwrap_or(false),
+            },
+            None => SaveTo::Same,
+        };
+        let run = self
+            .runtime
+            .run_saving_to(args.code, args.heap, save_to, limits);
         let Some(reply) = cancellable(ct, run).await else {
             return cancelled();
         };
@@ -358,6 +404,7 @@ modules (import, export, require), fetch, fs or DOM.",
             pending_timers: run.completion.pending_timers,
             retries: run.retries,
             notice: run.notice,
+            forked_from: run.forked_from,
         });
         run_result(result, &reply.console)
     }
@@ -395,6 +442,30 @@ evictions, expirations, conflicts, errors and get/put latency percentiles.",
     )]
     async fn storage_stats(&self) -> Result<CallToolResult, ErrorData> {
         structured(&self.runtime.storage_stats())
+    }
+
+    /// `copy_heap`.
+    #[tool(
+        description = "Copy a heap to a new heap: a named checkpoint to return to or branch \
+from. The copy is independent: later calls on either do not change the other. Fails if `to` \
+exists, unless `overwrite` is true.",
+        output_schema = schema_for_output::<CopyOutput>()
+    )]
+    async fn copy_heap(
+        &self,
+        Parameters(args): Parameters<CopyArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let _call = self.calls.enter();
+        let overwrite = args.overwrite.unwrap_or(false);
+        match self.runtime.copy(&args.from, &args.to, overwrite).await {
+            Ok(copied) => structured(&CopyOutput {
+                from: copied.from,
+                to: copied.to,
+                size: copied.size,
+                raw_size: copied.raw_size,
+            }),
+            Err(e) => tool_error(e),
+        }
     }
 
     /// `delete_heap`.

@@ -5,14 +5,13 @@
 //! many threads without the runtime's care.)
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use mcp_v8::engine::Limits;
 use mcp_v8::envelope::{self, ReadOnly};
 use mcp_v8::executor::Executor;
 use mcp_v8::runtime::{CallLimits, Runtime};
-use mcp_v8::storage::{MemoryStore, Precondition};
+use mcp_v8::storage::{HeapStore, MemoryStore, Precondition, Store};
 use mcp_v8::worker::WorkerSettings;
 
 /// Heap `fixture`, saved by this V8 without the flag. After a V8 upgrade the envelope refuses
@@ -20,12 +19,12 @@ use mcp_v8::worker::WorkerSettings;
 const FIXTURE: &[u8] = include_bytes!("fixtures/heap-without-ro-flag.bin");
 
 fn format_of(store: &MemoryStore, heap: &str) -> u16 {
-    let bytes = store.get_now(heap).unwrap().bytes;
+    let bytes = store.get(heap).unwrap().bytes;
     u16::from_le_bytes([bytes[8], bytes[9]])
 }
 
 fn read_only_of(store: &MemoryStore, heap: &str) -> ReadOnly {
-    let bytes = store.get_now(heap).unwrap().bytes;
+    let bytes = store.get(heap).unwrap().bytes;
     envelope::open(&bytes, heap).unwrap().read_only
 }
 
@@ -40,7 +39,7 @@ async fn output(rt: &Runtime, code: &str, heap: &str) -> String {
 
 async fn exercise(rt: &Runtime, store: &MemoryStore) {
     store
-        .put_now("fixture", Bytes::from_static(FIXTURE), Precondition::Any)
+        .put("fixture", Bytes::from_static(FIXTURE), Precondition::Any)
         .unwrap();
     assert_eq!(format_of(store, "fixture"), 3);
     // A heap of today's format, warm in the worker when the old one comes.
@@ -73,7 +72,7 @@ async fn exercise(rt: &Runtime, store: &MemoryStore) {
 async fn old_heaps_run_alone_in_process() {
     let store = MemoryStore::new();
     let rt = Runtime::new(
-        Arc::new(store.clone()),
+        Store::memory(store.clone()),
         Executor::InProcess,
         Limits::default(),
     );
@@ -89,7 +88,7 @@ async fn old_heaps_run_alone_in_a_worker_that_keeps_others_warm() {
     };
     let program = PathBuf::from(env!("CARGO_BIN_EXE_mcp-v8"));
     let rt = Runtime::new(
-        Arc::new(store.clone()),
+        Store::memory(store.clone()),
         Executor::workers(program, 1, settings),
         Limits::default(),
     );

@@ -8,7 +8,8 @@
 //!   implements [`HeapStore`] on top of an [`FfiHeapStore`] received from a plugin.
 //!
 //! Only `abi_stable` types (`RString`, `RVec`, ...) and the `#[repr(C)]` types of this
-//! module appear in the vtable.
+//! module appear in the vtable. Heap bytes cross in both directions without a copy, as
+//! [`FfiBytes`]: a buffer lent by the side that allocated it, released there.
 //!
 //! ```
 //! use mcp_v8_plugin_api::ffi::{FfiHeapStore, ForeignHeapStore};
@@ -17,7 +18,7 @@
 //! # impl HeapStore for Nothing {
 //! #     fn info(&self) -> BackendInfo { BackendInfo::new("nothing", "0") }
 //! #     fn get(&self, n: &str) -> Result<Snapshot, StoreError> { Err(StoreError::not_found(n)) }
-//! #     fn put(&self, _: &str, _: &[u8], _: Precondition) -> Result<Version, StoreError> { Err(StoreError::other("no")) }
+//! #     fn put(&self, _: &str, _: bytes::Bytes, _: Precondition) -> Result<Version, StoreError> { Err(StoreError::other("no")) }
 //! #     fn delete(&self, n: &str) -> Result<(), StoreError> { Err(StoreError::not_found(n)) }
 //! #     fn list(&self, _: &str) -> Result<Vec<HeapMeta>, StoreError> { Ok(vec![]) }
 //! # }
@@ -35,8 +36,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, UNIX_EPOCH};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RBox, RErr, ROk, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{RBox, RErr, ROk, ROption, RResult, RStr, RString, RVec};
 use abi_stable::{sabi_trait, StableAbi};
+use bytes::Bytes;
 
 use crate::{
     BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition, Snapshot, StoreError, Version,
@@ -116,13 +118,80 @@ impl From<FfiPrecondition> for Precondition {
     }
 }
 
-/// [`Snapshot`] across the boundary. The bytes move without a copy: an `RVec` remembers
-/// which library allocated it and frees it there.
+/// Bytes lent across the boundary by the side that owns them, without a copy.
+///
+/// The lender keeps its [`Bytes`] alive behind `owner`; the borrower reads `ptr..ptr+len`
+/// and, when done, calls `release(owner)`, which drops them with the lender's own code (each
+/// side may link its own copy of the `bytes` crate, so the `Bytes` itself never crosses).
+/// [`FfiBytes::lend`] and [`FfiBytes::into_bytes`] do both halves.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiBytes {
+    ptr: *const u8,
+    len: usize,
+    owner: *mut (),
+    release: extern "C" fn(*mut ()),
+}
+
+// SAFETY: the buffer is immutable and its owner is a `Bytes`, which is Send + Sync.
+unsafe impl Send for FfiBytes {}
+// SAFETY: as above; nothing is mutated through a shared FfiBytes.
+unsafe impl Sync for FfiBytes {}
+
+extern "C" fn release_bytes(owner: *mut ()) {
+    // SAFETY: `owner` came from `Box::into_raw` in `FfiBytes::lend` on this side of the
+    // boundary, and `release` is called exactly once (by `Lent::drop`).
+    drop(unsafe { Box::from_raw(owner.cast::<Bytes>()) });
+}
+
+impl FfiBytes {
+    /// Lends `bytes` to the other side; they are freed here when it releases them.
+    pub fn lend(bytes: Bytes) -> Self {
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        let owner = Box::into_raw(Box::new(bytes)).cast::<()>();
+        Self {
+            ptr,
+            len,
+            owner,
+            release: release_bytes,
+        }
+    }
+
+    /// The lent bytes as [`Bytes`] of this side, still without a copy: dropping the last
+    /// clone releases them to the lender.
+    pub fn into_bytes(self) -> Bytes {
+        Bytes::from_owner(Lent(self))
+    }
+}
+
+impl std::fmt::Debug for FfiBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FfiBytes({} bytes)", self.len)
+    }
+}
+
+/// Borrowed [`FfiBytes`], released when dropped.
+struct Lent(FfiBytes);
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is the lender's live `Bytes`, kept alive until release.
+        unsafe { std::slice::from_raw_parts(self.0.ptr, self.0.len) }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        (self.0.release)(self.0.owner);
+    }
+}
+
+/// [`Snapshot`] across the boundary; the bytes are lent, not copied.
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiSnapshot {
     /// The stored bytes.
-    pub bytes: RVec<u8>,
+    pub bytes: FfiBytes,
     /// Their version token.
     pub version: RString,
 }
@@ -197,14 +266,16 @@ pub trait StableHeapStore: Send + Sync {
     fn put(
         &self,
         name: RStr<'_>,
-        bytes: RSlice<'_, u8>,
+        bytes: FfiBytes,
         precondition: FfiPrecondition,
     ) -> RResult<RString, FfiStoreError>;
     /// [`HeapStore::delete`].
     fn delete(&self, name: RStr<'_>) -> RResult<(), FfiStoreError>;
-    /// [`HeapStore::list`]. Methods added in later minor versions go below this one.
-    #[sabi(last_prefix_field)]
+    /// [`HeapStore::list`].
     fn list(&self, prefix: RStr<'_>) -> RResult<RVec<FfiHeapMeta>, FfiStoreError>;
+    /// [`HeapStore::version`]. Methods added in later minor versions go below this one.
+    #[sabi(last_prefix_field)]
+    fn version(&self, name: RStr<'_>) -> RResult<ROption<RString>, FfiStoreError>;
 }
 
 /// A heap store as a stable-ABI trait object: what a plugin hands to the host.
@@ -258,12 +329,12 @@ impl<S: HeapStore> StableHeapStore for Provider<S> {
     fn put(
         &self,
         name: RStr<'_>,
-        bytes: RSlice<'_, u8>,
+        bytes: FfiBytes,
         precondition: FfiPrecondition,
     ) -> RResult<RString, FfiStoreError> {
         guarded("put", || {
             self.0
-                .put(name.as_str(), bytes.as_slice(), precondition.into())
+                .put(name.as_str(), bytes.into_bytes(), precondition.into())
                 .map(|v| v.0)
         })
     }
@@ -282,35 +353,33 @@ impl<S: HeapStore> StableHeapStore for Provider<S> {
             })
         })
     }
+
+    fn version(&self, name: RStr<'_>) -> RResult<ROption<RString>, FfiStoreError> {
+        guarded("version", || {
+            self.0
+                .version(name.as_str())
+                .map(|v| v.map(|v| RString::from(v.0)))
+        })
+    }
 }
 
 impl From<Snapshot> for FfiSnapshot {
     fn from(s: Snapshot) -> Self {
         Self {
-            bytes: s.bytes.into(),
+            bytes: FfiBytes::lend(s.bytes),
             version: s.version.0.into(),
         }
     }
 }
 
-/// A store received from across the boundary, usable as a [`HeapStore`].
-///
-/// [`ForeignHeapStore::get_raw`] returns the bytes still owned by the plugin's allocator,
-/// which avoids a copy when the caller can keep an `RVec`.
+/// A store received from across the boundary, usable as a [`HeapStore`]. Bytes go both
+/// ways without a copy.
 pub struct ForeignHeapStore(FfiHeapStore);
 
 impl ForeignHeapStore {
     /// Wraps a store a plugin exported.
     pub fn new(store: FfiHeapStore) -> Self {
         Self(store)
-    }
-
-    /// Like [`HeapStore::get`], but hands back the plugin's `RVec` without copying it.
-    pub fn get_raw(&self, name: &str) -> Result<(RVec<u8>, Version), StoreError> {
-        match self.0 .0.get(name.into()) {
-            ROk(s) => Ok((s.bytes, Version(s.version.into_string()))),
-            RErr(e) => Err(e.into()),
-        }
     }
 
     /// Like [`HeapStore::list`], but converts entries one at a time as they are taken, so
@@ -330,22 +399,25 @@ impl HeapStore for ForeignHeapStore {
     }
 
     fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
-        self.get_raw(name).map(|(bytes, version)| Snapshot {
-            bytes: bytes.into_vec(),
-            version,
-        })
+        match self.0 .0.get(name.into()) {
+            ROk(s) => Ok(Snapshot {
+                bytes: s.bytes.into_bytes(),
+                version: Version(s.version.into_string()),
+            }),
+            RErr(e) => Err(e.into()),
+        }
     }
 
     fn put(
         &self,
         name: &str,
-        bytes: &[u8],
+        bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
         match self
             .0
              .0
-            .put(name.into(), bytes.into(), precondition.into())
+            .put(name.into(), FfiBytes::lend(bytes), precondition.into())
         {
             ROk(v) => Ok(Version(v.into_string())),
             RErr(e) => Err(e.into()),
@@ -363,6 +435,13 @@ impl HeapStore for ForeignHeapStore {
     fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
         self.list_each(prefix).map(Iterator::collect)
     }
+
+    fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
+        match self.0 .0.version(name.into()) {
+            ROk(v) => Ok(v.into_option().map(|v| Version(v.into_string()))),
+            RErr(e) => Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -373,7 +452,10 @@ mod tests {
 
     /// A tiny store for exercising the boundary; panics on a name of "boom".
     #[derive(Default)]
-    struct Toy(Mutex<HashMap<String, (Vec<u8>, u64)>>);
+    struct Toy(
+        Mutex<HashMap<String, (Bytes, u64)>>,
+        std::sync::atomic::AtomicU64,
+    );
 
     impl HeapStore for Toy {
         fn info(&self) -> BackendInfo {
@@ -387,15 +469,15 @@ mod tests {
                 version: Version(gen.to_string()),
             })
         }
-        fn put(&self, name: &str, bytes: &[u8], p: Precondition) -> Result<Version, StoreError> {
+        fn put(&self, name: &str, bytes: Bytes, p: Precondition) -> Result<Version, StoreError> {
             if name == "boom" {
                 panic!("kaboom");
             }
             let mut map = self.0.lock().unwrap();
             let current = map.get(name).map(|(_, g)| *g);
             p.check(name, current.map(|g| Version(g.to_string())).as_ref())?;
-            let gen = current.unwrap_or(0) + 1;
-            map.insert(name.to_string(), (bytes.to_vec(), gen));
+            let gen = self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            map.insert(name.to_string(), (bytes, gen));
             Ok(Version(gen.to_string()))
         }
         fn delete(&self, name: &str) -> Result<(), StoreError> {
@@ -431,12 +513,18 @@ mod tests {
     fn round_trips_every_method() {
         let store = through_boundary();
         assert_eq!(store.info(), BackendInfo::new("toy", "1"));
-        let v1 = store.put("a", b"one", Precondition::MustNotExist).unwrap();
+        let v1 = store
+            .put("a", Bytes::from_static(b"one"), Precondition::MustNotExist)
+            .unwrap();
         let got = store.get("a").unwrap();
-        assert_eq!(got.bytes, b"one");
+        assert_eq!(got.bytes, &b"one"[..]);
         assert_eq!(got.version, v1);
         let v2 = store
-            .put("a", b"two", Precondition::MustMatch(v1.clone()))
+            .put(
+                "a",
+                Bytes::from_static(b"two"),
+                Precondition::MustMatch(v1.clone()),
+            )
             .unwrap();
         assert_ne!(v1, v2);
         let listed = store.list("").unwrap();
@@ -455,15 +543,19 @@ mod tests {
     #[test]
     fn error_kinds_survive_the_boundary() {
         let store = through_boundary();
-        let v1 = store.put("a", b"x", Precondition::Any).unwrap();
-        store.put("a", b"y", Precondition::Any).unwrap();
+        let v1 = store
+            .put("a", Bytes::from_static(b"x"), Precondition::Any)
+            .unwrap();
+        store
+            .put("a", Bytes::from_static(b"y"), Precondition::Any)
+            .unwrap();
         let stale = store
-            .put("a", b"z", Precondition::MustMatch(v1))
+            .put("a", Bytes::from_static(b"z"), Precondition::MustMatch(v1))
             .unwrap_err();
         assert_eq!(stale.kind(), ErrorKind::Conflict);
         assert_eq!(stale.message(), "heap 'a' is no longer at version 1");
         let exists = store
-            .put("a", b"z", Precondition::MustNotExist)
+            .put("a", Bytes::from_static(b"z"), Precondition::MustNotExist)
             .unwrap_err();
         assert_eq!(exists.kind(), ErrorKind::Conflict);
         for kind in [
@@ -488,11 +580,39 @@ mod tests {
     #[test]
     fn a_panic_becomes_an_error() {
         let store = through_boundary();
-        let err = store.put("boom", b"x", Precondition::Any).unwrap_err();
+        let err = store
+            .put("boom", Bytes::from_static(b"x"), Precondition::Any)
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Other);
         assert!(err.message().contains("panicked in put: kaboom"), "{err}");
         // The store still works afterwards.
-        store.put("fine", b"x", Precondition::Any).unwrap();
+        store
+            .put("fine", Bytes::from_static(b"x"), Precondition::Any)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_boundary_keeps_the_contract() {
+        crate::conformance::run(&through_boundary(), "ffi-");
+    }
+
+    #[test]
+    fn bytes_cross_both_ways_without_a_copy() {
+        let store = through_boundary();
+        let blob = Bytes::from(vec![9u8; 1 << 20]);
+        store.put("big", blob.clone(), Precondition::Any).unwrap();
+        let got = store.get("big").unwrap();
+        assert_eq!(
+            got.bytes.as_ptr(),
+            blob.as_ptr(),
+            "a copy crossed the boundary"
+        );
+        assert_eq!(store.version("big").unwrap(), Some(got.version.clone()));
+        assert_eq!(store.version("none").unwrap(), None);
+        // Released on both sides: the store's entry and our clone are the only owners left.
+        drop(got);
+        store.delete("big").unwrap();
+        assert!(blob.is_unique(), "a lent buffer was never released");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!
 //! There are two faces to the contract:
 //!
-//! * [`HeapStore`], a plain synchronous Rust trait. Storage plugin authors implement it.
+//! * [`HeapStore`], a plain synchronous Rust trait: the one contract every store fulfils —
+//!   the host's built-in memory store, the bundled file and S3 plugins, and third-party
+//!   plugins. [`conformance::run`] checks a store against it; run it in your plugin's tests.
 //! * [`ffi`], the stable-ABI form of the same trait (`abi_stable`), which is what crosses
 //!   the boundary between the host and a dynamically loaded plugin. [`ffi::FfiHeapStore`]
 //!   wraps a [`HeapStore`] on the plugin side; [`ffi::ForeignHeapStore`] turns the
@@ -14,6 +16,7 @@
 //!   cross the boundary.
 //!
 //! ```
+//! use bytes::Bytes;
 //! use mcp_v8_plugin_api::{BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot, StoreError, Version};
 //!
 //! /// A store that keeps nothing: every read is "not found", every write is refused.
@@ -26,7 +29,7 @@
 //!     fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
 //!         Err(StoreError::not_found(name))
 //!     }
-//!     fn put(&self, _: &str, _: &[u8], _: Precondition) -> Result<Version, StoreError> {
+//!     fn put(&self, _: &str, _: Bytes, _: Precondition) -> Result<Version, StoreError> {
 //!         Err(StoreError::unavailable("this store is read-only"))
 //!     }
 //!     fn delete(&self, name: &str) -> Result<(), StoreError> {
@@ -41,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+pub mod conformance;
 mod error;
 pub mod ffi;
 mod name;

@@ -17,7 +17,7 @@
 //!     fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
 //!         Err(StoreError::not_found(name))
 //!     }
-//!     fn put(&self, _: &str, _: &[u8], _: Precondition) -> Result<Version, StoreError> {
+//!     fn put(&self, _: &str, _: bytes::Bytes, _: Precondition) -> Result<Version, StoreError> {
 //!         Err(StoreError::unavailable("read-only"))
 //!     }
 //!     fn delete(&self, name: &str) -> Result<(), StoreError> {

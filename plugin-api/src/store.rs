@@ -1,5 +1,7 @@
 use std::time::SystemTime;
 
+use bytes::Bytes;
+
 use crate::StoreError;
 
 /// An opaque version token for one stored revision of a heap (an e-tag, a generation, a
@@ -61,8 +63,9 @@ impl Precondition {
 /// A stored heap as read back: its bytes and the version they are at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// The bytes exactly as they were put.
-    pub bytes: Vec<u8>,
+    /// The bytes exactly as they were put. [`Bytes`] lets a store hand out what it holds
+    /// (or what its client library returned) without a copy.
+    pub bytes: Bytes,
     /// The version of these bytes, for a later conditional put.
     pub version: Version,
 }
@@ -99,12 +102,14 @@ impl BackendInfo {
     }
 }
 
-/// A store of heap snapshots: the trait a storage plugin implements.
+/// A store of heap snapshots: the one contract every store fulfils — the host's built-in
+/// memory store, the bundled file and S3 plugins, and any third-party plugin. Run
+/// [`crate::conformance::run`] against yours.
 ///
-/// Methods are synchronous and may block (the host calls them from a blocking thread
-/// pool) and are called concurrently from several threads. Names passed in have been
-/// validated by the host with [`crate::validate_heap_name`]; a store that maps names to
-/// paths or keys should validate them again.
+/// Methods are synchronous and may block (the host calls a plugin's from a blocking thread
+/// pool, under a time limit) and are called concurrently from several threads. Names passed
+/// in have been validated by the host with [`crate::validate_heap_name`]; a store that maps
+/// names to paths or keys should validate them again.
 ///
 /// Errors should use the most specific [`crate::ErrorKind`]: the host reports
 /// [`crate::ErrorKind::Conflict`] as "changed concurrently, retry" and
@@ -118,11 +123,12 @@ pub trait HeapStore: Send + Sync + 'static {
 
     /// Writes a heap if `precondition` holds, atomically: a reader sees the old bytes or
     /// the new ones, never a mix. Returns the new version. A failed precondition is an
-    /// error of kind [`crate::ErrorKind::Conflict`] and writes nothing.
+    /// error of kind [`crate::ErrorKind::Conflict`] and writes nothing. The bytes are the
+    /// store's to keep (no copy is needed to hold on to them or hand them to a client).
     fn put(
         &self,
         name: &str,
-        bytes: &[u8],
+        bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError>;
 
@@ -131,6 +137,17 @@ pub trait HeapStore: Send + Sync + 'static {
 
     /// Lists the heaps whose names start with `prefix` (all of them for `""`), in any order.
     fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError>;
+
+    /// The version heap `name` is at now, `None` when it does not exist. The host asks this
+    /// before every run on a heap it holds in memory, to never serve a heap another process
+    /// changed, so answer it cheaply (a `stat`, a `HEAD` request). The default lists by name.
+    fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
+        Ok(self
+            .list(name)?
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| m.version))
+    }
 }
 
 #[cfg(test)]

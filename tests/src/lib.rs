@@ -312,6 +312,7 @@ pub fn example_plugin_built_against(
             "[package]\nname = \"mcp-v8-plugin-api\"\nversion = \"{version}\"\nedition = \"2021\"\n\
              [lib]\nname = \"mcp_v8_plugin_api\"\n\
              [dependencies]\nabi_stable = {{ version = \"0.11.3\", default-features = false }}\n\
+             bytes = \"1\"\n\
              serde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n"
         ),
     );
@@ -321,6 +322,7 @@ pub fn example_plugin_built_against(
          [workspace]\n[lib]\ncrate-type = [\"cdylib\"]\n\
          [dependencies]\nmcp-v8-plugin-api = { path = \"../plugin-api\" }\n\
          abi_stable = { version = \"0.11.3\", default-features = false }\n\
+         bytes = \"1\"\n\
          serde = { version = \"1\", features = [\"derive\"] }\n",
     );
     cargo_build(&plugin.join("Cargo.toml"), &work.join("target"));

@@ -14,11 +14,23 @@ async fn both_transports_serve_the_same_tools_and_share_heaps() {
     let sse = server.sse(None).await;
     assert_eq!(
         streamable.tool_names().await,
-        ["delete_heap", "list_heaps", "run_js", "storage_stats"]
+        [
+            "copy_heap",
+            "delete_heap",
+            "list_heaps",
+            "run_js",
+            "storage_stats"
+        ]
     );
     assert_eq!(
         sse.tool_names().await,
-        ["delete_heap", "list_heaps", "run_js", "storage_stats"]
+        [
+            "copy_heap",
+            "delete_heap",
+            "list_heaps",
+            "run_js",
+            "storage_stats"
+        ]
     );
 
     streamable

@@ -241,7 +241,7 @@ fn each_loader_failure_is_one_clear_line_and_exit_code_1() {
 
 #[test]
 fn a_plugin_built_against_another_plugin_api_is_refused_with_both_versions() {
-    let library = example_plugin_built_against_api("0.2.0");
+    let library = example_plugin_built_against_api("0.3.0");
     let dir = tempfile::tempdir().unwrap();
     let path = config(
         dir.path(),
@@ -251,7 +251,7 @@ fn a_plugin_built_against_another_plugin_api_is_refused_with_both_versions() {
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains(
-            "built against mcp-v8-plugin-api 0.2.0, but this mcp-v8 uses mcp-v8-plugin-api 0.1.0"
+            "built against mcp-v8-plugin-api 0.3.0, but this mcp-v8 uses mcp-v8-plugin-api 0.2.0"
         ),
         "{stderr}"
     );

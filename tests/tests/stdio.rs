@@ -11,7 +11,13 @@ async fn lists_the_heap_tools() {
     let names = server.tool_names().await;
     assert_eq!(
         names,
-        ["delete_heap", "list_heaps", "run_js", "storage_stats"]
+        [
+            "copy_heap",
+            "delete_heap",
+            "list_heaps",
+            "run_js",
+            "storage_stats"
+        ]
     );
     server.stop().await;
 }

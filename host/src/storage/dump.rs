@@ -29,7 +29,7 @@ use mcp_v8_plugin_api::validate_heap_name;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::{MemoryStore, Precondition};
+use super::{HeapStore, MemoryStore, Precondition};
 use crate::envelope;
 
 /// Identifies an mcp-v8 memory dump.
@@ -104,7 +104,7 @@ impl Dump {
             crate::engine::v8_version(),
             |name, bytes| {
                 self.store
-                    .put_now(name, bytes, Precondition::Any)
+                    .put(name, bytes, Precondition::Any)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             },
@@ -533,7 +533,7 @@ mod tests {
         let v8 = crate::engine::v8_version();
         for (name, fill) in [("one", 1u8), ("two", 2)] {
             let (_, bytes) = heap(name, v8, fill);
-            store.put_now(name, bytes, Precondition::Any).unwrap();
+            store.put(name, bytes, Precondition::Any).unwrap();
         }
         let dump = Dump::new(store.clone(), path.clone());
         let written = dump.write().unwrap();
@@ -546,8 +546,8 @@ mod tests {
         let loaded = Dump::new(fresh.clone(), path).load().unwrap();
         assert_eq!((loaded.heaps, loaded.problems.len()), (2, 0));
         assert_eq!(
-            fresh.get_now("two").unwrap().bytes,
-            store.get_now("two").unwrap().bytes
+            fresh.get("two").unwrap().bytes,
+            store.get("two").unwrap().bytes
         );
     }
 

@@ -18,11 +18,13 @@ use mcp_v8_plugin_api::ffi::ForeignHeapStore;
 use mcp_v8_plugin_api::plugin::PluginModuleRef;
 use mcp_v8_plugin_api::StoreError;
 
-use super::PluginStore;
-
 /// Loads the plugin library at `path` and opens its store with `config` (a JSON object).
 /// `name` is the plugin's name in the configuration, for messages.
-pub fn load(name: &str, path: &Path, config: &serde_json::Value) -> Result<PluginStore, String> {
+pub fn load(
+    name: &str,
+    path: &Path,
+    config: &serde_json::Value,
+) -> Result<ForeignHeapStore, String> {
     let fail = |why: String| format!("storage plugin '{name}' ({}): {why}", path.display());
     let path = &absolute(path).map_err(fail)?;
     let module = root_module(path).map_err(fail)?;
@@ -34,7 +36,7 @@ pub fn load(name: &str, path: &Path, config: &serde_json::Value) -> Result<Plugi
             return Err(fail(format!("the plugin refused to open its store: {e}")));
         }
     };
-    let store = PluginStore::new(ForeignHeapStore::new(store));
+    let store = ForeignHeapStore::new(store);
     tracing::info!(
         plugin = name,
         path = %path.display(),
@@ -52,7 +54,7 @@ pub fn load_checked(
     name: &str,
     path: &Path,
     config: &serde_json::Value,
-) -> Result<PluginStore, String> {
+) -> Result<ForeignHeapStore, String> {
     let fail = |why: String| format!("storage plugin '{name}' ({}): {why}", path.display());
     let absolute = absolute(path).map_err(fail)?;
     check_in_child(program, &absolute).map_err(fail)?;

@@ -4,7 +4,7 @@
 //! write of a heap moves it to the front. Past `--memory-max-bytes` the heaps at the back are
 //! evicted, and past `--memory-ttl` of idleness a heap expires. Neither ever happens to a heap
 //! that is in use: a call runs on it or its state is being saved (the runtime's heap lock is
-//! held, see [`HeapStorage::use_locks`]). Expiry is checked on every access, so an expired heap
+//! held, see [`MemoryStore::use_locks`]). Expiry is checked on every access, so an expired heap
 //! is never served even before [`MemoryStore::sweep`] frees it.
 //!
 //! Why not `moka`: its size bound is enforced by asynchronous maintenance (the store may hold
@@ -18,14 +18,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use lru::LruCache;
 
 use super::{
-    BackendInfo, Gone, GoneCause, HeapLocks, HeapMeta, HeapStorage, Precondition, StoreError,
-    Stored, Usage, Version,
+    BackendInfo, Gone, GoneCause, HeapLocks, HeapMeta, HeapStore, Precondition, Snapshot,
+    StoreError, Version,
 };
+use crate::metrics::Usage;
 
 /// How many dropped heap names are remembered to explain a later call on them.
 pub const GONE_REMEMBERED: usize = 10_000;
@@ -116,20 +116,39 @@ impl MemoryStore {
         self.inner.options
     }
 
-    /// Synchronous [`HeapStorage::get`], for callers outside an async context.
-    pub fn get_now(&self, name: &str) -> Result<Stored, StoreError> {
-        let now = self.inner.now();
-        let mut state = self.inner.state();
-        let entry = self.inner.touch(&mut state, name, now);
-        let entry = entry.ok_or_else(|| StoreError::not_found(name))?;
-        Ok(Stored {
-            bytes: entry.bytes.clone(),
-            version: Version(entry.version.to_string()),
-        })
+    /// Hands the store the runtime's per-heap locks: a heap whose lock is held is in use (a
+    /// call runs on it or its save is pending) and is neither evicted nor expired.
+    pub fn use_locks(&self, locks: &HeapLocks) {
+        // A store serves one runtime; a second runtime's locks are not ours to mix in.
+        let _ = self.inner.in_use.set(locks.clone());
     }
 
-    /// Synchronous [`HeapStorage::put`].
-    pub fn put_now(
+    /// Why the store dropped `name` on its own lately, if it did.
+    pub fn gone(&self, name: &str) -> Option<Gone> {
+        self.inner.state().gone.peek(name).copied()
+    }
+
+    /// The size of heap `name`'s snapshot before compression, if it is still at `version`.
+    pub fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
+        let state = self.inner.state();
+        let entry = state.heaps.peek(name)?;
+        (entry.version.to_string() == version.as_str()).then_some(entry.raw_len)
+    }
+
+    /// What the store holds.
+    pub fn usage(&self) -> Usage {
+        let state = self.inner.state();
+        Usage {
+            heaps: state.heaps.len() as u64,
+            bytes: state.bytes,
+            raw_bytes: state.raw_bytes,
+            max_bytes: self.inner.options.max_bytes,
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+            expirations: self.inner.expirations.load(Ordering::Relaxed),
+        }
+    }
+
+    fn put_bounded(
         &self,
         name: &str,
         bytes: Bytes,
@@ -321,26 +340,32 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl HeapStorage for MemoryStore {
+impl HeapStore for MemoryStore {
     fn info(&self) -> BackendInfo {
         BackendInfo::new("memory", env!("CARGO_PKG_VERSION"))
     }
 
-    async fn get(&self, name: &str) -> Result<Stored, StoreError> {
-        self.get_now(name)
+    fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
+        let now = self.inner.now();
+        let mut state = self.inner.state();
+        let entry = self.inner.touch(&mut state, name, now);
+        let entry = entry.ok_or_else(|| StoreError::not_found(name))?;
+        Ok(Snapshot {
+            bytes: entry.bytes.clone(),
+            version: Version(entry.version.to_string()),
+        })
     }
 
-    async fn put(
+    fn put(
         &self,
         name: &str,
         bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
-        self.put_now(name, bytes, precondition)
+        self.put_bounded(name, bytes, precondition)
     }
 
-    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+    fn delete(&self, name: &str) -> Result<(), StoreError> {
         let now = self.inner.now();
         let mut state = self.inner.state();
         let live = self.inner.touch(&mut state, name, now).is_some();
@@ -356,7 +381,7 @@ impl HeapStorage for MemoryStore {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
+    fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
         self.sweep();
         let state = self.inner.state();
         Ok(state
@@ -372,38 +397,11 @@ impl HeapStorage for MemoryStore {
             .collect())
     }
 
-    async fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
+    fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
         let now = self.inner.now();
         let mut state = self.inner.state();
         let entry = self.inner.touch(&mut state, name, now);
         Ok(entry.map(|e| Version(e.version.to_string())))
-    }
-
-    fn use_locks(&self, locks: &HeapLocks) {
-        // A store serves one runtime; a second runtime's locks are not ours to mix in.
-        let _ = self.inner.in_use.set(locks.clone());
-    }
-
-    fn gone(&self, name: &str) -> Option<Gone> {
-        self.inner.state().gone.peek(name).copied()
-    }
-
-    fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
-        let state = self.inner.state();
-        let entry = state.heaps.peek(name)?;
-        (entry.version.to_string() == version.as_str()).then_some(entry.raw_len)
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        let state = self.inner.state();
-        Some(Usage {
-            heaps: state.heaps.len() as u64,
-            bytes: state.bytes,
-            raw_bytes: state.raw_bytes,
-            max_bytes: self.inner.options.max_bytes,
-            evictions: self.inner.evictions.load(Ordering::Relaxed),
-            expirations: self.inner.expirations.load(Ordering::Relaxed),
-        })
     }
 }
 
@@ -428,28 +426,30 @@ mod tests {
     use super::*;
     use crate::storage::ErrorKind;
 
-    #[tokio::test]
-    async fn get_shares_the_stored_bytes() {
+    #[test]
+    fn the_memory_store_keeps_the_contract() {
+        mcp_v8_plugin_api::conformance::run(&MemoryStore::new(), "conformance-");
+        let bounded = bounded(Some(1 << 30), Some(Duration::from_secs(3600)));
+        mcp_v8_plugin_api::conformance::run(&bounded, "conformance-");
+    }
+
+    #[test]
+    fn get_shares_the_stored_bytes() {
         let store = MemoryStore::new();
         let blob = Bytes::from(vec![7u8; 1 << 20]);
-        store
-            .put("a", blob.clone(), Precondition::Any)
-            .await
-            .unwrap();
-        let got = store.get("a").await.unwrap();
+        store.put("a", blob.clone(), Precondition::Any).unwrap();
+        let got = store.get("a").unwrap();
         assert_eq!(got.bytes.as_ptr(), blob.as_ptr(), "get copied the blob");
     }
 
-    #[tokio::test]
-    async fn conditional_puts_are_compare_and_swap() {
+    #[test]
+    fn conditional_puts_are_compare_and_swap() {
         let store = MemoryStore::new();
         let v1 = store
             .put("a", Bytes::from_static(b"1"), Precondition::MustNotExist)
-            .await
             .unwrap();
         let again = store
             .put("a", Bytes::from_static(b"x"), Precondition::MustNotExist)
-            .await
             .unwrap_err();
         assert_eq!(again.kind(), ErrorKind::Conflict);
         let v2 = store
@@ -458,14 +458,12 @@ mod tests {
                 Bytes::from_static(b"2"),
                 Precondition::MustMatch(v1.clone()),
             )
-            .await
             .unwrap();
         let stale = store
             .put("a", Bytes::from_static(b"x"), Precondition::MustMatch(v1))
-            .await
             .unwrap_err();
         assert_eq!(stale.kind(), ErrorKind::Conflict);
-        let got = store.get("a").await.unwrap();
+        let got = store.get("a").unwrap();
         assert_eq!((&got.bytes[..], got.version), (&b"2"[..], v2));
         let missing = store
             .put(
@@ -473,63 +471,51 @@ mod tests {
                 Bytes::from_static(b"x"),
                 Precondition::MustMatch(Version("1".into())),
             )
-            .await
             .unwrap_err();
         assert_eq!(missing.kind(), ErrorKind::Conflict);
     }
 
-    #[tokio::test]
-    async fn versions_never_repeat_after_delete() {
+    #[test]
+    fn versions_never_repeat_after_delete() {
         let store = MemoryStore::new();
-        let v1 = store
-            .put("a", Bytes::new(), Precondition::Any)
-            .await
-            .unwrap();
-        store.delete("a").await.unwrap();
-        let v2 = store
-            .put("a", Bytes::new(), Precondition::Any)
-            .await
-            .unwrap();
+        let v1 = store.put("a", Bytes::new(), Precondition::Any).unwrap();
+        store.delete("a").unwrap();
+        let v2 = store.put("a", Bytes::new(), Precondition::Any).unwrap();
         assert_ne!(v1, v2);
     }
 
-    #[tokio::test]
-    async fn list_filters_by_prefix_and_delete_reports_missing() {
+    #[test]
+    fn list_filters_by_prefix_and_delete_reports_missing() {
         let store = MemoryStore::new();
         for name in ["app-1", "app-2", "other"] {
             store
                 .put(name, Bytes::from_static(b"abc"), Precondition::Any)
-                .await
                 .unwrap();
         }
         let mut names: Vec<_> = store
             .list("app-")
-            .await
             .unwrap()
             .into_iter()
             .map(|m| m.name)
             .collect();
         names.sort();
         assert_eq!(names, ["app-1", "app-2"]);
-        assert_eq!(store.list("").await.unwrap().len(), 3);
-        assert_eq!(store.list("other").await.unwrap()[0].size, 3);
-        store.delete("other").await.unwrap();
+        assert_eq!(store.list("").unwrap().len(), 3);
+        assert_eq!(store.list("other").unwrap()[0].size, 3);
+        store.delete("other").unwrap();
         assert_eq!(
-            store.delete("other").await.unwrap_err().kind(),
+            store.delete("other").unwrap_err().kind(),
             ErrorKind::NotFound
         );
-        assert_eq!(
-            store.get("other").await.unwrap_err().kind(),
-            ErrorKind::NotFound
-        );
-        assert_eq!(store.usage().unwrap().bytes, 6);
+        assert_eq!(store.get("other").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(store.usage().bytes, 6);
     }
 
     #[test]
     fn concurrent_writers_with_cas_lose_no_update() {
         let store = MemoryStore::new();
         store
-            .put_now("n", Bytes::from_static(b"0"), Precondition::MustNotExist)
+            .put("n", Bytes::from_static(b"0"), Precondition::MustNotExist)
             .unwrap();
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -537,11 +523,11 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut done = 0;
                     while done < 100 {
-                        let cur = store.get_now("n").unwrap();
+                        let cur = store.get("n").unwrap();
                         let n: u64 = std::str::from_utf8(&cur.bytes).unwrap().parse().unwrap();
                         let next = Bytes::from((n + 1).to_string());
                         if store
-                            .put_now("n", next, Precondition::MustMatch(cur.version))
+                            .put("n", next, Precondition::MustMatch(cur.version))
                             .is_ok()
                         {
                             done += 1;
@@ -553,7 +539,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(&store.get_now("n").unwrap().bytes[..], b"400");
+        assert_eq!(&store.get("n").unwrap().bytes[..], b"400");
     }
 
     fn bounded(max_bytes: Option<u64>, ttl: Option<Duration>) -> MemoryStore {
@@ -568,20 +554,20 @@ mod tests {
     fn the_least_recently_used_heaps_go_first_and_say_so() {
         let store = bounded(Some(300), None);
         for name in ["a", "b", "c"] {
-            store.put_now(name, blob(100), Precondition::Any).unwrap();
+            store.put(name, blob(100), Precondition::Any).unwrap();
         }
         // Reading `a` makes `b` the least recently used.
-        store.get_now("a").unwrap();
-        store.put_now("d", blob(100), Precondition::Any).unwrap();
-        assert_eq!(store.get_now("b").unwrap_err().kind(), ErrorKind::NotFound);
+        store.get("a").unwrap();
+        store.put("d", blob(100), Precondition::Any).unwrap();
+        assert_eq!(store.get("b").unwrap_err().kind(), ErrorKind::NotFound);
         assert_eq!(store.gone("b").map(|g| g.cause), Some(GoneCause::Evicted));
         for name in ["a", "c", "d"] {
-            assert!(store.get_now(name).is_ok(), "{name} was evicted");
+            assert!(store.get(name).is_ok(), "{name} was evicted");
         }
-        let usage = store.usage().unwrap();
+        let usage = store.usage();
         assert_eq!((usage.heaps, usage.bytes, usage.evictions), (3, 300, 1));
         // Writing `b` again starts it over: nothing to explain any more.
-        store.put_now("b", blob(50), Precondition::Any).unwrap();
+        store.put("b", blob(50), Precondition::Any).unwrap();
         assert_eq!(store.gone("b"), None);
     }
 
@@ -590,73 +576,65 @@ mod tests {
         let store = bounded(Some(200), None);
         let locks = HeapLocks::default();
         store.use_locks(&locks);
-        store.put_now("old", blob(100), Precondition::Any).unwrap();
-        store.put_now("new", blob(100), Precondition::Any).unwrap();
+        store.put("old", blob(100), Precondition::Any).unwrap();
+        store.put("new", blob(100), Precondition::Any).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let held = rt.block_on(locks.lock("old"));
         // `old` is the least recently used but in use, so `new` goes.
-        store
-            .put_now("third", blob(100), Precondition::Any)
-            .unwrap();
-        assert!(store.get_now("old").is_ok());
+        store.put("third", blob(100), Precondition::Any).unwrap();
+        assert!(store.get("old").is_ok());
         assert_eq!(store.gone("new").map(|g| g.cause), Some(GoneCause::Evicted));
         // With every other heap in use, a write that does not fit is refused, nothing lost.
         let _third = rt.block_on(locks.lock("third"));
         let full = store
-            .put_now("fourth", blob(150), Precondition::Any)
+            .put("fourth", blob(150), Precondition::Any)
             .unwrap_err();
         assert_eq!(full.kind(), ErrorKind::Unavailable);
         assert!(full.message().contains("full"), "{}", full.message());
-        assert_eq!(store.usage().unwrap().heaps, 2);
+        assert_eq!(store.usage().heaps, 2);
         drop(held);
-        store
-            .put_now("fourth", blob(100), Precondition::Any)
-            .unwrap();
+        store.put("fourth", blob(100), Precondition::Any).unwrap();
         assert_eq!(store.gone("old").map(|g| g.cause), Some(GoneCause::Evicted));
     }
 
     #[test]
     fn a_heap_bigger_than_the_limit_is_refused_and_evicts_nothing() {
         let store = bounded(Some(100), None);
-        store.put_now("small", blob(60), Precondition::Any).unwrap();
-        let err = store
-            .put_now("big", blob(101), Precondition::Any)
-            .unwrap_err();
+        store.put("small", blob(60), Precondition::Any).unwrap();
+        let err = store.put("big", blob(101), Precondition::Any).unwrap_err();
         assert!(
             err.message()
                 .contains("more than the memory store's whole limit"),
             "{}",
             err.message()
         );
-        assert!(store.get_now("small").is_ok());
-        assert_eq!(store.usage().unwrap().evictions, 0);
+        assert!(store.get("small").is_ok());
+        assert_eq!(store.usage().evictions, 0);
         // Replacing a heap counts its new size only.
-        store
-            .put_now("small", blob(100), Precondition::Any)
-            .unwrap();
-        assert_eq!(store.usage().unwrap().bytes, 100);
+        store.put("small", blob(100), Precondition::Any).unwrap();
+        assert_eq!(store.usage().bytes, 100);
     }
 
     #[test]
     fn an_idle_heap_expires_exactly_even_before_a_sweep() {
         let store = bounded(None, Some(Duration::from_secs(60)));
-        store.put_now("idle", blob(10), Precondition::Any).unwrap();
-        store.put_now("busy", blob(10), Precondition::Any).unwrap();
+        store.put("idle", blob(10), Precondition::Any).unwrap();
+        store.put("busy", blob(10), Precondition::Any).unwrap();
         store.advance(Duration::from_secs(59));
         // Any use restarts the clock: a read, a version check.
-        store.get_now("busy").unwrap();
+        store.get("busy").unwrap();
         store.advance(Duration::from_secs(2));
-        assert!(store.get_now("idle").is_err(), "an expired heap was served");
+        assert!(store.get("idle").is_err(), "an expired heap was served");
         assert_eq!(
             store.gone("idle").map(|g| g.cause),
             Some(GoneCause::Expired)
         );
-        assert!(store.get_now("busy").is_ok());
+        assert!(store.get("busy").is_ok());
         store.advance(Duration::from_secs(61));
         store.sweep();
-        let usage = store.usage().unwrap();
+        let usage = store.usage();
         assert_eq!((usage.heaps, usage.bytes, usage.expirations), (0, 0, 2));
     }
 
@@ -665,7 +643,7 @@ mod tests {
         let store = bounded(None, Some(Duration::from_secs(1)));
         let locks = HeapLocks::default();
         store.use_locks(&locks);
-        let v = store.put_now("long", blob(10), Precondition::Any).unwrap();
+        let v = store.put("long", blob(10), Precondition::Any).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -674,10 +652,10 @@ mod tests {
         store.sweep();
         // The call that held it stores its result on the version it read.
         store
-            .put_now("long", blob(10), Precondition::MustMatch(v))
+            .put("long", blob(10), Precondition::MustMatch(v))
             .unwrap();
         drop(held);
-        assert!(store.get_now("long").is_ok());
+        assert!(store.get("long").is_ok());
     }
 
     #[test]

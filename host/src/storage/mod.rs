@@ -1,33 +1,31 @@
-//! Where heaps live: one async interface over the built-in memory store and over
-//! storage plugins.
+//! Where heaps live. Every store keeps one contract, [`HeapStore`] from the plugin API: the
+//! built-in [`MemoryStore`], the bundled file and S3 plugins, any third-party plugin. The
+//! runtime reaches them all through [`Store`], which calls the memory store directly (it never
+//! blocks) and any other store on the blocking pool under a time limit ([`Blocking`]), and
+//! counts every operation.
 
+mod blocking;
 mod dump;
 pub mod loader;
 mod locks;
 mod memory;
-mod plugin;
 pub mod registry;
 
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use bytes::Bytes;
-pub use mcp_v8_plugin_api::{BackendInfo, ErrorKind, HeapMeta, Precondition, StoreError, Version};
+pub use mcp_v8_plugin_api::{
+    BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition, Snapshot, StoreError, Version,
+};
 
+pub use blocking::{Blocking, DEFAULT_TIMEOUT as PLUGIN_TIMEOUT};
 pub use dump::{Dump, Loaded as DumpLoaded};
 pub use locks::HeapLocks;
 pub use memory::{human_bytes, MemoryOptions, MemoryStore};
-pub use plugin::{PluginStore, DEFAULT_TIMEOUT as PLUGIN_TIMEOUT};
 pub use registry::{MemorySettings, StorageChoice};
 
-/// A stored heap: its sealed bytes (shared, not copied) and their version.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    /// The sealed snapshot.
-    pub bytes: Bytes,
-    /// Its version, for the conditional put that follows a run.
-    pub version: Version,
-}
+use crate::metrics::{Op, StorageStats, StoreMetrics};
 
 /// Why a store no longer holds a heap it held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,70 +66,155 @@ impl Gone {
     }
 }
 
-/// What a store holds, for stores that know it without a listing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    /// Heaps held.
-    pub heaps: u64,
-    /// Stored bytes held.
-    pub bytes: u64,
-    /// The same heaps' snapshots before compression.
-    pub raw_bytes: u64,
-    /// The store's limit, if it has one.
-    pub max_bytes: Option<u64>,
-    /// Heaps dropped for the size limit so far.
-    pub evictions: u64,
-    /// Heaps dropped for being unused so far.
-    pub expirations: u64,
+/// The runtime's handle on its store. Clones share the store and its counters.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    metrics: Arc<StoreMetrics>,
 }
 
-/// The host's view of a heap store. Names are validated before they get here.
-#[async_trait]
-pub trait HeapStorage: Send + Sync + 'static {
+#[derive(Clone)]
+enum Backend {
+    /// Called inline: every operation is a map lookup under a lock.
+    Memory(MemoryStore),
+    /// Called on the blocking pool under a time limit.
+    Blocking(Blocking),
+}
+
+impl Store {
+    /// The built-in memory store.
+    pub fn memory(store: MemoryStore) -> Self {
+        Self::with(Backend::Memory(store))
+    }
+
+    /// Any other store (a plugin's, a test's): its calls may block, so they run on the
+    /// blocking pool and time out after `timeout`.
+    pub fn blocking(store: Arc<dyn HeapStore>, timeout: Duration) -> Self {
+        Self::with(Backend::Blocking(Blocking::new(store, timeout)))
+    }
+
+    fn with(backend: Backend) -> Self {
+        Self {
+            backend,
+            metrics: Arc::default(),
+        }
+    }
+
     /// The backend's name and version.
-    fn info(&self) -> BackendInfo;
+    pub fn info(&self) -> BackendInfo {
+        match &self.backend {
+            Backend::Memory(m) => m.info(),
+            Backend::Blocking(b) => b.info(),
+        }
+    }
+
+    /// Counts `op`, which took from `started` to now and moved `bytes` on success.
+    fn count<T>(&self, op: Op, started: Instant, result: &Result<T, StoreError>, bytes: u64) {
+        let outcome = result.as_ref().map(|_| bytes).map_err(StoreError::kind);
+        self.metrics.record(op, started.elapsed(), outcome);
+    }
+
     /// Reads a heap; a missing one is [`ErrorKind::NotFound`].
-    async fn get(&self, name: &str) -> Result<Stored, StoreError>;
+    pub async fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
+        let started = Instant::now();
+        let result = match &self.backend {
+            Backend::Memory(m) => m.get(name),
+            Backend::Blocking(b) => b.get(name).await,
+        };
+        let len = result.as_ref().map_or(0, |s| s.bytes.len() as u64);
+        self.count(Op::Get, started, &result, len);
+        result
+    }
+
     /// Writes a heap if `precondition` holds; a failed one is [`ErrorKind::Conflict`].
-    async fn put(
+    pub async fn put(
         &self,
         name: &str,
         bytes: Bytes,
         precondition: Precondition,
-    ) -> Result<Version, StoreError>;
+    ) -> Result<Version, StoreError> {
+        let (started, len) = (Instant::now(), bytes.len() as u64);
+        let result = match &self.backend {
+            Backend::Memory(m) => m.put(name, bytes, precondition),
+            Backend::Blocking(b) => b.put(name, bytes, precondition).await,
+        };
+        self.count(Op::Put, started, &result, len);
+        result
+    }
+
     /// Removes a heap; a missing one is [`ErrorKind::NotFound`].
-    async fn delete(&self, name: &str) -> Result<(), StoreError>;
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = match &self.backend {
+            Backend::Memory(m) => m.delete(name),
+            Backend::Blocking(b) => b.delete(name).await,
+        };
+        self.count(Op::Delete, started, &result, 0);
+        result
+    }
+
     /// Lists heaps whose names start with `prefix`.
-    async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError>;
+    pub async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
+        let started = Instant::now();
+        let result = match &self.backend {
+            Backend::Memory(m) => m.list(prefix),
+            Backend::Blocking(b) => b.list(prefix).await,
+        };
+        self.count(Op::List, started, &result, 0);
+        result
+    }
+
     /// The version a heap is at now, `None` when it does not exist: what the runtime asks
-    /// before it runs code on a warm isolate. Stores that can answer it more cheaply than a
-    /// listing (the memory store) say so.
-    async fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
-        let heaps = self.list(name).await?;
-        Ok(heaps
-            .into_iter()
-            .find(|m| m.name == name)
-            .map(|m| m.version))
+    /// before it runs code on a warm isolate.
+    pub async fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
+        let started = Instant::now();
+        let result = match &self.backend {
+            Backend::Memory(m) => m.version(name),
+            Backend::Blocking(b) => b.version(name).await,
+        };
+        self.count(Op::Version, started, &result, 0);
+        if let Ok(found) = &result {
+            self.metrics.looked_up(found.is_some());
+        }
+        result
     }
 
     /// Hands the store the runtime's per-heap locks: a heap whose lock is held is in use (a
-    /// call runs on it or its save is pending), which a store that drops heaps on its own
-    /// must not drop.
-    fn use_locks(&self, _locks: &HeapLocks) {}
+    /// call runs on it or its save is pending), which the memory store never drops.
+    pub fn use_locks(&self, locks: &HeapLocks) {
+        if let Backend::Memory(m) = &self.backend {
+            m.use_locks(locks);
+        }
+    }
 
     /// Why the store dropped `name` on its own lately, if it did.
-    fn gone(&self, _name: &str) -> Option<Gone> {
-        None
+    pub fn gone(&self, name: &str) -> Option<Gone> {
+        match &self.backend {
+            Backend::Memory(m) => m.gone(name),
+            Backend::Blocking(_) => None,
+        }
     }
 
     /// The size of heap `name`'s snapshot before compression, if the store knows it without
     /// reading the heap and it is still at `version`.
-    fn raw_size(&self, _name: &str, _version: &Version) -> Option<u64> {
-        None
+    pub fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
+        match &self.backend {
+            Backend::Memory(m) => m.raw_size(name, version),
+            Backend::Blocking(_) => None,
+        }
     }
 
-    /// What the store holds, if it knows without a listing.
-    fn usage(&self) -> Option<Usage> {
-        None
+    /// What `storage_stats` reports: the counters, and what the store holds if it knows.
+    pub fn stats(&self) -> StorageStats {
+        let usage = match &self.backend {
+            Backend::Memory(m) => Some(m.usage()),
+            Backend::Blocking(_) => None,
+        };
+        self.metrics.stats(&self.info().name, usage)
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{loader, Dump, HeapStorage, MemoryOptions, MemoryStore};
+use super::{loader, Dump, MemoryOptions, MemoryStore, Store};
 use crate::config::Config;
 
 /// The file plugin's library name on this platform.
@@ -43,7 +43,7 @@ pub struct MemorySettings {
 /// An opened store, and its dump when it is a memory store that has one.
 pub struct Opened {
     /// The store.
-    pub storage: Arc<dyn HeapStorage>,
+    pub storage: Store,
     /// The memory store's dump, already loaded.
     pub dump: Option<Arc<Dump>>,
 }
@@ -61,7 +61,7 @@ fn open_memory(memory: &MemorySettings) -> Result<Opened, String> {
         None => None,
     };
     Ok(Opened {
-        storage: Arc::new(store),
+        storage: Store::memory(store),
         dump,
     })
 }
@@ -124,7 +124,7 @@ pub fn open(
     }
     let store = loader::load_checked(&program, name, &library, &config)?;
     Ok(Opened {
-        storage: Arc::new(store.with_timeout(storage_timeout)),
+        storage: Store::blocking(Arc::new(store), storage_timeout),
         dump: None,
     })
 }

@@ -85,9 +85,11 @@ fn s3(c: &mut Criterion) {
     let mut group = c.benchmark_group("s3");
     for size in [1usize << 20, 10 << 20] {
         let label = format!("{} MiB", size >> 20);
-        let blob = vec![0x3Cu8; size];
+        let blob = bytes::Bytes::from(vec![0x3Cu8; size]);
         group.throughput(Throughput::Bytes(size as u64));
-        store.put("bench", &blob, Precondition::Any).expect("seed");
+        store
+            .put("bench", blob.clone(), Precondition::Any)
+            .expect("seed");
         runtime
             .block_on(
                 client
@@ -154,7 +156,11 @@ fn s3(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("put via plugin (If-Match)", &label), |b| {
             b.iter(|| {
                 version = store
-                    .put("bench", &blob, Precondition::MustMatch(version.clone()))
+                    .put(
+                        "bench",
+                        blob.clone(),
+                        Precondition::MustMatch(version.clone()),
+                    )
                     .expect("put");
             })
         });

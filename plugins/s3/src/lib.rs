@@ -34,6 +34,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
+use bytes::Bytes;
 use mcp_v8_plugin_api::{
     export_plugin, validate_heap_name, BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition,
     Snapshot, StoreError, Version,
@@ -325,7 +326,7 @@ impl HeapStore for S3Store {
                 StoreError::unavailable(format!("reading heap '{name}' from S3 failed: {e}"))
             })?;
             Ok(Snapshot {
-                bytes: Vec::from(bytes.into_bytes()),
+                bytes: bytes.into_bytes(),
                 version: Version(version),
             })
         })
@@ -334,7 +335,7 @@ impl HeapStore for S3Store {
     fn put(
         &self,
         name: &str,
-        bytes: &[u8],
+        bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
         validate_heap_name(name)?;
@@ -345,7 +346,7 @@ impl HeapStore for S3Store {
             .bucket(&self.bucket)
             .key(&key)
             .content_type("application/octet-stream")
-            .body(ByteStream::from(bytes.to_vec()));
+            .body(ByteStream::from(bytes));
         match (self.conditional, &precondition) {
             (_, Precondition::Any) => {}
             (ConditionalWrites::Native, Precondition::MustNotExist) => {
@@ -360,10 +361,16 @@ impl HeapStore for S3Store {
                 precondition.check(name, current.as_ref())?;
             }
         }
-        let output = self
-            .runtime
-            .block_on(request.send())
-            .map_err(|e| self.error(&format!("write heap '{name}'"), e))?;
+        let output = self.runtime.block_on(request.send()).map_err(|e| {
+            // `If-Match` on a missing object is S3's 404; the contract calls it a conflict.
+            let gone = status(&e) == Some(404);
+            match (gone, &precondition) {
+                (true, Precondition::MustMatch(_)) => StoreError::conflict(format!(
+                    "heap '{name}' no longer exists, so it is not at the version read"
+                )),
+                _ => self.error(&format!("write heap '{name}'"), e),
+            }
+        })?;
         Ok(Version(output.e_tag().unwrap_or_default().to_string()))
     }
 
@@ -423,6 +430,11 @@ impl HeapStore for S3Store {
             }
             Ok(heaps)
         })
+    }
+
+    fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
+        validate_heap_name(name)?;
+        Ok(self.head_etag(&self.key(name))?.map(Version))
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use mcp_v8_plugin_api::{
     export_plugin, validate_heap_name, BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot,
     StoreError, Version,
@@ -32,7 +33,7 @@ struct Config {
 
 /// One stored heap.
 struct Entry {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     version: u64,
     modified: SystemTime,
 }
@@ -73,7 +74,7 @@ impl HeapStore for ExampleStore {
     fn put(
         &self,
         name: &str,
-        bytes: &[u8],
+        bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
         validate_heap_name(name)?;
@@ -89,7 +90,7 @@ impl HeapStore for ExampleStore {
         }
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
-            bytes: bytes.to_vec(),
+            bytes,
             version,
             modified: SystemTime::now(),
         };
@@ -118,5 +119,17 @@ impl HeapStore for ExampleStore {
                 last_modified: e.modified,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every store runs the contract's conformance suite; so should yours.
+    #[test]
+    fn the_example_store_keeps_the_contract() {
+        let store = open("{}").unwrap_or_else(|e| panic!("{e}"));
+        mcp_v8_plugin_api::conformance::run(&store, "conformance-");
     }
 }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use mcp_v8_plugin_api::{
     export_plugin, BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot, StoreError, Version,
 };
@@ -35,7 +36,7 @@ struct Config {
 
 struct HostileStore {
     config: Config,
-    heaps: Mutex<HashMap<String, (Vec<u8>, u64)>>,
+    heaps: Mutex<HashMap<String, (Bytes, u64)>>,
     next_version: AtomicU64,
 }
 
@@ -90,7 +91,7 @@ impl HeapStore for HostileStore {
     fn put(
         &self,
         name: &str,
-        bytes: &[u8],
+        bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
         if let Some(release) = &self.config.hold_puts_until {
@@ -111,7 +112,7 @@ impl HeapStore for HostileStore {
         let current = heaps.get(name).map(|(_, v)| Version(v.to_string()));
         precondition.check(name, current.as_ref())?;
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        heaps.insert(name.to_string(), (bytes.to_vec(), version));
+        heaps.insert(name.to_string(), (bytes, version));
         Ok(Version(version.to_string()))
     }
 

@@ -1,4 +1,5 @@
-//! A store provided by a dynamically loaded plugin, behind a defended boundary.
+//! The blocking adapter: any [`HeapStore`] whose calls may block (a plugin's, reached through
+//! the FFI boundary), called from async code behind a defended boundary.
 //!
 //! A plugin is trusted code running in this process, but a buggy one must not take the
 //! server down with it. So every call:
@@ -17,12 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use mcp_v8_plugin_api::ffi::ForeignHeapStore;
-use mcp_v8_plugin_api::{validate_heap_name, HeapStore};
+use mcp_v8_plugin_api::validate_heap_name;
 
-use super::{BackendInfo, HeapMeta, HeapStorage, Precondition, StoreError, Stored, Version};
+use super::{BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot, StoreError, Version};
 
 /// Most plugin calls that may be stuck (past their time limit and still running) at once.
 pub const MAX_STUCK: usize = 64;
@@ -31,10 +30,10 @@ pub const MAX_LISTED: usize = 100_000;
 /// The default of `--storage-timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A plugin's store.
+/// A store whose calls may block, called on the blocking pool under a time limit.
 #[derive(Clone)]
-pub struct PluginStore {
-    inner: Arc<ForeignHeapStore>,
+pub struct Blocking {
+    inner: Arc<dyn HeapStore>,
     info: BackendInfo,
     timeout: Duration,
     calls: Arc<Calls>,
@@ -65,22 +64,16 @@ impl Drop for Running {
     }
 }
 
-impl PluginStore {
-    /// Wraps a store received from a plugin; calls time out after [`DEFAULT_TIMEOUT`].
-    pub fn new(store: ForeignHeapStore) -> Self {
+impl Blocking {
+    /// Wraps `store`; a call that takes longer than `timeout` fails.
+    pub fn new(store: Arc<dyn HeapStore>, timeout: Duration) -> Self {
         let info = store.info();
         Self {
-            inner: Arc::new(store),
+            inner: store,
             info,
-            timeout: DEFAULT_TIMEOUT,
+            timeout,
             calls: Arc::default(),
         }
-    }
-
-    /// Sets how long one plugin call may take.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
     }
 
     /// Runs a blocking plugin call on the blocking pool, under the time limit.
@@ -88,13 +81,13 @@ impl PluginStore {
         &self,
         op: &'static str,
         heap: &str,
-        f: impl FnOnce(&ForeignHeapStore) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&dyn HeapStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let running = self.admit(op, heap)?;
         let store = Arc::clone(&self.inner);
         let task = tokio::task::spawn_blocking(move || {
             let _running = running;
-            f(&store)
+            f(&*store)
         });
         match tokio::time::timeout(self.timeout, task).await {
             Ok(Ok(result)) => result,
@@ -160,46 +153,52 @@ impl PluginStore {
     }
 }
 
-#[async_trait]
-impl HeapStorage for PluginStore {
-    fn info(&self) -> BackendInfo {
+impl Blocking {
+    /// The store's name and version.
+    pub fn info(&self) -> BackendInfo {
         self.info.clone()
     }
 
-    async fn get(&self, name: &str) -> Result<Stored, StoreError> {
+    /// [`HeapStore::get`]; the bytes come as the store returned them (from a plugin: lent
+    /// across the boundary, not copied).
+    pub async fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
         let heap = name.to_string();
-        let (bytes, version) = self.call("get", name, move |s| s.get_raw(&heap)).await?;
-        // The plugin's buffer becomes the Bytes' owner: no copy.
-        Ok(Stored {
-            bytes: Bytes::from_owner(bytes),
-            version,
-        })
+        self.call("get", name, move |s| s.get(&heap)).await
     }
 
-    async fn put(
+    /// [`HeapStore::put`].
+    pub async fn put(
         &self,
         name: &str,
         bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
         let heap = name.to_string();
-        self.call("put", name, move |s| s.put(&heap, &bytes, precondition))
+        self.call("put", name, move |s| s.put(&heap, bytes, precondition))
             .await
     }
 
-    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+    /// [`HeapStore::delete`].
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let heap = name.to_string();
         self.call("delete", name, move |s| s.delete(&heap)).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
+    /// [`HeapStore::list`], checked: names a client could not have used are dropped.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
         let owned = prefix.to_string();
         let plugin = self.info.name.clone();
         self.call("list", "", move |s| {
-            let listed = s.list_each(&owned)?;
-            Ok(checked_listing(&plugin, &owned, listed))
+            let listed = s.list(&owned)?;
+            Ok(checked_listing(&plugin, &owned, listed.into_iter()))
         })
         .await
+    }
+
+    /// [`HeapStore::version`].
+    pub async fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
+        let heap = name.to_string();
+        self.call("version", name, move |s| s.version(&heap)).await
     }
 }
 
