@@ -726,7 +726,11 @@ impl Heaps {
     /// Verifies a stored heap and takes out its snapshot (checksums and decompression take
     /// milliseconds on big heaps: off the async threads).
     async fn open(&self, heap: &str, stored: Snapshot) -> Result<OpenedHeap, CallError> {
-        let name = heap.to_string();
+        // A copy sharing another heap's bytes carries that heap's name, as the store knows.
+        let name = self
+            .storage
+            .sealed_for(heap)
+            .unwrap_or_else(|| heap.to_string());
         let bytes = stored.bytes;
         let opened = blocking(move || envelope::open(&bytes, &name))
             .await?
@@ -799,16 +803,11 @@ impl Heaps {
         }
     }
 
-    /// Copies `from` to `to`: the snapshot is verified and sealed again for its new name
-    /// (each heap's bytes are bound to its name).
+    /// Copies `from` to `to`: inside the store, sharing the bytes, where it can (the memory
+    /// store); otherwise the snapshot is verified and sealed again for its new name (each
+    /// heap's bytes are bound to its name).
     async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<Copied, CallError> {
         self.check_free(to, overwrite).await?;
-        let opened = self.read_existing(from).await?;
-        let (name, codec, read_only) = (to.to_string(), self.codec, opened.read_only);
-        let raw_size = opened.snapshot.len() as u64;
-        let sealed =
-            blocking(move || envelope::seal(&opened.snapshot, &name, read_only, codec)).await?;
-        let size = sealed.len() as u64;
         let precondition = if overwrite {
             Precondition::Any
         } else {
@@ -816,6 +815,37 @@ impl Heaps {
         };
         self.forget(to);
         self.take_lost(to);
+        if let Some(copied) = self.storage.copy(from, to, precondition.clone()) {
+            let version = match copied {
+                Ok(version) => version,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(CallError::Missing { heap: from.into() })
+                }
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    return Err(CallError::Exists { heap: to.into() })
+                }
+                Err(e) => return Err(CallError::storage(to)(e)),
+            };
+            let listed = self
+                .storage
+                .list(to)
+                .await
+                .map_err(CallError::storage(to))?;
+            let size = listed.iter().find(|m| m.name == to).map_or(0, |m| m.size);
+            let raw_size = self.storage.raw_size(to, &version).unwrap_or(size);
+            return Ok(Copied {
+                from: from.into(),
+                to: to.into(),
+                size,
+                raw_size,
+            });
+        }
+        let opened = self.read_existing(from).await?;
+        let (name, codec, read_only) = (to.to_string(), self.codec, opened.read_only);
+        let raw_size = opened.snapshot.len() as u64;
+        let sealed =
+            blocking(move || envelope::seal(&opened.snapshot, &name, read_only, codec)).await?;
+        let size = sealed.len() as u64;
         match self.storage.put(to, sealed.into(), precondition).await {
             Ok(version) => {
                 self.learn_raw_size(to, &version, raw_size as usize);

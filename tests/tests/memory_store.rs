@@ -225,6 +225,11 @@ async fn heaps_survive_a_restart_through_the_dump() {
             "b",
         )
         .await;
+    // A copy shares its source's bytes in memory, and survives the restart as well.
+    client
+        .reply("copy_heap", json!({ "from": "a", "to": "a.copy" }))
+        .await
+        .ok();
     client.stop().await;
     assert!(server.terminate().await.success());
     assert!(dump.is_file(), "no dump was written on SIGTERM");
@@ -243,6 +248,7 @@ async fn heaps_survive_a_restart_through_the_dump() {
     let server = Server::start(&["--memory", "--memory-dump", dump_arg]).await;
     assert_eq!(server.output("counter", "a").await, "42");
     assert_eq!(server.output("p instanceof Point && p.x", "b").await, "7");
+    assert_eq!(server.output("counter", "a.copy").await, "41");
     server.stop().await;
 }
 
@@ -336,4 +342,39 @@ async fn a_plugin_store_reports_what_the_host_counts() {
     ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("apply to the memory store"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_dump_interval_keeps_heaps_through_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("heaps.dump");
+    let dump_arg = dump.to_str().unwrap();
+    let args = [
+        "--memory",
+        "--memory-dump",
+        dump_arg,
+        "--memory-dump-interval",
+        "200ms",
+    ];
+    let server = Server::start(&args).await;
+    server.output("var survived = 'yes'", "interval").await;
+    // Wait for a periodic dump that holds the heap (it is the condition, not a delay).
+    let holds_heap = || {
+        std::fs::read(&dump)
+            .map(|bytes| bytes.windows(13).any(|w| w == b"HEAP\x08interval"))
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !holds_heap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic dump holds the heap"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A crash writes nothing more; the last periodic dump is whole.
+    server.kill().await;
+    let server = Server::start(&args).await;
+    assert_eq!(server.output("survived", "interval").await, "yes");
+    server.stop().await;
 }

@@ -2,14 +2,17 @@
 //! `--memory-dump-interval`), read back at start.
 //!
 //! ```text
-//! file:   magic "MCPV8DMP" (8) | format u16 LE (1) | V8 version len u8 | V8 version
+//! file:   magic "MCPV8DMP" (8) | format u16 LE (2) | V8 version len u8 | V8 version
 //!         | record* | end marker "END\0" (4) | heap count u64 LE
-//! record: "HEAP" (4) | name len u8 | name | stored len u64 LE | stored bytes
+//! record: "HEAP" (4) | name len u8 | name | sealed-for len u8 | sealed-for
+//!         | stored len u64 LE | stored bytes
 //!         | checksum u64 LE: XXH3-64 of everything in the record before it
 //! ```
 //!
 //! The stored bytes are the heap's envelope exactly as the store held it (compressed, with
-//! its own checksum over the snapshot). Records come least recently used first, so reading
+//! its own checksum over the snapshot). "Sealed-for" is empty, or, for a copy sharing another
+//! heap's bytes (`copy_heap`), the name its envelope carries. Format 1 had no sealed-for field
+//! and is still read. Records come least recently used first, so reading
 //! them back in order restores the store's eviction order.
 //!
 //! Writing goes to a temporary file next to the dump, which is synced and then renamed over
@@ -29,13 +32,13 @@ use mcp_v8_plugin_api::validate_heap_name;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::{HeapStore, MemoryStore, Precondition};
+use super::MemoryStore;
 use crate::envelope;
 
 /// Identifies an mcp-v8 memory dump.
 pub const MAGIC: &[u8; 8] = b"MCPV8DMP";
 /// The dump format.
-pub const FORMAT: u16 = 1;
+pub const FORMAT: u16 = 2;
 const RECORD: &[u8; 4] = b"HEAP";
 const END: &[u8; 4] = b"END\0";
 
@@ -102,9 +105,9 @@ impl Dump {
             &mut reader,
             len,
             crate::engine::v8_version(),
-            |name, bytes| {
+            |name, bytes, sealed_for| {
                 self.store
-                    .put(name, bytes, Precondition::Any)
+                    .restore(name, bytes, sealed_for)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             },
@@ -208,13 +211,13 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// A heap in a dump: name, stored bytes, and the heap its envelope was sealed for if that is
+/// another one.
+pub type Entry = (String, Bytes, Option<String>);
+
 /// Writes a dump of `entries` (least recently used first) made with V8 `v8_version`;
 /// returns the bytes written.
-pub fn write(
-    out: &mut impl Write,
-    v8_version: &str,
-    entries: &[(String, Bytes)],
-) -> io::Result<u64> {
+pub fn write(out: &mut impl Write, v8_version: &str, entries: &[Entry]) -> io::Result<u64> {
     let version = &v8_version.as_bytes()[..v8_version.len().min(255)];
     let mut written = 0u64;
     let mut put = |out: &mut dyn Write, bytes: &[u8]| -> io::Result<()> {
@@ -226,8 +229,10 @@ pub fn write(
     put(out, &FORMAT.to_le_bytes())?;
     put(out, &[version.len() as u8])?;
     put(out, version)?;
-    for (name, bytes) in entries {
+    for (name, bytes, sealed_for) in entries {
         let name = &name.as_bytes()[..name.len().min(255)];
+        let sealed_for = sealed_for.as_deref().unwrap_or_default().as_bytes();
+        let sealed_for = &sealed_for[..sealed_for.len().min(255)];
         let mut hash = Xxh3::new();
         let mut field = |out: &mut dyn Write, bytes: &[u8]| -> io::Result<()> {
             hash.update(bytes);
@@ -236,6 +241,8 @@ pub fn write(
         field(out, RECORD)?;
         field(out, &[name.len() as u8])?;
         field(out, name)?;
+        field(out, &[sealed_for.len() as u8])?;
+        field(out, sealed_for)?;
         field(out, &(bytes.len() as u64).to_le_bytes())?;
         field(out, bytes)?;
         let checksum = hash.digest();
@@ -253,7 +260,7 @@ pub fn read(
     input: &mut impl Read,
     len: u64,
     v8_version: &str,
-    mut keep: impl FnMut(&str, Bytes) -> Result<(), String>,
+    mut keep: impl FnMut(&str, Bytes, Option<String>) -> Result<(), String>,
 ) -> Result<Loaded, String> {
     let input = &mut Counted {
         inner: input,
@@ -277,9 +284,9 @@ pub fn read(
         return Ok(loaded);
     }
     let format = u16::from_le_bytes(format);
-    if format != FORMAT {
+    if !(1..=FORMAT).contains(&format) {
         return Err(format!(
-            "the dump has format {format}, this mcp-v8 reads format {FORMAT}; move it away"
+            "the dump has format {format}, this mcp-v8 reads formats 1 to {FORMAT}; move it away"
         ));
     }
     let mut made_by = vec![0u8; usize::from(len[0])];
@@ -322,8 +329,8 @@ pub fn read(
         }
         let mut hash = Xxh3::new();
         hash.update(RECORD);
-        let record = read_record(input, &mut hash);
-        let (name, bytes, checksum) = match record {
+        let record = read_record(input, &mut hash, format >= 2);
+        let (name, sealed_for, bytes, checksum) = match record {
             Some(record) => record,
             None => {
                 loaded.problems.push(format!(
@@ -359,7 +366,12 @@ pub fn read(
                 ));
                 continue;
             }
-            Ok(header) if header.heap.as_deref().is_some_and(|h| h != name) => {
+            Ok(header)
+                if header
+                    .heap
+                    .as_deref()
+                    .is_some_and(|h| h != sealed_for.as_deref().unwrap_or(&name)) =>
+            {
                 loaded.problems.push(format!(
                     "{label}: its snapshot belongs to heap '{}', skipped",
                     header.heap.unwrap_or_default()
@@ -369,7 +381,7 @@ pub fn read(
             Ok(_) => {}
         }
         let size = bytes.len() as u64;
-        match keep(&name, bytes) {
+        match keep(&name, bytes, sealed_for) {
             Ok(()) => {
                 loaded.heaps += 1;
                 loaded.bytes += size;
@@ -399,15 +411,16 @@ impl<R: Read> Read for Counted<'_, R> {
 fn read_record<R: Read>(
     input: &mut Counted<'_, R>,
     hash: &mut Xxh3,
-) -> Option<(String, Bytes, u64)> {
-    let mut len = [0u8; 1];
-    input.read_exact(&mut len).ok()?;
-    let mut name = vec![0u8; usize::from(len[0])];
-    input.read_exact(&mut name).ok()?;
+    with_sealed_for: bool,
+) -> Option<(String, Option<String>, Bytes, u64)> {
+    let name = short_field(input, hash)?;
+    let sealed_for = if with_sealed_for {
+        Some(short_field(input, hash)?).filter(|s| !s.is_empty())
+    } else {
+        None
+    };
     let mut size = [0u8; 8];
     input.read_exact(&mut size).ok()?;
-    hash.update(&len);
-    hash.update(&name);
     hash.update(&size);
     let size = u64::from_le_bytes(size);
     if size > input.left {
@@ -419,23 +432,39 @@ fn read_record<R: Read>(
     hash.update(&bytes);
     let mut checksum = [0u8; 8];
     input.read_exact(&mut checksum).ok()?;
-    let name = String::from_utf8_lossy(&name).into_owned();
-    Some((name, Bytes::from(bytes), u64::from_le_bytes(checksum)))
+    Some((
+        name,
+        sealed_for,
+        Bytes::from(bytes),
+        u64::from_le_bytes(checksum),
+    ))
+}
+
+/// A string of at most 255 bytes after its length byte, hashed as read.
+fn short_field<R: Read>(input: &mut Counted<'_, R>, hash: &mut Xxh3) -> Option<String> {
+    let mut len = [0u8; 1];
+    input.read_exact(&mut len).ok()?;
+    let mut text = vec![0u8; usize::from(len[0])];
+    input.read_exact(&mut text).ok()?;
+    hash.update(&len);
+    hash.update(&text);
+    Some(String::from_utf8_lossy(&text).into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{HeapStore, Precondition};
 
     const V8: &str = "13.6.233.8";
 
     /// A heap sealed by V8 `v8`, its snapshot 1000 bytes of `fill` (stored as they are).
-    fn heap(name: &str, v8: &str, fill: u8) -> (String, Bytes) {
+    fn heap(name: &str, v8: &str, fill: u8) -> Entry {
         let sealed = envelope::seal_for(v8, name, &[fill; 1000]);
-        (name.to_string(), Bytes::from(sealed))
+        (name.to_string(), Bytes::from(sealed), None)
     }
 
-    fn dumped(entries: &[(String, Bytes)]) -> Vec<u8> {
+    fn dumped(entries: &[Entry]) -> Vec<u8> {
         let mut out = Vec::new();
         write(&mut out, V8, entries).unwrap();
         out
@@ -443,7 +472,7 @@ mod tests {
 
     fn reread(bytes: &[u8]) -> (Vec<String>, Loaded) {
         let mut names = Vec::new();
-        let loaded = read(&mut &bytes[..], bytes.len() as u64, V8, |name, _| {
+        let loaded = read(&mut &bytes[..], bytes.len() as u64, V8, |name, _, _| {
             names.push(name.to_string());
             Ok(())
         })
@@ -452,17 +481,20 @@ mod tests {
     }
 
     #[test]
-    fn a_dump_round_trips_in_order() {
-        let entries = [heap("a", V8, 1), heap("b", V8, 2), heap("c", V8, 3)];
+    fn a_dump_round_trips_in_order_with_copies() {
+        // A copy shares its source's bytes, so its envelope names the source.
+        let (_, shared, _) = heap("a", V8, 1);
+        let copy = ("copy-of-a".to_string(), shared, Some("a".to_string()));
+        let entries = [heap("a", V8, 1), heap("b", V8, 2), heap("c", V8, 3), copy];
         let bytes = dumped(&entries);
         let mut back = Vec::new();
-        let loaded = read(&mut &bytes[..], bytes.len() as u64, V8, |name, b| {
-            back.push((name.to_string(), b));
+        let loaded = read(&mut &bytes[..], bytes.len() as u64, V8, |name, b, of| {
+            back.push((name.to_string(), b, of));
             Ok(())
         })
         .unwrap();
         assert_eq!(back, entries);
-        assert_eq!((loaded.heaps, loaded.problems.len()), (3, 0));
+        assert_eq!((loaded.heaps, loaded.problems.len()), (4, 0));
     }
 
     #[test]
@@ -485,7 +517,7 @@ mod tests {
         let entries = [heap("a", V8, 1), heap("b", V8, 2)];
         let bytes = dumped(&entries);
         let header = 8 + 2 + 1 + V8.len();
-        let record = |i: usize| 4 + 1 + 1 + 8 + entries[i].1.len() + 8;
+        let record = |i: usize| 4 + 1 + 1 + 1 + 8 + entries[i].1.len() + 8;
         let (first_end, second_end) = (header + record(0), header + record(0) + record(1));
         for cut in 8..bytes.len() {
             let (names, loaded) = reread(&bytes[..cut]);
@@ -521,7 +553,7 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_dump_is_refused() {
-        let err = read(&mut &b"{\"hello\": 1}"[..], 12, V8, |_, _| Ok(())).unwrap_err();
+        let err = read(&mut &b"{\"hello\": 1}"[..], 12, V8, |_, _, _| Ok(())).unwrap_err();
         assert!(err.contains("not an mcp-v8 memory dump"), "{err}");
     }
 
@@ -532,7 +564,7 @@ mod tests {
         let store = MemoryStore::new();
         let v8 = crate::engine::v8_version();
         for (name, fill) in [("one", 1u8), ("two", 2)] {
-            let (_, bytes) = heap(name, v8, fill);
+            let (_, bytes, _) = heap(name, v8, fill);
             store.put(name, bytes, Precondition::Any).unwrap();
         }
         let dump = Dump::new(store.clone(), path.clone());

@@ -75,6 +75,8 @@ struct Entry {
     version: u64,
     modified: SystemTime,
     used: Instant,
+    /// For a copy sharing another heap's bytes: the heap its envelope was sealed for.
+    sealed_for: Option<String>,
 }
 
 impl Default for MemoryStore {
@@ -148,18 +150,67 @@ impl MemoryStore {
         }
     }
 
+    /// Copies heap `from` to `to` if `precondition` holds for `to`, sharing the stored bytes
+    /// (no copy of the blob). The copy's envelope still names the heap it was sealed for,
+    /// which [`MemoryStore::sealed_for`] tells whoever verifies it.
+    pub fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        precondition: Precondition,
+    ) -> Result<Version, StoreError> {
+        let now = self.inner.now();
+        let mut state = self.inner.state();
+        let source = self.inner.touch(&mut state, from, now);
+        let source = source.ok_or_else(|| StoreError::not_found(from))?;
+        let sealed_for = source.sealed_for.clone().or_else(|| Some(from.to_string()));
+        let bytes = source.bytes.clone();
+        self.write(&mut state, now, to, bytes, sealed_for, precondition)
+    }
+
+    /// The heap whose name `name`'s stored envelope carries, when it is a copy that shares
+    /// another heap's bytes.
+    pub fn sealed_for(&self, name: &str) -> Option<String> {
+        self.inner.state().heaps.peek(name)?.sealed_for.clone()
+    }
+
+    /// Stores `bytes` as `name`, a copy of heap `sealed_for` (from a dump).
+    pub fn restore(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        sealed_for: Option<String>,
+    ) -> Result<Version, StoreError> {
+        let now = self.inner.now();
+        let mut state = self.inner.state();
+        self.write(&mut state, now, name, bytes, sealed_for, Precondition::Any)
+    }
+
     fn put_bounded(
         &self,
         name: &str,
         bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
+        let now = self.inner.now();
+        let mut state = self.inner.state();
+        self.write(&mut state, now, name, bytes, None, precondition)
+    }
+
+    /// Writes `name` under the lock, evicting what the size limit requires.
+    fn write(
+        &self,
+        state: &mut State,
+        now: Instant,
+        name: &str,
+        bytes: Bytes,
+        sealed_for: Option<String>,
+        precondition: Precondition,
+    ) -> Result<Version, StoreError> {
         let inner = &*self.inner;
-        let now = inner.now();
         let size = bytes.len() as u64;
-        let mut state = inner.state();
         let current = inner
-            .touch(&mut state, name, now)
+            .touch(state, name, now)
             .map(|e| Version(e.version.to_string()));
         precondition.check(name, current.as_ref())?;
         if let Some(max) = inner.options.max_bytes {
@@ -188,7 +239,7 @@ impl MemoryStore {
                         human_bytes(max)
                     )));
                 };
-                inner.drop_heap(&mut state, &victim, GoneCause::Evicted);
+                inner.drop_heap(state, &victim, GoneCause::Evicted);
             }
         }
         let version = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -201,6 +252,7 @@ impl MemoryStore {
                 version,
                 modified: SystemTime::now(),
                 used: now,
+                sealed_for,
             },
         ) {
             state.bytes -= old.bytes.len() as u64;
@@ -255,15 +307,16 @@ impl MemoryStore {
         });
     }
 
-    /// Every heap held, least recently used first (for a dump).
-    pub fn entries(&self) -> Vec<(String, Bytes)> {
+    /// Every heap held, least recently used first (for a dump): name, bytes, and for a copy
+    /// the heap its envelope was sealed for.
+    pub fn entries(&self) -> Vec<(String, Bytes, Option<String>)> {
         self.sweep();
         let state = self.inner.state();
         state
             .heaps
             .iter()
             .rev()
-            .map(|(name, e)| (name.clone(), e.bytes.clone()))
+            .map(|(name, e)| (name.clone(), e.bytes.clone(), e.sealed_for.clone()))
             .collect()
     }
 
@@ -656,6 +709,35 @@ mod tests {
             .unwrap();
         drop(held);
         assert!(store.get("long").is_ok());
+    }
+
+    #[test]
+    fn a_copy_shares_the_bytes_until_it_is_written() {
+        let store = MemoryStore::new();
+        let blob = Bytes::from(vec![5u8; 1 << 20]);
+        store.put("a", blob.clone(), Precondition::Any).unwrap();
+        store.copy("a", "b", Precondition::MustNotExist).unwrap();
+        let copy = store.get("b").unwrap();
+        assert_eq!(
+            copy.bytes.as_ptr(),
+            blob.as_ptr(),
+            "the copy copied the blob"
+        );
+        assert_eq!(store.sealed_for("b").as_deref(), Some("a"));
+        // A copy of a copy names the heap the bytes were sealed for.
+        store.copy("b", "c", Precondition::MustNotExist).unwrap();
+        assert_eq!(store.sealed_for("c").as_deref(), Some("a"));
+        let exists = store
+            .copy("a", "b", Precondition::MustNotExist)
+            .unwrap_err();
+        assert_eq!(exists.kind(), ErrorKind::Conflict);
+        let missing = store.copy("none", "d", Precondition::Any).unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        store
+            .put("b", Bytes::from_static(b"own"), Precondition::Any)
+            .unwrap();
+        assert_eq!(store.sealed_for("b"), None);
+        assert_eq!(store.sealed_for("a"), None);
     }
 
     #[test]

@@ -204,6 +204,34 @@ impl Store {
         }
     }
 
+    /// Copies heap `from` to `to` inside the store, sharing the bytes, if the store can (the
+    /// memory store); `None` when the caller must copy.
+    pub fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        precondition: Precondition,
+    ) -> Option<Result<Version, StoreError>> {
+        match &self.backend {
+            Backend::Memory(m) => {
+                let started = Instant::now();
+                let result = m.copy(from, to, precondition);
+                self.count(Op::Put, started, &result, 0);
+                Some(result)
+            }
+            Backend::Blocking(_) => None,
+        }
+    }
+
+    /// The heap whose name `name`'s stored envelope carries, when it is a copy sharing
+    /// another heap's bytes.
+    pub fn sealed_for(&self, name: &str) -> Option<String> {
+        match &self.backend {
+            Backend::Memory(m) => m.sealed_for(name),
+            Backend::Blocking(_) => None,
+        }
+    }
+
     /// What `storage_stats` reports: the counters, and what the store holds if it knows.
     pub fn stats(&self) -> StorageStats {
         let usage = match &self.backend {
