@@ -389,23 +389,7 @@ pub struct RawStdio {
 impl RawStdio {
     /// Starts `mcp-v8 ARGS` and completes the handshake.
     pub async fn start(args: &[&str]) -> RawStdio {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(binary())
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn mcp-v8");
-        let stdin = child.stdin.take().expect("stdin pipe");
-        let stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout pipe")).lines();
-        let mut raw = RawStdio {
-            child,
-            stdin,
-            stdout,
-        };
+        let mut raw = Self::spawn(args);
         raw.send_line(
             r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
         )
@@ -415,6 +399,42 @@ impl RawStdio {
         raw.send_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
             .await;
         raw
+    }
+
+    /// Starts `mcp-v8 ARGS` without a handshake, in a process group of its own (so a test can
+    /// signal the server and its workers as a terminal's Ctrl-C would).
+    pub fn spawn(args: &[&str]) -> RawStdio {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(binary())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mcp-v8");
+        let stdin = child.stdin.take().expect("stdin pipe");
+        let stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout pipe")).lines();
+        RawStdio {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The server's process id (also its process group's).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Waits for the server to exit, at most `limit`, keeping stdin open.
+    pub async fn exit_within(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("mcp-v8 still runs {limit:?} after the signal"))
+            .expect("wait for mcp-v8")
     }
 
     /// Writes one line (a newline is added).

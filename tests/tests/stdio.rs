@@ -1,7 +1,7 @@
 //! `mcp-v8` over stdio, driven as Claude Desktop or Cursor would drive it.
 
 use futures::future::join_all;
-use mcp_v8_e2e::Server;
+use mcp_v8_e2e::{RawStdio, Server};
 use rmcp::model::{ReadResourceRequestParams, ResourceContents};
 use serde_json::{json, Value};
 
@@ -213,4 +213,91 @@ async fn stateless_mode_keeps_nothing() {
         .ok();
     assert_eq!(second["output"], "undefined");
     server.stop().await;
+}
+
+/// Sends `signal` (e.g. "-INT") to `target` (a pid, or "-PGID" for a process group).
+fn kill(signal: &str, target: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, "--", target])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {target}");
+}
+
+/// Whether process `pid` is running on a CPU now (state R in /proc).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1;
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state == "R")
+        })
+        .unwrap_or(false)
+}
+
+/// Waits until none of `pids` is alive (the workers leave once their host has gone).
+async fn gone(pids: &[u32]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pids
+        .iter()
+        .any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers {pids:?} outlived the server"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigint_stops_a_server_whose_stdin_is_open_even_before_the_handshake() {
+    let mut raw = RawStdio::spawn(&["--memory"]);
+    // The server is up once its workers are: it starts them before it reads a message.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let workers = loop {
+        let workers = mcp_v8_e2e::children_of(raw.pid());
+        if !workers.is_empty() {
+            break workers;
+        }
+        assert!(std::time::Instant::now() < deadline, "no worker started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    kill("-INT", &raw.pid().to_string());
+    let status = raw.exit_within(std::time::Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    gone(&workers).await;
+}
+
+#[tokio::test]
+async fn ctrl_c_lets_the_call_in_flight_finish_then_stops_server_and_workers() {
+    let mut raw = RawStdio::start(&["--memory"]).await;
+    let workers = mcp_v8_e2e::children_of(raw.pid());
+    assert!(!workers.is_empty());
+    // A call that is still running when the terminal's Ctrl-C reaches the whole group.
+    let code = "const end = Date.now() + 1500; while (Date.now() < end) {} 'finished'";
+    raw.send_tool_call(7, "run_js", json!({ "code": code, "heap": "h" }))
+        .await;
+    // The call is in flight once a worker is running it (state R: the loop keeps it busy).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !workers.iter().any(|pid| running(*pid)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no worker ran the call"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    kill("-INT", &format!("-{}", raw.pid()));
+    let answer = raw.next().await;
+    assert_eq!(answer["id"], 7, "{answer}");
+    assert_eq!(
+        answer["result"]["structuredContent"]["output"], "finished",
+        "{answer}"
+    );
+    let status = raw.exit_within(std::time::Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    gone(&workers).await;
 }

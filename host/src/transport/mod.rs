@@ -23,10 +23,13 @@ pub async fn serve_stdio(
     max_message: usize,
 ) -> Result<(), String> {
     let calls = server.calls();
-    let running = server
-        .serve(stdio::transport(max_message))
-        .await
-        .map_err(|e| format!("MCP handshake failed: {e}"))?;
+    // A signal before the client's handshake stops the server too.
+    let running = tokio::select! {
+        running = server.serve(stdio::transport(max_message)) => {
+            running.map_err(|e| format!("MCP handshake failed: {e}"))?
+        }
+        () = shutdown.cancelled() => return Ok(()),
+    };
     let stop = async {
         shutdown.cancelled().await;
         if tokio::time::timeout(grace, calls.idle()).await.is_err() {

@@ -42,8 +42,22 @@ pub struct WorkerSettings {
 type Input = Compat<AllowStdIo<BufReader<io::StdinLock<'static>>>>;
 type Output = Compat<AllowStdIo<BufWriter<io::StdoutLock<'static>>>>;
 
+/// A worker stops when its host closes its stdin, not on a terminal's Ctrl-C (which goes to
+/// the whole process group) nor on a SIGTERM sent to every process of a service: the host
+/// lets the calls in flight finish first, then closes the pipe.
+fn ignore_stop_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sets the signal's disposition to "ignore" before V8 or any other thread
+        // starts; no handler code is installed or run.
+        unsafe {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+    }
+}
+
 /// The worker's main loop: answer requests on stdin until it closes.
 pub fn serve(settings: WorkerSettings) -> ExitCode {
+    ignore_stop_signals();
     engine::init();
     // The protocol's codec is async; the worker blocks on its pipes, with nothing else to do.
     let mut input: Input = AllowStdIo::new(BufReader::new(io::stdin().lock())).compat();
