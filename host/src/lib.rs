@@ -19,6 +19,7 @@ pub mod frontend;
 pub mod job;
 pub mod metrics;
 pub mod runtime;
+pub mod schema;
 pub mod server;
 pub mod storage;
 pub mod transport;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Console, LogLine};
 use crate::metrics::StorageStats;
 use crate::runtime::{CallError, CallLimits, Listed, Runtime, SaveTo};
+use crate::schema;
 
 const RESOURCE_SCHEME: &str = "heap://";
 /// Most heaps in one page of `list_heaps` or `resources/list`.
@@ -37,10 +37,10 @@ pub struct RunJsArgs {
     #[serde(default)]
     pub heap: Option<String>,
     /// Time limit for this call in seconds, at most the server's.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "schema::lenient")]
     pub timeout_secs: Option<f64>,
     /// JavaScript heap limit for this call in MB, at most the server's.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "schema::lenient")]
     pub heap_memory_max_mb: Option<u64>,
     /// Fork: run on `heap`'s state (an empty heap if `heap` is omitted) and save the result
     /// as this new heap instead; `heap` stays as it was.
@@ -76,16 +76,23 @@ pub struct CopyOutput {
     pub raw_size: u64,
 }
 
+/// What `delete_heap` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Deleted {
+    /// The heap deleted.
+    pub deleted: String,
+}
+
 /// Arguments of `run_js` on a stateless server.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct StatelessRunJsArgs {
     /// JavaScript or TypeScript source. The value of its last statement is the result.
     pub code: String,
     /// Time limit for this call in seconds, at most the server's.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "schema::lenient")]
     pub timeout_secs: Option<f64>,
     /// JavaScript heap limit for this call in MB, at most the server's.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "schema::lenient")]
     pub heap_memory_max_mb: Option<u64>,
 }
 
@@ -268,11 +275,28 @@ pub struct McpServer {
 impl McpServer {
     /// A server with heaps (`stateless == false`) or without.
     pub fn new(runtime: Arc<Runtime>, stateless: bool) -> Self {
-        let tool_router = if stateless {
+        let mut tool_router = if stateless {
             Self::stateless_tools()
         } else {
             Self::heap_tools()
         };
+        // The description states this server's own limits, so an agent can plan for them.
+        if let Some(route) = tool_router.map.get_mut("run_js") {
+            let limits = runtime.limits();
+            let general = route.attr.description.clone().unwrap_or_default();
+            route.attr.description = Some(
+                format!(
+                    "{general} This server's limits: {} s per call (timeout_secs may ask for \
+                     less), {} MB of JavaScript heap (heap_memory_max_mb may ask for less), {} \
+                     of output and {} of console kept.",
+                    limits.timeout.as_secs_f64(),
+                    limits.heap_bytes >> 20,
+                    crate::storage::human_bytes(limits.output_bytes as u64),
+                    crate::storage::human_bytes(limits.console_bytes as u64),
+                )
+                .into(),
+            );
+        }
         Self {
             runtime,
             stateless,
@@ -370,7 +394,10 @@ console.log output comes back in `logs`; setTimeout and setInterval run on a vir
 follows it) until the result settles. A call that throws, times out or runs out of memory \
 changes nothing; errors give the line and column in your code. Plain ECMAScript scripts: no \
 modules (import, export, require), fetch, fs or DOM.",
-        output_schema = schema_for_output::<RunJsOutput>()
+        title = "Run JavaScript on a heap",
+        input_schema = schema::input::<RunJsArgs>(),
+        output_schema = schema::output::<RunJsOutput>(),
+        annotations(read_only_hint = false, idempotent_hint = false, open_world_hint = false)
     )]
     async fn run_js(
         &self,
@@ -414,7 +441,10 @@ modules (import, export, require), fetch, fs or DOM.",
         description = "List the saved heaps with their snapshot size in bytes and last-modified \
 time (milliseconds since the Unix epoch), 1000 per page: when `next_cursor` is present, call \
 again with it as `cursor` for more.",
-        output_schema = schema_for_output::<HeapList>()
+        title = "List heaps",
+        input_schema = schema::input::<ListArgs>(),
+        output_schema = schema::output::<HeapList>(),
+        annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn list_heaps(
         &self,
@@ -438,7 +468,9 @@ again with it as `cursor` for more.",
         description = "Show what the heap store holds and how it has been doing since the server \
 started: heaps, stored and raw (uncompressed) bytes, the size limit, hits, misses, puts, deletes, \
 evictions, expirations, conflicts, errors and get/put latency percentiles.",
-        output_schema = schema_for_output::<StorageStats>()
+        title = "Heap store statistics",
+        output_schema = schema::output::<StorageStats>(),
+        annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn storage_stats(&self) -> Result<CallToolResult, ErrorData> {
         structured(&self.runtime.storage_stats())
@@ -449,7 +481,15 @@ evictions, expirations, conflicts, errors and get/put latency percentiles.",
         description = "Copy a heap to a new heap: a named checkpoint to return to or branch \
 from. The copy is independent: later calls on either do not change the other. Fails if `to` \
 exists, unless `overwrite` is true.",
-        output_schema = schema_for_output::<CopyOutput>()
+        title = "Copy a heap",
+        input_schema = schema::input::<CopyArgs>(),
+        output_schema = schema::output::<CopyOutput>(),
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     async fn copy_heap(
         &self,
@@ -469,14 +509,25 @@ exists, unless `overwrite` is true.",
     }
 
     /// `delete_heap`.
-    #[tool(description = "Delete a saved heap and everything in it. This cannot be undone.")]
+    #[tool(
+        description = "Delete a saved heap and everything in it. This cannot be undone.",
+        title = "Delete a heap",
+        input_schema = schema::input::<HeapArgs>(),
+        output_schema = schema::output::<Deleted>(),
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn delete_heap(
         &self,
         Parameters(args): Parameters<HeapArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let _call = self.calls.enter();
         match self.runtime.delete(&args.heap).await {
-            Ok(()) => structured(&json!({ "deleted": args.heap })),
+            Ok(()) => structured(&Deleted { deleted: args.heap }),
             Err(e) => tool_error(e),
         }
     }
@@ -493,7 +544,10 @@ whatever the statement (expression, if/else, try, loop, block); strings as they 
 arrays as JSON; a promise is awaited, and `await` works anywhere at the top level. console.log \
 output comes back in `logs`. Nothing is kept between calls; errors give the line and column in \
 your code. Plain ECMAScript scripts: no modules (import, export, require), fetch, fs or DOM.",
-        output_schema = schema_for_output::<StatelessRunJsOutput>()
+        title = "Run JavaScript",
+        input_schema = schema::input::<StatelessRunJsArgs>(),
+        output_schema = schema::output::<StatelessRunJsOutput>(),
+        annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn run_js_stateless(
         &self,
