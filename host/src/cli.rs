@@ -27,11 +27,13 @@ use crate::worker::WorkerSettings;
 pub struct Cli {
     /// Keep heaps in this process's memory (lost when it exits). Needs no setup and ignores
     /// any configuration file.
-    #[arg(long, env = "MCP_V8_MEMORY", conflicts_with_all = ["stateless", "directory_path"])]
+    #[arg(long, env = "MCP_V8_MEMORY",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub memory: bool,
 
     /// Keep no heaps at all: every call starts from a fresh isolate.
-    #[arg(long, env = "MCP_V8_STATELESS", conflicts_with = "directory_path")]
+    #[arg(long, env = "MCP_V8_STATELESS",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub stateless: bool,
 
     /// Keep heaps as files in DIR, with the file storage plugin (found next to this binary
@@ -42,8 +44,12 @@ pub struct Cli {
     /// Keep heaps in this S3 bucket, with the S3 storage plugin (found next to this binary or
     /// in --plugin-dir). Credentials, region and endpoint come from the standard AWS_*
     /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
-    #[arg(long, env = "MCP_V8_S3_BUCKET", value_name = "BUCKET",
-          conflicts_with_all = ["directory_path", "memory", "stateless"])]
+    #[arg(
+        long,
+        env = "MCP_V8_S3_BUCKET",
+        value_name = "BUCKET",
+        conflicts_with = "directory_path"
+    )]
     pub s3_bucket: Option<String>,
 
     /// Where to find the bundled storage plugins for --directory-path and --s3-bucket.
@@ -231,7 +237,30 @@ impl Cli {
 
     /// Where heaps should live, from the flags and, if they do not say, the configuration.
     pub fn storage_choice(&self) -> Result<StorageChoice, String> {
+        // Checked here rather than by clap, which would count MCP_V8_MEMORY=0 as given.
+        let chosen: Vec<&str> = [
+            (self.memory, "--memory"),
+            (self.stateless, "--stateless"),
+            (self.directory_path.is_some(), "--directory-path"),
+            (self.s3_bucket.is_some(), "--s3-bucket"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if chosen.len() > 1 {
+            return Err(format!(
+                "{} cannot be used together: choose one store",
+                chosen.join(" and ")
+            ));
+        }
         if self.memory || self.stateless {
+            if let Some(config) = &self.config {
+                tracing::warn!(
+                    config = %config.display(),
+                    "--{} given: the configuration file is not used",
+                    if self.memory { "memory" } else { "stateless" }
+                );
+            }
             return Ok(StorageChoice::Memory { warn: false });
         }
         if let Some(bucket) = &self.s3_bucket {
@@ -406,7 +435,12 @@ mod tests {
             Cli::try_parse_from(["mcp-v8", "--memory", "--execution-timeout", "2.5"]).unwrap();
         assert!(cli.memory);
         assert_eq!(cli.execution_timeout(), Duration::from_millis(2500));
-        assert!(Cli::try_parse_from(["mcp-v8", "--memory", "--stateless"]).is_err());
+        let both = Cli::try_parse_from(["mcp-v8", "--memory", "--stateless"]).unwrap();
+        let err = both.storage_choice().unwrap_err();
+        assert_eq!(
+            err,
+            "--memory and --stateless cannot be used together: choose one store"
+        );
         assert!(Cli::try_parse_from(["mcp-v8", "--execution-timeout", "0"]).is_err());
     }
 

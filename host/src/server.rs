@@ -617,7 +617,6 @@ Use one heap per task and pass its name on every call."
                 Resource::new(format!("{RESOURCE_SCHEME}{}", m.name), m.name.clone())
                     .with_description(format!("mcp-v8 heap '{}'", m.name))
                     .with_mime_type("application/json")
-                    .with_size(m.size)
             })
             .collect();
         let mut page = ListResourcesResult::with_all_items(resources);

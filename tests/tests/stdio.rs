@@ -146,6 +146,9 @@ async fn list_delete_and_resources() {
     let resources = server.client().list_all_resources().await.unwrap();
     let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
     assert_eq!(uris, ["heap://a-heap", "heap://b-heap"]);
+    // The heap's sizes are in what a read returns, not a `size` that would claim the read
+    // returns the snapshot.
+    assert!(resources.iter().all(|r| r.size.is_none()));
     let read = server
         .client()
         .read_resource(ReadResourceRequestParams::new("heap://b-heap"))
@@ -158,6 +161,7 @@ async fn list_delete_and_resources() {
     assert_eq!(meta["heap"], "b-heap");
     assert_eq!(meta["storage"], "memory");
     assert_eq!(meta["size"], heaps[1]["size"]);
+    assert_eq!(meta["raw_size"], heaps[1]["raw_size"]);
     assert!(server
         .client()
         .read_resource(ReadResourceRequestParams::new("heap://missing"))
@@ -300,4 +304,27 @@ async fn ctrl_c_lets_the_call_in_flight_finish_then_stops_server_and_workers() {
     let status = raw.exit_within(std::time::Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
     gone(&workers).await;
+}
+
+#[test]
+fn boolean_variables_take_the_usual_spellings() {
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().join("heaps");
+    let args = ["--directory-path", heaps.to_str().unwrap()];
+    // MCP_V8_MEMORY=1 is read as true: it then conflicts with --directory-path.
+    for on in ["1", "true", "yes", "on"] {
+        let (code, stderr) = mcp_v8_e2e::start_up_failure_with_env(&args, &[("MCP_V8_MEMORY", on)]);
+        assert_eq!(code, 1, "MCP_V8_MEMORY={on}: {stderr}");
+        assert!(
+            stderr.contains("--memory and --directory-path cannot be used together"),
+            "MCP_V8_MEMORY={on}: {stderr}"
+        );
+    }
+    // ...and 0 as false: the directory store opens and the server waits for a client (whose
+    // stdin is closed here, so it ends there).
+    let (_, stderr) = mcp_v8_e2e::start_up_failure_with_env(&args, &[("MCP_V8_MEMORY", "0")]);
+    assert!(
+        stderr.contains("MCP handshake failed") && !stderr.contains("cannot be used"),
+        "{stderr}"
+    );
 }

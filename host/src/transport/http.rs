@@ -171,8 +171,8 @@ pub async fn serve(
             .await
             .map_err(|e| format!("cannot listen on {}:{port} for {name}: {e}", options.host))?;
         let local: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!("{name} transport listening on http://{local}{path}");
-        // The line tests and scripts read to learn the port (useful with port 0).
+        // One line, also without logs: tests and scripts read it to learn the port (useful
+        // with port 0).
         eprintln!("mcp-v8: {name} listening on http://{local}{path}");
         let stop = sessions.clone();
         tasks.spawn(async move {
