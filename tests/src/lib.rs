@@ -384,6 +384,8 @@ pub struct RawStdio {
     child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// The server's log lines (also echoed to the test's stderr).
+    logs: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl RawStdio {
@@ -407,21 +409,41 @@ impl RawStdio {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(binary())
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,mcp_v8::runtime=debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn mcp-v8");
         let stdin = child.stdin.take().expect("stdin pipe");
         let stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout pipe")).lines();
+        let mut stderr =
+            tokio::io::BufReader::new(child.stderr.take().expect("stderr pipe")).lines();
+        let (log_tx, logs) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("{line}");
+                let _ = log_tx.send(line);
+            }
+        });
         RawStdio {
             child,
             stdin,
             stdout,
+            logs,
         }
+    }
+
+    /// Waits until the server logs a line containing `needle`.
+    pub async fn wait_for_log(&mut self, needle: &str) {
+        while let Some(line) = self.logs.recv().await {
+            if line.contains(needle) {
+                return;
+            }
+        }
+        panic!("mcp-v8 exited without logging {needle:?}");
     }
 
     /// The server's process id (also its process group's).

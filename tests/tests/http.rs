@@ -234,3 +234,41 @@ async fn binding_beyond_loopback_without_a_token_warns() {
         .await;
     assert!(server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn healthz_answers_without_a_token_and_turns_503_while_stopping() {
+    let server = HttpServer::start(&["--memory", "--auth-token", "s3cret"]).await;
+    let health = server.mcp_url.replace("/mcp", "/healthz");
+    let response = http().get(&health).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok");
+    // Everything else still wants the token.
+    let metrics = server.mcp_url.replace("/mcp", "/metrics");
+    assert_eq!(http().get(&metrics).send().await.unwrap().status(), 401);
+
+    let client = server.streamable(Some("s3cret")).await;
+    let call = client.run_js(
+        "const end = Date.now() + 3000; while (Date.now() < end) {} 'done'",
+        Some("slow"),
+    );
+    let probe = async {
+        server.wait_for_log("running code on heap slow").await;
+        server.signal_term();
+        // Shutting down while the call finishes: the probe says so.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let response = http().get(&health).send().await.unwrap();
+            if response.status() == 503 {
+                return response.text().await.unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "healthz never said 503"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let (reply, said) = tokio::join!(call, probe);
+    assert_eq!(said, "shutting down");
+    assert_eq!(reply.ok()["output"], "done");
+}

@@ -228,20 +228,6 @@ fn kill(signal: &str, target: &str) {
     assert!(status.success(), "kill {signal} {target}");
 }
 
-/// Whether process `pid` is running on a CPU now (state R in /proc).
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let after_name = stat.rsplit_once(')')?.1;
-            after_name
-                .split_whitespace()
-                .next()
-                .map(|state| state == "R")
-        })
-        .unwrap_or(false)
-}
-
 /// Waits until none of `pids` is alive (the workers leave once their host has gone).
 async fn gone(pids: &[u32]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -285,15 +271,8 @@ async fn ctrl_c_lets_the_call_in_flight_finish_then_stops_server_and_workers() {
     let code = "const end = Date.now() + 1500; while (Date.now() < end) {} 'finished'";
     raw.send_tool_call(7, "run_js", json!({ "code": code, "heap": "h" }))
         .await;
-    // The call is in flight once a worker is running it (state R: the loop keeps it busy).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !workers.iter().any(|pid| running(*pid)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no worker ran the call"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // Signal only once the call is running.
+    raw.wait_for_log("running code on heap h").await;
     kill("-INT", &format!("-{}", raw.pid()));
     let answer = raw.next().await;
     assert_eq!(answer["id"], 7, "{answer}");

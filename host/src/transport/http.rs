@@ -68,8 +68,24 @@ pub fn metrics_router(runtime: Arc<Runtime>) -> Router {
     Router::new().route("/metrics", axum::routing::get(metrics))
 }
 
+/// `GET /healthz`: `ok`, or 503 once shutdown has begun. Outside the access checks: load
+/// balancers and orchestrators probe it without a token, and it reveals nothing.
+pub fn health_router(draining: CancellationToken) -> Router {
+    let health = move || {
+        let draining = draining.clone();
+        async move {
+            if draining.is_cancelled() {
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+            } else {
+                (axum::http::StatusCode::OK, "ok")
+            }
+        }
+    };
+    Router::new().route("/healthz", axum::routing::get(health))
+}
+
 /// `router` and `/metrics` behind the Host/Origin/token checks, the body limit and the
-/// shutdown gate.
+/// shutdown gate; `/healthz` outside them.
 fn guarded(
     router: Router,
     runtime: Arc<Runtime>,
@@ -86,9 +102,10 @@ fn guarded(
         ))
         .layer(axum::middleware::from_fn_with_state(posts, track_posts))
         .layer(axum::middleware::from_fn_with_state(
-            draining,
+            draining.clone(),
             refuse_when_draining,
         ))
+        .merge(health_router(draining))
 }
 
 /// Counts POST responses still being written: a Streamable HTTP tool result travels in the
