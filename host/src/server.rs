@@ -7,9 +7,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, ErrorData, Implementation, ListResourcesResult,
-    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    Resource, ResourceContents, ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock, ErrorData, Implementation, ListResourceTemplatesResult,
+    ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, RoleServer, ServerHandler};
@@ -622,6 +623,23 @@ Use one heap per task and pass its name on every call."
         let mut page = ListResourcesResult::with_all_items(resources);
         page.next_cursor = next_cursor;
         Ok(page)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        if self.stateless {
+            return Ok(ListResourceTemplatesResult::with_all_items(Vec::new()));
+        }
+        let template = ResourceTemplate::new(format!("{RESOURCE_SCHEME}{{heap}}"), "heap")
+            .with_title("A heap")
+            .with_description(
+                "A saved heap's metadata: stored and raw size, version, last write, store",
+            )
+            .with_mime_type("application/json");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
     }
 
     async fn read_resource(

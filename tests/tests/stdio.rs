@@ -143,6 +143,9 @@ async fn list_delete_and_resources() {
         .iter()
         .all(|h| h["last_modified_ms"].as_u64().unwrap() > 1_600_000_000_000));
 
+    let templates = server.client().list_all_resource_templates().await.unwrap();
+    let templates: Vec<&str> = templates.iter().map(|t| t.uri_template.as_str()).collect();
+    assert_eq!(templates, ["heap://{heap}"]);
     let resources = server.client().list_all_resources().await.unwrap();
     let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
     assert_eq!(uris, ["heap://a-heap", "heap://b-heap"]);
