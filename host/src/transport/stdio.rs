@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, Mutex};
 enum Incoming {
     /// A message for the MCP service.
     Message(Box<RxJsonRpcMessage<RoleServer>>),
-    /// An error to answer directly.
-    Reject(Box<TxJsonRpcMessage<RoleServer>>),
+    /// An error to answer directly, as JSON (its `id` is `null` when none could be read).
+    Reject(Box<serde_json::Value>),
 }
 
 /// The stdio transport. Build it with [`transport`].
@@ -59,7 +59,7 @@ pub fn transport(max_line: usize) -> StdioTransport {
 impl StdioTransport {
     async fn write(
         stdout: &Mutex<tokio::io::Stdout>,
-        message: &TxJsonRpcMessage<RoleServer>,
+        message: &impl serde::Serialize,
     ) -> io::Result<()> {
         let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
         line.push(b'\n');
@@ -208,7 +208,13 @@ fn decode(line: &[u8]) -> Option<Incoming> {
 }
 
 fn reject(error: ErrorData, id: Option<RequestId>) -> Incoming {
-    Incoming::Reject(Box::new(TxJsonRpcMessage::<RoleServer>::error(error, id)))
+    let message = TxJsonRpcMessage::<RoleServer>::error(error, id);
+    let mut value = serde_json::to_value(message).unwrap_or_default();
+    // JSON-RPC: an error whose request id could not be read says `"id": null`.
+    if let Some(object) = value.as_object_mut() {
+        object.entry("id").or_insert(serde_json::Value::Null);
+    }
+    Incoming::Reject(Box::new(value))
 }
 
 /// Answers a line over the limit: reads its id from the part already read and the rest of the
@@ -307,6 +313,8 @@ mod tests {
         assert_eq!(out[0]["message"]["method"], "ping");
         assert_eq!(out[1]["error"]["code"], -32700);
         assert!(out[1]["id"].is_null());
+        // Present, as JSON-RPC requires, not left out.
+        assert!(out[1].as_object().unwrap().contains_key("id"));
         assert_eq!(out[2]["error"]["code"], -32700);
         assert_eq!(out[2]["id"], 2);
         assert!(out[2]["error"]["message"]
