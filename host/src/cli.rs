@@ -210,6 +210,17 @@ pub struct Cli {
           value_parser = parse_duration, requires = "memory_dump")]
     pub memory_dump_interval: Option<Duration>,
 
+    /// How log lines look on stderr: `text` for people, `json` (one object per line) for log
+    /// shippers. `RUST_LOG` sets the level.
+    #[arg(
+        long,
+        env = "MCP_V8_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
     /// Internal: serve executions for a host over stdin/stdout.
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -308,6 +319,7 @@ impl Cli {
                 token: self.auth_token.clone().filter(|t| !t.is_empty()),
             },
             max_body_bytes: self.max_body_bytes,
+            json_logs: self.log_format == LogFormat::Json,
         })
     }
 
@@ -344,6 +356,15 @@ impl Cli {
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 /// A size in bytes: plain (`1048576`) or with a unit (`512KB`, `512KiB`, `256MiB`, `2GB`,

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use mcp_v8::cli::Cli;
+use mcp_v8::cli::{Cli, LogFormat};
 use mcp_v8::engine;
 use mcp_v8::executor::Executor;
 use mcp_v8::runtime::Runtime;
@@ -26,10 +26,15 @@ fn main() -> ExitCode {
         };
     }
     if cli.worker {
-        init_logging();
+        init_logging(cli.log_format);
         return worker::serve(cli.worker_settings());
     }
-    init_logging();
+    init_logging(cli.log_format);
+    if cli.log_format == LogFormat::Json {
+        // Workers inherit the format through the one variable they get besides RUST_LOG.
+        // Set before any other thread exists.
+        std::env::set_var("MCP_V8_LOG_FORMAT", "json");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json_logs = cli.log_format == LogFormat::Json;
     let result = runtime.block_on(run(cli));
     // Dropping the runtime would wait for every blocking task, and a storage plugin that
     // never returns would then keep the server from exiting.
@@ -48,22 +54,30 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mcp-v8: {e}");
+            // The one line a user reads when the server does not start; a log event with JSON.
+            if json_logs {
+                tracing::error!("{e}");
+            } else {
+                eprintln!("mcp-v8: {e}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
 /// Logs go to stderr: stdout belongs to the MCP stdio transport (and to a worker's answers).
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // rmcp logs every session at info; only its warnings matter to a user.
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn")),
-        )
+fn init_logging(format: LogFormat) {
+    // rmcp logs every session at info; only its warnings matter to a user.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -80,11 +94,23 @@ async fn run(cli: Cli) -> Result<(), String> {
     let policy = cli.storage_policy(&storage.info().name);
     let runtime = Arc::new(Runtime::with_policy(storage, executor, limits, policy));
     runtime.prewarm();
+    let transport = match (cli.http_port, cli.sse_port) {
+        (None, None) => "stdio".to_string(),
+        (http, sse) => [("streamable-http", http), ("sse", sse)]
+            .iter()
+            .filter_map(|(name, port)| port.map(|p| format!("{name} {}:{p}", cli.host)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        transport,
         stateless = cli.stateless,
         workers,
         storage = %runtime.storage().info().name,
         save = ?policy.save,
+        timeout_secs = limits.timeout.as_secs_f64(),
+        heap_mb = limits.heap_bytes >> 20,
         v8 = engine::v8_version(),
         "mcp-v8 starting"
     );

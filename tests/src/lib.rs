@@ -406,10 +406,15 @@ impl RawStdio {
     /// Starts `mcp-v8 ARGS` without a handshake, in a process group of its own (so a test can
     /// signal the server and its workers as a terminal's Ctrl-C would).
     pub fn spawn(args: &[&str]) -> RawStdio {
+        Self::spawn_with_log(args, "warn,mcp_v8::runtime=debug")
+    }
+
+    /// [`RawStdio::spawn`] with `RUST_LOG` set to `filter`.
+    pub fn spawn_with_log(args: &[&str], filter: &str) -> RawStdio {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(binary())
             .args(args)
-            .env("RUST_LOG", "warn,mcp_v8::runtime=debug")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -436,14 +441,23 @@ impl RawStdio {
         }
     }
 
-    /// Waits until the server logs a line containing `needle`.
-    pub async fn wait_for_log(&mut self, needle: &str) {
+    /// Waits until the server logs a line containing `needle`; returns it.
+    pub async fn wait_for_log(&mut self, needle: &str) -> String {
         while let Some(line) = self.logs.recv().await {
             if line.contains(needle) {
-                return;
+                return line;
             }
         }
         panic!("mcp-v8 exited without logging {needle:?}");
+    }
+
+    /// Every line the server has logged so far that has not been waited for.
+    pub fn logged(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.logs.try_recv() {
+            lines.push(line);
+        }
+        lines
     }
 
     /// The server's process id (also its process group's).

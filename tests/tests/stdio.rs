@@ -310,3 +310,49 @@ fn boolean_variables_take_the_usual_spellings() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_a_start_line_that_says_it_all() {
+    let mut raw = RawStdio::spawn_with_log(
+        &[
+            "--memory",
+            "--log-format",
+            "json",
+            "--execution-timeout",
+            "9",
+        ],
+        "info,mcp_v8::runtime=debug",
+    );
+    let start = raw.wait_for_log("mcp-v8 starting").await;
+    let start: Value = serde_json::from_str(&start).expect("the start line is JSON");
+    let fields = &start["fields"];
+    let version = std::process::Command::new(mcp_v8_e2e::binary())
+        .arg("--version")
+        .output()
+        .expect("mcp-v8 --version");
+    let version = String::from_utf8_lossy(&version.stdout)
+        .trim()
+        .replace("mcp-v8 ", "");
+    assert_eq!(fields["version"], version.as_str(), "{start}");
+    assert_eq!(fields["transport"], "stdio", "{start}");
+    assert_eq!(fields["storage"], "memory", "{start}");
+    assert_eq!(fields["timeout_secs"], 9.0, "{start}");
+    assert_eq!(start["level"], "INFO");
+    raw.send_line(
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+    )
+    .await;
+    raw.next().await;
+    raw.send_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .await;
+    raw.send_tool_call(1, "run_js", json!({ "code": "1", "heap": "h" }))
+        .await;
+    raw.next().await;
+    let running = raw.wait_for_log("running code on heap h").await;
+    let mut lines = raw.logged();
+    lines.push(running);
+    for line in lines {
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    assert!(raw.close().await.success());
+}

@@ -29,6 +29,8 @@ pub struct HttpOptions {
     pub policy: Policy,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Logs are JSON: the "listening" line is a log event too, not plain text.
+    pub json_logs: bool,
 }
 
 /// The Streamable HTTP router: `/mcp`. Cancelling `sessions` ends every session.
@@ -189,8 +191,12 @@ pub async fn serve(
             .map_err(|e| format!("cannot listen on {}:{port} for {name}: {e}", options.host))?;
         let local: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
         // One line, also without logs: tests and scripts read it to learn the port (useful
-        // with port 0).
-        eprintln!("mcp-v8: {name} listening on http://{local}{path}");
+        // with port 0). With JSON logs it is one of them, so every line parses.
+        if options.json_logs {
+            tracing::info!(transport = name, url = %format!("http://{local}{path}"), "listening");
+        } else {
+            eprintln!("mcp-v8: {name} listening on http://{local}{path}");
+        }
         let stop = sessions.clone();
         tasks.spawn(async move {
             axum::serve(listener, router)

@@ -248,7 +248,12 @@ impl Worker {
     fn spawn(program: &PathBuf, number: u64, settings: &WorkerSettings) -> Result<Self, RunError> {
         // Workers get no environment but the logging settings: JavaScript cannot read it, and
         // secrets such as storage credentials or the auth token have no business there.
-        let logging = std::env::vars().filter(|(k, _)| k == "RUST_LOG" || k == "RUST_BACKTRACE");
+        let logging = std::env::vars().filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "RUST_LOG" | "RUST_BACKTRACE" | "MCP_V8_LOG_FORMAT"
+            )
+        });
         let mut child = Command::new(program)
             .arg("--worker")
             .arg(format!("--warm-heaps-max-bytes={}", settings.warm_bytes))
