@@ -52,7 +52,9 @@ pub struct Cli {
     )]
     pub s3_bucket: Option<String>,
 
-    /// Where to find the bundled storage plugins for --directory-path and --s3-bucket.
+    /// Where to find the bundled storage plugins for --directory-path and --s3-bucket
+    /// [default: next to this binary, then PREFIX/lib/mcp-v8/plugins for PREFIX/bin/mcp-v8,
+    /// then $XDG_DATA_HOME/mcp-v8/plugins, then /usr/local/lib/mcp-v8/plugins].
     #[arg(long, env = "MCP_V8_PLUGIN_DIR", value_name = "DIR")]
     pub plugin_dir: Option<PathBuf>,
 
@@ -220,6 +222,11 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+
+    /// Print where the bundled storage plugins are looked for and what is found there (with
+    /// their versions), then exit.
+    #[arg(long)]
+    pub list_plugins: bool,
 
     /// Internal: serve executions for a host over stdin/stdout.
     #[arg(long, hide = true)]

@@ -25,6 +25,13 @@ fn main() -> ExitCode {
             }
         };
     }
+    if cli.list_plugins {
+        print!(
+            "{}",
+            storage::registry::list_plugins(cli.plugin_dir.as_deref())
+        );
+        return ExitCode::SUCCESS;
+    }
     if cli.worker {
         init_logging(cli.log_format);
         return worker::serve(cli.worker_settings());

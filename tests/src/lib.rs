@@ -103,6 +103,11 @@ impl Server {
         let mut command = tokio::process::Command::new(binary());
         command.args(args).env("RUST_LOG", "warn");
         command.envs(env.iter().copied());
+        Self::start_command(command).await
+    }
+
+    /// Starts `command` (an mcp-v8 binary with its arguments) and completes the handshake.
+    pub async fn start_command(command: tokio::process::Command) -> Server {
         let (transport, _) = TokioChildProcess::builder(command)
             .stderr(Stdio::inherit())
             .spawn()

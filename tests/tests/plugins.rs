@@ -257,3 +257,46 @@ fn a_plugin_built_against_another_plugin_api_is_refused_with_both_versions() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// The install script puts the binary and the bundled plugins under a prefix, and the
+/// installed binary finds its plugins there: `--list-plugins` shows them, and
+/// `--directory-path` works without `--plugin-dir`.
+#[tokio::test]
+async fn an_installed_binary_finds_its_plugins() {
+    let prefix = tempfile::tempdir().unwrap();
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let installed = std::process::Command::new(workspace.join("install.sh"))
+        .arg(prefix.path())
+        .env("MCP_V8_INSTALL_FROM", mcp_v8_e2e::build_dir())
+        .output()
+        .expect("run install.sh");
+    let stdout = String::from_utf8_lossy(&installed.stdout);
+    assert!(
+        installed.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let plugins = prefix.path().join("lib/mcp-v8/plugins");
+    assert!(
+        stdout.contains(&format!("  {}\n", plugins.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("libmcp_v8_file_storage.so: file "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("libmcp_v8_s3_storage.so: s3 "), "{stdout}");
+
+    let binary = prefix.path().join("bin/mcp-v8");
+    let heaps = prefix.path().join("heaps");
+    let mut command = tokio::process::Command::new(&binary);
+    command
+        .args(["--directory-path", heaps.to_str().unwrap()])
+        .env("RUST_LOG", "warn");
+    let server = Server::start_command(command).await;
+    assert_eq!(server.output("var n = 6; n * 7", "installed").await, "42");
+    server.stop().await;
+    assert!(heaps.join("installed.heap").is_file());
+}

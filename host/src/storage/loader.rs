@@ -61,6 +61,18 @@ pub fn load_checked(
     load(name, path, config)
 }
 
+/// The name and version a plugin library declares, after checking it in a child process
+/// as [`load_checked`] does (so a malformed library cannot crash the caller).
+pub fn identify(program: &Path, path: &Path) -> Result<(String, String), String> {
+    let absolute = absolute(path)?;
+    check_in_child(program, &absolute)?;
+    let module = root_module(&absolute)?;
+    Ok((
+        (module.name())().to_string(),
+        (module.version())().to_string(),
+    ))
+}
+
 /// What `mcp-v8 --check-plugin PATH` does: reads the plugin's root module without opening a
 /// store. `Err` is the one-line cause.
 pub fn check(path: &Path) -> Result<(), String> {

@@ -129,23 +129,86 @@ pub fn open(
     })
 }
 
-/// A bundled plugin library: in `plugin_dir` when given, else next to the running binary.
-pub fn find_plugin(library: &str, plugin_dir: Option<&Path>) -> Result<PathBuf, String> {
-    let dir = match plugin_dir {
-        Some(dir) => dir.to_path_buf(),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(Path::to_path_buf))
-            .ok_or("cannot tell where the mcp-v8 binary is; pass --plugin-dir")?,
-    };
-    let path = dir.join(library);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "the storage plugin {} does not exist: build it (cargo build --release) or pass \
-             --plugin-dir",
-            path.display()
-        ))
+/// The folders searched for the bundled plugins, in order: `plugin_dir` alone when given;
+/// otherwise next to the running binary, the `lib/mcp-v8/plugins` folder of the prefix it is
+/// installed in (`PREFIX/bin/mcp-v8` finds `PREFIX/lib/mcp-v8/plugins`),
+/// `$XDG_DATA_HOME/mcp-v8/plugins` (`~/.local/share/mcp-v8/plugins`), and
+/// `/usr/local/lib/mcp-v8/plugins`.
+pub fn plugin_dirs(plugin_dir: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(dir) = plugin_dir {
+        return vec![dir.to_path_buf()];
     }
+    let mut dirs = Vec::new();
+    if let Some(bin) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        if let Some(prefix) = bin.parent() {
+            dirs.push(bin.clone());
+            dirs.push(prefix.join("lib/mcp-v8/plugins"));
+        } else {
+            dirs.push(bin);
+        }
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")));
+    if let Some(data) = data {
+        dirs.push(data.join("mcp-v8/plugins"));
+    }
+    dirs.push(PathBuf::from("/usr/local/lib/mcp-v8/plugins"));
+    dirs
+}
+
+/// A bundled plugin library, from the first of [`plugin_dirs`] that has it.
+pub fn find_plugin(library: &str, plugin_dir: Option<&Path>) -> Result<PathBuf, String> {
+    let dirs = plugin_dirs(plugin_dir);
+    if let Some(found) = dirs
+        .iter()
+        .map(|dir| dir.join(library))
+        .find(|p| p.is_file())
+    {
+        return Ok(found);
+    }
+    match (plugin_dir, dirs.as_slice()) {
+        (Some(_), [dir]) => Err(format!(
+            "the storage plugin {} does not exist: build it (cargo build --release) or pass \
+             another --plugin-dir",
+            dir.join(library).display()
+        )),
+        _ => Err(format!(
+            "the storage plugin {library} is in none of {}: install it (./install.sh) or pass \
+             --plugin-dir (mcp-v8 --list-plugins shows what is where)",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// What `mcp-v8 --list-plugins` prints: every folder searched, and the bundled plugins found
+/// there with the name and version each declares (or why it cannot be loaded).
+pub fn list_plugins(plugin_dir: Option<&Path>) -> String {
+    let program = std::env::current_exe().ok();
+    let mut out = String::from("Bundled storage plugins are looked for in, in order:\n");
+    for dir in plugin_dirs(plugin_dir) {
+        out.push_str(&format!("  {}\n", dir.display()));
+        for library in [FILE_PLUGIN_LIBRARY, S3_PLUGIN_LIBRARY] {
+            let path = dir.join(library);
+            if !path.is_file() {
+                continue;
+            }
+            let found = match &program {
+                Some(program) => match loader::identify(program, &path) {
+                    Ok((name, version)) => format!("{name} {version}"),
+                    Err(why) => format!("cannot be loaded: {why}"),
+                },
+                None => "cannot be checked: the mcp-v8 executable is not found".into(),
+            };
+            out.push_str(&format!("    {library}: {found}\n"));
+        }
+    }
+    out
 }
