@@ -272,3 +272,87 @@ async fn healthz_answers_without_a_token_and_turns_503_while_stopping() {
     assert_eq!(said, "shutting down");
     assert_eq!(reply.ok()["output"], "done");
 }
+
+/// What a browser page on an allowed origin needs: its preflight answered (without the token,
+/// which browsers do not send with it), and every answer readable by it; other origins 403.
+#[tokio::test]
+async fn cors_lets_allowed_pages_call_mcp_on_both_transports() {
+    let server = HttpServer::start(&["--memory", "--auth-token", "s3cret"]).await;
+    let page = "http://127.0.0.1:5173";
+    for url in [
+        server.mcp_url.clone(),
+        format!("{}/message", server.sse_base),
+    ] {
+        let preflight = http()
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", page)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, mcp-session-id",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), 204, "{url}");
+        let headers = preflight.headers();
+        assert_eq!(headers["access-control-allow-origin"], page);
+        let allowed = headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_lowercase();
+        for header in [
+            "authorization",
+            "content-type",
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "last-event-id",
+        ] {
+            assert!(allowed.contains(header), "{header} not allowed: {allowed}");
+        }
+        assert!(headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST"));
+
+        let evil = http()
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(evil.status(), 403);
+        assert!(evil.headers().get("access-control-allow-origin").is_none());
+    }
+    // The real request: answered with the origin named and the session id exposed.
+    let response = http()
+        .post(&server.mcp_url)
+        .header("origin", page)
+        .bearer_auth("s3cret")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(INITIALIZE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["access-control-allow-origin"], page);
+    assert!(headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("Mcp-Session-Id"));
+    assert!(headers.contains_key("mcp-session-id"));
+    // Without the token the page is told why (and may read it).
+    let refused = http()
+        .post(&server.mcp_url)
+        .header("origin", page)
+        .body(INITIALIZE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], page);
+    assert!(server.terminate().await.success());
+}

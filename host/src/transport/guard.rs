@@ -1,10 +1,15 @@
 //! Who may talk to the HTTP transports: `Host` and `Origin` checks against DNS rebinding and
 //! hostile web pages, and an optional bearer token. One policy, applied to both transports.
+//!
+//! Browser pages on an allowed origin get CORS: a preflight (`OPTIONS` with
+//! `Access-Control-Request-Method`) is answered here, before the token check (browsers send
+//! no credentials with it), and every answer to an allowed origin names it in
+//! `Access-Control-Allow-Origin` and exposes `Mcp-Session-Id`. Other origins get 403.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -141,7 +146,8 @@ pub async fn check(State(policy): State<Arc<Policy>>, request: Request, next: Ne
         )
             .into_response();
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    let origin = headers.get(header::ORIGIN).cloned();
+    if let Some(origin) = &origin {
         let origin = origin.to_str().unwrap_or("");
         if !policy.origin_allowed(origin) {
             tracing::warn!(
@@ -155,15 +161,54 @@ pub async fn check(State(policy): State<Arc<Policy>>, request: Request, next: Ne
                 .into_response();
         }
     }
-    if !policy.token_ok(headers) {
-        return (
+    let preflight = request.method() == axum::http::Method::OPTIONS
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if let (Some(origin), true) = (&origin, preflight) {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let cors = response.headers_mut();
+        allow(cors, origin);
+        cors.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        );
+        cors.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(
+                "Authorization, Content-Type, Accept, Mcp-Session-Id, Mcp-Protocol-Version, \
+                 Last-Event-ID",
+            ),
+        );
+        cors.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        return response;
+    }
+    let mut response = if policy.token_ok(headers) {
+        next.run(request).await
+    } else {
+        (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             "a valid bearer token is required (Authorization: Bearer <token>)",
         )
-            .into_response();
+            .into_response()
+    };
+    if let Some(origin) = &origin {
+        let cors = response.headers_mut();
+        allow(cors, origin);
+        cors.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Mcp-Session-Id, Mcp-Protocol-Version"),
+        );
     }
-    next.run(request).await
+    response
+}
+
+/// Lets the page at `origin` (an allowed one) read the answer.
+fn allow(headers: &mut HeaderMap, origin: &HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
 #[cfg(test)]
