@@ -738,7 +738,7 @@ impl Heaps {
                 heap: heap.into(),
                 error,
             })?;
-        self.learn_raw_size(heap, &stored.version, opened.snapshot.len());
+        self.learn_raw_size(heap, &stored.version, opened.snapshot.len() as u64);
         Ok(OpenedHeap {
             snapshot: opened.snapshot,
             read_only: opened.read_only,
@@ -770,11 +770,7 @@ impl Heaps {
         };
         Ok(Loaded {
             start,
-            precondition: if overwrite {
-                Precondition::Any
-            } else {
-                Precondition::MustNotExist
-            },
+            precondition: replacing(overwrite),
             read_only,
             notice: None,
         })
@@ -807,58 +803,47 @@ impl Heaps {
     /// store); otherwise the snapshot is verified and sealed again for its new name (each
     /// heap's bytes are bound to its name).
     async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<Copied, CallError> {
-        self.check_free(to, overwrite).await?;
-        let precondition = if overwrite {
-            Precondition::Any
-        } else {
-            Precondition::MustNotExist
+        let precondition = replacing(overwrite);
+        let copied = match self.storage.copy(from, to, precondition.clone()) {
+            Some(Ok((version, size))) => {
+                let raw_size = self.storage.raw_size(to, &version).unwrap_or(size);
+                Ok((version, size, raw_size))
+            }
+            Some(Err(e)) if e.kind() == ErrorKind::NotFound => {
+                return Err(CallError::Missing { heap: from.into() })
+            }
+            Some(Err(e)) => Err(e),
+            None => {
+                // Not worth decompressing and compressing again for a copy that cannot land.
+                self.check_free(to, overwrite).await?;
+                let opened = self.read_existing(from).await?;
+                let (name, codec, read_only) = (to.to_string(), self.codec, opened.read_only);
+                let raw_size = opened.snapshot.len() as u64;
+                let sealed =
+                    blocking(move || envelope::seal(&opened.snapshot, &name, read_only, codec))
+                        .await?;
+                let size = sealed.len() as u64;
+                let version = self.storage.put(to, sealed.into(), precondition).await;
+                version.map(|version| (version, size, raw_size))
+            }
         };
+        let (version, size, raw_size) = match copied {
+            Ok(copied) => copied,
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                return Err(CallError::Exists { heap: to.into() })
+            }
+            Err(e) => return Err(CallError::storage(to)(e)),
+        };
+        // `to` holds other state now: no warm isolate or lost save stands for it.
         self.forget(to);
         self.take_lost(to);
-        if let Some(copied) = self.storage.copy(from, to, precondition.clone()) {
-            let version = match copied {
-                Ok(version) => version,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    return Err(CallError::Missing { heap: from.into() })
-                }
-                Err(e) if e.kind() == ErrorKind::Conflict => {
-                    return Err(CallError::Exists { heap: to.into() })
-                }
-                Err(e) => return Err(CallError::storage(to)(e)),
-            };
-            let listed = self
-                .storage
-                .list(to)
-                .await
-                .map_err(CallError::storage(to))?;
-            let size = listed.iter().find(|m| m.name == to).map_or(0, |m| m.size);
-            let raw_size = self.storage.raw_size(to, &version).unwrap_or(size);
-            return Ok(Copied {
-                from: from.into(),
-                to: to.into(),
-                size,
-                raw_size,
-            });
-        }
-        let opened = self.read_existing(from).await?;
-        let (name, codec, read_only) = (to.to_string(), self.codec, opened.read_only);
-        let raw_size = opened.snapshot.len() as u64;
-        let sealed =
-            blocking(move || envelope::seal(&opened.snapshot, &name, read_only, codec)).await?;
-        let size = sealed.len() as u64;
-        match self.storage.put(to, sealed.into(), precondition).await {
-            Ok(version) => {
-                self.learn_raw_size(to, &version, raw_size as usize);
-                Ok(Copied {
-                    from: from.into(),
-                    to: to.into(),
-                    size,
-                    raw_size,
-                })
-            }
-            Err(e) if e.kind() == ErrorKind::Conflict => Err(CallError::Exists { heap: to.into() }),
-            Err(e) => Err(CallError::storage(to)(e)),
-        }
+        self.learn_raw_size(to, &version, raw_size);
+        Ok(Copied {
+            from: from.into(),
+            to: to.into(),
+            size,
+            raw_size,
+        })
     }
 
     /// Waits for the snapshot `saving` delivers and stores it if `precondition` holds.
@@ -879,7 +864,7 @@ impl Heaps {
             blocking(move || envelope::seal(&saved.snapshot, &name, read_only, codec)).await?;
         match self.storage.put(heap, sealed.into(), precondition).await {
             Ok(version) => {
-                self.learn_raw_size(heap, &version, raw_len);
+                self.learn_raw_size(heap, &version, raw_len as u64);
                 if let (Some(warm), ReadOnly::Shared) = (saved.warm, read_only) {
                     self.warm().insert(heap.to_string(), (warm, version));
                 }
@@ -935,11 +920,16 @@ impl Heaps {
         }
     }
 
-    fn learn_raw_size(&self, heap: &str, version: &Version, raw_len: usize) {
+    /// Remembers a raw size the store cannot tell (only plugin stores: the memory store knows
+    /// every one, and heaps it drops would linger here).
+    fn learn_raw_size(&self, heap: &str, version: &Version, raw_len: u64) {
+        if self.storage.knows_raw_sizes() {
+            return;
+        }
         self.raw_sizes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(heap.to_string(), (version.clone(), raw_len as u64));
+            .insert(heap.to_string(), (version.clone(), raw_len));
     }
 
     /// `meta` with its raw size: from the store if it knows, else as this runtime last saw
@@ -966,6 +956,15 @@ impl Heaps {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(heap)
+    }
+}
+
+/// The precondition of a write that creates a heap, or replaces it with `overwrite`.
+fn replacing(overwrite: bool) -> Precondition {
+    if overwrite {
+        Precondition::Any
+    } else {
+        Precondition::MustNotExist
     }
 }
 

@@ -151,21 +151,24 @@ impl MemoryStore {
     }
 
     /// Copies heap `from` to `to` if `precondition` holds for `to`, sharing the stored bytes
-    /// (no copy of the blob). The copy's envelope still names the heap it was sealed for,
-    /// which [`MemoryStore::sealed_for`] tells whoever verifies it.
+    /// (no copy of the blob); returns the copy's version and stored size. The copy's envelope
+    /// still names the heap it was sealed for, which [`MemoryStore::sealed_for`] tells
+    /// whoever verifies it.
     pub fn copy(
         &self,
         from: &str,
         to: &str,
         precondition: Precondition,
-    ) -> Result<Version, StoreError> {
+    ) -> Result<(Version, u64), StoreError> {
         let now = self.inner.now();
         let mut state = self.inner.state();
         let source = self.inner.touch(&mut state, from, now);
         let source = source.ok_or_else(|| StoreError::not_found(from))?;
         let sealed_for = source.sealed_for.clone().or_else(|| Some(from.to_string()));
         let bytes = source.bytes.clone();
-        self.write(&mut state, now, to, bytes, sealed_for, precondition)
+        let size = bytes.len() as u64;
+        let version = self.write(&mut state, now, to, bytes, sealed_for, precondition)?;
+        Ok((version, size))
     }
 
     /// The heap whose name `name`'s stored envelope carries, when it is a copy that shares

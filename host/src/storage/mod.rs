@@ -195,6 +195,11 @@ impl Store {
         }
     }
 
+    /// Whether [`Store::raw_size`] knows every heap's raw size.
+    pub fn knows_raw_sizes(&self) -> bool {
+        matches!(self.backend, Backend::Memory(_))
+    }
+
     /// The size of heap `name`'s snapshot before compression, if the store knows it without
     /// reading the heap and it is still at `version`.
     pub fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
@@ -205,13 +210,13 @@ impl Store {
     }
 
     /// Copies heap `from` to `to` inside the store, sharing the bytes, if the store can (the
-    /// memory store); `None` when the caller must copy.
+    /// memory store): the copy's version and stored size. `None` when the caller must copy.
     pub fn copy(
         &self,
         from: &str,
         to: &str,
         precondition: Precondition,
-    ) -> Option<Result<Version, StoreError>> {
+    ) -> Option<Result<(Version, u64), StoreError>> {
         match &self.backend {
             Backend::Memory(m) => {
                 let started = Instant::now();

@@ -143,11 +143,9 @@ pub fn plugin_dirs(plugin_dir: Option<&Path>) -> Vec<PathBuf> {
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
     {
+        dirs.push(bin.clone());
         if let Some(prefix) = bin.parent() {
-            dirs.push(bin.clone());
             dirs.push(prefix.join("lib/mcp-v8/plugins"));
-        } else {
-            dirs.push(bin);
         }
     }
     let data = std::env::var_os("XDG_DATA_HOME")
