@@ -42,8 +42,9 @@ pub struct Cli {
     pub directory_path: Option<PathBuf>,
 
     /// Keep heaps in this S3 bucket, with the S3 storage plugin (found next to this binary or
-    /// in --plugin-dir). Credentials, region and endpoint come from the standard AWS_*
-    /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
+    /// in --plugin-dir). Credentials and region come from the AWS provider chain (AWS_*
+    /// variables, AWS_PROFILE and ~/.aws, SSO, web identity, ECS/EC2 roles); a custom endpoint
+    /// from AWS_ENDPOINT_URL.
     #[arg(
         long,
         env = "MCP_V8_S3_BUCKET",

@@ -45,6 +45,7 @@ pub fn binary() -> PathBuf {
 }
 
 pub mod http;
+pub mod proxy;
 pub mod s3;
 
 /// An MCP client session with a running `mcp-v8`, over any transport.

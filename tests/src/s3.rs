@@ -111,14 +111,40 @@ impl Moto {
 
     /// A `plugins.toml` in `dir` that stores heaps in `bucket`, and its path.
     pub fn config(&self, dir: &Path, bucket: &str) -> String {
+        self.config_with(dir, bucket, &self.endpoint(), "")
+    }
+
+    /// A `plugins.toml` in `dir` that stores heaps in `bucket` through `endpoint` (moto, or a
+    /// proxy in front of it), with `extra` lines in the plugin's configuration.
+    pub fn config_with(&self, dir: &Path, bucket: &str, endpoint: &str, extra: &str) -> String {
         let path = dir.join("plugins.toml");
         let text = format!(
             "storage = \"s3\"\n[plugins.s3]\npath = {:?}\n[plugins.s3.config]\nbucket = {bucket:?}\n\
-             endpoint_url = {:?}\nforce_path_style = true\nprefix = \"tests/\"\ntimeout_secs = 5\nmax_attempts = 2\n",
+             endpoint_url = {endpoint:?}\nforce_path_style = true\nprefix = \"tests/\"\ntimeout_secs = 5\nmax_attempts = 2\n{extra}",
             crate::library("mcp_v8_s3_storage"),
-            self.endpoint(),
         );
         std::fs::write(&path, text).expect("write plugins.toml");
         path.to_str().expect("UTF-8 path").to_string()
     }
+}
+
+/// `command` with no AWS settings but `vars`: the test's own `AWS_*` variables are removed,
+/// `HOME` and the shared config files point into `home`, and the EC2 metadata service is off
+/// (there is none here, and looking for it would only take time).
+pub fn without_aws_settings(
+    command: &mut tokio::process::Command,
+    home: &Path,
+    vars: &[(&str, &str)],
+) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("HOME", home)
+        .env("AWS_CONFIG_FILE", home.join(".aws/config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join(".aws/credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(vars.iter().copied());
 }

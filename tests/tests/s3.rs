@@ -130,7 +130,7 @@ async fn an_s3_outage_is_a_tool_error_and_the_server_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_s3_store_keeps_the_contract() {
     use mcp_v8_plugin_api::{ErrorKind, HeapStore, Precondition, Version};
-    use mcp_v8_s3_storage::{AccessKeys, S3Store};
+    use mcp_v8_s3_storage::{AccessKeys, Credentials, S3Store};
 
     let moto = Moto::start().await;
     moto.create_bucket("cas").await;
@@ -147,7 +147,7 @@ async fn the_s3_store_keeps_the_contract() {
         };
         // The plugin owns a tokio runtime, so it is driven from a plain thread, as the host does.
         let checks = std::thread::spawn(move || {
-            let store = S3Store::open(config, keys).expect("open the store");
+            let store = S3Store::open(config, Credentials::Keys(keys)).expect("open the store");
             if mode == "native" {
                 // With S3's own conditional writes the store keeps the contract. The racing
                 // checks are left out here because moto's conditional PUT is not atomic under
@@ -204,4 +204,146 @@ async fn the_s3_bucket_shortcut_reads_the_aws_environment() {
     let host = Server::start_with_env(&["--s3-bucket", "quick"], &env).await;
     assert_eq!(host.output("q", "q").await, "in the bucket");
     host.stop().await;
+}
+
+/// The S3 plugin finds credentials and region the way the AWS CLI does: a profile named by
+/// `AWS_PROFILE` or by the plugin's `profile`, a `credential_process`, web identity (Kubernetes
+/// IRSA) through STS; with none of them the start-up error says what to set. A proxy in front
+/// of moto shows which credentials and region signed each request.
+#[tokio::test]
+async fn s3_credentials_come_from_the_aws_provider_chain() {
+    use mcp_v8_e2e::proxy::{Balance, Proxy};
+    use mcp_v8_e2e::s3::without_aws_settings;
+
+    let moto = Moto::start().await;
+    moto.create_bucket("chain").await;
+    let proxy = Proxy::start(vec![moto.endpoint()], Balance::RoundRobin).await;
+    let home = tempfile::tempdir().unwrap();
+    let aws = home.path().join(".aws");
+    std::fs::create_dir(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        "[keys]\naws_access_key_id = AKIDFROMPROFILE\naws_secret_access_key = secret\n",
+    )
+    .unwrap();
+    let process = r#"{"Version": 1, "AccessKeyId": "AKIDFROMPROCESS", "SecretAccessKey": "s", "SessionToken": "token-from-process"}"#;
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "[profile keys]\nregion = eu-west-2\n\n[profile process]\nregion = ap-south-1\n\
+             credential_process = echo '{process}'\n"
+        ),
+    )
+    .unwrap();
+    let token = home.path().join("web-identity-token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtY3AtdjgifQ.c2ln").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Runs one call with `vars` and `extra` plugin configuration; returns the requests it made.
+    let run = |vars: Vec<(&'static str, String)>, extra: &'static str, heap: &'static str| {
+        let config = moto.config_with(dir.path(), "chain", &proxy.url, extra);
+        let (home, proxy) = (home.path().to_path_buf(), &proxy);
+        async move {
+            let before = proxy.forwarded().len();
+            let mut command = tokio::process::Command::new(mcp_v8_e2e::binary());
+            command.args(["--config", &config]).env("RUST_LOG", "warn");
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            without_aws_settings(&mut command, &home, &vars);
+            let host = Server::start_command(command).await;
+            assert_eq!(host.output("6 * 7", heap).await, "42");
+            host.settle().await;
+            drop(host);
+            proxy.forwarded().split_off(before)
+        }
+    };
+    let signed_by = |requests: &[mcp_v8_e2e::proxy::Forwarded]| -> Vec<String> {
+        let mut scopes: Vec<String> = requests
+            .iter()
+            .filter(|r| r.path.starts_with("/chain"))
+            .map(|r| {
+                let auth = r.headers["authorization"].to_str().unwrap();
+                let credential = auth.split("Credential=").nth(1).unwrap();
+                let (key, scope) = credential.split_once('/').unwrap();
+                let (_date, scope) = scope.split_once('/').unwrap();
+                format!("{key} {}", scope.split(',').next().unwrap())
+            })
+            .collect();
+        scopes.dedup();
+        scopes
+    };
+    let stored = |requests: &[mcp_v8_e2e::proxy::Forwarded], heap: &str| {
+        requests.iter().any(|r| {
+            r.method == "PUT" && r.path.contains(&format!("{heap}.heap")) && r.status == 200
+        })
+    };
+
+    // A profile named by AWS_PROFILE: its keys sign, its region is the region.
+    let requests = run(vec![("AWS_PROFILE", "keys".into())], "", "by-profile").await;
+    assert_eq!(
+        signed_by(&requests),
+        ["AKIDFROMPROFILE eu-west-2/s3/aws4_request"]
+    );
+    assert!(stored(&requests, "by-profile"), "{requests:?}");
+
+    // A profile named in plugins.toml, whose credentials come from a credential_process.
+    let requests = run(vec![], "profile = \"process\"\n", "by-process").await;
+    assert_eq!(
+        signed_by(&requests),
+        ["AKIDFROMPROCESS ap-south-1/s3/aws4_request"]
+    );
+    assert!(requests
+        .iter()
+        .filter(|r| r.path.starts_with("/chain"))
+        .all(|r| r.headers["x-amz-security-token"] == "token-from-process"));
+    assert!(stored(&requests, "by-process"));
+
+    // Web identity, as Kubernetes IRSA sets it up: the token is traded for temporary
+    // credentials at STS (moto's, through the proxy) before the first S3 request.
+    let requests = run(
+        vec![
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token.display().to_string()),
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/mcp-v8".into(),
+            ),
+            ("AWS_ENDPOINT_URL_STS", proxy.url.clone()),
+            ("AWS_REGION", "us-east-2".into()),
+        ],
+        "",
+        "by-web-identity",
+    )
+    .await;
+    let sts = String::from_utf8_lossy(&requests[0].body).into_owned();
+    assert!(
+        sts.contains("Action=AssumeRoleWithWebIdentity") && sts.contains("mcp-v8"),
+        "{sts}"
+    );
+    let signers = signed_by(&requests);
+    assert_eq!(signers.len(), 1, "{signers:?}");
+    assert!(
+        signers[0].ends_with(" us-east-2/s3/aws4_request"),
+        "{signers:?}"
+    );
+    assert!(requests
+        .iter()
+        .filter(|r| r.path.starts_with("/chain"))
+        .all(|r| r.headers.contains_key("x-amz-security-token")));
+    assert!(stored(&requests, "by-web-identity"));
+
+    // No credentials anywhere: a start-up error that says what to set.
+    let config = moto.config_with(dir.path(), "chain", &proxy.url, "");
+    let mut command = tokio::process::Command::new(mcp_v8_e2e::binary());
+    command
+        .args(["--config", &config])
+        .stdin(std::process::Stdio::null());
+    without_aws_settings(&mut command, home.path(), &[("AWS_PROFILE", "missing")]);
+    let output = command.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no S3 credentials for bucket 'chain'")
+            && stderr.contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            && stderr.contains("AWS_PROFILE"),
+        "{stderr}"
+    );
 }

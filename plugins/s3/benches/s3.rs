@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use aws_sdk_s3::primitives::ByteStream;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcp_v8_plugin_api::{HeapStore, Precondition};
-use mcp_v8_s3_storage::{AccessKeys, Config, S3Store};
+use mcp_v8_s3_storage::{AccessKeys, Config, Credentials, S3Store};
 
 struct Moto(std::process::Child);
 
@@ -80,7 +80,7 @@ fn s3(c: &mut Criterion) {
         secret: "b".into(),
         session_token: None,
     };
-    let store = S3Store::open(config, keys).expect("open the plugin's store");
+    let store = S3Store::open(config, Credentials::Keys(keys)).expect("open the plugin's store");
 
     let mut group = c.benchmark_group("s3");
     for size in [1usize << 20, 10 << 20] {

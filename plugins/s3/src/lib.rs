@@ -10,13 +10,20 @@
 //! * A cdylib cannot use the host's tokio runtime, so the plugin owns a small one and blocks
 //!   on it inside the (synchronous) plugin calls, which the host makes off its executor.
 //!
-//! Configuration (`[plugins.s3.config]`); credentials come from `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`:
+//! Credentials and region come from the standard AWS provider chain, as in the AWS CLI:
+//! the `AWS_*` variables, the shared `~/.aws/config` and `~/.aws/credentials` files (profile
+//! from `AWS_PROFILE` or `profile` below; static keys, SSO, `credential_process`, assumed
+//! roles), web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, as Kubernetes IRSA
+//! sets them), the ECS container endpoint and the EC2 instance metadata service.
+//! Temporary credentials are refreshed before they expire.
+//!
+//! Configuration (`[plugins.s3.config]`):
 //!
 //! ```toml
 //! bucket = "my-heaps"              # required
 //! prefix = "mcp-v8/"               # key prefix (default "")
-//! region = "eu-west-1"             # default: AWS_REGION, AWS_DEFAULT_REGION, "us-east-1"
+//! profile = "prod"                 # a profile of ~/.aws/config (default: AWS_PROFILE, "default")
+//! region = "eu-west-1"             # default: the provider chain (AWS_REGION, the profile, EC2), else "us-east-1"
 //! endpoint_url = "http://127.0.0.1:9000"   # default: AWS_ENDPOINT_URL(_S3), else AWS
 //! force_path_style = true          # bucket in the path (default: true with a custom endpoint)
 //! timeout_secs = 30                # per operation, retries included (default 30)
@@ -26,7 +33,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -63,6 +69,8 @@ pub struct Config {
     /// Prepended to every key.
     #[serde(default)]
     pub prefix: String,
+    /// A profile of the shared AWS config files, instead of `AWS_PROFILE`.
+    pub profile: Option<String>,
     /// The region.
     pub region: Option<String>,
     /// A custom endpoint (any S3-compatible service).
@@ -96,10 +104,20 @@ export_plugin!("s3", open);
 /// bucket is there and reachable.
 pub fn open(config: &str) -> Result<S3Store, StoreError> {
     let config: Config = mcp_v8_plugin_api::plugin::parse_config("s3", config)?;
-    S3Store::open(config, AccessKeys::from_env()?)
+    S3Store::open(config, Credentials::ProviderChain)
 }
 
-/// S3 credentials.
+/// Where the store's credentials come from.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// The standard AWS provider chain (environment, shared config files and profiles, SSO,
+    /// web identity, ECS and EC2 metadata), refreshed before they expire.
+    ProviderChain,
+    /// Fixed keys, for tests and benchmarks.
+    Keys(AccessKeys),
+}
+
+/// S3 access keys.
 #[derive(Debug, Clone)]
 pub struct AccessKeys {
     /// The access key id.
@@ -110,42 +128,18 @@ pub struct AccessKeys {
     pub session_token: Option<String>,
 }
 
-impl AccessKeys {
-    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
-    pub fn from_env() -> Result<Self, StoreError> {
-        match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            (Some(id), Some(secret)) => Ok(Self {
-                id,
-                secret,
-                session_token: env("AWS_SESSION_TOKEN"),
-            }),
-            _ => Err(StoreError::other(
-                "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-            )),
-        }
-    }
-}
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 impl S3Store {
-    /// Connects to the configured bucket with `keys` and checks the bucket.
-    pub fn open(config: Config, keys: AccessKeys) -> Result<Self, StoreError> {
+    /// Connects to the configured bucket and checks the bucket.
+    pub fn open(config: Config, credentials: Credentials) -> Result<Self, StoreError> {
         if config.bucket.is_empty() {
             return Err(StoreError::other(
                 "invalid s3 storage configuration: bucket is empty",
             ));
         }
-        let credentials =
-            Credentials::new(keys.id, keys.secret, keys.session_token, None, "mcp-v8");
-        let region = config
-            .region
-            .clone()
-            .or_else(|| env("AWS_REGION"))
-            .or_else(|| env("AWS_DEFAULT_REGION"))
-            .unwrap_or_else(|| "us-east-1".into());
         let endpoint = config
             .endpoint_url
             .clone()
@@ -153,16 +147,42 @@ impl S3Store {
             .or_else(|| env("AWS_ENDPOINT_URL"));
         let timeout = Duration::try_from_secs_f64(config.timeout_secs.unwrap_or(30.0))
             .map_err(|_| StoreError::other("invalid s3 storage configuration: timeout_secs"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mcp-v8-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::other(format!("cannot start the S3 plugin's runtime: {e}")))?;
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        let mut builder = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .http_client(http)
-            .credentials_provider(credentials)
-            .region(Region::new(region.clone()))
+        // The shared settings (credentials, region, profile) as the AWS CLI finds them; the
+        // credential providers that call AWS (SSO, STS) use the same HTTP client.
+        let mut shared = aws_config::defaults(BehaviorVersion::latest()).http_client(http.clone());
+        if let Some(profile) = &config.profile {
+            shared = shared.profile_name(profile);
+        }
+        if let Some(region) = &config.region {
+            shared = shared.region(Region::new(region.clone()));
+        }
+        if let Credentials::Keys(keys) = credentials {
+            shared = shared.credentials_provider(aws_credential_types::Credentials::new(
+                keys.id,
+                keys.secret,
+                keys.session_token,
+                None,
+                "mcp-v8",
+            ));
+        }
+        let shared = runtime.block_on(shared.load());
+        let region = shared
+            .region()
+            .cloned()
+            .unwrap_or_else(|| Region::new("us-east-1"));
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .region(region.clone())
             .force_path_style(config.force_path_style.unwrap_or(endpoint.is_some()))
             .retry_config(
                 RetryConfig::standard().with_max_attempts(config.max_attempts.unwrap_or(3).max(1)),
@@ -176,12 +196,6 @@ impl S3Store {
         if let Some(endpoint) = &endpoint {
             builder = builder.endpoint_url(endpoint);
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("mcp-v8-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::other(format!("cannot start the S3 plugin's runtime: {e}")))?;
         let target = match &endpoint {
             Some(endpoint) => format!("bucket '{}' at {endpoint}", config.bucket),
             None => format!("bucket '{}' in {region}", config.bucket),
@@ -211,7 +225,7 @@ impl S3Store {
                     self.target
                 )),
                 _ => {
-                    let e = self.error("reach", e);
+                    let e = self.error("check the bucket", e);
                     StoreError::new(e.kind(), e.message().to_string())
                 }
             }),
@@ -227,6 +241,22 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        if let Some(cause) = credentials_error(&e) {
+            use aws_credential_types::provider::error::CredentialsError;
+            let message = format!(
+                "no S3 credentials for {}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                 or name a profile of ~/.aws/config (AWS_PROFILE or `profile`), or run where \
+                 a role is provided (web identity, ECS, EC2). The AWS provider chain said: {}",
+                self.target,
+                describe(cause)
+            );
+            return match cause {
+                CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_) => {
+                    StoreError::unavailable(message)
+                }
+                _ => StoreError::other(message),
+            };
+        }
         let code = match &e {
             SdkError::ServiceError(se) => se.err().code().map(str::to_string),
             _ => None,
@@ -283,6 +313,20 @@ fn status<E>(e: &SdkError<E, Response>) -> Option<u16> {
         SdkError::ServiceError(se) => Some(se.raw().status().as_u16()),
         _ => None,
     }
+}
+
+/// The credential providers' failure behind a request that could not be signed.
+fn credentials_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a aws_credential_types::provider::error::CredentialsError> {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(found) = s.downcast_ref() {
+            return Some(found);
+        }
+        source = s.source();
+    }
+    None
 }
 
 fn describe(e: &dyn std::error::Error) -> String {
