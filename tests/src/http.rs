@@ -36,9 +36,15 @@ pub fn http() -> reqwest::Client {
 impl HttpServer {
     /// Starts the server on two free ports and waits until both listen.
     pub async fn start(args: &[&str]) -> HttpServer {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// [`HttpServer::start`] with extra environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> HttpServer {
         let mut child = Command::new(binary())
             .args(["--http-port", "0", "--sse-port", "0"])
             .args(args)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("MCP_V8_TEST_LOG")
