@@ -14,5 +14,38 @@ if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c "import moto, sys
 fi
 export MOTO_SERVER="$PWD/$venv/bin/moto_server"
 
+# Clients nobody here wrote, for the client tests: the MCP Inspector CLI and playwright-core
+# (pinned in tests/npm/package-lock.json, installed into target/npm-tools), and a Chromium for
+# the browser test (the system's: Debian's `chromium` package). A missing one skips its tests,
+# and this script says which; with MCP_V8_REQUIRE_TOOLS=1 (as .ci/run sets it) they fail instead.
+skipped=()
+tools=target/npm-tools
+if ! command -v npm >/dev/null; then
+  skipped+=("inspector and browser tests: npm is not installed")
+elif cmp -s tests/npm/package-lock.json "$tools/package-lock.json" && [ -d "$tools/node_modules" ] ||
+  { rm -rf "$tools" && mkdir -p "$tools" && cp tests/npm/package.json tests/npm/package-lock.json "$tools/" &&
+    (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error); }; then
+  export MCP_V8_NPM_TOOLS="$PWD/$tools/node_modules"
+else
+  rm -rf "$tools"
+  skipped+=("inspector and browser tests: npm could not install tests/npm/package-lock.json")
+fi
+if [ -z "${MCP_V8_CHROMIUM:-}" ]; then
+  MCP_V8_CHROMIUM=$(command -v chromium || command -v chromium-browser || true)
+fi
+if [ -n "$MCP_V8_CHROMIUM" ]; then
+  export MCP_V8_CHROMIUM
+else
+  skipped+=("browser test: no chromium (Debian: apt-get install chromium; or set MCP_V8_CHROMIUM)")
+fi
+report_skipped() {
+  for why in "${skipped[@]}"; do echo "test.sh: skipped $why" >&2; done
+}
+trap report_skipped EXIT
+if [ -n "${MCP_V8_REQUIRE_TOOLS:-}" ] && [ ${#skipped[@]} -gt 0 ]; then
+  echo "test.sh: MCP_V8_REQUIRE_TOOLS is set, but some tools are missing" >&2
+  exit 1
+fi
+
 cargo build --workspace
 cargo test --workspace

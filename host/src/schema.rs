@@ -60,7 +60,8 @@ fn into_object(value: Value) -> JsonObject {
 }
 
 /// Drops non-standard formats everywhere; for inputs also turns `["X", "null"]` into `"X"`
-/// and drops `"default": null` (an optional argument is one left out of `required`).
+/// and drops `"default": null` (an optional argument is one left out of `required`); for
+/// outputs turns `["X", "null"]` into `anyOf` branches with one type each.
 fn plain(schema: &mut Value, input: bool) {
     match schema {
         Value::Object(object) => {
@@ -84,6 +85,17 @@ fn plain(schema: &mut Value, input: bool) {
                     if rest.len() == 1 {
                         object.insert("type".into(), rest[0].clone());
                     }
+                }
+            } else if let Some(Value::Array(types)) = object.get("type") {
+                // A nullable result field: one `type` per branch, the form clients that map
+                // schemas onto a single-type dialect (OpenAPI, Gemini) accept.
+                if !object.contains_key("anyOf") {
+                    let branches: Vec<Value> = types
+                        .iter()
+                        .map(|t| serde_json::json!({ "type": t }))
+                        .collect();
+                    object.remove("type");
+                    object.insert("anyOf".into(), Value::Array(branches));
                 }
             }
             for value in object.values_mut() {
@@ -151,11 +163,13 @@ mod tests {
     }
 
     #[test]
-    fn outputs_keep_nulls_but_lose_nonstandard_formats() {
+    fn outputs_keep_nulls_as_branches_but_lose_nonstandard_formats() {
         let schema = Value::Object((*output::<Args>()).clone());
+        let timeout = &schema["properties"]["timeout_secs"];
+        assert_eq!(timeout.get("type"), None);
         assert_eq!(
-            schema["properties"]["timeout_secs"]["type"],
-            json!(["number", "null"])
+            timeout["anyOf"],
+            json!([{"type": "number"}, {"type": "null"}])
         );
         assert_eq!(schema["properties"]["limit_mb"].get("format"), None);
     }

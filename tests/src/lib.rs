@@ -44,6 +44,7 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+pub mod clients;
 pub mod http;
 pub mod proxy;
 pub mod s3;

