@@ -623,6 +623,34 @@ impl Runtime {
         Ok((heaps, next))
     }
 
+    /// Up to `limit` heap names that start with `prefix`, sorted, and how many there are in
+    /// all. A prefix no heap name can start with matches nothing.
+    pub async fn names_starting_with(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, usize), CallError> {
+        if !prefix.is_empty() && validate_heap_name(prefix).is_err() {
+            return Ok((Vec::new(), 0));
+        }
+        self.settled().await;
+        let heaps = self
+            .heaps
+            .storage
+            .list(prefix)
+            .await
+            .map_err(CallError::Listing)?;
+        let mut names: Vec<String> = heaps
+            .into_iter()
+            .map(|m| m.name)
+            .filter(|name| name.starts_with(prefix))
+            .collect();
+        names.sort();
+        let total = names.len();
+        names.truncate(limit);
+        Ok((names, total))
+    }
+
     /// Metadata of one heap, or `None` when it does not exist.
     pub async fn describe(&self, heap: &str) -> Result<Option<Listed>, CallError> {
         validate_heap_name(heap).map_err(CallError::InvalidName)?;

@@ -7,10 +7,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, ErrorData, Implementation, ListResourceTemplatesResult,
-    ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
-    ServerConfig,
+    CallToolResult, CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock, ErrorData,
+    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, Resource,
+    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, RoleServer, ServerHandler};
@@ -25,6 +25,8 @@ use crate::runtime::{CallError, CallLimits, Listed, Runtime, SaveTo};
 use crate::schema;
 
 const RESOURCE_SCHEME: &str = "heap://";
+/// The resource template of a heap; completions fill in `heap`.
+const HEAP_TEMPLATE: &str = "heap://{heap}";
 /// Most heaps in one page of `list_heaps` or `resources/list`.
 pub const PAGE_SIZE: usize = 1000;
 
@@ -582,6 +584,7 @@ impl ServerHandler for McpServer {
             ServerCapabilities::builder().enable_tools().build()
         } else {
             ServerCapabilities::builder()
+                .enable_completions()
                 .enable_tools()
                 .enable_resources()
                 .build()
@@ -633,13 +636,37 @@ Use one heap per task and pass its name on every call."
         if self.stateless {
             return Ok(ListResourceTemplatesResult::with_all_items(Vec::new()));
         }
-        let template = ResourceTemplate::new(format!("{RESOURCE_SCHEME}{{heap}}"), "heap")
+        let template = ResourceTemplate::new(HEAP_TEMPLATE, "heap")
             .with_title("A heap")
             .with_description(
                 "A saved heap's metadata: stored and raw size, version, last write, store",
             )
             .with_mime_type("application/json");
         Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
+    }
+
+    /// Completes heap names by prefix for the `heap://{heap}` template; anything else has
+    /// no completions.
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let heaps = matches!(&request.r#ref, Reference::Resource(template)
+            if template.uri == HEAP_TEMPLATE && request.argument.name == "heap");
+        let (names, total) = if heaps && !self.stateless {
+            self.runtime
+                .names_starting_with(&request.argument.value, CompletionInfo::MAX_VALUES)
+                .await
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+        } else {
+            (Vec::new(), 0)
+        };
+        let more = total > names.len();
+        let total = u32::try_from(total).ok();
+        CompletionInfo::with_pagination(names, total, more)
+            .map(CompleteResult::new)
+            .map_err(|e| ErrorData::internal_error(e, None))
     }
 
     async fn read_resource(

@@ -356,3 +356,42 @@ async fn json_logs_are_one_object_per_line_with_a_start_line_that_says_it_all() 
     }
     assert!(raw.close().await.success());
 }
+
+/// `completion/complete` fills in `heap://{heap}` with the heap names that start with what
+/// was typed, from the store, at most 100 at a time with the total.
+#[tokio::test]
+async fn heap_names_complete_by_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--directory-path", dir.path().to_str().unwrap()]).await;
+    for heap in ["project-a", "project-b", "scratch"] {
+        server.output("1", heap).await;
+    }
+    let complete = |value: &'static str| {
+        server
+            .client()
+            .complete_resource_argument("heap://{heap}", "heap", value, None)
+    };
+    let found = complete("proj").await.unwrap();
+    assert_eq!(found.values, ["project-a", "project-b"]);
+    assert_eq!((found.total, found.has_more), (Some(2), Some(false)));
+    assert_eq!(complete("").await.unwrap().values.len(), 3);
+    assert!(complete("nothing").await.unwrap().values.is_empty());
+    // A prefix no heap name can have, and an argument that is not a heap: nothing.
+    assert!(complete("../").await.unwrap().values.is_empty());
+    let other = server
+        .client()
+        .complete_resource_argument("heap://{heap}", "other", "p", None)
+        .await
+        .unwrap();
+    assert!(other.values.is_empty());
+
+    // More than fit in one answer.
+    for i in 0..105 {
+        server.output("1", &format!("many-{i:03}")).await;
+    }
+    let many = complete("many-").await.unwrap();
+    assert_eq!(many.values.len(), 100);
+    assert_eq!(many.values[0], "many-000");
+    assert_eq!((many.total, many.has_more), (Some(105), Some(true)));
+    server.stop().await;
+}
