@@ -45,7 +45,7 @@ async fn on_heap(runtime: &Runtime, code: &str, heap: Option<&str>) -> HeapRun {
 
 async fn stateless(runtime: &Runtime, code: &str) -> Completion {
     let reply = runtime
-        .run_stateless(code.into(), CallLimits::default())
+        .run_stateless(code.into(), CallLimits::default(), None)
         .await;
     reply.result.expect("the benchmark code runs")
 }

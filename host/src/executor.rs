@@ -6,8 +6,8 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::oneshot;
 
-use crate::engine::{self, Fresh, RunError, Warm};
-use crate::job::{Job, NotWarm, Outcome, Ran, Saved, Saving, Start, Target, WarmRef};
+use crate::engine::{self, live, Fresh, RunError, Warm};
+use crate::job::{Job, LiveBatches, NotWarm, Outcome, Ran, Saved, Saving, Start, Target, WarmRef};
 use crate::worker::{WorkerPool, WorkerSettings};
 
 /// Runs jobs.
@@ -60,6 +60,20 @@ enum Isolates<'a> {
     Alone(RwLockWriteGuard<'a, ()>),
 }
 
+/// Calls `run` with a live sender whose batches go to `listener`, if there is one; they all
+/// precede the answer.
+fn with_live<T>(listener: Option<LiveBatches>, run: impl FnOnce(Option<live::Sender>) -> T) -> T {
+    match listener {
+        Some(listener) => live::relayed(
+            move |batch| {
+                let _ = listener.send(batch);
+            },
+            run,
+        ),
+        None => run(None),
+    }
+}
+
 async fn run_in_process(job: Job) -> Ran {
     let start = match &job.target {
         Target::Stateless => None,
@@ -73,6 +87,7 @@ async fn run_in_process(job: Job) -> Ran {
         None => None,
     };
     let stateful = snapshot.is_some();
+
     let (answer, outcome) = oneshot::channel::<Outcome>();
     let (save, saved) = oneshot::channel::<Result<Saved, RunError>>();
     let thread = tokio::task::spawn_blocking(move || {
@@ -88,7 +103,8 @@ async fn run_in_process(job: Job) -> Ran {
         let Some(snapshot) = snapshot else {
             match Fresh::new(&job.limits) {
                 Ok(fresh) => {
-                    let (run, used) = fresh.run(&code, &job.limits);
+                    let run = |live| fresh.run(&code, &job.limits, live);
+                    let (run, used) = with_live(job.live.clone(), run);
                     let _ = answer.send(run);
                     // Disposed of after the answer.
                     drop(used);
@@ -101,7 +117,8 @@ async fn run_in_process(job: Job) -> Ran {
             Ok(warm) => warm,
             Err(e) => return drop(answer.send(Outcome::failed(e))),
         };
-        let (outcome, left) = engine::answer_first(warm.run(&code, &job.limits));
+        let run = with_live(job.live.clone(), |live| warm.run(&code, &job.limits, live));
+        let (outcome, left) = engine::answer_first(run);
         // The answer goes first; the snapshot follows.
         let _ = answer.send(outcome);
         if let Ok(unsaved) = left {

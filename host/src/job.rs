@@ -8,6 +8,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::live::Batch;
 use crate::engine::{Completion, Limits, Run, RunError};
 
 /// One execution.
@@ -19,7 +20,12 @@ pub struct Job {
     pub target: Target,
     /// Time, memory and output limits.
     pub limits: Limits,
+    /// Where console lines and progress go while the code runs, if anyone listens.
+    pub live: Option<LiveBatches>,
 }
+
+/// The receiving end of a job's live reports ([`crate::engine::live`]).
+pub type LiveBatches = tokio::sync::mpsc::UnboundedSender<Batch>;
 
 /// What a job runs on.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedMutexGuard, RwLock};
 use crate::engine::{Completion, Limits, Run, RunError};
 use crate::envelope::{self, Codec, EnvelopeError, ReadOnly};
 use crate::executor::Executor;
-use crate::job::{Job, NotWarm, Saving, Start, Target, WarmRef};
+use crate::job::{Job, LiveBatches, NotWarm, Saving, Start, Target, WarmRef};
 use crate::metrics::{self, CallMetrics, StorageStats};
 use crate::storage::{
     ErrorKind, HeapLocks, HeapMeta, Precondition, Snapshot, Store, StoreError, Version,
@@ -370,15 +370,26 @@ impl Runtime {
         Ok(limits)
     }
 
-    /// Runs `code` without any heap.
-    pub async fn run_stateless(&self, code: String, call: CallLimits) -> Reply<Completion> {
+    /// Runs `code` without any heap; `live`, if given, hears its console and progress as
+    /// they happen.
+    pub async fn run_stateless(
+        &self,
+        code: String,
+        call: CallLimits,
+        live: Option<LiveBatches>,
+    ) -> Reply<Completion> {
         let started = Instant::now();
-        let reply = self.stateless(code, call).await;
+        let reply = self.stateless(code, call, live).await;
         self.count(started, &reply);
         reply
     }
 
-    async fn stateless(&self, code: String, call: CallLimits) -> Reply<Completion> {
+    async fn stateless(
+        &self,
+        code: String,
+        call: CallLimits,
+        live: Option<LiveBatches>,
+    ) -> Reply<Completion> {
         let limits = match self.limits_for(call) {
             Ok(limits) => limits,
             Err(e) => return Reply::failed(e),
@@ -387,6 +398,7 @@ impl Runtime {
             code,
             target: Target::Stateless,
             limits,
+            live,
         };
         match self.executor.run(job).await {
             Ok((outcome, _)) => outcome.map_result(|result| result.map_err(CallError::from)),
@@ -405,21 +417,24 @@ impl Runtime {
         heap: Option<String>,
         call: CallLimits,
     ) -> Reply<HeapRun> {
-        self.run_saving_to(code, heap, SaveTo::Same, call).await
+        self.run_saving_to(code, heap, SaveTo::Same, call, None)
+            .await
     }
 
     /// [`Runtime::run_on_heap`], storing the new state where `save_to` says: with
     /// [`SaveTo::Fork`], the code runs on `heap`'s state (an empty heap for `None`) and the
-    /// result becomes a new heap, `heap` unchanged.
+    /// result becomes a new heap, `heap` unchanged. `live`, if given, hears the console and
+    /// progress as they happen (again for a run that loses a race and runs again).
     pub async fn run_saving_to(
         &self,
         code: String,
         heap: Option<String>,
         save_to: SaveTo,
         call: CallLimits,
+        live: Option<LiveBatches>,
     ) -> Reply<HeapRun> {
         let started = Instant::now();
-        let reply = self.on_heap(code, heap, save_to, call).await;
+        let reply = self.on_heap(code, heap, save_to, call, live).await;
         self.count(started, &reply);
         reply
     }
@@ -430,6 +445,7 @@ impl Runtime {
         heap: Option<String>,
         save_to: SaveTo,
         call: CallLimits,
+        live: Option<LiveBatches>,
     ) -> Reply<HeapRun> {
         // A fork without a source starts from an empty heap.
         let source = match heap {
@@ -495,6 +511,7 @@ impl Runtime {
                     start: loaded.start,
                 },
                 limits,
+                live: live.clone(),
             };
             let (outcome, saving) = match self.executor.run(job).await {
                 Ok(ran) => ran,
@@ -1006,7 +1023,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A fresh heap name such as `heap-3f9c2a1b7d4e`.
-fn generated_name() -> String {
+pub fn generated_name() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("heap-{}", &id[..12])
 }
@@ -1305,7 +1322,7 @@ mod tests {
         );
         // Stateless runs do not need the store.
         assert_eq!(
-            rt.run_stateless("1 + 1".into(), CallLimits::default())
+            rt.run_stateless("1 + 1".into(), CallLimits::default(), None)
                 .await
                 .result
                 .unwrap()

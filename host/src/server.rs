@@ -1,7 +1,7 @@
 //! The MCP face of the [`Runtime`]: tools `run_js`, `list_heaps`, `delete_heap`, and heaps
 //! as `heap://<name>` resources. Thin: every decision lives in the runtime.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -9,11 +9,14 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResult, CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock, ErrorData,
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, Resource,
-    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
+    RequestMetaObject, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
+    ServerConfig,
 };
+#[allow(deprecated)] // logging: see `report`
+use rmcp::model::{LoggingLevel, SetLevelRequestParams};
 use rmcp::service::RequestContext;
-use rmcp::{tool, tool_handler, tool_router, RoleServer, ServerHandler};
+use rmcp::{tool, tool_handler, tool_router, Peer, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -21,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Console, LogLine};
 use crate::metrics::StorageStats;
-use crate::runtime::{CallError, CallLimits, Listed, Runtime, SaveTo};
+use crate::report::{self, Reporting};
+use crate::runtime::{self, CallError, CallLimits, Listed, Runtime, SaveTo};
 use crate::schema;
 
 const RESOURCE_SCHEME: &str = "heap://";
@@ -273,6 +277,9 @@ pub struct McpServer {
     stateless: bool,
     calls: Arc<Counter>,
     tool_router: ToolRouter<Self>,
+    /// The level the client set with `logging/setLevel`: this session's own.
+    #[allow(deprecated)] // logging: see `report`
+    log_level: Arc<Mutex<Option<LoggingLevel>>>,
 }
 
 impl McpServer {
@@ -305,7 +312,37 @@ impl McpServer {
             stateless,
             calls: Arc::new(Counter::default()),
             tool_router,
+            log_level: Arc::default(),
         }
+    }
+
+    /// The server for a new client session: the same tools and runtime, a logging level of
+    /// its own.
+    pub fn for_session(&self) -> Self {
+        Self {
+            log_level: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Starts the reports the client asked for on this call: console lines at its logging
+    /// level (this request's `_meta` level, else the session's), progress for a token.
+    fn reporting(
+        &self,
+        peer: Peer<RoleServer>,
+        meta: &RequestMetaObject,
+        logger: String,
+    ) -> Option<Reporting> {
+        let session = *self
+            .log_level
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let wanted = report::Wanted {
+            level: meta.log_level().or(session),
+            progress: meta.get_progress_token(),
+            logger,
+        };
+        report::start(peer, wanted)
     }
 
     /// The runtime behind the tools.
@@ -405,6 +442,8 @@ modules (import, export, require), fetch, fs or DOM.",
     async fn run_js(
         &self,
         ct: CancellationToken,
+        peer: Peer<RoleServer>,
+        meta: RequestMetaObject,
         Parameters(args): Parameters<RunJsArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let limits = match call_limits(args.timeout_secs, args.heap_memory_max_mb) {
@@ -412,6 +451,13 @@ modules (import, export, require), fetch, fs or DOM.",
             Err(e) => return tool_error(e),
         };
         let _call = self.calls.enter();
+        // A new heap is named here, so that its reports carry the name.
+        let heap = match (&args.save_as, args.heap) {
+            (None, None) => Some(runtime::generated_name()),
+            (_, heap) => heap,
+        };
+        let logger = args.save_as.clone().or_else(|| heap.clone());
+        let reporting = self.reporting(peer, &meta, logger.unwrap_or_else(|| "run_js".into()));
         let save_to = match args.save_as {
             Some(to) => SaveTo::Fork {
                 to,
@@ -419,10 +465,15 @@ modules (import, export, require), fetch, fs or DOM.",
             },
             None => SaveTo::Same,
         };
+        let live = reporting.as_ref().map(Reporting::batches);
         let run = self
             .runtime
-            .run_saving_to(args.code, args.heap, save_to, limits);
-        let Some(reply) = cancellable(ct, run).await else {
+            .run_saving_to(args.code, heap, save_to, limits, live);
+        let reply = cancellable(ct, run).await;
+        if let Some(reporting) = reporting {
+            reporting.finish().await;
+        }
+        let Some(reply) = reply else {
             return cancelled();
         };
         let result = reply.result.map(|run| RunJsOutput {
@@ -555,6 +606,8 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
     async fn run_js_stateless(
         &self,
         ct: CancellationToken,
+        peer: Peer<RoleServer>,
+        meta: RequestMetaObject,
         Parameters(args): Parameters<StatelessRunJsArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let limits = match call_limits(args.timeout_secs, args.heap_memory_max_mb) {
@@ -562,8 +615,14 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
             Err(e) => return tool_error(e),
         };
         let _call = self.calls.enter();
-        let run = self.runtime.run_stateless(args.code, limits);
-        let Some(reply) = cancellable(ct, run).await else {
+        let reporting = self.reporting(peer, &meta, "run_js".into());
+        let live = reporting.as_ref().map(Reporting::batches);
+        let run = self.runtime.run_stateless(args.code, limits, live);
+        let reply = cancellable(ct, run).await;
+        if let Some(reporting) = reporting {
+            reporting.finish().await;
+        }
+        let Some(reply) = reply else {
             return cancelled();
         };
         let result = reply.result.map(|completion| StatelessRunJsOutput {
@@ -579,11 +638,16 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for McpServer {
+    #[allow(deprecated)] // logging: see `report`
     fn get_info(&self) -> ServerConfig {
         let capabilities = if self.stateless {
-            ServerCapabilities::builder().enable_tools().build()
+            ServerCapabilities::builder()
+                .enable_logging()
+                .enable_tools()
+                .build()
         } else {
             ServerCapabilities::builder()
+                .enable_logging()
                 .enable_completions()
                 .enable_tools()
                 .enable_resources()
@@ -643,6 +707,21 @@ Use one heap per task and pass its name on every call."
             )
             .with_mime_type("application/json");
         Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
+    }
+
+    /// Sets the level at and above which console lines of this session's calls are sent as
+    /// log messages while the calls run.
+    #[allow(deprecated)] // logging: see `report`
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self
+            .log_level
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(request.level);
+        Ok(())
     }
 
     /// Completes heap names by prefix for the `heap://{heap}` template; anything else has

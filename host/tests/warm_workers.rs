@@ -29,6 +29,7 @@ fn job(code: &str, start: Start) -> Job {
             start,
         },
         limits: Limits::default(),
+        live: None,
     }
 }
 
@@ -109,6 +110,7 @@ async fn a_forgotten_heap_is_dropped_with_the_workers_next_job() {
         code: "1".into(),
         target: Target::Stateless,
         limits: Limits::default(),
+        live: None,
     };
     let (outcome, _) = executor.run(stateless).await.unwrap();
     assert_eq!(outcome.result.unwrap().output, "1");

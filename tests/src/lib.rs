@@ -46,6 +46,7 @@ pub fn binary() -> PathBuf {
 
 pub mod clients;
 pub mod http;
+pub mod listen;
 pub mod proxy;
 pub mod s3;
 

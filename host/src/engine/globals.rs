@@ -1,5 +1,5 @@
 //! What the engine adds to the JavaScript global scope: `console`, timers,
-//! `queueMicrotask`, and a clock (`Date`, `performance`) that moves with the timers, backed by
+//! `queueMicrotask`, `mcp.progress`, and a clock (`Date`, `performance`) that moves with the timers, backed by
 //! native functions and per-run state; and the changes that keep every heap snapshottable (see
 //! [`PRELUDE`]).
 //!
@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use super::live::{self, Event, Progress};
 use super::render::{describe_thrown, render, Unrendered};
 
 /// A captured `console` call.
@@ -76,10 +77,14 @@ pub(super) struct RunState {
     unsaveable: Vec<(v8::Weak<v8::Object>, String)>,
     /// Drops the objects the prelude can make again (`forget` in `prelude.js`).
     forget: Option<v8::Global<v8::Function>>,
+    /// Where console lines and progress go as they happen, if anyone listens.
+    live: Option<live::Sender>,
+    /// What the listener had no room for yet.
+    live_pending: live::Pending,
 }
 
 impl RunState {
-    pub(super) fn new(console_limit: usize) -> Self {
+    pub(super) fn new(console_limit: usize, live: Option<live::Sender>) -> Self {
         Self {
             console: Console::default(),
             console_bytes: 0,
@@ -95,6 +100,8 @@ impl RunState {
             unhandled: Vec::new(),
             unsaveable: Vec::new(),
             forget: None,
+            live,
+            live_pending: live::Pending::default(),
         }
     }
 
@@ -103,6 +110,9 @@ impl RunState {
     pub(super) fn finish(mut self) -> (Console, usize) {
         for (_, text) in std::mem::take(&mut self.unhandled) {
             self.log("error", format!("Uncaught (in promise) {text}"));
+        }
+        if let Some(live) = self.live.take() {
+            live.finish(std::mem::take(&mut self.live_pending));
         }
         (self.console, self.timers.len())
     }
@@ -117,10 +127,20 @@ impl RunState {
             return;
         }
         self.console_bytes += cost;
-        self.console.lines.push(LogLine {
+        let line = LogLine {
             level: level.to_string(),
             text,
-        });
+        };
+        if let Some(live) = &self.live {
+            live.send(Event::Console(line.clone()), &mut self.live_pending);
+        }
+        self.console.lines.push(line);
+    }
+
+    fn progress(&mut self, progress: Progress) {
+        if let Some(live) = &self.live {
+            live.send(Event::Progress(progress), &mut self.live_pending);
+        }
     }
 
     fn schedule(&mut self, timer: Timer, delay: u64) {
@@ -363,6 +383,60 @@ fn queue_microtask(
     }
 }
 
+/// Longest progress message passed on, in bytes.
+const MAX_PROGRESS_MESSAGE: usize = 1024;
+
+/// `mcp.progress(done, total?, message?)`: the code's own progress, passed on to a client
+/// that asked for progress while the call runs.
+fn report_progress(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    _: v8::ReturnValue,
+) {
+    fn number(scope: &mut v8::HandleScope, value: v8::Local<v8::Value>) -> Option<f64> {
+        value
+            .is_number()
+            .then(|| value.number_value(scope))
+            .flatten()
+            .filter(|n| n.is_finite())
+    }
+    let Some(done) = number(scope, args.get(0)) else {
+        return throw_type_error(
+            scope,
+            "mcp.progress(done, total, message): done must be a number",
+        );
+    };
+    let total = args.get(1);
+    let total = if total.is_null_or_undefined() {
+        None
+    } else {
+        match number(scope, total) {
+            Some(total) => Some(total),
+            None => {
+                return throw_type_error(
+                    scope,
+                    "mcp.progress(done, total, message): total must be a number",
+                )
+            }
+        }
+    };
+    let message = args.get(2);
+    let message = if message.is_null_or_undefined() {
+        None
+    } else {
+        let mut text = message.to_rust_string_lossy(scope);
+        super::render::clip(&mut text, MAX_PROGRESS_MESSAGE);
+        Some(text)
+    };
+    if let Some(state) = scope.get_slot_mut::<RunState>() {
+        state.progress(Progress {
+            done,
+            total,
+            message,
+        });
+    }
+}
+
 /// `track(object, kind, forget?)`, called by [`PRELUDE`] for every object V8 cannot
 /// snapshot; `forget`, if given, drops the ones the prelude can make again.
 fn track_unsaveable(
@@ -462,6 +536,8 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(elapsed),
             reference(virtual_date),
             reference(require),
+            // Heap format 6.
+            reference(report_progress),
         ])
     })
 }
@@ -496,7 +572,28 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     define(scope, global, "clearInterval", clear_timer)?;
     define(scope, global, "queueMicrotask", queue_microtask)?;
     define(scope, global, "require", require)?;
+    install_mcp(scope)?;
     install_clock(scope)
+}
+
+/// Adds the `mcp` object (`mcp.progress`) to the global, unless the heap has a global of that
+/// name: heaps saved before it existed get it on their next run, and code that declares its
+/// own `mcp` keeps it.
+pub(super) fn install_mcp(scope: &mut v8::HandleScope) -> Option<()> {
+    let global = scope.get_current_context().global(scope);
+    let key = v8::String::new(scope, "mcp")?;
+    if global.has(scope, key.into())? {
+        return Some(());
+    }
+    let mcp = v8::Object::new(scope);
+    define(scope, mcp, "progress", report_progress)?;
+    global.define_own_property(
+        scope,
+        key.into(),
+        mcp.into(),
+        v8::PropertyAttribute::DONT_ENUM,
+    )?;
+    Some(())
 }
 
 /// Puts `Date` and `performance` on the call's clock: `Date.now()`, `new Date()`, `Date()`

@@ -11,6 +11,7 @@
 
 mod allocator;
 mod globals;
+pub mod live;
 mod render;
 mod repl;
 mod session;
@@ -297,7 +298,7 @@ pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
         Err(e) => return Run::failed(e),
     };
     match Fresh::new(&limits) {
-        Ok(fresh) => fresh.run(&code, &limits).0,
+        Ok(fresh) => fresh.run(&code, &limits, None).0,
         Err(e) => Run::failed(e),
     }
 }
@@ -318,10 +319,11 @@ pub fn run_stateful(
         Ok(warm) => warm,
         Err(e) => return Run::failed(e),
     };
-    warm.run(&code, &limits).map_result(|result| match result {
-        Ok((completion, unsaved)) => Ok((completion, unsaved.save()?)),
-        Err((e, _used)) => Err(e),
-    })
+    warm.run(&code, &limits, None)
+        .map_result(|result| match result {
+            Ok((completion, unsaved)) => Ok((completion, unsaved.save()?)),
+            Err((e, _used)) => Err(e),
+        })
 }
 
 /// Pairs the console of the run in `isolate` with `result`, and ends the run's state.
@@ -540,6 +542,34 @@ mod tests {
             Err(RunError::Exception(e)) => e,
             other => panic!("expected an exception, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn mcp_progress_is_there_checks_its_arguments_and_yields_its_name() {
+        assert_eq!(stateless("typeof mcp.progress").unwrap(), "function");
+        assert_eq!(
+            stateless("mcp.progress(1); mcp.progress(2, 10, 'rows'); 'ok'").unwrap(),
+            "ok"
+        );
+        let e = exception(stateless("mcp.progress('much')"));
+        assert_eq!(e.name, "TypeError");
+        assert!(e.message.contains("done must be a number"), "{}", e.message);
+        let e = exception(stateless("mcp.progress(1, 'many')"));
+        assert!(
+            e.message.contains("total must be a number"),
+            "{}",
+            e.message
+        );
+        // Not in the way of code that has its own `mcp`, now or in a later call.
+        let (_, heap) = step("const mcp = { mine: true }; mcp.mine", None).unwrap();
+        let (out, heap) = step("mcp.mine", Some(heap)).unwrap();
+        assert_eq!(out, "true");
+        let (_, heap) = step("var other = 1; delete globalThis.mcp", Some(heap)).unwrap();
+        assert_eq!(step("mcp.mine", Some(heap)).unwrap().0, "true");
+        assert_eq!(
+            stateless("Object.keys(globalThis).includes('mcp')").unwrap(),
+            "false"
+        );
     }
 
     #[test]

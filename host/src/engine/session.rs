@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::globals::{self, RunState};
+use super::live;
 use super::{
     create_params, evaluate, finish, init, watch, Completion, Guard, Limits, Run, RunError,
 };
@@ -41,9 +42,14 @@ impl Fresh {
         self.0.heap_bytes
     }
 
-    /// Runs `code`; the isolate is used up.
-    pub fn run(mut self, code: &Prepared, limits: &Limits) -> (Run<Completion>, Used) {
-        let run = self.0.run(code, limits);
+    /// Runs `code`, telling `live` what happens as it happens; the isolate is used up.
+    pub fn run(
+        mut self,
+        code: &Prepared,
+        limits: &Limits,
+        live: Option<live::Sender>,
+    ) -> (Run<Completion>, Used) {
+        let run = self.0.run(code, limits, live);
         (run, Used(self.0))
     }
 }
@@ -70,15 +76,16 @@ impl Warm {
         })
     }
 
-    /// Runs `code` on the heap. A success leaves the new state to save; a failure leaves
-    /// the heap as it was and an isolate to drop.
+    /// Runs `code` on the heap, telling `live` what happens as it happens. A success leaves
+    /// the new state to save; a failure leaves the heap as it was and an isolate to drop.
     #[allow(clippy::result_large_err)] // the error carries the isolate, moved once per run
     pub fn run(
         mut self,
         code: &Prepared,
         limits: &Limits,
+        live: Option<live::Sender>,
     ) -> Run<(Completion, Unsaved), (RunError, Used)> {
-        let run = self.0.run(code, limits);
+        let run = self.0.run(code, limits, live);
         let session = self.0;
         run.map_result(|result| match result {
             Ok(completion) => Ok((completion, Unsaved(session))),
@@ -210,19 +217,25 @@ impl Session {
         result
     }
 
-    fn run(&mut self, code: &Prepared, limits: &Limits) -> Run<Completion> {
+    fn run(
+        &mut self,
+        code: &Prepared,
+        limits: &Limits,
+        live: Option<live::Sender>,
+    ) -> Run<Completion> {
         let guard = Arc::clone(&self.guard);
         let kind = self.kind;
         let Some(context) = self.context.clone() else {
             return Run::failed(RunError::Crashed("the isolate has no context".into()));
         };
         self.with(|isolate| {
-            isolate.set_slot(RunState::new(limits.console_bytes));
+            isolate.set_slot(RunState::new(limits.console_bytes, live));
             let result = {
                 let _watchdog = watch(&guard, limits.timeout);
                 let scope = &mut v8::HandleScope::new(&mut **isolate);
                 let context = v8::Local::new(scope, &context);
                 let scope = &mut v8::ContextScope::new(scope, context);
+                globals::install_mcp(scope);
                 // The run's handles go before the check below, which must not see them as
                 // references.
                 let result = evaluate(&mut v8::HandleScope::new(scope), code, &guard, limits);

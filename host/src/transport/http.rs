@@ -46,7 +46,7 @@ pub fn streamable_router(
         .with_max_request_body_bytes(options.max_body_bytes)
         .with_cancellation_token(sessions);
     let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
+        move || Ok(server.for_session()),
         Arc::new(LocalSessionManager::default()),
         config,
     );

@@ -79,7 +79,7 @@ async fn open_stream(
         .unwrap_or_else(PoisonError::into_inner)
         .insert(id.clone(), to_server);
 
-    let server = sessions.server.clone();
+    let server = sessions.server.for_session();
     let shutdown = sessions.shutdown.clone();
     let session = id.clone();
     tokio::spawn(async move {

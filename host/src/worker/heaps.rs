@@ -225,15 +225,16 @@ mod tests {
         let mut entry = heaps.take("h", 8).unwrap();
         assert!(entry.warm.is_some(), "restored ahead");
         let warm = entry.isolate(&limits).unwrap();
-        let run = warm.run(&read_code("++n").unwrap(), &limits);
+        let run = warm.run(&read_code("++n").unwrap(), &limits, None);
         let Ok((completion, unsaved)) = run.result else {
             panic!("the run failed")
         };
         assert_eq!(completion.output, "42");
         let next = unsaved.save().unwrap();
-        let run = Warm::new(Some(next), &limits)
-            .unwrap()
-            .run(&read_code("n").unwrap(), &limits);
+        let run =
+            Warm::new(Some(next), &limits)
+                .unwrap()
+                .run(&read_code("n").unwrap(), &limits, None);
         let (outcome, _) = answer_first(run);
         assert_eq!(outcome.result.unwrap().output, "42");
     }
@@ -248,7 +249,7 @@ mod tests {
         let run = entry
             .isolate(&limits)
             .unwrap()
-            .run(&read_code("n").unwrap(), &limits);
+            .run(&read_code("n").unwrap(), &limits, None);
         let (outcome, _) = answer_first(run);
         assert_eq!(outcome.result.unwrap().output, "1");
     }

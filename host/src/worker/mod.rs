@@ -12,6 +12,7 @@ mod protocol;
 
 use std::io::{self, BufReader, BufWriter};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,11 +23,11 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCom
 use heaps::{Entry, WarmHeaps};
 pub use pool::WorkerPool;
 use protocol::{
-    encode_console, read_frame, write_frame, Answer, Done, Finished, Generation, Request,
+    encode_console, read_frame, write_frame, Answer, Done, Finished, Generation, Live, Request,
     RequestStart, RequestTarget,
 };
 
-use crate::engine::{self, Fresh, Limits, RunError, Warm};
+use crate::engine::{self, live, Fresh, Limits, RunError, Warm};
 use crate::frontend::Prepared;
 use crate::job::{Outcome, Stage};
 
@@ -40,7 +41,10 @@ pub struct WorkerSettings {
 }
 
 type Input = Compat<AllowStdIo<BufReader<io::StdinLock<'static>>>>;
-type Output = Compat<AllowStdIo<BufWriter<io::StdoutLock<'static>>>>;
+/// The worker's answers on stdout: shared by the main loop and, while code runs with `live`,
+/// the thread that relays its console ([`with_live`]); one frame at a time.
+#[derive(Clone)]
+struct Output(Arc<Mutex<Compat<AllowStdIo<BufWriter<io::Stdout>>>>>);
 
 /// A worker stops when its host closes its stdin, not on a terminal's Ctrl-C (which goes to
 /// the whole process group) nor on a SIGTERM sent to every process of a service: the host
@@ -61,7 +65,9 @@ pub fn serve(settings: WorkerSettings) -> ExitCode {
     engine::init();
     // The protocol's codec is async; the worker blocks on its pipes, with nothing else to do.
     let mut input: Input = AllowStdIo::new(BufReader::new(io::stdin().lock())).compat();
-    let mut output: Output = AllowStdIo::new(BufWriter::new(io::stdout().lock())).compat_write();
+    let output = Output(Arc::new(Mutex::new(
+        AllowStdIo::new(BufWriter::new(io::stdout())).compat_write(),
+    )));
     let mut worker = Worker {
         heaps: WarmHeaps::new(settings.warm_bytes),
         fresh: None,
@@ -80,7 +86,7 @@ pub fn serve(settings: WorkerSettings) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(e) = worker.serve(request, sections, &mut output) {
+        if let Err(e) = worker.serve(request, sections, &output) {
             tracing::error!("worker: cannot answer the host: {e}");
             return ExitCode::FAILURE;
         }
@@ -141,7 +147,7 @@ impl Worker {
         &mut self,
         request: Request,
         mut sections: Vec<Vec<u8>>,
-        out: &mut Output,
+        out: &Output,
     ) -> io::Result<()> {
         for heap in &request.forget {
             self.heaps.forget(heap);
@@ -164,9 +170,16 @@ impl Worker {
             Err(e) => return done(out, Outcome::failed(e)),
         };
         match request.target {
-            RequestTarget::Stateless => self.run_stateless(&code, &request.limits, out),
+            RequestTarget::Stateless => {
+                self.run_stateless(&code, &request.limits, request.live, out)
+            }
             RequestTarget::Heap { name, start } => {
-                self.run_on_heap(&code, name, start, snapshot, &request.limits, out)
+                let run = Run {
+                    code: &code,
+                    limits: &request.limits,
+                    live: request.live,
+                };
+                self.run_on_heap(run, name, start, snapshot, out)
             }
         }
     }
@@ -175,7 +188,8 @@ impl Worker {
         &mut self,
         code: &Prepared,
         limits: &Limits,
-        out: &mut Output,
+        live: bool,
+        out: &Output,
     ) -> io::Result<()> {
         let fresh = match self.fresh.take() {
             Some(fresh) if fresh.heap_bytes() == limits.heap_bytes => Ok(fresh),
@@ -185,7 +199,7 @@ impl Worker {
             Ok(fresh) => fresh,
             Err(e) => return done(out, Outcome::failed(e)),
         };
-        let (run, used) = fresh.run(code, limits);
+        let (run, used) = with_live(live, out, |live| fresh.run(code, limits, live));
         done(out, run)?;
         // Disposed of after the answer.
         drop(used);
@@ -194,13 +208,13 @@ impl Worker {
 
     fn run_on_heap(
         &mut self,
-        code: &Prepared,
+        run: Run,
         name: String,
         start: RequestStart,
         snapshot: Option<Bytes>,
-        limits: &Limits,
-        out: &mut Output,
+        out: &Output,
     ) -> io::Result<()> {
+        let limits = run.limits;
         let alone = matches!(start, RequestStart::Alone);
         // Only a stored snapshot can be at fault for a crash before the code starts: the host
         // hears when V8 has restored one (every other isolate is V8's own).
@@ -249,7 +263,8 @@ impl Worker {
         if restores_stored {
             stage(out)?;
         }
-        let (outcome, left) = engine::answer_first(warm.run(code, limits));
+        let ran = with_live(run.live, out, |live| warm.run(run.code, limits, live));
+        let (outcome, left) = engine::answer_first(ran);
         done(out, outcome)?;
         let unsaved = match left {
             Ok(unsaved) => unsaved,
@@ -277,15 +292,38 @@ impl Worker {
     }
 }
 
+/// Code to run on a heap, with what it runs under.
+struct Run<'a> {
+    code: &'a Prepared,
+    limits: &'a Limits,
+    /// Relay console lines and progress while it runs.
+    live: bool,
+}
+
+/// Calls `run` with a live sender whose batches go to the host as [`Answer::Live`] frames
+/// while it runs, if `live`; they all precede the answer.
+fn with_live<T>(live: bool, out: &Output, run: impl FnOnce(Option<live::Sender>) -> T) -> T {
+    if !live {
+        return run(None);
+    }
+    let frames = out.clone();
+    let deliver = move |batch| {
+        let (header, lines) = Live::encode(batch);
+        // A host that stopped reading is noticed by the main loop.
+        let _ = write_frame_now(&frames, &Answer::Live(header), &[&lines]);
+    };
+    live::relayed(deliver, run)
+}
+
 /// Tells the host that V8 has restored the stored snapshot and the code starts now: a crash
 /// from here on is the code's, not the snapshot's. Each frame costs the host a wake-up, so
 /// jobs with no stored snapshot to blame send none.
-fn stage(out: &mut Output) -> io::Result<()> {
+fn stage(out: &Output) -> io::Result<()> {
     write_frame_now(out, &Answer::Stage(Stage::Started), &[])
 }
 
 /// Sends a run's outcome.
-fn done(out: &mut Output, run: Outcome) -> io::Result<()> {
+fn done(out: &Output, run: Outcome) -> io::Result<()> {
     let (result, text) = match run.result {
         Ok(completion) => (
             Ok(Finished {
@@ -309,6 +347,7 @@ fn done(out: &mut Output, run: Outcome) -> io::Result<()> {
     Ok(())
 }
 
-fn write_frame_now(out: &mut Output, answer: &Answer, sections: &[&[u8]]) -> io::Result<()> {
-    block_on(write_frame(out, answer, sections))
+fn write_frame_now(out: &Output, answer: &Answer, sections: &[&[u8]]) -> io::Result<()> {
+    let mut out = out.0.lock().unwrap_or_else(PoisonError::into_inner);
+    block_on(write_frame(&mut *out, answer, sections))
 }

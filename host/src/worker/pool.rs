@@ -306,6 +306,7 @@ impl Worker {
             target,
             limits: job.limits,
             forget,
+            live: job.live.is_some(),
         };
         let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
         sections.extend(snapshot);
@@ -323,6 +324,15 @@ impl Worker {
             let done = match answer {
                 Answer::Stage(Stage::Started) => {
                     started = true;
+                    continue;
+                }
+                Answer::Live(live) => {
+                    let lines = sections.first().map_or(&[][..], Vec::as_slice);
+                    let batch = live.decode(lines).map_err(Failure::DuringJob)?;
+                    if let Some(listener) = &job.live {
+                        // A listener that is gone (its caller left) is no reason to fail.
+                        let _ = listener.send(batch);
+                    }
                     continue;
                 }
                 Answer::NotWarm => return Ok(Reply::NotWarm),

@@ -9,6 +9,10 @@
 //! snapshot costs one write and one read and no size of output can outgrow the header. The
 //! header carries only fixed-size facts and error texts, which the engine keeps short.
 //!
+//! A request with `live` set may get [`Answer::Live`] frames while its code runs (console
+//! lines and progress, at most one per [`crate::engine::live::WINDOW`]), always before its
+//! [`Answer::Done`].
+//!
 //! A worker answers a request that restores a stored snapshot with one [`Answer::Stage`]
 //! frame once V8 has restored it and the code starts, then one [`Answer::Done`] frame as soon as the code has settled, and after a
 //! successful stateful run one [`Answer::Saved`] frame once V8 has snapshotted the heap — the
@@ -25,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::engine::live::{Batch, Progress};
 use crate::engine::{Console, Limits, LogLine, RunError};
 use crate::job::Stage;
 
@@ -46,6 +51,9 @@ pub struct Request {
     /// Heaps whose warm isolates no longer stand for them: drop them first.
     #[serde(default)]
     pub forget: Vec<String>,
+    /// Send console lines and progress while the code runs ([`Answer::Live`]).
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// [`crate::job::Target`] without its bytes.
@@ -84,6 +92,9 @@ pub enum RequestStart {
 pub enum Answer {
     /// How far the job got. No sections.
     Stage(Stage),
+    /// What the running code reported lately. Sections: its console lines
+    /// ([`encode_console`]).
+    Live(Live),
     /// The worker does not hold the heap warm at the generation asked for (it evicted it):
     /// the job did not run. No sections.
     NotWarm,
@@ -93,6 +104,39 @@ pub enum Answer {
     /// The snapshot after a successful stateful run, or why there is none. Sections: the raw
     /// snapshot, on success.
     Saved(Result<Generation, RunError>),
+}
+
+/// A [`Batch`] without its lines.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Live {
+    /// Console lines left out.
+    pub skipped: u64,
+    /// The latest progress the code reported.
+    pub progress: Option<Progress>,
+}
+
+impl Live {
+    /// A batch as a frame's header and section.
+    pub fn encode(batch: Batch) -> (Live, Vec<u8>) {
+        let lines = encode_console(&Console {
+            lines: batch.lines,
+            truncated: false,
+        });
+        let header = Live {
+            skipped: batch.skipped,
+            progress: batch.progress,
+        };
+        (header, lines)
+    }
+
+    /// The batch a frame carried.
+    pub fn decode(self, lines: &[u8]) -> io::Result<Batch> {
+        Ok(Batch {
+            lines: decode_console(lines, false)?.lines,
+            skipped: self.skipped,
+            progress: self.progress,
+        })
+    }
 }
 
 /// The number a worker gives a heap's save; a later request names it to use the heap warm.
@@ -244,6 +288,7 @@ mod tests {
             },
             limits,
             forget: vec!["old".into()],
+            live: true,
         };
         let mut wire = Vec::new();
         write_frame(&mut wire, &request, &[b"1 + 1", &[0u8, 1, 2]])
@@ -256,6 +301,7 @@ mod tests {
         );
         assert_eq!(back.limits, limits);
         assert_eq!(back.forget, ["old"]);
+        assert!(back.live);
         assert_eq!(sections, vec![b"1 + 1".to_vec(), vec![0, 1, 2]]);
 
         let mut wire = Vec::new();
@@ -271,6 +317,33 @@ mod tests {
             Answer::Done(Done { result: Err(RunError::Timeout(d)), .. }) if d.as_secs() == 2
         ));
         assert!(sections.is_empty());
+    }
+
+    #[tokio::test]
+    async fn live_batches_round_trip() {
+        let batch = Batch {
+            lines: vec![LogLine {
+                level: "warn".into(),
+                text: "careful\nnow".into(),
+            }],
+            skipped: 7,
+            progress: Some(Progress {
+                done: 2.5,
+                total: None,
+                message: Some("rows".into()),
+            }),
+        };
+        let (header, lines) = Live::encode(batch.clone());
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &Answer::Live(header), &[&lines])
+            .await
+            .unwrap();
+        let (back, sections): (Answer, _) =
+            read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
+        let Answer::Live(live) = back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(live.decode(&sections[0]).unwrap(), batch);
     }
 
     #[test]
