@@ -12,7 +12,7 @@ use criterion::{
 use futures::future::join_all;
 use mcp_v8::engine::{Completion, Limits};
 use mcp_v8::executor::Executor;
-use mcp_v8::runtime::{CallLimits, HeapRun, Runtime};
+use mcp_v8::runtime::{CallLimits, HeapRun, Runtime, SaveTo};
 use mcp_v8::storage::{MemoryStore, Store};
 use mcp_v8::worker::WorkerSettings;
 use tokio::runtime::Runtime as Tokio;
@@ -86,6 +86,37 @@ fn latency(c: &mut Criterion) {
                 .iter(|| on_heap(&runtime, "data.length", Some("big")))
         });
     }
+    group.finish();
+}
+
+/// What listening to a call costs: the same logging call on a small heap, with nobody
+/// listening and with its console relayed live (a relay thread in the worker, a frame per
+/// batch, a channel to the listener).
+fn live(c: &mut Criterion) {
+    let rt = tokio();
+    let mut group = c.benchmark_group("run_js live");
+    let runtime = runtime(&rt, workers(1));
+    let code = "console.log('n is', n); ++n";
+    group.bench_function("not listening", |b| {
+        b.to_async(&rt)
+            .iter(|| on_heap(&runtime, code, Some("small")))
+    });
+    group.bench_function("console relayed live", |b| {
+        b.to_async(&rt).iter(|| async {
+            let (listener, mut heard) = tokio::sync::mpsc::unbounded_channel();
+            let reply = runtime
+                .run_saving_to(
+                    code.into(),
+                    Some("small".into()),
+                    SaveTo::Same,
+                    CallLimits::default(),
+                    Some(listener),
+                )
+                .await;
+            reply.result.expect("the benchmark code runs");
+            assert!(heard.recv().await.is_some(), "a live batch");
+        })
+    });
     group.finish();
 }
 
@@ -187,6 +218,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = latency, spaced, throughput, heap_size
+    targets = latency, live, spaced, throughput, heap_size
 }
 criterion_main!(benches);
