@@ -10,6 +10,7 @@ use crate::engine::Limits;
 use crate::envelope::Codec;
 use crate::runtime::{Policy as StoragePolicy, SaveMode};
 use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
+use crate::transport::events::Retention;
 use crate::transport::guard::Policy;
 use crate::transport::http::HttpOptions;
 use crate::worker::WorkerSettings;
@@ -141,6 +142,17 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub auth_token: Option<String>,
+
+    /// How long Streamable HTTP keeps the events it sent, so that a client whose stream
+    /// dropped can reconnect with Last-Event-ID and get what it missed, e.g. `10m`.
+    #[arg(long, env = "MCP_V8_EVENT_RETENTION", value_name = "DURATION", default_value = "10m",
+          value_parser = parse_duration)]
+    pub event_retention: Duration,
+
+    /// Most bytes of such events kept (the oldest go first), e.g. `64MiB`.
+    #[arg(long, env = "MCP_V8_EVENT_MAX_BYTES", value_name = "SIZE", default_value = "64MiB",
+          value_parser = parse_size)]
+    pub event_max_bytes: u64,
 
     /// Largest request, in bytes: an HTTP request body, or one message (line) on stdio.
     #[arg(long, env = "MCP_V8_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 64 << 20)]
@@ -328,6 +340,10 @@ impl Cli {
             },
             max_body_bytes: self.max_body_bytes,
             json_logs: self.log_format == LogFormat::Json,
+            events: Retention {
+                time: self.event_retention,
+                bytes: usize::try_from(self.event_max_bytes).unwrap_or(usize::MAX),
+            },
         })
     }
 

@@ -149,6 +149,53 @@ type SseSink = std::pin::Pin<
     Box<dyn futures::Sink<TxJsonRpcMessage<RoleClient>, Error = std::io::Error> + Send>,
 >;
 
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `id:`, if any.
+    pub id: Option<String>,
+    /// `event:` (`message` by default).
+    pub event: String,
+    /// The `data:` lines, joined (empty for a priming event).
+    pub data: String,
+}
+
+/// The events of an SSE response body, as they arrive; the channel closes with the body.
+pub fn sse_events(response: reqwest::Response) -> mpsc::Receiver<SseEvent> {
+    let mut body = response.bytes_stream();
+    let (mut events, received) = mpsc::channel::<SseEvent>(64);
+    tokio::spawn(async move {
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: String::new(),
+                };
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_string());
+                    }
+                }
+                event.data = data.join("\n");
+                // Comments (keep-alives) carry neither data nor an id.
+                if (!data.is_empty() || event.id.is_some()) && events.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    received
+}
+
 /// Opens `GET /sse`, waits for the `endpoint` event, and returns a sink that POSTs messages
 /// there and a stream of the `message` events.
 pub async fn sse_transport(
@@ -162,35 +209,13 @@ pub async fn sse_transport(
     }
     let response = request.send().await.expect("GET /sse");
     assert_eq!(response.status(), 200, "GET /sse");
-    let mut body = response.bytes_stream();
-    let (mut events_tx, events_rx) = mpsc::channel::<(String, String)>(64);
-    tokio::spawn(async move {
-        let mut buffer = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let mut event = String::from("message");
-                let mut data = Vec::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-                    }
-                }
-                if !data.is_empty() && events_tx.send((event, data.join("\n"))).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let mut events = events_rx;
-    let (name, endpoint) = events.next().await.expect("the endpoint event");
-    assert_eq!(name, "endpoint");
-    let post_url = format!("{base}{endpoint}");
-    let messages = events.filter_map(|(name, data)| async move {
-        (name == "message").then(|| serde_json::from_str(&data).expect("a JSON-RPC message"))
+    let mut events = sse_events(response);
+    let endpoint = events.next().await.expect("the endpoint event");
+    assert_eq!(endpoint.event, "endpoint");
+    let post_url = format!("{base}{}", endpoint.data);
+    let messages = events.filter_map(|event| async move {
+        (event.event == "message")
+            .then(|| serde_json::from_str(&event.data).expect("a JSON-RPC message"))
     });
     let (mut tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {

@@ -12,6 +12,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::events::{MemoryEventStore, Retention};
 use super::guard::{self, Policy};
 use super::sse;
 use crate::runtime::Runtime;
@@ -31,6 +32,8 @@ pub struct HttpOptions {
     pub max_body_bytes: usize,
     /// Logs are JSON: the "listening" line is a log event too, not plain text.
     pub json_logs: bool,
+    /// How long and how much of the sent events are kept for clients that reconnect.
+    pub events: Retention,
 }
 
 /// The Streamable HTTP router: `/mcp`. Cancelling `sessions` ends every session.
@@ -44,12 +47,13 @@ pub fn streamable_router(
         .disable_allowed_hosts()
         .disable_allowed_origins()
         .with_max_request_body_bytes(options.max_body_bytes)
-        .with_cancellation_token(sessions);
-    let service = StreamableHttpService::new(
-        move || Ok(server.for_session()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+        .with_cancellation_token(sessions.clone());
+    // Every event sent is kept a while: a client whose stream dropped resumes with
+    // Last-Event-ID, with a session (2025-11-25) or without (2026-07-28).
+    let events = MemoryEventStore::new(options.events, sessions);
+    let sessions = LocalSessionManager::default().with_event_store(Arc::new(events));
+    let service =
+        StreamableHttpService::new(move || Ok(server.for_session()), Arc::new(sessions), config);
     Router::new().nest_service("/mcp", service)
 }
 

@@ -1,6 +1,7 @@
 //! How clients reach the server: stdio (one client, the default), Streamable HTTP and the
 //! legacy HTTP+SSE transport.
 
+pub mod events;
 pub mod guard;
 pub mod http;
 mod sse;
