@@ -7,6 +7,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
+    CallToolResponse, CancelTaskParams, CreateTaskResult, GetTaskParams, GetTaskResult,
+    UpdateTaskParams,
+};
+use rmcp::model::{
     CallToolResult, CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock, ErrorData,
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
@@ -16,6 +20,7 @@ use rmcp::model::{
 #[allow(deprecated)] // logging: see `report`
 use rmcp::model::{LoggingLevel, SetLevelRequestParams};
 use rmcp::service::RequestContext;
+use rmcp::task_manager::{TaskExit, TaskManager, TaskOptions};
 use rmcp::{tool, tool_handler, tool_router, Peer, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -280,6 +285,8 @@ pub struct McpServer {
     /// The level the client set with `logging/setLevel`: this session's own.
     #[allow(deprecated)] // logging: see `report`
     log_level: Arc<Mutex<Option<LoggingLevel>>>,
+    /// Calls running as tasks, shared by every session (a task outlives its request).
+    tasks: TaskManager,
 }
 
 impl McpServer {
@@ -313,6 +320,7 @@ impl McpServer {
             calls: Arc::new(Counter::default()),
             tool_router,
             log_level: Arc::default(),
+            tasks: TaskManager::new(),
         }
     }
 
@@ -397,6 +405,56 @@ fn run_result<T: Serialize>(
     }
 }
 
+/// How long a call from a client that takes tasks may run before it becomes one: shorter
+/// calls answer directly, without a round of polling.
+pub const TASK_AFTER: Duration = Duration::from_secs(1);
+/// How long a task's result stays retrievable after it ends (and the longest a task may run).
+pub const TASK_TTL: Duration = Duration::from_secs(10 * 60);
+/// The polling interval suggested to clients.
+const TASK_POLL: Duration = Duration::from_millis(500);
+
+impl McpServer {
+    /// Answers a call with what `work` returns, or cancelled when the client cancels first.
+    /// For a client that declared the tasks extension, a call still running after
+    /// [`TASK_AFTER`] becomes a task: the client gets its id, and polls, waits for or cancels
+    /// it with `tasks/get` and `tasks/cancel`.
+    async fn respond(
+        &self,
+        context: &RequestContext<RoleServer>,
+        work: impl std::future::Future<Output = Result<CallToolResult, ErrorData>> + Send + 'static,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let mut work = Box::pin(work);
+        let tasks = context
+            .client_capabilities()
+            .is_some_and(|caps| caps.supports_tasks());
+        if !tasks {
+            return match cancellable(context.ct.clone(), work).await {
+                Some(result) => result.map(Into::into),
+                None => cancelled().map(Into::into),
+            };
+        }
+        tokio::select! {
+            result = &mut work => return result.map(Into::into),
+            () = context.ct.cancelled() => return cancelled().map(Into::into),
+            () = tokio::time::sleep(TASK_AFTER) => {}
+        }
+        let options = TaskOptions::new()
+            .with_ttl_ms(u64::try_from(TASK_TTL.as_millis()).ok())
+            .with_poll_interval_ms(u64::try_from(TASK_POLL.as_millis()).unwrap_or(500))
+            .with_status_message("running");
+        let task = self.tasks.spawn(options, move |task| {
+            Box::pin(async move {
+                // Dropping the work on a cancel kills the worker running it; nothing is saved.
+                tokio::select! {
+                    result = work => result.map_err(TaskExit::Error),
+                    () = task.cancelled() => Err(TaskExit::Cancelled),
+                }
+            })
+        });
+        Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+}
+
 /// Runs `work` unless the client cancels the request first; dropping the work kills the
 /// worker process running it, and nothing is saved.
 async fn cancellable<T>(
@@ -441,23 +499,25 @@ modules (import, export, require), fetch, fs or DOM.",
     )]
     async fn run_js(
         &self,
-        ct: CancellationToken,
-        peer: Peer<RoleServer>,
-        meta: RequestMetaObject,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<RunJsArgs>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResponse, ErrorData> {
         let limits = match call_limits(args.timeout_secs, args.heap_memory_max_mb) {
             Ok(limits) => limits,
-            Err(e) => return tool_error(e),
+            Err(e) => return tool_error(e).map(Into::into),
         };
-        let _call = self.calls.enter();
+        let call = self.calls.enter();
         // A new heap is named here, so that its reports carry the name.
         let heap = match (&args.save_as, args.heap) {
             (None, None) => Some(runtime::generated_name()),
             (_, heap) => heap,
         };
         let logger = args.save_as.clone().or_else(|| heap.clone());
-        let reporting = self.reporting(peer, &meta, logger.unwrap_or_else(|| "run_js".into()));
+        let reporting = self.reporting(
+            context.peer.clone(),
+            &context.meta,
+            logger.unwrap_or_else(|| "run_js".into()),
+        );
         let save_to = match args.save_as {
             Some(to) => SaveTo::Fork {
                 to,
@@ -465,29 +525,30 @@ modules (import, export, require), fetch, fs or DOM.",
             },
             None => SaveTo::Same,
         };
-        let live = reporting.as_ref().map(Reporting::batches);
-        let run = self
-            .runtime
-            .run_saving_to(args.code, heap, save_to, limits, live);
-        let reply = cancellable(ct, run).await;
-        if let Some(reporting) = reporting {
-            reporting.finish().await;
-        }
-        let Some(reply) = reply else {
-            return cancelled();
+        let runtime = Arc::clone(&self.runtime);
+        let work = async move {
+            let live = reporting.as_ref().map(Reporting::batches);
+            let reply = runtime
+                .run_saving_to(args.code, heap, save_to, limits, live)
+                .await;
+            if let Some(reporting) = reporting {
+                reporting.finish().await;
+            }
+            drop(call);
+            let result = reply.result.map(|run| RunJsOutput {
+                output: run.completion.output,
+                output_truncated: run.completion.output_truncated,
+                heap: run.heap,
+                logs: reply.console.lines.clone(),
+                logs_truncated: reply.console.truncated,
+                pending_timers: run.completion.pending_timers,
+                retries: run.retries,
+                notice: run.notice,
+                forked_from: run.forked_from,
+            });
+            run_result(result, &reply.console)
         };
-        let result = reply.result.map(|run| RunJsOutput {
-            output: run.completion.output,
-            output_truncated: run.completion.output_truncated,
-            heap: run.heap,
-            logs: reply.console.lines.clone(),
-            logs_truncated: reply.console.truncated,
-            pending_timers: run.completion.pending_timers,
-            retries: run.retries,
-            notice: run.notice,
-            forked_from: run.forked_from,
-        });
-        run_result(result, &reply.console)
+        self.respond(&context, work).await
     }
 
     /// `list_heaps`.
@@ -605,34 +666,33 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
     )]
     async fn run_js_stateless(
         &self,
-        ct: CancellationToken,
-        peer: Peer<RoleServer>,
-        meta: RequestMetaObject,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<StatelessRunJsArgs>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResponse, ErrorData> {
         let limits = match call_limits(args.timeout_secs, args.heap_memory_max_mb) {
             Ok(limits) => limits,
-            Err(e) => return tool_error(e),
+            Err(e) => return tool_error(e).map(Into::into),
         };
-        let _call = self.calls.enter();
-        let reporting = self.reporting(peer, &meta, "run_js".into());
-        let live = reporting.as_ref().map(Reporting::batches);
-        let run = self.runtime.run_stateless(args.code, limits, live);
-        let reply = cancellable(ct, run).await;
-        if let Some(reporting) = reporting {
-            reporting.finish().await;
-        }
-        let Some(reply) = reply else {
-            return cancelled();
+        let call = self.calls.enter();
+        let reporting = self.reporting(context.peer.clone(), &context.meta, "run_js".into());
+        let runtime = Arc::clone(&self.runtime);
+        let work = async move {
+            let live = reporting.as_ref().map(Reporting::batches);
+            let reply = runtime.run_stateless(args.code, limits, live).await;
+            if let Some(reporting) = reporting {
+                reporting.finish().await;
+            }
+            drop(call);
+            let result = reply.result.map(|completion| StatelessRunJsOutput {
+                output: completion.output,
+                output_truncated: completion.output_truncated,
+                logs: reply.console.lines.clone(),
+                logs_truncated: reply.console.truncated,
+                pending_timers: completion.pending_timers,
+            });
+            run_result(result, &reply.console)
         };
-        let result = reply.result.map(|completion| StatelessRunJsOutput {
-            output: completion.output,
-            output_truncated: completion.output_truncated,
-            logs: reply.console.lines.clone(),
-            logs_truncated: reply.console.truncated,
-            pending_timers: completion.pending_timers,
-        });
-        run_result(result, &reply.console)
+        self.respond(&context, work).await
     }
 }
 
@@ -644,6 +704,7 @@ impl ServerHandler for McpServer {
             ServerCapabilities::builder()
                 .enable_logging()
                 .enable_tools()
+                .enable_tasks()
                 .build()
         } else {
             ServerCapabilities::builder()
@@ -651,6 +712,7 @@ impl ServerHandler for McpServer {
                 .enable_completions()
                 .enable_tools()
                 .enable_resources()
+                .enable_tasks()
                 .build()
         };
         let instructions = if self.stateless {
@@ -707,6 +769,36 @@ Use one heap per task and pass its name on every call."
             )
             .with_mime_type("application/json");
         Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
+    }
+
+    /// `tasks/get`: a call running as a task, or its result.
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        self.tasks
+            .get_task(&request.task_id)
+            .map(GetTaskResult::new)
+    }
+
+    /// `tasks/update`: run_js asks the client nothing, so there is nothing to deliver.
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    /// `tasks/cancel`: stops the call (its worker is killed, nothing is saved).
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks.cancel_task(&request.task_id)
     }
 
     /// Sets the level at and above which console lines of this session's calls are sent as
