@@ -14,7 +14,8 @@ if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c "import moto, sys
 fi
 export MOTO_SERVER="$PWD/$venv/bin/moto_server"
 
-# Clients nobody here wrote, for the client tests: the MCP Inspector CLI and playwright-core
+# Clients nobody here wrote, for the client tests: the MCP Inspector CLI, the official MCP
+# conformance suite and playwright-core
 # (pinned in tests/npm/package-lock.json, installed into target/npm-tools), and a Chromium for
 # the browser test (the system's: Debian's `chromium` package). A missing one skips its tests,
 # and this script says which; with MCP_V8_REQUIRE_TOOLS=1 (as .ci/run sets it) they fail instead.

@@ -29,7 +29,8 @@ impl NodeTools {
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/npm-tools/node_modules")
             });
         let tools = NodeTools { modules };
-        if tools.node().exists() && tools.modules.join("playwright-core").exists() {
+        let installed = ["playwright-core", ".bin/conformance", ".bin/mcp-inspector"];
+        if tools.node().exists() && installed.iter().all(|p| tools.modules.join(p).exists()) {
             Some(tools)
         } else {
             missing(
@@ -62,6 +63,11 @@ impl NodeTools {
             .env("NODE_PATH", &self.modules)
             .kill_on_drop(true);
         command
+    }
+
+    /// The official MCP conformance suite's command line (`conformance`).
+    pub fn conformance(&self) -> tokio::process::Command {
+        self.command(&self.modules.join(".bin/conformance"))
     }
 
     /// The MCP Inspector's command line: `mcp-inspector --cli`.
