@@ -408,7 +408,8 @@ fn run_result<T: Serialize>(
 /// How long a call from a client that takes tasks may run before it becomes one: shorter
 /// calls answer directly, without a round of polling.
 pub const TASK_AFTER: Duration = Duration::from_secs(1);
-/// How long a task's result stays retrievable after it ends (and the longest a task may run).
+/// How long a task's result stays retrievable after it ends (at least; longer when the
+/// server's time limit is longer).
 pub const TASK_TTL: Duration = Duration::from_secs(10 * 60);
 /// The polling interval suggested to clients.
 const TASK_POLL: Duration = Duration::from_millis(500);
@@ -438,8 +439,10 @@ impl McpServer {
             () = context.ct.cancelled() => return cancelled().map(Into::into),
             () = tokio::time::sleep(TASK_AFTER) => {}
         }
+        // A task may not outlive its TTL while it runs: give it room for the longest call.
+        let ttl = TASK_TTL.max(self.runtime.limits().timeout * 2);
         let options = TaskOptions::new()
-            .with_ttl_ms(u64::try_from(TASK_TTL.as_millis()).ok())
+            .with_ttl_ms(u64::try_from(ttl.as_millis()).ok())
             .with_poll_interval_ms(u64::try_from(TASK_POLL.as_millis()).unwrap_or(500))
             .with_status_message("running");
         let task = self.tasks.spawn(options, move |task| {

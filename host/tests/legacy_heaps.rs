@@ -57,6 +57,11 @@ async fn exercise(rt: &Runtime, store: &MemoryStore) {
     );
     assert_eq!(output(rt, "++n", "today").await, "3");
     assert_eq!(output(rt, "kept.a.push(4); count()", "fixture").await, "4");
+    // A heap from before `mcp.progress` gets it on its next run.
+    assert_eq!(
+        output(rt, "typeof mcp.progress", "fixture").await,
+        "function"
+    );
     assert_eq!(read_only_of(store, "today"), ReadOnly::Shared);
     // Concurrent calls on both kinds.
     let calls = (0..6).map(|i| {

@@ -149,12 +149,14 @@ pub fn relay(events: Receiver<Event>, mut deliver: impl FnMut(Batch)) {
         match event {
             Ok(event) => {
                 // The first event of a quiet spell goes out at once; later ones wait for
-                // the window to close.
-                if due.is_none() {
-                    due = Some(Instant::now());
-                }
+                // the window to close, checked on every event too, so that a flood that
+                // never lets the queue run empty is still delivered every window.
+                let now = Instant::now();
+                let window = *due.get_or_insert(now);
                 add(&mut batch, &mut bytes, event);
-                continue;
+                if now < window {
+                    continue;
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
