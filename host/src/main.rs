@@ -100,6 +100,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     let executor = Executor::workers(program, workers, cli.worker_settings());
     let policy = cli.storage_policy(&storage.info().name);
     let runtime = Arc::new(Runtime::with_policy(storage, executor, limits, policy));
+    // Listening for SIGINT/SIGTERM before the first worker starts: a stop asked for while the
+    // server starts is not lost (a shell's background job even inherits them ignored).
+    let shutdown = CancellationToken::new();
+    transport::cancel_on_signals(shutdown.clone());
     runtime.prewarm();
     let transport = match (cli.http_port, cli.sse_port) {
         (None, None) => "stdio".to_string(),
@@ -122,8 +126,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         "mcp-v8 starting"
     );
     let server = McpServer::new(Arc::clone(&runtime), cli.stateless);
-    let shutdown = CancellationToken::new();
-    transport::cancel_on_signals(shutdown.clone());
     if let (Some(dump), Some(every)) = (&dump, cli.memory_dump_interval) {
         Arc::clone(dump).spawn_every(every, shutdown.clone());
     }
