@@ -135,14 +135,8 @@ async fn a_worker_killed_while_idle_costs_no_call() {
         .status()
         .unwrap();
     assert!(status.success());
-    // Wait until the kernel has ended it: a zombie until mcp-v8 reaps it, and reapable only
-    // once every one of its threads (V8 has many) has exited too.
-    let status = format!("/proc/{}/status", workers[0]);
-    let ended = |s: &str| s.contains("State:\tZ") && s.contains("Threads:\t1\n");
-    while std::fs::read_to_string(&status).is_ok_and(|s| !ended(&s)) {
-        tokio::task::yield_now().await;
-    }
-    // The next call runs on a fresh worker instead of failing.
+    // At once: the worker may be gone, or still dying (its pipes open, the job written into
+    // them never read). Either way the next call runs on a fresh worker instead of failing.
     assert_eq!(server.output("state", "idle").await, "kept");
     server.stop().await;
 }

@@ -319,6 +319,9 @@ impl Worker {
             let (answer, sections) = match self.read().await {
                 Ok(frame) => frame,
                 Err(e) if started => return Err(Failure::DuringJob(e)),
+                // A worker that was dying already when the job was written never read it:
+                // the job is still in the pipe, and says nothing about the code or the heap.
+                Err(e) if unread(&self.stdin) > 0 => return Err(Failure::BeforeJob(e)),
                 Err(e) => return Err(Failure::BeforeStart(e)),
             };
             let done = match answer {
@@ -396,6 +399,20 @@ impl Worker {
                 format!("worker stopped answering: {io_error}")
             }
         }
+    }
+}
+
+/// Bytes written to a worker's stdin that it has not read.
+fn unread(stdin: &ChildStdin) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD on an open pipe descriptor (the write end works too) stores the number
+    // of unread bytes in the c_int it is given, which lives on this stack frame.
+    let status = unsafe { libc::ioctl(stdin.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    if status == 0 {
+        usize::try_from(unread).unwrap_or(0)
+    } else {
+        0
     }
 }
 
