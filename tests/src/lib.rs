@@ -50,6 +50,25 @@ pub mod listen;
 pub mod proxy;
 pub mod s3;
 
+/// The tools of a server with heaps, sorted.
+pub const HEAP_TOOLS: [&str; 5] = [
+    "copy_heap",
+    "delete_heap",
+    "list_heaps",
+    "run_js",
+    "storage_stats",
+];
+
+/// The heap names of a `list_heaps` result, in its order.
+pub fn heap_names(listing: &Value) -> Vec<&str> {
+    listing["heaps"]
+        .as_array()
+        .expect("a list of heaps")
+        .iter()
+        .map(|h| h["heap"].as_str().expect("a heap name"))
+        .collect()
+}
+
 /// An MCP client session with a running `mcp-v8`, over any transport.
 pub struct Client {
     service: RunningService<RoleClient, ()>,

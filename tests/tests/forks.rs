@@ -75,7 +75,7 @@ async fn a_fork_runs_on_a_heap_and_saves_elsewhere_leaving_the_source_alone() {
             .err();
         assert!(err.contains("no"), "{err}");
         let listing = server.settle().await;
-        let names: Vec<&str> = listing["heaps"].as_array().unwrap().iter().map(|h| h["heap"].as_str().unwrap()).collect();
+        let names = mcp_v8_e2e::heap_names(&listing);
         assert_eq!(names, ["experiment", "fresh", "main"], "{listing}");
         for heap in names {
             server.reply("delete_heap", json!({ "heap": heap })).await.ok();

@@ -108,12 +108,7 @@ async fn drive_every_tool(tools: &NodeTools, target: &[&str]) {
         .unwrap();
     assert_eq!(deleted["deleted"], "copied", "{deleted}");
     let listed = call(tools, target, "list_heaps", &[]).await.unwrap();
-    let names: Vec<&str> = listed["heaps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["heap"].as_str().unwrap())
-        .collect();
+    let names = mcp_v8_e2e::heap_names(&listed);
     assert_eq!(names, ["inspected"], "{listed}");
 }
 
@@ -142,16 +137,7 @@ async fn the_inspector_cli_drives_every_tool_over_stdio() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "copy_heap",
-            "delete_heap",
-            "list_heaps",
-            "run_js",
-            "storage_stats"
-        ]
-    );
+    assert_eq!(names, mcp_v8_e2e::HEAP_TOOLS);
 
     drive_every_tool(&tools, &target).await;
 }

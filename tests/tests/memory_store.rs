@@ -28,12 +28,7 @@ async fn the_least_recently_used_heap_is_evicted_and_its_next_call_says_so() {
     run(&server, "name", "a").await;
     run(&server, "var name = 'c'", "c").await;
     let listing = server.settle().await;
-    let names: Vec<&str> = listing["heaps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["heap"].as_str().unwrap())
-        .collect();
+    let names = mcp_v8_e2e::heap_names(&listing);
     assert_eq!(names, ["a", "c"], "{listing}");
     let result = run(&server, "typeof name", "b").await;
     assert_eq!(result["output"], "undefined", "{result}");

@@ -20,6 +20,30 @@ async fn post(server: &HttpServer, headers: &[(&str, &str)], body: Value) -> req
     request.json(&body).send().await.expect("POST /mcp")
 }
 
+/// A 2026-07-28 `tools/call` of run_js (no session; the client's context in `_meta`, with
+/// `meta`'s keys added).
+async fn sessionless_run_js(
+    server: &HttpServer,
+    id: i64,
+    code: &str,
+    heap: &str,
+    meta: Value,
+) -> reqwest::Response {
+    let headers = [
+        ("Mcp-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "run_js"),
+    ];
+    let mut context = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                             "io.modelcontextprotocol/clientCapabilities": {}});
+    if let (Value::Object(context), Value::Object(meta)) = (&mut context, meta) {
+        context.extend(meta);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+        "_meta": context, "name": "run_js", "arguments": {"code": code, "heap": heap}}});
+    post(server, &headers, body).await
+}
+
 /// Reads events until the answer to request `id`.
 async fn answer(events: &mut futures::channel::mpsc::Receiver<SseEvent>, id: i64) -> Value {
     while let Some(event) = events.next().await {
@@ -110,22 +134,9 @@ async fn a_session_client_resumes_a_dropped_stream_and_gets_the_result() {
 #[tokio::test]
 async fn a_sessionless_client_resumes_a_dropped_stream_and_gets_the_result() {
     let server = HttpServer::start(&["--memory"]).await;
-    let headers = [
-        ("Mcp-Protocol-Version", "2026-07-28"),
-        ("Mcp-Method", "tools/call"),
-        ("Mcp-Name", "run_js"),
-    ];
     // A progress token makes the server open the stream before the result.
-    let call = post(
-        &server,
-        &headers,
-        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
-            "_meta": {"progressToken": "p",
-                      "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                      "io.modelcontextprotocol/clientCapabilities": {}},
-            "name": "run_js", "arguments": {"code": SLOW, "heap": "sessionless"}}}),
-    )
-    .await;
+    let meta = json!({"progressToken": "p"});
+    let call = sessionless_run_js(&server, 7, SLOW, "sessionless", meta).await;
     let last = drop_after_first_event(call).await;
     let mut events = resume(&server, &[("Mcp-Protocol-Version", "2026-07-28")], &last).await;
     let result = answer(&mut events, 7).await;
@@ -139,20 +150,7 @@ async fn a_sessionless_client_resumes_a_dropped_stream_and_gets_the_result() {
 async fn events_past_the_budget_are_gone() {
     // A budget smaller than any event: nothing is kept, and a resume gets an empty stream.
     let server = HttpServer::start(&["--memory", "--event-max-bytes", "1"]).await;
-    let headers = [
-        ("Mcp-Protocol-Version", "2026-07-28"),
-        ("Mcp-Method", "tools/call"),
-        ("Mcp-Name", "run_js"),
-    ];
-    let call = post(
-        &server,
-        &headers,
-        json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {
-            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                      "io.modelcontextprotocol/clientCapabilities": {}},
-            "name": "run_js", "arguments": {"code": "1", "heap": "budget"}}}),
-    )
-    .await;
+    let call = sessionless_run_js(&server, 8, "1", "budget", json!({})).await;
     let last = drop_after_first_event(call).await;
     let mut events = resume(&server, &[("Mcp-Protocol-Version", "2026-07-28")], &last).await;
     assert!(events.next().await.is_none());

@@ -22,12 +22,7 @@ async fn heaps_live_in_the_bucket_and_survive_a_restart() {
         .await;
     host.output("1", "scratch").await;
     let listed = host.reply("list_heaps", json!({})).await.ok();
-    let names: Vec<&str> = listed["heaps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["heap"].as_str().unwrap())
-        .collect();
+    let names = mcp_v8_e2e::heap_names(&listed);
     assert_eq!(names, ["notes", "scratch"]);
     assert!(listed["heaps"][0]["size"].as_u64().unwrap() > 1000);
     host.reply("delete_heap", json!({ "heap": "scratch" }))

@@ -8,17 +8,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn lists_the_heap_tools() {
     let server = Server::start(&["--memory"]).await;
-    let names = server.tool_names().await;
-    assert_eq!(
-        names,
-        [
-            "copy_heap",
-            "delete_heap",
-            "list_heaps",
-            "run_js",
-            "storage_stats"
-        ]
-    );
+    assert_eq!(server.tool_names().await, mcp_v8_e2e::HEAP_TOOLS);
     server.stop().await;
 }
 
