@@ -1,7 +1,8 @@
 //! What a running call tells its client before it answers: its console lines as
-//! `notifications/message` (for a client that set a logging level), and
-//! `notifications/progress` every second (for a request that carries a progress token). The
-//! engine's batches ([`crate::engine::live`]) arrive here already rate-limited.
+//! `notifications/message` (for a client that set a logging level), `notifications/progress`
+//! every second (for a request that carries a progress token), and a status line for a call
+//! that runs as a task (`tasks/get` shows it). The engine's batches
+//! ([`crate::engine::live`]) arrive here already rate-limited.
 // MCP logging is deprecated by SEP-2577 in rmcp, but it is how clients show a server's log
 // lines today.
 #![allow(deprecated)]
@@ -13,7 +14,7 @@ use rmcp::model::{
 };
 use rmcp::{Peer, RoleServer};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::engine::live::{Batch, Progress, MAX_BYTES, MAX_LINES, WINDOW};
@@ -31,6 +32,8 @@ pub struct Wanted {
     pub progress: Option<ProgressToken>,
     /// The logger name on log messages: the heap's name, or `run_js`.
     pub logger: String,
+    /// A status line every second ([`Reporting::status`]), for a call that may become a task.
+    pub status: bool,
 }
 
 /// Reports for one call, until [`Reporting::finish`].
@@ -38,20 +41,23 @@ pub struct Reporting {
     batches: LiveBatches,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    status: watch::Receiver<String>,
 }
 
 /// Starts reporting to `peer`; `None` when the client asked for nothing.
 pub fn start(peer: Peer<RoleServer>, wanted: Wanted) -> Option<Reporting> {
-    if wanted.level.is_none() && wanted.progress.is_none() {
+    if wanted.level.is_none() && wanted.progress.is_none() && !wanted.status {
         return None;
     }
     let (batches, received) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(report(peer, wanted, received, stopped));
+    let (status_tx, status) = watch::channel(String::new());
+    let task = tokio::spawn(report(peer, wanted, received, stopped, status_tx));
     Some(Reporting {
         batches,
         stop,
         task,
+        status,
     })
 }
 
@@ -59,6 +65,11 @@ impl Reporting {
     /// Where the run sends its batches.
     pub fn batches(&self) -> LiveBatches {
         self.batches.clone()
+    }
+
+    /// The call's status line ("running for 12 s: 340 of 1000 rows"), new every second.
+    pub fn status(&self) -> watch::Receiver<String> {
+        self.status.clone()
     }
 
     /// Stops reporting once what the run sent so far is passed on: every batch precedes the
@@ -74,8 +85,10 @@ async fn report(
     wanted: Wanted,
     mut received: mpsc::UnboundedReceiver<Batch>,
     mut stopped: oneshot::Receiver<()>,
+    status: watch::Sender<String>,
 ) {
     let started = Instant::now();
+    let ticking = wanted.progress.is_some() || wanted.status;
     let mut ticks =
         tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
     let mut reported: Option<Progress> = None;
@@ -91,9 +104,14 @@ async fn report(
                 }
                 None => return,
             },
-            _ = ticks.tick(), if wanted.progress.is_some() => {
+            _ = ticks.tick(), if ticking => {
+                let (seconds, line) = status_line(started.elapsed(), reported.as_ref());
+                if wanted.status {
+                    status.send_replace(line.clone());
+                }
                 if let Some(token) = &wanted.progress {
-                    let note = progress(token.clone(), started.elapsed(), reported.as_ref());
+                    let note = ProgressNotificationParam::new(token.clone(), seconds)
+                        .with_message(line);
                     let _ = peer.notify_progress(note).await;
                 }
             }
@@ -143,28 +161,24 @@ async fn log(peer: &Peer<RoleServer>, wanted: &Wanted, batch: Batch) {
     }
 }
 
-/// A progress notification: the seconds the call has run, which always grow, and what the
-/// code last reported in the message.
-fn progress(
-    token: ProgressToken,
-    elapsed: Duration,
-    reported: Option<&Progress>,
-) -> ProgressNotificationParam {
+/// What a running call is doing: the seconds it has run (which always grow: the progress
+/// value) and a line that says so and adds what the code last reported.
+fn status_line(elapsed: Duration, reported: Option<&Progress>) -> (f64, String) {
     let seconds = (elapsed.as_secs_f64() * 10.0).round() / 10.0;
-    let mut message = format!("running for {seconds} s");
+    let mut line = format!("running for {seconds} s");
     if let Some(reported) = reported {
-        message.push_str(": ");
-        message.push_str(&number(reported.done));
+        line.push_str(": ");
+        line.push_str(&number(reported.done));
         if let Some(total) = reported.total {
-            message.push_str(" of ");
-            message.push_str(&number(total));
+            line.push_str(" of ");
+            line.push_str(&number(total));
         }
         if let Some(text) = &reported.message {
-            message.push(' ');
-            message.push_str(text);
+            line.push(' ');
+            line.push_str(text);
         }
     }
-    ProgressNotificationParam::new(token, seconds).with_message(message)
+    (seconds, line)
 }
 
 fn number(n: f64) -> String {
@@ -204,23 +218,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn progress_counts_seconds_and_tells_what_the_code_reported() {
-        let token = ProgressToken(rmcp::model::NumberOrString::Number(7));
-        let plain = progress(token.clone(), Duration::from_millis(2049), None);
-        assert_eq!(plain.progress, 2.0);
-        assert_eq!(plain.total, None);
-        assert_eq!(plain.message.as_deref(), Some("running for 2 s"));
+    fn the_status_counts_seconds_and_tells_what_the_code_reported() {
+        let plain = status_line(Duration::from_millis(2049), None);
+        assert_eq!(plain, (2.0, "running for 2 s".to_string()));
         let reported = Progress {
             done: 3.0,
             total: Some(10.0),
             message: Some("rows".into()),
         };
-        let told = progress(token, Duration::from_millis(3500), Some(&reported));
-        assert_eq!(told.progress, 3.5);
-        assert_eq!(
-            told.message.as_deref(),
-            Some("running for 3.5 s: 3 of 10 rows")
-        );
+        let told = status_line(Duration::from_millis(3500), Some(&reported));
+        assert_eq!(told, (3.5, "running for 3.5 s: 3 of 10 rows".to_string()));
     }
 
     #[test]

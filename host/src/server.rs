@@ -13,18 +13,18 @@ use rmcp::model::{
 use rmcp::model::{
     CallToolResult, CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock, ErrorData,
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
-    RequestMetaObject, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
-    ServerConfig,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, Resource,
+    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
 };
 #[allow(deprecated)] // logging: see `report`
 use rmcp::model::{LoggingLevel, SetLevelRequestParams};
 use rmcp::service::RequestContext;
 use rmcp::task_manager::{TaskExit, TaskManager, TaskOptions};
-use rmcp::{tool, tool_handler, tool_router, Peer, RoleServer, ServerHandler};
+use rmcp::{tool, tool_handler, tool_router, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Console, LogLine};
@@ -334,23 +334,20 @@ impl McpServer {
     }
 
     /// Starts the reports the client asked for on this call: console lines at its logging
-    /// level (this request's `_meta` level, else the session's), progress for a token.
-    fn reporting(
-        &self,
-        peer: Peer<RoleServer>,
-        meta: &RequestMetaObject,
-        logger: String,
-    ) -> Option<Reporting> {
+    /// level (this request's `_meta` level, else the session's), progress for a token, and
+    /// a status line for a client that takes tasks.
+    fn reporting(&self, context: &RequestContext<RoleServer>, logger: String) -> Option<Reporting> {
         let session = *self
             .log_level
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let wanted = report::Wanted {
-            level: meta.log_level().or(session),
-            progress: meta.get_progress_token(),
+            level: context.meta.log_level().or(session),
+            progress: context.meta.get_progress_token(),
             logger,
+            status: takes_tasks(context),
         };
-        report::start(peer, wanted)
+        report::start(context.peer.clone(), wanted)
     }
 
     /// The runtime behind the tools.
@@ -423,12 +420,10 @@ impl McpServer {
         &self,
         context: &RequestContext<RoleServer>,
         work: impl std::future::Future<Output = Result<CallToolResult, ErrorData>> + Send + 'static,
+        status: Option<watch::Receiver<String>>,
     ) -> Result<CallToolResponse, ErrorData> {
         let mut work = Box::pin(work);
-        let tasks = context
-            .client_capabilities()
-            .is_some_and(|caps| caps.supports_tasks());
-        if !tasks {
+        if !takes_tasks(context) {
             return match cancellable(context.ct.clone(), work).await {
                 Some(result) => result.map(Into::into),
                 None => cancelled().map(Into::into),
@@ -447,14 +442,40 @@ impl McpServer {
             .with_status_message("running");
         let task = self.tasks.spawn(options, move |task| {
             Box::pin(async move {
-                // Dropping the work on a cancel kills the worker running it; nothing is saved.
-                tokio::select! {
-                    result = work => result.map_err(TaskExit::Error),
-                    () = task.cancelled() => Err(TaskExit::Cancelled),
+                let mut status = status;
+                loop {
+                    // Dropping the work on a cancel kills the worker running it; nothing is
+                    // saved.
+                    tokio::select! {
+                        result = &mut work => return result.map_err(TaskExit::Error),
+                        () = task.cancelled() => return Err(TaskExit::Cancelled),
+                        line = next_status(&mut status) => match line {
+                            Some(line) => task.set_status_message(line),
+                            None => status = None,
+                        },
+                    }
                 }
             })
         });
         Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+}
+
+/// Whether the client declared the tasks extension.
+fn takes_tasks(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .client_capabilities()
+        .is_some_and(|caps| caps.supports_tasks())
+}
+
+/// The next status line, or `None` once there will be no more (never, without a status).
+async fn next_status(status: &mut Option<watch::Receiver<String>>) -> Option<String> {
+    match status {
+        Some(status) => match status.changed().await {
+            Ok(()) => Some(status.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -516,11 +537,8 @@ modules (import, export, require), fetch, fs or DOM.",
             (_, heap) => heap,
         };
         let logger = args.save_as.clone().or_else(|| heap.clone());
-        let reporting = self.reporting(
-            context.peer.clone(),
-            &context.meta,
-            logger.unwrap_or_else(|| "run_js".into()),
-        );
+        let reporting = self.reporting(&context, logger.unwrap_or_else(|| "run_js".into()));
+        let status = reporting.as_ref().map(Reporting::status);
         let save_to = match args.save_as {
             Some(to) => SaveTo::Fork {
                 to,
@@ -551,7 +569,7 @@ modules (import, export, require), fetch, fs or DOM.",
             });
             run_result(result, &reply.console)
         };
-        self.respond(&context, work).await
+        self.respond(&context, work, status).await
     }
 
     /// `list_heaps`.
@@ -677,7 +695,8 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
             Err(e) => return tool_error(e).map(Into::into),
         };
         let call = self.calls.enter();
-        let reporting = self.reporting(context.peer.clone(), &context.meta, "run_js".into());
+        let reporting = self.reporting(&context, "run_js".into());
+        let status = reporting.as_ref().map(Reporting::status);
         let runtime = Arc::clone(&self.runtime);
         let work = async move {
             let live = reporting.as_ref().map(Reporting::batches);
@@ -695,7 +714,7 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
             });
             run_result(result, &reply.console)
         };
-        self.respond(&context, work).await
+        self.respond(&context, work, status).await
     }
 }
 

@@ -50,8 +50,10 @@ async fn output(session: &Session, code: &str, heap: &str) -> Value {
     }
 }
 
-/// Polls the task at the interval the server suggests until it ends.
-async fn settled(session: &Session, task_id: &str) -> TaskPayload {
+/// Polls the task at the interval the server suggests until it ends; returns how it ended and
+/// the status messages seen meanwhile.
+async fn settled(session: &Session, task_id: &str) -> (TaskPayload, Vec<String>) {
+    let mut statuses = Vec::new();
     loop {
         let task = session
             .get_task(GetTaskParams::new(task_id))
@@ -59,8 +61,9 @@ async fn settled(session: &Session, task_id: &str) -> TaskPayload {
             .expect("tasks/get")
             .task;
         if task.status().is_terminal() {
-            return task.payload;
+            return (task.payload, statuses);
         }
+        statuses.extend(task.task.status_message.clone());
         let every = task.task.poll_interval_ms.unwrap_or(500);
         tokio::time::sleep(Duration::from_millis(every)).await;
     }
@@ -75,7 +78,9 @@ async fn long_calls_become_tasks(session: Session) {
     // Longer than the second a call may take before it becomes a task.
     let created = session
         .call_tool_once(run_js(json!({
-            "code": "const end = Date.now() + 2500; while (Date.now() < end) {} kept = 'after'; 6 * 7",
+            "code": "mcp.progress(1, 4, 'rows'); \
+                     const end = Date.now() + 3000; while (Date.now() < end) {} \
+                     kept = 'after'; 6 * 7",
             "heap": "tasked"})))
         .await
         .expect("tools/call");
@@ -83,8 +88,16 @@ async fn long_calls_become_tasks(session: Session) {
         panic!("a long call becomes a task: {created:?}")
     };
     assert_eq!(created.task.status, TaskStatus::Working);
-    let TaskPayload::Completed { result } = settled(&session, &created.task.task_id).await else {
-        panic!("the task completes")
+    let (payload, statuses) = settled(&session, &created.task.task_id).await;
+    // While it ran, the task said how long it had run and what the code reported.
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s.starts_with("running for ") && s.ends_with(": 1 of 4 rows")),
+        "{statuses:?}"
+    );
+    let TaskPayload::Completed { result } = payload else {
+        panic!("the task completes: {payload:?}")
     };
     assert_eq!(result["structuredContent"]["output"], "42", "{result:?}");
     // The task's result stays retrievable, and its heap was saved.
@@ -108,7 +121,7 @@ async fn long_calls_become_tasks(session: Session) {
         .cancel_task(CancelTaskParams::new(&created.task.task_id))
         .await
         .expect("tasks/cancel");
-    let payload = settled(&session, &created.task.task_id).await;
+    let (payload, _) = settled(&session, &created.task.task_id).await;
     assert!(matches!(payload, TaskPayload::Cancelled), "{payload:?}");
     assert_eq!(output(&session, "kept", "tasked").await, "after");
 
