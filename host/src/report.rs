@@ -200,7 +200,7 @@ fn level_of(console: &str) -> LoggingLevel {
 }
 
 /// Severity order, lowest first.
-pub fn rank(level: LoggingLevel) -> u8 {
+fn rank(level: LoggingLevel) -> u8 {
     match level {
         LoggingLevel::Debug => 0,
         LoggingLevel::Info => 1,

@@ -657,11 +657,8 @@ impl Runtime {
             .list(prefix)
             .await
             .map_err(CallError::Listing)?;
-        let mut names: Vec<String> = heaps
-            .into_iter()
-            .map(|m| m.name)
-            .filter(|name| name.starts_with(prefix))
-            .collect();
+        // The store lists by prefix (and checks a plugin's listing against it).
+        let mut names: Vec<String> = heaps.into_iter().map(|m| m.name).collect();
         names.sort();
         let total = names.len();
         names.truncate(limit);

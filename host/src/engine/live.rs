@@ -87,11 +87,11 @@ impl Sender {
     /// counted as skipped and a progress report kept until there is room (the latest wins).
     pub(super) fn send(&self, event: Event, pending: &mut Pending) {
         if !self.flush(pending) {
-            self.keep(event, pending);
+            pending.keep(event);
             return;
         }
         if let Err(TrySendError::Full(event)) = self.events.try_send(event) {
-            self.keep(event, pending);
+            pending.keep(event);
         }
     }
 
@@ -124,12 +124,15 @@ impl Sender {
         }
         true
     }
+}
 
-    fn keep(&self, event: Event, pending: &mut Pending) {
+impl Pending {
+    /// Keeps what could not be sent: a line as a count, a progress report as the latest.
+    fn keep(&mut self, event: Event) {
         match event {
-            Event::Console(_) => pending.skipped += 1,
-            Event::Skipped(n) => pending.skipped += n,
-            Event::Progress(progress) => pending.progress = Some(progress),
+            Event::Console(_) => self.skipped += 1,
+            Event::Skipped(n) => self.skipped += n,
+            Event::Progress(progress) => self.progress = Some(progress),
         }
     }
 }

@@ -20,22 +20,14 @@ use rmcp::transport::streamable_http_server::session::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// How long events are kept, and how many bytes of them at most.
+/// How long events are kept, and how many bytes of them at most (`--event-retention`,
+/// `--event-max-bytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Events older than this go.
     pub time: Duration,
     /// The oldest events go once the kept ones are bigger than this (JSON bytes).
     pub bytes: usize,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Self {
-            time: Duration::from_secs(10 * 60),
-            bytes: 64 << 20,
-        }
-    }
 }
 
 /// SSE events in memory, in the order they were sent.
@@ -302,16 +294,19 @@ mod tests {
         ))
     }
 
+    /// Room for everything a test stores.
+    const ROOMY: Retention = Retention {
+        time: Duration::from_secs(600),
+        bytes: 1 << 20,
+    };
+
     fn priming() -> ServerSseMessage {
         ServerSseMessage::retry(Duration::from_secs(3))
     }
 
     #[tokio::test]
     async fn a_replay_waits_for_the_answer_that_ends_its_stream() {
-        let store = Arc::new(MemoryEventStore::new(
-            Retention::default(),
-            CancellationToken::new(),
-        ));
+        let store = Arc::new(MemoryEventStore::new(ROOMY, CancellationToken::new()));
         let first = store.store_event("a", &priming()).await.unwrap();
         store.store_event("b", &response(9)).await.unwrap();
         let mut replay = store.replay_events_after(&first).await.unwrap();
@@ -364,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_ends_waiting_replays() {
         let shutdown = CancellationToken::new();
-        let store = MemoryEventStore::new(Retention::default(), shutdown.clone());
+        let store = MemoryEventStore::new(ROOMY, shutdown.clone());
         let first = store.store_event("a", &priming()).await.unwrap();
         let mut replay = store.replay_events_after(&first).await.unwrap();
         shutdown.cancel();
