@@ -87,7 +87,6 @@ async fn run_in_process(job: Job) -> Ran {
         None => None,
     };
     let stateful = snapshot.is_some();
-
     let (answer, outcome) = oneshot::channel::<Outcome>();
     let (save, saved) = oneshot::channel::<Result<Saved, RunError>>();
     let thread = tokio::task::spawn_blocking(move || {

@@ -169,28 +169,21 @@ impl Worker {
             Ok(code) => code,
             Err(e) => return done(out, Outcome::failed(e)),
         };
+        let run = Run {
+            code: &code,
+            limits: &request.limits,
+            live: request.live,
+        };
         match request.target {
-            RequestTarget::Stateless => {
-                self.run_stateless(&code, &request.limits, request.live, out)
-            }
+            RequestTarget::Stateless => self.run_stateless(run, out),
             RequestTarget::Heap { name, start } => {
-                let run = Run {
-                    code: &code,
-                    limits: &request.limits,
-                    live: request.live,
-                };
                 self.run_on_heap(run, name, start, snapshot, out)
             }
         }
     }
 
-    fn run_stateless(
-        &mut self,
-        code: &Prepared,
-        limits: &Limits,
-        live: bool,
-        out: &Output,
-    ) -> io::Result<()> {
+    fn run_stateless(&mut self, run: Run, out: &Output) -> io::Result<()> {
+        let limits = run.limits;
         let fresh = match self.fresh.take() {
             Some(fresh) if fresh.heap_bytes() == limits.heap_bytes => Ok(fresh),
             _ => Fresh::new(limits),
@@ -199,8 +192,8 @@ impl Worker {
             Ok(fresh) => fresh,
             Err(e) => return done(out, Outcome::failed(e)),
         };
-        let (run, used) = with_live(live, out, |live| fresh.run(code, limits, live));
-        done(out, run)?;
+        let (ran, used) = with_live(run.live, out, |live| fresh.run(run.code, limits, live));
+        done(out, ran)?;
         // Disposed of after the answer.
         drop(used);
         Ok(())
@@ -292,7 +285,7 @@ impl Worker {
     }
 }
 
-/// Code to run on a heap, with what it runs under.
+/// Code to run, with what it runs under.
 struct Run<'a> {
     code: &'a Prepared,
     limits: &'a Limits,
