@@ -212,6 +212,10 @@ pub fn init() {
         let platform = v8::new_default_platform(0, false).make_shared();
         v8::V8::initialize_platform(platform);
         v8::V8::initialize();
+        // The first isolate fills tables every isolate of the process shares (the builtins'
+        // dispatch entries); two threads making the first ones at once crash V8. One made
+        // here, before any caller can race, leaves them filled.
+        drop(v8::Isolate::new(v8::CreateParams::default()));
     });
 }
 
