@@ -538,6 +538,8 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(require),
             // Heap format 6.
             reference(report_progress),
+            // Heap format 7.
+            reference(is_error),
         ])
     })
 }
@@ -610,21 +612,29 @@ fn install_clock(scope: &mut v8::HandleScope) -> Option<()> {
     global.set_private(scope, private, real)?;
     let date = v8::Function::builder(virtual_date).length(7).build(scope)?;
     date.set_name(v8::String::new(scope, "Date")?);
+    // The built-in's descriptors: `prototype` fixed, the rest writable and configurable.
     let prototype = property(scope, real_date.into(), "prototype")?;
     let key = v8::String::new(scope, "prototype")?;
-    date.set(scope, key.into(), prototype)?;
+    date.define_own_property(
+        scope,
+        key.into(),
+        prototype,
+        v8::PropertyAttribute::READ_ONLY
+            | v8::PropertyAttribute::DONT_ENUM
+            | v8::PropertyAttribute::DONT_DELETE,
+    )?;
     let prototype = prototype.to_object(scope)?;
     hide(scope, prototype, "constructor", date.into())?;
     for name in ["parse", "UTC"] {
         let value = property(scope, real_date.into(), name)?;
         hide(scope, date.into(), name, value)?;
     }
-    let now = named_function(scope, "now", wall_now)?;
+    let now = named_function(scope, "now", 0, wall_now)?;
     hide(scope, date.into(), "now", now.into())?;
     hide(scope, global, "Date", date.into())?;
 
     let performance = v8::Object::new(scope);
-    let now = named_function(scope, "now", elapsed)?;
+    let now = named_function(scope, "now", 0, elapsed)?;
     hide(scope, performance, "now", now.into())?;
     let tag = v8::String::new(scope, "Performance")?;
     let to_string_tag = v8::Symbol::get_to_string_tag(scope);
@@ -658,12 +668,17 @@ fn hide(
     Some(())
 }
 
+/// A function as built-in methods are: named, with its `length`, and not a constructor.
 fn named_function<'s>(
     scope: &mut v8::HandleScope<'s>,
     name: &str,
+    length: i32,
     callback: impl v8::MapFnTo<v8::FunctionCallback>,
 ) -> Option<v8::Local<'s, v8::Function>> {
-    let function = v8::Function::new(scope, callback)?;
+    let function = v8::Function::builder(callback)
+        .length(length)
+        .constructor_behavior(v8::ConstructorBehavior::Throw)
+        .build(scope)?;
     let name = v8::String::new(scope, name)?;
     function.set_name(name);
     Some(function)
@@ -704,12 +719,14 @@ fn virtual_date(
     let Some(date) = real.new_instance(scope, &argv) else {
         return;
     };
-    // A subclass (`class Day extends Date`) gets its own prototype.
+    // A subclass (`class Day extends Date`) gets its own prototype, when it has one that is
+    // an object (GetPrototypeFromConstructor).
     if let Ok(target) = v8::Local::<v8::Object>::try_from(new_target) {
-        if let Some(key) = v8::String::new(scope, "prototype") {
-            if let Some(prototype) = target.get(scope, key.into()) {
-                date.set_prototype(scope, prototype);
-            }
+        let Some(prototype) = property(scope, target, "prototype") else {
+            return;
+        };
+        if prototype.is_object() {
+            date.set_prototype(scope, prototype);
         }
     }
     rv.set(date.into());
@@ -744,6 +761,39 @@ pub(super) fn enable_error_stacks(scope: &mut v8::HandleScope) -> Option<()> {
     }
     Some(())
 }
+
+/// Built-ins that V8 installs only in contexts it will never snapshot (its "experimental"
+/// globals, skipped whenever the isolate is a snapshot creator), so that a heap has the
+/// built-ins a stateless call has: `Error.isError`, `Promise.try`, `RegExp.escape` and
+/// `Atomics.pause` ([`BUILT_INS`]). Done once per heap, new or saved before this existed (a
+/// mark on the global says so), so that code that deleted or replaced one keeps its choice.
+/// Two stay out: `WebAssembly` (V8 cannot snapshot its objects) and `SharedArrayBuffer` (V8
+/// restores one from a snapshot as a broken object).
+pub(super) fn complete_built_ins(scope: &mut v8::HandleScope) -> Option<()> {
+    let global = scope.get_current_context().global(scope);
+    let name = v8::String::new(scope, "mcp-v8 built-ins")?;
+    let mark = v8::Private::for_api(scope, Some(name));
+    if global.get_private(scope, mark)?.is_true() {
+        return Some(());
+    }
+    let is_error = named_function(scope, "isError", 1, is_error)?;
+    let source = v8::String::new(scope, BUILT_INS)?;
+    let setup = v8::Script::compile(scope, source, None)?.run(scope)?;
+    let setup = v8::Local::<v8::Function>::try_from(setup).ok()?;
+    let undefined = v8::undefined(scope).into();
+    setup.call(scope, undefined, &[is_error.into()])?;
+    let done = v8::Boolean::new(scope, true);
+    global.set_private(scope, mark, done.into())?;
+    Some(())
+}
+
+/// `Error.isError(value)`: whether `value` has an error's [[ErrorData]].
+fn is_error(_: &mut v8::HandleScope, args: v8::FunctionCallbackArguments, mut rv: v8::ReturnValue) {
+    rv.set_bool(args.get(0).is_native_error());
+}
+
+/// See [`complete_built_ins`].
+const BUILT_INS: &str = include_str!("built_ins.js");
 
 /// JavaScript run once in every fresh heap, so that built-ins that V8 cannot snapshot never
 /// crash a save:

@@ -179,8 +179,10 @@ impl Session {
                 (Kind::Creator, false) => Some(()),
             };
             if kind == Kind::Creator {
-                // Best effort: without it only `error.stack` is missing, and the code runs.
+                // Best effort: without them only `error.stack` or a built-in is missing, and
+                // the code runs.
                 let _ = globals::enable_error_stacks(scope);
+                let _ = globals::complete_built_ins(scope);
             }
             ready.map(|()| v8::Global::new(scope, context))
         };
