@@ -33,7 +33,7 @@ pub use trace::{Frame, Origin};
 
 pub use session::{answer_first, Fresh, Unsaved, Used, Warm};
 
-use crate::frontend::{self, Prepared};
+use crate::frontend::{self, Goal, Prepared};
 
 /// How a run may behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -378,7 +378,15 @@ fn evaluate(
     // this call's.
     let first = trace::ThisCall::first_script_id(tc).unwrap_or(0);
     let call = trace::ThisCall { code, first };
-    let Some(mut promise) = repl::evaluate(tc, source) else {
+    let started = match (repl::evaluate(tc, source), code.goal()) {
+        // REPL mode could not compile it, and it may be a script that uses `await` as a name.
+        (None, Goal::ReplOrScript) if !tc.has_terminated() => {
+            tc.reset();
+            repl::evaluate_script(tc, source)
+        }
+        (started, _) => started,
+    };
+    let Some(mut promise) = started else {
         return Err(failure(tc, guard, limits, call));
     };
     // The script's promise resolves to a wrapper around its completion value; when that

@@ -6,6 +6,10 @@
 //! statement whatever kind of statement it is. The code runs exactly as written, so V8's own
 //! positions are the user's.
 //!
+//! Code that REPL mode rejects though it is a valid script runs as a classic script
+//! ([`crate::frontend::Goal::ReplOrScript`]), through [`evaluate_script`], which answers the
+//! same way.
+//!
 //! rusty_v8 does not bind REPL mode, so this calls V8's `v8::debug::EvaluateGlobal` directly;
 //! it is in the `librusty_v8` archive that the pinned `v8` crate links.
 
@@ -55,4 +59,20 @@ pub(super) fn completion<'s>(
     let object = resolved.to_object(scope)?;
     let key = v8::String::new(scope, ".repl_result")?;
     object.get(scope, key.into())
+}
+
+/// Compiles and runs `source` as a classic script in the entered context, and answers as
+/// [`evaluate`] does: a promise fulfilled with `{ ".repl_result": <completion value> }`, or
+/// `None` with the exception pending in `scope`'s try-catch.
+pub(super) fn evaluate_script<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    source: v8::Local<v8::String>,
+) -> Option<v8::Local<'s, v8::Promise>> {
+    let value = v8::Script::compile(scope, source, None)?.run(scope)?;
+    let wrapper = v8::Object::new(scope);
+    let key = v8::String::new(scope, ".repl_result")?;
+    wrapper.set(scope, key.into(), value)?;
+    let resolver = v8::PromiseResolver::new(scope)?;
+    resolver.resolve(scope, wrapper.into())?;
+    Some(resolver.get_promise(scope))
 }

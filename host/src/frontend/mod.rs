@@ -4,6 +4,10 @@
 //! * JavaScript is compiled as written. REPL semantics (the value of the last statement,
 //!   top-level `await`, declaring a `let`/`const` again in a later call) come from V8's own
 //!   REPL mode, which the engine runs it in — no rewriting, so V8's positions are the user's.
+//!   Code that uses `await` as a name, which REPL mode rejects, runs as a classic script
+//!   ([`Goal`]).
+//! * Code that uses a private name (`#x`) is checked for the early errors REPL mode lets
+//!   through (a private name outside a class that declares it), with oxc's semantic checks.
 //! * TypeScript (code that oxc parses as TypeScript but not as JavaScript) has its types
 //!   stripped ([`typescript`]); positions go back through a source map.
 //! * String and template literals too long to keep in a snapshot are split ([`literals`]).
@@ -12,6 +16,7 @@
 //! Code that oxc cannot parse either way goes to V8 as written, and V8 reports the error,
 //! unless it parses further as TypeScript, which then names the error.
 
+mod goal;
 mod literals;
 mod positions;
 mod typescript;
@@ -21,6 +26,7 @@ use oxc_ast::ast::{Program, Statement};
 use oxc_parser::Parser;
 use oxc_span::SourceType;
 
+pub use goal::Goal;
 pub use positions::Position;
 use positions::{offset_of, position_of, Edits};
 use typescript::Stripped;
@@ -52,6 +58,7 @@ pub struct Prepared {
     /// Length of the body, before the naming line.
     body: usize,
     source: Source,
+    goal: Goal,
 }
 
 /// How the body relates to the code as submitted.
@@ -98,6 +105,9 @@ fn as_javascript(arena: &Allocator, code: &str) -> Reading {
         Ok(program) => program,
         Err(error) => return Reading::Unparsed(error),
     };
+    if let Some((message, at)) = early_error(&program) {
+        return Reading::Read(Err(error_at(code, message, at)));
+    }
     Reading::Read(refuse_modules(&program, code).map(|()| {
         let (body, edits) = Edits::apply(code, literals::split(&program));
         let source = if edits.is_empty() {
@@ -108,8 +118,26 @@ fn as_javascript(arena: &Allocator, code: &str) -> Reading {
                 edits,
             }
         };
-        Prepared::new(body, source)
+        Prepared::new(body, source).with_goal(goal::of(&program))
     }))
+}
+
+/// The first early error REPL mode does not raise: a private name used outside a class that
+/// declares it. oxc's semantic checks find it (and the other early errors, which V8 raises
+/// too); only code that spells a private name pays for them.
+fn early_error(program: &Program) -> Option<ParseError> {
+    if !program.source_text.contains('#') {
+        return None;
+    }
+    let checked = oxc_semantic::SemanticBuilder::new()
+        .with_check_syntax_error(true)
+        .build(program);
+    let error = checked.diagnostics.into_iter().next()?;
+    let at = error
+        .labels
+        .first()
+        .map_or(0, |label| label.offset() as usize);
+    Some((error.message.to_string(), at))
 }
 
 fn as_typescript(arena: &Allocator, code: &str) -> Reading {
@@ -224,7 +252,21 @@ impl Prepared {
         // A comment on a line of its own changes neither positions nor completion values.
         code.push_str("\n//# sourceURL=");
         code.push_str(NAME);
-        Self { code, body, source }
+        Self {
+            code,
+            body,
+            source,
+            goal: Goal::Repl,
+        }
+    }
+
+    fn with_goal(self, goal: Goal) -> Self {
+        Self { goal, ..self }
+    }
+
+    /// How V8 is to compile [`Self::code`].
+    pub fn goal(&self) -> Goal {
+        self.goal
     }
 
     /// The code V8 compiles.
@@ -328,6 +370,46 @@ mod tests {
             );
             assert_eq!(error.position, position, "{code}");
         }
+    }
+
+    #[test]
+    fn await_as_a_name_outside_functions_may_run_as_a_script() {
+        for code in [
+            "var await = 1",
+            "await: for (;;) break await;",
+            "function await() {}",
+            "const f = (await) => await",
+            "await (async () => 1)()",
+        ] {
+            assert_eq!(prepare(code).unwrap().goal(), Goal::ReplOrScript, "{code}");
+        }
+        for code in [
+            "const x = await f()",
+            "function f(await) { return await }",
+            "async function g() { await h() }",
+            "'await'",
+        ] {
+            assert_eq!(prepare(code).unwrap().goal(), Goal::Repl, "{code}");
+        }
+    }
+
+    #[test]
+    fn private_names_outside_their_class_are_syntax_errors() {
+        for (code, at) in [
+            ("this.#x", at(1, 6)),
+            ("class C { #x; m() { return this.#y } }", at(1, 33)),
+            (
+                "class C { #x; }
+#x in {}",
+                at(2, 1),
+            ),
+        ] {
+            let error = prepare(code).unwrap_err();
+            assert!(error.message.contains("#"), "{code}: {error}");
+            assert_eq!(error.position, at, "{code}");
+        }
+        assert!(prepare("class C { #x = 1; static has(o) { return #x in o } }").is_ok());
+        assert!(prepare("'#not a name'").is_ok());
     }
 
     #[test]
