@@ -1062,6 +1062,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, r#"[true,false,"TypeError"]"#);
+        // Shaped as the built-in is.
+        let (out, _) = step(
+            "const fails = (f) => { try { f(); return 'no error' } catch (e) { return e.name } }; \
+             const bare = function () {}; bare.prototype = undefined; \
+             const p = Object.getOwnPropertyDescriptor(FinalizationRegistry, 'prototype'); \
+             [FinalizationRegistry.prototype.register.length, p.writable, \
+              fails(() => FinalizationRegistry.prototype.register.call({}, {})), \
+              fails(() => FinalizationRegistry(() => {})), \
+              Object.getPrototypeOf(Reflect.construct(FinalizationRegistry, [() => {}], bare)) \
+                === FinalizationRegistry.prototype, \
+              new (class Sub extends FinalizationRegistry {})(() => {}) instanceof FinalizationRegistry]",
+            None,
+        )
+        .unwrap();
+        assert_eq!(out, r#"[2,false,"TypeError","TypeError",true,true]"#);
     }
 
     #[test]

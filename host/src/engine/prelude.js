@@ -6,33 +6,57 @@
 
   // FinalizationRegistry without registrations: V8 aborts on a snapshot holding one with an
   // unregister token or a collected target, and its callbacks would never run here anyway.
+  // Shaped as the built-in is: a constructor that checks its argument before it makes the
+  // object, methods that check their receiver, `register.length` 2.
   const weakly = (v) => (typeof v === 'object' && v !== null) || typeof v === 'function' ||
     (typeof v === 'symbol' && Symbol.keyFor(v) === undefined);
-  class FinalizationRegistry {
-    #tokens = new WeakMap();
-    constructor(cleanup) {
-      if (typeof cleanup !== 'function') {
-        throw new TypeError('FinalizationRegistry: cleanup must be callable');
-      }
+  const isObject = (v) => (typeof v === 'object' && v !== null) || typeof v === 'function';
+  const { create, defineProperty } = Object;
+  // Each registry's unregister tokens; a registry is what has an entry here.
+  const registries = new WeakMap();
+  const tokensOf = (registry, method) => {
+    const tokens = isObject(registry) ? registries.get(registry) : undefined;
+    if (tokens === undefined) {
+      throw new TypeError(`FinalizationRegistry.prototype.${method}: receiver is not a FinalizationRegistry`);
     }
+    return tokens;
+  };
+  const FinalizationRegistry = function FinalizationRegistry(cleanup) {
+    if (new.target === undefined) throw new TypeError("Constructor FinalizationRegistry requires 'new'");
+    if (typeof cleanup !== 'function') {
+      throw new TypeError('FinalizationRegistry: cleanup must be callable');
+    }
+    const proto = new.target.prototype;
+    const registry = create(isObject(proto) ? proto : registryPrototype);
+    registries.set(registry, new WeakMap());
+    return registry;
+  };
+  const registryPrototype = FinalizationRegistry.prototype;
+  const methods = {
     register(target, held, token) {
+      const tokens = tokensOf(this, 'register');
       if (!weakly(target)) throw new TypeError('FinalizationRegistry.prototype.register: invalid target');
       if (Object.is(target, held)) {
         throw new TypeError('FinalizationRegistry.prototype.register: target and holdings must not be same');
       }
       if (token !== undefined) {
         if (!weakly(token)) throw new TypeError('FinalizationRegistry.prototype.register: invalid unregister token');
-        this.#tokens.set(token, true);
+        tokens.set(token, true);
       }
-    }
+    },
     unregister(token) {
+      const tokens = tokensOf(this, 'unregister');
       if (!weakly(token)) throw new TypeError('FinalizationRegistry.prototype.unregister: invalid unregister token');
-      return this.#tokens.delete(token);
-    }
+      return tokens.delete(token);
+    },
+  };
+  defineProperty(methods.register, 'length', { value: 2 });
+  for (const name of ['register', 'unregister']) {
+    defineProperty(registryPrototype, name, { value: methods[name], writable: true, configurable: true });
   }
-  Object.defineProperty(FinalizationRegistry.prototype, Symbol.toStringTag,
-    { value: 'FinalizationRegistry', configurable: true });
-  Object.defineProperty(globalThis, 'FinalizationRegistry',
+  defineProperty(registryPrototype, Symbol.toStringTag, { value: 'FinalizationRegistry', configurable: true });
+  defineProperty(FinalizationRegistry, 'prototype', { writable: false });
+  defineProperty(globalThis, 'FinalizationRegistry',
     { value: FinalizationRegistry, writable: true, configurable: true });
 
   // Intl objects hold ICU state that V8 cannot snapshot. Each constructor makes a stand-in
