@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's one test command. It installs what the tests need (moto, a local
-# S3-compatible server, into target/s3-venv), builds everything the end-to-end tests start
-# (the mcp-v8 binary and the plugin libraries), then runs every test in the workspace.
+# The project's one test command. It installs what the tests need (moto, a local S3-compatible
+# server, into target/s3-venv; the test262 suite, unpacked into target/test262), builds everything
+# the end-to-end tests start (the mcp-v8 binary and the plugin libraries), then runs every test
+# in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -38,6 +39,20 @@ if [ -n "$MCP_V8_CHROMIUM" ]; then
   export MCP_V8_CHROMIUM
 else
   skipped+=("browser test: no chromium (Debian: apt-get install chromium; or set MCP_V8_CHROMIUM)")
+fi
+# ECMAScript's conformance suite, test262 (host/tests/test262): the pinned copy in
+# ../shared/test262, unpacked once into target/test262.
+test262_archive=$(ls ../shared/test262/test262-*.tar.gz 2>/dev/null | head -n 1 || true)
+if [ -n "$test262_archive" ]; then
+  test262=target/test262
+  if [ "$(cat "$test262/.archive" 2>/dev/null)" != "$(basename "$test262_archive")" ]; then
+    rm -rf "$test262" && mkdir -p "$test262"
+    tar xzf "$test262_archive" -C "$test262"
+    basename "$test262_archive" > "$test262/.archive"
+  fi
+  export MCP_V8_TEST262="$PWD/$test262"
+elif [ -z "${MCP_V8_TEST262:-}" ]; then
+  skipped+=("test262: no ../shared/test262/test262-*.tar.gz (or set MCP_V8_TEST262 to an unpacked suite)")
 fi
 report_skipped() {
   for why in "${skipped[@]}"; do echo "test.sh: skipped $why" >&2; done
