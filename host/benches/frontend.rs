@@ -1,5 +1,6 @@
 //! What the front end adds to a call: reading the code with oxc (and, for TypeScript,
-//! stripping it) before V8 compiles it, for 1 KB and 1 MB of code, next to a whole stateless
+//! stripping it; for code with `await` or private names, checking it further) before V8
+//! compiles it, for 1 KB and 1 MB of code, next to a whole stateless
 //! call of the same 1 KB in-process (engine only: isolate, compile, run, render).
 
 use std::time::Duration;
@@ -20,6 +21,21 @@ function summarise(list, prefix = 'row') {
 let total = 0; for (let i = 0; i < 10; i++) { total += i * 2 / 3 }
 const byId = Object.fromEntries(rows.map((r) => [r.id, r]));
 summarise(rows) + total + Object.keys(byId).length;
+";
+
+/// The same with what makes the front end look twice: `await` (is it used as a name?) and a
+/// class with private names (early errors).
+const JS_CHECKED_BLOCK: &str = "class Store {
+  #rows = [{ id: 1, name: 'ada', tags: ['x', 'y'] }, { id: 2, name: 'bob', tags: [] }];
+  static #count = 0;
+  #label(r) { return `${r.id}: ${r.name} (${r.tags.join(',')})`; }
+  has(o) { return #rows in o; }
+  async load() { Store.#count++; return this.#rows.map((r) => this.#label(r)); }
+}
+const store = new Store();
+const labels = await store.load();
+let total = 0; for (let i = 0; i < 10; i++) { total += i * 2 / 3 }
+labels.length + total + store.has(store);
 ";
 
 const TS_BLOCK: &str = "interface Row { id: number; name: string; tags: string[] }
@@ -50,7 +66,11 @@ fn code_of(block: &str, size: usize) -> String {
 fn front_end(c: &mut Criterion) {
     let mut group = c.benchmark_group("frontend");
     for (label, size) in [("1KB", 1 << 10), ("1MB", 1 << 20)] {
-        for (language, block) in [("js", JS_BLOCK), ("ts", TS_BLOCK)] {
+        for (language, block) in [
+            ("js", JS_BLOCK),
+            ("js-await-private", JS_CHECKED_BLOCK),
+            ("ts", TS_BLOCK),
+        ] {
             let code = code_of(block, size);
             group.throughput(Throughput::Bytes(code.len() as u64));
             group.bench_function(
