@@ -62,6 +62,16 @@ async fn exercise(rt: &Runtime, store: &MemoryStore) {
         output(rt, "typeof mcp.progress", "fixture").await,
         "function"
     );
+    // And the built-ins V8 leaves out of snapshot creators' contexts (heap format 7).
+    assert_eq!(
+        output(
+            rt,
+            "[typeof Promise.try, typeof Error.isError, RegExp.escape('a'), typeof Atomics.pause]",
+            "fixture"
+        )
+        .await,
+        r#"["function","function","\\x61","function"]"#
+    );
     assert_eq!(read_only_of(store, "today"), ReadOnly::Shared);
     // Concurrent calls on both kinds.
     let calls = (0..6).map(|i| {

@@ -1,23 +1,24 @@
 // Run once in every heap that lacks them (see `globals::complete_built_ins`): the built-ins
 // V8 installs only in contexts it will not snapshot. Each is defined as the built-in is
 // (writable, configurable, not enumerable; its name and length), unless the heap already has
-// one of that name. `isError` comes from the engine: [[ErrorData]] cannot be seen from
-// JavaScript.
-(isError) => {
+// one of that name, or no longer has the object it belongs on. `isError` comes from the
+// engine: [[ErrorData]] cannot be seen from JavaScript.
+(global, isError) => {
   'use strict';
   const { apply, defineProperty, getOwnPropertyDescriptor } = Reflect;
-  const define = (target, name, value) => {
-    if (getOwnPropertyDescriptor(target, name) === undefined) {
+  const isObject = (v) => (typeof v === 'object' && v !== null) || typeof v === 'function';
+  const define = (owner, name, value) => {
+    const target = global[owner];
+    if (isObject(target) && getOwnPropertyDescriptor(target, name) === undefined) {
       defineProperty(target, name, { value, writable: true, configurable: true });
     }
   };
   const TypeErrorCtor = TypeError;
-  const isObject = (v) => (typeof v === 'object' && v !== null) || typeof v === 'function';
 
-  define(Error, 'isError', isError);
+  define('Error', 'isError', isError);
 
   // Promise.try (ECMA-262 27.2.4.8).
-  define(Promise, 'try', {
+  define('Promise', 'try', {
     try(callback, ...args) {
       const C = this;
       if (!isObject(C)) throw new TypeErrorCtor('Promise.try called on a non-object');
@@ -52,7 +53,7 @@
   const { is } = Object;
 
   // Atomics.pause (ECMA-262 25.4.14): a hint to the processor; here it only checks N.
-  define(Atomics, 'pause', {
+  define('Atomics', 'pause', {
     pause(...n) {
       const N = n[0];
       if (N !== undefined && (typeof N !== 'number' || !(isInteger(N) || is(N, -0)))) {
@@ -89,7 +90,7 @@
     }
     return c;
   };
-  define(RegExp, 'escape', {
+  define('RegExp', 'escape', {
     escape(S) {
       if (typeof S !== 'string') throw new TypeErrorCtor('RegExp.escape requires a string');
       let escaped = '';

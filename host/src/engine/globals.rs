@@ -777,11 +777,17 @@ pub(super) fn complete_built_ins(scope: &mut v8::HandleScope) -> Option<()> {
         return Some(());
     }
     let is_error = named_function(scope, "isError", 1, is_error)?;
-    let source = v8::String::new(scope, BUILT_INS)?;
-    let setup = v8::Script::compile(scope, source, None)?.run(scope)?;
-    let setup = v8::Local::<v8::Function>::try_from(setup).ok()?;
-    let undefined = v8::undefined(scope).into();
-    setup.call(scope, undefined, &[is_error.into()])?;
+    {
+        // It defines what it can and skips what a heap's code took away (`Promise` deleted,
+        // say); whatever happens, it is not tried again on that heap.
+        let tc = &mut v8::TryCatch::new(scope);
+        let source = v8::String::new(tc, BUILT_INS)?;
+        let setup = v8::Script::compile(tc, source, None).and_then(|s| s.run(tc));
+        if let Some(setup) = setup.and_then(|f| v8::Local::<v8::Function>::try_from(f).ok()) {
+            let undefined = v8::undefined(tc).into();
+            let _ = setup.call(tc, undefined, &[global.into(), is_error.into()]);
+        }
+    }
     let done = v8::Boolean::new(scope, true);
     global.set_private(scope, mark, done.into())?;
     Some(())

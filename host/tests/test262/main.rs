@@ -517,8 +517,8 @@ fn on_heap(code: &str, heap: Bytes) -> Run<engine::Completion> {
 /// What a plain V8 host lacks for [`HOST`]: `console.log` (collected) and `setTimeout` (as
 /// a job, which is all the suite needs of it). Only for [`plain_v8`], in sloppy mode; a
 /// strict test's prologue is in the code after it, which then runs as a second script.
-const PLAIN_HOST: &str = "var $262Printed = []; \
-    var console = { log(message) { $262Printed.push(String(message)); } }; \
+const PLAIN_HOST: &str = "var $262Printed = ''; \
+    var console = { log(message) { $262Printed += String(message) + '\\n'; } }; \
     var setTimeout = (f, ms, ...args) => { Promise.resolve().then(() => f(...args)); };\n";
 
 /// Runs `code` in a new plain isolate as a classic script, then its microtasks.
@@ -546,19 +546,12 @@ fn plain_v8(code: &str, expect: &Expect) -> Result<(), String> {
     }
     let printed = v8::String::new(tc, "$262Printed")
         .and_then(|key| context.global(tc).get(tc, key.into()))
-        .and_then(|value| value.to_object(tc))
-        .map(|array| {
-            let text = array.to_rust_string_lossy(tc);
-            text.split(',').map(str::to_owned).collect::<Vec<_>>()
-        })
+        .map(|text| text.to_rust_string_lossy(tc))
         .unwrap_or_default();
+    let printed: Vec<&str> = printed.lines().collect();
     match (expect, thrown) {
         (Expect::Success, None) => Ok(()),
-        (Expect::AsyncSuccess, None)
-            if printed.iter().any(|l| l == "Test262:AsyncTestComplete") =>
-        {
-            Ok(())
-        }
+        (Expect::AsyncSuccess, None) if printed.contains(&"Test262:AsyncTestComplete") => Ok(()),
         (Expect::Throws(name), Some(got)) if &got == name => Ok(()),
         (_, Some(got)) => Err(format!("threw {got}")),
         (_, None) => Err("did not do what the test expects".into()),
