@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::engine::Limits;
 use crate::envelope::Codec;
 use crate::runtime::{Policy as StoragePolicy, SaveMode};
-use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
+use crate::storage::{MemoryOptions, MemorySettings, Sharing, StorageChoice};
 use crate::transport::events::Retention;
 use crate::transport::guard::Policy;
 use crate::transport::http::HttpOptions;
@@ -365,10 +365,10 @@ impl Cli {
         }
     }
 
-    /// How the runtime stores heaps in a store called `store`.
-    pub fn storage_policy(&self, store: &str) -> StoragePolicy {
+    /// How the runtime stores heaps in a store shared as `sharing` says.
+    pub fn storage_policy(&self, sharing: Sharing) -> StoragePolicy {
         StoragePolicy {
-            save: self.save.unwrap_or_else(|| SaveMode::default_for(store)),
+            save: self.save.unwrap_or_else(|| SaveMode::default_for(sharing)),
             conflict_retries: self.conflict_retries,
             compression: self.compression,
         }
@@ -516,10 +516,16 @@ mod tests {
     #[test]
     fn the_save_mode_defaults_by_store_and_the_flag_wins() {
         let cli = Cli::try_parse_from(["mcp-v8", "--memory"]).unwrap();
-        assert_eq!(cli.storage_policy("memory").save, SaveMode::Background);
-        assert_eq!(cli.storage_policy("file").save, SaveMode::Background);
-        assert_eq!(cli.storage_policy("s3").save, SaveMode::Sync);
+        assert_eq!(
+            cli.storage_policy(Sharing::Process).save,
+            SaveMode::Background
+        );
+        assert_eq!(
+            cli.storage_policy(Sharing::Machine).save,
+            SaveMode::Background
+        );
+        assert_eq!(cli.storage_policy(Sharing::Network).save, SaveMode::Sync);
         let cli = Cli::try_parse_from(["mcp-v8", "--memory", "--save", "sync"]).unwrap();
-        assert_eq!(cli.storage_policy("memory").save, SaveMode::Sync);
+        assert_eq!(cli.storage_policy(Sharing::Process).save, SaveMode::Sync);
     }
 }

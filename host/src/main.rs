@@ -98,7 +98,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
     let workers = cli.max_concurrent_executions();
     let executor = Executor::workers(program, workers, cli.worker_settings());
-    let policy = cli.storage_policy(&storage.info().name);
+    let policy = cli.storage_policy(storage.sharing());
     let runtime = Arc::new(Runtime::with_policy(storage, executor, limits, policy));
     // Listening for SIGINT/SIGTERM before the first worker starts: a stop asked for while the
     // server starts is not lost (a shell's background job even inherits them ignored).

@@ -147,10 +147,28 @@ pub enum Op {
     List,
     /// Ask a heap's version.
     Version,
+    /// Append a journal record.
+    Append,
+    /// Read a heap's journal.
+    ReadJournal,
+    /// Remove journal records a checkpoint covers.
+    TrimJournal,
 }
 
+/// How many kinds of [`Op`] there are.
+const OPS: usize = 8;
+
 impl Op {
-    const ALL: [Op; 5] = [Op::Get, Op::Put, Op::Delete, Op::List, Op::Version];
+    const ALL: [Op; OPS] = [
+        Op::Get,
+        Op::Put,
+        Op::Delete,
+        Op::List,
+        Op::Version,
+        Op::Append,
+        Op::ReadJournal,
+        Op::TrimJournal,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -159,6 +177,9 @@ impl Op {
             Op::Delete => "delete",
             Op::List => "list",
             Op::Version => "version",
+            Op::Append => "append",
+            Op::ReadJournal => "read_journal",
+            Op::TrimJournal => "trim_journal",
         }
     }
 }
@@ -183,9 +204,9 @@ fn kind_index(kind: ErrorKind) -> usize {
 /// What the host counts about its store, whatever the store is.
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
-    latency: [Histogram; 5],
-    calls: [AtomicU64; 5],
-    errors: [[AtomicU64; KINDS.len()]; 5],
+    latency: [Histogram; OPS],
+    calls: [AtomicU64; OPS],
+    errors: [[AtomicU64; KINDS.len()]; OPS],
     hits: AtomicU64,
     misses: AtomicU64,
     bytes_read: AtomicU64,
@@ -205,7 +226,8 @@ impl StoreMetrics {
                         self.looked_up(true);
                         &self.bytes_read
                     }
-                    Op::Put => &self.bytes_written,
+                    Op::ReadJournal => &self.bytes_read,
+                    Op::Put | Op::Append => &self.bytes_written,
                     _ => return,
                 };
                 moved.fetch_add(bytes, Ordering::Relaxed);

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use mcp_v8_plugin_api::validate_heap_name;
 use tokio::sync::{OwnedMutexGuard, RwLock};
 
 use crate::engine::{Completion, Limits, Run, RunError};
@@ -20,7 +19,8 @@ use crate::executor::Executor;
 use crate::job::{Job, LiveBatches, NotWarm, Saving, Start, Target, WarmRef};
 use crate::metrics::{self, CallMetrics, StorageStats};
 use crate::storage::{
-    ErrorKind, HeapLocks, HeapMeta, Precondition, Snapshot, Store, StoreError, Version,
+    validate_caller_name, ErrorKind, HeapLocks, HeapMeta, Precondition, Sharing, Snapshot, Store,
+    StoreError, Version,
 };
 
 /// When a stateful call's new state is stored.
@@ -34,12 +34,13 @@ pub enum SaveMode {
 }
 
 impl SaveMode {
-    /// The default for a store called `store`: stores one host owns (memory, a directory)
-    /// save in the background; any other (S3, a third-party plugin) may be shared by several
-    /// hosts, which want every answer durable and races retried, so they save in sync.
-    pub fn default_for(store: &str) -> Self {
-        match store {
-            "memory" | "file" => SaveMode::Background,
+    /// The default for a store shared as `sharing` declares: a store only this machine
+    /// writes (memory, a directory) saves in the background; one that hosts elsewhere may
+    /// write too (S3, and any store that does not say) wants every answer durable and races
+    /// retried, so it saves in sync.
+    pub fn default_for(sharing: Sharing) -> Self {
+        match sharing {
+            Sharing::Process | Sharing::Machine => SaveMode::Background,
             _ => SaveMode::Sync,
         }
     }
@@ -449,7 +450,7 @@ impl Runtime {
     ) -> Reply<HeapRun> {
         // A fork without a source starts from an empty heap.
         let source = match heap {
-            Some(name) => match validate_heap_name(&name) {
+            Some(name) => match validate_caller_name(&name) {
                 Ok(()) => Some(name),
                 Err(e) => return Reply::failed(CallError::InvalidName(e)),
             },
@@ -458,7 +459,7 @@ impl Runtime {
         let (heap, fork) = match &save_to {
             SaveTo::Same => (source.clone().unwrap_or_else(generated_name), None),
             SaveTo::Fork { to, overwrite } => {
-                if let Err(e) = validate_heap_name(to) {
+                if let Err(e) = validate_caller_name(to) {
                     return Reply::failed(CallError::InvalidName(e));
                 }
                 if source.as_ref() == Some(to) {
@@ -647,7 +648,7 @@ impl Runtime {
         prefix: &str,
         limit: usize,
     ) -> Result<(Vec<String>, usize), CallError> {
-        if !prefix.is_empty() && validate_heap_name(prefix).is_err() {
+        if !prefix.is_empty() && validate_caller_name(prefix).is_err() {
             return Ok((Vec::new(), 0));
         }
         self.settled().await;
@@ -667,7 +668,7 @@ impl Runtime {
 
     /// Metadata of one heap, or `None` when it does not exist.
     pub async fn describe(&self, heap: &str) -> Result<Option<Listed>, CallError> {
-        validate_heap_name(heap).map_err(CallError::InvalidName)?;
+        validate_caller_name(heap).map_err(CallError::InvalidName)?;
         self.settled().await;
         let heaps = self
             .heaps
@@ -684,8 +685,8 @@ impl Runtime {
     /// Copies heap `from` to a new heap `to` (replacing it with `overwrite`), waiting for any
     /// call running on either: a named checkpoint.
     pub async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<Copied, CallError> {
-        validate_heap_name(from).map_err(CallError::InvalidName)?;
-        validate_heap_name(to).map_err(CallError::InvalidName)?;
+        validate_caller_name(from).map_err(CallError::InvalidName)?;
+        validate_caller_name(to).map_err(CallError::InvalidName)?;
         if from == to {
             return Err(CallError::SameHeap { heap: to.into() });
         }
@@ -697,7 +698,7 @@ impl Runtime {
 
     /// Deletes a heap, waiting for any call running on it.
     pub async fn delete(&self, heap: &str) -> Result<(), CallError> {
-        validate_heap_name(heap).map_err(CallError::InvalidName)?;
+        validate_caller_name(heap).map_err(CallError::InvalidName)?;
         let _guard = self.locks.lock(heap).await;
         self.heaps.forget(heap);
         self.heaps.take_lost(heap);
@@ -1284,6 +1285,26 @@ mod tests {
         fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
             self.inner.list(prefix)
         }
+    }
+
+    #[tokio::test]
+    async fn a_journal_s_reserved_names_are_no_heap_names() {
+        let (rt, _store) = runtime();
+        let reserved = mcp_v8_plugin_api::journal::entry_name("h", 1);
+        let error = rt
+            .run_on_heap("1".into(), Some(reserved.clone()), CallLimits::default())
+            .await
+            .result
+            .unwrap_err();
+        assert!(matches!(error, CallError::InvalidName(_)), "{error}");
+        assert!(
+            error.to_string().contains("reserved for journals"),
+            "{error}"
+        );
+        assert!(matches!(
+            rt.delete(&reserved).await,
+            Err(CallError::InvalidName(_))
+        ));
     }
 
     #[tokio::test]

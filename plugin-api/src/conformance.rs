@@ -44,7 +44,9 @@ use std::sync::Barrier;
 
 use bytes::Bytes;
 
-use crate::{validate_heap_name, ErrorKind, HeapStore, Precondition, MAX_HEAP_NAME_LEN};
+use crate::{
+    journal, validate_heap_name, ErrorKind, HeapStore, Precondition, Record, MAX_HEAP_NAME_LEN,
+};
 
 /// Size of the large blob the suite stores.
 pub const LARGE_BLOB: usize = 32 << 20;
@@ -59,6 +61,7 @@ pub fn run<S: HeapStore + ?Sized>(store: &S, prefix: &str) {
     run_sequential(store, prefix);
     concurrent_writers_lose_no_update(store, prefix);
     concurrent_creators_make_one_heap(store, prefix);
+    concurrent_appenders_commit_each_record_once(store, prefix);
     clean(store, prefix);
 }
 
@@ -79,6 +82,8 @@ pub fn run_sequential<S: HeapStore + ?Sized>(store: &S, prefix: &str) {
     list_by_prefix(store, prefix);
     names_at_the_limits(store, prefix);
     empty_and_large_blobs(store, prefix);
+    journals(store, prefix);
+    journals_are_per_heap(store, prefix);
     clean(store, prefix);
 }
 
@@ -399,4 +404,199 @@ pub fn concurrent_creators_make_one_heap<S: HeapStore + ?Sized>(store: &S, prefi
         "conformance: {created} writers created the same heap"
     );
     store.delete(&heap).expect("delete");
+}
+
+/// Reads `heap`'s whole journal as (number, bytes) pairs.
+fn journal_of<S: HeapStore + ?Sized>(store: &S, heap: &str, after: u64) -> Vec<(u64, Bytes)> {
+    store
+        .read_journal(heap, after)
+        .unwrap_or_else(|e| panic!("conformance: read_journal({heap:?}, {after}) failed: {e}"))
+        .into_iter()
+        .map(|r| (r.seq, r.bytes))
+        .collect()
+}
+
+fn append<S: HeapStore + ?Sized>(store: &S, heap: &str, seq: u64, bytes: Bytes) {
+    store
+        .append(heap, Record::new(seq, bytes))
+        .unwrap_or_else(|e| panic!("conformance: append of record {seq} to {heap:?} failed: {e}"));
+}
+
+/// Records read back in order and exactly; a number is written once (a second append of it
+/// is a Conflict that changes nothing); trimming removes what it covers; the journal is
+/// independent of the heap's entry.
+pub fn journals<S: HeapStore + ?Sized>(store: &S, prefix: &str) {
+    let heap = name(prefix, "journal");
+    store
+        .trim_journal(&heap, u64::MAX)
+        .expect("conformance: trim_journal of a journal that does not exist");
+    assert!(
+        journal_of(store, &heap, 0).is_empty(),
+        "conformance: a journal never written has records"
+    );
+    let large: Bytes = (0..(1 << 20))
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let written = [
+        (1, blob("first")),
+        (2, Bytes::new()),
+        (3, large),
+        (7, blob("after a gap")),
+        (u64::MAX - 1, blob("near the end")),
+    ];
+    for (seq, bytes) in &written {
+        append(store, &heap, *seq, bytes.clone());
+    }
+    assert!(
+        journal_of(store, &heap, 0) == written,
+        "conformance: read_journal did not return the records in order, exactly"
+    );
+    assert!(
+        journal_of(store, &heap, 2) == written[2..],
+        "conformance: read_journal(after) must return only the records numbered above it"
+    );
+    let again = store.append(&heap, Record::new(2, blob("second writer")));
+    assert_eq!(
+        kind(again),
+        ErrorKind::Conflict,
+        "conformance: a record number was written twice"
+    );
+    assert_eq!(
+        journal_of(store, &heap, 1).first(),
+        Some(&(2, Bytes::new())),
+        "conformance: a refused append changed the record"
+    );
+    // The heap's entry and its journal are separate.
+    assert_eq!(
+        store.version(&heap).ok(),
+        Some(None),
+        "conformance: appending to a journal created the heap"
+    );
+    assert!(
+        store.list(&heap).expect("list").is_empty(),
+        "conformance: list shows a journal as a heap"
+    );
+    store
+        .put(&heap, blob("snapshot"), Precondition::MustNotExist)
+        .expect("put");
+    store.delete(&heap).expect("delete");
+    assert_eq!(
+        journal_of(store, &heap, 0).len(),
+        written.len(),
+        "conformance: deleting the heap's entry changed its journal"
+    );
+    store
+        .trim_journal(&heap, 3)
+        .expect("conformance: trim_journal");
+    assert!(
+        journal_of(store, &heap, 0) == written[3..],
+        "conformance: trim_journal(3) must remove exactly the records numbered 3 and below"
+    );
+    store
+        .trim_journal(&heap, 3)
+        .expect("conformance: trimming again is no error");
+    append(store, &heap, 8, blob("after a trim"));
+    assert_eq!(
+        journal_of(store, &heap, 7),
+        [(8, blob("after a trim")), written[4].clone()],
+        "conformance: a record appended after a trim is read back in its place"
+    );
+    store
+        .trim_journal(&heap, u64::MAX)
+        .expect("conformance: trim_journal(u64::MAX)");
+    assert!(
+        journal_of(store, &heap, 0).is_empty(),
+        "conformance: trim_journal(u64::MAX) left records"
+    );
+}
+
+/// Each heap has its own journal, also when one name starts with the other or they differ
+/// only in case, and journals never show in a listing under a heap prefix.
+pub fn journals_are_per_heap<S: HeapStore + ?Sized>(store: &S, prefix: &str) {
+    let heaps = ["jp", "jp-2", "JP", "jp.x"].map(|s| name(prefix, s));
+    for (i, heap) in heaps.iter().enumerate() {
+        store.trim_journal(heap, u64::MAX).expect("trim_journal");
+        append(store, heap, 1, blob(heap));
+        append(store, heap, 2 + i as u64, blob(heap));
+    }
+    for (i, heap) in heaps.iter().enumerate() {
+        assert_eq!(
+            journal_of(store, heap, 0),
+            [(1, blob(heap)), (2 + i as u64, blob(heap))],
+            "conformance: {heap:?}'s journal holds another heap's records"
+        );
+    }
+    let listed = store.list(prefix).expect("list");
+    assert!(
+        listed
+            .iter()
+            .all(|m| !journal::is_reserved(&m.name) && !heaps.contains(&m.name)),
+        "conformance: list under a heap prefix shows journal records: {:?}",
+        listed.iter().map(|m| &m.name).collect::<Vec<_>>()
+    );
+    for heap in &heaps {
+        store.trim_journal(heap, u64::MAX).expect("trim_journal");
+    }
+}
+
+/// Writers racing to append the next record of one journal, each reading it again after a
+/// lost race: every number is committed exactly once, by the writer that was told so.
+pub fn concurrent_appenders_commit_each_record_once<S: HeapStore + ?Sized>(
+    store: &S,
+    prefix: &str,
+) {
+    let heap = name(prefix, "appenders");
+    store.trim_journal(&heap, u64::MAX).expect("trim_journal");
+    let start = Barrier::new(WRITERS);
+    let committed: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let (heap, start) = (&heap, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    let (mut last, mut mine) = (0, Vec::new());
+                    while mine.len() < INCREMENTS {
+                        let next = last + 1;
+                        let record = Record::new(next, blob(&writer.to_string()));
+                        match store.append(heap, record) {
+                            Ok(()) => {
+                                mine.push(next);
+                                last = next;
+                            }
+                            Err(e) if e.kind() == ErrorKind::Conflict => {
+                                let seen = store
+                                    .read_journal(heap, last)
+                                    .expect("conformance: read_journal while racing");
+                                last = seen.last().map_or(last, |r| r.seq);
+                            }
+                            Err(e) => panic!("conformance: a racing append failed with {e}"),
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|w| w.join().expect("writer"))
+            .collect()
+    });
+    let stored = journal_of(store, &heap, 0);
+    let total = WRITERS * INCREMENTS;
+    assert_eq!(
+        stored.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        (1..=total as u64).collect::<Vec<_>>(),
+        "conformance: racing appenders left gaps or extra records"
+    );
+    for (writer, seqs) in committed.iter().enumerate() {
+        for seq in seqs {
+            assert_eq!(
+                stored[(*seq - 1) as usize].1,
+                blob(&writer.to_string()),
+                "conformance: record {seq} holds another writer's bytes than the one told it committed"
+            );
+        }
+    }
+    store.trim_journal(&heap, u64::MAX).expect("trim_journal");
 }

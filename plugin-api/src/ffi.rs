@@ -41,7 +41,8 @@ use abi_stable::{sabi_trait, StableAbi};
 use bytes::Bytes;
 
 use crate::{
-    BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition, Snapshot, StoreError, Version,
+    BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition, Record, Sharing, Snapshot,
+    StoreError, Version,
 };
 
 /// [`StoreError`] across the boundary. `kind` is a code so that a newer plugin's unknown
@@ -196,6 +197,49 @@ pub struct FfiSnapshot {
     pub version: RString,
 }
 
+/// A journal [`Record`] across the boundary; the bytes are lent, not copied.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiRecord {
+    /// The record's number.
+    pub seq: u64,
+    /// Its bytes.
+    pub bytes: FfiBytes,
+}
+
+impl From<Record> for FfiRecord {
+    fn from(r: Record) -> Self {
+        Self {
+            seq: r.seq,
+            bytes: FfiBytes::lend(r.bytes),
+        }
+    }
+}
+
+impl From<FfiRecord> for Record {
+    fn from(r: FfiRecord) -> Self {
+        Record::new(r.seq, r.bytes.into_bytes())
+    }
+}
+
+/// [`Sharing`] across the boundary, as a code, so that a newer plugin's unknown answers still
+/// load (they read as [`Sharing::Network`], the cautious one).
+fn sharing_code(sharing: Sharing) -> u8 {
+    match sharing {
+        Sharing::Process => 1,
+        Sharing::Machine => 2,
+        Sharing::Network => 3,
+    }
+}
+
+fn sharing_from(code: u8) -> Sharing {
+    match code {
+        1 => Sharing::Process,
+        2 => Sharing::Machine,
+        _ => Sharing::Network,
+    }
+}
+
 /// [`HeapMeta`] across the boundary.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
@@ -273,9 +317,18 @@ pub trait StableHeapStore: Send + Sync {
     fn delete(&self, name: RStr<'_>) -> RResult<(), FfiStoreError>;
     /// [`HeapStore::list`].
     fn list(&self, prefix: RStr<'_>) -> RResult<RVec<FfiHeapMeta>, FfiStoreError>;
-    /// [`HeapStore::version`]. Methods added in later minor versions go below this one.
-    #[sabi(last_prefix_field)]
+    /// [`HeapStore::version`].
     fn version(&self, name: RStr<'_>) -> RResult<ROption<RString>, FfiStoreError>;
+    /// [`HeapStore::append`].
+    fn append(&self, name: RStr<'_>, record: FfiRecord) -> RResult<(), FfiStoreError>;
+    /// [`HeapStore::read_journal`].
+    fn read_journal(&self, name: RStr<'_>, after: u64) -> RResult<RVec<FfiRecord>, FfiStoreError>;
+    /// [`HeapStore::trim_journal`].
+    fn trim_journal(&self, name: RStr<'_>, through: u64) -> RResult<(), FfiStoreError>;
+    /// [`HeapStore::sharing`], as a code (1 process, 2 machine, anything else network).
+    /// Methods added in later minor versions go below this one.
+    #[sabi(last_prefix_field)]
+    fn sharing(&self) -> u8;
 }
 
 /// A heap store as a stable-ABI trait object: what a plugin hands to the host.
@@ -361,6 +414,32 @@ impl<S: HeapStore> StableHeapStore for Provider<S> {
                 .map(|v| v.map(|v| RString::from(v.0)))
         })
     }
+
+    fn append(&self, name: RStr<'_>, record: FfiRecord) -> RResult<(), FfiStoreError> {
+        guarded("append", || self.0.append(name.as_str(), record.into()))
+    }
+
+    fn read_journal(&self, name: RStr<'_>, after: u64) -> RResult<RVec<FfiRecord>, FfiStoreError> {
+        guarded("read_journal", || {
+            self.0.read_journal(name.as_str(), after).map(|records| {
+                records
+                    .into_iter()
+                    .map(FfiRecord::from)
+                    .collect::<RVec<_>>()
+            })
+        })
+    }
+
+    fn trim_journal(&self, name: RStr<'_>, through: u64) -> RResult<(), FfiStoreError> {
+        guarded("trim_journal", || {
+            self.0.trim_journal(name.as_str(), through)
+        })
+    }
+
+    fn sharing(&self) -> u8 {
+        catch_unwind(AssertUnwindSafe(|| self.0.sharing()))
+            .map_or(sharing_code(Sharing::Network), sharing_code)
+    }
 }
 
 impl From<Snapshot> for FfiSnapshot {
@@ -441,6 +520,33 @@ impl HeapStore for ForeignHeapStore {
             ROk(v) => Ok(v.into_option().map(|v| Version(v.into_string()))),
             RErr(e) => Err(e.into()),
         }
+    }
+
+    fn append(&self, name: &str, record: Record) -> Result<(), StoreError> {
+        self.0
+             .0
+            .append(name.into(), record.into())
+            .into_result()
+            .map_err(Into::into)
+    }
+
+    fn read_journal(&self, name: &str, after: u64) -> Result<Vec<Record>, StoreError> {
+        match self.0 .0.read_journal(name.into(), after) {
+            ROk(records) => Ok(records.into_iter().map(Record::from).collect()),
+            RErr(e) => Err(e.into()),
+        }
+    }
+
+    fn trim_journal(&self, name: &str, through: u64) -> Result<(), StoreError> {
+        self.0
+             .0
+            .trim_journal(name.into(), through)
+            .into_result()
+            .map_err(Into::into)
+    }
+
+    fn sharing(&self) -> Sharing {
+        sharing_from(self.0 .0.sharing())
     }
 }
 

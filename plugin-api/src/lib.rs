@@ -1,8 +1,10 @@
-//! The contract between `mcp-v8` and the stores that keep its heap snapshots.
+//! The contract between `mcp-v8` and the stores that keep its heaps.
 //!
 //! A heap store keeps opaque snapshot blobs under validated heap names and hands out a
 //! *version token* with each one, so that writers can make conditional puts
-//! (compare-and-swap) and never silently overwrite each other's update.
+//! (compare-and-swap) and never silently overwrite each other's update. Beside each snapshot
+//! it keeps the heap's [`journal`]: small numbered records, appended only if their number is
+//! free, which commit calls between snapshots.
 //!
 //! There are two faces to the contract:
 //!
@@ -47,13 +49,15 @@
 pub mod conformance;
 mod error;
 pub mod ffi;
+pub mod journal;
 mod name;
 pub mod plugin;
 mod store;
 
 pub use error::{ErrorKind, StoreError};
+pub use journal::Record;
 pub use name::{validate_heap_name, MAX_HEAP_NAME_LEN};
-pub use store::{BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot, Version};
+pub use store::{BackendInfo, HeapMeta, HeapStore, Precondition, Sharing, Snapshot, Version};
 
 /// The version of this contract. The host refuses a plugin built against a version with a
 /// different major version (or, while it is 0.x, a different minor version).

@@ -2,6 +2,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use crate::journal::{self, Record};
 use crate::StoreError;
 
 /// An opaque version token for one stored revision of a heap (an e-tag, a generation, a
@@ -102,7 +103,20 @@ impl BackendInfo {
     }
 }
 
-/// A store of heap snapshots: the one contract every store fulfils — the host's built-in
+/// Who besides this process may write the heaps a store holds: how much the host may trust
+/// what it holds in memory without asking the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Sharing {
+    /// Only this process (the host's memory store).
+    Process,
+    /// Processes on this machine (a local directory).
+    Machine,
+    /// Processes anywhere (a bucket, a database): the default.
+    Network,
+}
+
+/// A store of heap snapshots and their journals: the one contract every store fulfils — the host's built-in
 /// memory store, the bundled file and S3 plugins, and any third-party plugin. Run
 /// [`crate::conformance::run`] against yours.
 ///
@@ -147,6 +161,39 @@ pub trait HeapStore: Send + Sync + 'static {
             .into_iter()
             .find(|m| m.name == name)
             .map(|m| m.version))
+    }
+
+    /// Appends `record` to heap `name`'s journal ([`crate::journal`]) unless the journal
+    /// already holds a record with its number: then an error of kind
+    /// [`crate::ErrorKind::Conflict`] (see [`crate::journal::taken`]), and nothing is written.
+    /// When it returns the record is as durable as the store's puts, because the host answers
+    /// the call the record commits right after. The journal is independent of the heap's
+    /// entry: one may exist without the other.
+    ///
+    /// The default keeps the record as an entry under a reserved name, put with
+    /// [`Precondition::MustNotExist`].
+    fn append(&self, name: &str, record: Record) -> Result<(), StoreError> {
+        journal::append(self, name, record)
+    }
+
+    /// The records of heap `name`'s journal numbered above `after`, in ascending order;
+    /// empty when there are none. Numbers may have gaps (records trimmed meanwhile, or never
+    /// written by a writer that failed); the host tells what they mean.
+    fn read_journal(&self, name: &str, after: u64) -> Result<Vec<Record>, StoreError> {
+        journal::read(self, name, after)
+    }
+
+    /// Removes the records of heap `name`'s journal numbered `through` or below (all of them
+    /// for `u64::MAX`): a checkpoint covers them. Records that are not there are no error.
+    fn trim_journal(&self, name: &str, through: u64) -> Result<(), StoreError> {
+        journal::trim(self, name, through)
+    }
+
+    /// Who else may write this store's heaps. The default, [`Sharing::Network`], makes the
+    /// host check with the store before every run on a heap it holds in memory; a store that
+    /// only this process can reach says [`Sharing::Process`].
+    fn sharing(&self) -> Sharing {
+        Sharing::Network
     }
 }
 

@@ -242,7 +242,7 @@ fn every_malformed_library_gets_a_specific_cause_and_never_crashes_the_host() {
     // The same plugin-api version with a type whose layout changed.
     let changed = example_plugin_built_against(
         "plugin-api-changed-layout",
-        "0.2.0",
+        mcp_v8_plugin_api::PLUGIN_API_VERSION,
         &[
             ("ffi.rs", "pub size: u64,", "pub size: u32,"),
             ("ffi.rs", "size: m.size,", "size: m.size as _,"),

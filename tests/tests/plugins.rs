@@ -241,7 +241,11 @@ fn each_loader_failure_is_one_clear_line_and_exit_code_1() {
 
 #[test]
 fn a_plugin_built_against_another_plugin_api_is_refused_with_both_versions() {
-    let library = example_plugin_built_against_api("0.3.0");
+    // The next breaking version of the contract (its minor version, while it is 0.x).
+    let ours = mcp_v8_plugin_api::PLUGIN_API_VERSION;
+    let minor: u32 = ours.split('.').nth(1).unwrap().parse().unwrap();
+    let theirs = format!("0.{}.0", minor + 1);
+    let library = example_plugin_built_against_api(&theirs);
     let dir = tempfile::tempdir().unwrap();
     let path = config(
         dir.path(),
@@ -250,9 +254,9 @@ fn a_plugin_built_against_another_plugin_api_is_refused_with_both_versions() {
     let (code, stderr) = start_up_failure(&["--config", &path]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains(
-            "built against mcp-v8-plugin-api 0.3.0, but this mcp-v8 uses mcp-v8-plugin-api 0.2.0"
-        ),
+        stderr.contains(&format!(
+            "built against mcp-v8-plugin-api {theirs}, but this mcp-v8 uses mcp-v8-plugin-api {ours}"
+        )),
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

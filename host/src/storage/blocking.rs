@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mcp_v8_plugin_api::validate_heap_name;
+use mcp_v8_plugin_api::{journal, validate_heap_name};
 
-use super::{BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot, StoreError, Version};
+use super::{
+    BackendInfo, HeapMeta, HeapStore, Precondition, Record, Sharing, Snapshot, StoreError, Version,
+};
 
 /// Most plugin calls that may be stuck (past their time limit and still running) at once.
 pub const MAX_STUCK: usize = 64;
@@ -35,6 +37,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Blocking {
     inner: Arc<dyn HeapStore>,
     info: BackendInfo,
+    sharing: Sharing,
     timeout: Duration,
     calls: Arc<Calls>,
 }
@@ -67,10 +70,11 @@ impl Drop for Running {
 impl Blocking {
     /// Wraps `store`; a call that takes longer than `timeout` fails.
     pub fn new(store: Arc<dyn HeapStore>, timeout: Duration) -> Self {
-        let info = store.info();
+        let (info, sharing) = (store.info(), store.sharing());
         Self {
             inner: store,
             info,
+            sharing,
             timeout,
             calls: Arc::default(),
         }
@@ -200,6 +204,50 @@ impl Blocking {
         let heap = name.to_string();
         self.call("version", name, move |s| s.version(&heap)).await
     }
+
+    /// [`HeapStore::append`].
+    pub async fn append(&self, name: &str, record: Record) -> Result<(), StoreError> {
+        let heap = name.to_string();
+        self.call("append", name, move |s| s.append(&heap, record))
+            .await
+    }
+
+    /// [`HeapStore::read_journal`], checked: records come in ascending order above `after`,
+    /// each number once, or the store is not keeping the contract.
+    pub async fn read_journal(&self, name: &str, after: u64) -> Result<Vec<Record>, StoreError> {
+        let heap = name.to_string();
+        let plugin = self.info.name.clone();
+        self.call("read_journal", name, move |s| {
+            let records = s.read_journal(&heap, after)?;
+            let mut last = after;
+            for record in &records {
+                if record.seq <= last {
+                    return Err(StoreError::corrupt(format!(
+                        "storage plugin {plugin} returned heap '{heap}'s journal out of order \
+                         (record {} after {last})",
+                        record.seq
+                    )));
+                }
+                last = record.seq;
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    /// [`HeapStore::trim_journal`].
+    pub async fn trim_journal(&self, name: &str, through: u64) -> Result<(), StoreError> {
+        let heap = name.to_string();
+        self.call("trim_journal", name, move |s| {
+            s.trim_journal(&heap, through)
+        })
+        .await
+    }
+
+    /// [`HeapStore::sharing`], as the store said when it was opened.
+    pub fn sharing(&self) -> Sharing {
+        self.sharing
+    }
 }
 
 /// The entries of a plugin's `list` that a client could have named, at most [`MAX_LISTED`].
@@ -211,6 +259,10 @@ fn checked_listing(
     let (mut invalid, mut over) = (0usize, 0usize);
     let mut heaps = Vec::new();
     for meta in listed {
+        // The default journal's records: not heaps, and not a fault of the plugin.
+        if journal::is_reserved(&meta.name) {
+            continue;
+        }
         if validate_heap_name(&meta.name).is_err() || !meta.name.starts_with(prefix) {
             invalid += 1;
         } else if heaps.len() >= MAX_LISTED {
@@ -264,6 +316,7 @@ mod tests {
             &long,
             "good.2",
             "other",
+            "_mcp-v8-journal.af63dc4c8601ec8c.0000000000000001",
         ];
         let kept = checked_listing("p", "good", names.iter().map(|n| meta(n)));
         let kept: Vec<&str> = kept.iter().map(|m| m.name.as_str()).collect();

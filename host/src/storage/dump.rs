@@ -3,11 +3,16 @@
 //!
 //! ```text
 //! file:   magic "MCPV8DMP" (8) | format u16 LE (2) | V8 version len u8 | V8 version
-//!         | record* | end marker "END\0" (4) | heap count u64 LE
+//!         | record* | end marker "END\0" (4) | record count u64 LE
 //! record: "HEAP" (4) | name len u8 | name | sealed-for len u8 | sealed-for
 //!         | stored len u64 LE | stored bytes
 //!         | checksum u64 LE: XXH3-64 of everything in the record before it
+//!       | "JRNL" (4) | heap name len u8 | heap name | number u64 LE
+//!         | record len u64 LE | record bytes | checksum u64 LE (as above)
 //! ```
+//!
+//! A "JRNL" record is one record of a heap's journal, exactly as the store held it; they
+//! follow the heaps (format 3 and later).
 //!
 //! The stored bytes are the heap's envelope exactly as the store held it (compressed, with
 //! its own checksum over the snapshot). "Sealed-for" is empty, or, for a copy sharing another
@@ -32,14 +37,15 @@ use mcp_v8_plugin_api::validate_heap_name;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::MemoryStore;
+use super::{HeapStore, MemoryStore, Record};
 use crate::envelope;
 
 /// Identifies an mcp-v8 memory dump.
 pub const MAGIC: &[u8; 8] = b"MCPV8DMP";
 /// The dump format.
-pub const FORMAT: u16 = 2;
+pub const FORMAT: u16 = 3;
 const RECORD: &[u8; 4] = b"HEAP";
+const JOURNAL_RECORD: &[u8; 4] = b"JRNL";
 const END: &[u8; 4] = b"END\0";
 
 /// A memory store's dump file.
@@ -55,6 +61,8 @@ pub struct Dump {
 pub struct Loaded {
     /// Heaps loaded into the store.
     pub heaps: usize,
+    /// Journal records loaded.
+    pub records: usize,
     /// Bytes loaded.
     pub bytes: u64,
     /// What could not be loaded, one line each (also logged).
@@ -111,6 +119,7 @@ impl Dump {
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             },
+            |heap, record| self.store.append(heap, record).map_err(|e| e.to_string()),
         )
         .map_err(|e| format!("{}: {e}", self.path.display()))?;
         for problem in &loaded.problems {
@@ -129,6 +138,7 @@ impl Dump {
         tracing::info!(
             dump = %self.path.display(),
             heaps = loaded.heaps,
+            records = loaded.records,
             bytes = loaded.bytes,
             skipped = loaded.problems.len(),
             ms = started.elapsed().as_millis() as u64,
@@ -142,6 +152,7 @@ impl Dump {
         let _one = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let started = Instant::now();
         let entries = self.store.entries();
+        let records = self.store.journal_entries();
         let file_name = self
             .path
             .file_name()
@@ -153,7 +164,7 @@ impl Dump {
         let written = (|| {
             let file = File::create(&temp)?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
-            let bytes = write(&mut out, crate::engine::v8_version(), &entries)?;
+            let bytes = write(&mut out, crate::engine::v8_version(), &entries, &records)?;
             let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
             file.sync_all()?;
             fs::rename(&temp, &self.path)?;
@@ -215,9 +226,17 @@ fn sync_dir(path: &Path) {
 /// another one.
 pub type Entry = (String, Bytes, Option<String>);
 
-/// Writes a dump of `entries` (least recently used first) made with V8 `v8_version`;
-/// returns the bytes written.
-pub fn write(out: &mut impl Write, v8_version: &str, entries: &[Entry]) -> io::Result<u64> {
+/// A journal record in a dump, and the heap it belongs to.
+pub type JournalEntry = (String, Record);
+
+/// Writes a dump of `entries` (least recently used first) and journal `records` made with V8
+/// `v8_version`; returns the bytes written.
+pub fn write(
+    out: &mut impl Write,
+    v8_version: &str,
+    entries: &[Entry],
+    records: &[JournalEntry],
+) -> io::Result<u64> {
     let version = &v8_version.as_bytes()[..v8_version.len().min(255)];
     let mut written = 0u64;
     let mut put = |out: &mut dyn Write, bytes: &[u8]| -> io::Result<()> {
@@ -248,19 +267,37 @@ pub fn write(out: &mut impl Write, v8_version: &str, entries: &[Entry]) -> io::R
         let checksum = hash.digest();
         put(out, &checksum.to_le_bytes())?;
     }
+    for (heap, record) in records {
+        let name = &heap.as_bytes()[..heap.len().min(255)];
+        let mut hash = Xxh3::new();
+        let mut field = |out: &mut dyn Write, bytes: &[u8]| -> io::Result<()> {
+            hash.update(bytes);
+            put(out, bytes)
+        };
+        field(out, JOURNAL_RECORD)?;
+        field(out, &[name.len() as u8])?;
+        field(out, name)?;
+        field(out, &record.seq.to_le_bytes())?;
+        field(out, &(record.bytes.len() as u64).to_le_bytes())?;
+        field(out, &record.bytes)?;
+        let checksum = hash.digest();
+        put(out, &checksum.to_le_bytes())?;
+    }
     put(out, END)?;
-    put(out, &(entries.len() as u64).to_le_bytes())?;
+    put(out, &((entries.len() + records.len()) as u64).to_le_bytes())?;
     out.flush()?;
     Ok(written)
 }
 
-/// Reads a dump of `len` bytes, handing every valid heap to `keep`; problems are collected
-/// heap by heap. Errors only when `input` is not a dump at all.
+/// Reads a dump of `len` bytes, handing every valid heap to `keep` and every journal record
+/// to `keep_record`; problems are collected record by record. Errors only when `input` is not
+/// a dump at all.
 pub fn read(
     input: &mut impl Read,
     len: u64,
     v8_version: &str,
     mut keep: impl FnMut(&str, Bytes, Option<String>) -> Result<(), String>,
+    mut keep_record: impl FnMut(&str, Record) -> Result<(), String>,
 ) -> Result<Loaded, String> {
     let input = &mut Counted {
         inner: input,
@@ -320,6 +357,39 @@ pub fn read(
                 ));
             }
             return Ok(loaded);
+        }
+        if &tag == JOURNAL_RECORD && format >= 3 {
+            let mut hash = Xxh3::new();
+            hash.update(JOURNAL_RECORD);
+            let Some((heap, record, checksum)) = read_journal_record(input, &mut hash) else {
+                loaded.problems.push(format!(
+                    "the dump is truncated in record {index}: it and the rest are lost"
+                ));
+                return Ok(loaded);
+            };
+            let label = match validate_heap_name(&heap) {
+                Ok(()) => format!("journal record {} of heap '{heap}'", record.seq),
+                Err(_) => format!("record {index}"),
+            };
+            if hash.digest() != checksum {
+                loaded
+                    .problems
+                    .push(format!("{label}: checksum mismatch in the dump, skipped"));
+                continue;
+            }
+            if let Err(e) = validate_heap_name(&heap) {
+                loaded.problems.push(format!("{label}: {e}, skipped"));
+                continue;
+            }
+            let size = record.bytes.len() as u64;
+            match keep_record(&heap, record) {
+                Ok(()) => {
+                    loaded.records += 1;
+                    loaded.bytes += size;
+                }
+                Err(e) => loaded.problems.push(format!("{label}: {e}, skipped")),
+            }
+            continue;
         }
         if &tag != RECORD {
             loaded.problems.push(format!(
@@ -440,6 +510,32 @@ fn read_record<R: Read>(
     ))
 }
 
+/// Reads one journal record after its marker: heap name, record and the stored checksum;
+/// `None` if the input ends first.
+fn read_journal_record<R: Read>(
+    input: &mut Counted<'_, R>,
+    hash: &mut Xxh3,
+) -> Option<(String, Record, u64)> {
+    let heap = short_field(input, hash)?;
+    let mut seq = [0u8; 8];
+    input.read_exact(&mut seq).ok()?;
+    hash.update(&seq);
+    let mut size = [0u8; 8];
+    input.read_exact(&mut size).ok()?;
+    hash.update(&size);
+    let size = u64::from_le_bytes(size);
+    if size > input.left {
+        return None;
+    }
+    let mut bytes = vec![0u8; usize::try_from(size).ok()?];
+    input.read_exact(&mut bytes).ok()?;
+    hash.update(&bytes);
+    let mut checksum = [0u8; 8];
+    input.read_exact(&mut checksum).ok()?;
+    let record = Record::new(u64::from_le_bytes(seq), bytes);
+    Some((heap, record, u64::from_le_bytes(checksum)))
+}
+
 /// A string of at most 255 bytes after its length byte, hashed as read.
 fn short_field<R: Read>(input: &mut Counted<'_, R>, hash: &mut Xxh3) -> Option<String> {
     let mut len = [0u8; 1];
@@ -466,16 +562,22 @@ mod tests {
 
     fn dumped(entries: &[Entry]) -> Vec<u8> {
         let mut out = Vec::new();
-        write(&mut out, V8, entries).unwrap();
+        write(&mut out, V8, entries, &[]).unwrap();
         out
     }
 
     fn reread(bytes: &[u8]) -> (Vec<String>, Loaded) {
         let mut names = Vec::new();
-        let loaded = read(&mut &bytes[..], bytes.len() as u64, V8, |name, _, _| {
-            names.push(name.to_string());
-            Ok(())
-        })
+        let loaded = read(
+            &mut &bytes[..],
+            bytes.len() as u64,
+            V8,
+            |name, _, _| {
+                names.push(name.to_string());
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
         .unwrap();
         (names, loaded)
     }
@@ -488,13 +590,55 @@ mod tests {
         let entries = [heap("a", V8, 1), heap("b", V8, 2), heap("c", V8, 3), copy];
         let bytes = dumped(&entries);
         let mut back = Vec::new();
-        let loaded = read(&mut &bytes[..], bytes.len() as u64, V8, |name, b, of| {
-            back.push((name.to_string(), b, of));
-            Ok(())
-        })
+        let loaded = read(
+            &mut &bytes[..],
+            bytes.len() as u64,
+            V8,
+            |name, b, of| {
+                back.push((name.to_string(), b, of));
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )
         .unwrap();
         assert_eq!(back, entries);
         assert_eq!((loaded.heaps, loaded.problems.len()), (4, 0));
+    }
+
+    #[test]
+    fn journal_records_round_trip_and_a_damaged_one_is_skipped() {
+        let records: Vec<JournalEntry> = (1..=3)
+            .map(|seq| ("a".to_string(), Record::new(seq, vec![seq as u8; 100])))
+            .collect();
+        let mut bytes = Vec::new();
+        write(&mut bytes, V8, &[heap("a", V8, 1)], &records).unwrap();
+        let read_back = |bytes: &[u8]| {
+            let mut back = Vec::new();
+            let loaded = read(
+                &mut &bytes[..],
+                bytes.len() as u64,
+                V8,
+                |_, _, _| Ok(()),
+                |heap, record| {
+                    back.push((heap.to_string(), record));
+                    Ok(())
+                },
+            )
+            .unwrap();
+            (back, loaded)
+        };
+        let (back, loaded) = read_back(&bytes);
+        assert_eq!(back, records);
+        assert_eq!((loaded.heaps, loaded.records), (1, 3));
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let at = bytes.windows(100).position(|w| w.iter().all(|b| *b == 2));
+        bytes[at.unwrap() + 50] ^= 0xff;
+        let (back, loaded) = read_back(&bytes);
+        assert_eq!(back.iter().map(|(_, r)| r.seq).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(
+            loaded.problems,
+            ["journal record 2 of heap 'a': checksum mismatch in the dump, skipped"]
+        );
     }
 
     #[test]
@@ -553,7 +697,14 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_dump_is_refused() {
-        let err = read(&mut &b"{\"hello\": 1}"[..], 12, V8, |_, _, _| Ok(())).unwrap_err();
+        let err = read(
+            &mut &b"{\"hello\": 1}"[..],
+            12,
+            V8,
+            |_, _, _| Ok(()),
+            |_, _| Ok(()),
+        )
+        .unwrap_err();
         assert!(err.contains("not an mcp-v8 memory dump"), "{err}");
     }
 
@@ -567,6 +718,11 @@ mod tests {
             let (_, bytes, _) = heap(name, v8, fill);
             store.put(name, bytes, Precondition::Any).unwrap();
         }
+        // Journals are part of the store's contents: a dump keeps them too.
+        for seq in [4, 5] {
+            let record = Record::new(seq, format!("record {seq}").into_bytes());
+            store.append("two", record).unwrap();
+        }
         let dump = Dump::new(store.clone(), path.clone());
         let written = dump.write().unwrap();
         assert_eq!(written.heaps, 2);
@@ -576,7 +732,12 @@ mod tests {
 
         let fresh = MemoryStore::new();
         let loaded = Dump::new(fresh.clone(), path).load().unwrap();
-        assert_eq!((loaded.heaps, loaded.problems.len()), (2, 0));
+        assert_eq!(
+            (loaded.heaps, loaded.records, loaded.problems.len()),
+            (2, 2, 0)
+        );
+        assert_eq!(fresh.read_journal("two", 0), store.read_journal("two", 0));
+        assert_eq!(fresh.read_journal("two", 0).unwrap().len(), 2);
         assert_eq!(
             fresh.get("two").unwrap().bytes,
             store.get("two").unwrap().bytes

@@ -13,6 +13,7 @@
 //! acknowledged. The bookkeeping here is a lock and a linked map; `--bench memory_store`
 //! measures it.
 
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -22,8 +23,8 @@ use bytes::Bytes;
 use lru::LruCache;
 
 use super::{
-    BackendInfo, Gone, GoneCause, HeapLocks, HeapMeta, HeapStore, Precondition, Snapshot,
-    StoreError, Version,
+    BackendInfo, Gone, GoneCause, HeapLocks, HeapMeta, HeapStore, Precondition, Record, Sharing,
+    Snapshot, StoreError, Version,
 };
 use crate::metrics::Usage;
 
@@ -67,6 +68,9 @@ struct State {
     raw_bytes: u64,
     /// Heaps evicted or expired lately, and why.
     gone: LruCache<String, Gone>,
+    /// Each heap's journal records by number; their bytes count in `bytes`. A heap that is
+    /// evicted or expires loses its journal with it.
+    journals: HashMap<String, BTreeMap<u64, Bytes>>,
 }
 
 struct Entry {
@@ -102,6 +106,7 @@ impl MemoryStore {
                     bytes: 0,
                     raw_bytes: 0,
                     gone: LruCache::new(remembered),
+                    journals: HashMap::new(),
                 }),
                 generation: AtomicU64::new(0),
                 in_use: OnceLock::new(),
@@ -216,35 +221,8 @@ impl MemoryStore {
             .touch(state, name, now)
             .map(|e| Version(e.version.to_string()));
         precondition.check(name, current.as_ref())?;
-        if let Some(max) = inner.options.max_bytes {
-            if size > max {
-                return Err(StoreError::other(format!(
-                    "heap '{name}' takes {} stored, more than the memory store's whole limit of \
-                     {} (--memory-max-bytes); it was not saved",
-                    human_bytes(size),
-                    human_bytes(max)
-                )));
-            }
-            let replaced = state.heaps.peek(name).map_or(0, |e| e.bytes.len() as u64);
-            while state.bytes - replaced + size > max {
-                let victim = state
-                    .heaps
-                    .iter()
-                    .rev()
-                    .map(|(k, _)| k)
-                    .find(|k| k.as_str() != name && !inner.is_in_use(k))
-                    .cloned();
-                let Some(victim) = victim else {
-                    return Err(StoreError::unavailable(format!(
-                        "the memory store is full: heap '{name}' needs {} and the heaps in use \
-                         hold the rest of its {} (--memory-max-bytes); it was not saved",
-                        human_bytes(size),
-                        human_bytes(max)
-                    )));
-                };
-                inner.drop_heap(state, &victim, GoneCause::Evicted);
-            }
-        }
+        let replaced = state.heaps.peek(name).map_or(0, |e| e.bytes.len() as u64);
+        inner.make_room(state, name, size, replaced)?;
         let version = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let raw_len = crate::envelope::header(&bytes).map_or(size, |h| h.raw_len);
         if let Some(old) = state.heaps.put(
@@ -323,6 +301,20 @@ impl MemoryStore {
             .collect()
     }
 
+    /// Every journal record held (for a dump), with its heap's name.
+    pub fn journal_entries(&self) -> Vec<(String, Record)> {
+        let state = self.inner.state();
+        state
+            .journals
+            .iter()
+            .flat_map(|(heap, journal)| {
+                journal
+                    .iter()
+                    .map(move |(seq, bytes)| (heap.clone(), Record::new(*seq, bytes.clone())))
+            })
+            .collect()
+    }
+
     /// Lets `by` pass on the clock.
     #[cfg(test)]
     fn advance(&self, by: Duration) {
@@ -331,6 +323,63 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Evicts the least recently used heaps other than `name` and those in use until `size`
+    /// more bytes (replacing `replaced`) fit within the size limit.
+    fn make_room(
+        &self,
+        state: &mut State,
+        name: &str,
+        size: u64,
+        replaced: u64,
+    ) -> Result<(), StoreError> {
+        let Some(max) = self.options.max_bytes else {
+            return Ok(());
+        };
+        if size > max {
+            return Err(StoreError::other(format!(
+                "heap '{name}' takes {} stored, more than the memory store's whole limit of \
+                 {} (--memory-max-bytes); it was not saved",
+                human_bytes(size),
+                human_bytes(max)
+            )));
+        }
+        while state.bytes - replaced + size > max {
+            let victim = state
+                .heaps
+                .iter()
+                .rev()
+                .map(|(k, _)| k)
+                .find(|k| k.as_str() != name && !self.is_in_use(k))
+                .cloned();
+            let Some(victim) = victim else {
+                return Err(StoreError::unavailable(format!(
+                    "the memory store is full: heap '{name}' needs {} and the heaps in use \
+                     hold the rest of its {} (--memory-max-bytes); it was not saved",
+                    human_bytes(size),
+                    human_bytes(max)
+                )));
+            };
+            self.drop_heap(state, &victim, GoneCause::Evicted);
+        }
+        Ok(())
+    }
+
+    /// Removes records of `name`'s journal numbered `through` or below.
+    fn trim(state: &mut State, name: &str, through: u64) {
+        let Some(journal) = state.journals.get_mut(name) else {
+            return;
+        };
+        let kept = match through.checked_add(1) {
+            Some(first_kept) => journal.split_off(&first_kept),
+            None => BTreeMap::new(),
+        };
+        let removed = std::mem::replace(journal, kept);
+        state.bytes -= removed.values().map(|b| b.len() as u64).sum::<u64>();
+        if journal.is_empty() {
+            state.journals.remove(name);
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -371,6 +420,7 @@ impl Inner {
         };
         state.bytes -= entry.bytes.len() as u64;
         state.raw_bytes -= entry.raw_len;
+        Inner::trim(state, name, u64::MAX);
         let counter = match cause {
             GoneCause::Evicted => &self.evictions,
             GoneCause::Expired => &self.expirations,
@@ -458,6 +508,52 @@ impl HeapStore for MemoryStore {
         let mut state = self.inner.state();
         let entry = self.inner.touch(&mut state, name, now);
         Ok(entry.map(|e| Version(e.version.to_string())))
+    }
+
+    fn append(&self, name: &str, record: Record) -> Result<(), StoreError> {
+        let now = self.inner.now();
+        let mut state = self.inner.state();
+        // Appending uses the heap: it moves to the front, and an expired one goes first.
+        self.inner.touch(&mut state, name, now);
+        let taken = state
+            .journals
+            .get(name)
+            .is_some_and(|journal| journal.contains_key(&record.seq));
+        if taken {
+            return Err(mcp_v8_plugin_api::journal::taken(name, record.seq));
+        }
+        let size = record.bytes.len() as u64;
+        self.inner.make_room(&mut state, name, size, 0)?;
+        state.bytes += size;
+        state
+            .journals
+            .entry(name.to_string())
+            .or_default()
+            .insert(record.seq, record.bytes);
+        Ok(())
+    }
+
+    fn read_journal(&self, name: &str, after: u64) -> Result<Vec<Record>, StoreError> {
+        let state = self.inner.state();
+        let Some(journal) = state.journals.get(name) else {
+            return Ok(Vec::new());
+        };
+        let above = match after.checked_add(1) {
+            Some(first) => journal.range(first..),
+            None => return Ok(Vec::new()),
+        };
+        Ok(above
+            .map(|(seq, bytes)| Record::new(*seq, bytes.clone()))
+            .collect())
+    }
+
+    fn trim_journal(&self, name: &str, through: u64) -> Result<(), StoreError> {
+        Inner::trim(&mut self.inner.state(), name, through);
+        Ok(())
+    }
+
+    fn sharing(&self) -> Sharing {
+        Sharing::Process
     }
 }
 
@@ -625,6 +721,27 @@ mod tests {
         // Writing `b` again starts it over: nothing to explain any more.
         store.put("b", blob(50), Precondition::Any).unwrap();
         assert_eq!(store.gone("b"), None);
+    }
+
+    #[test]
+    fn journals_count_against_the_limit_and_go_with_their_heap() {
+        let store = bounded(Some(300), None);
+        store.put("a", blob(100), Precondition::Any).unwrap();
+        store.put("b", blob(100), Precondition::Any).unwrap();
+        store.append("a", Record::new(1, blob(50))).unwrap();
+        assert_eq!(store.usage().bytes, 250);
+        // Appending uses `a`, so `b` is the least recently used when room is needed.
+        store.append("a", Record::new(2, blob(100))).unwrap();
+        assert_eq!(store.get("b").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(store.usage().bytes, 250);
+        // An evicted heap takes its journal with it.
+        store.put("c", blob(200), Precondition::Any).unwrap();
+        assert_eq!(store.gone("a").map(|g| g.cause), Some(GoneCause::Evicted));
+        assert!(store.read_journal("a", 0).unwrap().is_empty());
+        assert_eq!(store.usage().bytes, 200);
+        store.append("c", Record::new(1, blob(60))).unwrap();
+        store.trim_journal("c", 1).unwrap();
+        assert_eq!(store.usage().bytes, 200);
     }
 
     #[test]

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use mcp_v8_plugin_api::{journal, validate_heap_name};
 pub use mcp_v8_plugin_api::{
-    BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition, Snapshot, StoreError, Version,
+    BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition, Record, Sharing, Snapshot,
+    StoreError, Version,
 };
 
 pub use blocking::{Blocking, DEFAULT_TIMEOUT as PLUGIN_TIMEOUT};
@@ -26,6 +28,19 @@ pub use memory::{human_bytes, MemoryOptions, MemoryStore};
 pub use registry::{MemorySettings, StorageChoice};
 
 use crate::metrics::{Op, StorageStats, StoreMetrics};
+
+/// Checks a heap name a caller gave: the contract's rule ([`validate_heap_name`]), and not a
+/// name the default journal reserves for its records.
+pub fn validate_caller_name(name: &str) -> Result<(), StoreError> {
+    validate_heap_name(name)?;
+    if journal::is_reserved(name) {
+        return Err(StoreError::invalid_name(format!(
+            "invalid heap name '{name}': names starting with '{}' are reserved for journals",
+            journal::RESERVED_PREFIX
+        )));
+    }
+    Ok(())
+}
 
 /// Why a store no longer holds a heap it held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +192,51 @@ impl Store {
             self.metrics.looked_up(found.is_some());
         }
         result
+    }
+
+    /// Appends `record` to heap `name`'s journal unless its number is taken
+    /// ([`ErrorKind::Conflict`]).
+    pub async fn append(&self, name: &str, record: Record) -> Result<(), StoreError> {
+        let (started, len) = (Instant::now(), record.bytes.len() as u64);
+        let result = match &self.backend {
+            Backend::Memory(m) => m.append(name, record),
+            Backend::Blocking(b) => b.append(name, record).await,
+        };
+        self.count(Op::Append, started, &result, len);
+        result
+    }
+
+    /// The records of heap `name`'s journal numbered above `after`, in order.
+    pub async fn read_journal(&self, name: &str, after: u64) -> Result<Vec<Record>, StoreError> {
+        let started = Instant::now();
+        let result = match &self.backend {
+            Backend::Memory(m) => m.read_journal(name, after),
+            Backend::Blocking(b) => b.read_journal(name, after).await,
+        };
+        let len = result.as_ref().map_or(0, |records| {
+            records.iter().map(|r| r.bytes.len() as u64).sum()
+        });
+        self.count(Op::ReadJournal, started, &result, len);
+        result
+    }
+
+    /// Removes the records of heap `name`'s journal numbered `through` or below.
+    pub async fn trim_journal(&self, name: &str, through: u64) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = match &self.backend {
+            Backend::Memory(m) => m.trim_journal(name, through),
+            Backend::Blocking(b) => b.trim_journal(name, through).await,
+        };
+        self.count(Op::TrimJournal, started, &result, 0);
+        result
+    }
+
+    /// Who else may write the store's heaps, as the store declares it.
+    pub fn sharing(&self) -> Sharing {
+        match &self.backend {
+            Backend::Memory(m) => m.sharing(),
+            Backend::Blocking(b) => b.sharing(),
+        }
     }
 
     /// Hands the store the runtime's per-heap locks: a heap whose lock is held is in use (a

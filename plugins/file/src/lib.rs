@@ -9,6 +9,11 @@
 //!   with every write (each write makes a new file) and costs one `stat` to check.
 //! * Conditional puts and deletes hold an exclusive `flock` on `.<heap>.lock`, which excludes
 //!   other threads and other processes on the same machine.
+//! * A heap's journal is the directory `<directory>/<heap>.journal/`, one file per record named
+//!   by its number in 16 hex digits. A record is written and fsynced under a temporary name,
+//!   then hard-linked to its final name, which fails if the number is taken: the append is
+//!   atomic and conditional across processes, and a crash leaves the record whole or absent.
+//!   The directory is fsynced before the append returns.
 //!
 //! Configuration (`[plugins.file.config]` in `plugins.toml`):
 //!
@@ -27,12 +32,15 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use mcp_v8_plugin_api::{
-    export_plugin, validate_heap_name, BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition,
-    Snapshot, StoreError, Version,
+    export_plugin, journal, validate_heap_name, BackendInfo, ErrorKind, HeapMeta, HeapStore,
+    Precondition, Record, Sharing, Snapshot, StoreError, Version,
 };
 use serde::Deserialize;
 
 const SUFFIX: &str = ".heap";
+/// A heap's journal directory is its name with this suffix (never a heap file's, which ends
+/// in [`SUFFIX`]).
+const JOURNAL_SUFFIX: &str = ".journal";
 /// Temporary files older than this are left over from a crash and are removed at start.
 const STALE_TMP: Duration = Duration::from_secs(3600);
 
@@ -84,6 +92,65 @@ impl FileStore {
 
     fn heap_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}{SUFFIX}"))
+    }
+
+    fn journal_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{JOURNAL_SUFFIX}"))
+    }
+
+    /// The records' numbers and paths in `name`'s journal numbered above `after`, in order.
+    fn records(&self, name: &str, after: u64) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+        let dir = self.journal_dir(name);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(io_error(
+                    &format!("cannot list the journal of heap '{name}'"),
+                    e,
+                ))
+            }
+        };
+        let mut records = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("cannot list a journal", e))?;
+            let file_name = entry.file_name();
+            let Some(seq) = file_name.to_str().and_then(record_number) else {
+                continue;
+            };
+            if seq > after {
+                records.push((seq, entry.path()));
+            }
+        }
+        records.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(records)
+    }
+
+    /// Writes `record` into `dir` under a temporary name, fsynced, and links it to its final
+    /// name: `Ok(false)` when that name is taken.
+    fn link_record(&self, dir: &Path, record: &Record) -> io::Result<bool> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{}-{n}.tmp", std::process::id()));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&record.bytes)?;
+            file.sync_all()?;
+            match fs::hard_link(&tmp, dir.join(format!("{:016x}", record.seq))) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        })();
+        let _ = fs::remove_file(&tmp);
+        let linked = written?;
+        if linked {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(linked)
     }
 
     fn remove_stale_temporaries(&self) {
@@ -166,6 +233,16 @@ impl FileStore {
             }
         }
     }
+}
+
+/// The number a journal file's name stands for: exactly 16 lower-case hex digits.
+fn record_number(file_name: &str) -> Option<u64> {
+    let hex = file_name.len() == 16
+        && file_name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    hex.then(|| u64::from_str_radix(file_name, 16).ok())
+        .flatten()
 }
 
 fn version_of(meta: &fs::Metadata) -> Version {
@@ -263,6 +340,94 @@ impl HeapStore for FileStore {
     fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
         validate_heap_name(name)?;
         self.current_version(name)
+    }
+
+    fn append(&self, name: &str, record: Record) -> Result<(), StoreError> {
+        validate_heap_name(name)?;
+        let dir = self.journal_dir(name);
+        let fail = |e| io_error(&format!("cannot append to the journal of heap '{name}'"), e);
+        let linked = match self.link_record(&dir, &record) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The heap's first record (or its journal was removed meanwhile): the
+                // directory is made, and made durable, before the record goes in.
+                DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .or_else(|e| {
+                        if e.kind() == io::ErrorKind::AlreadyExists {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(fail)?;
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(fail)?;
+                self.link_record(&dir, &record)
+            }
+            linked => linked,
+        }
+        .map_err(fail)?;
+        if linked {
+            Ok(())
+        } else {
+            Err(journal::taken(name, record.seq))
+        }
+    }
+
+    fn read_journal(&self, name: &str, after: u64) -> Result<Vec<Record>, StoreError> {
+        validate_heap_name(name)?;
+        let mut records = Vec::new();
+        for (seq, path) in self.records(name, after)? {
+            match fs::read(&path) {
+                Ok(bytes) => records.push(Record::new(seq, bytes)),
+                // Trimmed since the listing: the caller sees the gap.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io_error(
+                        &format!("cannot read journal record {seq} of heap '{name}'"),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    fn trim_journal(&self, name: &str, through: u64) -> Result<(), StoreError> {
+        validate_heap_name(name)?;
+        let fail = |e| io_error(&format!("cannot trim the journal of heap '{name}'"), e);
+        let records = self.records(name, 0)?;
+        let mut removed = false;
+        for (seq, path) in records.iter().filter(|(seq, _)| *seq <= through) {
+            match fs::remove_file(path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io_error(
+                        &format!("cannot remove journal record {seq} of heap '{name}'"),
+                        e,
+                    ))
+                }
+            }
+        }
+        let dir = self.journal_dir(name);
+        if through == u64::MAX {
+            // Fails harmlessly if a record was appended meanwhile.
+            if fs::remove_dir(&dir).is_ok() {
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(fail)?;
+            }
+        } else if removed {
+            File::open(&dir).and_then(|d| d.sync_all()).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    fn sharing(&self) -> Sharing {
+        Sharing::Machine
     }
 }
 

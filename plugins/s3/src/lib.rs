@@ -5,6 +5,9 @@
 //! * `put` with "must not exist" sends `If-None-Match: *`, with "must still be version V"
 //!   sends `If-Match: V`; the store's 412 (or 409 for a concurrent conditional write) is the
 //!   contract's *conflict*. So two hosts never silently overwrite each other's update.
+//! * A heap's journal records are the objects `<prefix><heap>.journal/<number>` (16 hex
+//!   digits, so keys list in number order), each written once with `If-None-Match: *`: a
+//!   second writer of the same number gets the contract's *conflict*.
 //! * For stores that ignore conditional headers, `conditional_writes = "emulated"` compares
 //!   the ETag with a HEAD request before writing: there is a race window between the two.
 //! * A cdylib cannot use the host's tokio runtime, so the plugin owns a small one and blocks
@@ -42,12 +45,14 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 use mcp_v8_plugin_api::{
-    export_plugin, validate_heap_name, BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition,
-    Snapshot, StoreError, Version,
+    export_plugin, journal, validate_heap_name, BackendInfo, ErrorKind, HeapMeta, HeapStore,
+    Precondition, Record, Snapshot, StoreError, Version,
 };
 use serde::Deserialize;
 
 const SUFFIX: &str = ".heap";
+/// A heap's journal records are keyed under its name with this suffix and a `/`.
+const JOURNAL_SUFFIX: &str = ".journal/";
 
 /// How conditional puts are made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -234,6 +239,43 @@ impl S3Store {
 
     fn key(&self, name: &str) -> String {
         format!("{}{name}{SUFFIX}", self.prefix)
+    }
+
+    /// The key prefix of `name`'s journal records.
+    fn journal_prefix(&self, name: &str) -> String {
+        format!("{}{name}{JOURNAL_SUFFIX}", self.prefix)
+    }
+
+    /// The numbers and keys of `name`'s journal records numbered above `after`, in order.
+    fn record_keys(&self, name: &str, after: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        let prefix = self.journal_prefix(name);
+        self.runtime.block_on(async {
+            let mut keys = Vec::new();
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .start_after(format!("{prefix}{after:016x}"))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page =
+                    page.map_err(|e| self.error(&format!("list the journal of heap '{name}'"), e))?;
+                for object in page.contents() {
+                    let Some(key) = object.key() else { continue };
+                    let seq = key
+                        .strip_prefix(&prefix)
+                        .filter(|digits| digits.len() == 16)
+                        .and_then(|digits| u64::from_str_radix(digits, 16).ok());
+                    if let Some(seq) = seq.filter(|seq| *seq > after) {
+                        keys.push((seq, key.to_string()));
+                    }
+                }
+            }
+            keys.sort_unstable_by_key(|(seq, _)| *seq);
+            Ok(keys)
+        })
     }
 
     /// Maps an SDK error onto the contract's kinds, with a message naming what failed.
@@ -479,6 +521,89 @@ impl HeapStore for S3Store {
     fn version(&self, name: &str) -> Result<Option<Version>, StoreError> {
         validate_heap_name(name)?;
         Ok(self.head_etag(&self.key(name))?.map(Version))
+    }
+
+    fn append(&self, name: &str, record: Record) -> Result<(), StoreError> {
+        validate_heap_name(name)?;
+        let key = format!("{}{:016x}", self.journal_prefix(name), record.seq);
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/octet-stream")
+            .body(ByteStream::from(record.bytes));
+        match self.conditional {
+            ConditionalWrites::Native => request = request.if_none_match("*"),
+            ConditionalWrites::Emulated => {
+                // Race window, as for puts.
+                if self.head_etag(&key)?.is_some() {
+                    return Err(journal::taken(name, record.seq));
+                }
+            }
+        }
+        match self.runtime.block_on(request.send()) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(status(&e), Some(412 | 409)) => {
+                Err(journal::taken(name, record.seq))
+            }
+            Err(e) => Err(self.error(
+                &format!(
+                    "append record {} to the journal of heap '{name}'",
+                    record.seq
+                ),
+                e,
+            )),
+        }
+    }
+
+    fn read_journal(&self, name: &str, after: u64) -> Result<Vec<Record>, StoreError> {
+        validate_heap_name(name)?;
+        let keys = self.record_keys(name, after)?;
+        self.runtime.block_on(async {
+            let mut records = Vec::with_capacity(keys.len());
+            for (seq, key) in keys {
+                let what = || format!("read journal record {seq} of heap '{name}'");
+                let object = match self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                {
+                    Ok(object) => object,
+                    // Trimmed since the listing: the caller sees the gap.
+                    Err(e) if status(&e) == Some(404) => continue,
+                    Err(e) => return Err(self.error(&what(), e)),
+                };
+                let bytes = object.body.collect().await.map_err(|e| {
+                    StoreError::unavailable(format!("{} from S3 failed: {e}", what()))
+                })?;
+                records.push(Record::new(seq, bytes.into_bytes()));
+            }
+            Ok(records)
+        })
+    }
+
+    fn trim_journal(&self, name: &str, through: u64) -> Result<(), StoreError> {
+        validate_heap_name(name)?;
+        let keys = self.record_keys(name, 0)?;
+        self.runtime.block_on(async {
+            for (seq, key) in keys.into_iter().filter(|(seq, _)| *seq <= through) {
+                // S3 deletes missing objects silently, which is what trimming wants.
+                self.client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        self.error(&format!("remove journal record {seq} of heap '{name}'"), e)
+                    })?;
+            }
+            Ok(())
+        })
     }
 }
 
