@@ -284,3 +284,31 @@ async fn increment(server: &Server) -> u32 {
     }
     conflicts
 }
+
+/// Time zone and locale are the sandbox's, not the host's: a server started with another
+/// zone and language formats dates and numbers in UTC and en-US, on a named heap and a new one.
+#[tokio::test]
+async fn the_sandbox_has_one_time_zone_and_locale_whatever_the_host_has() {
+    let server = Server::start_with_env(
+        &["--memory"],
+        &[
+            ("TZ", "America/New_York"),
+            ("LANG", "de_DE.UTF-8"),
+            ("LC_ALL", "de_DE.UTF-8"),
+        ],
+    )
+    .await;
+    let code = "[new Date(0).getHours(), new Date(0).toString(), \
+                Intl.DateTimeFormat().resolvedOptions().timeZone, \
+                (1234.5).toLocaleString(), new Date(0).toLocaleString()].join(' | ')";
+    let expected = "0 | Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time) | UTC \
+                    | 1,234.5 | 1/1/1970, 12:00:00 AM";
+    assert_eq!(server.output(code, "zone").await, expected);
+    let new_heap = server
+        .call("run_js", json!({ "code": code }))
+        .await
+        .structured_content
+        .unwrap();
+    assert_eq!(new_heap["output"], expected);
+    server.stop().await;
+}

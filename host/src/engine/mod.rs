@@ -203,6 +203,10 @@ pub fn init() {
         if let Err(code) = v8::icu::set_common_data_74(deno_core_icudata::ICU_DATA) {
             tracing::error!("could not load ICU data (error {code}): Intl will not work");
         }
+        // One locale on every host (ICU would take the host's from LANG): formatting in a
+        // heap reads alike wherever it runs. The time zone is UTC the same way (workers
+        // start with TZ=UTC).
+        v8::icu::set_default_locale("en-US");
         // No read-only promotion when snapshotting: snapshot creators no longer rebuild the
         // read-only heap every isolate of the process shares, so several may live and run at
         // once (without the flag two crash the process); `create_blob` gets cheaper (a 1 MB

@@ -263,6 +263,9 @@ impl Worker {
             ))
             .env_clear()
             .envs(logging)
+            // The sandbox's time zone is the same on every host, so a heap's dates (and a
+            // call replayed elsewhere) read alike; ICU takes it from here.
+            .env("TZ", "UTC")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
