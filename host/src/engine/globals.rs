@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::live::{self, Event, Progress};
 use super::render::{describe_thrown, render, Unrendered};
+use super::tape::{Deck, Random, Tape};
 
 /// A captured `console` call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -65,10 +66,10 @@ pub(super) struct RunState {
     timers: BTreeMap<(u64, u64), Timer>,
     /// Virtual time in ms: how far timers have moved the clock forward.
     now: u64,
-    /// When the run started, for the clock code sees.
-    started: std::time::Instant,
-    /// The wall clock when the run started, in ms since the Unix epoch.
-    wall_start_ms: f64,
+    /// The run's inputs from outside the heap: recorded, or played back.
+    deck: Deck,
+    /// `Math.random`'s generator, seeded from the deck.
+    random: Random,
     sequence: u64,
     next_id: u32,
     /// Rejected promises nobody handled (yet), by identity hash.
@@ -84,17 +85,15 @@ pub(super) struct RunState {
 }
 
 impl RunState {
-    pub(super) fn new(console_limit: usize, live: Option<live::Sender>) -> Self {
+    pub(super) fn new(console_limit: usize, live: Option<live::Sender>, deck: Deck) -> Self {
         Self {
             console: Console::default(),
             console_bytes: 0,
             console_limit,
             timers: BTreeMap::new(),
             now: 0,
-            started: std::time::Instant::now(),
-            wall_start_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            random: Random::new(deck.seed()),
+            deck,
             sequence: 0,
             next_id: 1,
             unhandled: Vec::new(),
@@ -105,16 +104,16 @@ impl RunState {
         }
     }
 
-    /// Ends the run: returns the console and the number of timers that never fired, and
-    /// drops those timers (their handles must go before the isolate does).
-    pub(super) fn finish(mut self) -> (Console, usize) {
+    /// Ends the run: returns the console, the number of timers that never fired and the
+    /// run's tape, and drops those timers (their handles must go before the isolate does).
+    pub(super) fn finish(mut self) -> (Console, usize, Tape) {
         for (_, text) in std::mem::take(&mut self.unhandled) {
             self.log("error", format!("Uncaught (in promise) {text}"));
         }
         if let Some(live) = self.live.take() {
             live.finish(std::mem::take(&mut self.live_pending));
         }
-        (self.console, self.timers.len())
+        (self.console, self.timers.len(), self.deck.finish())
     }
 
     fn log(&mut self, level: &str, text: String) {
@@ -149,10 +148,15 @@ impl RunState {
             .insert((self.now.saturating_add(delay), self.sequence), timer);
     }
 
-    /// Milliseconds on the call's clock: real time since the run started plus the time that
-    /// timers skipped.
-    fn elapsed_ms(&self) -> f64 {
-        self.started.elapsed().as_secs_f64() * 1000.0 + self.now as f64
+    /// Milliseconds on the call's clock: real time since the run started (from the tape)
+    /// plus the time that timers skipped.
+    fn elapsed_ms(&mut self) -> f64 {
+        self.deck.read_clock() + self.now as f64
+    }
+
+    /// The call's clock in ms since the Unix epoch, whole as `Date` has it.
+    fn wall_ms(&mut self) -> f64 {
+        (self.deck.clock_start_ms() + self.elapsed_ms()).floor()
     }
 }
 
@@ -492,22 +496,26 @@ fn wall_now(
     _: v8::FunctionCallbackArguments,
     mut rv: v8::ReturnValue,
 ) {
-    let now = match scope.get_slot::<RunState>() {
-        Some(state) => (state.wall_start_ms + state.elapsed_ms()).floor(),
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_millis() as f64),
-    };
-    rv.set_double(now);
+    rv.set_double(clock_now(scope));
 }
 
 /// `performance.now()`: milliseconds on the call's clock since the call started.
 fn elapsed(scope: &mut v8::HandleScope, _: v8::FunctionCallbackArguments, mut rv: v8::ReturnValue) {
     rv.set_double(
         scope
-            .get_slot::<RunState>()
+            .get_slot_mut::<RunState>()
             .map_or(0.0, RunState::elapsed_ms),
     );
+}
+
+/// `Math.random()`: from the run's seed, so that a replay draws the same numbers.
+fn random(scope: &mut v8::HandleScope, _: v8::FunctionCallbackArguments, mut rv: v8::ReturnValue) {
+    let value = match scope.get_slot_mut::<RunState>() {
+        Some(state) => state.random.next_f64(),
+        // Only between runs (code run while a heap is set up), where nothing is recorded.
+        None => Random::new(Tape::starting_now().seed).next_f64(),
+    };
+    rv.set_double(value);
 }
 
 fn reference(callback: impl v8::MapFnTo<v8::FunctionCallback>) -> v8::ExternalReference<'static> {
@@ -540,6 +548,8 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(report_progress),
             // Heap format 7.
             reference(is_error),
+            // Heap format 8.
+            reference(random),
         ])
     })
 }
@@ -575,7 +585,28 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     define(scope, global, "queueMicrotask", queue_microtask)?;
     define(scope, global, "require", require)?;
     install_mcp(scope)?;
-    install_clock(scope)
+    install_clock(scope)?;
+    install_random(scope)
+}
+
+/// Puts `Math.random` on the run's seed ([`super::tape`]), once per heap: a fresh context
+/// gets it from [`install`], a heap saved before it existed on its next run (a mark on the
+/// global says it is done, so that code that replaced `Math.random` keeps its own).
+pub(super) fn install_random(scope: &mut v8::HandleScope) -> Option<()> {
+    let global = scope.get_current_context().global(scope);
+    let name = v8::String::new(scope, "mcp-v8 random")?;
+    let mark = v8::Private::for_api(scope, Some(name));
+    if global.get_private(scope, mark)?.is_true() {
+        return Some(());
+    }
+    let math = property(scope, global, "Math")?;
+    if let Ok(math) = v8::Local::<v8::Object>::try_from(math) {
+        let function = named_function(scope, "random", 0, random)?;
+        hide(scope, math, "random", function.into())?;
+    }
+    let done = v8::Boolean::new(scope, true);
+    global.set_private(scope, mark, done.into())?;
+    Some(())
 }
 
 /// Adds the `mcp` object (`mcp.progress`) to the global, unless the heap has a global of that
@@ -739,8 +770,8 @@ fn real_date_key<'s>(scope: &mut v8::HandleScope<'s>) -> Option<v8::Local<'s, v8
 
 /// The call's clock in ms since the Unix epoch.
 fn clock_now(scope: &mut v8::HandleScope) -> f64 {
-    match scope.get_slot::<RunState>() {
-        Some(state) => (state.wall_start_ms + state.elapsed_ms()).floor(),
+    match scope.get_slot_mut::<RunState>() {
+        Some(state) => state.wall_ms(),
         None => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_millis() as f64),

@@ -15,6 +15,7 @@ pub mod live;
 mod render;
 mod repl;
 mod session;
+mod tape;
 mod trace;
 
 use std::ffi::c_void;
@@ -32,6 +33,7 @@ use render::{clip, describe_thrown, render, Unrendered};
 pub use trace::{Frame, Origin};
 
 pub use session::{answer_first, Fresh, Unsaved, Used, Warm};
+pub use tape::{Replay, Tape, MAX_CLOCK_READINGS};
 
 use crate::frontend::{self, Goal, Prepared};
 
@@ -163,6 +165,24 @@ pub struct Completion {
     pub output_truncated: bool,
     /// Timers still pending when the result settled; they were dropped.
     pub pending_timers: usize,
+    /// What the run read from outside its heap, for a replay.
+    pub tape: Tape,
+}
+
+/// A number that stands for what a successful run showed — its result and its console — so
+/// that a replay can tell whether it reproduced the call.
+pub fn fingerprint(completion: &Completion, console: &Console) -> u64 {
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    hash.update(completion.output.as_bytes());
+    hash.update(&[u8::from(completion.output_truncated)]);
+    for line in &console.lines {
+        hash.update(&(line.level.len() as u64).to_le_bytes());
+        hash.update(line.level.as_bytes());
+        hash.update(&(line.text.len() as u64).to_le_bytes());
+        hash.update(line.text.as_bytes());
+    }
+    hash.update(&[u8::from(console.truncated)]);
+    hash.digest()
 }
 
 /// A result and whatever the code printed along the way (also when it failed): what every
@@ -340,10 +360,17 @@ fn finish(
     result: Result<String, RunError>,
     limits: &Limits,
 ) -> Run<Completion> {
-    let (console, pending_timers) = isolate
-        .remove_slot::<RunState>()
-        .map(RunState::finish)
-        .unwrap_or_default();
+    let (console, pending_timers, tape) = match isolate.remove_slot::<RunState>() {
+        Some(state) => state.finish(),
+        None => (
+            Console::default(),
+            0,
+            Tape {
+                replay: Replay::Impossible("the run kept no record of its inputs".into()),
+                ..Tape::starting_now()
+            },
+        ),
+    };
     Run {
         result: result.map(|mut output| {
             let output_truncated = clip(&mut output, limits.output_bytes);
@@ -357,6 +384,7 @@ fn finish(
                 output,
                 output_truncated,
                 pending_timers,
+                tape,
             }
         }),
         console,
@@ -1298,5 +1326,84 @@ mod tests {
         }
         assert_eq!(step("n", Some(heap)).unwrap().0, "20");
         assert!(sizes.iter().all(|&size| size == sizes[0]), "{sizes:?}");
+    }
+
+    /// Runs `code` on `heap` live, or replaying `tape`: the completion, its fingerprint and
+    /// the state it left.
+    fn on_heap(code: &str, heap: &Bytes, tape: Option<Tape>) -> (Completion, u64, Bytes) {
+        let (code, limits) = (read_code(code).unwrap(), limits());
+        let warm = Warm::new(Some(heap.clone()), &limits).unwrap();
+        let run = match tape {
+            None => warm.run(&code, &limits, None),
+            Some(tape) => warm.replay(&code, &limits, tape),
+        };
+        let (outcome, left) = answer_first(run);
+        let completion = outcome.result.unwrap();
+        let print = fingerprint(&completion, &outcome.console);
+        let Ok(unsaved) = left else {
+            panic!("the run failed")
+        };
+        (completion, print, unsaved.save().unwrap())
+    }
+
+    const DRAWS_AND_CLOCKS: &str = "draws.push(Math.random(), Math.random()); \
+        const t0 = performance.now(); let n = 0; for (let i = 0; i < 1e5; i++) n += i; \
+        seen = [Date.now(), new Date().getTime(), Date(), performance.now() - t0]; \
+        console.log(draws[0]); JSON.stringify({draws, seen})";
+
+    #[test]
+    fn a_replay_from_the_tape_reproduces_the_call_and_the_state_it_left() {
+        let (_, base) = step("var draws = []; var seen;", None).unwrap();
+        let (live, live_print, live_state) = on_heap(DRAWS_AND_CLOCKS, &base, None);
+        assert_eq!(live.tape.replay, Replay::Exact);
+        // Date.now, new Date, Date() and performance.now twice.
+        assert_eq!(live.tape.clock_us.len(), 5, "{:?}", live.tape);
+        let (again, again_print, again_state) =
+            on_heap(DRAWS_AND_CLOCKS, &base, Some(live.tape.clone()));
+        assert_eq!(again.output, live.output);
+        assert_eq!(again_print, live_print);
+        assert_eq!(again.tape, live.tape);
+        let read = "JSON.stringify({draws, seen})";
+        assert_eq!(
+            step(read, Some(again_state)).unwrap().0,
+            step(read, Some(live_state)).unwrap().0
+        );
+        // A live run draws other numbers; the fingerprint tells them apart.
+        let (other, other_print, _) = on_heap(DRAWS_AND_CLOCKS, &base, None);
+        assert_ne!(other.output, live.output);
+        assert_ne!(other_print, live_print);
+    }
+
+    #[test]
+    fn a_replay_that_goes_another_way_says_so() {
+        let (_, base) = step("var draws = []; var seen;", None).unwrap();
+        let (live, _, _) = on_heap(DRAWS_AND_CLOCKS, &base, None);
+        let mut short = live.tape.clone();
+        short.clock_us.pop();
+        let (replayed, _, _) = on_heap(DRAWS_AND_CLOCKS, &base, Some(short));
+        assert!(matches!(replayed.tape.replay, Replay::Impossible(_)));
+        // On another state, the same tape reproduces nothing: the fingerprint differs.
+        let (_, other_base) = step("var draws = [1]; var seen;", None).unwrap();
+        let (elsewhere, _, _) = on_heap(DRAWS_AND_CLOCKS, &other_base, Some(live.tape));
+        assert_ne!(elsewhere.output, live.output);
+    }
+
+    #[test]
+    fn math_random_is_shaped_as_the_built_in_and_a_busy_clock_cannot_be_replayed() {
+        let shape = "[Math.random.name, Math.random.length, \
+            Object.getOwnPropertyDescriptor(Math, 'random').enumerable, \
+            (() => { try { new Math.random(); return 'constructed'; } catch (e) { return e.name; } })(), \
+            Array.from({length: 1000}, Math.random).every(x => x >= 0 && x < 1)]";
+        let expected = r#"["random",0,false,"TypeError",true]"#;
+        assert_eq!(stateless(shape).unwrap(), expected);
+        let (_, heap) = step("1", None).unwrap();
+        assert_eq!(step(shape, Some(heap.clone())).unwrap().0, expected);
+        let busy = format!("for (let i = 0; i <= {MAX_CLOCK_READINGS}; i++) Date.now(); 1");
+        let (completion, _, _) = on_heap(&busy, &heap, None);
+        assert!(
+            matches!(&completion.tape.replay, Replay::Impossible(why) if why.contains("clock")),
+            "{:?}",
+            completion.tape.replay
+        );
     }
 }

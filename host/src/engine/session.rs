@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::globals::{self, RunState};
 use super::live;
+use super::tape::{Deck, Tape};
 use super::{
     create_params, evaluate, finish, init, watch, Completion, Guard, Limits, Run, RunError,
 };
@@ -49,7 +50,7 @@ impl Fresh {
         limits: &Limits,
         live: Option<live::Sender>,
     ) -> (Run<Completion>, Used) {
-        let run = self.0.run(code, limits, live);
+        let run = self.0.run(code, limits, live, Deck::record());
         (run, Used(self.0))
     }
 }
@@ -80,12 +81,36 @@ impl Warm {
     /// the new state to save; a failure leaves the heap as it was and an isolate to drop.
     #[allow(clippy::result_large_err)] // the error carries the isolate, moved once per run
     pub fn run(
-        mut self,
+        self,
         code: &Prepared,
         limits: &Limits,
         live: Option<live::Sender>,
     ) -> Run<(Completion, Unsaved), (RunError, Used)> {
-        let run = self.0.run(code, limits, live);
+        self.run_from(code, limits, live, Deck::record())
+    }
+
+    /// Runs `code` again as a call that recorded `tape` ran it: the same clock readings and
+    /// random numbers. On the state that call ran on, the run reproduces it; whether it did
+    /// shows in the completion's tape ([`super::Replay`]) and [`super::fingerprint`].
+    #[allow(clippy::result_large_err)] // as `run`
+    pub fn replay(
+        self,
+        code: &Prepared,
+        limits: &Limits,
+        tape: Tape,
+    ) -> Run<(Completion, Unsaved), (RunError, Used)> {
+        self.run_from(code, limits, None, Deck::play(tape))
+    }
+
+    #[allow(clippy::result_large_err)] // as `run`
+    fn run_from(
+        mut self,
+        code: &Prepared,
+        limits: &Limits,
+        live: Option<live::Sender>,
+        deck: Deck,
+    ) -> Run<(Completion, Unsaved), (RunError, Used)> {
+        let run = self.0.run(code, limits, live, deck);
         let session = self.0;
         run.map_result(|result| match result {
             Ok(completion) => Ok((completion, Unsaved(session))),
@@ -183,6 +208,7 @@ impl Session {
                 // the code runs.
                 let _ = globals::enable_error_stacks(scope);
                 let _ = globals::complete_built_ins(scope);
+                let _ = globals::install_random(scope);
             }
             ready.map(|()| v8::Global::new(scope, context))
         };
@@ -224,6 +250,7 @@ impl Session {
         code: &Prepared,
         limits: &Limits,
         live: Option<live::Sender>,
+        deck: Deck,
     ) -> Run<Completion> {
         let guard = Arc::clone(&self.guard);
         let kind = self.kind;
@@ -231,7 +258,7 @@ impl Session {
             return Run::failed(RunError::Crashed("the isolate has no context".into()));
         };
         self.with(|isolate| {
-            isolate.set_slot(RunState::new(limits.console_bytes, live));
+            isolate.set_slot(RunState::new(limits.console_bytes, live, deck));
             let result = {
                 let _watchdog = watch(&guard, limits.timeout);
                 let scope = &mut v8::HandleScope::new(&mut **isolate);

@@ -322,6 +322,7 @@ fn done(out: &Output, run: Outcome) -> io::Result<()> {
             Ok(Finished {
                 output_truncated: completion.output_truncated,
                 pending_timers: completion.pending_timers,
+                tape: completion.tape,
             }),
             completion.output,
         ),

@@ -360,6 +360,7 @@ impl Worker {
                     .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
                 output_truncated: finished.output_truncated,
                 pending_timers: finished.pending_timers,
+                tape: finished.tape,
             });
             return Ok(Reply::Done(Outcome { result, console }));
         }

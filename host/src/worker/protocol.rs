@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::engine::live::{Batch, Progress};
-use crate::engine::{Console, Limits, LogLine, RunError};
+use crate::engine::{Console, Limits, LogLine, RunError, Tape};
 use crate::job::Stage;
 
 /// Largest header accepted, to fail fast on a garbled stream.
@@ -159,6 +159,8 @@ pub struct Finished {
     pub output_truncated: bool,
     /// Timers dropped when the result settled.
     pub pending_timers: usize,
+    /// What the run read from outside its heap.
+    pub tape: Tape,
 }
 
 /// The console as a section: per line, `u8 level length | level | u32 LE text length | text`.

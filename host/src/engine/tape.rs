@@ -1,0 +1,222 @@
+//! What a call reads from outside its heap, so that running the call again on the same state
+//! (a replay of its journal record) reproduces it exactly.
+//!
+//! The sandbox has no I/O; its only inputs besides the code are the seed of `Math.random` and
+//! the call's clock (`Date.now()`, `new Date()`, `performance.now()`): the wall clock when the
+//! call started plus real time since, plus the time timers skipped. A live run records each
+//! real-time reading on its [`Tape`]; a replay plays them back in order instead of reading the
+//! real clock, and `Math.random` draws from the same seed, so the replay computes what the call
+//! computed. Time zone and locale are fixed for every host (see [`super::init`]).
+//!
+//! A run that reads its clock more than [`MAX_CLOCK_READINGS`] times (a busy-wait, say) keeps
+//! only that many: its tape says [`Replay::Impossible`], and the runtime stores such a call's
+//! state instead of its record.
+
+use serde::{Deserialize, Serialize};
+
+/// Most clock readings a tape keeps; a run that reads more cannot be replayed.
+pub const MAX_CLOCK_READINGS: usize = 4096;
+
+/// The inputs one run read, as recorded (or played back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tape {
+    /// The seed of the run's `Math.random`.
+    pub seed: u64,
+    /// The wall clock when the run started, in µs since the Unix epoch.
+    pub start_us: u64,
+    /// Each reading of real time since the run started, in µs, in order.
+    pub clock_us: Vec<u64>,
+    /// Whether a replay from this tape reproduces the run.
+    pub replay: Replay,
+}
+
+/// Whether a replay of a run from its tape reproduces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Replay {
+    /// It does: every input the run read is on the tape.
+    Exact,
+    /// It does not, for the reason given.
+    Impossible(String),
+}
+
+impl Tape {
+    /// A tape for a live run starting now, with a fresh seed.
+    pub fn starting_now() -> Self {
+        let start_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        Self {
+            seed: uuid::Uuid::new_v4().as_u64_pair().0,
+            start_us,
+            clock_us: Vec::new(),
+            replay: Replay::Exact,
+        }
+    }
+}
+
+/// A tape in use by a run: being recorded, or being played back.
+pub(super) enum Deck {
+    /// A live run: real time is read and written down.
+    Recording {
+        tape: Tape,
+        started: std::time::Instant,
+    },
+    /// A replay: readings come from the tape.
+    Playing { tape: Tape, next: usize },
+}
+
+impl Deck {
+    /// A deck recording a live run that starts now.
+    pub(super) fn record() -> Self {
+        Deck::Recording {
+            tape: Tape::starting_now(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// A deck playing `tape` back.
+    pub(super) fn play(tape: Tape) -> Self {
+        Deck::Playing { tape, next: 0 }
+    }
+
+    fn tape(&self) -> &Tape {
+        match self {
+            Deck::Recording { tape, .. } | Deck::Playing { tape, .. } => tape,
+        }
+    }
+
+    /// The seed of the run's `Math.random`.
+    pub(super) fn seed(&self) -> u64 {
+        self.tape().seed
+    }
+
+    /// The wall clock when the run started, in ms since the Unix epoch.
+    pub(super) fn clock_start_ms(&self) -> f64 {
+        self.tape().start_us as f64 / 1000.0
+    }
+
+    /// Real time since the run started, in ms (to the µs): read and recorded, or played back.
+    pub(super) fn read_clock(&mut self) -> f64 {
+        self.read_clock_us() as f64 / 1000.0
+    }
+
+    fn read_clock_us(&mut self) -> u64 {
+        match self {
+            Deck::Recording { tape, started } => {
+                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if tape.clock_us.len() < MAX_CLOCK_READINGS {
+                    tape.clock_us.push(us);
+                } else if tape.replay == Replay::Exact {
+                    tape.replay = Replay::Impossible(format!(
+                        "the call read the clock more than {MAX_CLOCK_READINGS} times"
+                    ));
+                }
+                us
+            }
+            Deck::Playing { tape, next } => match tape.clock_us.get(*next) {
+                Some(us) => {
+                    *next += 1;
+                    *us
+                }
+                None => {
+                    // The replay read the clock more often than the call: it went another way.
+                    if tape.replay == Replay::Exact {
+                        tape.replay = Replay::Impossible(
+                            "the replay read the clock more often than the call did".into(),
+                        );
+                    }
+                    tape.clock_us.last().copied().unwrap_or(0)
+                }
+            },
+        }
+    }
+
+    /// The tape as the run left it. A replay that read fewer readings than recorded went
+    /// another way than the call.
+    pub(super) fn finish(self) -> Tape {
+        match self {
+            Deck::Recording { tape, .. } => tape,
+            Deck::Playing { mut tape, next } => {
+                if next < tape.clock_us.len() && tape.replay == Replay::Exact {
+                    tape.replay = Replay::Impossible(format!(
+                        "the replay read the clock {next} times, the call {}",
+                        tape.clock_us.len()
+                    ));
+                }
+                tape
+            }
+        }
+    }
+}
+
+/// `Math.random`'s generator: SplitMix64, fully determined by its seed.
+pub(super) struct Random(u64);
+
+impl Random {
+    pub(super) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// A number in [0, 1) with 53 random bits, as V8's own.
+    pub(super) fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_numbers_follow_the_seed_and_stay_in_range() {
+        let draw = |seed| {
+            let mut random = Random::new(seed);
+            (0..1000).map(|_| random.next_f64()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+        assert!(draw(9).iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = draw(10).iter().sum::<f64>() / 1000.0;
+        assert!((0.4..0.6).contains(&mean), "{mean}");
+    }
+
+    #[test]
+    fn a_played_tape_gives_back_its_readings_and_notices_a_different_path() {
+        let mut recording = Deck::record();
+        let readings: Vec<f64> = (0..3).map(|_| recording.read_clock()).collect();
+        let tape = recording.finish();
+        let recorded: Vec<f64> = tape.clock_us.iter().map(|us| *us as f64 / 1000.0).collect();
+        assert_eq!(recorded, readings);
+        assert_eq!(tape.replay, Replay::Exact);
+
+        let mut same = Deck::play(tape.clone());
+        let again: Vec<f64> = (0..3).map(|_| same.read_clock()).collect();
+        assert_eq!(again, readings);
+        assert_eq!(same.finish().replay, Replay::Exact);
+
+        let mut more = Deck::play(tape.clone());
+        for _ in 0..4 {
+            more.read_clock();
+        }
+        assert!(matches!(more.finish().replay, Replay::Impossible(_)));
+        let mut fewer = Deck::play(tape);
+        fewer.read_clock();
+        assert!(matches!(fewer.finish().replay, Replay::Impossible(_)));
+    }
+
+    #[test]
+    fn a_run_that_reads_the_clock_too_often_cannot_be_replayed() {
+        let mut deck = Deck::record();
+        for _ in 0..=MAX_CLOCK_READINGS {
+            deck.read_clock();
+        }
+        let tape = deck.finish();
+        assert_eq!(tape.clock_us.len(), MAX_CLOCK_READINGS);
+        assert!(matches!(tape.replay, Replay::Impossible(why) if why.contains("4096")));
+    }
+}
