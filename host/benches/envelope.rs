@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcp_v8::engine::{self, Limits};
-use mcp_v8::envelope::{self, Codec, ReadOnly};
+use mcp_v8::envelope::{self, Codec, Position, ReadOnly};
 
 fn snapshot(code: &str) -> Bytes {
     let limits = Limits {
@@ -45,9 +45,23 @@ fn envelope(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(snapshot.len() as u64));
         for (codec, name) in [(Codec::None, "none"), (Codec::Zstd, "zstd")] {
             group.bench_function(BenchmarkId::new(format!("seal {name}"), label), |b| {
-                b.iter(|| envelope::seal(snapshot, "bench", ReadOnly::Shared, codec))
+                b.iter(|| {
+                    envelope::seal(
+                        snapshot,
+                        "bench",
+                        ReadOnly::Shared,
+                        codec,
+                        Position::default(),
+                    )
+                })
             });
-            let sealed = Bytes::from(envelope::seal(snapshot, "bench", ReadOnly::Shared, codec));
+            let sealed = Bytes::from(envelope::seal(
+                snapshot,
+                "bench",
+                ReadOnly::Shared,
+                codec,
+                Position::default(),
+            ));
             group.bench_function(BenchmarkId::new(format!("open {name}"), label), |b| {
                 b.iter(|| envelope::open(&sealed, "bench").expect("open"))
             });

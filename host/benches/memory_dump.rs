@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use mcp_v8::envelope::{self, Codec, ReadOnly};
+use mcp_v8::envelope::{self, Codec, Position, ReadOnly};
 use mcp_v8::storage::{Dump, HeapStore, MemoryStore, Precondition};
 
 const HEAPS: usize = 1000;
@@ -52,7 +52,13 @@ fn main() {
             })
             .collect();
         let name = format!("heap-{i}");
-        let sealed = envelope::seal(&snapshot, &name, ReadOnly::Shared, Codec::None);
+        let sealed = envelope::seal(
+            &snapshot,
+            &name,
+            ReadOnly::Shared,
+            Codec::None,
+            Position::default(),
+        );
         store
             .put(&name, Bytes::from(sealed), Precondition::Any)
             .expect("put");

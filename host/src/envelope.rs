@@ -3,8 +3,12 @@
 //! ```text
 //! magic "MCPV8HP\0" (8) | format u16 LE | V8 version len u8 | V8 version
 //! | heap name len u8 | heap name | flags u8 | codec u8 | snapshot len u64 LE
+//! | lineage u64 LE | through u64 LE | chain u64 LE
 //! | payload len u64 LE | checksum u64 LE | payload
 //! ```
+//!
+//! Lineage, through and chain say where the snapshot stands in its heap's journal
+//! ([`Position`]); format 9 added them, and older heaps read as standing before any record.
 //!
 //! The payload is the V8 snapshot as the codec stored it: as it is (`0`) or compressed with
 //! zstd (`1`). The checksum covers the header and the snapshot V8 will read (after
@@ -35,7 +39,7 @@ pub const MAGIC: &[u8; 8] = b"MCPV8HP\0";
 /// The envelope format. Bump it whenever a snapshot made by an older build could not be
 /// restored by a newer one with the same V8 (e.g. when the set of native functions
 /// registered as external references changes).
-pub const FORMAT_VERSION: u16 = 8;
+pub const FORMAT_VERSION: u16 = 9;
 
 /// Flag bit: the snapshot carries its own read-only heap.
 const FLAG_OWN_READ_ONLY: u8 = 1;
@@ -83,10 +87,26 @@ pub enum ReadOnly {
 
 /// A verified heap: its V8 snapshot (sharing the stored blob's memory unless it was
 /// compressed) and its kind.
+/// Where a snapshot stands in its heap's journal: it holds the effect of every record up to
+/// `through`, and no later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// Chosen when the heap is made: a heap deleted and made again under the same name is
+    /// another lineage, whose records never mix with the old one's.
+    pub lineage: u64,
+    /// The number of the last journal record the snapshot holds (0: none).
+    pub through: u64,
+    /// The journal's chain value after that record ([`crate::record`]): the next record
+    /// names it.
+    pub chain: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Opened {
     /// The raw V8 snapshot.
     pub snapshot: Bytes,
+    /// Where it stands in its heap's journal.
+    pub position: Position,
     /// Whose read-only heap it holds.
     pub read_only: ReadOnly,
     /// How it was stored.
@@ -108,19 +128,33 @@ pub enum EnvelopeError {
 }
 
 /// Wraps the V8 snapshot of heap `heap` for storage, compressed as `codec` says.
-pub fn seal(snapshot: &[u8], heap: &str, read_only: ReadOnly, codec: Codec) -> Vec<u8> {
+pub fn seal(
+    snapshot: &[u8],
+    heap: &str,
+    read_only: ReadOnly,
+    codec: Codec,
+    position: Position,
+) -> Vec<u8> {
     seal_as(
         crate::engine::v8_version(),
         heap,
         snapshot,
         read_only,
         codec,
+        position,
     )
 }
 
 #[cfg(test)]
 pub(crate) fn seal_for(v8_version: &str, heap: &str, snapshot: &[u8]) -> Vec<u8> {
-    seal_as(v8_version, heap, snapshot, ReadOnly::Shared, Codec::None)
+    seal_as(
+        v8_version,
+        heap,
+        snapshot,
+        ReadOnly::Shared,
+        Codec::None,
+        Position::default(),
+    )
 }
 
 fn seal_as(
@@ -129,6 +163,7 @@ fn seal_as(
     snapshot: &[u8],
     read_only: ReadOnly,
     codec: Codec,
+    position: Position,
 ) -> Vec<u8> {
     let compressed = match codec {
         Codec::None => None,
@@ -156,6 +191,9 @@ fn seal_as(
     });
     out.push(codec.id());
     out.extend_from_slice(&(snapshot.len() as u64).to_le_bytes());
+    out.extend_from_slice(&position.lineage.to_le_bytes());
+    out.extend_from_slice(&position.through.to_le_bytes());
+    out.extend_from_slice(&position.chain.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     let checksum = xxh3_64_with_seed(snapshot, xxh3_64(&out));
     out.extend_from_slice(&checksum.to_le_bytes());
@@ -181,6 +219,8 @@ pub struct Header {
     pub codec: Codec,
     /// The size of the V8 snapshot, before compression.
     pub raw_len: u64,
+    /// Where the snapshot stands in its heap's journal.
+    pub position: Position,
     /// Where the checksummed header ends and the checksum begins.
     checksummed: usize,
     checksum: u64,
@@ -232,6 +272,15 @@ pub fn header(blob: &[u8]) -> Result<Header, EnvelopeError> {
     } else {
         (ReadOnly::Own, Codec::None, None)
     };
+    let position = if format >= 9 {
+        Position {
+            lineage: u64::from_le_bytes(header.array()?),
+            through: u64::from_le_bytes(header.array()?),
+            chain: u64::from_le_bytes(header.array()?),
+        }
+    } else {
+        Position::default()
+    };
     let len = u64::from_le_bytes(header.array()?);
     let checksummed = header.at;
     let checksum = u64::from_le_bytes(header.array()?);
@@ -255,6 +304,7 @@ pub fn header(blob: &[u8]) -> Result<Header, EnvelopeError> {
         read_only,
         codec,
         raw_len,
+        position,
         checksummed,
         checksum,
         payload_at: header.at,
@@ -285,6 +335,7 @@ fn open_for(v8_version: &str, heap: &str, blob: &Bytes) -> Result<Opened, Envelo
     }
     Ok(Opened {
         snapshot,
+        position: header.position,
         read_only: header.read_only,
         codec: header.codec,
     })
@@ -345,6 +396,29 @@ mod tests {
 
     fn sealed(payload: &[u8]) -> Bytes {
         Bytes::from(seal_for(V8, "h", payload))
+    }
+
+    #[test]
+    fn the_journal_position_round_trips_and_older_heaps_stand_before_any_record() {
+        let position = Position {
+            lineage: 7,
+            through: u64::MAX - 3,
+            chain: 0xdead_beef,
+        };
+        let blob = Bytes::from(seal_as(
+            V8,
+            "h",
+            b"abc",
+            ReadOnly::Shared,
+            Codec::Zstd,
+            position,
+        ));
+        assert_eq!(open_for(V8, "h", &blob).unwrap().position, position);
+        let old = Bytes::from(old_format(4, "h", b"abc"));
+        assert_eq!(
+            open_for(V8, "h", &old).unwrap().position,
+            Position::default()
+        );
     }
 
     #[test]
@@ -445,9 +519,23 @@ mod tests {
     #[test]
     fn heaps_with_their_own_read_only_heap_keep_their_mark() {
         for codec in [Codec::None, Codec::Zstd] {
-            let blob = Bytes::from(seal_as(V8, "h", b"abc", ReadOnly::Own, codec));
+            let blob = Bytes::from(seal_as(
+                V8,
+                "h",
+                b"abc",
+                ReadOnly::Own,
+                codec,
+                Position::default(),
+            ));
             assert_eq!(open_for(V8, "h", &blob).unwrap().read_only, ReadOnly::Own);
-            let blob = Bytes::from(seal_as(V8, "h", b"abc", ReadOnly::Shared, codec));
+            let blob = Bytes::from(seal_as(
+                V8,
+                "h",
+                b"abc",
+                ReadOnly::Shared,
+                codec,
+                Position::default(),
+            ));
             assert_eq!(
                 open_for(V8, "h", &blob).unwrap().read_only,
                 ReadOnly::Shared
@@ -486,13 +574,27 @@ mod tests {
     #[test]
     fn compressed_heaps_round_trip_and_are_smaller() {
         let snapshot = snapshot_like(1 << 20);
-        let blob = Bytes::from(seal_as(V8, "h", &snapshot, ReadOnly::Shared, Codec::Zstd));
+        let blob = Bytes::from(seal_as(
+            V8,
+            "h",
+            &snapshot,
+            ReadOnly::Shared,
+            Codec::Zstd,
+            Position::default(),
+        ));
         assert!(blob.len() < snapshot.len() / 2, "{}", blob.len());
         let opened = open_for(V8, "h", &blob).unwrap();
         assert_eq!(opened.codec, Codec::Zstd);
         assert_eq!(&opened.snapshot[..], &snapshot[..]);
         // Heaps stored uncompressed read the same.
-        let plain = Bytes::from(seal_as(V8, "h", &snapshot, ReadOnly::Shared, Codec::None));
+        let plain = Bytes::from(seal_as(
+            V8,
+            "h",
+            &snapshot,
+            ReadOnly::Shared,
+            Codec::None,
+            Position::default(),
+        ));
         let opened = open_for(V8, "h", &plain).unwrap();
         assert_eq!(opened.codec, Codec::None);
         assert_eq!(&opened.snapshot[..], &snapshot[..]);
@@ -501,7 +603,14 @@ mod tests {
     #[test]
     fn every_damage_to_a_compressed_heap_is_caught() {
         let snapshot = snapshot_like(64 << 10);
-        let blob = seal_as(V8, "h", &snapshot, ReadOnly::Shared, Codec::Zstd);
+        let blob = seal_as(
+            V8,
+            "h",
+            &snapshot,
+            ReadOnly::Shared,
+            Codec::Zstd,
+            Position::default(),
+        );
         for i in (0..blob.len()).step_by(37) {
             let mut bad = blob.clone();
             bad[i] ^= 0x10;
@@ -522,7 +631,14 @@ mod tests {
     #[test]
     fn a_header_announcing_a_huge_snapshot_is_refused_without_allocating_it() {
         let snapshot = snapshot_like(4096);
-        let mut blob = seal_as(V8, "h", &snapshot, ReadOnly::Shared, Codec::Zstd);
+        let mut blob = seal_as(
+            V8,
+            "h",
+            &snapshot,
+            ReadOnly::Shared,
+            Codec::Zstd,
+            Position::default(),
+        );
         let at = blob
             .windows(8)
             .position(|w| w == (snapshot.len() as u64).to_le_bytes())

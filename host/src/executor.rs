@@ -75,9 +75,9 @@ fn with_live<T>(listener: Option<LiveBatches>, run: impl FnOnce(Option<live::Sen
 }
 
 async fn run_in_process(job: Job) -> Ran {
-    let start = match &job.target {
-        Target::Stateless => None,
-        Target::Heap { start, .. } => Some(start.clone()),
+    let (start, replay) = match &job.target {
+        Target::Stateless => (None, Vec::new()),
+        Target::Heap { start, replay, .. } => (Some(start.clone()), replay.clone()),
     };
     let alone = matches!(start, Some(Start::Alone(_)));
     let snapshot = match start {
@@ -112,7 +112,9 @@ async fn run_in_process(job: Job) -> Ran {
             }
             return;
         };
-        let warm = match Warm::new(snapshot, &job.limits) {
+        let warm = Warm::new(snapshot, &job.limits)
+            .and_then(|warm| crate::job::catch_up(warm, &replay, &job.limits));
+        let warm = match warm {
             Ok(warm) => warm,
             Err(e) => return drop(answer.send(Outcome::failed(e))),
         };

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::live::Batch;
-use crate::engine::{Completion, Limits, Run, RunError};
+use crate::engine::{self, Completion, Limits, Replay, Run, RunError, Warm};
+use crate::record::{Effect, Record};
 
 /// One execution.
 #[derive(Debug, Clone)]
@@ -38,7 +39,46 @@ pub enum Target {
         name: String,
         /// Where its state comes from.
         start: Start,
+        /// Committed calls its state lacks, in order: run again first ([`catch_up`]).
+        replay: Vec<Record>,
     },
+}
+
+/// Runs `calls` — committed calls of the heap, in order — again on `warm` before a job's own
+/// code, so that the heap catches up with its journal. Each must reproduce what it showed
+/// (its fingerprint) from its tape; the first that does not stops the job with
+/// [`RunError::Diverged`]. The isolate is made with the job's heap limit; a call committed
+/// under a larger one may need more.
+pub fn catch_up(mut warm: Warm, calls: &[Record], limits: &Limits) -> Result<Warm, RunError> {
+    for record in calls {
+        let diverged = |why: String| RunError::Diverged {
+            seq: record.seq,
+            why,
+        };
+        let Effect::Call {
+            code,
+            tape,
+            fingerprint,
+            ..
+        } = &record.effect
+        else {
+            return Err(diverged("it holds a state, not a call".into()));
+        };
+        let code = engine::read_code(code).map_err(|e| diverged(e.to_string()))?;
+        let (outcome, left) = engine::answer_first(warm.replay(&code, limits, tape.clone()));
+        let completion = outcome.result.map_err(|e| diverged(e.to_string()))?;
+        if let Replay::Impossible(why) = &completion.tape.replay {
+            return Err(diverged(why.clone()));
+        }
+        if engine::fingerprint(&completion, &outcome.console) != *fingerprint {
+            return Err(diverged("its result or console came out different".into()));
+        }
+        warm = match left {
+            Ok(unsaved) => unsaved.into_warm(),
+            Err(_) => return Err(diverged("its isolate was lost".into())),
+        };
+    }
+    Ok(warm)
 }
 
 /// Where a heap's state comes from.

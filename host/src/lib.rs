@@ -18,6 +18,7 @@ pub mod executor;
 pub mod frontend;
 pub mod job;
 pub mod metrics;
+pub mod record;
 pub mod report;
 pub mod runtime;
 pub mod schema;

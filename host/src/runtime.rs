@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedMutexGuard, RwLock};
 
 use crate::engine::{Completion, Limits, Run, RunError};
-use crate::envelope::{self, Codec, EnvelopeError, ReadOnly};
+use crate::envelope::{self, Codec, EnvelopeError, Position, ReadOnly};
 use crate::executor::Executor;
 use crate::job::{Job, LiveBatches, NotWarm, Saving, Start, Target, WarmRef};
 use crate::metrics::{self, CallMetrics, StorageStats};
@@ -127,6 +127,7 @@ impl CallError {
             }
             CallError::Run(RunError::Unavailable(_)) => "engine_unavailable",
             CallError::Run(RunError::Crashed(_)) => "crashed",
+            CallError::Run(RunError::Diverged { .. }) => "diverged",
             CallError::Envelope { .. } => "corrupt_heap",
             CallError::Conflict { .. } => "conflict",
             CallError::Exists { .. } | CallError::Missing { .. } | CallError::SameHeap { .. } => {
@@ -244,6 +245,7 @@ struct Heaps {
 /// A stored heap, verified: its snapshot, kind and stored version.
 struct OpenedHeap {
     snapshot: bytes::Bytes,
+    position: Position,
     read_only: ReadOnly,
     version: Version,
 }
@@ -510,6 +512,7 @@ impl Runtime {
                 target: Target::Heap {
                     name: heap.clone(),
                     start: loaded.start,
+                    replay: Vec::new(),
                 },
                 limits,
                 live: live.clone(),
@@ -784,6 +787,7 @@ impl Heaps {
         self.learn_raw_size(heap, &stored.version, opened.snapshot.len() as u64);
         Ok(OpenedHeap {
             snapshot: opened.snapshot,
+            position: opened.position,
             read_only: opened.read_only,
             version: stored.version,
         })
@@ -862,9 +866,11 @@ impl Heaps {
                 let opened = self.read_existing(from).await?;
                 let (name, codec, read_only) = (to.to_string(), self.codec, opened.read_only);
                 let raw_size = opened.snapshot.len() as u64;
-                let sealed =
-                    blocking(move || envelope::seal(&opened.snapshot, &name, read_only, codec))
-                        .await?;
+                let position = opened.position;
+                let sealed = blocking(move || {
+                    envelope::seal(&opened.snapshot, &name, read_only, codec, position)
+                })
+                .await?;
                 let size = sealed.len() as u64;
                 let version = self.storage.put(to, sealed.into(), precondition).await;
                 version.map(|version| (version, size, raw_size))
@@ -903,8 +909,16 @@ impl Heaps {
         let saved = saving.finish().await?;
         let (name, codec) = (heap.to_string(), self.codec);
         let raw_len = saved.snapshot.len();
-        let sealed =
-            blocking(move || envelope::seal(&saved.snapshot, &name, read_only, codec)).await?;
+        let sealed = blocking(move || {
+            envelope::seal(
+                &saved.snapshot,
+                &name,
+                read_only,
+                codec,
+                Position::default(),
+            )
+        })
+        .await?;
         match self.storage.put(heap, sealed.into(), precondition).await {
             Ok(version) => {
                 self.learn_raw_size(heap, &version, raw_len as u64);

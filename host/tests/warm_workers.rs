@@ -4,9 +4,10 @@
 
 use std::path::PathBuf;
 
-use mcp_v8::engine::Limits;
+use mcp_v8::engine::{fingerprint, Limits};
 use mcp_v8::executor::Executor;
 use mcp_v8::job::{Job, NotWarm, Start, Target, WarmRef};
+use mcp_v8::record::{Effect, Record};
 use mcp_v8::worker::WorkerSettings;
 
 fn executor(workers: usize, warm_bytes: usize) -> Executor {
@@ -27,6 +28,7 @@ fn job(code: &str, start: Start) -> Job {
         target: Target::Heap {
             name: "a".into(),
             start,
+            replay: Vec::new(),
         },
         limits: Limits::default(),
         live: None,
@@ -115,4 +117,68 @@ async fn a_forgotten_heap_is_dropped_with_the_workers_next_job() {
     let (outcome, _) = executor.run(stateless).await.unwrap();
     assert_eq!(outcome.result.unwrap().output, "1");
     assert_eq!(run(&executor, "n", Start::Warm(warm)).await, Err(NotWarm));
+}
+
+/// A worker rebuilds a heap from a snapshot and the committed calls after it: each replays
+/// from its tape to what it showed, and the job's code then sees the state they left. A
+/// record that does not reproduce its call stops the job, naming it.
+#[tokio::test]
+async fn a_worker_replays_committed_calls_before_the_code() {
+    let executor = executor(1, 256 << 20);
+    let (_, saving) = executor
+        .run(job("var draws = []; var n = 0", Start::New))
+        .await
+        .unwrap();
+    let base = saving.unwrap().finish().await.unwrap().snapshot;
+    let mut records = Vec::new();
+    let mut state = base.clone();
+    for seq in 1..=3 {
+        let code = "n++; draws.push(Math.random()); console.log(Date.now() > 0); n";
+        let (outcome, saving) = executor
+            .run(job(code, Start::Snapshot(state.clone())))
+            .await
+            .unwrap();
+        let completion = outcome.result.unwrap();
+        state = saving.unwrap().finish().await.unwrap().snapshot;
+        records.push(Record {
+            heap: "a".into(),
+            lineage: 1,
+            seq,
+            prev: 0,
+            at_ms: 0,
+            effect: Effect::Call {
+                code: code.into(),
+                heap_bytes: Limits::default().heap_bytes,
+                fingerprint: fingerprint(&completion, &outcome.console),
+                tape: completion.tape,
+            },
+        });
+    }
+    let read = "JSON.stringify([n, draws])";
+    let (expected, _) = executor
+        .run(job(read, Start::Snapshot(state)))
+        .await
+        .unwrap();
+    let expected = expected.result.unwrap().output;
+    let mut rebuild = job(read, Start::Snapshot(base.clone()));
+    if let Target::Heap { replay, .. } = &mut rebuild.target {
+        *replay = records.clone();
+    }
+    let (outcome, _) = executor.run(rebuild).await.unwrap();
+    assert_eq!(outcome.result.unwrap().output, expected);
+
+    if let Effect::Call { fingerprint, .. } = &mut records[1].effect {
+        *fingerprint ^= 1;
+    }
+    let mut diverging = job(read, Start::Snapshot(base));
+    if let Target::Heap { replay, .. } = &mut diverging.target {
+        *replay = records;
+    }
+    let (outcome, saving) = executor.run(diverging).await.unwrap();
+    let error = outcome.result.unwrap_err().to_string();
+    assert!(
+        error.contains("replaying call 2 of the heap's journal did not reproduce it"),
+        "{error}"
+    );
+    assert!(saving.is_none());
 }

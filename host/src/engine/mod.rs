@@ -91,6 +91,14 @@ pub enum RunError {
     /// No engine could be started for the call (e.g. a worker process failed to start).
     #[error("no JavaScript engine is available: {0}; the heap was not changed")]
     Unavailable(String),
+    /// A committed call, run again to rebuild the heap, did not reproduce what it did.
+    #[error("replaying call {seq} of the heap's journal did not reproduce it ({why})")]
+    Diverged {
+        /// The call's number in the journal.
+        seq: u64,
+        /// What went another way.
+        why: String,
+    },
     /// The process running the code died (V8 aborted, or it was killed).
     #[error(
         "the JavaScript engine crashed while running this code ({0}); the heap was not changed"

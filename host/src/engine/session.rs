@@ -136,6 +136,11 @@ pub fn answer_first(
 }
 
 impl Unsaved {
+    /// The isolate, to run another call on: its state moves on without a snapshot.
+    pub fn into_warm(self) -> Warm {
+        Warm(self.0)
+    }
+
     /// The heap's new snapshot: V8's `create_blob`, the slow part of a stateful call, which
     /// callers run after the answer has gone out.
     pub fn save(mut self) -> Result<Bytes, RunError> {

@@ -23,13 +23,14 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCom
 use heaps::{Entry, WarmHeaps};
 pub use pool::WorkerPool;
 use protocol::{
-    encode_console, read_frame, write_frame, Answer, Done, Finished, Generation, Live, Request,
-    RequestStart, RequestTarget,
+    decode_records, encode_console, read_frame, write_frame, Answer, Done, Finished, Generation,
+    Live, Request, RequestStart, RequestTarget,
 };
 
 use crate::engine::{self, live, Fresh, Limits, RunError, Warm};
 use crate::frontend::Prepared;
 use crate::job::{Outcome, Stage};
+use crate::record::Record;
 
 /// What a worker is told when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +153,20 @@ impl Worker {
         for heap in &request.forget {
             self.heaps.forget(heap);
         }
+        // Sections come code first; the optional ones are taken from the end.
+        let replay = match &request.target {
+            RequestTarget::Heap { replay, .. } if *replay > 0 => {
+                let section = sections.pop().unwrap_or_default();
+                match decode_records(&section, *replay) {
+                    Ok(records) => records,
+                    Err(e) => {
+                        let e = RunError::Crashed(format!("the calls to replay are garbled: {e}"));
+                        return done(out, Outcome::failed(e));
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
         let snapshot = match &request.target {
             RequestTarget::Heap {
                 start: RequestStart::Snapshot | RequestStart::Alone,
@@ -176,8 +191,8 @@ impl Worker {
         };
         match request.target {
             RequestTarget::Stateless => self.run_stateless(run, out),
-            RequestTarget::Heap { name, start } => {
-                self.run_on_heap(run, name, start, snapshot, out)
+            RequestTarget::Heap { name, start, .. } => {
+                self.run_on_heap(run, name, start, snapshot, &replay, out)
             }
         }
     }
@@ -205,6 +220,7 @@ impl Worker {
         name: String,
         start: RequestStart,
         snapshot: Option<Bytes>,
+        replay: &[Record],
         out: &Output,
     ) -> io::Result<()> {
         let limits = run.limits;
@@ -245,6 +261,7 @@ impl Worker {
                 heaps.insert(name.clone(), entry);
             }
         };
+        let warm = warm.and_then(|warm| crate::job::catch_up(warm, replay, limits));
         let warm = match warm {
             Ok(warm) => warm,
             Err(e) => {

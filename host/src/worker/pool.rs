@@ -15,8 +15,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::protocol::{
-    decode_console, read_frame, write_frame, Answer, Generation, Request, RequestStart,
-    RequestTarget,
+    decode_console, encode_records, read_frame, write_frame, Answer, Generation, Request,
+    RequestStart, RequestTarget,
 };
 use super::WorkerSettings;
 use crate::engine::{Completion, RunError};
@@ -287,9 +287,13 @@ impl Worker {
 
     /// Sends one job and reads the answer. A failure means the worker is unusable.
     async fn call(&mut self, job: &Job, forget: Vec<String>) -> Result<Reply, Failure> {
-        let (target, snapshot) = match &job.target {
-            Target::Stateless => (RequestTarget::Stateless, None),
-            Target::Heap { name, start } => {
+        let (target, snapshot, replay) = match &job.target {
+            Target::Stateless => (RequestTarget::Stateless, None, None),
+            Target::Heap {
+                name,
+                start,
+                replay,
+            } => {
                 let (start, snapshot) = match start {
                     Start::New => (RequestStart::New, None),
                     Start::Snapshot(bytes) => (RequestStart::Snapshot, Some(&bytes[..])),
@@ -302,7 +306,13 @@ impl Worker {
                     ),
                 };
                 let name = name.clone();
-                (RequestTarget::Heap { name, start }, snapshot)
+                let target = RequestTarget::Heap {
+                    name,
+                    start,
+                    replay: replay.len(),
+                };
+                let replay = (!replay.is_empty()).then(|| encode_records(replay));
+                (target, snapshot, replay)
             }
         };
         let request = Request {
@@ -313,6 +323,7 @@ impl Worker {
         };
         let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
         sections.extend(snapshot);
+        sections.extend(replay.as_deref());
         write_frame(&mut self.stdin, &request, &sections)
             .await
             .map_err(Failure::BeforeJob)?;

@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::engine::live::{Batch, Progress};
 use crate::engine::{Console, Limits, LogLine, RunError, Tape};
 use crate::job::Stage;
+use crate::record::Record;
 
 /// Largest header accepted, to fail fast on a garbled stream.
 const MAX_HEADER: u32 = 1 << 20;
@@ -41,7 +42,8 @@ const MAX_SECTIONS: u32 = 4;
 const MAX_SECTION: u64 = 32 << 30;
 
 /// What the host asks a worker to do. Sections: the code, then the raw snapshot to restore
-/// for [`RequestStart::Snapshot`] and [`RequestStart::Alone`].
+/// for [`RequestStart::Snapshot`] and [`RequestStart::Alone`], then the calls to replay first
+/// when there are any ([`encode_records`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
     /// What the code runs on.
@@ -67,6 +69,9 @@ pub enum RequestTarget {
         name: String,
         /// Where its state comes from.
         start: RequestStart,
+        /// How many committed calls to run again before the code (a section of records).
+        #[serde(default)]
+        replay: usize,
     },
 }
 
@@ -161,6 +166,45 @@ pub struct Finished {
     pub pending_timers: usize,
     /// What the run read from outside its heap.
     pub tape: Tape,
+}
+
+/// Journal records as a section: per record, `u64 LE length | record` ([`crate::record`]).
+pub fn encode_records(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for record in records {
+        let bytes = record.encode();
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// The records of a section made by [`encode_records`], each checked by the record codec.
+pub fn decode_records(section: &[u8], count: usize) -> io::Result<Vec<Record>> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let mut records = Vec::with_capacity(count.min(1 << 16));
+    let mut rest = section;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| bad("a record's length is cut".into()))?;
+        let len = usize::try_from(u64::from_le_bytes(*len)).unwrap_or(usize::MAX);
+        if len > tail.len() {
+            return Err(bad("a record is cut".into()));
+        }
+        let (bytes, tail) = tail.split_at(len);
+        let record = Record::decode(&bytes::Bytes::copy_from_slice(bytes))
+            .map_err(|e| bad(e.to_string()))?;
+        records.push(record);
+        rest = tail;
+    }
+    if records.len() != count {
+        return Err(bad(format!(
+            "{} records sent, {count} announced",
+            records.len()
+        )));
+    }
+    Ok(records)
 }
 
 /// The console as a section: per line, `u8 level length | level | u32 LE text length | text`.
@@ -287,6 +331,7 @@ mod tests {
             target: RequestTarget::Heap {
                 name: "h".into(),
                 start: RequestStart::Snapshot,
+                replay: 0,
             },
             limits,
             forget: vec!["old".into()],
@@ -299,7 +344,7 @@ mod tests {
         let (back, sections): (Request, _) =
             read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
         assert!(
-            matches!(back.target, RequestTarget::Heap { ref name, start: RequestStart::Snapshot } if name == "h")
+            matches!(back.target, RequestTarget::Heap { ref name, start: RequestStart::Snapshot, .. } if name == "h")
         );
         assert_eq!(back.limits, limits);
         assert_eq!(back.forget, ["old"]);
