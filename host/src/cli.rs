@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::engine::Limits;
 use crate::envelope::Codec;
 use crate::runtime::{Policy as StoragePolicy, SaveMode};
-use crate::storage::{MemoryOptions, MemorySettings, Sharing, StorageChoice};
+use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
 use crate::transport::events::Retention;
 use crate::transport::guard::Policy;
 use crate::transport::http::HttpOptions;
@@ -170,13 +170,17 @@ pub struct Cli {
           value_parser = parse_seconds)]
     pub shutdown_grace: f64,
 
-    /// When a stateful call's new heap is stored: `background` answers first and stores
-    /// after (the heap stays locked until then, so later calls see it); `sync` stores before
-    /// answering and runs a call again when another writer got there first [default:
-    /// background for the memory and file stores, sync for S3 and other plugins, which
-    /// several hosts may share].
-    #[arg(long, env = "MCP_V8_SAVE", value_name = "WHEN", value_enum)]
-    pub save: Option<SaveMode>,
+    /// When a heap's snapshot after a call is stored. Every call is answered only once its
+    /// journal record is stored; `background` stores the snapshot after the answer (the heap
+    /// stays locked until then, so later calls see it), `sync` before it.
+    #[arg(
+        long,
+        env = "MCP_V8_SAVE",
+        value_name = "WHEN",
+        value_enum,
+        default_value = "background"
+    )]
+    pub save: SaveMode,
 
     /// With --save sync, how often a call whose heap another writer changed while it ran is
     /// run again on the newer state before the conflict is returned.
@@ -365,10 +369,10 @@ impl Cli {
         }
     }
 
-    /// How the runtime stores heaps in a store shared as `sharing` says.
-    pub fn storage_policy(&self, sharing: Sharing) -> StoragePolicy {
+    /// How the runtime stores heaps.
+    pub fn storage_policy(&self) -> StoragePolicy {
         StoragePolicy {
-            save: self.save.unwrap_or_else(|| SaveMode::default_for(sharing)),
+            save: self.save,
             conflict_retries: self.conflict_retries,
             compression: self.compression,
         }
@@ -514,18 +518,10 @@ mod tests {
     }
 
     #[test]
-    fn the_save_mode_defaults_by_store_and_the_flag_wins() {
+    fn snapshots_are_stored_after_the_answer_unless_the_flag_says_before() {
         let cli = Cli::try_parse_from(["mcp-v8", "--memory"]).unwrap();
-        assert_eq!(
-            cli.storage_policy(Sharing::Process).save,
-            SaveMode::Background
-        );
-        assert_eq!(
-            cli.storage_policy(Sharing::Machine).save,
-            SaveMode::Background
-        );
-        assert_eq!(cli.storage_policy(Sharing::Network).save, SaveMode::Sync);
+        assert_eq!(cli.storage_policy().save, SaveMode::Background);
         let cli = Cli::try_parse_from(["mcp-v8", "--memory", "--save", "sync"]).unwrap();
-        assert_eq!(cli.storage_policy(Sharing::Process).save, SaveMode::Sync);
+        assert_eq!(cli.storage_policy().save, SaveMode::Sync);
     }
 }

@@ -98,7 +98,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
     let workers = cli.max_concurrent_executions();
     let executor = Executor::workers(program, workers, cli.worker_settings());
-    let policy = cli.storage_policy(storage.sharing());
+    let policy = cli.storage_policy();
     let runtime = Arc::new(Runtime::with_policy(storage, executor, limits, policy));
     // Listening for SIGINT/SIGTERM before the first worker starts: a stop asked for while the
     // server starts is not lost (a shell's background job even inherits them ignored).
@@ -146,7 +146,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await?
         }
     }
-    // Nothing answered is lost on a clean stop: the states still being saved go in first.
+    // Every answered call is in its heap's journal; a clean stop also stores the snapshots
+    // still being taken, so that the next load has nothing to run again.
     let flushed = runtime.flush(cli.shutdown_grace()).await;
     if let Some(dump) = dump {
         let path = dump.path().display().to_string();
@@ -157,7 +158,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
     }
     if !flushed {
-        return Err("stopped before the heaps of every answered call were saved".into());
+        return Err(
+            "stopped before every snapshot was stored (the calls are in their journals)".into(),
+        );
     }
     Ok(())
 }

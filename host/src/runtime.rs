@@ -1,49 +1,41 @@
-//! What the MCP tools do, independent of MCP: run code on a heap (load, verify, execute,
-//! snapshot, conditionally store), run code statelessly, list and delete heaps.
+//! What the MCP tools do, independent of MCP: run code on a heap (load, verify, replay,
+//! execute, commit, snapshot), run code statelessly, list, copy and delete heaps.
 //!
-//! A heap's state is stored after its call has been answered ([`SaveMode::Background`]):
-//! the heap stays locked until the save is in, so the next call on it, `list_heaps` and
-//! `delete_heap` see it (read your writes); a save that fails is reported by the heap's next
-//! call. The runtime checks the stored version before using a warm isolate, so a heap changed
-//! by another process is never served stale.
+//! A heap is its stored snapshot plus the journal of calls committed after it
+//! ([`crate::record`]). A successful call on a heap is committed by appending its record under
+//! the next number, which only one writer can take, and answered once the store has it; the
+//! heap's new snapshot is stored after the answer ([`SaveMode::Background`]) and covers the
+//! records before it. The heap stays locked until the snapshot is in, so the next call on it,
+//! `list_heaps` and `delete_heap` see it. Loading a heap restores its snapshot and replays
+//! the records after it; a warm isolate is used only while the store's snapshot is the one it
+//! came from, after the records other processes committed meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedMutexGuard, RwLock};
+use tokio::sync::RwLock;
 
-use crate::engine::{Completion, Limits, Run, RunError};
+use crate::engine::{self, Completion, Console, Limits, Replay, Run, RunError};
 use crate::envelope::{self, Codec, EnvelopeError, Position, ReadOnly};
 use crate::executor::Executor;
-use crate::job::{Job, LiveBatches, NotWarm, Saving, Start, Target, WarmRef};
+use crate::job::{Job, LiveBatches, NotWarm, Saved, Saving, Start, Target, WarmRef};
 use crate::metrics::{self, CallMetrics, StorageStats};
+use crate::record::{Effect, Record};
 use crate::storage::{
     validate_caller_name, ErrorKind, HeapLocks, HeapMeta, Precondition, Sharing, Snapshot, Store,
     StoreError, Version,
 };
 
-/// When a stateful call's new state is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// When a heap's snapshot after a call is stored. Either way the call is answered only once
+/// its journal record is stored: the answer is durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SaveMode {
-    /// After the answer: the caller waits for its code, not for V8's snapshot or the store.
+    /// After the answer: the caller waits for its code and its record, not for V8's snapshot.
+    #[default]
     Background,
-    /// Before the answer: every answer is durable first, and a call that loses a race with
-    /// another writer runs again on the newer state.
+    /// Before the answer: a later load has no record to run again.
     Sync,
-}
-
-impl SaveMode {
-    /// The default for a store shared as `sharing` declares: a store only this machine
-    /// writes (memory, a directory) saves in the background; one that hosts elsewhere may
-    /// write too (S3, and any store that does not say) wants every answer durable and races
-    /// retried, so it saves in sync.
-    pub fn default_for(sharing: Sharing) -> Self {
-        match sharing {
-            Sharing::Process | Sharing::Machine => SaveMode::Background,
-            _ => SaveMode::Sync,
-        }
-    }
 }
 
 /// How the runtime stores and retries.
@@ -51,7 +43,7 @@ impl SaveMode {
 pub struct Policy {
     /// When states are stored.
     pub save: SaveMode,
-    /// How often a call whose store lost a race runs again (sync saves only).
+    /// How often a call that lost a race with another writer runs again.
     pub conflict_retries: u32,
     /// How snapshots are stored.
     pub compression: Codec,
@@ -88,9 +80,16 @@ pub enum CallError {
     /// Someone else saved the heap while this call ran on the old state, every time it ran.
     #[error("heap '{heap}' was changed concurrently while this code ran ({attempts} attempts), so its result was not saved; retry the call")]
     Conflict { heap: String, attempts: u32 },
-    /// The previous call's state, already answered, could not be stored.
-    #[error("the previous call on heap '{heap}' succeeded, but its changes could not be saved: {reason}. Those changes are lost and the heap goes on from its last saved state; this call's code did not run, so run it again")]
-    Lost { heap: String, reason: String },
+    /// A record of the heap's journal cannot be used.
+    #[error("heap '{heap}' cannot be loaded: record {seq} of its journal is damaged ({error}); delete_heap removes the heap so the name can start over")]
+    Journal {
+        heap: String,
+        seq: u64,
+        error: String,
+    },
+    /// The heap was deleted, or deleted and made again, by another client while the code ran.
+    #[error("heap '{heap}' was deleted or replaced by another client while this code ran, so its result was not kept")]
+    Replaced { heap: String },
     /// A fork or copy would replace a heap without `overwrite`.
     #[error("heap '{heap}' already exists; pass overwrite: true to replace it")]
     Exists { heap: String },
@@ -133,7 +132,8 @@ impl CallError {
             CallError::Exists { .. } | CallError::Missing { .. } | CallError::SameHeap { .. } => {
                 "invalid_fork"
             }
-            CallError::Lost { .. } => "lost",
+            CallError::Journal { .. } => "corrupt_heap",
+            CallError::Replaced { .. } => "replaced",
             CallError::Storage { .. } | CallError::Listing(_) => "storage",
             CallError::Internal(_) => "internal",
         }
@@ -233,30 +233,62 @@ struct Heaps {
     executor: Arc<Executor>,
     /// How snapshots are stored.
     codec: Codec,
-    /// Heaps a worker holds warm, and the stored version that state is.
-    warm: Mutex<HashMap<String, (WarmRef, Version)>>,
-    /// Heaps whose last answered state could not be stored, and why.
-    lost: Mutex<HashMap<String, String>>,
+    /// Heaps a worker holds warm, and where in the store that state stands.
+    warm: Mutex<HashMap<String, (WarmRef, Head)>>,
+    /// Records this runtime committed or replayed and has not trimmed, with when it learned
+    /// of them, by heap: a shared store's records are trimmed only once they are old.
+    learned: Mutex<HashMap<String, VecDeque<(u64, Instant)>>>,
     /// Snapshot sizes before compression, by heap and stored version, as this runtime sealed
     /// or opened them.
     raw_sizes: Mutex<HashMap<String, (Version, u64)>>,
 }
 
-/// A stored heap, verified: its snapshot, kind and stored version.
-struct OpenedHeap {
-    snapshot: bytes::Bytes,
-    position: Position,
-    read_only: ReadOnly,
+/// How long a record of a store that others share stays after a snapshot covers it: a
+/// writer that ran on the state before it, and appends after it is gone, would otherwise
+/// go unnoticed. Far longer than any call runs.
+const RECORDS_KEPT_FOR: Duration = Duration::from_secs(600);
+
+/// Where a heap stands in its store: its snapshot's version and position, and the last
+/// committed record after it (the snapshot's own position when none follows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    /// The stored snapshot's version.
     version: Version,
+    /// The heap's lineage ([`Position::lineage`]).
+    lineage: u64,
+    /// The last committed record.
+    seq: u64,
+    /// The journal's chain value after it.
+    chain: u64,
 }
 
-/// How a stored heap starts a run, and what its next store must know.
+/// A stored heap, verified, with the committed calls its snapshot lacks.
+struct OpenedHeap {
+    snapshot: bytes::Bytes,
+    read_only: ReadOnly,
+    head: Head,
+    replay: Vec<Record>,
+}
+
+/// How a stored heap starts a run, and how the run's result is committed.
 struct Loaded {
     start: Start,
-    precondition: Precondition,
+    /// Committed calls to run again first.
+    replay: Vec<Record>,
+    commit: Commit,
     read_only: ReadOnly,
     /// Why a heap the caller may expect starts empty.
     notice: Option<String>,
+}
+
+/// How a successful run is committed.
+#[derive(Debug, Clone)]
+enum Commit {
+    /// Append a record to the heap's journal: it stands at this head.
+    Append(Head),
+    /// Make the heap (a new one, or a fork's target): its first snapshot, stored with this
+    /// precondition, before the answer.
+    Create(Precondition),
 }
 
 impl Runtime {
@@ -282,7 +314,7 @@ impl Runtime {
                 executor,
                 codec: policy.compression,
                 warm: Mutex::default(),
-                lost: Mutex::default(),
+                learned: Mutex::default(),
                 raw_sizes: Mutex::default(),
             }),
             saves: Arc::new(RwLock::new(())),
@@ -336,7 +368,8 @@ impl Runtime {
             Ok(_) => true,
             Err(_) => {
                 tracing::error!(
-                    "stopping with heap saves still in progress after {} s: their calls' changes are lost",
+                    "stopping with heap snapshots still in progress after {} s: their calls are in \
+                     their heaps' journals and run again when the heaps are next loaded",
                     grace.as_secs_f64()
                 );
                 false
@@ -488,11 +521,6 @@ impl Runtime {
             _ => (self.locks.lock(&heap).await, None),
         };
         tracing::debug!("running code on heap {heap}");
-        if fork.is_none() {
-            if let Some(reason) = self.heaps.take_lost(&heap) {
-                return Reply::failed(CallError::Lost { heap, reason });
-            }
-        }
         let mut retries = 0;
         loop {
             let loaded = match &fork {
@@ -512,7 +540,7 @@ impl Runtime {
                 target: Target::Heap {
                     name: heap.clone(),
                     start: loaded.start,
-                    replay: Vec::new(),
+                    replay: loaded.replay,
                 },
                 limits,
                 live: live.clone(),
@@ -525,91 +553,102 @@ impl Runtime {
                     continue;
                 }
             };
-            let saving = match (outcome.result.is_ok(), saving) {
-                (true, Some(saving)) => saving,
-                (true, None) => {
+            let (completion, saving) = match (outcome.result, saving) {
+                (Ok(completion), Some(saving)) => (completion, saving),
+                (Ok(_), None) => {
                     return Reply::failed(CallError::Internal(
                         "a stateful run returned no heap".into(),
                     ))
                 }
-                (false, _) => {
-                    return outcome.map_result(|result| match result {
-                        Ok(_) => Err(CallError::Internal("unreachable".into())),
-                        Err(RunError::Unrestorable(reason)) => {
-                            Err(CallError::Unrestorable { heap, reason })
-                        }
-                        Err(e) => Err(e.into()),
-                    })
+                (Err(e), _) => {
+                    let error = match e {
+                        RunError::Unrestorable(reason) => CallError::Unrestorable { heap, reason },
+                        e => e.into(),
+                    };
+                    return Run {
+                        result: Err(error),
+                        console: outcome.console,
+                    };
                 }
             };
+            let console = outcome.console;
             // The source of a fork is not written: others may use it again.
             drop(source_guard.take());
-            let notice = loaded.notice;
-            let forked_from = fork.as_ref().and_then(|(from, _)| from.clone());
-            let answer = |outcome: crate::job::Outcome, heap: String, retries| {
-                outcome.map_result(|result| {
-                    result
-                        .map(|completion| HeapRun {
-                            completion,
-                            heap,
-                            retries,
-                            notice,
-                            forked_from,
-                        })
-                        .map_err(CallError::from)
-                })
-            };
-            match self.policy.save {
-                SaveMode::Background => {
-                    let gate = Arc::clone(&self.saves).read_owned().await;
-                    let heaps = Arc::clone(&self.heaps);
-                    let name = heap.clone();
-                    tokio::spawn(async move {
-                        let _gate = gate;
-                        heaps
-                            .store_after_answer(
-                                &name,
-                                saving,
-                                loaded.precondition,
-                                loaded.read_only,
-                                guard,
-                            )
-                            .await;
-                    });
-                    return answer(outcome, heap, retries);
-                }
-                SaveMode::Sync => match self
+            let committed = match loaded.commit {
+                Commit::Create(precondition) => self
                     .heaps
-                    .store(&heap, saving, loaded.precondition, loaded.read_only)
+                    .create(&heap, saving, precondition, loaded.read_only)
                     .await
-                {
-                    Ok(()) => return answer(outcome, heap, retries),
-                    // Made meanwhile by another writer: running again would not help.
-                    Err(CallError::Conflict { heap, .. }) if fork.is_some() => {
-                        return Run {
-                            result: Err(CallError::Exists { heap }),
-                            console: outcome.console,
-                        };
-                    }
-                    Err(CallError::Conflict { .. }) if retries < self.policy.conflict_retries => {
-                        retries += 1;
-                        tracing::debug!(heap, retries, "heap changed concurrently: running again");
-                        tokio::time::sleep(jitter(retries)).await;
-                    }
-                    Err(CallError::Conflict { heap, .. }) => {
-                        let attempts = retries + 1;
-                        return Run {
-                            result: Err(CallError::Conflict { heap, attempts }),
-                            console: outcome.console,
-                        };
-                    }
-                    Err(e) => {
-                        return Run {
-                            result: Err(e),
-                            console: outcome.console,
+                    .map(|()| None),
+                Commit::Append(head) => {
+                    let call = Call {
+                        code: &code,
+                        limits: &limits,
+                        completion: &completion,
+                        console: &console,
+                    };
+                    self.heaps
+                        .append(&heap, &head, call, saving, loaded.read_only)
+                        .await
+                        .map(Some)
+                }
+            };
+            let answer = |retries| Run {
+                result: Ok(HeapRun {
+                    completion,
+                    heap: heap.clone(),
+                    retries,
+                    notice: loaded.notice,
+                    forked_from: fork.as_ref().and_then(|(from, _)| from.clone()),
+                }),
+                console,
+            };
+            match committed {
+                // Committed: the new state's snapshot follows, after the answer (or before it
+                // with `--save sync`), holding the heap until it is stored.
+                Ok(Some(pending)) => {
+                    match self.policy.save {
+                        SaveMode::Sync => self.heaps.checkpoint(&heap, pending).await,
+                        SaveMode::Background => {
+                            let gate = Arc::clone(&self.saves).read_owned().await;
+                            let heaps = Arc::clone(&self.heaps);
+                            let name = heap.clone();
+                            tokio::spawn(async move {
+                                let _gate = gate;
+                                heaps.checkpoint(&name, pending).await;
+                                drop(guard);
+                            });
                         }
                     }
-                },
+                    return answer(retries);
+                }
+                Ok(None) => return answer(retries),
+                // Made meanwhile by another writer: running again would not help.
+                Err(CallError::Conflict { heap, .. }) if fork.is_some() => {
+                    return Run {
+                        result: Err(CallError::Exists { heap }),
+                        console: answer(retries).console,
+                    };
+                }
+                Err(CallError::Conflict { .. }) if retries < self.policy.conflict_retries => {
+                    retries += 1;
+                    self.heaps.forget(&heap);
+                    tracing::debug!(heap, retries, "heap changed concurrently: running again");
+                    tokio::time::sleep(jitter(retries)).await;
+                }
+                Err(CallError::Conflict { heap, .. }) => {
+                    let attempts = retries + 1;
+                    return Run {
+                        result: Err(CallError::Conflict { heap, attempts }),
+                        console: answer(retries).console,
+                    };
+                }
+                Err(e) => {
+                    return Run {
+                        result: Err(e),
+                        console: answer(retries).console,
+                    }
+                }
             }
         }
     }
@@ -696,17 +735,21 @@ impl Runtime {
         let (first, second) = if from < to { (from, to) } else { (to, from) };
         let _first = self.locks.lock(first).await;
         let _second = self.locks.lock(second).await;
-        self.heaps.copy(from, to, overwrite).await
+        self.heaps.copy(&self.executor, from, to, overwrite).await
     }
 
-    /// Deletes a heap, waiting for any call running on it.
+    /// Deletes a heap, waiting for any call running on it: its snapshot, then its journal.
     pub async fn delete(&self, heap: &str) -> Result<(), CallError> {
         validate_caller_name(heap).map_err(CallError::InvalidName)?;
         let _guard = self.locks.lock(heap).await;
         self.heaps.forget(heap);
-        self.heaps.take_lost(heap);
         self.heaps
             .raw_sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(heap);
+        self.heaps
+            .learned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(heap);
@@ -714,27 +757,52 @@ impl Runtime {
             .storage
             .delete(heap)
             .await
-            .map_err(CallError::storage(heap))
+            .map_err(CallError::storage(heap))?;
+        // Gone with the snapshot: a record left behind (if this fails) belongs to a lineage no
+        // later heap of this name has.
+        if let Err(e) = self.heaps.storage.trim_journal(heap, u64::MAX).await {
+            tracing::warn!(heap, "the deleted heap's journal stays: {e}");
+        }
+        Ok(())
     }
 }
 
+/// A successful call's facts, as its record keeps them.
+struct Call<'a> {
+    code: &'a str,
+    limits: &'a Limits,
+    completion: &'a Completion,
+    console: &'a Console,
+}
+
+/// A committed call whose snapshot is still to be stored: the checkpoint that follows it.
+struct Pending {
+    /// The new state, being snapshotted (or snapshotted already).
+    state: PendingState,
+    /// Where the heap stands with the call committed.
+    head: Head,
+    read_only: ReadOnly,
+}
+
+enum PendingState {
+    Saving(Saving),
+    Saved(Saved),
+}
+
 impl Heaps {
-    /// Where `heap`'s next run starts: its warm isolate if the store still holds the state it
-    /// came from, otherwise the stored snapshot (verified here, before V8 sees a byte), or a
+    /// Where `heap`'s next run starts: its warm isolate if nothing changed in the store since
+    /// (with the records others committed meanwhile to run again first), otherwise its
+    /// stored snapshot (verified here, before V8 sees a byte) and the records after it, or a
     /// new heap.
     async fn load(&self, heap: &str) -> Result<Loaded, CallError> {
         let warm = self.warm().get(heap).cloned();
-        if let Some((warm, version)) = warm {
-            // One cheap question to the store: has anyone else changed the heap since?
-            let current = self
-                .storage
-                .version(heap)
-                .await
-                .map_err(CallError::storage(heap))?;
-            if current.as_ref() == Some(&version) {
+        if let Some((warm, head)) = warm {
+            let caught_up = self.catch_up(heap, head).await?;
+            if let Some((head, replay)) = caught_up {
                 return Ok(Loaded {
                     start: Start::Warm(warm),
-                    precondition: Precondition::MustMatch(version),
+                    replay,
+                    commit: Commit::Append(head),
                     read_only: ReadOnly::Shared,
                     notice: None,
                 });
@@ -754,14 +822,16 @@ impl Heaps {
                 };
                 Ok(Loaded {
                     start,
-                    precondition: Precondition::MustMatch(opened.version),
+                    replay: opened.replay,
+                    commit: Commit::Append(opened.head),
                     read_only: opened.read_only,
                     notice: None,
                 })
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Loaded {
                 start: Start::New,
-                precondition: Precondition::MustNotExist,
+                replay: Vec::new(),
+                commit: Commit::Create(Precondition::MustNotExist),
                 read_only: ReadOnly::Shared,
                 notice: self.storage.gone(heap).map(|gone| gone.explain(heap)),
             }),
@@ -769,8 +839,82 @@ impl Heaps {
         }
     }
 
-    /// Verifies a stored heap and takes out its snapshot (checksums and decompression take
-    /// milliseconds on big heaps: off the async threads).
+    /// Whether a warm isolate at `head` still stands for `heap`: the stored snapshot is the
+    /// same (a cheap question; the memory store may have dropped the heap on its own), and
+    /// the records committed after `head` by other processes are what it must run again.
+    /// `None` when the snapshot changed.
+    async fn catch_up(
+        &self,
+        heap: &str,
+        head: Head,
+    ) -> Result<Option<(Head, Vec<Record>)>, CallError> {
+        let current = self
+            .storage
+            .version(heap)
+            .await
+            .map_err(CallError::storage(heap))?;
+        if current.as_ref() != Some(&head.version) {
+            return Ok(None);
+        }
+        if self.storage.sharing() == Sharing::Process {
+            // Only this runtime appends, under the heap's lock: nothing follows `head`.
+            return Ok(Some((head, Vec::new())));
+        }
+        self.records_after(heap, head).await.map(Some)
+    }
+
+    /// The committed records of `heap` that follow `head`, and where the heap stands after
+    /// them. Records of another lineage (a heap deleted and made again under this name) are
+    /// passed over; a record of this lineage that does not follow the chain is damage.
+    async fn records_after(
+        &self,
+        heap: &str,
+        head: Head,
+    ) -> Result<(Head, Vec<Record>), CallError> {
+        let stored = self
+            .storage
+            .read_journal(heap, head.seq)
+            .await
+            .map_err(CallError::storage(heap))?;
+        let mut head = head;
+        let mut records = Vec::new();
+        for stored in stored {
+            let record = match crate::record::Record::decode(&stored.bytes) {
+                Ok(record) => record,
+                Err(error) => {
+                    return Err(CallError::Journal {
+                        heap: heap.into(),
+                        seq: stored.seq,
+                        error: error.to_string(),
+                    })
+                }
+            };
+            if record.lineage != head.lineage || record.heap != heap {
+                continue;
+            }
+            if stored.seq != head.seq + 1 || record.seq != stored.seq {
+                // A gap: what follows cannot be applied (trimmed meanwhile, or a writer that
+                // failed); the heap stands where the chain ends.
+                break;
+            }
+            if record.prev != head.chain {
+                return Err(CallError::Journal {
+                    heap: heap.into(),
+                    seq: stored.seq,
+                    error: "it does not follow the record before it".into(),
+                });
+            }
+            head.seq = stored.seq;
+            head.chain = Record::chain(record.prev, &stored.bytes);
+            records.push(record);
+        }
+        self.learn(heap, records.iter().map(|r| r.seq));
+        Ok((head, records))
+    }
+
+    /// Verifies a stored heap, takes out its snapshot (checksums and decompression take
+    /// milliseconds on big heaps: off the async threads) and reads the records after it. A
+    /// record that holds a whole state replaces the snapshot.
     async fn open(&self, heap: &str, stored: Snapshot) -> Result<OpenedHeap, CallError> {
         // A copy sharing another heap's bytes carries that heap's name, as the store knows.
         let name = self
@@ -785,11 +929,42 @@ impl Heaps {
                 error,
             })?;
         self.learn_raw_size(heap, &stored.version, opened.snapshot.len() as u64);
-        Ok(OpenedHeap {
-            snapshot: opened.snapshot,
-            position: opened.position,
-            read_only: opened.read_only,
+        let head = Head {
             version: stored.version,
+            lineage: opened.position.lineage,
+            seq: opened.position.through,
+            chain: opened.position.chain,
+        };
+        let (head, mut replay) = self.records_after(heap, head).await?;
+        let (mut snapshot, mut read_only) = (opened.snapshot, opened.read_only);
+        // From the last record that holds a state on, only the calls after it run again.
+        if let Some(at) = replay
+            .iter()
+            .rposition(|r| matches!(r.effect, Effect::State { .. }))
+        {
+            let later = replay.split_off(at + 1);
+            let Some(Record {
+                effect: Effect::State { envelope, .. },
+                ..
+            }) = replay.pop()
+            else {
+                return Err(CallError::Internal("a state record went missing".into()));
+            };
+            let name = heap.to_string();
+            let state = blocking(move || envelope::open(&envelope, &name))
+                .await?
+                .map_err(|error| CallError::Envelope {
+                    heap: heap.into(),
+                    error,
+                })?;
+            (snapshot, read_only) = (state.snapshot, state.read_only);
+            replay = later;
+        }
+        Ok(OpenedHeap {
+            snapshot,
+            read_only,
+            head,
+            replay,
         })
     }
 
@@ -804,20 +979,21 @@ impl Heaps {
         self.check_free(to, overwrite).await?;
         // A heap being replaced is not kept warm either.
         self.forget(to);
-        let (start, read_only) = match from {
-            None => (Start::New, ReadOnly::Shared),
+        let (start, replay, read_only) = match from {
+            None => (Start::New, Vec::new(), ReadOnly::Shared),
             Some(from) => {
                 let opened = self.read_existing(from).await?;
                 let start = match opened.read_only {
                     ReadOnly::Shared => Start::Snapshot(opened.snapshot),
                     ReadOnly::Own => Start::Alone(opened.snapshot),
                 };
-                (start, opened.read_only)
+                (start, opened.replay, opened.read_only)
             }
         };
         Ok(Loaded {
             start,
-            precondition: replacing(overwrite),
+            replay,
+            commit: Commit::Create(replacing(overwrite)),
             read_only,
             notice: None,
         })
@@ -835,7 +1011,7 @@ impl Heaps {
         }
     }
 
-    /// A heap that must exist, verified.
+    /// A heap that must exist, verified, with the records after its snapshot.
     async fn read_existing(&self, heap: &str) -> Result<OpenedHeap, CallError> {
         match self.storage.get(heap).await {
             Ok(stored) => self.open(heap, stored).await,
@@ -847,11 +1023,23 @@ impl Heaps {
     }
 
     /// Copies `from` to `to`: inside the store, sharing the bytes, where it can (the memory
-    /// store); otherwise the snapshot is verified and sealed again for its new name (each
-    /// heap's bytes are bound to its name).
-    async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<Copied, CallError> {
+    /// store) and no record follows the snapshot; otherwise the state is verified (brought up
+    /// to date by running its records again, in a job) and sealed for its new name (each
+    /// heap's bytes are bound to its name), as a new lineage.
+    async fn copy(
+        &self,
+        executor: &Executor,
+        from: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<Copied, CallError> {
         let precondition = replacing(overwrite);
-        let copied = match self.storage.copy(from, to, precondition.clone()) {
+        let opened = self.read_existing(from).await?;
+        let shared = match opened.replay.is_empty() {
+            true => self.storage.copy(from, to, precondition.clone()),
+            false => None,
+        };
+        let copied = match shared {
             Some(Ok((version, size))) => {
                 let raw_size = self.storage.raw_size(to, &version).unwrap_or(size);
                 Ok((version, size, raw_size))
@@ -863,14 +1051,17 @@ impl Heaps {
             None => {
                 // Not worth decompressing and compressing again for a copy that cannot land.
                 self.check_free(to, overwrite).await?;
-                let opened = self.read_existing(from).await?;
-                let (name, codec, read_only) = (to.to_string(), self.codec, opened.read_only);
-                let raw_size = opened.snapshot.len() as u64;
-                let position = opened.position;
-                let sealed = blocking(move || {
-                    envelope::seal(&opened.snapshot, &name, read_only, codec, position)
-                })
-                .await?;
+                let snapshot = if opened.replay.is_empty() {
+                    opened.snapshot
+                } else {
+                    current_state(executor, from, opened).await?
+                };
+                let (name, codec, read_only) = (to.to_string(), self.codec, ReadOnly::Shared);
+                let raw_size = snapshot.len() as u64;
+                let position = new_lineage();
+                let sealed =
+                    blocking(move || envelope::seal(&snapshot, &name, read_only, codec, position))
+                        .await?;
                 let size = sealed.len() as u64;
                 let version = self.storage.put(to, sealed.into(), precondition).await;
                 version.map(|version| (version, size, raw_size))
@@ -883,9 +1074,8 @@ impl Heaps {
             }
             Err(e) => return Err(CallError::storage(to)(e)),
         };
-        // `to` holds other state now: no warm isolate or lost save stands for it.
+        // `to` holds other state now: no warm isolate stands for it.
         self.forget(to);
-        self.take_lost(to);
         self.learn_raw_size(to, &version, raw_size);
         Ok(Copied {
             from: from.into(),
@@ -895,37 +1085,212 @@ impl Heaps {
         })
     }
 
-    /// Waits for the snapshot `saving` delivers and stores it if `precondition` holds.
-    async fn store(
+    /// Makes `heap` from a run's new state: its first snapshot, a new lineage, stored if
+    /// `precondition` holds, before the run is answered.
+    async fn create(
         &self,
         heap: &str,
         saving: Saving,
         precondition: Precondition,
         read_only: ReadOnly,
     ) -> Result<(), CallError> {
-        // Until the store confirms, no warm isolate stands for this heap (the worker that ran
-        // it holds the new state, which it is told about below or not at all).
-        self.warm().remove(heap);
+        self.forget(heap);
         let saved = saving.finish().await?;
+        let position = new_lineage();
+        let (version, warm) = self
+            .put_snapshot(heap, saved, read_only, position, precondition)
+            .await?;
+        self.keep_warm(heap, warm, read_only, Head::at(version, position));
+        Ok(())
+    }
+
+    /// Commits a run on `heap`, which stood at `head`, by appending its record: the call is
+    /// durable when this returns. A call whose inputs cannot be replayed is committed with
+    /// the state it left. Returns the snapshot still to store (the checkpoint).
+    async fn append(
+        &self,
+        heap: &str,
+        head: &Head,
+        call: Call<'_>,
+        saving: Saving,
+        read_only: ReadOnly,
+    ) -> Result<Pending, CallError> {
+        // Until the checkpoint is in, no warm isolate stands for the heap.
+        self.warm().remove(heap);
+        let seq = head.seq + 1;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let (effect, state) = match &call.completion.tape.replay {
+            Replay::Exact => (
+                Effect::Call {
+                    code: call.code.to_string(),
+                    heap_bytes: call.limits.heap_bytes,
+                    tape: call.completion.tape.clone(),
+                    fingerprint: engine::fingerprint(call.completion, call.console),
+                },
+                PendingState::Saving(saving),
+            ),
+            Replay::Impossible(why) => {
+                let saved = saving.finish().await?;
+                let (name, codec) = (heap.to_string(), self.codec);
+                let snapshot = saved.snapshot.clone();
+                let envelope = blocking(move || {
+                    envelope::seal(&snapshot, &name, read_only, codec, Position::default())
+                })
+                .await?;
+                let effect = Effect::State {
+                    why: why.clone(),
+                    envelope: envelope.into(),
+                };
+                (effect, PendingState::Saved(saved))
+            }
+        };
+        let record = Record {
+            heap: heap.to_string(),
+            lineage: head.lineage,
+            seq,
+            prev: head.chain,
+            at_ms,
+            effect,
+        };
+        let bytes = bytes::Bytes::from(record.encode());
+        let chain = Record::chain(head.chain, &bytes);
+        let discard = |state: PendingState| {
+            // The worker keeps its process only once its snapshot is read.
+            if let PendingState::Saving(saving) = state {
+                tokio::spawn(saving.finish());
+            }
+        };
+        match self
+            .storage
+            .append(heap, crate::storage::Record::new(seq, bytes))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                discard(state);
+                return Err(CallError::Conflict {
+                    heap: heap.into(),
+                    attempts: 1,
+                });
+            }
+            Err(error) => {
+                discard(state);
+                return Err(CallError::storage(heap)(error));
+            }
+        }
+        self.learn(heap, [seq]);
+        if self.storage.sharing() != Sharing::Process {
+            if let Err(e) = self.still_there(heap, head).await {
+                discard(state);
+                return Err(e);
+            }
+        }
+        Ok(Pending {
+            state,
+            head: Head {
+                seq,
+                chain,
+                ..head.clone()
+            },
+            read_only,
+        })
+    }
+
+    /// After an append to a store others share: the heap the record went to is still the
+    /// one the call ran on, not deleted or made again meanwhile (the record would be lost
+    /// with the old one).
+    async fn still_there(&self, heap: &str, head: &Head) -> Result<(), CallError> {
+        let replaced = || CallError::Replaced { heap: heap.into() };
+        let current = self
+            .storage
+            .version(heap)
+            .await
+            .map_err(CallError::storage(heap))?;
+        match current {
+            None => Err(replaced()),
+            Some(version) if version == head.version => Ok(()),
+            Some(_) => {
+                // Another process stored a snapshot: of this lineage, or of a new heap.
+                let stored = match self.storage.get(heap).await {
+                    Ok(stored) => stored,
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Err(replaced()),
+                    Err(e) => return Err(CallError::storage(heap)(e)),
+                };
+                match envelope::header(&stored.bytes) {
+                    Ok(header) if header.position.lineage == head.lineage => Ok(()),
+                    _ => Err(replaced()),
+                }
+            }
+        }
+    }
+
+    /// Stores the snapshot of a committed call (a checkpoint) if the heap's snapshot is still
+    /// the one it followed, keeps the state warm, and trims the records it covers. A failure
+    /// loses nothing: the records stay, and the heap's next load runs them again.
+    async fn checkpoint(&self, heap: &str, pending: Pending) {
+        let Pending {
+            state,
+            head,
+            read_only,
+        } = pending;
+        let saved = match state {
+            PendingState::Saved(saved) => saved,
+            PendingState::Saving(saving) => match saving.finish().await {
+                Ok(saved) => saved,
+                Err(e) => {
+                    tracing::warn!(
+                        heap,
+                        "a committed call's snapshot failed: {e}; its record stays"
+                    );
+                    return;
+                }
+            },
+        };
+        let position = Position {
+            lineage: head.lineage,
+            through: head.seq,
+            chain: head.chain,
+        };
+        let precondition = Precondition::MustMatch(head.version.clone());
+        match self
+            .put_snapshot(heap, saved, read_only, position, precondition)
+            .await
+        {
+            Ok((version, warm)) => {
+                self.keep_warm(heap, warm, read_only, Head::at(version, position));
+                self.trim(heap, head.seq).await;
+            }
+            Err(e) => {
+                self.forget(heap);
+                tracing::debug!(
+                    heap,
+                    "no checkpoint after a committed call: {e}; its record stays"
+                );
+            }
+        }
+    }
+
+    /// Seals `saved` at `position` and stores it as `heap`'s snapshot if `precondition`
+    /// holds: its version, and where it is warm.
+    async fn put_snapshot(
+        &self,
+        heap: &str,
+        saved: Saved,
+        read_only: ReadOnly,
+        position: Position,
+        precondition: Precondition,
+    ) -> Result<(Version, Option<WarmRef>), CallError> {
         let (name, codec) = (heap.to_string(), self.codec);
         let raw_len = saved.snapshot.len();
-        let sealed = blocking(move || {
-            envelope::seal(
-                &saved.snapshot,
-                &name,
-                read_only,
-                codec,
-                Position::default(),
-            )
-        })
-        .await?;
+        let snapshot = saved.snapshot;
+        let sealed =
+            blocking(move || envelope::seal(&snapshot, &name, read_only, codec, position)).await?;
         match self.storage.put(heap, sealed.into(), precondition).await {
             Ok(version) => {
                 self.learn_raw_size(heap, &version, raw_len as u64);
-                if let (Some(warm), ReadOnly::Shared) = (saved.warm, read_only) {
-                    self.warm().insert(heap.to_string(), (warm, version));
-                }
-                Ok(())
+                Ok((version, saved.warm))
             }
             Err(e) if e.kind() == ErrorKind::Conflict => Err(CallError::Conflict {
                 heap: heap.into(),
@@ -935,36 +1300,49 @@ impl Heaps {
         }
     }
 
-    /// [`Heaps::store`] for a call already answered: a failure is logged and kept for the
-    /// heap's next call. `lock` (the heap's) is released once it is done.
-    async fn store_after_answer(
-        &self,
-        heap: &str,
-        saving: Saving,
-        precondition: Precondition,
-        read_only: ReadOnly,
-        lock: OwnedMutexGuard<()>,
-    ) {
-        if let Err(e) = self.store(heap, saving, precondition, read_only).await {
-            let reason = match e {
-                CallError::Conflict { .. } => {
-                    "another client or server changed the heap while the code ran".to_string()
-                }
-                other => other.to_string(),
-            };
-            tracing::error!(
-                heap,
-                "the state of an answered call could not be saved: {reason}"
-            );
-            self.lost
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(heap.to_string(), reason);
+    /// Remembers that `warm` holds `heap` at `head` (heaps with their own read-only heap are
+    /// never kept warm).
+    fn keep_warm(&self, heap: &str, warm: Option<WarmRef>, read_only: ReadOnly, head: Head) {
+        if let (Some(warm), ReadOnly::Shared) = (warm, read_only) {
+            self.warm().insert(heap.to_string(), (warm, head));
         }
-        drop(lock);
     }
 
-    fn warm(&self) -> std::sync::MutexGuard<'_, HashMap<String, (WarmRef, Version)>> {
+    /// Notes records of `heap` this runtime learned of just now.
+    fn learn(&self, heap: &str, seqs: impl IntoIterator<Item = u64>) {
+        let now = Instant::now();
+        let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = learned.entry(heap.to_string()).or_default();
+        known.extend(seqs.into_iter().map(|seq| (seq, now)));
+    }
+
+    /// Removes the records of `heap` a checkpoint through `through` covers: at once from a
+    /// store only this process writes; from a shared one, those older than
+    /// [`RECORDS_KEPT_FOR`], and never the newest.
+    async fn trim(&self, heap: &str, through: u64) {
+        let alone = self.storage.sharing() == Sharing::Process;
+        let bound = {
+            let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+            let known = learned.entry(heap.to_string()).or_default();
+            let mut bound = None;
+            while let Some(&(seq, at)) = known.front() {
+                let covered = if alone { seq <= through } else { seq < through };
+                if !covered || !(alone || at.elapsed() >= RECORDS_KEPT_FOR) {
+                    break;
+                }
+                bound = Some(seq);
+                known.pop_front();
+            }
+            bound
+        };
+        if let Some(bound) = bound {
+            if let Err(e) = self.storage.trim_journal(heap, bound).await {
+                tracing::warn!(heap, "could not trim the journal: {e}");
+            }
+        }
+    }
+
+    fn warm(&self) -> std::sync::MutexGuard<'_, HashMap<String, (WarmRef, Head)>> {
         self.warm.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -1007,12 +1385,64 @@ impl Heaps {
             });
         Listed { meta, raw_size }
     }
+}
 
-    fn take_lost(&self, heap: &str) -> Option<String> {
-        self.lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(heap)
+impl Head {
+    /// A heap whose snapshot, at `version`, stands at `position` with no record after it.
+    fn at(version: Version, position: Position) -> Self {
+        Self {
+            version,
+            lineage: position.lineage,
+            seq: position.through,
+            chain: position.chain,
+        }
+    }
+}
+
+/// Where a new heap's first snapshot stands: a new lineage, whose records are numbered from
+/// a point of their own, so that a record left by an earlier heap of the same name is never
+/// taken for one of this heap's.
+fn new_lineage() -> Position {
+    let random = uuid::Uuid::new_v4().as_u64_pair();
+    Position {
+        lineage: random.0 | 1,
+        through: (random.1 >> 24) << 8,
+        chain: random.0 ^ random.1,
+    }
+}
+
+/// The state of `heap` as `opened` and its records leave it, as a raw snapshot: the records
+/// run again in a job that changes nothing else.
+async fn current_state(
+    executor: &Executor,
+    heap: &str,
+    opened: OpenedHeap,
+) -> Result<bytes::Bytes, CallError> {
+    let start = match opened.read_only {
+        ReadOnly::Shared => Start::Snapshot(opened.snapshot),
+        ReadOnly::Own => Start::Alone(opened.snapshot),
+    };
+    let job = Job {
+        code: "undefined".into(),
+        target: Target::Heap {
+            name: heap.to_string(),
+            start,
+            replay: opened.replay,
+        },
+        limits: Limits::default(),
+        live: None,
+    };
+    match executor.run(job).await {
+        Ok((outcome, Some(saving))) if outcome.result.is_ok() => {
+            Ok(saving.finish().await?.snapshot)
+        }
+        Ok((outcome, _)) => Err(match outcome.result {
+            Err(e) => CallError::Run(e),
+            Ok(_) => CallError::Internal("a stateful run returned no heap".into()),
+        }),
+        Err(NotWarm) => Err(CallError::Internal(
+            "a cold job asked for a warm heap".into(),
+        )),
     }
 }
 
@@ -1146,14 +1576,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lost_race_runs_again_in_sync_mode_and_conflicts_only_when_it_always_loses() {
+    async fn a_lost_race_runs_again_and_conflicts_only_when_it_always_loses() {
         let (rt, store) = runtime();
         output(&rt, "var n = 1", "h").await;
-        // Another host saves the heap between this host's load and save, on every attempt.
-        let moved = store.get("h").unwrap().bytes;
-        let racing = ScriptedStore::racing(&store, moved);
+        // Another host commits the heap's next record first, on every attempt.
+        let racing = ScriptedStore::appends_lost(&store);
         let policy = Policy {
-            save: SaveMode::Sync,
             conflict_retries: 2,
             ..Policy::default()
         };
@@ -1175,45 +1603,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_background_save_that_fails_is_reported_by_the_next_call() {
+    async fn a_committed_call_survives_a_snapshot_that_cannot_be_stored() {
         let (rt, store) = runtime();
         output(&rt, "var n = 1", "h").await;
+        // Someone else writes the heap's snapshot right after every read, so this runtime's
+        // snapshot after the call loses its compare-and-swap: the call's record stands.
         let racing = ScriptedStore::racing(&store, store.get("h").unwrap().bytes);
         let rt2 = Runtime::new(racing, Executor::InProcess, Limits::default());
-        // Answered at once; its save then loses the race.
         let run = rt2
             .run_on_heap("n = 100".into(), Some("h".into()), CallLimits::default())
             .await;
         assert_eq!(run.result.unwrap().completion.output, "100");
-        let error = rt2
-            .run_on_heap("n".into(), Some("h".into()), CallLimits::default())
-            .await
-            .result
-            .unwrap_err();
-        assert!(matches!(error, CallError::Lost { .. }), "{error}");
-        assert!(error.to_string().contains("could not be saved"), "{error}");
-        // Reported once; the heap goes on from its stored state.
-        assert_eq!(output(&rt, "n", "h").await, "1");
+        assert!(rt2.flush(Duration::from_secs(10)).await);
+        assert_eq!(store.read_journal("h", 0).unwrap().len(), 1);
+        // Loaded again, from the old snapshot and the record after it.
+        assert_eq!(output(&rt, "n", "h").await, "100");
+        assert_eq!(output(&rt2, "n += 1", "h").await, "101");
     }
 
     #[tokio::test]
-    async fn a_call_after_an_answer_sees_its_state_and_list_waits_for_the_save() {
+    async fn a_call_is_durable_before_its_answer_and_list_waits_for_the_snapshot() {
         let store = MemoryStore::new();
+        let (rt0, _) = (
+            Runtime::new(
+                Store::memory(store.clone()),
+                Executor::InProcess,
+                Limits::default(),
+            ),
+            (),
+        );
+        output(&rt0, "var n = 1", "h").await;
+        let before = store.get("h").unwrap().bytes;
         let gate = Arc::new(Gate::default());
         let held = ScriptedStore::held(&store, &gate);
         let rt = Runtime::new(held, Executor::InProcess, Limits::default());
         let answered = rt
-            .run_on_heap(
-                "var n = 1; n".into(),
-                Some("h".into()),
-                CallLimits::default(),
-            )
+            .run_on_heap("++n".into(), Some("h".into()), CallLimits::default())
             .await;
-        assert_eq!(answered.result.unwrap().completion.output, "1");
-        // Answered while the store has not taken the heap yet.
-        assert!(store.get("h").is_err());
+        assert_eq!(answered.result.unwrap().completion.output, "2");
+        // Answered while the store has not taken the new snapshot, but has the call's record.
+        assert_eq!(store.get("h").unwrap().bytes, before);
+        assert_eq!(store.read_journal("h", 0).unwrap().len(), 1);
+        // What another runtime loads now has the call.
+        assert_eq!(output(&rt0, "n", "h").await, "2");
         gate.open();
-        // Listing waits for the save: the answered heap is there.
+        // Listing waits for the snapshot.
         let names: Vec<_> = rt
             .list()
             .await
@@ -1222,17 +1656,19 @@ mod tests {
             .map(|m| m.meta.name)
             .collect();
         assert_eq!(names, ["h"]);
-        assert_eq!(output(&rt, "++n", "h").await, "2");
-        assert!(rt.flush(Duration::from_secs(5)).await);
-        assert!(store.get("h").is_ok());
+        assert_ne!(store.get("h").unwrap().bytes, before);
+        assert_eq!(output(&rt, "++n", "h").await, "3");
     }
 
     /// A memory store with a script: someone else writes the heap right after every read
-    /// (`sneak_in`), and puts wait until `put_gate` opens.
+    /// (`sneak_in`), puts wait until `put_gate` opens, and every append finds its number
+    /// taken (`appends_lost`).
+    #[derive(Default)]
     struct ScriptedStore {
         inner: MemoryStore,
         sneak_in: Option<Bytes>,
         put_gate: Option<Arc<Gate>>,
+        appends_lost: bool,
     }
 
     /// A gate puts wait at until it opens.
@@ -1260,7 +1696,16 @@ mod tests {
             let store = Self {
                 inner,
                 sneak_in,
-                put_gate: None,
+                ..Self::default()
+            };
+            Store::blocking(Arc::new(store), Duration::from_secs(30))
+        }
+
+        fn appends_lost(inner: &MemoryStore) -> Store {
+            let store = Self {
+                inner: inner.clone(),
+                appends_lost: true,
+                ..Self::default()
             };
             Store::blocking(Arc::new(store), Duration::from_secs(30))
         }
@@ -1269,8 +1714,8 @@ mod tests {
             let (inner, put_gate) = (inner.clone(), Some(Arc::clone(gate)));
             let store = Self {
                 inner,
-                sneak_in: None,
                 put_gate,
+                ..Self::default()
             };
             Store::blocking(Arc::new(store), Duration::from_secs(30))
         }
@@ -1299,6 +1744,71 @@ mod tests {
         fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
             self.inner.list(prefix)
         }
+        fn append(&self, name: &str, record: crate::storage::Record) -> Result<(), StoreError> {
+            if self.appends_lost {
+                return Err(mcp_v8_plugin_api::journal::taken(name, record.seq));
+            }
+            self.inner.append(name, record)
+        }
+        fn read_journal(
+            &self,
+            name: &str,
+            after: u64,
+        ) -> Result<Vec<crate::storage::Record>, StoreError> {
+            self.inner.read_journal(name, after)
+        }
+        fn trim_journal(&self, name: &str, through: u64) -> Result<(), StoreError> {
+            self.inner.trim_journal(name, through)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_reproduce_its_call_is_reported_not_hidden() {
+        let store = MemoryStore::new();
+        let rt0 = Runtime::new(
+            Store::memory(store.clone()),
+            Executor::InProcess,
+            Limits::default(),
+        );
+        output(&rt0, "var n = 1", "h").await;
+        // The snapshot after the next call never lands, so its record is what holds it.
+        let gate = Arc::new(Gate::default());
+        let rt = Runtime::new(
+            ScriptedStore::held(&store, &gate),
+            Executor::InProcess,
+            Limits::default(),
+        );
+        let run = rt
+            .run_on_heap(
+                "n += Math.random() < 2 ? 1 : 0".into(),
+                Some("h".into()),
+                CallLimits::default(),
+            )
+            .await;
+        assert_eq!(run.result.unwrap().completion.output, "2");
+        // Its record, changed as if the call had shown something else.
+        let stored = store.read_journal("h", 0).unwrap().remove(0);
+        let mut record = Record::decode(&stored.bytes).unwrap();
+        if let Effect::Call { fingerprint, .. } = &mut record.effect {
+            *fingerprint ^= 1;
+        }
+        store.trim_journal("h", u64::MAX).unwrap();
+        let bytes = Bytes::from(record.encode());
+        store
+            .append("h", crate::storage::Record::new(stored.seq, bytes))
+            .unwrap();
+        let error = rt0
+            .run_on_heap("n".into(), Some("h".into()), CallLimits::default())
+            .await
+            .result
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("did not reproduce it"),
+            "{error}"
+        );
+        assert_eq!(error.kind(), "diverged");
+        gate.open();
+        assert!(rt.flush(Duration::from_secs(10)).await);
     }
 
     #[tokio::test]

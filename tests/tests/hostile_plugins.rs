@@ -162,8 +162,9 @@ async fn a_snapshot_that_v8_cannot_restore_blames_the_heap_not_the_code() {
     let stored = std::fs::read(&path).unwrap();
     let version_len = stored[10] as usize;
     let name_len = stored[11 + version_len] as usize;
-    // Magic, format, the two lengths and strings, flags, codec, snapshot and payload lengths.
-    let header_len = 12 + version_len + name_len + 2 + 8 + 8;
+    // Magic, format, the two lengths and strings, flags, codec, snapshot length, journal
+    // position (lineage, through, chain) and payload length.
+    let header_len = 12 + version_len + name_len + 2 + 8 + 24 + 8;
     let payload_len = stored.len() - header_len - 8;
     let mut forged = stored[..header_len].to_vec();
     let garbage = vec![0x5Au8; payload_len];

@@ -1,6 +1,7 @@
-//! Warm heaps over MCP: answers come before their heap is stored, and nothing about state
-//! changes for it — later calls and other clients read what was answered, failures roll
-//! back, a clean stop stores what was answered, a failed save is reported.
+//! Warm heaps over MCP: a call is answered once its journal record is stored, before its
+//! heap's snapshot, and nothing about state changes for it — later calls and other clients
+//! read what was answered, failures roll back, a clean stop stores the snapshots, a store
+//! that fails fails the call that caused it.
 
 use mcp_v8_e2e::http::HttpServer;
 use mcp_v8_e2e::{hostile_config, RawStdio, Server};
@@ -14,9 +15,10 @@ async fn an_answer_comes_before_its_heap_is_stored_and_every_client_reads_it() {
     let server = HttpServer::start(&["--config", &config, "--save", "background"]).await;
     let (first, second) = (server.streamable(None).await, server.streamable(None).await);
 
-    // The store holds every put until `release` exists, so this answer cannot have waited
-    // for its heap to be stored.
-    assert_eq!(first.output("var answer = 41; answer", "h").await, "41");
+    first.output("var answer = 40", "h").await;
+    // The store holds every snapshot after a committed call until `release` exists, so this
+    // answer cannot have waited for its heap's snapshot.
+    assert_eq!(first.output("answer += 1; answer", "h").await, "41");
 
     // Another client's call on the heap, and a listing, wait for that save and see it.
     let read = tokio::spawn(async move {
@@ -93,12 +95,13 @@ async fn a_save_that_cannot_finish_delays_the_exit_only_by_the_grace_period() {
     ];
     let server = HttpServer::start(&args).await;
     let client = server.streamable(None).await;
-    assert_eq!(client.output("var n = 1; n", "stuck").await, "1");
+    client.output("var n = 1", "stuck").await;
+    assert_eq!(client.output("++n", "stuck").await, "2");
     server.signal_term();
     server
-        .wait_for_log("stopping with heap saves still in progress after 1 s")
+        .wait_for_log("stopping with heap snapshots still in progress after 1 s")
         .await;
-    // Within the grace period, and with an exit status that says something was lost.
+    // Within the grace period, and with an exit status that says the stop was not clean.
     let status = server.terminate().await;
     assert_eq!(status.code(), Some(1), "{status}");
 }
@@ -124,23 +127,25 @@ async fn stdin_closing_right_after_an_answer_still_stores_it() {
 }
 
 #[tokio::test]
-async fn a_background_save_that_fails_is_reported_by_the_next_call() {
+async fn a_store_that_fails_fails_the_call_that_caused_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = hostile_config(dir.path(), "fail_puts_on = \"down\"");
     let server = Server::start(&["--config", &config, "--save", "background"]).await;
     server.output("var kept = 1", "fine").await;
-    // Answered; its save then fails.
-    assert_eq!(server.output("var lost = 2; lost", "down-1").await, "2");
-    let error = server.run_js("typeof lost", Some("down-1")).await.err();
+    // The heap cannot be stored: the call that made it says so, not a later one.
+    let error = server
+        .run_js("var lost = 2; lost", Some("down-1"))
+        .await
+        .err();
     assert!(
-        error.contains(
-            "the previous call on heap 'down-1' succeeded, but its changes could not be saved"
-        ) && error.contains("the store is down"),
+        error.contains("storage error (unavailable) for heap 'down-1': the store is down"),
         "{error}"
     );
-    // Reported once: the heap goes on from what is stored (nothing).
-    let reply = server.run_js("typeof lost", Some("down-1")).await.ok();
-    assert_eq!(reply["output"], "undefined");
+    let reply = server.run_js("typeof lost", Some("down-1")).await;
+    assert!(
+        matches!(&reply, mcp_v8_e2e::Reply::Err(e) if !e.contains("previous call")),
+        "{reply:?}"
+    );
     assert_eq!(server.output("kept", "fine").await, "1");
     server.stop().await;
 }

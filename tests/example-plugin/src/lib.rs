@@ -1,7 +1,8 @@
 //! A complete mcp-v8 storage plugin in one file: heaps kept in the plugin's own memory.
 //!
 //! It shows everything a plugin needs: the configuration, the `HeapStore` methods with
-//! versions and preconditions, error kinds, and the export. Build it, point a
+//! versions and preconditions, error kinds, and the export. It leaves the journal to the
+//! contract's default methods, which keep records as entries under reserved names. Build it, point a
 //! `[plugins.example]` table at `libmcp_v8_example_storage.so`, set `storage = "example"`.
 //!
 //! Configuration:
@@ -19,8 +20,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use mcp_v8_plugin_api::{
-    export_plugin, validate_heap_name, BackendInfo, HeapMeta, HeapStore, Precondition, Snapshot,
-    StoreError, Version,
+    export_plugin, journal, validate_heap_name, BackendInfo, HeapMeta, HeapStore, Precondition,
+    Snapshot, StoreError, Version,
 };
 use serde::Deserialize;
 
@@ -85,7 +86,14 @@ impl HeapStore for ExampleStore {
         let current = heaps.get(name).map(|e| Version(e.version.to_string()));
         // The contract's compare-and-swap, checked under the lock that makes it atomic.
         precondition.check(name, current.as_ref())?;
-        if current.is_none() && self.config.max_heaps.is_some_and(|max| heaps.len() >= max) {
+        // Journal records kept by the contract's default methods are entries too, under
+        // reserved names; they are not heaps.
+        let is_heap = |name: &str| !journal::is_reserved(name);
+        let held = heaps.keys().filter(|name| is_heap(name)).count();
+        if current.is_none()
+            && is_heap(name)
+            && self.config.max_heaps.is_some_and(|max| held >= max)
+        {
             return Err(StoreError::unavailable("the example store is full"));
         }
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,8 @@
 //! hang_on_list = true     # list never returns
 //! list = "junk"           # list returns invalid names besides the real heaps
 //! list_count = 5000000    # list returns this many made-up heaps besides the real ones
-//! hold_puts_until = "/tmp/x/release"  # put waits until this file exists
+//! hold_puts_until = "/tmp/x/release"  # a put over a heap's version (a snapshot after a
+//!                                      # committed call) waits until this file exists
 //! fail_puts_on = "down"   # put of heaps whose names start with this fails (unavailable)
 //! ```
 
@@ -94,7 +95,8 @@ impl HeapStore for HostileStore {
         bytes: Bytes,
         precondition: Precondition,
     ) -> Result<Version, StoreError> {
-        if let Some(release) = &self.config.hold_puts_until {
+        let replacing = matches!(precondition, Precondition::MustMatch(_));
+        if let Some(release) = self.config.hold_puts_until.as_ref().filter(|_| replacing) {
             // A store slower than any call: the host's answers cannot wait for it.
             while !release.exists() {
                 std::thread::sleep(Duration::from_millis(5));
