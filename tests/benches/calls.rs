@@ -1,0 +1,163 @@
+//! `run_js` as a client calls it: the real binary over stdio, on the directory store, each
+//! call waiting for the one before. Per case it prints the median latency of a call and the
+//! CPU the server and its workers spent per call (read from /proc), back to back and spaced
+//! as an agent spaces its calls.
+//!
+//! `cargo bench -p mcp-v8-e2e --bench calls` measures the binary `cargo build` made (or
+//! `MCP_V8_BIN`). With `MCP_V8_BASELINE=/path/to/another/mcp-v8` each case runs on both, in
+//! turn, three times, and the ratios new/baseline are printed; `MCP_V8_BASELINE_ARGS` adds
+//! flags to the baseline's command line (e.g. `--save sync`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mcp_v8_e2e::Server;
+
+/// One way of calling.
+struct Case {
+    name: &'static str,
+    setup: &'static str,
+    calls: usize,
+    spacing: Duration,
+}
+
+const CASES: [Case; 5] = [
+    Case {
+        name: "small heap, back to back",
+        setup: "var n = 0",
+        calls: 30,
+        spacing: Duration::ZERO,
+    },
+    Case {
+        name: "small heap, 100 ms apart",
+        setup: "var n = 0",
+        calls: 20,
+        spacing: Duration::from_millis(100),
+    },
+    Case {
+        name: "~1 MB of data, 500 ms apart",
+        setup: "var data = Array.from({length: 20000}, (_, i) => ({i, s: 'item-' + i})); var n = 0",
+        calls: 12,
+        spacing: Duration::from_millis(500),
+    },
+    Case {
+        name: "~10 MB of data, back to back",
+        setup:
+            "var data = Array.from({length: 200000}, (_, i) => ({i, s: 'item-' + i})); var n = 0",
+        calls: 6,
+        spacing: Duration::ZERO,
+    },
+    Case {
+        name: "~10 MB of data, 1 s apart",
+        setup:
+            "var data = Array.from({length: 200000}, (_, i) => ({i, s: 'item-' + i})); var n = 0",
+        calls: 6,
+        spacing: Duration::from_secs(1),
+    },
+];
+
+/// What one run of a case measured.
+#[derive(Clone, Copy)]
+struct Measured {
+    median_ms: f64,
+    cpu_ms_per_call: f64,
+}
+
+/// CPU seconds the process `pid` and its children have used so far.
+fn cpu_of(pid: u32, children: &[u32]) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::iter::once(pid)
+        .chain(children.iter().copied())
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks)
+        })
+        .sum()
+}
+
+async fn run(binary: &PathBuf, extra: &[String], case: &Case) -> Measured {
+    let dir = tempfile::tempdir().expect("a directory for the heaps");
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("--directory-path")
+        .arg(dir.path().join("heaps"))
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    let server = Server::start_command(command).await;
+    server.output(case.setup, "h").await;
+    // Let the setup's snapshot land and the worker warm the heap up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let workers = server.workers();
+    let cpu_before = cpu_of(server.pid(), &workers);
+    let mut latencies = Vec::with_capacity(case.calls);
+    for _ in 0..case.calls {
+        let started = Instant::now();
+        server.output("++n", "h").await;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(case.spacing).await;
+    }
+    // What the last call left to do after its answer counts too.
+    tokio::time::sleep(case.spacing.max(Duration::from_millis(500))).await;
+    let cpu = cpu_of(server.pid(), &server.workers()) - cpu_before;
+    server.stop().await;
+    latencies.sort_by(f64::total_cmp);
+    Measured {
+        median_ms: latencies[latencies.len() / 2],
+        cpu_ms_per_call: cpu * 1000.0 / case.calls as f64,
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; a filter narrows the cases by name.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let binary = mcp_v8_e2e::binary();
+    let baseline = std::env::var_os("MCP_V8_BASELINE").map(PathBuf::from);
+    let baseline_args: Vec<String> = std::env::var("MCP_V8_BASELINE_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    for case in CASES
+        .iter()
+        .filter(|c| filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())))
+    {
+        let Some(baseline) = &baseline else {
+            let m = run(&binary, &[], case).await;
+            println!(
+                "{:32} {:9.2} ms per call, {:7.1} ms CPU per call",
+                case.name, m.median_ms, m.cpu_ms_per_call
+            );
+            continue;
+        };
+        let (mut new, mut old) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            new.push(run(&binary, &[], case).await);
+            old.push(run(baseline, &baseline_args, case).await);
+        }
+        let pick = |runs: &[Measured], f: fn(&Measured) -> f64| {
+            median(&mut runs.iter().map(f).collect::<Vec<_>>())
+        };
+        let (nl, ol) = (pick(&new, |m| m.median_ms), pick(&old, |m| m.median_ms));
+        let (nc, oc) = (
+            pick(&new, |m| m.cpu_ms_per_call),
+            pick(&old, |m| m.cpu_ms_per_call),
+        );
+        println!(
+            "{:32} latency {:8.2} / {:8.2} ms = {:5.2}x   CPU per call {:7.1} / {:7.1} ms = {:5.2}x",
+            case.name,
+            nl,
+            ol,
+            nl / ol,
+            nc,
+            oc,
+            nc / oc
+        );
+    }
+}
