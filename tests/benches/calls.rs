@@ -3,8 +3,8 @@
 //! CPU the server and its workers spent per call (read from /proc), back to back and spaced
 //! as an agent spaces its calls.
 //!
-//! `cargo bench -p mcp-v8-e2e --bench calls` measures the binary `cargo build` made (or
-//! `MCP_V8_BIN`). With `MCP_V8_BASELINE=/path/to/another/mcp-v8` each case runs on both, in
+//! `cargo build --release --workspace && cargo bench -p mcp-v8-e2e --bench calls` measures
+//! the release binary (or `MCP_V8_BIN`); a filter argument picks cases by name. With `MCP_V8_BASELINE=/path/to/another/mcp-v8` each case runs on both, in
 //! turn, three times, and the ratios new/baseline are printed; `MCP_V8_BASELINE_ARGS` adds
 //! flags to the baseline's command line (e.g. `--save sync`).
 
