@@ -16,6 +16,8 @@ pub mod engine;
 pub mod envelope;
 pub mod executor;
 pub mod frontend;
+#[cfg(fuzzing)]
+pub mod fuzz;
 pub mod job;
 pub mod metrics;
 pub mod record;

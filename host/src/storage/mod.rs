@@ -5,7 +5,7 @@
 //! counts every operation.
 
 mod blocking;
-mod dump;
+pub mod dump;
 pub mod loader;
 mod locks;
 mod memory;

@@ -8,7 +8,7 @@
 
 mod heaps;
 mod pool;
-mod protocol;
+pub mod protocol;
 
 use std::io::{self, BufReader, BufWriter};
 use std::process::ExitCode;

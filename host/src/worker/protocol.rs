@@ -313,8 +313,16 @@ pub async fn read_frame<H: DeserializeOwned>(
     let mut sections = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let len = section_len(r.read_u64_le().await?)?;
-        let mut section = vec![0u8; len];
-        r.read_exact(&mut section).await?;
+        // Grown as bytes arrive past 64 MiB, not allocated as announced: a garbled length
+        // must not reserve gigabytes (found by fuzzing).
+        let mut section = Vec::with_capacity(len.min(64 << 20));
+        (&mut *r).take(len as u64).read_to_end(&mut section).await?;
+        if section.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stream ended inside a section",
+            ));
+        }
         sections.push(section);
     }
     Ok(Some((decode_header(&header)?, sections)))
@@ -323,6 +331,19 @@ pub async fn read_frame<H: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_section_longer_than_the_stream_is_an_error_not_an_allocation() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &Answer::NotWarm, &[b"abc"])
+            .await
+            .unwrap();
+        // The section now announces 30 GiB, and the stream has three bytes of it.
+        let at = wire.len() - 3 - 8;
+        wire[at..at + 8].copy_from_slice(&(30u64 << 30).to_le_bytes());
+        let error = read_frame::<Answer>(&mut &wire[..]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    }
 
     #[tokio::test]
     async fn frames_round_trip() {
