@@ -24,16 +24,23 @@ pub async fn serve_stdio(
     max_message: usize,
 ) -> Result<(), String> {
     let calls = server.calls();
+    let transport = stdio::transport(max_message);
+    let unanswered = transport.unanswered();
     // A signal before the client's handshake stops the server too.
     let running = tokio::select! {
-        running = server.serve(stdio::transport(max_message)) => {
+        running = server.serve(transport) => {
             running.map_err(|e| format!("MCP handshake failed: {e}"))?
         }
         () = shutdown.cancelled() => return Ok(()),
     };
     let stop = async {
         shutdown.cancelled().await;
-        if tokio::time::timeout(grace, calls.idle()).await.is_err() {
+        // The calls finish, and then their answers are written.
+        let drained = async {
+            calls.idle().await;
+            unanswered.none().await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("calls still running after the grace period are cancelled");
         }
     };

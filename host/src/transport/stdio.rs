@@ -15,10 +15,11 @@
 //! stdin is read on a thread of its own (blocking reads never occupy the async runtime);
 //! messages cross to the MCP service through a channel.
 
+use std::collections::HashSet;
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 
-use rmcp::model::{ErrorData, RequestId};
+use rmcp::model::{ClientNotification, ErrorData, JsonRpcMessage, RequestId};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rmcp::RoleServer;
@@ -38,6 +39,58 @@ enum Incoming {
 pub struct StdioTransport {
     incoming: mpsc::Receiver<Incoming>,
     stdout: Arc<Mutex<tokio::io::Stdout>>,
+    unanswered: Unanswered,
+}
+
+/// The requests the transport has passed on and not yet seen answered (or cancelled by the
+/// client, which then expects no answer): a server that stops waits for none, so that an
+/// answer computed before it stopped is also written.
+#[derive(Clone, Default)]
+pub struct Unanswered(Arc<tokio::sync::watch::Sender<HashSet<RequestId>>>);
+
+impl Unanswered {
+    /// Returns once every request passed on has been answered.
+    pub async fn none(&self) {
+        let mut pending = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = pending.wait_for(HashSet::is_empty).await;
+    }
+
+    fn passed_on(&self, id: &RequestId) {
+        self.0.send_modify(|pending| {
+            pending.insert(id.clone());
+        });
+    }
+
+    fn settled(&self, id: &RequestId) {
+        self.0.send_if_modified(|pending| pending.remove(id));
+    }
+
+    /// Notes what `message`, received from the client, means for the requests in flight.
+    fn received(&self, message: &RxJsonRpcMessage<RoleServer>) {
+        match message {
+            JsonRpcMessage::Request(request) => self.passed_on(&request.id),
+            JsonRpcMessage::Notification(notification) => {
+                if let ClientNotification::CancelledNotification(cancelled) =
+                    &notification.notification
+                {
+                    if let Some(id) = &cancelled.params.request_id {
+                        self.settled(id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The request `message`, sent to the client, answers, if any.
+    fn answered(message: &TxJsonRpcMessage<RoleServer>) -> Option<RequestId> {
+        match message {
+            JsonRpcMessage::Response(response) => Some(response.id.clone()),
+            JsonRpcMessage::Error(error) => error.id.clone(),
+            _ => None,
+        }
+    }
 }
 
 /// Serves on this process's stdin and stdout, reading lines of up to `max_line` bytes.
@@ -45,7 +98,11 @@ pub fn transport(max_line: usize) -> StdioTransport {
     let (tx, incoming) = mpsc::channel(16);
     let spawned = std::thread::Builder::new()
         .name("mcp-v8-stdin".into())
-        .spawn(move || read_messages(&mut io::stdin().lock(), max_line, &tx));
+        .spawn(move || {
+            read_messages(&mut io::stdin().lock(), max_line, |incoming| {
+                tx.blocking_send(incoming).is_ok()
+            })
+        });
     if let Err(e) = spawned {
         // Without the reader the channel closes at once: the server ends as on EOF.
         tracing::error!("cannot start the stdin reader: {e}");
@@ -53,10 +110,16 @@ pub fn transport(max_line: usize) -> StdioTransport {
     StdioTransport {
         incoming,
         stdout: Arc::new(Mutex::new(tokio::io::stdout())),
+        unanswered: Unanswered::default(),
     }
 }
 
 impl StdioTransport {
+    /// What it has yet to answer.
+    pub fn unanswered(&self) -> Unanswered {
+        self.unanswered.clone()
+    }
+
     async fn write(
         stdout: &Mutex<tokio::io::Stdout>,
         message: &impl serde::Serialize,
@@ -77,13 +140,24 @@ impl Transport<RoleServer> for StdioTransport {
         item: TxJsonRpcMessage<RoleServer>,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
         let stdout = Arc::clone(&self.stdout);
-        async move { Self::write(&stdout, &item).await }
+        let answers = Unanswered::answered(&item);
+        let unanswered = self.unanswered.clone();
+        async move {
+            let written = Self::write(&stdout, &item).await;
+            if let Some(id) = answers {
+                unanswered.settled(&id);
+            }
+            written
+        }
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
         loop {
             match self.incoming.recv().await? {
-                Incoming::Message(message) => return Some(*message),
+                Incoming::Message(message) => {
+                    self.unanswered.received(&message);
+                    return Some(*message);
+                }
                 Incoming::Reject(error) => {
                     if let Err(e) = Self::write(&self.stdout, &error).await {
                         tracing::warn!("cannot answer an unreadable message: {e}");
@@ -100,8 +174,29 @@ impl Transport<RoleServer> for StdioTransport {
     }
 }
 
-/// The reader thread: lines from `input` until EOF or until the service is gone.
-fn read_messages(input: &mut impl BufRead, max_line: usize, tx: &mpsc::Sender<Incoming>) {
+/// Reads every line of `input` as the reader thread does, for the fuzz targets: how many
+/// messages and answers it made.
+#[cfg(fuzzing)]
+pub fn read_all(input: &[u8], max_line: usize) -> usize {
+    let mut made = 0;
+    read_messages(
+        &mut io::BufReader::with_capacity(64, input),
+        max_line,
+        |_| {
+            made += 1;
+            true
+        },
+    );
+    made
+}
+
+/// The reader thread: lines from `input`, each handed to `deliver`, until EOF or until
+/// `deliver` says the service is gone.
+fn read_messages(
+    input: &mut impl BufRead,
+    max_line: usize,
+    mut deliver: impl FnMut(Incoming) -> bool,
+) {
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -117,7 +212,7 @@ fn read_messages(input: &mut impl BufRead, max_line: usize, tx: &mpsc::Sender<In
                 return;
             }
         };
-        if tx.blocking_send(incoming).is_err() {
+        if !deliver(incoming) {
             return;
         }
     }
@@ -284,11 +379,13 @@ mod tests {
     use super::*;
 
     fn answers(input: &str, max: usize) -> Vec<serde_json::Value> {
-        let (tx, mut rx) = mpsc::channel(64);
-        read_messages(&mut input.as_bytes(), max, &tx);
-        drop(tx);
+        let mut received = Vec::new();
+        read_messages(&mut input.as_bytes(), max, |incoming| {
+            received.push(incoming);
+            true
+        });
         let mut out = Vec::new();
-        while let Ok(incoming) = rx.try_recv() {
+        for incoming in received {
             out.push(match incoming {
                 Incoming::Message(m) => {
                     serde_json::json!({ "message": serde_json::to_value(*m).unwrap() })
