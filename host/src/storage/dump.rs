@@ -476,8 +476,7 @@ impl<R: Read> Read for Counted<'_, R> {
 }
 
 /// Reads one record after its marker: name, bytes and the stored checksum; `None` if the
-/// input ends first. A length announcing more than is left is a truncation, caught before
-/// anything is allocated for it.
+/// input ends first.
 fn read_record<R: Read>(
     input: &mut Counted<'_, R>,
     hash: &mut Xxh3,
@@ -489,25 +488,9 @@ fn read_record<R: Read>(
     } else {
         None
     };
-    let mut size = [0u8; 8];
-    input.read_exact(&mut size).ok()?;
-    hash.update(&size);
-    let size = u64::from_le_bytes(size);
-    if size > input.left {
-        return None;
-    }
-    // Zeroed lazily by the allocator, then written once.
-    let mut bytes = vec![0u8; usize::try_from(size).ok()?];
-    input.read_exact(&mut bytes).ok()?;
-    hash.update(&bytes);
-    let mut checksum = [0u8; 8];
-    input.read_exact(&mut checksum).ok()?;
-    Some((
-        name,
-        sealed_for,
-        Bytes::from(bytes),
-        u64::from_le_bytes(checksum),
-    ))
+    let bytes = long_field(input, hash)?;
+    let checksum = stored_checksum(input)?;
+    Some((name, sealed_for, Bytes::from(bytes), checksum))
 }
 
 /// Reads one journal record after its marker: heap name, record and the stored checksum;
@@ -520,6 +503,14 @@ fn read_journal_record<R: Read>(
     let mut seq = [0u8; 8];
     input.read_exact(&mut seq).ok()?;
     hash.update(&seq);
+    let bytes = long_field(input, hash)?;
+    let record = Record::new(u64::from_le_bytes(seq), bytes);
+    Some((heap, record, stored_checksum(input)?))
+}
+
+/// Bytes after their u64 length, hashed as read. A length announcing more than is left is a
+/// truncation, caught before anything is allocated for it.
+fn long_field<R: Read>(input: &mut Counted<'_, R>, hash: &mut Xxh3) -> Option<Vec<u8>> {
     let mut size = [0u8; 8];
     input.read_exact(&mut size).ok()?;
     hash.update(&size);
@@ -527,13 +518,18 @@ fn read_journal_record<R: Read>(
     if size > input.left {
         return None;
     }
+    // Zeroed lazily by the allocator, then written once.
     let mut bytes = vec![0u8; usize::try_from(size).ok()?];
     input.read_exact(&mut bytes).ok()?;
     hash.update(&bytes);
+    Some(bytes)
+}
+
+/// The checksum that ends a record.
+fn stored_checksum<R: Read>(input: &mut Counted<'_, R>) -> Option<u64> {
     let mut checksum = [0u8; 8];
     input.read_exact(&mut checksum).ok()?;
-    let record = Record::new(u64::from_le_bytes(seq), bytes);
-    Some((heap, record, u64::from_le_bytes(checksum)))
+    Some(u64::from_le_bytes(checksum))
 }
 
 /// A string of at most 255 bytes after its length byte, hashed as read.

@@ -241,6 +241,30 @@ impl S3Store {
         format!("{}{name}{SUFFIX}", self.prefix)
     }
 
+    /// The object at `key` and its ETag, `None` when there is none; `what` names the read in
+    /// errors.
+    async fn fetch(&self, key: &str, what: &str) -> Result<Option<(Bytes, String)>, StoreError> {
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(self.error(what, e)),
+        };
+        let version = object.e_tag().unwrap_or_default().to_string();
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::unavailable(format!("{what} from S3 failed: {e}")))?;
+        Ok(Some((bytes.into_bytes(), version)))
+    }
+
     /// The key prefix of `name`'s journal records.
     fn journal_prefix(&self, name: &str) -> String {
         format!("{}{name}{JOURNAL_SUFFIX}", self.prefix)
@@ -394,28 +418,16 @@ impl HeapStore for S3Store {
     fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
         validate_heap_name(name)?;
         let key = self.key(name);
-        self.runtime.block_on(async {
-            let object = match self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .send()
-                .await
-            {
-                Ok(object) => object,
-                Err(e) if status(&e) == Some(404) => return Err(StoreError::not_found(name)),
-                Err(e) => return Err(self.error(&format!("read heap '{name}'"), e)),
-            };
-            let version = object.e_tag().unwrap_or_default().to_string();
-            let bytes = object.body.collect().await.map_err(|e| {
-                StoreError::unavailable(format!("reading heap '{name}' from S3 failed: {e}"))
-            })?;
-            Ok(Snapshot {
-                bytes: bytes.into_bytes(),
+        match self
+            .runtime
+            .block_on(self.fetch(&key, &format!("read heap '{name}'")))?
+        {
+            Some((bytes, version)) => Ok(Snapshot {
+                bytes,
                 version: Version(version),
-            })
-        })
+            }),
+            None => Err(StoreError::not_found(name)),
+        }
     }
 
     fn put(
@@ -563,24 +575,11 @@ impl HeapStore for S3Store {
         self.runtime.block_on(async {
             let mut records = Vec::with_capacity(keys.len());
             for (seq, key) in keys {
-                let what = || format!("read journal record {seq} of heap '{name}'");
-                let object = match self
-                    .client
-                    .get_object()
-                    .bucket(&self.bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                {
-                    Ok(object) => object,
-                    // Trimmed since the listing: the caller sees the gap.
-                    Err(e) if status(&e) == Some(404) => continue,
-                    Err(e) => return Err(self.error(&what(), e)),
-                };
-                let bytes = object.body.collect().await.map_err(|e| {
-                    StoreError::unavailable(format!("{} from S3 failed: {e}", what()))
-                })?;
-                records.push(Record::new(seq, bytes.into_bytes()));
+                let what = format!("read journal record {seq} of heap '{name}'");
+                // Trimmed since the listing (`None`): the caller sees the gap.
+                if let Some((bytes, _)) = self.fetch(&key, &what).await? {
+                    records.push(Record::new(seq, bytes));
+                }
             }
             Ok(records)
         })
