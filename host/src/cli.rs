@@ -8,7 +8,7 @@ use clap::Parser;
 use crate::config::Config;
 use crate::engine::Limits;
 use crate::envelope::Codec;
-use crate::runtime::{Policy as StoragePolicy, SaveMode};
+use crate::runtime::{Checkpoints, Policy as StoragePolicy, SaveMode};
 use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
 use crate::transport::events::Retention;
 use crate::transport::guard::Policy;
@@ -170,9 +170,10 @@ pub struct Cli {
           value_parser = parse_seconds)]
     pub shutdown_grace: f64,
 
-    /// When a heap's snapshot after a call is stored. Every call is answered only once its
-    /// journal record is stored; `background` stores the snapshot after the answer (the heap
-    /// stays locked until then, so later calls see it), `sync` before it.
+    /// When a heap's snapshot is stored. Every call is answered only once its journal record
+    /// is stored; `background` keeps a warm heap live and stores a snapshot (a checkpoint)
+    /// now and then, as the --checkpoint-* flags say; `sync` stores one after every call,
+    /// before its answer.
     #[arg(
         long,
         env = "MCP_V8_SAVE",
@@ -181,6 +182,29 @@ pub struct Cli {
         default_value = "background"
     )]
     pub save: SaveMode,
+
+    /// Checkpoint a live heap after this many calls since its last snapshot.
+    #[arg(long, env = "MCP_V8_CHECKPOINT_CALLS", value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub checkpoint_calls: u32,
+
+    /// Checkpoint a live heap once the code of the calls since its last snapshot adds up to
+    /// this much, e.g. `8MiB`.
+    #[arg(long, env = "MCP_V8_CHECKPOINT_BYTES", value_name = "SIZE", default_value = "8MiB",
+          value_parser = parse_size)]
+    pub checkpoint_bytes: u64,
+
+    /// Checkpoint a live heap once the calls since its last snapshot took this many seconds
+    /// to run (about what replaying them after a restart would take).
+    #[arg(long, env = "MCP_V8_CHECKPOINT_RUN_SECS", value_name = "SECS", default_value = "1",
+          value_parser = parse_seconds)]
+    pub checkpoint_run_secs: f64,
+
+    /// Checkpoint a live heap with calls since its last snapshot once it has had no call for
+    /// this many seconds.
+    #[arg(long, env = "MCP_V8_CHECKPOINT_IDLE_SECS", value_name = "SECS", default_value = "30",
+          value_parser = parse_seconds)]
+    pub checkpoint_idle_secs: f64,
 
     /// With --save sync, how often a call whose heap another writer changed while it ran is
     /// run again on the newer state before the conflict is returned.
@@ -375,6 +399,12 @@ impl Cli {
             save: self.save,
             conflict_retries: self.conflict_retries,
             compression: self.compression,
+            checkpoints: Checkpoints {
+                calls: self.checkpoint_calls,
+                bytes: self.checkpoint_bytes,
+                run_time: Duration::from_secs_f64(self.checkpoint_run_secs),
+                idle: Duration::from_secs_f64(self.checkpoint_idle_secs),
+            },
         }
     }
 

@@ -6,8 +6,10 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::oneshot;
 
-use crate::engine::{self, live, Fresh, RunError, Warm};
-use crate::job::{Job, LiveBatches, NotWarm, Outcome, Ran, Saved, Saving, Start, Target, WarmRef};
+use crate::engine::{self, live, Fresh, Limits, RunError, Warm};
+use crate::job::{
+    Job, LiveBatches, NewState, NotWarm, Outcome, Ran, Rerun, Saved, Saving, Start, Target, WarmRef,
+};
 use crate::worker::{WorkerPool, WorkerSettings};
 
 /// Runs jobs.
@@ -40,8 +42,24 @@ impl Executor {
         }
     }
 
+    /// Snapshots `heap`'s state that `warm` holds live (a checkpoint), rebuilding it under
+    /// `limits` if its isolate is gone. [`NotWarm`] when nothing holds that state (or its
+    /// worker is busy): only workers keep states live.
+    pub async fn checkpoint(
+        &self,
+        warm: WarmRef,
+        heap: &str,
+        limits: Limits,
+    ) -> Result<Result<Saved, RunError>, NotWarm> {
+        match self {
+            Executor::InProcess => Err(NotWarm),
+            Executor::Workers(pool) => pool.checkpoint(warm, heap, limits).await,
+        }
+    }
+
     /// Runs `job`: the outcome comes back once the code has settled; a successful stateful
-    /// run's snapshot follows through the returned [`Saving`].
+    /// run's new state is live in a worker, or its snapshot follows through a [`Saving`]
+    /// (always in process, where nothing is kept).
     pub async fn run(&self, job: Job) -> Ran {
         match self {
             Executor::InProcess => run_in_process(job).await,
@@ -113,7 +131,7 @@ async fn run_in_process(job: Job) -> Ran {
             return;
         };
         let warm = Warm::new(snapshot, &job.limits)
-            .and_then(|warm| crate::job::catch_up(warm, &replay, &job.limits));
+            .and_then(|warm| crate::job::catch_up(warm, replay.iter().map(Rerun::of), &job.limits));
         let warm = match warm {
             Ok(warm) => warm,
             Err(e) => return drop(answer.send(Outcome::failed(e))),
@@ -140,11 +158,11 @@ async fn run_in_process(job: Job) -> Ran {
         }
     };
     let saving = (stateful && outcome.result.is_ok()).then(|| {
-        Saving::new(async move {
+        NewState::Saving(Saving::new(async move {
             saved
                 .await
                 .unwrap_or_else(|_| Err(RunError::Snapshot("the execution thread ended".into())))
-        })
+        }))
     });
     Ok((outcome, saving))
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::live::Batch;
-use crate::engine::{self, Completion, Limits, Replay, Run, RunError, Warm};
+use crate::engine::{self, Completion, Limits, Replay, Run, RunError, Tape, Warm};
 use crate::record::{Effect, Record};
 
 /// One execution.
@@ -33,7 +33,7 @@ pub type LiveBatches = tokio::sync::mpsc::UnboundedSender<Batch>;
 pub enum Target {
     /// A fresh isolate; nothing is kept.
     Stateless,
-    /// A heap, snapshotted after the run (a stateful run).
+    /// A heap (a stateful run).
     Heap {
         /// The heap's name.
         name: String,
@@ -41,7 +41,57 @@ pub enum Target {
         start: Start,
         /// Committed calls its state lacks, in order: run again first ([`catch_up`]).
         replay: Vec<Record>,
+        /// What becomes of the new state after a successful run.
+        keep: Keep,
     },
+}
+
+/// What becomes of a heap's new state after a successful run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Keep {
+    /// Kept live in the isolate that ran it, which moves on call by call; no snapshot. An
+    /// executor that cannot keep isolates, a heap that runs alone, or a call that cannot be
+    /// replayed snapshots instead.
+    Live,
+    /// Snapshotted (a checkpoint), after the answer.
+    Snapshot,
+}
+
+/// A committed call to run again: its number in the journal, its code, its tape, and the
+/// fingerprint of what it showed.
+#[derive(Debug, Clone, Copy)]
+pub struct Rerun<'a> {
+    /// Its number (for reporting a divergence).
+    pub seq: u64,
+    /// The code as the caller sent it.
+    pub code: &'a str,
+    /// What it read from outside the heap.
+    pub tape: &'a Tape,
+    /// [`engine::fingerprint`] of what it showed.
+    pub fingerprint: u64,
+}
+
+impl<'a> Rerun<'a> {
+    /// The call `record` holds, or why it holds none.
+    pub fn of(record: &'a Record) -> Result<Self, RunError> {
+        match &record.effect {
+            Effect::Call {
+                code,
+                tape,
+                fingerprint,
+                ..
+            } => Ok(Rerun {
+                seq: record.seq,
+                code,
+                tape,
+                fingerprint: *fingerprint,
+            }),
+            Effect::State { .. } => Err(RunError::Diverged {
+                seq: record.seq,
+                why: "it holds a state, not a call".into(),
+            }),
+        }
+    }
 }
 
 /// Runs `calls` — committed calls of the heap, in order — again on `warm` before a job's own
@@ -49,28 +99,21 @@ pub enum Target {
 /// (its fingerprint) from its tape; the first that does not stops the job with
 /// [`RunError::Diverged`]. The isolate is made with the job's heap limit; a call committed
 /// under a larger one may need more.
-pub fn catch_up(mut warm: Warm, calls: &[Record], limits: &Limits) -> Result<Warm, RunError> {
-    for record in calls {
-        let diverged = |why: String| RunError::Diverged {
-            seq: record.seq,
-            why,
-        };
-        let Effect::Call {
-            code,
-            tape,
-            fingerprint,
-            ..
-        } = &record.effect
-        else {
-            return Err(diverged("it holds a state, not a call".into()));
-        };
-        let code = engine::read_code(code).map_err(|e| diverged(e.to_string()))?;
-        let (outcome, left) = engine::answer_first(warm.replay(&code, limits, tape.clone()));
+pub fn catch_up<'a>(
+    mut warm: Warm,
+    calls: impl IntoIterator<Item = Result<Rerun<'a>, RunError>>,
+    limits: &Limits,
+) -> Result<Warm, RunError> {
+    for call in calls {
+        let call = call?;
+        let diverged = |why: String| RunError::Diverged { seq: call.seq, why };
+        let code = engine::read_code(call.code).map_err(|e| diverged(e.to_string()))?;
+        let (outcome, left) = engine::answer_first(warm.replay(&code, limits, call.tape.clone()));
         let completion = outcome.result.map_err(|e| diverged(e.to_string()))?;
         if let Replay::Impossible(why) = &completion.tape.replay {
             return Err(diverged(why.clone()));
         }
-        if engine::fingerprint(&completion, &outcome.console) != *fingerprint {
+        if engine::fingerprint(&completion, &outcome.console) != call.fingerprint {
             return Err(diverged("its result or console came out different".into()));
         }
         warm = match left {
@@ -145,6 +188,14 @@ impl Saving {
     }
 }
 
+/// A successful stateful run's new state: being snapshotted, or live in a worker.
+pub enum NewState {
+    /// Its snapshot, being taken after the answer.
+    Saving(Saving),
+    /// Kept live in the worker's isolate ([`Keep::Live`]): nothing to store but the record.
+    Live(WarmRef),
+}
+
 /// What an executor hands back: the outcome as soon as the code has settled, and for a
-/// successful stateful run the save that follows.
-pub type Ran = Result<(Outcome, Option<Saving>), NotWarm>;
+/// successful stateful run its new state.
+pub type Ran = Result<(Outcome, Option<NewState>), NotWarm>;

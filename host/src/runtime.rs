@@ -19,7 +19,9 @@ use tokio::sync::RwLock;
 use crate::engine::{self, Completion, Console, Limits, Replay, Run, RunError};
 use crate::envelope::{self, Codec, EnvelopeError, Position, ReadOnly};
 use crate::executor::Executor;
-use crate::job::{Job, LiveBatches, NotWarm, Saved, Saving, Start, Target, WarmRef};
+use crate::job::{
+    Job, Keep, LiveBatches, NewState, NotWarm, Saved, Saving, Start, Target, WarmRef,
+};
 use crate::metrics::{self, CallMetrics, StorageStats};
 use crate::record::{Effect, Record};
 use crate::storage::{
@@ -27,15 +29,42 @@ use crate::storage::{
     StoreError, Version,
 };
 
-/// When a heap's snapshot after a call is stored. Either way the call is answered only once
-/// its journal record is stored: the answer is durable.
+/// When a heap's snapshot is stored. Either way a call is answered only once its journal
+/// record is stored: the answer is durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SaveMode {
-    /// After the answer: the caller waits for its code and its record, not for V8's snapshot.
+    /// Now and then ([`Checkpoints`]), after an answer or while the heap is idle: between
+    /// checkpoints a warm heap's isolate stays live and moves on call by call.
     #[default]
     Background,
-    /// Before the answer: a later load has no record to run again.
+    /// After every call, before its answer: a later load has no record to run again.
     Sync,
+}
+
+/// When a warm heap's live state is checkpointed (snapshotted and stored, which lets the
+/// records before it go), with [`SaveMode::Background`]: when replaying the calls since the
+/// last checkpoint would cost more than one of these bounds, and when the heap is idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoints {
+    /// Calls since the last checkpoint.
+    pub calls: u32,
+    /// Bytes of code of those calls.
+    pub bytes: u64,
+    /// Time those calls took to run (about what replaying them takes).
+    pub run_time: Duration,
+    /// Time since the heap's last call.
+    pub idle: Duration,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Self {
+            calls: 100,
+            bytes: 8 << 20,
+            run_time: Duration::from_secs(1),
+            idle: Duration::from_secs(30),
+        }
+    }
 }
 
 /// How the runtime stores and retries.
@@ -47,6 +76,8 @@ pub struct Policy {
     pub conflict_retries: u32,
     /// How snapshots are stored.
     pub compression: Codec,
+    /// When live states are checkpointed.
+    pub checkpoints: Checkpoints,
 }
 
 impl Default for Policy {
@@ -55,6 +86,7 @@ impl Default for Policy {
             save: SaveMode::Background,
             conflict_retries: 3,
             compression: Codec::Zstd,
+            checkpoints: Checkpoints::default(),
         }
     }
 }
@@ -233,8 +265,16 @@ struct Heaps {
     executor: Arc<Executor>,
     /// How snapshots are stored.
     codec: Codec,
+    /// When live states are checkpointed.
+    checkpoints: Checkpoints,
+    /// The server's limits, for rebuilding a state to checkpoint.
+    limits: Limits,
+    /// Heap locks, shared with the runtime: a checkpoint holds its heap's.
+    locks: HeapLocks,
+    /// Set once the runtime stops: no more checkpoints while idle.
+    stopping: std::sync::atomic::AtomicBool,
     /// Heaps a worker holds warm, and where in the store that state stands.
-    warm: Mutex<HashMap<String, (WarmRef, Head)>>,
+    warm: Mutex<HashMap<String, WarmHeap>>,
     /// Records this runtime committed or replayed and has not trimmed, with when it learned
     /// of them, by heap: a shared store's records are trimmed only once they are old.
     learned: Mutex<HashMap<String, VecDeque<(u64, Instant)>>>,
@@ -262,6 +302,55 @@ struct Head {
     chain: u64,
 }
 
+/// A heap a worker holds warm.
+#[derive(Debug, Clone)]
+struct WarmHeap {
+    /// The worker and its state.
+    at: WarmRef,
+    /// Where that state stands in the store.
+    head: Head,
+    /// What replaying the records after the stored snapshot costs.
+    debt: Debt,
+    /// When it was last run or stored.
+    used: Instant,
+}
+
+/// The records after a heap's stored snapshot, as what replaying them would cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Debt {
+    calls: u32,
+    bytes: u64,
+    run_time: Duration,
+}
+
+impl Debt {
+    /// The debt with `records` added.
+    fn with_records(mut self, records: &[Record]) -> Self {
+        for record in records {
+            let bytes = match &record.effect {
+                Effect::Call { code, .. } => code.len(),
+                Effect::State { envelope, .. } => envelope.len(),
+            };
+            self = self.with_call(bytes, Duration::ZERO);
+        }
+        self
+    }
+
+    /// The debt with one call of `bytes` of code that ran for `run_time` added.
+    fn with_call(self, bytes: usize, run_time: Duration) -> Self {
+        Self {
+            calls: self.calls.saturating_add(1),
+            bytes: self.bytes.saturating_add(bytes as u64),
+            run_time: self.run_time.saturating_add(run_time),
+        }
+    }
+
+    /// Whether it has reached one of `budget`'s bounds.
+    fn due(&self, budget: &Checkpoints) -> bool {
+        self.calls >= budget.calls || self.bytes >= budget.bytes || self.run_time >= budget.run_time
+    }
+}
+
 /// A stored heap, verified, with the committed calls its snapshot lacks.
 struct OpenedHeap {
     snapshot: bytes::Bytes,
@@ -276,6 +365,8 @@ struct Loaded {
     /// Committed calls to run again first.
     replay: Vec<Record>,
     commit: Commit,
+    /// What replaying the records after the stored snapshot costs, with `replay` run.
+    debt: Debt,
     read_only: ReadOnly,
     /// Why a heap the caller may expect starts empty.
     notice: Option<String>,
@@ -304,19 +395,27 @@ impl Runtime {
         let locks = HeapLocks::default();
         // A store that drops heaps on its own must know which ones are in use.
         storage.use_locks(&locks);
-        Self {
+        let heaps = Arc::new(Heaps {
+            storage,
             executor: Arc::clone(&executor),
+            codec: policy.compression,
+            checkpoints: policy.checkpoints,
+            limits,
+            locks: locks.clone(),
+            stopping: Default::default(),
+            warm: Mutex::default(),
+            learned: Mutex::default(),
+            raw_sizes: Mutex::default(),
+        });
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(checkpoint_idle_heaps(Arc::downgrade(&heaps)));
+        }
+        Self {
+            executor,
             locks,
             limits,
             policy,
-            heaps: Arc::new(Heaps {
-                storage,
-                executor,
-                codec: policy.compression,
-                warm: Mutex::default(),
-                learned: Mutex::default(),
-                raw_sizes: Mutex::default(),
-            }),
+            heaps,
             saves: Arc::new(RwLock::new(())),
             call_metrics: CallMetrics::default(),
         }
@@ -362,10 +461,24 @@ impl Runtime {
         self.call_metrics.record(started.elapsed(), outcome);
     }
 
-    /// Waits, at most `grace`, for every answered state to be stored. Returns whether all were.
+    /// Waits, at most `grace`, for the snapshots being taken to be stored, then checkpoints
+    /// the heaps that are live with calls since their last snapshot, so that the next start
+    /// has little to replay. Returns whether all were stored; every answered call is in its
+    /// heap's journal either way.
     pub async fn flush(&self, grace: Duration) -> bool {
-        match tokio::time::timeout(grace, self.saves.write()).await {
-            Ok(_) => true,
+        self.heaps
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let all = async {
+            drop(self.saves.write().await);
+            let live: Vec<String> = self.heaps.warm().keys().cloned().collect();
+            for heap in live {
+                let _guard = self.locks.lock(&heap).await;
+                self.heaps.checkpoint_live(&heap).await;
+            }
+        };
+        match tokio::time::timeout(grace, all).await {
+            Ok(()) => true,
             Err(_) => {
                 tracing::error!(
                     "stopping with heap snapshots still in progress after {} s: their calls are in \
@@ -535,17 +648,32 @@ impl Runtime {
                 Ok(loaded) => loaded,
                 Err(e) => return Reply::failed(e),
             };
+            // A new heap needs its first snapshot; otherwise the state stays live in its
+            // worker until replaying the calls since the last snapshot would cost too much.
+            let checkpoint = match (&loaded.commit, self.policy.save) {
+                (Commit::Create(_), _) | (_, SaveMode::Sync) => true,
+                (Commit::Append(_), SaveMode::Background) => loaded
+                    .debt
+                    .with_call(code.len(), Duration::ZERO)
+                    .due(&self.policy.checkpoints),
+            };
             let job = Job {
                 code: code.clone(),
                 target: Target::Heap {
                     name: heap.clone(),
                     start: loaded.start,
                     replay: loaded.replay,
+                    keep: if checkpoint {
+                        Keep::Snapshot
+                    } else {
+                        Keep::Live
+                    },
                 },
                 limits,
                 live: live.clone(),
             };
-            let (outcome, saving) = match self.executor.run(job).await {
+            let ran_at = Instant::now();
+            let (outcome, new_state) = match self.executor.run(job).await {
                 Ok(ran) => ran,
                 // Evicted, or its worker busy or gone: load it from the store.
                 Err(NotWarm) => {
@@ -553,8 +681,9 @@ impl Runtime {
                     continue;
                 }
             };
-            let (completion, saving) = match (outcome.result, saving) {
-                (Ok(completion), Some(saving)) => (completion, saving),
+            let debt = loaded.debt.with_call(code.len(), ran_at.elapsed());
+            let (completion, new_state) = match (outcome.result, new_state) {
+                (Ok(completion), Some(new_state)) => (completion, new_state),
                 (Ok(_), None) => {
                     return Reply::failed(CallError::Internal(
                         "a stateful run returned no heap".into(),
@@ -577,7 +706,7 @@ impl Runtime {
             let committed = match loaded.commit {
                 Commit::Create(precondition) => self
                     .heaps
-                    .create(&heap, saving, precondition, loaded.read_only)
+                    .create(&heap, new_state, precondition, loaded.read_only)
                     .await
                     .map(|()| None),
                 Commit::Append(head) => {
@@ -588,9 +717,8 @@ impl Runtime {
                         console: &console,
                     };
                     self.heaps
-                        .append(&heap, &head, call, saving, loaded.read_only)
+                        .append(&heap, &head, call, new_state, loaded.read_only, debt)
                         .await
-                        .map(Some)
                 }
             };
             let answer = |retries| Run {
@@ -796,11 +924,12 @@ impl Heaps {
     /// new heap.
     async fn load(&self, heap: &str) -> Result<Loaded, CallError> {
         let warm = self.warm().get(heap).cloned();
-        if let Some((warm, head)) = warm {
-            let caught_up = self.catch_up(heap, head).await?;
+        if let Some(warm) = warm {
+            let caught_up = self.catch_up(heap, warm.head).await?;
             if let Some((head, replay)) = caught_up {
                 return Ok(Loaded {
-                    start: Start::Warm(warm),
+                    start: Start::Warm(warm.at),
+                    debt: warm.debt.with_records(&replay),
                     replay,
                     commit: Commit::Append(head),
                     read_only: ReadOnly::Shared,
@@ -822,6 +951,7 @@ impl Heaps {
                 };
                 Ok(Loaded {
                     start,
+                    debt: Debt::default().with_records(&opened.replay),
                     replay: opened.replay,
                     commit: Commit::Append(opened.head),
                     read_only: opened.read_only,
@@ -830,6 +960,7 @@ impl Heaps {
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Loaded {
                 start: Start::New,
+                debt: Debt::default(),
                 replay: Vec::new(),
                 commit: Commit::Create(Precondition::MustNotExist),
                 read_only: ReadOnly::Shared,
@@ -993,6 +1124,7 @@ impl Heaps {
         Ok(Loaded {
             start,
             replay,
+            debt: Debt::default(),
             commit: Commit::Create(replacing(overwrite)),
             read_only,
             notice: None,
@@ -1090,48 +1222,70 @@ impl Heaps {
     async fn create(
         &self,
         heap: &str,
-        saving: Saving,
+        new_state: NewState,
         precondition: Precondition,
         read_only: ReadOnly,
     ) -> Result<(), CallError> {
         self.forget(heap);
+        let saving = match new_state {
+            NewState::Saving(saving) => saving,
+            NewState::Live(warm) => {
+                self.executor.forget(warm, heap);
+                return Err(CallError::Internal("a new heap came back unsaved".into()));
+            }
+        };
         let saved = saving.finish().await?;
         let position = new_lineage();
         let (version, warm) = self
             .put_snapshot(heap, saved, read_only, position, precondition)
             .await?;
-        self.keep_warm(heap, warm, read_only, Head::at(version, position));
+        let head = Head::at(version, position);
+        self.keep_warm(heap, warm, read_only, head, Debt::default());
         Ok(())
     }
 
     /// Commits a run on `heap`, which stood at `head`, by appending its record: the call is
     /// durable when this returns. A call whose inputs cannot be replayed is committed with
-    /// the state it left. Returns the snapshot still to store (the checkpoint).
+    /// the state it left. Returns the snapshot still to store (the checkpoint), if the new
+    /// state is not live in a worker, which then stands for the heap with `debt`.
     async fn append(
         &self,
         heap: &str,
         head: &Head,
         call: Call<'_>,
-        saving: Saving,
+        new_state: NewState,
         read_only: ReadOnly,
-    ) -> Result<Pending, CallError> {
-        // Until the checkpoint is in, no warm isolate stands for the heap.
+        debt: Debt,
+    ) -> Result<Option<Pending>, CallError> {
+        // Until the call is committed, no warm isolate stands for the heap.
         self.warm().remove(heap);
+        let (saving, live) = match new_state {
+            NewState::Saving(saving) => (Some(saving), None),
+            NewState::Live(warm) => (None, Some(warm)),
+        };
         let seq = head.seq + 1;
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let (effect, state) = match &call.completion.tape.replay {
-            Replay::Exact => (
+        let (effect, state) = match (&call.completion.tape.replay, saving) {
+            (Replay::Exact, saving) => (
                 Effect::Call {
                     code: call.code.to_string(),
                     heap_bytes: call.limits.heap_bytes,
                     tape: call.completion.tape.clone(),
                     fingerprint: engine::fingerprint(call.completion, call.console),
                 },
-                PendingState::Saving(saving),
+                saving.map(PendingState::Saving),
             ),
-            Replay::Impossible(why) => {
+            (Replay::Impossible(_), None) => {
+                if let Some(warm) = live {
+                    self.executor.forget(warm, heap);
+                }
+                return Err(CallError::Internal(
+                    "a call that cannot be replayed came back without its state".into(),
+                ));
+            }
+            (Replay::Impossible(why), Some(saving)) => {
                 let saved = saving.finish().await?;
                 let (name, codec) = (heap.to_string(), self.codec);
                 let snapshot = saved.snapshot.clone();
@@ -1143,7 +1297,7 @@ impl Heaps {
                     why: why.clone(),
                     envelope: envelope.into(),
                 };
-                (effect, PendingState::Saved(saved))
+                (effect, Some(PendingState::Saved(saved)))
             }
         };
         let record = Record {
@@ -1156,10 +1310,14 @@ impl Heaps {
         };
         let bytes = bytes::Bytes::from(record.encode());
         let chain = Record::chain(head.chain, &bytes);
-        let discard = |state: PendingState| {
+        let discard = |state: Option<PendingState>| {
             // The worker keeps its process only once its snapshot is read.
-            if let PendingState::Saving(saving) = state {
+            if let Some(PendingState::Saving(saving)) = state {
                 tokio::spawn(saving.finish());
+            }
+            // A live state that was not committed stands for nothing.
+            if let Some(warm) = live {
+                self.executor.forget(warm, heap);
             }
         };
         match self
@@ -1187,15 +1345,22 @@ impl Heaps {
                 return Err(e);
             }
         }
-        Ok(Pending {
-            state,
-            head: Head {
-                seq,
-                chain,
-                ..head.clone()
-            },
-            read_only,
-        })
+        let head = Head {
+            seq,
+            chain,
+            ..head.clone()
+        };
+        match (state, live) {
+            (Some(state), _) => Ok(Some(Pending {
+                state,
+                head,
+                read_only,
+            })),
+            (None, live) => {
+                self.keep_warm(heap, live, read_only, head, debt);
+                Ok(None)
+            }
+        }
     }
 
     /// After an append to a store others share: the heap the record went to is still the
@@ -1259,8 +1424,9 @@ impl Heaps {
             .await
         {
             Ok((version, warm)) => {
-                self.keep_warm(heap, warm, read_only, Head::at(version, position));
-                self.trim(heap, head.seq).await;
+                let head = Head::at(version, position);
+                self.keep_warm(heap, warm, read_only, head, Debt::default());
+                self.trim(heap, position.through).await;
             }
             Err(e) => {
                 self.forget(heap);
@@ -1300,11 +1466,76 @@ impl Heaps {
         }
     }
 
-    /// Remembers that `warm` holds `heap` at `head` (heaps with their own read-only heap are
-    /// never kept warm).
-    fn keep_warm(&self, heap: &str, warm: Option<WarmRef>, read_only: ReadOnly, head: Head) {
-        if let (Some(warm), ReadOnly::Shared) = (warm, read_only) {
-            self.warm().insert(heap.to_string(), (warm, head));
+    /// Remembers that `warm` holds `heap` at `head`, `debt` after its stored snapshot (heaps
+    /// with their own read-only heap are never kept warm).
+    fn keep_warm(
+        &self,
+        heap: &str,
+        warm: Option<WarmRef>,
+        read_only: ReadOnly,
+        head: Head,
+        debt: Debt,
+    ) {
+        if let (Some(at), ReadOnly::Shared) = (warm, read_only) {
+            let warm = WarmHeap {
+                at,
+                head,
+                debt,
+                used: Instant::now(),
+            };
+            self.warm().insert(heap.to_string(), warm);
+        }
+    }
+
+    /// Stores a snapshot of `heap`'s live state if calls ran on it since its stored one (the
+    /// caller holds the heap's lock). Nothing is lost if this fails: the calls are in the
+    /// journal.
+    async fn checkpoint_live(&self, heap: &str) {
+        let Some(warm) = self.warm().get(heap).cloned() else {
+            return;
+        };
+        if warm.debt.calls == 0 {
+            return;
+        }
+        let saved = match self.executor.checkpoint(warm.at, heap, self.limits).await {
+            Ok(Ok(saved)) => saved,
+            Ok(Err(e)) => {
+                tracing::warn!(heap, "no checkpoint: {e}; the calls stay in the journal");
+                self.forget(heap);
+                return;
+            }
+            // Its worker is busy (try again later) or no longer holds it (the next call
+            // loads the heap from the store).
+            Err(NotWarm) => {
+                if let Some(warm) = self.warm().get_mut(heap) {
+                    warm.used = Instant::now();
+                }
+                return;
+            }
+        };
+        let position = Position {
+            lineage: warm.head.lineage,
+            through: warm.head.seq,
+            chain: warm.head.chain,
+        };
+        let now_at = saved.warm;
+        let precondition = Precondition::MustMatch(warm.head.version.clone());
+        let stored = self
+            .put_snapshot(heap, saved, ReadOnly::Shared, position, precondition)
+            .await;
+        match stored {
+            Ok((version, at)) => {
+                let head = Head::at(version, position);
+                self.keep_warm(heap, at, ReadOnly::Shared, head, Debt::default());
+                self.trim(heap, position.through).await;
+            }
+            // Another writer stored a snapshot first: this one is not needed.
+            Err(CallError::Conflict { .. }) => self.forget(heap),
+            Err(e) => {
+                tracing::warn!(heap, "no checkpoint: {e}; the calls stay in the journal");
+                // The worker holds the same state under its new number.
+                self.keep_warm(heap, now_at, ReadOnly::Shared, warm.head, warm.debt);
+            }
         }
     }
 
@@ -1342,7 +1573,7 @@ impl Heaps {
         }
     }
 
-    fn warm(&self) -> std::sync::MutexGuard<'_, HashMap<String, (WarmRef, Head)>> {
+    fn warm(&self) -> std::sync::MutexGuard<'_, HashMap<String, WarmHeap>> {
         self.warm.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -1350,8 +1581,8 @@ impl Heaps {
     /// next job.
     fn forget(&self, heap: &str) {
         let dropped = self.warm().remove(heap);
-        if let Some((warm, _)) = dropped {
-            self.executor.forget(warm, heap);
+        if let Some(warm) = dropped {
+            self.executor.forget(warm.at, heap);
         }
     }
 
@@ -1428,12 +1659,13 @@ async fn current_state(
             name: heap.to_string(),
             start,
             replay: opened.replay,
+            keep: Keep::Snapshot,
         },
         limits: Limits::default(),
         live: None,
     };
     match executor.run(job).await {
-        Ok((outcome, Some(saving))) if outcome.result.is_ok() => {
+        Ok((outcome, Some(NewState::Saving(saving)))) if outcome.result.is_ok() => {
             Ok(saving.finish().await?.snapshot)
         }
         Ok((outcome, _)) => Err(match outcome.result {
@@ -1443,6 +1675,40 @@ async fn current_state(
         Err(NotWarm) => Err(CallError::Internal(
             "a cold job asked for a warm heap".into(),
         )),
+    }
+}
+
+/// Checkpoints the live heaps that have been idle for their budget's while, until the
+/// runtime stops or is dropped. A heap in use is left for later.
+async fn checkpoint_idle_heaps(heaps: std::sync::Weak<Heaps>) {
+    let tick = match heaps.upgrade() {
+        Some(heaps) => {
+            (heaps.checkpoints.idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+        }
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(heaps) = heaps.upgrade() else {
+            return;
+        };
+        if heaps.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let idle = heaps.checkpoints.idle;
+        let due: Vec<String> = heaps
+            .warm()
+            .iter()
+            .filter(|(_, warm)| warm.debt.calls > 0 && warm.used.elapsed() >= idle)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for heap in due {
+            if heaps.locks.is_held(&heap) {
+                continue;
+            }
+            let _guard = heaps.locks.lock(&heap).await;
+            heaps.checkpoint_live(&heap).await;
+        }
     }
 }
 

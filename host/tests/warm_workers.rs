@@ -1,12 +1,14 @@
 //! Worker processes keep heaps warm: a heap's next job runs on the isolate its worker kept,
-//! without the snapshot being sent again; a failed job rolls back inside the worker; a job
-//! for a state the worker no longer holds is refused with `NotWarm`, never run on stale state.
+//! without the snapshot being sent again — snapshotted after each job, or kept live call by
+//! call and snapshotted only when asked (a checkpoint); a failed job rolls back inside the
+//! worker; a job for a state the worker no longer holds is refused with `NotWarm`, never run
+//! on stale state.
 
 use std::path::PathBuf;
 
 use mcp_v8::engine::{fingerprint, Limits};
 use mcp_v8::executor::Executor;
-use mcp_v8::job::{Job, NotWarm, Start, Target, WarmRef};
+use mcp_v8::job::{Job, Keep, NewState, NotWarm, Start, Target, WarmRef};
 use mcp_v8::record::{Effect, Record};
 use mcp_v8::worker::WorkerSettings;
 
@@ -23,15 +25,28 @@ fn executor(workers: usize, warm_bytes: usize) -> Executor {
 }
 
 fn job(code: &str, start: Start) -> Job {
+    job_keeping(code, start, Keep::Snapshot)
+}
+
+fn job_keeping(code: &str, start: Start, keep: Keep) -> Job {
     Job {
         code: code.into(),
         target: Target::Heap {
             name: "a".into(),
             start,
             replay: Vec::new(),
+            keep,
         },
         limits: Limits::default(),
         live: None,
+    }
+}
+
+/// The snapshot a job left.
+async fn snapshot_of(new_state: Option<NewState>) -> bytes::Bytes {
+    match new_state {
+        Some(NewState::Saving(saving)) => saving.finish().await.unwrap().snapshot,
+        _ => panic!("no snapshot"),
     }
 }
 
@@ -41,16 +56,25 @@ async fn run(
     code: &str,
     start: Start,
 ) -> Result<(String, Option<WarmRef>), NotWarm> {
-    let (outcome, saving) = executor.run(job(code, start)).await?;
+    run_keeping(executor, code, start, Keep::Snapshot).await
+}
+
+async fn run_keeping(
+    executor: &Executor,
+    code: &str,
+    start: Start,
+    keep: Keep,
+) -> Result<(String, Option<WarmRef>), NotWarm> {
+    let (outcome, new_state) = executor.run(job_keeping(code, start, keep)).await?;
     let output = match outcome.result {
         Ok(completion) => completion.output,
         Err(e) => return Ok((format!("error: {e}"), None)),
     };
-    let saved = saving
-        .expect("a successful stateful job saves")
-        .finish()
-        .await;
-    Ok((output, saved.expect("the save").warm))
+    let warm = match new_state.expect("a successful stateful job has a new state") {
+        NewState::Saving(saving) => saving.finish().await.expect("the save").warm,
+        NewState::Live(warm) => Some(warm),
+    };
+    Ok((output, warm))
 }
 
 #[tokio::test]
@@ -129,7 +153,7 @@ async fn a_worker_replays_committed_calls_before_the_code() {
         .run(job("var draws = []; var n = 0", Start::New))
         .await
         .unwrap();
-    let base = saving.unwrap().finish().await.unwrap().snapshot;
+    let base = snapshot_of(saving).await;
     let mut records = Vec::new();
     let mut state = base.clone();
     for seq in 1..=3 {
@@ -139,7 +163,7 @@ async fn a_worker_replays_committed_calls_before_the_code() {
             .await
             .unwrap();
         let completion = outcome.result.unwrap();
-        state = saving.unwrap().finish().await.unwrap().snapshot;
+        state = snapshot_of(saving).await;
         records.push(Record {
             heap: "a".into(),
             lineage: 1,
@@ -181,4 +205,64 @@ async fn a_worker_replays_committed_calls_before_the_code() {
         "{error}"
     );
     assert!(saving.is_none());
+}
+
+/// A state kept live moves on call by call with no snapshot; a failed call rolls back to it
+/// (the worker rebuilds it from its snapshot and the calls since); a checkpoint snapshots
+/// it, and that snapshot restored elsewhere is the same state.
+#[tokio::test]
+async fn a_live_state_moves_on_rolls_back_and_checkpoints() {
+    let executor = executor(1, 256 << 20);
+    let (_, warm) = run(&executor, "var n = 0; var seen = []", Start::New)
+        .await
+        .unwrap();
+    let mut at = warm.expect("kept warm");
+    for expected in 1..=3 {
+        let code = "n++; seen.push(Math.random()); n";
+        let (output, warm) = run_keeping(&executor, code, Start::Warm(at), Keep::Live)
+            .await
+            .unwrap();
+        assert_eq!(output, expected.to_string());
+        let next = warm.expect("kept live");
+        assert_ne!(
+            next.generation, at.generation,
+            "each state has its own number"
+        );
+        at = next;
+    }
+    let read = "JSON.stringify([n, seen])";
+    let (before, warm) = run_keeping(&executor, read, Start::Warm(at), Keep::Live)
+        .await
+        .unwrap();
+    at = warm.expect("a read is a call too: the state moved on");
+    let failing = "n = 100; seen = null; throw 1";
+    let (failed, warm) = run_keeping(&executor, failing, Start::Warm(at), Keep::Live)
+        .await
+        .unwrap();
+    assert!(failed.starts_with("error:"), "{failed}");
+    assert!(warm.is_none());
+    // Rolled back: rebuilt from the first snapshot and the four calls since, the same
+    // random draws included.
+    let (after, warm) = run_keeping(&executor, read, Start::Warm(at), Keep::Live)
+        .await
+        .unwrap();
+    assert_eq!(after, before);
+    at = warm.unwrap();
+
+    let saved = executor
+        .checkpoint(at, "a", Limits::default())
+        .await
+        .expect("held")
+        .expect("snapshotted");
+    let moved = saved.warm.expect("still held");
+    assert_ne!(moved.generation, at.generation);
+    let (elsewhere, _) = run(&executor, read, Start::Snapshot(saved.snapshot))
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, before, "the checkpoint is the live state");
+    // That job ran the heap from the snapshot, so the worker holds that state now.
+    assert!(matches!(
+        executor.checkpoint(moved, "a", Limits::default()).await,
+        Err(NotWarm)
+    ));
 }

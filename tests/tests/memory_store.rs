@@ -102,7 +102,9 @@ async fn storage_stats_count_what_happened() {
     assert_eq!(after["heaps"], 1, "{after}");
     assert_eq!(after["misses"], 1, "the new heap is one miss: {after}");
     assert!(after["hits"].as_u64().unwrap() >= 1, "{after}");
-    assert_eq!(after["puts"], 2, "{after}");
+    // The new heap's snapshot; the second call is a journal record, and the heap stays live
+    // until a checkpoint is due.
+    assert_eq!(after["puts"], 1, "{after}");
     assert_eq!(after["conflicts"], 0, "{after}");
     let (bytes, raw) = (
         after["bytes"].as_u64().unwrap(),
@@ -112,11 +114,13 @@ async fn storage_stats_count_what_happened() {
         bytes > 0 && bytes * 2 <= raw,
         "compressed {bytes} of {raw}: {after}"
     );
-    assert_eq!(after["put_latency"]["count"], 2, "{after}");
+    assert_eq!(after["put_latency"]["count"], 1, "{after}");
     assert!(after["put_latency"]["p50_ms"].as_f64().is_some(), "{after}");
-    // list_heaps shows both sizes.
+    // list_heaps shows both sizes of the snapshot; the store's bytes count the journal's
+    // record of the second call too.
     let listing = server.settle().await;
-    assert_eq!(listing["heaps"][0]["size"], bytes, "{listing}");
+    let size = listing["heaps"][0]["size"].as_u64().unwrap();
+    assert!(size < bytes, "{listing}");
     assert_eq!(listing["heaps"][0]["raw_size"], raw, "{listing}");
     server
         .reply("delete_heap", json!({ "heap": "h" }))
@@ -308,7 +312,7 @@ async fn a_plugin_store_reports_what_the_host_counts() {
     assert_eq!(stats["store"], "file", "{stats}");
     assert_eq!(
         (stats["puts"].as_u64(), stats["misses"].as_u64()),
-        (Some(2), Some(1)),
+        (Some(1), Some(1)),
         "{stats}"
     );
     assert!(stats["bytes_written"].as_u64().unwrap() > 0, "{stats}");

@@ -69,6 +69,12 @@ impl Warm {
         self.0.heap_bytes
     }
 
+    /// The heap's snapshot as it stands (a checkpoint); the isolate is used up, as after
+    /// [`Unsaved::save`].
+    pub fn save(self) -> Result<Bytes, RunError> {
+        Unsaved(self.0).save()
+    }
+
     /// Bytes of JavaScript heap the isolate holds, for a budget of warm isolates.
     pub fn footprint(&mut self) -> usize {
         self.0.with(|isolate| {

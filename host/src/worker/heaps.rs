@@ -1,22 +1,37 @@
-//! The heaps a worker keeps warm: for each, its last good snapshot (what a failed call rolls
-//! back to, with no store round trip) and, once the worker has had a moment with nothing to
-//! do, an isolate restored from it ahead of the next call; within a byte budget, least
-//! recently used first out.
+//! The heaps a worker keeps warm. Each is a state the worker can run the next call on: the
+//! snapshot it grew from, the calls run on it since (kept to rebuild it: a failed call's
+//! isolate is dropped, and the state is the snapshot with those calls run again), and, most
+//! of the time, the isolate itself, live at that state. Within a byte budget, least recently
+//! used first out.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::engine::{Limits, RunError, Warm};
+use crate::engine::{Limits, RunError, Tape, Warm};
+use crate::job::{catch_up, Rerun};
+
+/// A call run on a heap since its snapshot, as the worker keeps it to run it again.
+#[derive(Debug, Clone)]
+pub struct KeptCall {
+    /// The code as the caller sent it.
+    pub code: String,
+    /// What it read from outside the heap.
+    pub tape: Tape,
+    /// [`crate::engine::fingerprint`] of what it showed.
+    pub fingerprint: u64,
+}
 
 /// One heap held warm.
 pub struct Entry {
-    /// The save this state came from, as numbered by this worker.
+    /// The state, as numbered by this worker.
     pub generation: u64,
-    /// The last good snapshot.
-    pub snapshot: Bytes,
-    /// An isolate restored from `snapshot`, if one could be made.
-    pub warm: Option<Warm>,
+    /// The snapshot the state grew from (`None`: a new, empty heap).
+    base: Option<Bytes>,
+    /// The calls run on `base` since, in order.
+    calls: Vec<KeptCall>,
+    /// An isolate at the state, if one is live.
+    warm: Option<Warm>,
     /// Bytes counted against the budget.
     size: usize,
     /// When it was last used, on the cache's clock.
@@ -24,38 +39,80 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The heap's state as `snapshot`, not restored yet.
-    pub fn cold(generation: u64, snapshot: Bytes) -> Self {
-        Self {
+    /// The state `calls` leave `base` in (a new heap for `None`), not restored yet.
+    pub fn cold(generation: u64, base: Option<Bytes>, calls: Vec<KeptCall>) -> Self {
+        let mut entry = Self {
             generation,
-            size: snapshot.len(),
-            snapshot,
+            base,
+            calls,
             warm: None,
+            size: 0,
             used: 0,
-        }
+        };
+        entry.measure();
+        entry
     }
 
-    /// Restores an isolate from the snapshot under `limits`, if there is none yet.
-    fn warm_up(&mut self, limits: &Limits) {
-        if self.warm.is_some() {
-            return;
-        }
-        match Warm::new(Some(self.snapshot.clone()), limits) {
-            Ok(mut warm) => {
-                self.size = self.snapshot.len() + warm.footprint();
-                self.warm = Some(warm);
+    /// Counts the snapshot, the calls' code and the live isolate.
+    fn measure(&mut self) {
+        let base = self.base.as_ref().map_or(0, Bytes::len);
+        let calls: usize = self.calls.iter().map(|c| c.code.len() + 64).sum();
+        let warm = self.warm.as_mut().map_or(0, Warm::footprint);
+        self.size = base + calls + warm;
+    }
+
+    /// The state made again under `limits`: the snapshot restored and the calls run again.
+    fn rebuild(&self, limits: &Limits) -> Result<Warm, RunError> {
+        let warm = Warm::new(self.base.clone(), limits)?;
+        let calls = self.calls.iter().zip(1..).map(|(call, seq)| {
+            Ok(Rerun {
+                seq,
+                code: &call.code,
+                tape: &call.tape,
+                fingerprint: call.fingerprint,
+            })
+        });
+        catch_up(warm, calls, limits)
+    }
+
+    /// Makes the isolate under `limits` if there is none. Returns whether there is one.
+    fn warm_up(&mut self, limits: &Limits) -> bool {
+        if self.warm.is_none() {
+            match self.rebuild(limits) {
+                Ok(warm) => {
+                    self.warm = Some(warm);
+                    self.measure();
+                }
+                Err(e) => {
+                    tracing::warn!("worker: cannot keep a heap warm: {e}");
+                    return false;
+                }
             }
-            Err(e) => tracing::warn!("worker: cannot keep a heap warm: {e}"),
         }
+        true
     }
 
-    /// An isolate for a run under `limits`: the warm one if it was made under the same heap
-    /// limit, otherwise one restored now.
+    /// An isolate at the state for a run under `limits`: the live one if it was made under
+    /// the same heap limit, otherwise one made now. The entry keeps what rebuilds it.
     pub fn isolate(&mut self, limits: &Limits) -> Result<Warm, RunError> {
         match self.warm.take() {
             Some(warm) if warm.heap_bytes() == limits.heap_bytes => Ok(warm),
-            _ => Warm::new(Some(self.snapshot.clone()), limits),
+            _ => self.rebuild(limits),
         }
+    }
+
+    /// The state after `call` ran on it successfully in `warm`, as `generation`.
+    pub fn advance(&mut self, generation: u64, call: KeptCall, warm: Warm) {
+        self.generation = generation;
+        self.calls.push(call);
+        self.warm = Some(warm);
+        self.measure();
+    }
+
+    /// Calls run since the snapshot.
+    #[cfg(test)]
+    pub fn calls(&self) -> usize {
+        self.calls.len()
     }
 }
 
@@ -109,8 +166,8 @@ impl WarmHeaps {
         self.fit(&heap);
     }
 
-    /// Restores an isolate for the most recently used heap that has none, under `limits`.
-    /// Returns whether there was one to restore.
+    /// Makes the isolate of the most recently used heap that has none, under `limits`.
+    /// Returns whether there was one to make.
     pub fn warm_up_next(&mut self, limits: &Limits) -> bool {
         let Some((name, entry)) = self
             .entries
@@ -121,9 +178,8 @@ impl WarmHeaps {
             return false;
         };
         let name = name.clone();
-        entry.warm_up(limits);
-        if entry.warm.is_none() {
-            // It cannot be restored: drop it, and the host loads the heap from the store.
+        if !entry.warm_up(limits) {
+            // It cannot be made: drop it, and the host loads the heap from the store.
             self.entries.remove(&name);
         } else {
             self.fit(&name);
@@ -189,7 +245,10 @@ mod tests {
 
     /// Keeps `snapshot` as `heap`'s and restores it, as a worker does once it is idle.
     fn keep_warm(heaps: &mut WarmHeaps, heap: &str, generation: u64, snapshot: &Bytes) {
-        heaps.insert(heap.into(), Entry::cold(generation, snapshot.clone()));
+        heaps.insert(
+            heap.into(),
+            Entry::cold(generation, Some(snapshot.clone()), Vec::new()),
+        );
         while heaps.warm_up_next(&Limits::default()) {}
     }
 
@@ -243,7 +302,10 @@ mod tests {
     fn a_cold_entry_restores_on_demand() {
         let limits = Limits::default();
         let mut heaps = WarmHeaps::new(1 << 30);
-        heaps.insert("h".into(), Entry::cold(1, snapshot("var n = 1")));
+        heaps.insert(
+            "h".into(),
+            Entry::cold(1, Some(snapshot("var n = 1")), Vec::new()),
+        );
         let mut entry = heaps.take("h", 1).unwrap();
         assert!(entry.warm.is_none());
         let run = entry
@@ -252,6 +314,45 @@ mod tests {
             .run(&read_code("n").unwrap(), &limits, None);
         let (outcome, _) = answer_first(run);
         assert_eq!(outcome.result.unwrap().output, "1");
+    }
+
+    /// A state that moved on live is made again from its snapshot and the calls since, with
+    /// their random draws, when its isolate is gone (a failed call used it up).
+    #[test]
+    fn a_live_state_rebuilds_from_its_snapshot_and_calls() {
+        let limits = Limits::default();
+        let mut heaps = WarmHeaps::new(1 << 30);
+        keep_warm(&mut heaps, "h", 1, &snapshot("var seen = []"));
+        let mut entry = heaps.take("h", 1).unwrap();
+        for generation in 2..=3 {
+            let code = "seen.push(Math.random()); seen.length";
+            let run = entry
+                .isolate(&limits)
+                .unwrap()
+                .run(&read_code(code).unwrap(), &limits, None);
+            let (outcome, left) = answer_first(run);
+            let completion = outcome.result.unwrap();
+            let call = KeptCall {
+                code: code.into(),
+                fingerprint: crate::engine::fingerprint(&completion, &outcome.console),
+                tape: completion.tape,
+            };
+            let Ok(unsaved) = left else { panic!() };
+            entry.advance(generation, call, unsaved.into_warm());
+        }
+        assert_eq!(entry.calls(), 2);
+        let read = read_code("JSON.stringify(seen)").unwrap();
+        let live = entry.isolate(&limits).unwrap();
+        let (outcome, _) = answer_first(live.run(&read, &limits, None));
+        let expected = outcome.result.unwrap().output;
+        assert!(expected.starts_with("[0."), "{expected}");
+        // The live isolate went into that run: the next one is rebuilt.
+        heaps.insert("h".into(), entry);
+        assert!(heaps.warm_up_next(&limits), "rebuilt while idle");
+        let mut entry = heaps.take("h", 3).unwrap();
+        let rebuilt = entry.isolate(&limits).unwrap();
+        let (outcome, _) = answer_first(rebuilt.run(&read, &limits, None));
+        assert_eq!(outcome.result.unwrap().output, expected);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! Between jobs a worker keeps isolates ready: a plain one for the next stateless call, and
 //! the heaps it ran recently ([`heaps`]), so a call waits for its code and not for V8. A
-//! stateful job is answered as soon as its code settles; the worker snapshots the heap after
-//! that, sends the snapshot, and restores the next warm isolate from it.
+//! stateful job is answered as soon as its code settles. Its isolate then stays live at the
+//! new state for the heap's next call — no snapshot — unless the host asks for one (a
+//! checkpoint): then the worker snapshots the heap, sends the snapshot, and restores the next
+//! warm isolate from it once idle.
 
 mod heaps;
 mod pool;
@@ -20,16 +22,16 @@ use futures::executor::block_on;
 use futures::io::AllowStdIo;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 
-use heaps::{Entry, WarmHeaps};
+use heaps::{Entry, KeptCall, WarmHeaps};
 pub use pool::WorkerPool;
 use protocol::{
     decode_records, encode_console, read_frame, write_frame, Answer, Done, Finished, Generation,
     Live, Request, RequestStart, RequestTarget,
 };
 
-use crate::engine::{self, live, Fresh, Limits, RunError, Warm};
+use crate::engine::{self, live, Fresh, Limits, Replay, RunError, Warm};
 use crate::frontend::Prepared;
-use crate::job::{Outcome, Stage};
+use crate::job::{Keep, Outcome, Rerun, Stage};
 use crate::record::Record;
 
 /// What a worker is told when it starts.
@@ -153,6 +155,9 @@ impl Worker {
         for heap in &request.forget {
             self.heaps.forget(heap);
         }
+        if let RequestTarget::Checkpoint { name, generation } = &request.target {
+            return self.checkpoint(name, *generation, &request.limits, out);
+        }
         // Sections come code first; the optional ones are taken from the end.
         let replay = match &request.target {
             RequestTarget::Heap { replay, .. } if *replay > 0 => {
@@ -161,7 +166,7 @@ impl Worker {
                     Ok(records) => records,
                     Err(e) => {
                         let e = RunError::Crashed(format!("the calls to replay are garbled: {e}"));
-                        return done(out, Outcome::failed(e));
+                        return done(out, Outcome::failed(e), None);
                     }
                 }
             }
@@ -175,26 +180,71 @@ impl Worker {
             _ => None,
         };
         // A syntax error touches no isolate: a warm one stays as it is.
-        let code = match sections.into_iter().next().map(String::from_utf8) {
-            Some(Ok(code)) => engine::read_code(&code),
-            Some(Err(_)) => Err(RunError::Crashed("code is not UTF-8".into())),
-            None => Err(RunError::Crashed("request without code".into())),
+        let source = match sections.into_iter().next().map(String::from_utf8) {
+            Some(Ok(source)) => source,
+            Some(Err(_)) => {
+                let e = RunError::Crashed("code is not UTF-8".into());
+                return done(out, Outcome::failed(e), None);
+            }
+            None => {
+                let e = RunError::Crashed("request without code".into());
+                return done(out, Outcome::failed(e), None);
+            }
         };
-        let code = match code {
+        let code = match engine::read_code(&source) {
             Ok(code) => code,
-            Err(e) => return done(out, Outcome::failed(e)),
+            Err(e) => return done(out, Outcome::failed(e), None),
         };
         let run = Run {
+            source,
             code: &code,
             limits: &request.limits,
             live: request.live,
         };
         match request.target {
             RequestTarget::Stateless => self.run_stateless(run, out),
-            RequestTarget::Heap { name, start, .. } => {
-                self.run_on_heap(run, name, start, snapshot, &replay, out)
+            RequestTarget::Heap {
+                name, start, keep, ..
+            } => {
+                let from = From {
+                    start,
+                    snapshot,
+                    replay,
+                };
+                self.run_on_heap(run, name, from, keep, out)
+            }
+            RequestTarget::Checkpoint { .. } => Ok(()),
+        }
+    }
+
+    /// Snapshots `name`'s state at `generation` for the host to store; the worker keeps the
+    /// snapshot as the state's new start, restored again once it is idle.
+    fn checkpoint(
+        &mut self,
+        name: &str,
+        generation: u64,
+        limits: &Limits,
+        out: &Output,
+    ) -> io::Result<()> {
+        let Some(mut entry) = self.heaps.take(name, generation) else {
+            return write_frame_now(out, &Answer::NotWarm, &[]);
+        };
+        let saved = entry.isolate(limits).and_then(Warm::save);
+        match saved {
+            Ok(snapshot) => {
+                let generation = self.heaps.next_generation();
+                let saved = Answer::Saved(Ok(Generation(generation)));
+                write_frame_now(out, &saved, &[&snapshot])?;
+                let entry = Entry::cold(generation, Some(snapshot), Vec::new());
+                self.heaps.insert(name.to_string(), entry);
+            }
+            Err(e) => {
+                write_frame_now(out, &Answer::Saved(Err(e)), &[])?;
+                // What rebuilds the state is still there.
+                self.heaps.insert(name.to_string(), entry);
             }
         }
+        Ok(())
     }
 
     fn run_stateless(&mut self, run: Run, out: &Output) -> io::Result<()> {
@@ -205,10 +255,10 @@ impl Worker {
         };
         let fresh = match fresh {
             Ok(fresh) => fresh,
-            Err(e) => return done(out, Outcome::failed(e)),
+            Err(e) => return done(out, Outcome::failed(e), None),
         };
         let (ran, used) = with_live(run.live, out, |live| fresh.run(run.code, limits, live));
-        done(out, ran)?;
+        done(out, ran, None)?;
         // Disposed of after the answer.
         drop(used);
         Ok(())
@@ -218,24 +268,30 @@ impl Worker {
         &mut self,
         run: Run,
         name: String,
-        start: RequestStart,
-        snapshot: Option<Bytes>,
-        replay: &[Record],
+        from: From,
+        keep: Keep,
         out: &Output,
     ) -> io::Result<()> {
         let limits = run.limits;
+        let From {
+            start,
+            snapshot,
+            replay,
+        } = from;
         let alone = matches!(start, RequestStart::Alone);
         // Only a stored snapshot can be at fault for a crash before the code starts: the host
         // hears when V8 has restored one (every other isolate is V8's own).
         let restores_stored = matches!(start, RequestStart::Snapshot | RequestStart::Alone);
-        // The state to go back to if the run fails, and the isolate to run on.
-        let (previous, warm) = match start {
+        let was_warm = matches!(start, RequestStart::Warm { .. });
+        // What rebuilds the state the code runs on (kept if the run fails and the state was
+        // warm here), and the isolate to run on.
+        let (state, warm) = match start {
             RequestStart::Warm { generation } => {
                 let Some(mut entry) = self.heaps.take(&name, generation) else {
                     return write_frame_now(out, &Answer::NotWarm, &[]);
                 };
                 let warm = entry.isolate(limits);
-                (Some(entry), warm)
+                (entry, warm)
             }
             RequestStart::Snapshot | RequestStart::Alone => {
                 self.heaps.forget(&name);
@@ -244,29 +300,30 @@ impl Worker {
                     self.fresh = None;
                     self.heaps.clear();
                 }
-                match snapshot {
-                    Some(snapshot) => (None, Warm::new(Some(snapshot), limits)),
-                    None => (None, Err(RunError::Crashed("no snapshot sent".into()))),
-                }
+                let warm = match &snapshot {
+                    Some(snapshot) => Warm::new(Some(snapshot.clone()), limits),
+                    None => Err(RunError::Crashed("no snapshot sent".into())),
+                };
+                (Entry::cold(0, snapshot, kept_calls(&replay)), warm)
             }
             RequestStart::New => {
                 self.heaps.forget(&name);
-                (None, Warm::new(None, limits))
+                (Entry::cold(0, None, Vec::new()), Warm::new(None, limits))
             }
         };
-        // Failures never change state: back to the last good snapshot, warm again once idle.
-        let roll_back = |heaps: &mut WarmHeaps, previous: Option<Entry>| {
-            if let Some(previous) = previous {
-                let entry = Entry::cold(previous.generation, previous.snapshot);
-                heaps.insert(name.clone(), entry);
+        // Failures never change state: a warm state stays, to be rebuilt once idle.
+        let roll_back = |heaps: &mut WarmHeaps, state: Entry| {
+            if was_warm {
+                heaps.insert(name.clone(), state);
             }
         };
-        let warm = warm.and_then(|warm| crate::job::catch_up(warm, replay, limits));
+        let calls = replay.iter().map(Rerun::of);
+        let warm = warm.and_then(|warm| crate::job::catch_up(warm, calls, limits));
         let warm = match warm {
             Ok(warm) => warm,
             Err(e) => {
-                done(out, Outcome::failed(e))?;
-                roll_back(&mut self.heaps, previous);
+                done(out, Outcome::failed(e), None)?;
+                roll_back(&mut self.heaps, state);
                 return Ok(());
             }
         };
@@ -275,35 +332,81 @@ impl Worker {
         }
         let ran = with_live(run.live, out, |live| warm.run(run.code, limits, live));
         let (outcome, left) = engine::answer_first(ran);
-        done(out, outcome)?;
         let unsaved = match left {
             Ok(unsaved) => unsaved,
             Err(used) => {
+                done(out, outcome, None)?;
                 drop(used);
-                roll_back(&mut self.heaps, previous);
+                roll_back(&mut self.heaps, state);
                 return Ok(());
             }
         };
+        // Kept live unless the host asks for a snapshot, or the heap must run alone, or a
+        // replay could not reproduce the call (its state must be stored as it is).
+        let replayable = outcome
+            .result
+            .as_ref()
+            .is_ok_and(|c| c.tape.replay == Replay::Exact);
+        if keep == Keep::Live && !alone && replayable {
+            let kept = outcome.result.as_ref().ok().map(|completion| KeptCall {
+                code: run.source.clone(),
+                tape: completion.tape.clone(),
+                fingerprint: engine::fingerprint(completion, &outcome.console),
+            });
+            let generation = self.heaps.next_generation();
+            done(out, outcome, Some(Generation(generation)))?;
+            let mut state = state;
+            if let Some(call) = kept {
+                state.advance(generation, call, unsaved.into_warm());
+            }
+            self.heaps.insert(name, state);
+            return Ok(());
+        }
+        done(out, outcome, None)?;
         match unsaved.save() {
             Ok(snapshot) => {
                 let generation = self.heaps.next_generation();
                 let saved = Answer::Saved(Ok(Generation(generation)));
                 write_frame_now(out, &saved, &[&snapshot])?;
                 if !alone {
-                    self.heaps.insert(name, Entry::cold(generation, snapshot));
+                    let entry = Entry::cold(generation, Some(snapshot), Vec::new());
+                    self.heaps.insert(name, entry);
                 }
             }
             Err(e) => {
                 write_frame_now(out, &Answer::Saved(Err(e)), &[])?;
-                roll_back(&mut self.heaps, previous);
+                roll_back(&mut self.heaps, state);
             }
         }
         Ok(())
     }
 }
 
+/// The calls of `records`, as a worker keeps them to rebuild a state (a record that holds a
+/// state is never sent to replay).
+fn kept_calls(records: &[Record]) -> Vec<KeptCall> {
+    records
+        .iter()
+        .filter_map(|record| Rerun::of(record).ok())
+        .map(|call| KeptCall {
+            code: call.code.to_string(),
+            tape: call.tape.clone(),
+            fingerprint: call.fingerprint,
+        })
+        .collect()
+}
+
+/// Where a heap's state comes from, with the bytes the request carried.
+struct From {
+    start: RequestStart,
+    snapshot: Option<Bytes>,
+    replay: Vec<Record>,
+}
+
 /// Code to run, with what it runs under.
 struct Run<'a> {
+    /// The code as the caller sent it (kept to run it again).
+    source: String,
     code: &'a Prepared,
     limits: &'a Limits,
     /// Relay console lines and progress while it runs.
@@ -332,8 +435,9 @@ fn stage(out: &Output) -> io::Result<()> {
     write_frame_now(out, &Answer::Stage(Stage::Started), &[])
 }
 
-/// Sends a run's outcome.
-fn done(out: &Output, run: Outcome) -> io::Result<()> {
+/// Sends a run's outcome, and for a successful stateful run the generation its state is
+/// kept live as, unless a snapshot follows.
+fn done(out: &Output, run: Outcome, kept: Option<Generation>) -> io::Result<()> {
     let (result, text) = match run.result {
         Ok(completion) => (
             Ok(Finished {
@@ -348,6 +452,7 @@ fn done(out: &Output, run: Outcome) -> io::Result<()> {
     let header = Answer::Done(Done {
         result,
         console_truncated: run.console.truncated,
+        kept,
     });
     let console = encode_console(&run.console);
     write_frame_now(out, &header, &[text.as_bytes(), &console])?;

@@ -20,7 +20,9 @@ use super::protocol::{
 };
 use super::WorkerSettings;
 use crate::engine::{Completion, RunError};
-use crate::job::{Job, NotWarm, Outcome, Ran, Saved, Saving, Stage, Start, Target, WarmRef};
+use crate::job::{
+    Job, NewState, NotWarm, Outcome, Ran, Saved, Saving, Stage, Start, Target, WarmRef,
+};
 
 /// How long past its own time limit a worker may take to answer before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
@@ -104,14 +106,26 @@ impl WorkerPool {
                     self.put_back(worker);
                     Err(NotWarm)
                 }
-                Ok(Ok(Reply::Done(outcome))) => {
-                    if outcome.result.is_ok() && matches!(job.target, Target::Heap { .. }) {
-                        // The worker snapshots the heap now; it stays taken until it is done.
-                        let saving = self.saving(worker, slot);
-                        Ok((outcome, Some(saving)))
-                    } else {
-                        self.put_back(worker);
-                        Ok((outcome, None))
+                Ok(Ok(Reply::Done(outcome, kept))) => {
+                    let stateful = matches!(job.target, Target::Heap { .. });
+                    match kept {
+                        _ if !stateful || outcome.result.is_err() => {
+                            self.put_back(worker);
+                            Ok((outcome, None))
+                        }
+                        Some(generation) => {
+                            let warm = WarmRef {
+                                worker: worker.number,
+                                generation: generation.0,
+                            };
+                            self.put_back(worker);
+                            Ok((outcome, Some(NewState::Live(warm))))
+                        }
+                        None => {
+                            // The worker snapshots the heap now; it stays taken until then.
+                            let saving = self.saving(worker, slot);
+                            Ok((outcome, Some(NewState::Saving(saving))))
+                        }
                     }
                 }
                 // A warm isolate that is gone with its worker: run from the stored snapshot.
@@ -169,9 +183,9 @@ enum Failure {
     DuringJob(std::io::Error),
 }
 
-/// What a worker answered.
+/// What a worker answered: the outcome, and the generation it keeps the new state live as.
 enum Reply {
-    Done(Outcome),
+    Done(Outcome, Option<Generation>),
     NotWarm,
 }
 
@@ -206,36 +220,97 @@ impl WorkerPool {
         Worker::spawn(&self.program, number, &self.settings)
     }
 
+    /// Asks the worker holding `warm` for a snapshot of `heap`'s live state (a checkpoint),
+    /// `limits` for rebuilding it if its isolate is gone. [`NotWarm`] when that worker is busy,
+    /// gone, or no longer holds that state.
+    pub async fn checkpoint(
+        &self,
+        warm: WarmRef,
+        heap: &str,
+        limits: crate::engine::Limits,
+    ) -> Result<Result<Saved, RunError>, NotWarm> {
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| NotWarm)?;
+        let mut worker = self.take_idle(Some(warm.worker)).ok_or(NotWarm)?;
+        let forget = self
+            .forget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&worker.number)
+            .unwrap_or_default();
+        let request = Request {
+            target: RequestTarget::Checkpoint {
+                name: heap.to_string(),
+                generation: warm.generation,
+            },
+            limits,
+            forget,
+            live: false,
+        };
+        if write_frame(&mut worker.stdin, &request, &[]).await.is_err() {
+            // Gone with its worker: nothing to snapshot.
+            return Err(NotWarm);
+        }
+        let _slot = slot;
+        match read_save(worker, &self.idle).await {
+            Ok(None) => Err(NotWarm),
+            Ok(Some(saved)) => Ok(Ok(saved)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
     /// The save that follows a successful stateful run on `worker`, which goes back to the
     /// pool (and `slot` with it) once the snapshot is in.
-    fn saving(&self, mut worker: Worker, slot: OwnedSemaphorePermit) -> Saving {
+    fn saving(&self, worker: Worker, slot: OwnedSemaphorePermit) -> Saving {
         let idle = Arc::clone(&self.idle);
         Saving::new(async move {
             let _slot = slot;
-            let saved = match tokio::time::timeout(SAVE_DEADLINE, worker.saved()).await {
-                Ok(Ok(saved)) => saved,
-                Ok(Err(e)) => {
-                    let death = worker.death(e).await;
-                    return Err(RunError::Snapshot(format!("{death} while V8 saved it")));
-                }
-                Err(_) => {
-                    return Err(RunError::Snapshot(format!(
-                        "the worker took more than {} s",
-                        SAVE_DEADLINE.as_secs()
-                    )))
-                }
-            };
-            let number = worker.number;
-            put_back(&idle, worker);
-            saved.map(|(generation, snapshot)| Saved {
-                snapshot,
-                warm: Some(WarmRef {
-                    worker: number,
-                    generation: generation.0,
-                }),
-            })
+            match read_save(worker, &idle).await {
+                Ok(Some(saved)) => Ok(saved),
+                Ok(None) => Err(RunError::Snapshot(
+                    "the worker no longer held the heap it had just run".into(),
+                )),
+                Err(e) => Err(e),
+            }
         })
     }
+}
+
+/// Reads the snapshot `worker` sends (`None`: it does not hold the heap asked for) and puts
+/// the worker back into `idle`, unless it failed.
+async fn read_save(
+    mut worker: Worker,
+    idle: &Mutex<Vec<Worker>>,
+) -> Result<Option<Saved>, RunError> {
+    let saved = match tokio::time::timeout(SAVE_DEADLINE, worker.saved()).await {
+        Ok(Ok(saved)) => saved,
+        Ok(Err(e)) => {
+            let death = worker.death(e).await;
+            return Err(RunError::Snapshot(format!("{death} while V8 saved it")));
+        }
+        Err(_) => {
+            return Err(RunError::Snapshot(format!(
+                "the worker took more than {} s",
+                SAVE_DEADLINE.as_secs()
+            )))
+        }
+    };
+    let number = worker.number;
+    put_back(idle, worker);
+    let Some(saved) = saved else {
+        return Ok(None);
+    };
+    saved.map(|(generation, snapshot)| {
+        Some(Saved {
+            snapshot,
+            warm: Some(WarmRef {
+                worker: number,
+                generation: generation.0,
+            }),
+        })
+    })
 }
 
 fn put_back(idle: &Mutex<Vec<Worker>>, worker: Worker) {
@@ -293,6 +368,7 @@ impl Worker {
                 name,
                 start,
                 replay,
+                keep,
             } => {
                 let (start, snapshot) = match start {
                     Start::New => (RequestStart::New, None),
@@ -310,6 +386,7 @@ impl Worker {
                     name,
                     start,
                     replay: replay.len(),
+                    keep: *keep,
                 };
                 let replay = (!replay.is_empty()).then(|| encode_records(replay));
                 (target, snapshot, replay)
@@ -373,23 +450,26 @@ impl Worker {
                 pending_timers: finished.pending_timers,
                 tape: finished.tape,
             });
-            return Ok(Reply::Done(Outcome { result, console }));
+            return Ok(Reply::Done(Outcome { result, console }, done.kept));
         }
     }
 
-    /// Reads the snapshot that follows a successful stateful run. The outer error means the
-    /// worker is unusable; the inner one that V8 could not snapshot the heap.
-    async fn saved(&mut self) -> io::Result<Result<(Generation, Bytes), RunError>> {
+    /// Reads the snapshot that follows a successful stateful run or a checkpoint request
+    /// (`None`: the worker does not hold the heap). The outer error means the worker is
+    /// unusable; the inner one that V8 could not snapshot the heap.
+    #[allow(clippy::type_complexity)]
+    async fn saved(&mut self) -> io::Result<Option<Result<(Generation, Bytes), RunError>>> {
         let (answer, sections) = self.read().await?;
         match answer {
+            Answer::NotWarm => Ok(None),
             Answer::Saved(Ok(generation)) => match sections.into_iter().next() {
-                Some(snapshot) => Ok(Ok((generation, Bytes::from(snapshot)))),
+                Some(snapshot) => Ok(Some(Ok((generation, Bytes::from(snapshot))))),
                 None => Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "a save without its snapshot",
                 )),
             },
-            Answer::Saved(Err(e)) => Ok(Err(e)),
+            Answer::Saved(Err(e)) => Ok(Some(Err(e))),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "expected a snapshot",

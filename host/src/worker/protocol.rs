@@ -14,9 +14,11 @@
 //! [`Answer::Done`].
 //!
 //! A worker answers a request that restores a stored snapshot with one [`Answer::Stage`]
-//! frame once V8 has restored it and the code starts, then one [`Answer::Done`] frame as soon as the code has settled, and after a
-//! successful stateful run one [`Answer::Saved`] frame once V8 has snapshotted the heap — the
-//! host answers its caller between the two. A request for a warm heap the worker no longer
+//! frame once V8 has restored it and the code starts, then one [`Answer::Done`] frame as
+//! soon as the code has settled. After a successful stateful run the worker either keeps the
+//! new state live (the `Done` frame names its generation) or sends one [`Answer::Saved`]
+//! frame once V8 has snapshotted the heap — the host answers its caller between the two. A
+//! checkpoint request gets one `Saved` frame. A request for a warm heap the worker no longer
 //! holds gets one [`Answer::NotWarm`] frame instead.
 //!
 //! One codec serves both sides: [`write_frame`] and [`read_frame`] are async; the worker,
@@ -31,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::engine::live::{Batch, Progress};
 use crate::engine::{Console, Limits, LogLine, RunError, Tape};
-use crate::job::Stage;
+use crate::job::{Keep, Stage};
 use crate::record::Record;
 
 /// Largest header accepted, to fail fast on a garbled stream.
@@ -72,6 +74,16 @@ pub enum RequestTarget {
         /// How many committed calls to run again before the code (a section of records).
         #[serde(default)]
         replay: usize,
+        /// What becomes of the new state after a successful run.
+        keep: Keep,
+    },
+    /// Snapshot the heap the worker keeps live at this generation (a checkpoint): answered
+    /// with [`Answer::Saved`], or [`Answer::NotWarm`]. No sections.
+    Checkpoint {
+        /// The heap's name.
+        name: String,
+        /// The state the host expects the worker to hold.
+        generation: u64,
     },
 }
 
@@ -104,10 +116,11 @@ pub enum Answer {
     /// the job did not run. No sections.
     NotWarm,
     /// The code has settled. Sections: the output, then the console ([`encode_console`]).
-    /// A successful stateful run's [`Answer::Saved`] follows.
+    /// A successful stateful run's [`Answer::Saved`] follows unless [`Done::kept`] says the
+    /// worker keeps the state live.
     Done(Done),
-    /// The snapshot after a successful stateful run, or why there is none. Sections: the raw
-    /// snapshot, on success.
+    /// The snapshot after a successful stateful run or a checkpoint, or why there is none.
+    /// Sections: the raw snapshot, on success.
     Saved(Result<Generation, RunError>),
 }
 
@@ -155,6 +168,10 @@ pub struct Done {
     pub result: Result<Finished, RunError>,
     /// Console lines were dropped at the console limit.
     pub console_truncated: bool,
+    /// After a successful stateful run: the worker keeps the new state live, as this
+    /// generation, and sends no snapshot.
+    #[serde(default)]
+    pub kept: Option<Generation>,
 }
 
 /// A completion without its output.
@@ -353,6 +370,7 @@ mod tests {
                 name: "h".into(),
                 start: RequestStart::Snapshot,
                 replay: 0,
+                keep: Keep::Live,
             },
             limits,
             forget: vec!["old".into()],
@@ -365,7 +383,7 @@ mod tests {
         let (back, sections): (Request, _) =
             read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
         assert!(
-            matches!(back.target, RequestTarget::Heap { ref name, start: RequestStart::Snapshot, .. } if name == "h")
+            matches!(back.target, RequestTarget::Heap { ref name, start: RequestStart::Snapshot, keep: Keep::Live, .. } if name == "h")
         );
         assert_eq!(back.limits, limits);
         assert_eq!(back.forget, ["old"]);
@@ -376,6 +394,7 @@ mod tests {
         let error = Answer::Done(Done {
             result: Err(RunError::Timeout(std::time::Duration::from_secs(2))),
             console_truncated: false,
+            kept: None,
         });
         write_frame(&mut wire, &error, &[]).await.unwrap();
         let (back, sections): (Answer, _) =
