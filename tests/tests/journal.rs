@@ -132,3 +132,92 @@ async fn a_directory_that_cannot_be_written_fails_the_call_that_caused_it() {
     assert_eq!(server.output("++n", "h").await, "3");
     server.stop().await;
 }
+
+/// The directory store's snapshot file of `heap`.
+fn snapshot_file(heaps: &std::path::Path, heap: &str) -> Vec<u8> {
+    std::fs::read(heaps.join(format!("{heap}.heap"))).unwrap()
+}
+
+/// How many records `heap`'s journal holds in the directory store.
+fn records(heaps: &std::path::Path, heap: &str) -> usize {
+    std::fs::read_dir(heaps.join(format!("{heap}.journal")))
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count()
+}
+
+/// Between checkpoints a heap moves on live, call by call, with a record per call and no
+/// snapshot; a checkpoint comes when the calls since the last one reach the budget, and on a
+/// clean stop; the snapshot then holds every call without the journal.
+#[tokio::test]
+async fn a_live_heap_is_checkpointed_by_its_budget_and_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().join("heaps");
+    let path = heaps.to_str().unwrap();
+    let args = [
+        "--directory-path",
+        path,
+        "--checkpoint-calls",
+        "4",
+        "--checkpoint-idle-secs",
+        "3600",
+    ];
+    let server = Server::start(&args).await;
+    server.output("var n = 0", "h").await;
+    let created = snapshot_file(&heaps, "h");
+    for expected in 1..=3 {
+        assert_eq!(server.output("++n", "h").await, expected.to_string());
+    }
+    assert_eq!(snapshot_file(&heaps, "h"), created, "no snapshot per call");
+    assert_eq!(records(&heaps, "h"), 3);
+    // The fourth call reaches the budget: its state is snapshotted after the answer, and the
+    // next call on the heap waits for that.
+    assert_eq!(server.output("++n", "h").await, "4");
+    assert_eq!(server.output("n", "h").await, "4");
+    let checkpointed = snapshot_file(&heaps, "h");
+    assert_ne!(checkpointed, created, "checkpointed at the budget");
+    assert_eq!(server.output("++n", "h").await, "5");
+    assert_eq!(snapshot_file(&heaps, "h"), checkpointed);
+    server.stop().await;
+    assert_ne!(
+        snapshot_file(&heaps, "h"),
+        checkpointed,
+        "checkpointed on stop"
+    );
+    std::fs::remove_dir_all(heaps.join("h.journal")).unwrap();
+    let server = Server::start(&args).await;
+    assert_eq!(server.output("n", "h").await, "5");
+    server.stop().await;
+}
+
+/// A live heap with calls since its snapshot is checkpointed once it has been idle for the
+/// configured time; the checkpoint holds those calls.
+#[tokio::test]
+async fn an_idle_live_heap_is_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().join("heaps");
+    let path = heaps.to_str().unwrap();
+    let server = Server::start(&["--directory-path", path, "--checkpoint-idle-secs", "0.2"]).await;
+    server.output("var n = 0", "h").await;
+    let created = snapshot_file(&heaps, "h");
+    assert_eq!(server.output("++n", "h").await, "1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while snapshot_file(&heaps, "h") == created {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint while idle"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.kill().await;
+    std::fs::remove_dir_all(heaps.join("h.journal")).unwrap();
+    let server = Server::start(&["--directory-path", path]).await;
+    assert_eq!(server.output("n", "h").await, "1");
+    server.stop().await;
+}

@@ -68,6 +68,38 @@ async fn two_hosts_on_one_bucket_lose_no_update_and_show_no_conflict() {
     b.stop().await;
 }
 
+/// A small call on a heap uploads its journal record, not the heap: at most 2 KB plus its
+/// code (until a checkpoint is due).
+#[tokio::test]
+async fn a_small_call_uploads_its_record_not_the_heap() {
+    let moto = Moto::start().await;
+    moto.create_bucket("heaps").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = moto.config(dir.path(), "heaps");
+    let host = server(&config).await;
+    host.output("var n = 0", "h").await;
+    let (written, puts) = written_and_puts(&host).await;
+    let code = "++n";
+    for expected in 1..=5 {
+        assert_eq!(host.output(code, "h").await, expected.to_string());
+    }
+    let (written_after, puts_after) = written_and_puts(&host).await;
+    assert_eq!(puts_after, puts, "no snapshot uploaded");
+    let per_call = (written_after - written) / 5;
+    assert!(
+        per_call > 0 && per_call <= 2048 + code.len() as u64,
+        "{per_call} bytes per call"
+    );
+    host.stop().await;
+}
+
+/// Bytes the store wrote and snapshots it stored so far.
+async fn written_and_puts(host: &Server) -> (u64, u64) {
+    let stats = host.reply("storage_stats", json!({})).await.ok();
+    let count = |key: &str| stats[key].as_u64().unwrap();
+    (count("bytes_written"), count("puts"))
+}
+
 /// 25 increments, each of which must succeed. Returns how often they ran again.
 async fn increment_25_times(host: &Server) -> u64 {
     let mut retries = 0;
