@@ -635,6 +635,8 @@ impl Runtime {
         };
         tracing::debug!("running code on heap {heap}");
         let mut retries = 0;
+        // Calls of the journal lost because one did not replay, once the heap was recovered.
+        let mut lost: Option<String> = None;
         loop {
             let loaded = match &fork {
                 None => self.heaps.load(&heap).await,
@@ -689,6 +691,22 @@ impl Runtime {
                         "a stateful run returned no heap".into(),
                     ))
                 }
+                // A committed call did not replay: the heap goes back to the call before it
+                // (once), and this call runs on that state, saying what was lost.
+                (Err(RunError::Diverged { seq, why }), _) if fork.is_none() && lost.is_none() => {
+                    match self.heaps.recover(&heap, seq, &why).await {
+                        Ok(notice) => {
+                            lost = Some(notice);
+                            continue;
+                        }
+                        Err(e) => {
+                            return Run {
+                                result: Err(e),
+                                console: outcome.console,
+                            }
+                        }
+                    }
+                }
                 (Err(e), _) => {
                     let error = match e {
                         RunError::Unrestorable(reason) => CallError::Unrestorable { heap, reason },
@@ -726,7 +744,7 @@ impl Runtime {
                     completion,
                     heap: heap.clone(),
                     retries,
-                    notice: loaded.notice,
+                    notice: lost.clone().or(loaded.notice),
                     forked_from: fork.as_ref().and_then(|(from, _)| from.clone()),
                 }),
                 console,
@@ -1097,6 +1115,44 @@ impl Heaps {
             head,
             replay,
         })
+    }
+
+    /// Recovers `heap` from a record, `seq`, that did not reproduce its call (`why`): stores
+    /// the state the records before it leave as the heap's snapshot, standing after every
+    /// record so far, so that the heap loads without the lost calls. Returns what to tell the
+    /// caller.
+    async fn recover(&self, heap: &str, seq: u64, why: &str) -> Result<String, CallError> {
+        self.forget(heap);
+        let mut opened = self.read_existing(heap).await?;
+        let head = opened.head.clone();
+        opened.replay.retain(|record| record.seq < seq);
+        let read_only = opened.read_only;
+        let snapshot = current_state(&self.executor, heap, opened).await?;
+        let position = Position {
+            lineage: head.lineage,
+            through: head.seq,
+            chain: head.chain,
+        };
+        let saved = Saved {
+            snapshot,
+            warm: None,
+        };
+        let precondition = Precondition::MustMatch(head.version.clone());
+        self.put_snapshot(heap, saved, read_only, position, precondition)
+            .await?;
+        let calls = match head.seq.saturating_sub(seq) {
+            0 => format!("1 committed call was lost (journal record {seq})"),
+            n => format!(
+                "{} committed calls were lost (journal records {seq} to {})",
+                n + 1,
+                seq + n
+            ),
+        };
+        tracing::warn!(heap, seq, why, "a committed call did not replay: {calls}");
+        Ok(format!(
+            "heap '{heap}' lost work: {calls} because replaying record {seq} did not reproduce \
+             its call ({why}); the heap is as the call before it left it"
+        ))
     }
 
     /// Where a fork into `to` starts: `from`'s stored state (an empty heap for `None`),
@@ -2029,7 +2085,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_record_that_does_not_reproduce_its_call_is_reported_not_hidden() {
+    async fn a_record_that_does_not_reproduce_its_call_is_reported_and_the_heap_goes_on() {
         let store = MemoryStore::new();
         let rt0 = Runtime::new(
             Store::memory(store.clone()),
@@ -2063,16 +2119,28 @@ mod tests {
         store
             .append("h", crate::storage::Record::new(stored.seq, bytes))
             .unwrap();
-        let error = rt0
+        // The heap loads up to the record before, and the call says what was lost and why.
+        let run = rt0
             .run_on_heap("n".into(), Some("h".into()), CallLimits::default())
             .await
             .result
-            .unwrap_err();
+            .unwrap();
+        assert_eq!(run.completion.output, "1");
+        let notice = run.notice.unwrap_or_default();
         assert!(
-            error.to_string().contains("did not reproduce it"),
-            "{error}"
+            notice.contains("1 committed call was lost")
+                && notice.contains(
+                    "did not reproduce its call (its result or console came out different)"
+                ),
+            "{notice}"
         );
-        assert_eq!(error.kind(), "diverged");
+        // Recovered for good: the next load has nothing to replay and says nothing.
+        let run = rt0
+            .run_on_heap("n += 10".into(), Some("h".into()), CallLimits::default())
+            .await
+            .result
+            .unwrap();
+        assert_eq!((run.completion.output.as_str(), run.notice), ("11", None));
         gate.open();
         assert!(rt.flush(Duration::from_secs(10)).await);
     }

@@ -19,40 +19,57 @@ struct Case {
     setup: &'static str,
     calls: usize,
     spacing: Duration,
+    /// Flags for the binary measured (not the baseline).
+    args: &'static [&'static str],
 }
 
-const CASES: [Case; 5] = [
+const TEN_MB: &str =
+    "var data = Array.from({length: 200000}, (_, i) => ({i, s: 'item-' + i})); var n = 0";
+
+const CASES: [Case; 6] = [
     Case {
         name: "small heap, back to back",
         setup: "var n = 0",
-        calls: 30,
+        // Enough calls for the default checkpoints (every 100 calls) to count.
+        calls: 200,
         spacing: Duration::ZERO,
+        args: &[],
     },
     Case {
         name: "small heap, 100 ms apart",
         setup: "var n = 0",
         calls: 20,
         spacing: Duration::from_millis(100),
+        args: &[],
     },
     Case {
         name: "~1 MB of data, 500 ms apart",
         setup: "var data = Array.from({length: 20000}, (_, i) => ({i, s: 'item-' + i})); var n = 0",
         calls: 12,
         spacing: Duration::from_millis(500),
+        args: &[],
     },
     Case {
         name: "~10 MB of data, back to back",
-        setup:
-            "var data = Array.from({length: 200000}, (_, i) => ({i, s: 'item-' + i})); var n = 0",
-        calls: 6,
+        setup: TEN_MB,
+        calls: 10,
         spacing: Duration::ZERO,
+        args: &[],
+    },
+    Case {
+        // Checkpoints 20 times as often as by default: what they cost, amortised (mean).
+        name: "~10 MB, b2b, checkpoint every 5",
+        setup: TEN_MB,
+        calls: 10,
+        spacing: Duration::ZERO,
+        args: &["--checkpoint-calls", "5"],
     },
     Case {
         name: "~10 MB of data, 1 s apart",
-        setup:
-            "var data = Array.from({length: 200000}, (_, i) => ({i, s: 'item-' + i})); var n = 0",
+        setup: TEN_MB,
         calls: 6,
         spacing: Duration::from_secs(1),
+        args: &[],
     },
 ];
 
@@ -60,6 +77,7 @@ const CASES: [Case; 5] = [
 #[derive(Clone, Copy)]
 struct Measured {
     median_ms: f64,
+    mean_ms: f64,
     cpu_ms_per_call: f64,
 }
 
@@ -78,15 +96,20 @@ fn cpu_of(pid: u32, children: &[u32]) -> f64 {
         .sum()
 }
 
-async fn run(binary: &PathBuf, extra: &[String], case: &Case) -> Measured {
-    let dir = tempfile::tempdir().expect("a directory for the heaps");
+/// The binary on the directory store in `dir`, with `extra` flags.
+async fn start(binary: &PathBuf, extra: &[String], dir: &std::path::Path) -> Server {
     let mut command = tokio::process::Command::new(binary);
     command
         .arg("--directory-path")
-        .arg(dir.path().join("heaps"))
+        .arg(dir.join("heaps"))
         .args(extra)
         .env("RUST_LOG", "warn");
-    let server = Server::start_command(command).await;
+    Server::start_command(command).await
+}
+
+async fn run(binary: &PathBuf, extra: &[String], case: &Case) -> Measured {
+    let dir = tempfile::tempdir().expect("a directory for the heaps");
+    let server = start(binary, extra, dir.path()).await;
     server.output(case.setup, "h").await;
     // Let the setup's snapshot land and the worker warm the heap up.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -103,11 +126,41 @@ async fn run(binary: &PathBuf, extra: &[String], case: &Case) -> Measured {
     tokio::time::sleep(case.spacing.max(Duration::from_millis(500))).await;
     let cpu = cpu_of(server.pid(), &server.workers()) - cpu_before;
     server.stop().await;
+    let mean_ms = latencies.iter().sum::<f64>() / latencies.len() as f64;
     latencies.sort_by(f64::total_cmp);
     Measured {
         median_ms: latencies[latencies.len() / 2],
+        mean_ms,
         cpu_ms_per_call: cpu * 1000.0 / case.calls as f64,
     }
+}
+
+/// The first call after a restart on a heap of ~10 MB of data: with `records` calls in its
+/// journal after the snapshot (killed before a checkpoint), and with none (stopped
+/// cleanly, which checkpoints). Milliseconds, median of three.
+async fn cold_load(binary: &PathBuf, records: usize) -> (f64, f64) {
+    let mut replayed = Vec::new();
+    let mut restored = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().expect("a directory for the heaps");
+        let server = start(binary, &[], dir.path()).await;
+        server.output(TEN_MB, "h").await;
+        for _ in 0..records {
+            server.output("++n", "h").await;
+        }
+        server.kill().await;
+        let server = start(binary, &[], dir.path()).await;
+        let started = Instant::now();
+        server.output("n", "h").await;
+        replayed.push(started.elapsed().as_secs_f64() * 1000.0);
+        server.stop().await;
+        let server = start(binary, &[], dir.path()).await;
+        let started = Instant::now();
+        server.output("n", "h").await;
+        restored.push(started.elapsed().as_secs_f64() * 1000.0);
+        server.stop().await;
+    }
+    (median(&mut replayed), median(&mut restored))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -128,36 +181,54 @@ async fn main() {
         .iter()
         .filter(|c| filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())))
     {
+        let args: Vec<String> = case.args.iter().map(|a| a.to_string()).collect();
         let Some(baseline) = &baseline else {
-            let m = run(&binary, &[], case).await;
+            let m = run(&binary, &args, case).await;
             println!(
-                "{:32} {:9.2} ms per call, {:7.1} ms CPU per call",
-                case.name, m.median_ms, m.cpu_ms_per_call
+                "{:32} {:9.2} ms per call (mean {:9.2}), {:7.1} ms CPU per call",
+                case.name, m.median_ms, m.mean_ms, m.cpu_ms_per_call
             );
             continue;
         };
         let (mut new, mut old) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            new.push(run(&binary, &[], case).await);
+            new.push(run(&binary, &args, case).await);
             old.push(run(baseline, &baseline_args, case).await);
         }
         let pick = |runs: &[Measured], f: fn(&Measured) -> f64| {
             median(&mut runs.iter().map(f).collect::<Vec<_>>())
         };
         let (nl, ol) = (pick(&new, |m| m.median_ms), pick(&old, |m| m.median_ms));
+        let (nm, om) = (pick(&new, |m| m.mean_ms), pick(&old, |m| m.mean_ms));
         let (nc, oc) = (
             pick(&new, |m| m.cpu_ms_per_call),
             pick(&old, |m| m.cpu_ms_per_call),
         );
         println!(
-            "{:32} latency {:8.2} / {:8.2} ms = {:5.2}x   CPU per call {:7.1} / {:7.1} ms = {:5.2}x",
+            "{:32} latency {:8.2} / {:8.2} ms = {:5.2}x   mean {:8.2} / {:8.2} ms = {:5.2}x   \
+             CPU per call {:7.1} / {:7.1} ms = {:5.2}x",
             case.name,
             nl,
             ol,
             nl / ol,
+            nm,
+            om,
+            nm / om,
             nc,
             oc,
             nc / oc
+        );
+    }
+    if filter
+        .as_ref()
+        .is_none_or(|f| "cold load".contains(f.as_str()))
+    {
+        let (replayed, restored) = cold_load(&binary, 99).await;
+        println!(
+            "{:32} {replayed:8.2} ms with 99 calls to replay, {restored:8.2} ms restored alone \
+             = {:5.2}x",
+            "cold load, ~10 MB of data",
+            replayed / restored
         );
     }
 }

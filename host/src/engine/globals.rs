@@ -550,6 +550,8 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(is_error),
             // Heap format 8.
             reference(random),
+            // Heap format 10.
+            reference(weak_ref_deref),
         ])
     })
 }
@@ -586,7 +588,63 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     define(scope, global, "require", require)?;
     install_mcp(scope)?;
     install_clock(scope)?;
-    install_random(scope)
+    install_random(scope)?;
+    install_weak_ref_deref(scope)
+}
+
+/// What a replay of a call that read a `WeakRef` cannot know.
+const GARBAGE_COLLECTED: &str = "it read a WeakRef, whose target the garbage collector decides";
+
+/// Puts `WeakRef.prototype.deref` behind a native function that marks the run as one a
+/// replay cannot reproduce (when a target is collected is up to V8's garbage collector), once
+/// per heap as [`install_random`] does.
+pub(super) fn install_weak_ref_deref(scope: &mut v8::HandleScope) -> Option<()> {
+    let global = scope.get_current_context().global(scope);
+    let name = v8::String::new(scope, "mcp-v8 WeakRef")?;
+    let mark = v8::Private::for_api(scope, Some(name));
+    if global.get_private(scope, mark)?.is_true() {
+        return Some(());
+    }
+    let weak_ref = property(scope, global, "WeakRef")?;
+    if let Ok(weak_ref) = v8::Local::<v8::Object>::try_from(weak_ref) {
+        let prototype = property(scope, weak_ref, "prototype")?;
+        if let Ok(prototype) = v8::Local::<v8::Object>::try_from(prototype) {
+            let real = property(scope, prototype, "deref")?;
+            if real.is_function() {
+                let key = real_deref_key(scope)?;
+                global.set_private(scope, key, real)?;
+                let function = named_function(scope, "deref", 0, weak_ref_deref)?;
+                hide(scope, prototype, "deref", function.into())?;
+            }
+        }
+    }
+    let done = v8::Boolean::new(scope, true);
+    global.set_private(scope, mark, done.into())?;
+    Some(())
+}
+
+fn real_deref_key<'s>(scope: &mut v8::HandleScope<'s>) -> Option<v8::Local<'s, v8::Private>> {
+    let name = v8::String::new(scope, "mcp-v8 WeakRef.prototype.deref")?;
+    Some(v8::Private::for_api(scope, Some(name)))
+}
+
+/// `WeakRef.prototype.deref`: the built-in's answer, and a run a replay cannot reproduce.
+fn weak_ref_deref(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    mut rv: v8::ReturnValue,
+) {
+    if let Some(state) = scope.get_slot_mut::<RunState>() {
+        state.deck.cannot_replay(GARBAGE_COLLECTED);
+    }
+    let global = scope.get_current_context().global(scope);
+    let real = real_deref_key(scope)
+        .and_then(|key| global.get_private(scope, key))
+        .and_then(|real| v8::Local::<v8::Function>::try_from(real).ok());
+    // An exception (a receiver that is no WeakRef) propagates as the built-in's would.
+    if let Some(value) = real.and_then(|real| real.call(scope, args.this().into(), &[])) {
+        rv.set(value);
+    }
 }
 
 /// Puts `Math.random` on the run's seed ([`super::tape`]), once per heap: a fresh context

@@ -1414,4 +1414,22 @@ mod tests {
             completion.tape.replay
         );
     }
+
+    #[test]
+    fn a_call_that_reads_a_weak_ref_cannot_be_replayed() {
+        let (_, heap) = step("var target = {}; var ref = new WeakRef(target)", None).unwrap();
+        let (completion, _, _) = on_heap("ref.deref() === target", &heap, None);
+        assert_eq!(completion.output, "true");
+        assert!(
+            matches!(&completion.tape.replay, Replay::Impossible(why) if why.contains("WeakRef")),
+            "{:?}",
+            completion.tape.replay
+        );
+        let (completion, _, _) = on_heap("typeof ref", &heap, None);
+        assert_eq!(completion.tape.replay, Replay::Exact);
+        let shape = "[WeakRef.prototype.deref.name, WeakRef.prototype.deref.length, \
+            (() => { try { WeakRef.prototype.deref.call({}); return 'no error'; } \
+            catch (e) { return e.name; } })()]";
+        assert_eq!(stateless(shape).unwrap(), r#"["deref",0,"TypeError"]"#);
+    }
 }

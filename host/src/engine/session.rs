@@ -220,6 +220,7 @@ impl Session {
                 let _ = globals::enable_error_stacks(scope);
                 let _ = globals::complete_built_ins(scope);
                 let _ = globals::install_random(scope);
+                let _ = globals::install_weak_ref_deref(scope);
             }
             ready.map(|()| v8::Global::new(scope, context))
         };

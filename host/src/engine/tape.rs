@@ -9,8 +9,9 @@
 //! computed. Time zone and locale are fixed for every host (see [`super::init`]).
 //!
 //! A run that reads its clock more than [`MAX_CLOCK_READINGS`] times (a busy-wait, say) keeps
-//! only that many: its tape says [`Replay::Impossible`], and the runtime stores such a call's
-//! state instead of its record.
+//! only that many, and one that reads a `WeakRef` (`deref`: whether its target is still there
+//! is the garbage collector's choice) depends on what no tape holds: its tape says
+//! [`Replay::Impossible`], and the runtime stores such a call's state instead of its record.
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,16 @@ impl Deck {
     fn tape(&self) -> &Tape {
         match self {
             Deck::Recording { tape, .. } | Deck::Playing { tape, .. } => tape,
+        }
+    }
+
+    /// Marks the run as one a replay cannot reproduce, for `why` (the first reason stays).
+    pub(super) fn cannot_replay(&mut self, why: &str) {
+        let tape = match self {
+            Deck::Recording { tape, .. } | Deck::Playing { tape, .. } => tape,
+        };
+        if tape.replay == Replay::Exact {
+            tape.replay = Replay::Impossible(why.to_string());
         }
     }
 
