@@ -42,6 +42,9 @@ pub struct Record {
     pub prev: u64,
     /// When it was committed, in ms since the Unix epoch.
     pub at_ms: u64,
+    /// The start of what the call returned, for the heap's history.
+    #[serde(default)]
+    pub output: String,
     /// What the call did.
     pub effect: Effect,
 }
@@ -163,6 +166,7 @@ mod tests {
             seq: 4,
             prev: 77,
             at_ms: 1_700_000_000_000,
+            output: "5".into(),
             effect: Effect::Call {
                 code: "n++".into(),
                 heap_bytes: 128 << 20,

@@ -128,6 +128,14 @@ pub enum CallError {
     /// A fork or copy names a source heap that does not exist.
     #[error("heap '{heap}' does not exist")]
     Missing { heap: String },
+    /// A copy names a record the heap's journal does not hold after its snapshot.
+    #[error("heap '{heap}' cannot be copied at record {record}: its journal holds records {first} to {last} after its snapshot (heap_history lists them)")]
+    NoSuchRecord {
+        heap: String,
+        record: u64,
+        first: u64,
+        last: u64,
+    },
     /// A fork or copy names the same heap twice.
     #[error("the new heap must have another name than '{heap}'")]
     SameHeap { heap: String },
@@ -161,9 +169,10 @@ impl CallError {
             CallError::Run(RunError::Diverged { .. }) => "diverged",
             CallError::Envelope { .. } => "corrupt_heap",
             CallError::Conflict { .. } => "conflict",
-            CallError::Exists { .. } | CallError::Missing { .. } | CallError::SameHeap { .. } => {
-                "invalid_fork"
-            }
+            CallError::Exists { .. }
+            | CallError::Missing { .. }
+            | CallError::SameHeap { .. }
+            | CallError::NoSuchRecord { .. } => "invalid_fork",
             CallError::Journal { .. } => "corrupt_heap",
             CallError::Replaced { .. } => "replaced",
             CallError::Storage { .. } | CallError::Listing(_) => "storage",
@@ -234,6 +243,34 @@ pub struct Listed {
     pub meta: HeapMeta,
     /// The snapshot's size before compression.
     pub raw_size: Option<u64>,
+}
+
+/// A heap's calls since its stored snapshot, as its journal holds them: what `heap_history`
+/// shows, and what `copy_heap` can fork from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The record the stored snapshot stands at: forks can start from it or any later one.
+    pub snapshot_record: u64,
+    /// The calls after it, oldest first.
+    pub calls: Vec<HistoryCall>,
+    /// Calls left out (the oldest), beyond the limit asked for.
+    pub left_out: usize,
+}
+
+/// One committed call in a heap's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCall {
+    /// Its record's number.
+    pub record: u64,
+    /// When it was committed, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The start of its code.
+    pub code: String,
+    /// The start of what it returned.
+    pub output: String,
+    /// Stored as the state it left rather than replayed (why a replay could not reproduce
+    /// it), if so.
+    pub stored_state: Option<String>,
 }
 
 /// Per-call limits; each may only tighten the server's.
@@ -871,8 +908,15 @@ impl Runtime {
     }
 
     /// Copies heap `from` to a new heap `to` (replacing it with `overwrite`), waiting for any
-    /// call running on either: a named checkpoint.
-    pub async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<Copied, CallError> {
+    /// call running on either: a named checkpoint. With `at`, the copy is `from` as it was
+    /// right after that record of its journal ([`Runtime::history`]).
+    pub async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        overwrite: bool,
+        at: Option<u64>,
+    ) -> Result<Copied, CallError> {
         validate_caller_name(from).map_err(CallError::InvalidName)?;
         validate_caller_name(to).map_err(CallError::InvalidName)?;
         if from == to {
@@ -881,7 +925,51 @@ impl Runtime {
         let (first, second) = if from < to { (from, to) } else { (to, from) };
         let _first = self.locks.lock(first).await;
         let _second = self.locks.lock(second).await;
-        self.heaps.copy(&self.executor, from, to, overwrite).await
+        self.heaps
+            .copy(&self.executor, from, to, overwrite, at)
+            .await
+    }
+
+    /// `heap`'s calls since its stored snapshot, the latest `limit` of them.
+    pub async fn history(&self, heap: &str, limit: usize) -> Result<History, CallError> {
+        validate_caller_name(heap).map_err(CallError::InvalidName)?;
+        let _guard = self.locks.lock(heap).await;
+        let stored = match self.heaps.storage.get(heap).await {
+            Ok(stored) => stored,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(CallError::Missing { heap: heap.into() })
+            }
+            Err(e) => return Err(CallError::storage(heap)(e)),
+        };
+        let header = envelope::header(&stored.bytes).map_err(|error| CallError::Envelope {
+            heap: heap.into(),
+            error,
+        })?;
+        let head = Head::at(stored.version, header.position);
+        let (_, records) = self.heaps.read_records(heap, head).await?;
+        let left_out = records.len().saturating_sub(limit);
+        let calls = records
+            .into_iter()
+            .skip(left_out)
+            .map(|record| {
+                let (code, stored_state) = match record.effect {
+                    Effect::Call { code, .. } => (excerpt(&code), None),
+                    Effect::State { why, .. } => (String::new(), Some(why)),
+                };
+                HistoryCall {
+                    record: record.seq,
+                    at_ms: record.at_ms,
+                    code,
+                    output: record.output,
+                    stored_state,
+                }
+            })
+            .collect();
+        Ok(History {
+            snapshot_record: header.position.through,
+            calls,
+            left_out,
+        })
     }
 
     /// Deletes a heap, waiting for any call running on it: its snapshot, then its journal.
@@ -1020,6 +1108,13 @@ impl Heaps {
         heap: &str,
         head: Head,
     ) -> Result<(Head, Vec<Record>), CallError> {
+        let (head, records) = self.read_records(heap, head).await?;
+        self.learn(heap, records.iter().map(|r| r.seq));
+        Ok((head, records))
+    }
+
+    /// [`Heaps::records_after`], without noting the records as learned (for trimming).
+    async fn read_records(&self, heap: &str, head: Head) -> Result<(Head, Vec<Record>), CallError> {
         let stored = self
             .storage
             .read_journal(heap, head.seq)
@@ -1057,7 +1152,6 @@ impl Heaps {
             head.chain = Record::chain(record.prev, &stored.bytes);
             records.push(record);
         }
-        self.learn(heap, records.iter().map(|r| r.seq));
         Ok((head, records))
     }
 
@@ -1220,9 +1314,25 @@ impl Heaps {
         from: &str,
         to: &str,
         overwrite: bool,
+        at: Option<u64>,
     ) -> Result<Copied, CallError> {
         let precondition = replacing(overwrite);
-        let opened = self.read_existing(from).await?;
+        let mut opened = self.read_existing(from).await?;
+        if let Some(at) = at {
+            let first = opened
+                .replay
+                .first()
+                .map_or(opened.head.seq, |r| r.seq.saturating_sub(1));
+            if at < first || at > opened.head.seq {
+                return Err(CallError::NoSuchRecord {
+                    heap: from.into(),
+                    record: at,
+                    first,
+                    last: opened.head.seq,
+                });
+            }
+            opened.replay.retain(|record| record.seq <= at);
+        }
         let shared = match opened.replay.is_empty() {
             true => self.storage.copy(from, to, precondition.clone()),
             false => None,
@@ -1362,6 +1472,7 @@ impl Heaps {
             seq,
             prev: head.chain,
             at_ms,
+            output: excerpt(&call.completion.output),
             effect,
         };
         let bytes = bytes::Bytes::from(record.encode());
@@ -1774,6 +1885,17 @@ fn replacing(overwrite: bool) -> Precondition {
         Precondition::Any
     } else {
         Precondition::MustNotExist
+    }
+}
+
+/// Most characters of code or output a record or a history entry keeps as an excerpt.
+const EXCERPT_CHARS: usize = 200;
+
+/// The first [`EXCERPT_CHARS`] characters of `text`, marked when cut.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
     }
 }
 

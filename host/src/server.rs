@@ -73,6 +73,50 @@ pub struct CopyArgs {
     /// Replace `to` if it exists (otherwise that is an error).
     #[serde(default)]
     pub overwrite: Option<bool>,
+    /// Copy `from` as it was right after this record of its history (`heap_history`), not as
+    /// it is now.
+    #[serde(default, deserialize_with = "schema::lenient")]
+    pub at_record: Option<u64>,
+}
+
+/// Arguments of `heap_history`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct HistoryArgs {
+    /// The heap's name.
+    pub heap: String,
+    /// Most calls to show, the latest (default 20, at most 1000).
+    #[serde(default, deserialize_with = "schema::lenient")]
+    pub limit: Option<u64>,
+}
+
+/// What `heap_history` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HistoryOutput {
+    /// The heap.
+    pub heap: String,
+    /// The record its stored snapshot stands at; `copy_heap` with `at_record` can start from
+    /// it or any later record listed here.
+    pub snapshot_record: u64,
+    /// Its calls since that snapshot, oldest first.
+    pub calls: Vec<HistoryEntry>,
+    /// Earlier calls since the snapshot not shown (beyond `limit`).
+    pub left_out: usize,
+}
+
+/// One committed call in `heap_history`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HistoryEntry {
+    /// Its record's number.
+    pub record: u64,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The start of its code.
+    pub code: String,
+    /// The start of what it returned.
+    pub output: String,
+    /// Why its state was stored instead of its code, when a replay could not reproduce it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_state: Option<String>,
 }
 
 /// What `copy_heap` returns.
@@ -616,7 +660,8 @@ evictions, expirations, conflicts, errors and get/put latency percentiles.",
     #[tool(
         description = "Copy a heap to a new heap: a named checkpoint to return to or branch \
 from. The copy is independent: later calls on either do not change the other. Fails if `to` \
-exists, unless `overwrite` is true.",
+exists, unless `overwrite` is true. With `at_record`, copies the heap as it was right after that \
+call of its history (see heap_history).",
         title = "Copy a heap",
         input_schema = schema::input::<CopyArgs>(),
         output_schema = schema::output::<CopyOutput>(),
@@ -633,12 +678,52 @@ exists, unless `overwrite` is true.",
     ) -> Result<CallToolResult, ErrorData> {
         let _call = self.calls.enter();
         let overwrite = args.overwrite.unwrap_or(false);
-        match self.runtime.copy(&args.from, &args.to, overwrite).await {
+        let copied = self
+            .runtime
+            .copy(&args.from, &args.to, overwrite, args.at_record)
+            .await;
+        match copied {
             Ok(copied) => structured(&CopyOutput {
                 from: copied.from,
                 to: copied.to,
                 size: copied.size,
                 raw_size: copied.raw_size,
+            }),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    /// `heap_history`.
+    #[tool(
+        description = "Show a heap's latest calls since its last snapshot, oldest first: record \
+number, time, the start of the code and of its result. copy_heap with `at_record` branches from \
+any of them (or from `snapshot_record`).",
+        title = "Heap history",
+        input_schema = schema::input::<HistoryArgs>(),
+        output_schema = schema::output::<HistoryOutput>(),
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn heap_history(
+        &self,
+        Parameters(args): Parameters<HistoryArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let limit = args.limit.unwrap_or(20).clamp(1, 1000) as usize;
+        match self.runtime.history(&args.heap, limit).await {
+            Ok(history) => structured(&HistoryOutput {
+                heap: args.heap,
+                snapshot_record: history.snapshot_record,
+                calls: history
+                    .calls
+                    .into_iter()
+                    .map(|call| HistoryEntry {
+                        record: call.record,
+                        at_ms: call.at_ms,
+                        code: call.code,
+                        output: call.output,
+                        stored_state: call.stored_state,
+                    })
+                    .collect(),
+                left_out: history.left_out,
             }),
             Err(e) => tool_error(e),
         }

@@ -170,6 +170,7 @@ async fn a_worker_replays_committed_calls_before_the_code() {
             seq,
             prev: 0,
             at_ms: 0,
+            output: String::new(),
             effect: Effect::Call {
                 code: code.into(),
                 heap_bytes: Limits::default().heap_bytes,

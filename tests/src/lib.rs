@@ -51,9 +51,10 @@ pub mod proxy;
 pub mod s3;
 
 /// The tools of a server with heaps, sorted.
-pub const HEAP_TOOLS: [&str; 5] = [
+pub const HEAP_TOOLS: [&str; 6] = [
     "copy_heap",
     "delete_heap",
+    "heap_history",
     "list_heaps",
     "run_js",
     "storage_stats",

@@ -137,3 +137,57 @@ async fn copy_heap_makes_an_independent_checkpoint() {
     })
     .await;
 }
+
+/// `heap_history` lists a heap's calls since its snapshot; `copy_heap` with `at_record`
+/// branches from any of them, or from the snapshot itself, and refuses a record it does not
+/// hold with a clear error.
+#[tokio::test]
+async fn history_lists_the_calls_and_a_copy_branches_from_any_of_them() {
+    let server = Server::start(&["--memory"]).await;
+    server.output("var log = []", "work").await;
+    for step in ["a", "b", "c"] {
+        let code = format!("log.push('{step}'); log.join('')");
+        server.output(&code, "work").await;
+    }
+    let history = server
+        .reply("heap_history", json!({ "heap": "work" }))
+        .await
+        .ok();
+    let calls = history["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 3, "{history}");
+    assert_eq!(calls[1]["code"], "log.push('b'); log.join('')");
+    assert_eq!(calls[1]["output"], "ab");
+    assert!(calls[2]["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    let record = |i: usize| calls[i]["record"].as_u64().unwrap();
+    assert_eq!((record(0) + 1, record(1) + 1), (record(1), record(2)));
+    let snapshot = history["snapshot_record"].as_u64().unwrap();
+    assert_eq!(snapshot + 1, record(0));
+    let latest = server
+        .reply("heap_history", json!({ "heap": "work", "limit": 1 }))
+        .await
+        .ok();
+    assert_eq!(latest["calls"][0]["output"], "abc", "{latest}");
+    assert_eq!(latest["left_out"], 2, "{latest}");
+
+    let copy = |to: &str, at: u64| json!({ "from": "work", "to": to, "at_record": at });
+    server
+        .reply("copy_heap", copy("after-b", record(1)))
+        .await
+        .ok();
+    server
+        .reply("copy_heap", copy("before", snapshot))
+        .await
+        .ok();
+    assert_eq!(server.output("log.join('')", "after-b").await, "ab");
+    assert_eq!(server.output("log.join('')", "before").await, "");
+    assert_eq!(server.output("log.join('')", "work").await, "abc");
+    let error = server
+        .reply("copy_heap", copy("nowhere", snapshot - 1))
+        .await
+        .err();
+    assert!(
+        error.contains("cannot be copied at record") && error.contains("heap_history lists them"),
+        "{error}"
+    );
+    server.stop().await;
+}

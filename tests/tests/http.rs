@@ -12,26 +12,8 @@ async fn both_transports_serve_the_same_tools_and_share_heaps() {
     let server = HttpServer::start(&["--memory"]).await;
     let streamable = server.streamable(None).await;
     let sse = server.sse(None).await;
-    assert_eq!(
-        streamable.tool_names().await,
-        [
-            "copy_heap",
-            "delete_heap",
-            "list_heaps",
-            "run_js",
-            "storage_stats"
-        ]
-    );
-    assert_eq!(
-        sse.tool_names().await,
-        [
-            "copy_heap",
-            "delete_heap",
-            "list_heaps",
-            "run_js",
-            "storage_stats"
-        ]
-    );
+    assert_eq!(streamable.tool_names().await, mcp_v8_e2e::HEAP_TOOLS);
+    assert_eq!(sse.tool_names().await, mcp_v8_e2e::HEAP_TOOLS);
 
     streamable
         .output("var visits = ['streamable']", "shared")

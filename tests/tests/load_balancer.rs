@@ -52,16 +52,7 @@ async fn current_clients_need_no_affinity_behind_a_round_robin_balancer() {
         .await
         .expect("discover through the balancer");
     let client = Client::new(service);
-    assert_eq!(
-        client.tool_names().await,
-        [
-            "copy_heap",
-            "delete_heap",
-            "list_heaps",
-            "run_js",
-            "storage_stats"
-        ]
-    );
+    assert_eq!(client.tool_names().await, mcp_v8_e2e::HEAP_TOOLS);
     client.output("var visits = []", "balanced").await;
     // Every call may land on either host; each continues the heap where the last one ended.
     let mut expected = Vec::new();

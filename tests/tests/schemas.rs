@@ -118,7 +118,7 @@ async fn every_tool_has_plain_schemas_titles_annotations_and_valid_results() {
     .await;
     let tools = tools(&server).await;
     let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names, mcp_v8_e2e::HEAP_TOOLS, "{names:?}");
     for tool in &tools {
         check_tool(tool);
     }
@@ -127,6 +127,7 @@ async fn every_tool_has_plain_schemas_titles_annotations_and_valid_results() {
     };
     assert_eq!(annotation("list_heaps", "readOnlyHint"), true);
     assert_eq!(annotation("storage_stats", "readOnlyHint"), true);
+    assert_eq!(annotation("heap_history", "readOnlyHint"), true);
     assert_eq!(annotation("delete_heap", "destructiveHint"), true);
     assert_eq!(annotation("run_js", "readOnlyHint"), false);
 
@@ -162,6 +163,9 @@ async fn every_tool_has_plain_schemas_titles_annotations_and_valid_results() {
         json!({ "from": "h", "to": "h2" }),
     )
     .await;
+    server.output("x += 1", "h").await;
+    let history = valid_result(&server, &tools, "heap_history", json!({ "heap": "h" })).await;
+    assert_eq!(history["calls"][0]["output"], "2", "{history}");
     valid_result(&server, &tools, "list_heaps", json!({})).await;
     valid_result(&server, &tools, "storage_stats", json!({})).await;
     valid_result(&server, &tools, "delete_heap", json!({ "heap": "h2" })).await;
