@@ -4,9 +4,12 @@
 //! as an agent spaces its calls.
 //!
 //! `cargo build --release --workspace && cargo bench -p mcp-v8-e2e --bench calls` measures
-//! the release binary (or `MCP_V8_BIN`); a filter argument picks cases by name. With `MCP_V8_BASELINE=/path/to/another/mcp-v8` each case runs on both, in
-//! turn, three times, and the ratios new/baseline are printed; `MCP_V8_BASELINE_ARGS` adds
-//! flags to the baseline's command line (e.g. `--save sync`).
+//! the release binary (or `MCP_V8_BIN`); a filter argument picks cases by name;
+//! `MCP_V8_BENCH_STORE=memory` runs them on the memory store. With
+//! `MCP_V8_BASELINE=/path/to/another/mcp-v8` each case runs on both, in turn, three times, and
+//! the ratios new/baseline are printed; `MCP_V8_BASELINE_ARGS` adds flags to the baseline's
+//! command line (e.g. `--save sync`). Last, the first call after a restart on a heap with a
+//! full journal is timed against one with none.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -96,14 +99,20 @@ fn cpu_of(pid: u32, children: &[u32]) -> f64 {
         .sum()
 }
 
-/// The binary on the directory store in `dir`, with `extra` flags.
+/// Whether the cases run on the memory store (`MCP_V8_BENCH_STORE=memory`) rather than the
+/// directory store.
+fn on_memory() -> bool {
+    std::env::var("MCP_V8_BENCH_STORE").is_ok_and(|store| store == "memory")
+}
+
+/// The binary on the directory store in `dir` (or the memory store), with `extra` flags.
 async fn start(binary: &PathBuf, extra: &[String], dir: &std::path::Path) -> Server {
     let mut command = tokio::process::Command::new(binary);
-    command
-        .arg("--directory-path")
-        .arg(dir.join("heaps"))
-        .args(extra)
-        .env("RUST_LOG", "warn");
+    match on_memory() {
+        true => command.arg("--memory"),
+        false => command.arg("--directory-path").arg(dir.join("heaps")),
+    };
+    command.args(extra).env("RUST_LOG", "warn");
     Server::start_command(command).await
 }
 
@@ -219,10 +228,10 @@ async fn main() {
             nc / oc
         );
     }
-    if filter
+    let wants_cold_load = filter
         .as_ref()
-        .is_none_or(|f| "cold load".contains(f.as_str()))
-    {
+        .is_none_or(|f| "cold load".contains(f.as_str()));
+    if wants_cold_load && !on_memory() {
         let (replayed, restored) = cold_load(&binary, 99).await;
         println!(
             "{:32} {replayed:8.2} ms with 99 calls to replay, {restored:8.2} ms restored alone \
