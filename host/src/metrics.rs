@@ -7,25 +7,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use mcp_v8_plugin_api::ErrorKind;
+use mcp_v8_plugin_api::{ErrorKind, Usage};
 use serde::Serialize;
-
-/// What a store holds, for stores that know it without a listing (the memory store).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    /// Heaps held.
-    pub heaps: u64,
-    /// Stored bytes held.
-    pub bytes: u64,
-    /// The same heaps' snapshots before compression.
-    pub raw_bytes: u64,
-    /// The store's limit, if it has one.
-    pub max_bytes: Option<u64>,
-    /// Heaps dropped for the size limit so far.
-    pub evictions: u64,
-    /// Heaps dropped for being unused so far.
-    pub expirations: u64,
-}
 
 /// Upper bounds of the latency buckets, in seconds: 1 µs to 60 s in 1-2.5-5 steps.
 pub const BUCKETS: [f64; 24] = [

@@ -1070,7 +1070,10 @@ impl Heaps {
                 replay: Vec::new(),
                 commit: Commit::Create(Precondition::MustNotExist),
                 read_only: ReadOnly::Shared,
-                notice: self.storage.gone(heap).map(|gone| gone.explain(heap)),
+                notice: self
+                    .storage
+                    .gone(heap)
+                    .map(|gone| crate::storage::explain_gone(&gone, heap)),
             }),
             Err(error) => Err(CallError::storage(heap)(error)),
         }
@@ -1334,19 +1337,29 @@ impl Heaps {
             opened.replay.retain(|record| record.seq <= at);
         }
         let shared = match opened.replay.is_empty() {
-            true => self.storage.copy(from, to, precondition.clone()),
-            false => None,
+            true => self.storage.copy(from, to, precondition.clone()).await,
+            false => Ok(None),
         };
         let copied = match shared {
-            Some(Ok((version, size))) => {
-                let raw_size = self.storage.raw_size(to, &version).unwrap_or(size);
+            Ok(Some(version)) => {
+                let size = self
+                    .storage
+                    .list(to)
+                    .await
+                    .ok()
+                    .and_then(|heaps| heaps.into_iter().find(|m| m.name == to))
+                    .map_or(0, |meta| meta.size);
+                let raw_size = self
+                    .storage
+                    .raw_size(to, &version)
+                    .unwrap_or(opened.snapshot.len() as u64);
                 Ok((version, size, raw_size))
             }
-            Some(Err(e)) if e.kind() == ErrorKind::NotFound => {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(CallError::Missing { heap: from.into() })
             }
-            Some(Err(e)) => Err(e),
-            None => {
+            Err(e) => Err(e),
+            Ok(None) => {
                 // Not worth decompressing and compressing again for a copy that cannot land.
                 self.check_free(to, overwrite).await?;
                 let snapshot = if opened.replay.is_empty() {
@@ -1753,10 +1766,10 @@ impl Heaps {
         }
     }
 
-    /// Remembers a raw size the store cannot tell (only plugin stores: the memory store knows
-    /// every one, and heaps it drops would linger here).
+    /// Remembers a raw size the store cannot tell (a store that knows them, such as the
+    /// memory store, keeps them: heaps it drops would linger here).
     fn learn_raw_size(&self, heap: &str, version: &Version, raw_len: u64) {
-        if self.storage.knows_raw_sizes() {
+        if self.storage.raw_size(heap, version).is_some() {
             return;
         }
         self.raw_sizes

@@ -45,7 +45,8 @@ use std::sync::Barrier;
 use bytes::Bytes;
 
 use crate::{
-    journal, validate_heap_name, ErrorKind, HeapStore, Precondition, Record, MAX_HEAP_NAME_LEN,
+    journal, validate_heap_name, ErrorKind, HeapStore, Precondition, Record, Version,
+    MAX_HEAP_NAME_LEN,
 };
 
 /// Size of the large blob the suite stores.
@@ -84,7 +85,75 @@ pub fn run_sequential<S: HeapStore + ?Sized>(store: &S, prefix: &str) {
     empty_and_large_blobs(store, prefix);
     journals(store, prefix);
     journals_are_per_heap(store, prefix);
+    capabilities(store, prefix);
     clean(store, prefix);
+}
+
+/// What a store says it can do beyond the required methods holds: a copy made inside the store
+/// holds the source's bytes, honours its precondition, says whose bytes it holds, and goes
+/// its own way after; a raw size is only given for the version asked about; a store that
+/// keeps count of its heaps counts the one written here; `gone` says nothing of a heap
+/// deleted on purpose. A store that declines a capability passes its check.
+pub fn capabilities<S: HeapStore + ?Sized>(store: &S, prefix: &str) {
+    let (from, to) = (name(prefix, "cap-from"), name(prefix, "cap-to"));
+    store
+        .put(&from, blob("original"), Precondition::MustNotExist)
+        .expect("capabilities: put");
+    if let Some(usage) = store.usage() {
+        assert!(usage.heaps >= 1, "capabilities: usage counts no heap");
+    }
+    if let Some(raw) = store.raw_size(&from, &Version("not-a-version".into())) {
+        panic!("capabilities: a raw size ({raw}) for a version the heap is not at");
+    }
+    match store
+        .copy(&from, &to, Precondition::MustNotExist)
+        .expect("capabilities: copy")
+    {
+        None => assert_eq!(
+            kind(store.get(&to)),
+            ErrorKind::NotFound,
+            "capabilities: a store that does not copy made a heap"
+        ),
+        Some(copied) => {
+            let got = store.get(&to).expect("capabilities: get the copy");
+            assert_eq!(
+                got.bytes,
+                blob("original"),
+                "capabilities: the copy's bytes"
+            );
+            assert_eq!(got.version, copied, "capabilities: the copy's version");
+            assert_eq!(
+                store.copied_from(&to).as_deref(),
+                Some(from.as_str()),
+                "capabilities: a copy must say whose bytes it holds"
+            );
+            assert_eq!(
+                kind(store.copy(&from, &to, Precondition::MustNotExist)),
+                ErrorKind::Conflict,
+                "capabilities: a copy onto an existing heap without overwrite"
+            );
+            assert_eq!(
+                kind(store.copy(&name(prefix, "cap-none"), &to, Precondition::Any)),
+                ErrorKind::NotFound,
+                "capabilities: a copy of a missing heap"
+            );
+            store
+                .put(&to, blob("changed"), Precondition::MustMatch(copied))
+                .expect("capabilities: write the copy");
+            assert_eq!(
+                store.get(&from).expect("capabilities: get").bytes,
+                blob("original"),
+                "capabilities: writing a copy changed its source"
+            );
+            store.delete(&to).expect("capabilities: delete the copy");
+        }
+    }
+    store.delete(&from).expect("capabilities: delete");
+    assert_eq!(
+        store.gone(&from),
+        None,
+        "capabilities: a heap deleted on purpose is not gone on its own"
+    );
 }
 
 fn name(prefix: &str, suffix: &str) -> String {

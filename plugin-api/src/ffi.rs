@@ -36,13 +36,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, UNIX_EPOCH};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RBox, RErr, ROk, ROption, RResult, RStr, RString, RVec};
+use abi_stable::std_types::{
+    RArc, RBox, RErr, RNone, ROk, ROption, RResult, RSome, RStr, RString, RVec,
+};
 use abi_stable::{sabi_trait, StableAbi};
 use bytes::Bytes;
 
 use crate::{
-    BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition, Record, Sharing, Snapshot,
-    StoreError, Version,
+    BackendInfo, ErrorKind, Gone, GoneCause, HeapMeta, HeapStore, Pins, Precondition, Record,
+    Sharing, Snapshot, StoreError, Usage, Version,
 };
 
 /// [`StoreError`] across the boundary. `kind` is a code so that a newer plugin's unknown
@@ -240,6 +242,126 @@ fn sharing_from(code: u8) -> Sharing {
     }
 }
 
+/// [`Gone`] across the boundary: the cause as a code (1 evicted, anything else expired) and
+/// when, in milliseconds since the Unix epoch.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct FfiGone {
+    /// 1 evicted, anything else expired.
+    pub cause: u8,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl From<Gone> for FfiGone {
+    fn from(g: Gone) -> Self {
+        let at_ms =
+            g.at.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let cause = match g.cause {
+            GoneCause::Evicted => 1,
+            GoneCause::Expired => 2,
+        };
+        Self { cause, at_ms }
+    }
+}
+
+impl From<FfiGone> for Gone {
+    fn from(g: FfiGone) -> Self {
+        Gone {
+            cause: match g.cause {
+                1 => GoneCause::Evicted,
+                _ => GoneCause::Expired,
+            },
+            at: UNIX_EPOCH
+                .checked_add(Duration::from_millis(g.at_ms))
+                .unwrap_or(UNIX_EPOCH),
+        }
+    }
+}
+
+/// [`Usage`] across the boundary.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct FfiUsage {
+    /// [`Usage::heaps`].
+    pub heaps: u64,
+    /// [`Usage::bytes`].
+    pub bytes: u64,
+    /// [`Usage::raw_bytes`].
+    pub raw_bytes: u64,
+    /// [`Usage::max_bytes`].
+    pub max_bytes: ROption<u64>,
+    /// [`Usage::evictions`].
+    pub evictions: u64,
+    /// [`Usage::expirations`].
+    pub expirations: u64,
+}
+
+impl From<Usage> for FfiUsage {
+    fn from(u: Usage) -> Self {
+        Self {
+            heaps: u.heaps,
+            bytes: u.bytes,
+            raw_bytes: u.raw_bytes,
+            max_bytes: u.max_bytes.into(),
+            evictions: u.evictions,
+            expirations: u.expirations,
+        }
+    }
+}
+
+impl From<FfiUsage> for Usage {
+    fn from(u: FfiUsage) -> Self {
+        Self {
+            heaps: u.heaps,
+            bytes: u.bytes,
+            raw_bytes: u.raw_bytes,
+            max_bytes: u.max_bytes.into_option(),
+            evictions: u.evictions,
+            expirations: u.expirations,
+        }
+    }
+}
+
+/// The stable-ABI trait behind [`FfiPins`]: the host's [`Pins`], called by a plugin.
+#[sabi_trait]
+pub trait StablePins: Send + Sync {
+    /// [`Pins::pinned`].
+    #[sabi(last_prefix_field)]
+    fn pinned(&self, name: RStr<'_>) -> bool;
+}
+
+/// [`Pins`] as a stable-ABI trait object: what the host hands a plugin.
+#[repr(transparent)]
+#[derive(StableAbi)]
+pub struct FfiPins(pub StablePins_TO<'static, RArc<()>>);
+
+/// The host-side adapter from [`Pins`] to [`StablePins`].
+struct PinsProvider(Pins);
+
+impl StablePins for PinsProvider {
+    fn pinned(&self, name: RStr<'_>) -> bool {
+        // A panic must not unwind into the plugin: counted as pinned, the cautious answer.
+        catch_unwind(AssertUnwindSafe(|| self.0.pinned(name.as_str()))).unwrap_or(true)
+    }
+}
+
+impl From<Pins> for FfiPins {
+    fn from(pins: Pins) -> Self {
+        Self(StablePins_TO::from_ptr(
+            RArc::new(PinsProvider(pins)),
+            TD_Opaque,
+        ))
+    }
+}
+
+impl From<FfiPins> for Pins {
+    fn from(pins: FfiPins) -> Self {
+        Pins::new(move |name| pins.0.pinned(name.into()))
+    }
+}
+
 /// [`HeapMeta`] across the boundary.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
@@ -326,9 +448,26 @@ pub trait StableHeapStore: Send + Sync {
     /// [`HeapStore::trim_journal`].
     fn trim_journal(&self, name: RStr<'_>, through: u64) -> RResult<(), FfiStoreError>;
     /// [`HeapStore::sharing`], as a code (1 process, 2 machine, anything else network).
+    fn sharing(&self) -> u8;
+    /// [`HeapStore::copy`].
+    fn copy(
+        &self,
+        from: RStr<'_>,
+        to: RStr<'_>,
+        precondition: FfiPrecondition,
+    ) -> RResult<ROption<RString>, FfiStoreError>;
+    /// [`HeapStore::copied_from`].
+    fn copied_from(&self, name: RStr<'_>) -> ROption<RString>;
+    /// [`HeapStore::gone`].
+    fn gone(&self, name: RStr<'_>) -> ROption<FfiGone>;
+    /// [`HeapStore::raw_size`].
+    fn raw_size(&self, name: RStr<'_>, version: RStr<'_>) -> ROption<u64>;
+    /// [`HeapStore::usage`].
+    fn usage(&self) -> ROption<FfiUsage>;
+    /// [`HeapStore::set_pins`].
     /// Methods added in later minor versions go below this one.
     #[sabi(last_prefix_field)]
-    fn sharing(&self) -> u8;
+    fn set_pins(&self, pins: FfiPins);
 }
 
 /// A heap store as a stable-ABI trait object: what a plugin hands to the host.
@@ -440,6 +579,54 @@ impl<S: HeapStore> StableHeapStore for Provider<S> {
         catch_unwind(AssertUnwindSafe(|| self.0.sharing()))
             .map_or(sharing_code(Sharing::Network), sharing_code)
     }
+
+    fn copy(
+        &self,
+        from: RStr<'_>,
+        to: RStr<'_>,
+        precondition: FfiPrecondition,
+    ) -> RResult<ROption<RString>, FfiStoreError> {
+        guarded("copy", || {
+            self.0
+                .copy(from.as_str(), to.as_str(), precondition.into())
+                .map(|v| ROption::from(v.map(|v| RString::from(v.0))))
+        })
+    }
+
+    fn copied_from(&self, name: RStr<'_>) -> ROption<RString> {
+        match catch_unwind(AssertUnwindSafe(|| self.0.copied_from(name.as_str()))) {
+            Ok(Some(from)) => RSome(from.into()),
+            _ => RNone,
+        }
+    }
+
+    fn gone(&self, name: RStr<'_>) -> ROption<FfiGone> {
+        match catch_unwind(AssertUnwindSafe(|| self.0.gone(name.as_str()))) {
+            Ok(Some(gone)) => RSome(gone.into()),
+            _ => RNone,
+        }
+    }
+
+    fn raw_size(&self, name: RStr<'_>, version: RStr<'_>) -> ROption<u64> {
+        let version = Version(version.as_str().to_string());
+        catch_unwind(AssertUnwindSafe(|| {
+            self.0.raw_size(name.as_str(), &version)
+        }))
+        .ok()
+        .flatten()
+        .into()
+    }
+
+    fn usage(&self) -> ROption<FfiUsage> {
+        match catch_unwind(AssertUnwindSafe(|| self.0.usage())) {
+            Ok(Some(usage)) => RSome(usage.into()),
+            _ => RNone,
+        }
+    }
+
+    fn set_pins(&self, pins: FfiPins) {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.0.set_pins(pins.into())));
+    }
 }
 
 impl From<Snapshot> for FfiSnapshot {
@@ -548,6 +735,45 @@ impl HeapStore for ForeignHeapStore {
     fn sharing(&self) -> Sharing {
         sharing_from(self.0 .0.sharing())
     }
+
+    fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        precondition: Precondition,
+    ) -> Result<Option<Version>, StoreError> {
+        match self.0 .0.copy(from.into(), to.into(), precondition.into()) {
+            ROk(v) => Ok(v.into_option().map(|v| Version(v.into_string()))),
+            RErr(e) => Err(e.into()),
+        }
+    }
+
+    fn copied_from(&self, name: &str) -> Option<String> {
+        self.0
+             .0
+            .copied_from(name.into())
+            .into_option()
+            .map(RString::into_string)
+    }
+
+    fn gone(&self, name: &str) -> Option<Gone> {
+        self.0 .0.gone(name.into()).into_option().map(Gone::from)
+    }
+
+    fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
+        self.0
+             .0
+            .raw_size(name.into(), version.as_str().into())
+            .into_option()
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.0 .0.usage().into_option().map(Usage::from)
+    }
+
+    fn set_pins(&self, pins: Pins) {
+        self.0 .0.set_pins(pins.into());
+    }
 }
 
 #[cfg(test)]
@@ -609,6 +835,109 @@ mod tests {
                 })
                 .collect())
         }
+    }
+
+    /// [`Toy`] with every capability.
+    #[derive(Default)]
+    struct Capable {
+        toy: Toy,
+        copies: Mutex<HashMap<String, String>>,
+        pins: Mutex<Option<Pins>>,
+    }
+
+    impl HeapStore for Capable {
+        fn info(&self) -> BackendInfo {
+            self.toy.info()
+        }
+        fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
+            self.toy.get(name)
+        }
+        fn put(&self, name: &str, bytes: Bytes, p: Precondition) -> Result<Version, StoreError> {
+            self.toy.put(name, bytes, p)
+        }
+        fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.toy.delete(name)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<HeapMeta>, StoreError> {
+            self.toy.list(prefix)
+        }
+        fn copy(
+            &self,
+            from: &str,
+            to: &str,
+            p: Precondition,
+        ) -> Result<Option<Version>, StoreError> {
+            let bytes = self.toy.get(from)?.bytes;
+            let version = self.toy.put(to, bytes, p)?;
+            self.copies.lock().unwrap().insert(to.into(), from.into());
+            Ok(Some(version))
+        }
+        fn copied_from(&self, name: &str) -> Option<String> {
+            self.copies.lock().unwrap().get(name).cloned()
+        }
+        fn gone(&self, name: &str) -> Option<Gone> {
+            (name == "evicted").then(|| Gone {
+                cause: GoneCause::Evicted,
+                at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
+            })
+        }
+        fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
+            (name == "a" && version.as_str() == "1").then_some(42)
+        }
+        fn usage(&self) -> Option<Usage> {
+            // A pinned heap is counted as an eviction avoided, to show the pins work.
+            let pinned = self.pins.lock().unwrap().as_ref().map(|p| p.pinned("held"));
+            Some(Usage {
+                heaps: self.toy.0.lock().unwrap().len() as u64,
+                max_bytes: Some(7),
+                evictions: u64::from(pinned == Some(true)),
+                ..Usage::default()
+            })
+        }
+        fn set_pins(&self, pins: Pins) {
+            *self.pins.lock().unwrap() = Some(pins);
+        }
+    }
+
+    #[test]
+    fn capabilities_cross_the_boundary() {
+        let store = ForeignHeapStore::new(FfiHeapStore::new(Capable::default()));
+        let v1 = store
+            .put("a", Bytes::from_static(b"one"), Precondition::MustNotExist)
+            .unwrap();
+        let copied = store.copy("a", "b", Precondition::MustNotExist).unwrap();
+        assert_eq!(store.get("b").unwrap().version, copied.unwrap());
+        assert_eq!(store.copied_from("b").as_deref(), Some("a"));
+        assert_eq!(store.copied_from("a"), None);
+        let conflict = store
+            .copy("a", "b", Precondition::MustNotExist)
+            .unwrap_err();
+        assert_eq!(conflict.kind(), ErrorKind::Conflict);
+        assert_eq!(
+            store.gone("evicted"),
+            Some(Gone {
+                cause: GoneCause::Evicted,
+                at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000)
+            })
+        );
+        assert_eq!(store.gone("a"), None);
+        assert_eq!(store.raw_size("a", &v1), Some(42));
+        assert_eq!(store.raw_size("a", &Version("2".into())), None);
+        assert_eq!(store.usage().unwrap().evictions, 0, "no pins yet");
+        store.set_pins(Pins::new(|name| name == "held"));
+        let usage = store.usage().unwrap();
+        assert_eq!((usage.heaps, usage.max_bytes), (2, Some(7)));
+        assert_eq!(usage.evictions, 1, "the plugin asked the host's pins");
+        crate::conformance::run(&store, "capable-");
+
+        // A store with none says "cannot" for each.
+        let plain = through_boundary();
+        plain
+            .put("a", Bytes::from_static(b"one"), Precondition::Any)
+            .unwrap();
+        assert_eq!(plain.copy("a", "b", Precondition::Any).unwrap(), None);
+        assert_eq!(plain.get("b").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!((plain.gone("a"), plain.usage()), (None, None));
     }
 
     fn through_boundary() -> ForeignHeapStore {

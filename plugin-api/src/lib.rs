@@ -57,7 +57,10 @@ mod store;
 pub use error::{ErrorKind, StoreError};
 pub use journal::Record;
 pub use name::{validate_heap_name, MAX_HEAP_NAME_LEN};
-pub use store::{BackendInfo, HeapMeta, HeapStore, Precondition, Sharing, Snapshot, Version};
+pub use store::{
+    BackendInfo, Gone, GoneCause, HeapMeta, HeapStore, Pins, Precondition, Sharing, Snapshot,
+    Usage, Version,
+};
 
 /// The version of this contract. The host refuses a plugin built against a version with a
 /// different major version (or, while it is 0.x, a different minor version).

@@ -116,6 +116,64 @@ pub enum Sharing {
     Network,
 }
 
+/// Why a store no longer holds a heap it held, having dropped it on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneCause {
+    /// Dropped to stay within the store's size limit.
+    Evicted,
+    /// Unused for longer than the store keeps heaps.
+    Expired,
+}
+
+/// A heap a store dropped on its own, and when ([`HeapStore::gone`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone {
+    /// Why.
+    pub cause: GoneCause,
+    /// When.
+    pub at: std::time::SystemTime,
+}
+
+/// What a store holds, for its statistics ([`HeapStore::usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Heaps held.
+    pub heaps: u64,
+    /// Stored bytes held (journals included).
+    pub bytes: u64,
+    /// The same heaps' snapshots before the host compressed them.
+    pub raw_bytes: u64,
+    /// The store's limit, if it has one.
+    pub max_bytes: Option<u64>,
+    /// Heaps dropped for the size limit so far.
+    pub evictions: u64,
+    /// Heaps dropped for being unused so far.
+    pub expirations: u64,
+}
+
+/// The host's answer to "is this heap in use?" (a call runs on it or its state is being
+/// stored), for a store that drops heaps on its own ([`HeapStore::set_pins`]).
+#[derive(Clone)]
+pub struct Pins(std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl Pins {
+    /// Pins that answer with `pinned`.
+    pub fn new(pinned: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(pinned))
+    }
+
+    /// Whether heap `name` is in use.
+    pub fn pinned(&self, name: &str) -> bool {
+        (self.0)(name)
+    }
+}
+
+impl std::fmt::Debug for Pins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pins")
+    }
+}
+
 /// A store of heap snapshots and their journals: the one contract every store fulfils — the host's built-in
 /// memory store, the bundled file and S3 plugins, and any third-party plugin. Run
 /// [`crate::conformance::run`] against yours.
@@ -194,6 +252,59 @@ pub trait HeapStore: Send + Sync + 'static {
     /// only this process can reach says [`Sharing::Process`].
     fn sharing(&self) -> Sharing {
         Sharing::Network
+    }
+
+    // Capabilities: what some stores can do better than the host can with the methods
+    // above. Each default says "cannot", and the host does without. All but `copy` are
+    // called on the host's async threads: answer them from memory, at once.
+
+    /// Copies heap `from` to a new heap `to` inside the store (sharing or server-side
+    /// copying its bytes) if `precondition` holds for `to`, and returns `to`'s version; a
+    /// missing `from` is [`crate::ErrorKind::NotFound`]. The copy's bytes are `from`'s, which
+    /// the host bound to `from`'s name: a store that copies must say so through
+    /// [`HeapStore::copied_from`]. The default, `Ok(None)`, makes the host copy (read, seal
+    /// again for the new name, write).
+    fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        precondition: Precondition,
+    ) -> Result<Option<Version>, StoreError> {
+        let _ = (from, to, precondition);
+        Ok(None)
+    }
+
+    /// For a heap made by [`HeapStore::copy`]: the heap whose bytes it holds. The default
+    /// says none.
+    fn copied_from(&self, name: &str) -> Option<String> {
+        let _ = name;
+        None
+    }
+
+    /// Why the store dropped heap `name` on its own lately (size limit, time to live), if it
+    /// did: the host tells the next call on it why it starts empty. The default says never.
+    fn gone(&self, name: &str) -> Option<Gone> {
+        let _ = name;
+        None
+    }
+
+    /// The size of heap `name`'s snapshot before the host compressed it, if the store knows
+    /// it without reading the heap and the heap is still at `version` (the host reads it from
+    /// the envelope's header otherwise). The default does not know.
+    fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
+        let _ = (name, version);
+        None
+    }
+
+    /// What the store holds, if it keeps count; the default does not.
+    fn usage(&self) -> Option<Usage> {
+        None
+    }
+
+    /// Hands the store the host's pins: a store that drops heaps on its own must never drop
+    /// one they name. Called once, before any other method. The default ignores them.
+    fn set_pins(&self, pins: Pins) {
+        let _ = pins;
     }
 }
 

@@ -248,6 +248,23 @@ impl Blocking {
     pub fn sharing(&self) -> Sharing {
         self.sharing
     }
+
+    /// [`HeapStore::copy`].
+    pub async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        precondition: Precondition,
+    ) -> Result<Option<Version>, StoreError> {
+        let (source, target) = (from.to_string(), to.to_string());
+        self.call("copy", to, move |s| s.copy(&source, &target, precondition))
+            .await
+    }
+
+    /// The store itself, for the capabilities the contract says answer from memory.
+    pub fn store(&self) -> &dyn HeapStore {
+        &*self.inner
+    }
 }
 
 /// The entries of a plugin's `list` that a client could have named, at most [`MAX_LISTED`].

@@ -40,6 +40,12 @@ impl HeapLocks {
         locks.get(name).is_some_and(|weak| weak.strong_count() > 0)
     }
 
+    /// These locks as a store's pins: a heap whose lock is held is in use.
+    pub fn pins(&self) -> mcp_v8_plugin_api::Pins {
+        let locks = self.clone();
+        mcp_v8_plugin_api::Pins::new(move |name| locks.is_held(name))
+    }
+
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.locks.lock().unwrap().len()

@@ -4,7 +4,7 @@
 //! write of a heap moves it to the front. Past `--memory-max-bytes` the heaps at the back are
 //! evicted, and past `--memory-ttl` of idleness a heap expires. Neither ever happens to a heap
 //! that is in use: a call runs on it or its state is being saved (the runtime's heap lock is
-//! held, see [`MemoryStore::use_locks`]). Expiry is checked on every access, so an expired heap
+//! held, see [`HeapStore::set_pins`]). Expiry is checked on every access, so an expired heap
 //! is never served even before [`MemoryStore::sweep`] frees it.
 //!
 //! Why not `moka`: its size bound is enforced by asynchronous maintenance (the store may hold
@@ -23,10 +23,9 @@ use bytes::Bytes;
 use lru::LruCache;
 
 use super::{
-    BackendInfo, Gone, GoneCause, HeapLocks, HeapMeta, HeapStore, Precondition, Record, Sharing,
-    Snapshot, StoreError, Version,
+    BackendInfo, Gone, GoneCause, HeapMeta, HeapStore, Pins, Precondition, Record, Sharing,
+    Snapshot, StoreError, Usage, Version,
 };
-use crate::metrics::Usage;
 
 /// How many dropped heap names are remembered to explain a later call on them.
 pub const GONE_REMEMBERED: usize = 10_000;
@@ -52,8 +51,8 @@ struct Inner {
     state: Mutex<State>,
     /// Versions come from one counter, so a deleted and re-created heap never repeats one.
     generation: AtomicU64,
-    /// The runtime's heap locks: a heap whose lock is held is in use.
-    in_use: OnceLock<HeapLocks>,
+    /// The runtime's pins: a heap they name is in use.
+    in_use: OnceLock<Pins>,
     evictions: AtomicU64,
     expirations: AtomicU64,
     /// Added to the clock, so tests can let time pass without waiting for it.
@@ -121,65 +120,6 @@ impl MemoryStore {
     /// The bounds this store keeps.
     pub fn options(&self) -> MemoryOptions {
         self.inner.options
-    }
-
-    /// Hands the store the runtime's per-heap locks: a heap whose lock is held is in use (a
-    /// call runs on it or its save is pending) and is neither evicted nor expired.
-    pub fn use_locks(&self, locks: &HeapLocks) {
-        // A store serves one runtime; a second runtime's locks are not ours to mix in.
-        let _ = self.inner.in_use.set(locks.clone());
-    }
-
-    /// Why the store dropped `name` on its own lately, if it did.
-    pub fn gone(&self, name: &str) -> Option<Gone> {
-        self.inner.state().gone.peek(name).copied()
-    }
-
-    /// The size of heap `name`'s snapshot before compression, if it is still at `version`.
-    pub fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
-        let state = self.inner.state();
-        let entry = state.heaps.peek(name)?;
-        (entry.version.to_string() == version.as_str()).then_some(entry.raw_len)
-    }
-
-    /// What the store holds.
-    pub fn usage(&self) -> Usage {
-        let state = self.inner.state();
-        Usage {
-            heaps: state.heaps.len() as u64,
-            bytes: state.bytes,
-            raw_bytes: state.raw_bytes,
-            max_bytes: self.inner.options.max_bytes,
-            evictions: self.inner.evictions.load(Ordering::Relaxed),
-            expirations: self.inner.expirations.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Copies heap `from` to `to` if `precondition` holds for `to`, sharing the stored bytes
-    /// (no copy of the blob); returns the copy's version and stored size. The copy's envelope
-    /// still names the heap it was sealed for, which [`MemoryStore::sealed_for`] tells
-    /// whoever verifies it.
-    pub fn copy(
-        &self,
-        from: &str,
-        to: &str,
-        precondition: Precondition,
-    ) -> Result<(Version, u64), StoreError> {
-        let now = self.inner.now();
-        let mut state = self.inner.state();
-        let source = self.inner.touch(&mut state, from, now);
-        let source = source.ok_or_else(|| StoreError::not_found(from))?;
-        let sealed_for = source.sealed_for.clone().or_else(|| Some(from.to_string()));
-        let bytes = source.bytes.clone();
-        let size = bytes.len() as u64;
-        let version = self.write(&mut state, now, to, bytes, sealed_for, precondition)?;
-        Ok((version, size))
-    }
-
-    /// The heap whose name `name`'s stored envelope carries, when it is a copy that shares
-    /// another heap's bytes.
-    pub fn sealed_for(&self, name: &str) -> Option<String> {
-        self.inner.state().heaps.peek(name)?.sealed_for.clone()
     }
 
     /// Stores `bytes` as `name`, a copy of heap `sealed_for` (from a dump).
@@ -392,7 +332,7 @@ impl Inner {
     }
 
     fn is_in_use(&self, name: &str) -> bool {
-        self.in_use.get().is_some_and(|locks| locks.is_held(name))
+        self.in_use.get().is_some_and(|pins| pins.pinned(name))
     }
 
     /// The live entry of `name`, marked as used now; an expired one is dropped instead.
@@ -449,6 +389,56 @@ impl Inner {
 impl HeapStore for MemoryStore {
     fn info(&self) -> BackendInfo {
         BackendInfo::new("memory", env!("CARGO_PKG_VERSION"))
+    }
+
+    /// Shares the stored bytes (no copy of the blob). The copy's envelope still names the
+    /// heap it was sealed for, which [`HeapStore::copied_from`] tells whoever verifies it.
+    fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        precondition: Precondition,
+    ) -> Result<Option<Version>, StoreError> {
+        let now = self.inner.now();
+        let mut state = self.inner.state();
+        let source = self.inner.touch(&mut state, from, now);
+        let source = source.ok_or_else(|| StoreError::not_found(from))?;
+        let sealed_for = source.sealed_for.clone().or_else(|| Some(from.to_string()));
+        let bytes = source.bytes.clone();
+        self.write(&mut state, now, to, bytes, sealed_for, precondition)
+            .map(Some)
+    }
+
+    fn copied_from(&self, name: &str) -> Option<String> {
+        self.inner.state().heaps.peek(name)?.sealed_for.clone()
+    }
+
+    fn gone(&self, name: &str) -> Option<Gone> {
+        self.inner.state().gone.peek(name).copied()
+    }
+
+    fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
+        let state = self.inner.state();
+        let entry = state.heaps.peek(name)?;
+        (entry.version.to_string() == version.as_str()).then_some(entry.raw_len)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let state = self.inner.state();
+        Some(Usage {
+            heaps: state.heaps.len() as u64,
+            bytes: state.bytes,
+            raw_bytes: state.raw_bytes,
+            max_bytes: self.inner.options.max_bytes,
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+            expirations: self.inner.expirations.load(Ordering::Relaxed),
+        })
+    }
+
+    /// A heap the pins name (a call runs on it, or its state is being stored) is neither
+    /// evicted nor expired. A store serves one runtime: later pins are ignored.
+    fn set_pins(&self, pins: Pins) {
+        let _ = self.inner.in_use.set(pins);
     }
 
     fn get(&self, name: &str) -> Result<Snapshot, StoreError> {
@@ -576,7 +566,7 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::ErrorKind;
+    use crate::storage::{ErrorKind, HeapLocks};
 
     #[test]
     fn the_memory_store_keeps_the_contract() {
@@ -660,7 +650,7 @@ mod tests {
             ErrorKind::NotFound
         );
         assert_eq!(store.get("other").unwrap_err().kind(), ErrorKind::NotFound);
-        assert_eq!(store.usage().bytes, 6);
+        assert_eq!(store.usage().unwrap().bytes, 6);
     }
 
     #[test]
@@ -716,7 +706,7 @@ mod tests {
         for name in ["a", "c", "d"] {
             assert!(store.get(name).is_ok(), "{name} was evicted");
         }
-        let usage = store.usage();
+        let usage = store.usage().unwrap();
         assert_eq!((usage.heaps, usage.bytes, usage.evictions), (3, 300, 1));
         // Writing `b` again starts it over: nothing to explain any more.
         store.put("b", blob(50), Precondition::Any).unwrap();
@@ -729,26 +719,26 @@ mod tests {
         store.put("a", blob(100), Precondition::Any).unwrap();
         store.put("b", blob(100), Precondition::Any).unwrap();
         store.append("a", Record::new(1, blob(50))).unwrap();
-        assert_eq!(store.usage().bytes, 250);
+        assert_eq!(store.usage().unwrap().bytes, 250);
         // Appending uses `a`, so `b` is the least recently used when room is needed.
         store.append("a", Record::new(2, blob(100))).unwrap();
         assert_eq!(store.get("b").unwrap_err().kind(), ErrorKind::NotFound);
-        assert_eq!(store.usage().bytes, 250);
+        assert_eq!(store.usage().unwrap().bytes, 250);
         // An evicted heap takes its journal with it.
         store.put("c", blob(200), Precondition::Any).unwrap();
         assert_eq!(store.gone("a").map(|g| g.cause), Some(GoneCause::Evicted));
         assert!(store.read_journal("a", 0).unwrap().is_empty());
-        assert_eq!(store.usage().bytes, 200);
+        assert_eq!(store.usage().unwrap().bytes, 200);
         store.append("c", Record::new(1, blob(60))).unwrap();
         store.trim_journal("c", 1).unwrap();
-        assert_eq!(store.usage().bytes, 200);
+        assert_eq!(store.usage().unwrap().bytes, 200);
     }
 
     #[test]
     fn heaps_in_use_are_never_evicted() {
         let store = bounded(Some(200), None);
         let locks = HeapLocks::default();
-        store.use_locks(&locks);
+        store.set_pins(locks.pins());
         store.put("old", blob(100), Precondition::Any).unwrap();
         store.put("new", blob(100), Precondition::Any).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -766,7 +756,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(full.kind(), ErrorKind::Unavailable);
         assert!(full.message().contains("full"), "{}", full.message());
-        assert_eq!(store.usage().heaps, 2);
+        assert_eq!(store.usage().unwrap().heaps, 2);
         drop(held);
         store.put("fourth", blob(100), Precondition::Any).unwrap();
         assert_eq!(store.gone("old").map(|g| g.cause), Some(GoneCause::Evicted));
@@ -784,10 +774,10 @@ mod tests {
             err.message()
         );
         assert!(store.get("small").is_ok());
-        assert_eq!(store.usage().evictions, 0);
+        assert_eq!(store.usage().unwrap().evictions, 0);
         // Replacing a heap counts its new size only.
         store.put("small", blob(100), Precondition::Any).unwrap();
-        assert_eq!(store.usage().bytes, 100);
+        assert_eq!(store.usage().unwrap().bytes, 100);
     }
 
     #[test]
@@ -807,7 +797,7 @@ mod tests {
         assert!(store.get("busy").is_ok());
         store.advance(Duration::from_secs(61));
         store.sweep();
-        let usage = store.usage();
+        let usage = store.usage().unwrap();
         assert_eq!((usage.heaps, usage.bytes, usage.expirations), (0, 0, 2));
     }
 
@@ -815,7 +805,7 @@ mod tests {
     fn a_heap_in_use_does_not_expire() {
         let store = bounded(None, Some(Duration::from_secs(1)));
         let locks = HeapLocks::default();
-        store.use_locks(&locks);
+        store.set_pins(locks.pins());
         let v = store.put("long", blob(10), Precondition::Any).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -843,10 +833,10 @@ mod tests {
             blob.as_ptr(),
             "the copy copied the blob"
         );
-        assert_eq!(store.sealed_for("b").as_deref(), Some("a"));
+        assert_eq!(store.copied_from("b").as_deref(), Some("a"));
         // A copy of a copy names the heap the bytes were sealed for.
         store.copy("b", "c", Precondition::MustNotExist).unwrap();
-        assert_eq!(store.sealed_for("c").as_deref(), Some("a"));
+        assert_eq!(store.copied_from("c").as_deref(), Some("a"));
         let exists = store
             .copy("a", "b", Precondition::MustNotExist)
             .unwrap_err();
@@ -856,8 +846,8 @@ mod tests {
         store
             .put("b", Bytes::from_static(b"own"), Precondition::Any)
             .unwrap();
-        assert_eq!(store.sealed_for("b"), None);
-        assert_eq!(store.sealed_for("a"), None);
+        assert_eq!(store.copied_from("b"), None);
+        assert_eq!(store.copied_from("a"), None);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use mcp_v8_plugin_api::{journal, validate_heap_name};
 pub use mcp_v8_plugin_api::{
-    BackendInfo, ErrorKind, HeapMeta, HeapStore, Precondition, Record, Sharing, Snapshot,
-    StoreError, Version,
+    BackendInfo, ErrorKind, Gone, GoneCause, HeapMeta, HeapStore, Pins, Precondition, Record,
+    Sharing, Snapshot, StoreError, Usage, Version,
 };
 
 pub use blocking::{Blocking, DEFAULT_TIMEOUT as PLUGIN_TIMEOUT};
@@ -42,43 +42,23 @@ pub fn validate_caller_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Why a store no longer holds a heap it held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoneCause {
-    /// Dropped to stay within the store's size limit.
-    Evicted,
-    /// Unused for longer than the store keeps heaps.
-    Expired,
-}
-
-/// A heap a store dropped on its own, and when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gone {
-    /// Why.
-    pub cause: GoneCause,
-    /// When.
-    pub at: SystemTime,
-}
-
-impl Gone {
-    /// What a call on the heap is told, e.g. "heap 'x' was evicted from memory (size limit)
-    /// 12 min ago; it starts empty".
-    pub fn explain(&self, heap: &str) -> String {
-        let ago = SystemTime::now()
-            .duration_since(self.at)
-            .unwrap_or_default()
-            .as_secs();
-        let ago = match ago {
-            0..=59 => format!("{ago} s"),
-            60..=7199 => format!("{} min", ago / 60),
-            _ => format!("{} h", ago / 3600),
-        };
-        let why = match self.cause {
-            GoneCause::Evicted => "was evicted from memory (size limit, --memory-max-bytes)",
-            GoneCause::Expired => "expired from memory (unused longer than --memory-ttl)",
-        };
-        format!("heap '{heap}' {why} {ago} ago; it starts empty")
-    }
+/// What a call on heap `heap`, which its store dropped on its own, is told, e.g. "heap 'x' was
+/// evicted from memory (size limit) 12 min ago; it starts empty".
+pub fn explain_gone(gone: &Gone, heap: &str) -> String {
+    let ago = SystemTime::now()
+        .duration_since(gone.at)
+        .unwrap_or_default()
+        .as_secs();
+    let ago = match ago {
+        0..=59 => format!("{ago} s"),
+        60..=7199 => format!("{} min", ago / 60),
+        _ => format!("{} h", ago / 3600),
+    };
+    let why = match gone.cause {
+        GoneCause::Evicted => "was evicted from memory (size limit, --memory-max-bytes)",
+        GoneCause::Expired => "expired from memory (unused longer than --memory-ttl)",
+    };
+    format!("heap '{heap}' {why} {ago} ago; it starts empty")
 }
 
 /// The runtime's handle on its store. Clones share the store and its counters.
@@ -239,71 +219,61 @@ impl Store {
         }
     }
 
-    /// Hands the store the runtime's per-heap locks: a heap whose lock is held is in use (a
-    /// call runs on it or its save is pending), which the memory store never drops.
+    /// Hands the store the runtime's per-heap locks as its pins: a heap whose lock is held
+    /// is in use (a call runs on it or its state is being stored), which a store that drops
+    /// heaps on its own never drops.
     pub fn use_locks(&self, locks: &HeapLocks) {
-        if let Backend::Memory(m) = &self.backend {
-            m.use_locks(locks);
+        self.store().set_pins(locks.pins());
+    }
+
+    /// The store as the contract's trait object, for its capabilities (answered in memory,
+    /// without a blocking call).
+    fn store(&self) -> &dyn HeapStore {
+        match &self.backend {
+            Backend::Memory(m) => m,
+            Backend::Blocking(b) => b.store(),
         }
     }
 
     /// Why the store dropped `name` on its own lately, if it did.
     pub fn gone(&self, name: &str) -> Option<Gone> {
-        match &self.backend {
-            Backend::Memory(m) => m.gone(name),
-            Backend::Blocking(_) => None,
-        }
-    }
-
-    /// Whether [`Store::raw_size`] knows every heap's raw size.
-    pub fn knows_raw_sizes(&self) -> bool {
-        matches!(self.backend, Backend::Memory(_))
+        self.store().gone(name)
     }
 
     /// The size of heap `name`'s snapshot before compression, if the store knows it without
     /// reading the heap and it is still at `version`.
     pub fn raw_size(&self, name: &str, version: &Version) -> Option<u64> {
-        match &self.backend {
-            Backend::Memory(m) => m.raw_size(name, version),
-            Backend::Blocking(_) => None,
-        }
+        self.store().raw_size(name, version)
     }
 
-    /// Copies heap `from` to `to` inside the store, sharing the bytes, if the store can (the
-    /// memory store): the copy's version and stored size. `None` when the caller must copy.
-    pub fn copy(
+    /// Copies heap `from` to `to` inside the store, if the store can: the copy's version,
+    /// `None` when the caller must copy.
+    pub async fn copy(
         &self,
         from: &str,
         to: &str,
         precondition: Precondition,
-    ) -> Option<Result<(Version, u64), StoreError>> {
-        match &self.backend {
-            Backend::Memory(m) => {
-                let started = Instant::now();
-                let result = m.copy(from, to, precondition);
-                self.count(Op::Put, started, &result, 0);
-                Some(result)
-            }
-            Backend::Blocking(_) => None,
+    ) -> Result<Option<Version>, StoreError> {
+        let started = Instant::now();
+        let result = match &self.backend {
+            Backend::Memory(m) => HeapStore::copy(m, from, to, precondition),
+            Backend::Blocking(b) => b.copy(from, to, precondition).await,
+        };
+        if matches!(result, Ok(Some(_)) | Err(_)) {
+            self.count(Op::Put, started, &result, 0);
         }
+        result
     }
 
-    /// The heap whose name `name`'s stored envelope carries, when it is a copy sharing
-    /// another heap's bytes.
+    /// The heap whose name `name`'s stored envelope carries, when the store made it as a
+    /// copy sharing another heap's bytes.
     pub fn sealed_for(&self, name: &str) -> Option<String> {
-        match &self.backend {
-            Backend::Memory(m) => m.sealed_for(name),
-            Backend::Blocking(_) => None,
-        }
+        self.store().copied_from(name)
     }
 
     /// What `storage_stats` reports: the counters, and what the store holds if it knows.
     pub fn stats(&self) -> StorageStats {
-        let usage = match &self.backend {
-            Backend::Memory(m) => Some(m.usage()),
-            Backend::Blocking(_) => None,
-        };
-        self.metrics.stats(&self.info().name, usage)
+        self.metrics.stats(&self.info().name, self.store().usage())
     }
 
     /// The counters.
