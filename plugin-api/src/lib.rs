@@ -4,7 +4,9 @@
 //! *version token* with each one, so that writers can make conditional puts
 //! (compare-and-swap) and never silently overwrite each other's update. Beside each snapshot
 //! it keeps the heap's [`journal`]: small numbered records, appended only if their number is
-//! free, which commit calls between snapshots.
+//! free, which commit calls between snapshots. Beyond what every store must do, a store may
+//! declare *capabilities* (copying inside the store, why a heap is gone, usage, pins for heaps
+//! in use): [`HeapStore`] methods whose defaults say "cannot".
 //!
 //! There are two faces to the contract:
 //!
