@@ -97,8 +97,10 @@ impl<'a> Rerun<'a> {
 /// Runs `calls` — committed calls of the heap, in order — again on `warm` before a job's own
 /// code, so that the heap catches up with its journal. Each must reproduce what it showed
 /// (its fingerprint) from its tape; the first that does not stops the job with
-/// [`RunError::Diverged`]. The isolate is made with the job's heap limit; a call committed
-/// under a larger one may need more.
+/// [`RunError::Diverged`]; one that runs out of time or memory stops it with
+/// [`RunError::ReplayFailed`], which loses nothing. The isolate is made with the job's heap
+/// limit (a call committed under a larger one may need more); give `limits` the server's time
+/// limit, not a call's tighter one.
 pub fn catch_up<'a>(
     mut warm: Warm,
     calls: impl IntoIterator<Item = Result<Rerun<'a>, RunError>>,
@@ -109,7 +111,23 @@ pub fn catch_up<'a>(
         let diverged = |why: String| RunError::Diverged { seq: call.seq, why };
         let code = engine::read_code(call.code).map_err(|e| diverged(e.to_string()))?;
         let (outcome, left) = engine::answer_first(warm.replay(&code, limits, call.tape.clone()));
-        let completion = outcome.result.map_err(|e| diverged(e.to_string()))?;
+        let completion = match outcome.result {
+            Ok(completion) => completion,
+            // Out of time or memory, or the engine gone: nothing says the record is wrong.
+            Err(
+                e @ (RunError::Timeout(_)
+                | RunError::HeapLimit(_)
+                | RunError::Crashed(_)
+                | RunError::Unavailable(_)
+                | RunError::Snapshot(_)),
+            ) => {
+                return Err(RunError::ReplayFailed {
+                    seq: call.seq,
+                    why: e.to_string(),
+                })
+            }
+            Err(e) => return Err(diverged(e.to_string())),
+        };
         if let Replay::Impossible(why) = &completion.tape.replay {
             return Err(diverged(why.clone()));
         }

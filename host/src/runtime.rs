@@ -167,6 +167,7 @@ impl CallError {
             CallError::Run(RunError::Unavailable(_)) => "engine_unavailable",
             CallError::Run(RunError::Crashed(_)) => "crashed",
             CallError::Run(RunError::Diverged { .. }) => "diverged",
+            CallError::Run(RunError::ReplayFailed { .. }) => "replay_failed",
             CallError::Envelope { .. } => "corrupt_heap",
             CallError::Conflict { .. } => "conflict",
             CallError::Exists { .. }

@@ -267,3 +267,48 @@ async fn a_live_state_moves_on_rolls_back_and_checkpoints() {
         Err(NotWarm)
     ));
 }
+
+/// A committed call that runs out of time when it is replayed fails the load without calling
+/// the journal wrong: nothing is lost, and the error says so.
+#[tokio::test]
+async fn a_replay_out_of_time_fails_the_load_and_blames_no_record() {
+    let limits = Limits {
+        timeout: std::time::Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let settings = WorkerSettings {
+        warm_bytes: 256 << 20,
+        limits,
+    };
+    let executor = Executor::workers(PathBuf::from(env!("CARGO_BIN_EXE_mcp-v8")), 1, settings);
+    let (_, saving) = executor.run(job("var n = 0", Start::New)).await.unwrap();
+    let base = snapshot_of(saving).await;
+    // A record of a call that, replayed, never ends (as one that ran close to a limit might
+    // not end in time on another machine).
+    let record = Record {
+        heap: "a".into(),
+        lineage: 1,
+        seq: 7,
+        prev: 0,
+        at_ms: 0,
+        output: String::new(),
+        effect: Effect::Call {
+            code: "while (true) {}".into(),
+            heap_bytes: limits.heap_bytes,
+            fingerprint: 0,
+            tape: mcp_v8::engine::Tape::starting_now(),
+        },
+    };
+    let mut load = job("n", Start::Snapshot(base));
+    load.limits = limits;
+    if let Target::Heap { replay, .. } = &mut load.target {
+        *replay = vec![record];
+    }
+    let (outcome, _) = executor.run(load).await.unwrap();
+    let error = outcome.result.unwrap_err();
+    assert!(
+        matches!(error, mcp_v8::engine::RunError::ReplayFailed { seq: 7, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("nothing was lost"), "{error}");
+}

@@ -99,6 +99,15 @@ pub enum RunError {
         /// What went another way.
         why: String,
     },
+    /// A committed call, run again to rebuild the heap, ran out of a resource (time, memory)
+    /// or lost its engine: the journal is fine, the load failed.
+    #[error("the heap could not be brought up to date: replaying call {seq} of its journal failed ({why}); nothing was lost, retry (with the server's full limits if this call set smaller ones)")]
+    ReplayFailed {
+        /// The call's number in the journal.
+        seq: u64,
+        /// How it failed.
+        why: String,
+    },
     /// The process running the code died (V8 aborted, or it was killed).
     #[error(
         "the JavaScript engine crashed while running this code ({0}); the heap was not changed"
@@ -1431,5 +1440,29 @@ mod tests {
             (() => { try { WeakRef.prototype.deref.call({}); return 'no error'; } \
             catch (e) { return e.name; } })()]";
         assert_eq!(stateless(shape).unwrap(), r#"["deref",0,"TypeError"]"#);
+    }
+
+    /// A call that ran for more than half its time limit is not replayed (a replay might
+    /// not fit); a quick one is. The code times itself, reading the clock sparsely.
+    #[test]
+    fn a_call_near_its_time_limit_cannot_be_replayed() {
+        let (_, heap) = step("var n = 0", None).unwrap();
+        let limits = Limits {
+            timeout: Duration::from_secs(1),
+            ..limits()
+        };
+        let slow = "const t0 = Date.now(); \
+            while (Date.now() - t0 < 600) { for (let i = 0; i < 1e5; i++) n++; } 'done'";
+        let warm = Warm::new(Some(heap.clone()), &limits).unwrap();
+        let (outcome, _) = answer_first(warm.run(&read_code(slow).unwrap(), &limits, None));
+        let completion = outcome.result.unwrap();
+        assert!(
+            matches!(&completion.tape.replay, Replay::Impossible(why) if why.contains("half its time limit")),
+            "{:?}",
+            completion.tape.replay
+        );
+        let warm = Warm::new(Some(heap), &limits).unwrap();
+        let (outcome, _) = answer_first(warm.run(&read_code("n").unwrap(), &limits, None));
+        assert_eq!(outcome.result.unwrap().tape.replay, Replay::Exact);
     }
 }

@@ -11,11 +11,15 @@ use bytes::Bytes;
 
 use super::globals::{self, RunState};
 use super::live;
-use super::tape::{Deck, Tape};
+use super::tape::{Deck, Replay, Tape};
 use super::{
     create_params, evaluate, finish, init, watch, Completion, Guard, Limits, Run, RunError,
 };
 use crate::frontend::Prepared;
+
+/// Why a call that took more than half its time limit is stored as its state.
+const NEAR_TIME_LIMIT: &str =
+    "it ran for more than half its time limit, which a replay might not fit";
 
 /// A plain isolate and context with the engine's globals, for one stateless run.
 pub struct Fresh(Session);
@@ -269,7 +273,8 @@ impl Session {
         let Some(context) = self.context.clone() else {
             return Run::failed(RunError::Crashed("the isolate has no context".into()));
         };
-        self.with(|isolate| {
+        let (recording, started) = (deck.is_recording(), std::time::Instant::now());
+        let mut run = self.with(|isolate| {
             isolate.set_slot(RunState::new(limits.console_bytes, live, deck));
             let result = {
                 let _watchdog = watch(&guard, limits.timeout);
@@ -294,7 +299,15 @@ impl Session {
             };
             // Console and timers go now: their handles must not outlive the isolate.
             finish(isolate, result, limits)
-        })
+        });
+        // A replay (under the server's limit, on another machine perhaps) might not fit.
+        if let Ok(completion) = &mut run.result {
+            let tape = &mut completion.tape;
+            if recording && tape.replay == Replay::Exact && started.elapsed() > limits.timeout / 2 {
+                tape.replay = Replay::Impossible(NEAR_TIME_LIMIT.into());
+            }
+        }
+        run
     }
 }
 

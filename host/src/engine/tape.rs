@@ -96,6 +96,11 @@ impl Deck {
         }
     }
 
+    /// Whether it records a live run (rather than playing one back).
+    pub(super) fn is_recording(&self) -> bool {
+        matches!(self, Deck::Recording { .. })
+    }
+
     /// The seed of the run's `Math.random`.
     pub(super) fn seed(&self) -> u64 {
         self.tape().seed

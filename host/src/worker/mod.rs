@@ -283,6 +283,12 @@ impl Worker {
         // hears when V8 has restored one (every other isolate is V8's own).
         let restores_stored = matches!(start, RequestStart::Snapshot | RequestStart::Alone);
         let was_warm = matches!(start, RequestStart::Warm { .. });
+        // Committed calls replay under the server's time limit, not this call's tighter one
+        // (the isolate has this call's heap limit).
+        let replay_limits = Limits {
+            timeout: limits.timeout.max(self.limits.timeout),
+            ..*limits
+        };
         // What rebuilds the state the code runs on (kept if the run fails and the state was
         // warm here), and the isolate to run on.
         let (state, warm) = match start {
@@ -290,7 +296,7 @@ impl Worker {
                 let Some(mut entry) = self.heaps.take(&name, generation) else {
                     return write_frame_now(out, &Answer::NotWarm, &[]);
                 };
-                let warm = entry.isolate(limits);
+                let warm = entry.isolate(&replay_limits);
                 (entry, warm)
             }
             RequestStart::Snapshot | RequestStart::Alone => {
@@ -318,7 +324,7 @@ impl Worker {
             }
         };
         let calls = replay.iter().map(Rerun::of);
-        let warm = warm.and_then(|warm| crate::job::catch_up(warm, calls, limits));
+        let warm = warm.and_then(|warm| crate::job::catch_up(warm, calls, &replay_limits));
         let warm = match warm {
             Ok(warm) => warm,
             Err(e) => {

@@ -78,7 +78,13 @@ impl WorkerPool {
             let error = RunError::Unavailable("the worker pool is shut down".into());
             return Ok((Outcome::failed(error), None));
         };
-        let deadline = job.limits.timeout + GRACE;
+        // Committed calls to replay first get the server's time limit on top.
+        let replays = matches!(&job.target, Target::Heap { replay, .. } if !replay.is_empty());
+        let replay_time = match replays {
+            true => self.settings.limits.timeout,
+            false => Duration::ZERO,
+        };
+        let deadline = job.limits.timeout + GRACE + replay_time;
         let mut reused = match &job.target {
             Target::Heap {
                 start: Start::Warm(warm),
@@ -335,6 +341,11 @@ impl Worker {
             .arg(format!(
                 "--heap-memory-max={}",
                 settings.limits.heap_bytes >> 20
+            ))
+            // Committed calls replay under the server's time limit.
+            .arg(format!(
+                "--execution-timeout={}",
+                settings.limits.timeout.as_secs_f64()
             ))
             .env_clear()
             .envs(logging)
