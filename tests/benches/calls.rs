@@ -24,12 +24,15 @@ struct Case {
     spacing: Duration,
     /// Flags for the binary measured (not the baseline).
     args: &'static [&'static str],
+    /// Every this many calls one throws after changing the heap (0: none does), which the
+    /// server must undo.
+    failing: usize,
 }
 
 const TEN_MB: &str =
     "var data = Array.from({length: 200000}, (_, i) => ({i, s: 'item-' + i})); var n = 0";
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 7] = [
     Case {
         name: "small heap, back to back",
         setup: "var n = 0",
@@ -37,6 +40,7 @@ const CASES: [Case; 6] = [
         calls: 200,
         spacing: Duration::ZERO,
         args: &[],
+        failing: 0,
     },
     Case {
         name: "small heap, 100 ms apart",
@@ -44,6 +48,7 @@ const CASES: [Case; 6] = [
         calls: 20,
         spacing: Duration::from_millis(100),
         args: &[],
+        failing: 0,
     },
     Case {
         name: "~1 MB of data, 500 ms apart",
@@ -51,6 +56,7 @@ const CASES: [Case; 6] = [
         calls: 12,
         spacing: Duration::from_millis(500),
         args: &[],
+        failing: 0,
     },
     Case {
         name: "~10 MB of data, back to back",
@@ -58,6 +64,7 @@ const CASES: [Case; 6] = [
         calls: 10,
         spacing: Duration::ZERO,
         args: &[],
+        failing: 0,
     },
     Case {
         // Checkpoints 20 times as often as by default: what they cost, amortised (mean).
@@ -66,6 +73,16 @@ const CASES: [Case; 6] = [
         calls: 10,
         spacing: Duration::ZERO,
         args: &["--checkpoint-calls", "5"],
+        failing: 0,
+    },
+    Case {
+        // What undoing a failed call costs: the next call waits for the heap to be made again.
+        name: "~10 MB, b2b, every 5th call throws",
+        setup: TEN_MB,
+        calls: 10,
+        spacing: Duration::ZERO,
+        args: &[],
+        failing: 5,
     },
     Case {
         name: "~10 MB of data, 1 s apart",
@@ -73,6 +90,7 @@ const CASES: [Case; 6] = [
         calls: 6,
         spacing: Duration::from_secs(1),
         args: &[],
+        failing: 0,
     },
 ];
 
@@ -125,9 +143,19 @@ async fn run(binary: &PathBuf, extra: &[String], case: &Case) -> Measured {
     let workers = server.workers();
     let cpu_before = cpu_of(server.pid(), &workers);
     let mut latencies = Vec::with_capacity(case.calls);
-    for _ in 0..case.calls {
+    for call in 1..=case.calls {
         let started = Instant::now();
-        server.output("++n", "h").await;
+        if case.failing > 0 && call % case.failing == 0 {
+            let failed = server
+                .run_js("n = -1; throw new Error('no')", Some("h"))
+                .await;
+            assert!(
+                matches!(failed, mcp_v8_e2e::Reply::Err(_)),
+                "the call should fail"
+            );
+        } else {
+            server.output("++n", "h").await;
+        }
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(case.spacing).await;
     }
