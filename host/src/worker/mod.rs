@@ -349,22 +349,22 @@ impl Worker {
         };
         // Kept live unless the host asks for a snapshot, or the heap must run alone, or a
         // replay could not reproduce the call (its state must be stored as it is).
-        let replayable = outcome
-            .result
-            .as_ref()
-            .is_ok_and(|c| c.tape.replay == Replay::Exact);
-        if keep == Keep::Live && !alone && replayable {
-            let kept = outcome.result.as_ref().ok().map(|completion| KeptCall {
-                code: run.source.clone(),
-                tape: completion.tape.clone(),
-                fingerprint: engine::fingerprint(completion, &outcome.console),
-            });
+        let kept = match &outcome.result {
+            Ok(completion) if keep == Keep::Live && !alone => match completion.tape.replay {
+                Replay::Exact => Some(KeptCall {
+                    code: run.source.clone(),
+                    tape: completion.tape.clone(),
+                    fingerprint: engine::fingerprint(completion, &outcome.console),
+                }),
+                Replay::Impossible(_) => None,
+            },
+            _ => None,
+        };
+        if let Some(call) = kept {
             let generation = self.heaps.next_generation();
             done(out, outcome, Some(Generation(generation)))?;
             let mut state = state;
-            if let Some(call) = kept {
-                state.advance(generation, call, unsaved.into_warm());
-            }
+            state.advance(generation, call, unsaved.into_warm());
             self.heaps.insert(name, state);
             return Ok(());
         }
