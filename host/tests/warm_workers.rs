@@ -109,8 +109,23 @@ async fn a_heap_runs_again_on_the_isolate_its_worker_kept() {
 #[tokio::test]
 async fn with_no_budget_nothing_is_kept_warm() {
     let executor = executor(1, 0);
-    let (_, warm) = run(&executor, "var n = 1", Start::New).await.unwrap();
-    let warm = warm.expect("the worker is named");
+    let (_, saving) = executor.run(job("var n = 1", Start::New)).await.unwrap();
+    let snapshot = snapshot_of(saving).await;
+    // A state the worker cannot keep is snapshotted even when the host would keep it live.
+    let (outcome, new_state) = executor
+        .run(job_keeping("++n", Start::Snapshot(snapshot), Keep::Live))
+        .await
+        .unwrap();
+    assert_eq!(outcome.result.unwrap().output, "2");
+    let Some(NewState::Saving(saving)) = new_state else {
+        panic!("kept live with no room for it")
+    };
+    let warm = saving
+        .finish()
+        .await
+        .unwrap()
+        .warm
+        .expect("the worker is named");
     assert_eq!(run(&executor, "n", Start::Warm(warm)).await, Err(NotWarm));
 }
 

@@ -158,6 +158,11 @@ impl WarmHeaps {
         self.entries.clear();
     }
 
+    /// Whether `entry` fits the budget at all (others may be evicted for it).
+    pub fn can_hold(&self, entry: &Entry) -> bool {
+        entry.size <= self.budget
+    }
+
     /// Keeps `entry` as `heap`'s, the most recently used, within the budget.
     pub fn insert(&mut self, heap: String, mut entry: Entry) {
         self.clock += 1;

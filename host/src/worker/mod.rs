@@ -360,16 +360,27 @@ impl Worker {
             },
             _ => None,
         };
-        if let Some(call) = kept {
-            let generation = self.heaps.next_generation();
-            done(out, outcome, Some(Generation(generation)))?;
-            let mut state = state;
-            state.advance(generation, call, unsaved.into_warm());
-            self.heaps.insert(name, state);
-            return Ok(());
-        }
-        done(out, outcome, None)?;
-        match unsaved.save() {
+        let saved = match kept {
+            Some(call) => {
+                let generation = self.heaps.next_generation();
+                let mut state = state;
+                state.advance(generation, call, unsaved.into_warm());
+                if self.heaps.can_hold(&state) {
+                    done(out, outcome, Some(Generation(generation)))?;
+                    self.heaps.insert(name, state);
+                    return Ok(());
+                }
+                // Too big for this worker's budget: a state it cannot keep is snapshotted,
+                // or every later call would replay its way there from the store.
+                done(out, outcome, None)?;
+                state.isolate(limits).and_then(Warm::save)
+            }
+            None => {
+                done(out, outcome, None)?;
+                unsaved.save()
+            }
+        };
+        match saved {
             Ok(snapshot) => {
                 let generation = self.heaps.next_generation();
                 let saved = Answer::Saved(Ok(Generation(generation)));
@@ -379,10 +390,7 @@ impl Worker {
                     self.heaps.insert(name, entry);
                 }
             }
-            Err(e) => {
-                write_frame_now(out, &Answer::Saved(Err(e)), &[])?;
-                roll_back(&mut self.heaps, state);
-            }
+            Err(e) => write_frame_now(out, &Answer::Saved(Err(e)), &[])?,
         }
         Ok(())
     }
