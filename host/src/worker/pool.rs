@@ -72,6 +72,15 @@ impl WorkerPool {
         }
     }
 
+    /// The heaps worker `number` should drop, taken to send with its next request.
+    fn forgotten_by(&self, number: u64) -> Vec<String> {
+        self.forget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&number)
+            .unwrap_or_default()
+    }
+
     /// Runs `job` on a free worker: the one holding its heap warm, if the job asks for that.
     pub async fn run(&self, job: Job) -> Ran {
         let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
@@ -101,12 +110,7 @@ impl WorkerPool {
                     Err(e) => return Ok((Outcome::failed(e), None)),
                 },
             };
-            let forget = self
-                .forget
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&worker.number)
-                .unwrap_or_default();
+            let forget = self.forgotten_by(worker.number);
             return match tokio::time::timeout(deadline, worker.call(&job, forget)).await {
                 Ok(Ok(Reply::NotWarm)) => {
                     self.put_back(worker);
@@ -240,12 +244,7 @@ impl WorkerPool {
             .await
             .map_err(|_| NotWarm)?;
         let mut worker = self.take_idle(Some(warm.worker)).ok_or(NotWarm)?;
-        let forget = self
-            .forget
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&worker.number)
-            .unwrap_or_default();
+        let forget = self.forgotten_by(worker.number);
         let request = Request {
             target: RequestTarget::Checkpoint {
                 name: heap.to_string(),
