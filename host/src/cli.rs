@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::Config;
-use crate::engine::Limits;
+use crate::engine::{Limits, BYTES_PER_TOKEN};
 use crate::envelope::Codec;
 use crate::runtime::{Checkpoints, Policy as StoragePolicy, SaveMode};
 use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
@@ -89,6 +89,17 @@ pub struct Cli {
     /// `output_truncated` is set.
     #[arg(long, env = "MCP_V8_MAX_OUTPUT_BYTES", value_name = "BYTES", default_value_t = 4 << 20)]
     pub max_output_bytes: usize,
+
+    /// Most of a model's context one answer may take, in tokens (estimated as 3 bytes of
+    /// text each), result and console together: a longer result comes as a preview that
+    /// keeps its structure, a longer console as its first and last lines. 0: no budget.
+    #[arg(
+        long,
+        env = "MCP_V8_MAX_OUTPUT_TOKENS",
+        value_name = "TOKENS",
+        default_value_t = 20_000
+    )]
+    pub max_output_tokens: usize,
 
     /// How many executions may run at once, each in its own worker process [default: CPUs].
     #[arg(long, env = "MCP_V8_MAX_CONCURRENT_EXECUTIONS", value_name = "N",
@@ -291,6 +302,10 @@ impl Cli {
             heap_bytes: (self.heap_memory_max as usize) << 20,
             console_bytes: self.console_max_bytes,
             output_bytes: self.max_output_bytes,
+            answer_bytes: match self.max_output_tokens {
+                0 => usize::MAX,
+                tokens => tokens.saturating_mul(BYTES_PER_TOKEN),
+            },
         }
     }
 

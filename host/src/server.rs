@@ -7,14 +7,15 @@ use std::time::{Duration, UNIX_EPOCH};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResponse, CancelTaskParams, CreateTaskResult, GetTaskParams, GetTaskResult,
-    UpdateTaskParams,
+    CacheScope, CallToolResult, CompleteRequestParams, CompleteResult, CompletionInfo,
+    ContentBlock, ErrorData, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceContents,
+    ResourceTemplate, ServerCapabilities, ServerConfig,
 };
 use rmcp::model::{
-    CallToolResult, CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock, ErrorData,
-    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, Resource,
-    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+    CallToolResponse, CancelTaskParams, CreateTaskResult, GetTaskParams, GetTaskResult,
+    UpdateTaskParams,
 };
 #[allow(deprecated)] // logging: see `report`
 use rmcp::model::{LoggingLevel, SetLevelRequestParams};
@@ -27,7 +28,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Console, LogLine};
+use crate::engine::{
+    self, line_size, Completion, Console, ConsolePreview, LogLine, BYTES_PER_TOKEN,
+};
 use crate::metrics::StorageStats;
 use crate::report::{self, Reporting};
 use crate::runtime::{self, CallError, CallLimits, Listed, Runtime, SaveTo};
@@ -54,6 +57,9 @@ pub struct RunJsArgs {
     /// JavaScript heap limit for this call in MB, at most the server's.
     #[serde(default, deserialize_with = "schema::lenient")]
     pub heap_memory_max_mb: Option<u64>,
+    /// Most tokens this answer may take (result and console), at most the server's.
+    #[serde(default, deserialize_with = "schema::lenient")]
+    pub max_output_tokens: Option<u64>,
     /// Fork: run on `heap`'s state (an empty heap if `heap` is omitted) and save the result
     /// as this new heap instead; `heap` stays as it was.
     #[serde(default)]
@@ -150,9 +156,16 @@ pub struct StatelessRunJsArgs {
     /// JavaScript heap limit for this call in MB, at most the server's.
     #[serde(default, deserialize_with = "schema::lenient")]
     pub heap_memory_max_mb: Option<u64>,
+    /// Most tokens this answer may take (result and console), at most the server's.
+    #[serde(default, deserialize_with = "schema::lenient")]
+    pub max_output_tokens: Option<u64>,
 }
 
-fn call_limits(timeout_secs: Option<f64>, heap_mb: Option<u64>) -> Result<CallLimits, CallError> {
+fn call_limits(
+    timeout_secs: Option<f64>,
+    heap_mb: Option<u64>,
+    tokens: Option<u64>,
+) -> Result<CallLimits, CallError> {
     let timeout = timeout_secs
         .map(|secs| {
             Duration::try_from_secs_f64(secs).map_err(|_| {
@@ -170,9 +183,17 @@ fn call_limits(timeout_secs: Option<f64>, heap_mb: Option<u64>) -> Result<CallLi
                 })
         })
         .transpose()?;
+    let answer_tokens = tokens
+        .map(|tokens| {
+            usize::try_from(tokens).map_err(|_| {
+                CallError::InvalidLimit(format!("max_output_tokens {tokens} is too large"))
+            })
+        })
+        .transpose()?;
     Ok(CallLimits {
         timeout,
         heap_bytes,
+        answer_tokens,
     })
 }
 
@@ -195,16 +216,30 @@ pub struct HeapArgs {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RunJsOutput {
     /// The completion value (for a promise, what it resolved to): strings as they are,
-    /// objects as JSON, other values as `String(value)` prints them.
+    /// objects as JSON, other values as `String(value)` prints them; a preview when it does
+    /// not fit the answer (`output_truncated`).
     pub output: String,
-    /// The output was longer than the server's limit (--max-output-bytes) and was cut.
+    /// `output` is not the whole result: a preview of it, or (over --max-output-bytes) cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub output_truncated: bool,
+    /// With `output_truncated`: how big the whole result is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_size: Option<OutputSize>,
+    /// With `output_truncated`: where the whole result is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_rest: Option<String>,
     /// The heap the code ran on; pass it again to continue.
     pub heap: String,
-    /// `console` output, in order.
+    /// `console` output, in order (its first lines, when `logs_left_out`).
     pub logs: Vec<LogLine>,
-    /// Console output went over the limit and the rest was dropped.
+    /// Console lines left out between `logs` and `logs_tail` to fit the answer.
+    #[serde(skip_serializing_if = "is_zero_lines")]
+    pub logs_left_out: usize,
+    /// The last console lines, after those left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs_tail: Vec<LogLine>,
+    /// Console output went over --console-max-bytes: lines between the first and the latest
+    /// were dropped (counted in `logs_left_out`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub logs_truncated: bool,
     /// Timers still pending when the result settled; they were dropped.
@@ -226,17 +261,44 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_lines(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The size of a whole result that an answer shows only part of.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct OutputSize {
+    /// Bytes of its text.
+    pub bytes: usize,
+    /// Tokens, estimated as the budget estimates them (3 bytes each).
+    pub tokens: usize,
+}
+
 /// What a stateless `run_js` returns.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct StatelessRunJsOutput {
-    /// The completion value, rendered as for the stateful tool.
+    /// The completion value, rendered as for the stateful tool; a preview when it does not
+    /// fit the answer (`output_truncated`).
     pub output: String,
-    /// The output was longer than the server's limit (--max-output-bytes) and was cut.
+    /// `output` is not the whole result: a preview of it, or (over --max-output-bytes) cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub output_truncated: bool,
-    /// `console` output, in order.
+    /// With `output_truncated`: how big the whole result is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_size: Option<OutputSize>,
+    /// With `output_truncated`: how to get the rest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_rest: Option<String>,
+    /// `console` output, in order (its first lines, when `logs_left_out`).
     pub logs: Vec<LogLine>,
-    /// Console output went over the limit and the rest was dropped.
+    /// Console lines left out between `logs` and `logs_tail` to fit the answer.
+    #[serde(skip_serializing_if = "is_zero_lines")]
+    pub logs_left_out: usize,
+    /// The last console lines, after those left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs_tail: Vec<LogLine>,
+    /// Console output went over --console-max-bytes: lines between the first and the latest
+    /// were dropped (counted in `logs_left_out`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub logs_truncated: bool,
     /// Timers still pending when the result settled; they were dropped.
@@ -349,11 +411,20 @@ impl McpServer {
                 format!(
                     "{general} This server's limits: {} s per call (timeout_secs may ask for \
                      less), {} MB of JavaScript heap (heap_memory_max_mb may ask for less), {} \
-                     of output and {} of console kept.",
+                     of output and {} of console kept; {}.",
                     limits.timeout.as_secs_f64(),
                     limits.heap_bytes >> 20,
                     crate::storage::human_bytes(limits.output_bytes as u64),
                     crate::storage::human_bytes(limits.console_bytes as u64),
+                    match limits.answer_bytes {
+                        usize::MAX => "answers of any size".to_string(),
+                        bytes => format!(
+                            "answers of about {} tokens at most (max_output_tokens may ask for \
+                             fewer): a longer result comes as a preview (output_truncated), a \
+                             longer console as its first and last lines",
+                            engine::group(bytes / BYTES_PER_TOKEN)
+                        ),
+                    }
                 )
                 .into(),
             );
@@ -394,6 +465,14 @@ impl McpServer {
         report::start(context.peer.clone(), wanted)
     }
 
+    /// Bytes an answer to a call with `limits` may take.
+    fn answer_budget(&self, limits: &CallLimits) -> usize {
+        let server = self.runtime.limits().answer_bytes;
+        limits.answer_tokens.map_or(server, |tokens| {
+            tokens.saturating_mul(BYTES_PER_TOKEN).min(server)
+        })
+    }
+
     /// The runtime behind the tools.
     pub fn runtime(&self) -> Arc<Runtime> {
         Arc::clone(&self.runtime)
@@ -417,29 +496,74 @@ fn tool_error(error: CallError) -> Result<CallToolResult, ErrorData> {
     )]))
 }
 
-/// A run's result as JSON (structured and as text) plus, when the code printed anything, the
-/// console as plain text; a failure as an error text followed by the console.
+/// What an answer shows of a run's result and console within its budget of `budget` bytes:
+/// the result, or a preview of it when it does not fit; the console's first and last lines.
+struct Shown {
+    output: String,
+    output_truncated: bool,
+    output_size: Option<OutputSize>,
+    console: ConsolePreview,
+    console_dropped: bool,
+}
+
+impl Shown {
+    fn new(completion: Completion, console: &Console, budget: usize) -> Self {
+        let size = completion.size;
+        let (output, previewed) = match completion.preview {
+            Some(preview) => (preview, true),
+            None => (completion.output, false),
+        };
+        let output_truncated = previewed || completion.output_truncated;
+        Self {
+            console: shown_console(console, budget, engine::json_len(&output)),
+            console_dropped: console.dropped.is_some(),
+            output,
+            output_truncated,
+            output_size: output_truncated.then(|| OutputSize {
+                bytes: size,
+                tokens: size.div_ceil(BYTES_PER_TOKEN),
+            }),
+        }
+    }
+}
+
+/// The console within what a result of `result` bytes leaves of `budget`.
+fn shown_console(console: &Console, budget: usize, result: usize) -> ConsolePreview {
+    let size = console.lines.iter().map(line_size).sum();
+    let (_, share) = engine::split(budget, result, size);
+    engine::console_preview(console, share)
+}
+
+/// A console as text: its lines, and where lines were left out, a line saying so.
+fn console_text(console: &ConsolePreview) -> String {
+    let line = |l: &LogLine| format!("[{}] {}\n", l.level, l.text);
+    let mut text: String = console.head.iter().map(line).collect();
+    if console.left_out > 0 {
+        text.push_str(&format!(
+            "… [{} lines left out] …\n",
+            engine::group(console.left_out)
+        ));
+    }
+    text.extend(console.tail.iter().map(line));
+    text
+}
+
+/// A run's result as JSON (structured and as text, the console in it); a failure as an
+/// error text followed by the console (within `budget`).
 fn run_result<T: Serialize>(
     result: Result<T, CallError>,
     console: &Console,
+    budget: usize,
 ) -> Result<CallToolResult, ErrorData> {
-    let printed = !console.lines.is_empty() || console.truncated;
+    let printed = !console.lines.is_empty();
     match result {
-        Ok(value) => {
-            let mut result = structured(&value)?;
-            if printed {
-                result.content.push(ContentBlock::text(format!(
-                    "console:\n{}",
-                    console.to_text()
-                )));
-            }
-            Ok(result)
-        }
+        Ok(value) => structured(&value),
         Err(error) => {
             let mut text = error.to_string();
             if printed {
+                let shown = shown_console(console, budget, text.len());
                 text.push_str("\n\nconsole output before the failure:\n");
-                text.push_str(&console.to_text());
+                text.push_str(&console_text(&shown));
             }
             Ok(CallToolResult::error(vec![ContentBlock::text(text)]))
         }
@@ -557,7 +681,8 @@ let/const/class again. Omit `heap` to start a new one; the result tells you its 
 something without changing a heap, pass `save_as`: the code runs on `heap`'s state and the result \
 is saved as that new heap (a fork); `copy_heap` makes a checkpoint. \
 console.log output comes back in `logs`; setTimeout and setInterval run on a virtual clock (Date \
-follows it) until the result settles. A call that throws, times out or runs out of memory \
+follows it) until the result settles. The result stays in the heap as `_`: when it was too long \
+to show whole, page through it in the next call (`_.slice(100, 200)`). A call that throws, times out or runs out of memory \
 changes nothing; errors give the line and column in your code. Plain ECMAScript scripts: no \
 modules (import, export, require), fetch, fs or DOM.",
         title = "Run JavaScript on a heap",
@@ -570,10 +695,15 @@ modules (import, export, require), fetch, fs or DOM.",
         context: RequestContext<RoleServer>,
         Parameters(args): Parameters<RunJsArgs>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let limits = match call_limits(args.timeout_secs, args.heap_memory_max_mb) {
+        let limits = match call_limits(
+            args.timeout_secs,
+            args.heap_memory_max_mb,
+            args.max_output_tokens,
+        ) {
             Ok(limits) => limits,
             Err(e) => return tool_error(e).map(Into::into),
         };
+        let budget = self.answer_budget(&limits);
         let call = self.calls.enter();
         // A new heap is named here, so that its reports carry the name.
         let heap = match (&args.save_as, args.heap) {
@@ -600,18 +730,33 @@ modules (import, export, require), fetch, fs or DOM.",
                 reporting.finish().await;
             }
             drop(call);
-            let result = reply.result.map(|run| RunJsOutput {
-                output: run.completion.output,
-                output_truncated: run.completion.output_truncated,
-                heap: run.heap,
-                logs: reply.console.lines.clone(),
-                logs_truncated: reply.console.truncated,
-                pending_timers: run.completion.pending_timers,
-                retries: run.retries,
-                notice: run.notice,
-                forked_from: run.forked_from,
+            let result = reply.result.map(|run| {
+                let pending_timers = run.completion.pending_timers;
+                let shown = Shown::new(run.completion, &reply.console, budget);
+                RunJsOutput {
+                    output_rest: shown.output_truncated.then(|| {
+                        format!(
+                            "The whole result is `_` in heap '{}' (unless the code made `_` its \
+                             own): page through it in the next call, e.g. `_.slice(0, 100)`, \
+                             `Object.keys(_)`, `_.length`.",
+                            run.heap
+                        )
+                    }),
+                    output: shown.output,
+                    output_truncated: shown.output_truncated,
+                    output_size: shown.output_size,
+                    heap: run.heap,
+                    logs: shown.console.head,
+                    logs_left_out: shown.console.left_out,
+                    logs_tail: shown.console.tail,
+                    logs_truncated: shown.console_dropped,
+                    pending_timers,
+                    retries: run.retries,
+                    notice: run.notice,
+                    forked_from: run.forked_from,
+                }
             });
-            run_result(result, &reply.console)
+            run_result(result, &reply.console, budget)
         };
         self.respond(&context, work, status).await
     }
@@ -775,10 +920,15 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
         context: RequestContext<RoleServer>,
         Parameters(args): Parameters<StatelessRunJsArgs>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let limits = match call_limits(args.timeout_secs, args.heap_memory_max_mb) {
+        let limits = match call_limits(
+            args.timeout_secs,
+            args.heap_memory_max_mb,
+            args.max_output_tokens,
+        ) {
             Ok(limits) => limits,
             Err(e) => return tool_error(e).map(Into::into),
         };
+        let budget = self.answer_budget(&limits);
         let call = self.calls.enter();
         let reporting = self.reporting(&context, "run_js".into());
         let status = reporting.as_ref().map(Reporting::status);
@@ -790,21 +940,63 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
                 reporting.finish().await;
             }
             drop(call);
-            let result = reply.result.map(|completion| StatelessRunJsOutput {
-                output: completion.output,
-                output_truncated: completion.output_truncated,
-                logs: reply.console.lines.clone(),
-                logs_truncated: reply.console.truncated,
-                pending_timers: completion.pending_timers,
+            let result = reply.result.map(|completion| {
+                let pending_timers = completion.pending_timers;
+                let shown = Shown::new(completion, &reply.console, budget);
+                StatelessRunJsOutput {
+                    output_rest: shown.output_truncated.then(|| {
+                        "Nothing is kept between calls: run the code again returning a part of \
+                         the result (e.g. `rows.slice(0, 100)`) or a summary of it."
+                            .to_string()
+                    }),
+                    output: shown.output,
+                    output_truncated: shown.output_truncated,
+                    output_size: shown.output_size,
+                    logs: shown.console.head,
+                    logs_left_out: shown.console.left_out,
+                    logs_tail: shown.console.tail,
+                    logs_truncated: shown.console_dropped,
+                    pending_timers,
+                }
             });
-            run_result(result, &reply.console)
+            run_result(result, &reply.console, budget)
         };
         self.respond(&context, work, status).await
     }
 }
 
+/// How long a client may keep what never changes while the server runs (its tools, the heap
+/// template) before asking again: a restart may change the limits the descriptions state.
+const STATIC_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// The caching hints of a result, for a client on protocol 2026-07-28 or later (older ones
+/// know none): `ttl` and whether any client may be served it (`Public`) or only the one that
+/// asked (`Private`: heaps are the caller's data).
+fn cache_hints(
+    context: &RequestContext<RoleServer>,
+    ttl: Duration,
+    scope: CacheScope,
+) -> (Option<u64>, Option<CacheScope>) {
+    let knows = context
+        .protocol_version()
+        .is_some_and(|version| version >= ProtocolVersion::V_2026_07_28);
+    let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    (knows.then_some(ttl), knows.then_some(scope))
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for McpServer {
+    /// `tools/list`: the same for every client while the server runs, sorted by name.
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut result = ListToolsResult::with_all_items(self.tool_router.list_all());
+        (result.ttl_ms, result.cache_scope) = cache_hints(&context, STATIC_TTL, CacheScope::Public);
+        Ok(result)
+    }
+
     #[allow(deprecated)] // logging: see `report`
     fn get_info(&self) -> ServerConfig {
         let capabilities = if self.stateless {
@@ -836,10 +1028,14 @@ Use one heap per task and pass its name on every call."
     async fn list_resources(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
+        // Every call may add or change a heap.
+        let hints = cache_hints(&context, Duration::ZERO, CacheScope::Private);
         if self.stateless {
-            return Ok(ListResourcesResult::with_all_items(Vec::new()));
+            let mut none = ListResourcesResult::with_all_items(Vec::new());
+            (none.ttl_ms, none.cache_scope) = hints;
+            return Ok(none);
         }
         let cursor = request.and_then(|r| r.cursor);
         let (heaps, next_cursor) = self
@@ -858,16 +1054,20 @@ Use one heap per task and pass its name on every call."
             .collect();
         let mut page = ListResourcesResult::with_all_items(resources);
         page.next_cursor = next_cursor;
+        (page.ttl_ms, page.cache_scope) = hints;
         Ok(page)
     }
 
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let hints = cache_hints(&context, STATIC_TTL, CacheScope::Public);
         if self.stateless {
-            return Ok(ListResourceTemplatesResult::with_all_items(Vec::new()));
+            let mut none = ListResourceTemplatesResult::with_all_items(Vec::new());
+            (none.ttl_ms, none.cache_scope) = hints;
+            return Ok(none);
         }
         let template = ResourceTemplate::new(HEAP_TEMPLATE, "heap")
             .with_title("A heap")
@@ -875,7 +1075,9 @@ Use one heap per task and pass its name on every call."
                 "A saved heap's metadata: stored and raw size, version, last write, store",
             )
             .with_mime_type("application/json");
-        Ok(ListResourceTemplatesResult::with_all_items(vec![template]))
+        let mut result = ListResourceTemplatesResult::with_all_items(vec![template]);
+        (result.ttl_ms, result.cache_scope) = hints;
+        Ok(result)
     }
 
     /// `tasks/get`: a call running as a task, or its result.
@@ -950,7 +1152,7 @@ Use one heap per task and pass its name on every call."
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri;
         let Some(name) = uri
@@ -986,10 +1188,12 @@ Use one heap per task and pass its name on every call."
             "last_modified_ms": info.last_modified_ms,
             "storage": backend.name,
         });
-        Ok(
+        let mut result =
             ReadResourceResult::new(vec![ResourceContents::text(body.to_string(), uri.clone())
-                .with_mime_type("application/json")])
-            .into(),
-        )
+                .with_mime_type("application/json")]);
+        // A heap's metadata changes with every call on it.
+        (result.ttl_ms, result.cache_scope) =
+            cache_hints(&context, Duration::ZERO, CacheScope::Private);
+        Ok(result.into())
     }
 }

@@ -4,7 +4,7 @@
 
 use mcp_v8_e2e::http::{http, HttpServer};
 use mcp_v8_e2e::{Client, RawStdio, Server};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Big results and consoles, each with what it must come back as.
 async fn sizes_travel_safely(client: &Client, heap: &str) {
@@ -45,7 +45,7 @@ async fn sizes_travel_safely(client: &Client, heap: &str) {
         .await
         .err();
     assert!(error.contains("execution timed out"), "{error}");
-    assert!(error.contains("[console output truncated]"), "{error}");
+    assert!(error.contains("lines left out] …"), "{error}");
 
     let out = client.run_js("'é'.repeat(3 << 20)", Some(heap)).await.ok();
     assert_eq!(out["output_truncated"], true);
@@ -60,11 +60,19 @@ async fn sizes_travel_safely(client: &Client, heap: &str) {
 
 #[tokio::test]
 async fn results_and_logs_of_any_size_travel_safely_over_stdio_and_http() {
-    let server = Server::start(&["--memory", "--execution-timeout", "3"]).await;
+    // No answer budget: all of it travels.
+    let args = [
+        "--memory",
+        "--execution-timeout",
+        "3",
+        "--max-output-tokens",
+        "0",
+    ];
+    let server = Server::start(&args).await;
     sizes_travel_safely(&server, "stdio").await;
     server.stop().await;
 
-    let http = HttpServer::start(&["--memory", "--execution-timeout", "3"]).await;
+    let http = HttpServer::start(&args).await;
     let client = http.streamable(None).await;
     sizes_travel_safely(&client, "http").await;
     client.stop().await;
@@ -87,7 +95,7 @@ async fn a_timeout_while_rendering_the_result_fails_the_call_and_saves_nothing()
     }
     let error = server
         .run_js(
-            "keep = 'lost'; ({ toJSON() { throw 1 }, toString() { throw new Error('no') } })",
+            "keep = 'lost'; const g = () => 1; g.toString = () => { throw new Error('no') }; g",
             Some("render"),
         )
         .await
@@ -263,5 +271,186 @@ async fn the_clock_moves_with_the_timers_and_absurd_delays_are_clamped() {
         )
         .await;
     assert_eq!(out, "late");
+    server.stop().await;
+}
+
+/// Bytes of text an answer puts into the agent's context.
+fn answer_bytes(result: &rmcp::model::CallToolResult) -> usize {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.len()))
+        .sum()
+}
+
+/// The default budget: 20,000 tokens of 3 bytes; what is not output or console (heap name,
+/// hints) is a little more.
+const BUDGET: usize = 60_000 + 1_000;
+
+/// A heap of 200,000 rows, as an agent meets it: the answer fits its context, shows what the
+/// rows look like and how many there are, and the next calls page through `_`.
+async fn big_values_come_as_previews_and_page_through_underscore(client: &Client, heap: &str) {
+    let code = "var rows = Array.from({ length: 200000 }, (_, i) => \
+        ({ id: i, name: 'row ' + i, tags: ['a', 'b'], score: i / 7 })); rows";
+    let result = client
+        .call("run_js", json!({ "code": code, "heap": heap }))
+        .await;
+    assert!(answer_bytes(&result) <= BUDGET, "{}", answer_bytes(&result));
+    let out = result.structured_content.unwrap();
+    assert_eq!(out["output_truncated"], true);
+    let size = out["output_size"]["bytes"].as_u64().unwrap();
+    assert!(size > 10_000_000, "{size}");
+    assert_eq!(
+        out["output_size"]["tokens"].as_u64().unwrap(),
+        size.div_ceil(3)
+    );
+    assert!(
+        out["output_rest"].as_str().unwrap().contains("`_`"),
+        "{out}"
+    );
+    let preview: Value = serde_json::from_str(out["output"].as_str().unwrap()).unwrap();
+    let items = preview.as_array().unwrap();
+    assert_eq!(items[1]["name"], "row 1");
+    assert_eq!(
+        items.last().unwrap().as_str().unwrap(),
+        format!(
+            "… {} more items (200,000 in all)",
+            group(200_000 - (items.len() - 1))
+        )
+    );
+
+    // A filter's result is `_` in turn; the agent pages through it.
+    let out = client
+        .run_js("rows.filter(r => r.id % 2 === 0)", Some(heap))
+        .await
+        .ok();
+    assert_eq!(out["output_truncated"], true);
+    let page = client
+        .run_js("_.slice(100, 103).map(r => r.id)", Some(heap))
+        .await
+        .ok();
+    assert_eq!(page["output"], "[200,202,204]");
+    assert!(page.get("output_truncated").is_none());
+    assert_eq!(client.output("_.length", heap).await, "3");
+
+    // A smaller budget for one call.
+    let result = client
+        .call(
+            "run_js",
+            json!({ "code": "rows", "heap": heap, "max_output_tokens": 200 }),
+        )
+        .await;
+    let out = result.structured_content.clone().unwrap();
+    assert!(out["output"].as_str().unwrap().len() <= 600, "{out}");
+    serde_json::from_str::<Value>(out["output"].as_str().unwrap()).unwrap();
+    let error = client
+        .reply(
+            "run_js",
+            json!({ "code": "1", "heap": heap, "max_output_tokens": 1_000_000 }),
+        )
+        .await
+        .err();
+    assert!(error.contains("max_output_tokens"), "{error}");
+
+    // Long strings keep their head and tail.
+    let out = client
+        .run_js("'<' + 'x'.repeat(1e6) + '>'", Some(heap))
+        .await
+        .ok();
+    let output = out["output"].as_str().unwrap();
+    assert!(output.starts_with("<xxx") && output.ends_with("xxx>"));
+    assert!(output.contains("characters left out"), "{output}");
+
+    // A console flood: its first and last lines, the middle counted, within the budget.
+    let result = client
+        .call(
+            "run_js",
+            json!({
+                "code": "for (let i = 0; i < 100000; i++) console.log('line ' + i); rows.length",
+                "heap": heap,
+            }),
+        )
+        .await;
+    assert!(answer_bytes(&result) <= BUDGET, "{}", answer_bytes(&result));
+    let out = result.structured_content.unwrap();
+    assert_eq!(out["output"], "200000");
+    assert_eq!(out["logs"][0]["text"], "line 0");
+    assert_eq!(
+        out["logs_tail"].as_array().unwrap().last().unwrap()["text"],
+        "line 99999"
+    );
+    let shown = out["logs"].as_array().unwrap().len() + out["logs_tail"].as_array().unwrap().len();
+    assert_eq!(
+        shown as u64 + out["logs_left_out"].as_u64().unwrap(),
+        100_000
+    );
+    // Over --console-max-bytes too: the latest lines are the ones kept.
+    assert_eq!(out["logs_truncated"], true);
+
+    // What JSON cannot say is named, in a preview and in a whole result alike.
+    let out = client
+        .run_js(
+            "const c = { map: new Map([[1, 'one']]), set: new Set(['s']), \
+               bytes: new Float64Array(3), big: 2n ** 70n, \
+               get bad() { throw new Error('getter') } }; c.self = c; c",
+            Some(heap),
+        )
+        .await
+        .ok();
+    let whole: Value = serde_json::from_str(out["output"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        whole,
+        json!({
+            "map": { "Map(1)": [[1, "one"]] }, "set": { "Set(1)": ["s"] },
+            "bytes": { "Float64Array(3)": [0, 0, 0] }, "big": "1180591620717411303424n",
+            "bad": "[threw Error: getter]", "self": "[Circular]",
+        })
+    );
+}
+
+/// `n` with thousands separated by commas.
+fn group(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+#[tokio::test]
+async fn answers_fit_an_agents_context_over_stdio_and_http() {
+    let server = Server::start(&["--memory"]).await;
+    big_values_come_as_previews_and_page_through_underscore(&server, "rows").await;
+    server.stop().await;
+
+    let http = HttpServer::start(&["--memory"]).await;
+    let client = http.streamable(None).await;
+    big_values_come_as_previews_and_page_through_underscore(&client, "rows").await;
+    client.stop().await;
+    assert!(http.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_stateless_answer_fits_too_and_says_nothing_was_kept() {
+    let server = Server::start(&["--stateless"]).await;
+    let result = server
+        .call(
+            "run_js",
+            json!({ "code": "Array.from({ length: 100000 }, (_, i) => 'item ' + i)" }),
+        )
+        .await;
+    assert!(answer_bytes(&result) <= BUDGET, "{}", answer_bytes(&result));
+    let out = result.structured_content.unwrap();
+    assert_eq!(out["output_truncated"], true);
+    assert!(out["output_rest"]
+        .as_str()
+        .unwrap()
+        .contains("Nothing is kept"));
+    let preview: Value = serde_json::from_str(out["output"].as_str().unwrap()).unwrap();
+    assert_eq!(preview[0], "item 0");
     server.stop().await;
 }

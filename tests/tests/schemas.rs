@@ -166,6 +166,26 @@ async fn every_tool_has_plain_schemas_titles_annotations_and_valid_results() {
     server.output("x += 1", "h").await;
     let history = valid_result(&server, &tools, "heap_history", json!({ "heap": "h" })).await;
     assert_eq!(history["calls"][0]["output"], "2", "{history}");
+    // A preview, a console cut to its first and last lines, and a budget sent as a string.
+    let preview = valid_result(
+        &server,
+        &tools,
+        "run_js",
+        json!({
+            "code": "for (let i = 0; i < 5000; i++) console.log('line', i); \
+                     Array.from({ length: 5000 }, (_, i) => ({ i }))",
+            "heap": "h",
+            "max_output_tokens": "1000",
+        }),
+    )
+    .await;
+    assert_eq!(preview["output_truncated"], true, "{preview}");
+    assert!(preview["logs_left_out"].as_u64().unwrap() > 0, "{preview}");
+    assert!(!preview["logs_tail"].as_array().unwrap().is_empty());
+    assert!(
+        description.contains("answers of about 20,000 tokens at most"),
+        "{description}"
+    );
     valid_result(&server, &tools, "list_heaps", json!({})).await;
     valid_result(&server, &tools, "storage_stats", json!({})).await;
     valid_result(&server, &tools, "delete_heap", json!({ "heap": "h2" })).await;
@@ -187,5 +207,62 @@ async fn the_stateless_tool_is_as_plain() {
     )
     .await;
     assert_eq!(result["output"], "42");
+    server.stop().await;
+}
+
+/// Protocol 2026-07-28's caching hints: what never changes while the server runs may be kept
+/// by anyone for an hour, heaps and their metadata by nobody. Requests name the revision in
+/// their `_meta`, as that revision's clients do.
+#[tokio::test]
+async fn list_and_read_results_carry_caching_hints() {
+    use rmcp::model::{
+        CacheScope, ClientCapabilities, Implementation, PaginatedRequestParams, ProtocolVersion,
+        ReadResourceRequestParams, RequestMetaObject,
+    };
+    let server = Server::start(&["--memory"]).await;
+    server.output("1", "cached").await;
+    let client = server.client();
+    let mut meta = RequestMetaObject::new();
+    meta.set_protocol_version(ProtocolVersion::V_2026_07_28);
+    meta.set_client_info(Implementation::new("caching-test", "1"));
+    meta.set_client_capabilities(ClientCapabilities::default());
+    let page = || {
+        let mut params = PaginatedRequestParams::default();
+        params.meta = Some(meta.clone());
+        Some(params)
+    };
+    let tools = client.list_tools(page()).await.unwrap();
+    assert_eq!(
+        (tools.ttl_ms, tools.cache_scope),
+        (Some(3_600_000), Some(CacheScope::Public))
+    );
+    let names: Vec<&str> = tools.tools.iter().map(|t| t.name.as_ref()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "tools/list in a stable order");
+    let templates = client.list_resource_templates(page()).await.unwrap();
+    assert_eq!(
+        (templates.ttl_ms, templates.cache_scope),
+        (Some(3_600_000), Some(CacheScope::Public))
+    );
+    let heaps = client.list_resources(page()).await.unwrap();
+    assert_eq!(
+        (heaps.ttl_ms, heaps.cache_scope),
+        (Some(0), Some(CacheScope::Private))
+    );
+    let mut read = ReadResourceRequestParams::new("heap://cached");
+    read.meta = Some(meta.clone());
+    let read = client.read_resource(read).await.unwrap();
+    assert_eq!(
+        (read.ttl_ms, read.cache_scope),
+        (Some(0), Some(CacheScope::Private))
+    );
+    // rmcp's client keeps the tools for their TTL: asked again, it answers them itself.
+    let again = client.list_tools(None).await.unwrap();
+    assert!(
+        again.ttl_ms.is_some_and(|ttl| ttl <= 3_600_000),
+        "{:?}",
+        again.ttl_ms
+    );
     server.stop().await;
 }

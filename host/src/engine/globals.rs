@@ -31,23 +31,63 @@ pub struct LogLine {
 pub struct Console {
     /// The lines, in order.
     pub lines: Vec<LogLine>,
-    /// Lines were dropped because the output reached its size limit.
-    pub truncated: bool,
+    /// Lines dropped from the middle because the output outgrew its size limit: the first
+    /// lines and the latest are kept.
+    #[serde(default)]
+    pub dropped: Option<Dropped>,
+}
+
+/// Console lines dropped at the size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// How many of [`Console::lines`] come before them.
+    pub after: usize,
+    /// How many.
+    pub lines: usize,
 }
 
 impl Console {
-    /// The lines as plain text, one `[level] text` per line.
+    /// The lines as plain text, one `[level] text` per line, and where lines were dropped a
+    /// line saying how many.
     pub fn to_text(&self) -> String {
-        let mut text: String = self
-            .lines
-            .iter()
-            .map(|l| format!("[{}] {}\n", l.level, l.text))
-            .collect();
-        if self.truncated {
-            text.push_str("[console output truncated]\n");
+        let mut text = String::new();
+        for (i, line) in self.lines.iter().enumerate() {
+            if let Some(dropped) = self.dropped.filter(|d| d.after == i) {
+                text.push_str(&dropped.to_text());
+            }
+            text.push_str(&format!("[{}] {}\n", line.level, line.text));
+        }
+        if let Some(dropped) = self.dropped.filter(|d| d.after >= self.lines.len()) {
+            text.push_str(&dropped.to_text());
         }
         text
     }
+}
+
+impl Dropped {
+    /// The line that stands for them.
+    pub fn to_text(self) -> String {
+        format!(
+            "[… {} console lines dropped at the console limit …]\n",
+            super::preview::group(self.lines)
+        )
+    }
+}
+
+/// What a console line counts against the console limit.
+fn console_cost(line: &LogLine) -> usize {
+    line.text.len() + line.level.len() + 4
+}
+
+/// The latest console lines of a run over its console limit.
+struct Tail {
+    lines: std::collections::VecDeque<LogLine>,
+    /// Their bytes ([`console_cost`]).
+    bytes: usize,
+    /// The bytes of the lines kept before them.
+    head_bytes: usize,
+    /// Lines dropped between those and these.
+    dropped: usize,
 }
 
 struct Timer {
@@ -59,9 +99,13 @@ struct Timer {
 
 /// Per-run state, kept in an isolate slot while the run lasts.
 pub(super) struct RunState {
+    /// The lines kept: all of them, or once over the limit the first ones.
     console: Console,
-    console_bytes: usize,
+    /// Bytes printed in all ([`console_cost`]).
+    printed: usize,
     console_limit: usize,
+    /// Over the limit: the latest lines, and their bytes and those of the first ones.
+    tail: Option<Tail>,
     /// Timers by (due time in virtual ms, sequence number): earliest first, ties in order.
     timers: BTreeMap<(u64, u64), Timer>,
     /// Virtual time in ms: how far timers have moved the clock forward.
@@ -88,8 +132,9 @@ impl RunState {
     pub(super) fn new(console_limit: usize, live: Option<live::Sender>, deck: Deck) -> Self {
         Self {
             console: Console::default(),
-            console_bytes: 0,
+            printed: 0,
             console_limit,
+            tail: None,
             timers: BTreeMap::new(),
             now: 0,
             random: Random::new(deck.seed()),
@@ -113,27 +158,72 @@ impl RunState {
         if let Some(live) = self.live.take() {
             live.finish(std::mem::take(&mut self.live_pending));
         }
+        if let Some(tail) = self.tail.take() {
+            let after = self.console.lines.len();
+            self.console.lines.extend(tail.lines);
+            self.console.dropped = (tail.dropped > 0).then_some(Dropped {
+                after,
+                lines: tail.dropped,
+            });
+        }
         (self.console, self.timers.len(), self.deck.finish())
     }
 
     fn log(&mut self, level: &str, text: String) {
-        if self.console.truncated {
-            return;
-        }
-        let cost = text.len() + level.len() + 4;
-        if self.console_bytes + cost > self.console_limit {
-            self.console.truncated = true;
-            return;
-        }
-        self.console_bytes += cost;
         let line = LogLine {
             level: level.to_string(),
             text,
         };
-        if let Some(live) = &self.live {
-            live.send(Event::Console(line.clone()), &mut self.live_pending);
+        let cost = console_cost(&line);
+        self.printed = self.printed.saturating_add(cost);
+        if self.printed <= self.console_limit {
+            if let Some(live) = &self.live {
+                live.send(Event::Console(line.clone()), &mut self.live_pending);
+            }
+            self.console.lines.push(line);
+            return;
         }
-        self.console.lines.push(line);
+        // Over the limit: the lines in the first half stay, the latest take the rest.
+        let limit = self.console_limit;
+        let lines = &mut self.console.lines;
+        let tail = self.tail.get_or_insert_with(|| {
+            let mut head_bytes = 0;
+            let head = lines
+                .iter()
+                .take_while(|line| {
+                    head_bytes += console_cost(line);
+                    head_bytes <= limit / 2
+                })
+                .count();
+            let rest: std::collections::VecDeque<LogLine> = lines.split_off(head).into();
+            let head_bytes = lines.iter().map(console_cost).sum();
+            Tail {
+                bytes: rest.iter().map(console_cost).sum(),
+                head_bytes,
+                lines: rest,
+                dropped: 0,
+            }
+        });
+        tail.bytes += cost;
+        tail.lines.push_back(line);
+        while tail.head_bytes + tail.bytes > limit {
+            let Some(first) = tail.lines.pop_front() else {
+                break;
+            };
+            tail.bytes -= console_cost(&first);
+            tail.dropped += 1;
+        }
+    }
+
+    /// Bytes the console so far takes in an answer ([`super::preview::line_size`]).
+    fn answer_size(&self) -> usize {
+        let tail = self.tail.iter().flat_map(|tail| tail.lines.iter());
+        self.console
+            .lines
+            .iter()
+            .chain(tail)
+            .map(super::preview::line_size)
+            .sum()
     }
 
     fn progress(&mut self, progress: Progress) {
@@ -218,8 +308,13 @@ pub(super) fn handled(scope: &mut v8::HandleScope, promise: v8::Local<v8::Promis
 fn console_line(scope: &mut v8::HandleScope, args: &v8::FunctionCallbackArguments, level: &str) {
     let mut parts = Vec::with_capacity(args.length().max(0) as usize);
     for i in 0..args.length() {
-        match render(scope, args.get(i)) {
-            Ok(text) => parts.push(text),
+        let limit = scope
+            .get_slot::<RunState>()
+            .map_or(0, |state| state.console_limit);
+        let scope = &mut v8::HandleScope::new(scope);
+        let value = v8::Local::new(scope, args.get(i));
+        match render(scope, value, limit) {
+            Ok(text) => parts.push(text.text),
             Err(Unrendered::Threw(_)) => parts.push("[unprintable value]".into()),
             // The run is being stopped: print nothing more.
             Err(Unrendered::Terminated) => return,
@@ -464,6 +559,13 @@ fn track_unsaveable(
             state.forget = forget;
         }
     }
+}
+
+/// Bytes the console so far takes in an answer ([`super::preview::line_size`]).
+pub(super) fn console_size(scope: &mut v8::HandleScope) -> usize {
+    scope
+        .get_slot::<RunState>()
+        .map_or(0, RunState::answer_size)
 }
 
 /// What keeps the heap from being saved: the first object made in this run that V8 cannot

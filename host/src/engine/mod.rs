@@ -11,7 +11,9 @@
 
 mod allocator;
 mod globals;
+mod last;
 pub mod live;
+mod preview;
 mod render;
 mod repl;
 mod session;
@@ -28,7 +30,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use globals::RunState;
-pub use globals::{Console, LogLine};
+pub use globals::{Console, Dropped, LogLine};
+pub use preview::{console as console_preview, group, json_len, line_size, split, ConsolePreview};
 use render::{clip, describe_thrown, render, Unrendered};
 pub use trace::{Frame, Origin};
 
@@ -48,7 +51,19 @@ pub struct Limits {
     pub console_bytes: usize,
     /// Most bytes of the rendered result kept.
     pub output_bytes: usize,
+    /// Bytes of text an answer may take, result and console together: a result that does
+    /// not fit comes with a preview ([`Completion::preview`]).
+    #[serde(default = "unbounded")]
+    pub answer_bytes: usize,
 }
+
+fn unbounded() -> usize {
+    usize::MAX
+}
+
+/// Bytes of text per token of a model's context, as the answer budget estimates them: on the
+/// safe side of the 3-4 that JSON, code and English average.
+pub const BYTES_PER_TOKEN: usize = 3;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -57,6 +72,7 @@ impl Default for Limits {
             heap_bytes: 128 << 20,
             console_bytes: 1 << 20,
             output_bytes: 4 << 20,
+            answer_bytes: 20_000 * BYTES_PER_TOKEN,
         }
     }
 }
@@ -180,6 +196,13 @@ pub struct Completion {
     pub output: String,
     /// The output was longer than [`Limits::output_bytes`] and was cut there.
     pub output_truncated: bool,
+    /// Bytes of the whole rendered result, before any cut.
+    #[serde(default)]
+    pub size: usize,
+    /// What to show instead of `output` when it does not fit the answer
+    /// ([`Limits::answer_bytes`]): a preview that keeps its structure ([`preview`]).
+    #[serde(default)]
+    pub preview: Option<String>,
     /// Timers still pending when the result settled; they were dropped.
     pub pending_timers: usize,
     /// What the run read from outside its heap, for a replay.
@@ -198,7 +221,10 @@ pub fn fingerprint(completion: &Completion, console: &Console) -> u64 {
         hash.update(&(line.text.len() as u64).to_le_bytes());
         hash.update(line.text.as_bytes());
     }
-    hash.update(&[u8::from(console.truncated)]);
+    if let Some(dropped) = console.dropped {
+        hash.update(&(dropped.after as u64).to_le_bytes());
+        hash.update(&(dropped.lines as u64).to_le_bytes());
+    }
     hash.digest()
 }
 
@@ -374,7 +400,7 @@ pub fn run_stateful(
 /// Pairs the console of the run in `isolate` with `result`, and ends the run's state.
 fn finish(
     isolate: &mut v8::Isolate,
-    result: Result<String, RunError>,
+    result: Result<Rendered, RunError>,
     limits: &Limits,
 ) -> Run<Completion> {
     let (console, pending_timers, tape) = match isolate.remove_slot::<RunState>() {
@@ -389,17 +415,26 @@ fn finish(
         ),
     };
     Run {
-        result: result.map(|mut output| {
-            let output_truncated = clip(&mut output, limits.output_bytes);
-            if output_truncated {
+        result: result.map(|rendered| {
+            let Rendered {
+                mut output,
+                cut,
+                preview,
+            } = rendered;
+            let size = output.len();
+            let clipped = clip(&mut output, limits.output_bytes);
+            if clipped {
                 output.push_str(&format!(
                     "\n[output truncated at {} bytes]",
                     limits.output_bytes
                 ));
             }
+            let output_truncated = clipped || cut;
             Completion {
                 output,
                 output_truncated,
+                size,
+                preview,
                 pending_timers,
                 tape,
             }
@@ -415,7 +450,8 @@ fn evaluate(
     code: &Prepared,
     guard: &Guard,
     limits: &Limits,
-) -> Result<String, RunError> {
+    last: LastResult,
+) -> Result<Rendered, RunError> {
     let tc = &mut v8::TryCatch::new(scope);
     let Some(source) = v8::String::new(tc, code.code()) else {
         return Err(RunError::Exception(JsException::new(
@@ -458,6 +494,9 @@ fn evaluate(
                         continue;
                     }
                 }
+                if last == LastResult::Keep {
+                    last::keep(tc, value);
+                }
                 return render_result(tc, value, guard, limits);
             }
             v8::PromiseState::Rejected => {
@@ -481,27 +520,73 @@ fn evaluate(
     }
 }
 
-/// Renders the run's result, under the run's limits: a timeout, heap limit or exception
-/// while rendering fails the run.
-fn render_result(
-    tc: &mut v8::TryCatch<v8::HandleScope>,
-    value: v8::Local<v8::Value>,
+/// Whether a run keeps its result in its heap as `_` ([`last`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastResult {
+    /// A heap's run: the next call finds the result as `_`.
+    Keep,
+    /// Nothing is kept.
+    Drop,
+}
+
+/// A run's result as text, and a preview of it when it does not fit the answer.
+struct Rendered {
+    output: String,
+    /// `output` is not all of the result (see [`render::Text::cut`]).
+    cut: bool,
+    preview: Option<String>,
+}
+
+/// Renders the run's result, and a preview of it when it is longer than its share of the
+/// answer, under the run's limits: a timeout, heap limit or exception while rendering fails
+/// the run.
+fn render_result<'s>(
+    tc: &mut v8::TryCatch<v8::HandleScope<'s>>,
+    value: v8::Local<'s, v8::Value>,
     guard: &Guard,
     limits: &Limits,
-) -> Result<String, RunError> {
-    match render(tc, value) {
-        Ok(text) => match guard.error(limits) {
-            Some(error) => Err(error),
-            None => Ok(text),
-        },
-        Err(Unrendered::Terminated) => Err(guard
+) -> Result<Rendered, RunError> {
+    let terminated = |guard: &Guard| {
+        guard
             .error(limits)
-            .unwrap_or(RunError::Timeout(limits.timeout))),
+            .unwrap_or(RunError::Timeout(limits.timeout))
+    };
+    let (output, cut) = match render(tc, value, limits.output_bytes) {
+        Ok(text) => match guard.error(limits) {
+            Some(error) => return Err(error),
+            None => (text.text, text.cut),
+        },
+        Err(Unrendered::Terminated) => return Err(terminated(guard)),
         Err(Unrendered::Threw(mut e)) => {
             e.message = format!("the result could not be rendered: {}", e.message);
-            Err(RunError::Exception(e))
+            return Err(RunError::Exception(e));
         }
+    };
+    let console = globals::console_size(tc);
+    let size = preview::json_len(&output);
+    let (share, _) = split(limits.answer_bytes, size, console);
+    if size <= share {
+        return Ok(Rendered {
+            output,
+            cut,
+            preview: None,
+        });
     }
+    let preview = match preview::object(tc, value, share) {
+        Ok(Some(preview)) => preview,
+        Ok(None) => preview::text(&output, share),
+        Err(preview::Stop::Full) => preview::text(&output, share),
+        Err(preview::Stop::Terminated) => return Err(terminated(guard)),
+    };
+    if tc.has_terminated() {
+        return Err(terminated(guard));
+    }
+    tc.reset();
+    Ok(Rendered {
+        output,
+        cut,
+        preview: Some(preview),
+    })
 }
 
 /// Turns the pending exception or termination of `tc` into a [`RunError`].
@@ -737,7 +822,9 @@ mod tests {
                 "(function add(a, b) { return a + b; })",
                 "function add(a, b) { return a + b; }",
             ),
-            ("const o = {}; o.self = o; o", "[object Object]"),
+            // What JSON cannot say is named.
+            ("const o = {}; o.self = o; o", r#"{"self":"[Circular]"}"#),
+            ("[1n, { big: 2n }]", r#"["1n",{"big":"2n"}]"#),
             ("({ toJSON() { return undefined; } })", "[object Object]"),
             ("Object.create(null)", "{}"),
             ("new Date(0)", r#""1970-01-01T00:00:00.000Z""#),
@@ -914,12 +1001,19 @@ mod tests {
             small,
         );
         assert_eq!(run.result.unwrap().output, "done");
-        assert!(run.console.truncated);
-        assert!(run.console.lines.len() < 20, "{}", run.console.lines.len());
-        assert!(run
-            .console
-            .to_text()
-            .ends_with("[console output truncated]\n"));
+        // The first lines and the latest are kept, the ones between counted.
+        let console = &run.console;
+        let dropped = console.dropped.expect("lines dropped");
+        assert_eq!(console.lines[0].text, "line 0");
+        assert_eq!(console.lines.last().unwrap().text, "line 99");
+        assert_eq!(console.lines.len() + dropped.lines, 100);
+        assert!(console.lines.len() < 20, "{}", console.lines.len());
+        let text = console.to_text();
+        assert!(
+            text.contains(&format!("[… {} console lines dropped", dropped.lines)),
+            "{text}"
+        );
+        assert!(text.ends_with("[log] line 99\n"), "{text}");
     }
 
     #[test]
@@ -1060,8 +1154,13 @@ mod tests {
             let err = stateful_run(code, Some(&heap), short).result.unwrap_err();
             assert_eq!(err, RunError::Timeout(short.timeout), "{code}");
         }
+        // A toJSON that throws is named in the result.
+        assert_eq!(
+            stateless("[{ toJSON() { throw 1 } }]").unwrap(),
+            r#"["[threw 1]"]"#
+        );
         let e = exception(stateless(
-            "({ toJSON() { throw 1 }, toString() { throw new Error('no text') } })",
+            "const f = () => 1; f.toString = () => { throw new Error('no text') }; f",
         ));
         assert!(
             e.message.starts_with("the result could not be rendered"),

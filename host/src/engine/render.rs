@@ -3,7 +3,7 @@
 //! Rendering runs user code (`toJSON`, `toString`, getters, Proxy traps), so it can throw or
 //! be terminated by the time and heap limits like any other code; callers get to know which.
 
-use super::JsException;
+use super::{preview, JsException};
 
 /// Longest exception name or message kept, in bytes: they travel in the worker's answer
 /// header, and an agent needs the start of a long message, not all of it.
@@ -55,26 +55,45 @@ pub(super) fn describe_thrown(
             clipped(property(tc, "message").unwrap_or_default()),
         )
     } else {
-        let text = render(scope, thrown).unwrap_or_else(|_| "[unprintable value]".into());
+        let scope = &mut v8::HandleScope::new(scope);
+        let thrown = v8::Local::new(scope, thrown);
+        let text = render(scope, thrown, MAX_ERROR_TEXT)
+            .map(|text| text.text)
+            .unwrap_or_else(|_| "[unprintable value]".into());
         JsException::new("Error", clipped(format!("thrown value: {text}")))
     }
 }
 
-/// Renders a completion value: strings as they are, objects as JSON when they can be,
-/// everything else as `String(value)` would.
-pub(crate) fn render(
-    scope: &mut v8::HandleScope,
-    value: v8::Local<v8::Value>,
-) -> Result<String, Unrendered> {
+/// A value as text.
+pub(crate) struct Text {
+    pub(crate) text: String,
+    /// Not all of the value: JSON could not say it and all of it was longer than asked.
+    pub(crate) cut: bool,
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Self { text, cut: false }
+    }
+}
+
+/// Renders a completion value: strings as they are, objects as JSON when they can be (else
+/// as JSON-like text that names what JSON cannot say, [`preview::whole`], in about `max`
+/// bytes), everything else as `String(value)` would.
+pub(crate) fn render<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    value: v8::Local<'s, v8::Value>,
+    max: usize,
+) -> Result<Text, Unrendered> {
     if value.is_string() {
-        return Ok(value.to_rust_string_lossy(scope));
+        return Ok(value.to_rust_string_lossy(scope).into());
     }
     if let Ok(symbol) = v8::Local::<v8::Symbol>::try_from(value) {
         let description = symbol.description(scope);
         return Ok(if description.is_undefined() {
-            "Symbol()".into()
+            "Symbol()".to_string().into()
         } else {
-            format!("Symbol({})", description.to_rust_string_lossy(scope))
+            format!("Symbol({})", description.to_rust_string_lossy(scope)).into()
         });
     }
     let tc = &mut v8::TryCatch::new(scope);
@@ -83,17 +102,24 @@ pub(crate) fn render(
             let json = json.to_rust_string_lossy(tc);
             // JSON.stringify gives undefined (rendered here as "undefined") for some objects.
             if json != "undefined" {
-                return Ok(json);
+                return Ok(json.into());
             }
         }
         if tc.has_terminated() {
             return Err(Unrendered::Terminated);
         }
-        // Not JSON (a cycle, a BigInt, a throwing toJSON): String(value) instead.
+        // Not JSON (a cycle, a BigInt, a throwing getter or toJSON).
+        tc.reset();
+        match preview::whole(tc, value, max) {
+            Ok(Some(whole)) => return Ok(whole),
+            Ok(None) => {}
+            Err(preview::Stop::Terminated) => return Err(Unrendered::Terminated),
+            Err(preview::Stop::Full) => {}
+        }
         tc.reset();
     }
     if let Some(text) = value.to_string(tc) {
-        return Ok(text.to_rust_string_lossy(tc));
+        return Ok(text.to_rust_string_lossy(tc).into());
     }
     if tc.has_terminated() {
         return Err(Unrendered::Terminated);

@@ -13,7 +13,8 @@ use super::globals::{self, RunState};
 use super::live;
 use super::tape::{Deck, Replay, Tape};
 use super::{
-    create_params, evaluate, finish, init, watch, Completion, Guard, Limits, Run, RunError,
+    create_params, evaluate, finish, init, last, watch, Completion, Guard, LastResult, Limits, Run,
+    RunError,
 };
 use crate::frontend::Prepared;
 
@@ -284,11 +285,22 @@ impl Session {
                 globals::install_mcp(scope);
                 // The run's handles go before the check below, which must not see them as
                 // references.
-                let result = evaluate(&mut v8::HandleScope::new(scope), code, &guard, limits);
+                let last = match kind {
+                    Kind::Creator => LastResult::Keep,
+                    Kind::Plain => LastResult::Drop,
+                };
+                let result = evaluate(&mut v8::HandleScope::new(scope), code, &guard, limits, last);
                 let result = match kind {
-                    Kind::Creator => result.and_then(|output| match globals::unsaveable(scope) {
-                        Some(kind) => Err(RunError::Unsaveable(kind)),
-                        None => Ok(output),
+                    Kind::Creator => result.and_then(|output| {
+                        if globals::unsaveable(scope).is_none() {
+                            return Ok(output);
+                        }
+                        // A result the heap cannot be saved with is not kept as `_`.
+                        last::forget(scope);
+                        match globals::unsaveable(scope) {
+                            Some(kind) => Err(RunError::Unsaveable(kind)),
+                            None => Ok(output),
+                        }
                     }),
                     Kind::Plain => result,
                 };

@@ -20,7 +20,7 @@ use tokio::sync::RwLock;
 
 mod heaps;
 
-use crate::engine::{Completion, Limits, Run, RunError};
+use crate::engine::{Completion, Limits, Run, RunError, BYTES_PER_TOKEN};
 use crate::envelope::{Codec, EnvelopeError};
 use crate::executor::Executor;
 use crate::job::{Job, Keep, LiveBatches, NotWarm, Target};
@@ -280,6 +280,8 @@ pub struct CallLimits {
     pub timeout: Option<Duration>,
     /// Heap limit for this call, in bytes.
     pub heap_bytes: Option<usize>,
+    /// Tokens an answer to this call may take.
+    pub answer_tokens: Option<usize>,
 }
 
 /// Runs code on heaps kept in a [`Store`].
@@ -440,6 +442,16 @@ impl Runtime {
                 )));
             }
             limits.heap_bytes = heap_bytes;
+        }
+        if let Some(tokens) = call.answer_tokens {
+            let bytes = tokens.saturating_mul(BYTES_PER_TOKEN);
+            if tokens == 0 || bytes > self.limits.answer_bytes {
+                return Err(CallError::InvalidLimit(format!(
+                    "max_output_tokens must be at least 1 and at most the server's {}",
+                    self.limits.answer_bytes / BYTES_PER_TOKEN
+                )));
+            }
+            limits.answer_bytes = bytes;
         }
         Ok(limits)
     }

@@ -452,24 +452,31 @@ fn stage(out: &Output) -> io::Result<()> {
 /// Sends a run's outcome, and for a successful stateful run the generation its state is
 /// kept live as, unless a snapshot follows.
 fn done(out: &Output, run: Outcome, kept: Option<Generation>) -> io::Result<()> {
-    let (result, text) = match run.result {
+    let (result, text, preview) = match run.result {
         Ok(completion) => (
             Ok(Finished {
                 output_truncated: completion.output_truncated,
+                size: completion.size,
+                previewed: completion.preview.is_some(),
                 pending_timers: completion.pending_timers,
                 tape: completion.tape,
             }),
             completion.output,
+            completion.preview.unwrap_or_default(),
         ),
-        Err(e) => (Err(e), String::new()),
+        Err(e) => (Err(e), String::new(), String::new()),
     };
     let header = Answer::Done(Done {
         result,
-        console_truncated: run.console.truncated,
+        console_dropped: run.console.dropped,
         kept,
     });
     let console = encode_console(&run.console);
-    write_frame_now(out, &header, &[text.as_bytes(), &console])?;
+    write_frame_now(
+        out,
+        &header,
+        &[text.as_bytes(), &console, preview.as_bytes()],
+    )?;
     // The work after an answer (a snapshot, the next isolate) must not keep the host from
     // reading it: on a machine with few cores the host's thread otherwise waits for this one
     // to finish (a stateless call measured 2.2 ms instead of 0.7).

@@ -451,12 +451,18 @@ impl Worker {
             let mut sections = sections.into_iter();
             let output = sections.next().unwrap_or_default();
             let console = sections.next().unwrap_or_default();
+            let preview = sections.next().unwrap_or_default();
             let console =
-                decode_console(&console, done.console_truncated).map_err(Failure::DuringJob)?;
+                decode_console(&console, done.console_dropped).map_err(Failure::DuringJob)?;
+            let text = |bytes: Vec<u8>| {
+                String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            };
             let result = done.result.map(|finished| Completion {
-                output: String::from_utf8(output)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                output: text(output),
                 output_truncated: finished.output_truncated,
+                size: finished.size,
+                preview: finished.previewed.then(|| text(preview)),
                 pending_timers: finished.pending_timers,
                 tape: finished.tape,
             });

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::engine::live::{Batch, Progress};
-use crate::engine::{Console, Limits, LogLine, RunError, Tape};
+use crate::engine::{Console, Dropped, Limits, LogLine, RunError, Tape};
 use crate::job::{Keep, Stage};
 use crate::record::Record;
 
@@ -138,7 +138,7 @@ impl Live {
     pub fn encode(batch: Batch) -> (Live, Vec<u8>) {
         let lines = encode_console(&Console {
             lines: batch.lines,
-            truncated: false,
+            dropped: None,
         });
         let header = Live {
             skipped: batch.skipped,
@@ -150,7 +150,7 @@ impl Live {
     /// The batch a frame carried.
     pub fn decode(self, lines: &[u8]) -> io::Result<Batch> {
         Ok(Batch {
-            lines: decode_console(lines, false)?.lines,
+            lines: decode_console(lines, None)?.lines,
             skipped: self.skipped,
             progress: self.progress,
         })
@@ -166,8 +166,9 @@ pub struct Generation(pub u64);
 pub struct Done {
     /// The completion's facts (its output is a section), or why there is none.
     pub result: Result<Finished, RunError>,
-    /// Console lines were dropped at the console limit.
-    pub console_truncated: bool,
+    /// Console lines dropped at the console limit.
+    #[serde(default)]
+    pub console_dropped: Option<Dropped>,
     /// After a successful stateful run: the worker keeps the new state live, as this
     /// generation, and sends no snapshot.
     #[serde(default)]
@@ -179,6 +180,12 @@ pub struct Done {
 pub struct Finished {
     /// The output was cut at the output limit.
     pub output_truncated: bool,
+    /// Bytes of the whole output, before any cut.
+    #[serde(default)]
+    pub size: usize,
+    /// A preview of the output follows the console, as the third section.
+    #[serde(default)]
+    pub previewed: bool,
     /// Timers dropped when the result settled.
     pub pending_timers: usize,
     /// What the run read from outside its heap.
@@ -245,7 +252,7 @@ pub fn encode_console(console: &Console) -> Vec<u8> {
 }
 
 /// Reads a console section written by [`encode_console`].
-pub fn decode_console(mut bytes: &[u8], truncated: bool) -> io::Result<Console> {
+pub fn decode_console(mut bytes: &[u8], dropped: Option<Dropped>) -> io::Result<Console> {
     let mut lines = Vec::new();
     while !bytes.is_empty() {
         let (level, rest) = split(bytes, 1)?;
@@ -259,7 +266,7 @@ pub fn decode_console(mut bytes: &[u8], truncated: bool) -> io::Result<Console> 
         });
         bytes = rest;
     }
-    Ok(Console { lines, truncated })
+    Ok(Console { lines, dropped })
 }
 
 fn split(bytes: &[u8], n: usize) -> io::Result<(&[u8], &[u8])> {
@@ -393,7 +400,7 @@ mod tests {
         let mut wire = Vec::new();
         let error = Answer::Done(Done {
             result: Err(RunError::Timeout(std::time::Duration::from_secs(2))),
-            console_truncated: false,
+            console_dropped: None,
             kept: None,
         });
         write_frame(&mut wire, &error, &[]).await.unwrap();
@@ -446,11 +453,11 @@ mod tests {
                     text: String::new(),
                 },
             ],
-            truncated: true,
+            dropped: Some(Dropped { after: 1, lines: 5 }),
         };
         let bytes = encode_console(&console);
-        assert_eq!(decode_console(&bytes, true).unwrap(), console);
-        assert!(decode_console(&bytes[..bytes.len() - 1], true).is_err());
+        assert_eq!(decode_console(&bytes, console.dropped).unwrap(), console);
+        assert!(decode_console(&bytes[..bytes.len() - 1], None).is_err());
     }
 
     #[tokio::test]
