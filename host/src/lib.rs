@@ -20,6 +20,7 @@ pub mod frontend;
 pub mod fuzz;
 pub mod job;
 pub mod metrics;
+pub mod outputs;
 pub mod record;
 pub mod report;
 pub mod runtime;

@@ -32,6 +32,7 @@ use crate::engine::{
     self, line_size, Completion, Console, ConsolePreview, LogLine, BYTES_PER_TOKEN,
 };
 use crate::metrics::StorageStats;
+use crate::outputs::{self, Outputs};
 use crate::report::{self, Reporting};
 use crate::runtime::{self, CallError, CallLimits, Listed, Runtime, SaveTo};
 use crate::schema;
@@ -228,6 +229,10 @@ pub struct RunJsOutput {
     /// With `output_truncated`: where the whole result is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_rest: Option<String>,
+    /// With `output_truncated`: the whole result's text, readable for 10 minutes with
+    /// `read_output` or as this resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_uri: Option<String>,
     /// The heap the code ran on; pass it again to continue.
     pub heap: String,
     /// `console` output, in order (its first lines, when `logs_left_out`).
@@ -289,6 +294,10 @@ pub struct StatelessRunJsOutput {
     /// With `output_truncated`: how to get the rest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_rest: Option<String>,
+    /// With `output_truncated`: the whole result's text, readable for 10 minutes with
+    /// `read_output` or as this resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_uri: Option<String>,
     /// `console` output, in order (its first lines, when `logs_left_out`).
     pub logs: Vec<LogLine>,
     /// Console lines left out between `logs` and `logs_tail` to fit the answer.
@@ -393,6 +402,8 @@ pub struct McpServer {
     log_level: Arc<Mutex<Option<LoggingLevel>>>,
     /// Calls running as tasks, shared by every session (a task outlives its request).
     tasks: TaskManager,
+    /// Whole results whose answers showed a preview, shared by every session.
+    outputs: Arc<Outputs>,
 }
 
 impl McpServer {
@@ -403,6 +414,7 @@ impl McpServer {
         } else {
             Self::heap_tools()
         };
+        tool_router += Self::output_tools();
         // The description states this server's own limits, so an agent can plan for them.
         if let Some(route) = tool_router.map.get_mut("run_js") {
             let limits = runtime.limits();
@@ -436,6 +448,7 @@ impl McpServer {
             tool_router,
             log_level: Arc::default(),
             tasks: TaskManager::new(),
+            outputs: Arc::default(),
         }
     }
 
@@ -502,19 +515,22 @@ struct Shown {
     output: String,
     output_truncated: bool,
     output_size: Option<OutputSize>,
+    /// Where the whole result is kept, when only a preview is shown.
+    output_uri: Option<String>,
     console: ConsolePreview,
     console_dropped: bool,
 }
 
 impl Shown {
-    fn new(completion: Completion, console: &Console, budget: usize) -> Self {
+    fn new(completion: Completion, console: &Console, budget: usize, outputs: &Outputs) -> Self {
         let size = completion.size;
-        let (output, previewed) = match completion.preview {
-            Some(preview) => (preview, true),
-            None => (completion.output, false),
+        let (output, output_uri) = match completion.preview {
+            Some(preview) => (preview, outputs.keep(completion.output)),
+            None => (completion.output, None),
         };
-        let output_truncated = previewed || completion.output_truncated;
+        let output_truncated = output_uri.is_some() || completion.output_truncated;
         Self {
+            output_uri,
             console: shown_console(console, budget, engine::json_len(&output)),
             console_dropped: console.dropped.is_some(),
             output,
@@ -523,6 +539,31 @@ impl Shown {
                 bytes: size,
                 tokens: size.div_ceil(BYTES_PER_TOKEN),
             }),
+        }
+    }
+}
+
+impl Shown {
+    /// A link to the whole result, when it is kept.
+    fn link(&self) -> Option<Resource> {
+        let uri = self.output_uri.as_ref()?;
+        let bytes = self.output_size.as_ref().map_or(0, |size| size.bytes);
+        Some(
+            Resource::new(uri.clone(), "output")
+                .with_description("The whole result of this call, for 10 minutes")
+                .with_mime_type("text/plain")
+                .with_size(bytes as u64),
+        )
+    }
+
+    /// How to read the whole result's text, when it is kept.
+    fn read_output_hint(&self) -> String {
+        match &self.output_uri {
+            Some(uri) => format!(
+                " Its text is readable for 10 minutes with `read_output` (uri '{uri}', offset, \
+                 limit) or as that resource."
+            ),
+            None => String::new(),
         }
     }
 }
@@ -548,16 +589,21 @@ fn console_text(console: &ConsolePreview) -> String {
     text
 }
 
-/// A run's result as JSON (structured and as text, the console in it); a failure as an
-/// error text followed by the console (within `budget`).
+/// A run's result as JSON (structured and as text, the console in it) and a link to the
+/// whole result when only a preview is shown; a failure as an error text followed by the
+/// console (within `budget`).
 fn run_result<T: Serialize>(
-    result: Result<T, CallError>,
+    result: Result<(T, Option<Resource>), CallError>,
     console: &Console,
     budget: usize,
 ) -> Result<CallToolResult, ErrorData> {
     let printed = !console.lines.is_empty();
     match result {
-        Ok(value) => structured(&value),
+        Ok((value, link)) => {
+            let mut result = structured(&value)?;
+            result.content.extend(link.map(ContentBlock::resource_link));
+            Ok(result)
+        }
         Err(error) => {
             let mut text = error.to_string();
             if printed {
@@ -665,6 +711,77 @@ fn cancelled() -> Result<CallToolResult, ErrorData> {
     ))
 }
 
+/// Arguments of `read_output`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ReadOutputArgs {
+    /// `output_uri` of the answer that showed a preview.
+    pub uri: String,
+    /// Byte to start at (moved back to a character boundary; default 0).
+    #[serde(default, deserialize_with = "schema::lenient")]
+    pub offset: Option<u64>,
+    /// Most bytes to return (default and at most what fits this server's answer budget).
+    #[serde(default, deserialize_with = "schema::lenient")]
+    pub limit: Option<u64>,
+}
+
+/// What `read_output` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReadOutputOutput {
+    /// The text from `offset` on.
+    pub text: String,
+    /// The byte it starts at.
+    pub offset: usize,
+    /// Where the next part starts, when there is more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
+    /// Bytes of the whole text.
+    pub total_bytes: usize,
+}
+
+#[tool_router(router = output_tools, vis = "pub(crate)")]
+impl McpServer {
+    /// `read_output`.
+    #[tool(
+        description = "Read the whole result of a recent run_js call whose answer showed only a \
+preview (`output_truncated`): pass its `output_uri`, and `offset` (a byte) and `limit` to page \
+through the text; `next_offset` says where the next part starts. Results are kept for 10 minutes \
+(64 MiB in all, the oldest go first), as rendered: up to the server's --max-output-bytes.",
+        title = "Read a whole result",
+        input_schema = schema::input::<ReadOutputArgs>(),
+        output_schema = schema::output::<ReadOutputOutput>(),
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn read_output(
+        &self,
+        Parameters(args): Parameters<ReadOutputArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let Some(text) = self.outputs.get(&args.uri) else {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "no result kept as '{}': results are kept for 10 minutes after their call \
+                 (and the oldest go first past 64 MiB); run the code again",
+                args.uri
+            ))]));
+        };
+        let budget = self.runtime.limits().answer_bytes;
+        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let limit = args.limit.map_or(budget, to_usize).min(budget);
+        let (part, offset) = outputs::slice(&text, args.offset.map_or(0, to_usize), limit);
+        // The budget counts bytes as the answer carries them (escaped in JSON).
+        let mut part = part;
+        while engine::json_len(part) > limit && !part.is_empty() {
+            let (shorter, _) = outputs::slice(part, 0, part.len() - part.len() / 8 - 1);
+            part = shorter;
+        }
+        let end = offset + part.len();
+        structured(&ReadOutputOutput {
+            text: part.to_string(),
+            offset,
+            next_offset: (end < text.len()).then_some(end),
+            total_bytes: text.len(),
+        })
+    }
+}
+
 #[tool_router(router = heap_tools, vis = "pub(crate)")]
 impl McpServer {
     /// Stateful `run_js`.
@@ -721,6 +838,7 @@ modules (import, export, require), fetch, fs or DOM.",
             None => SaveTo::Same,
         };
         let runtime = Arc::clone(&self.runtime);
+        let outputs = Arc::clone(&self.outputs);
         let work = async move {
             let live = reporting.as_ref().map(Reporting::batches);
             let reply = runtime
@@ -732,16 +850,19 @@ modules (import, export, require), fetch, fs or DOM.",
             drop(call);
             let result = reply.result.map(|run| {
                 let pending_timers = run.completion.pending_timers;
-                let shown = Shown::new(run.completion, &reply.console, budget);
-                RunJsOutput {
+                let shown = Shown::new(run.completion, &reply.console, budget, &outputs);
+                let link = shown.link();
+                let output = RunJsOutput {
                     output_rest: shown.output_truncated.then(|| {
                         format!(
                             "The whole result is `_` in heap '{}' (unless the code made `_` its \
                              own): page through it in the next call, e.g. `_.slice(0, 100)`, \
-                             `Object.keys(_)`, `_.length`.",
-                            run.heap
+                             `Object.keys(_)`, `_.length`.{}",
+                            run.heap,
+                            shown.read_output_hint()
                         )
                     }),
+                    output_uri: shown.output_uri.clone(),
                     output: shown.output,
                     output_truncated: shown.output_truncated,
                     output_size: shown.output_size,
@@ -754,7 +875,8 @@ modules (import, export, require), fetch, fs or DOM.",
                     retries: run.retries,
                     notice: run.notice,
                     forked_from: run.forked_from,
-                }
+                };
+                (output, link)
             });
             run_result(result, &reply.console, budget)
         };
@@ -933,6 +1055,7 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
         let reporting = self.reporting(&context, "run_js".into());
         let status = reporting.as_ref().map(Reporting::status);
         let runtime = Arc::clone(&self.runtime);
+        let outputs = Arc::clone(&self.outputs);
         let work = async move {
             let live = reporting.as_ref().map(Reporting::batches);
             let reply = runtime.run_stateless(args.code, limits, live).await;
@@ -942,13 +1065,17 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
             drop(call);
             let result = reply.result.map(|completion| {
                 let pending_timers = completion.pending_timers;
-                let shown = Shown::new(completion, &reply.console, budget);
-                StatelessRunJsOutput {
+                let shown = Shown::new(completion, &reply.console, budget, &outputs);
+                let link = shown.link();
+                let output = StatelessRunJsOutput {
                     output_rest: shown.output_truncated.then(|| {
-                        "Nothing is kept between calls: run the code again returning a part of \
-                         the result (e.g. `rows.slice(0, 100)`) or a summary of it."
-                            .to_string()
+                        format!(
+                            "Nothing is kept between calls: run the code again returning a part \
+                             of the result (e.g. `rows.slice(0, 100)`) or a summary of it.{}",
+                            shown.read_output_hint()
+                        )
                     }),
+                    output_uri: shown.output_uri.clone(),
                     output: shown.output,
                     output_truncated: shown.output_truncated,
                     output_size: shown.output_size,
@@ -957,7 +1084,8 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
                     logs_tail: shown.console.tail,
                     logs_truncated: shown.console_dropped,
                     pending_timers,
-                }
+                };
+                (output, link)
             });
             run_result(result, &reply.console, budget)
         };
@@ -1000,9 +1128,11 @@ impl ServerHandler for McpServer {
     #[allow(deprecated)] // logging: see `report`
     fn get_info(&self) -> ServerConfig {
         let capabilities = if self.stateless {
+            // Resources: the whole results that answers link to.
             ServerCapabilities::builder()
                 .enable_logging()
                 .enable_tools()
+                .enable_resources()
                 .enable_tasks()
                 .build()
         } else {
@@ -1155,6 +1285,23 @@ Use one heap per task and pass its name on every call."
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri;
+        if uri.starts_with(outputs::SCHEME) {
+            let Some(text) = self.outputs.get(&uri) else {
+                return Err(ErrorData::resource_not_found(
+                    format!("no result kept as {uri} (results are kept for 10 minutes)"),
+                    None,
+                ));
+            };
+            let mut result = ReadResourceResult::new(vec![ResourceContents::text(
+                text.to_string(),
+                uri.clone(),
+            )
+            .with_mime_type("text/plain")]);
+            // What a call returned never changes; it is the caller's.
+            (result.ttl_ms, result.cache_scope) =
+                cache_hints(&context, outputs::RETENTION, CacheScope::Private);
+            return Ok(result.into());
+        }
         let Some(name) = uri
             .strip_prefix(RESOURCE_SCHEME)
             .filter(|_| !self.stateless)

@@ -51,11 +51,12 @@ pub mod proxy;
 pub mod s3;
 
 /// The tools of a server with heaps, sorted.
-pub const HEAP_TOOLS: [&str; 6] = [
+pub const HEAP_TOOLS: [&str; 7] = [
     "copy_heap",
     "delete_heap",
     "heap_history",
     "list_heaps",
+    "read_output",
     "run_js",
     "storage_stats",
 ];

@@ -435,16 +435,12 @@ async fn answers_fit_an_agents_context_over_stdio_and_http() {
 }
 
 #[tokio::test]
-async fn a_stateless_answer_fits_too_and_says_nothing_was_kept() {
+async fn a_stateless_answer_fits_too_and_the_whole_result_is_one_call_away() {
     let server = Server::start(&["--stateless"]).await;
-    let result = server
-        .call(
-            "run_js",
-            json!({ "code": "Array.from({ length: 100000 }, (_, i) => 'item ' + i)" }),
-        )
-        .await;
+    let code = "Array.from({ length: 100000 }, (_, i) => 'item ' + i)";
+    let result = server.call("run_js", json!({ "code": code })).await;
     assert!(answer_bytes(&result) <= BUDGET, "{}", answer_bytes(&result));
-    let out = result.structured_content.unwrap();
+    let out = result.structured_content.clone().unwrap();
     assert_eq!(out["output_truncated"], true);
     assert!(out["output_rest"]
         .as_str()
@@ -452,5 +448,49 @@ async fn a_stateless_answer_fits_too_and_says_nothing_was_kept() {
         .contains("Nothing is kept"));
     let preview: Value = serde_json::from_str(out["output"].as_str().unwrap()).unwrap();
     assert_eq!(preview[0], "item 0");
+
+    // read_output pages through the whole text within the budget; the answer links it as a
+    // resource too.
+    let uri = out["output_uri"].as_str().unwrap().to_string();
+    let link = result
+        .content
+        .iter()
+        .find_map(|c| c.as_resource_link())
+        .expect("a resource_link");
+    assert_eq!(link.uri, uri);
+    let size = out["output_size"]["bytes"].as_u64().unwrap() as usize;
+    assert_eq!(link.size, Some(size as u64));
+    let mut whole = String::new();
+    let mut offset = Some(0);
+    let mut pages = 0;
+    while let Some(at) = offset {
+        let page = server
+            .call("read_output", json!({ "uri": uri, "offset": at }))
+            .await;
+        assert!(answer_bytes(&page) <= BUDGET, "{}", answer_bytes(&page));
+        let page = page.structured_content.unwrap();
+        assert_eq!(page["total_bytes"].as_u64().unwrap() as usize, size);
+        whole.push_str(page["text"].as_str().unwrap());
+        offset = page["next_offset"].as_u64();
+        pages += 1;
+    }
+    assert!(pages > 1);
+    let items: Vec<String> = serde_json::from_str(&whole).unwrap();
+    assert_eq!(items.len(), 100_000);
+    assert_eq!(items[99_999], "item 99999");
+    let read = server
+        .client()
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(uri.clone()))
+        .await
+        .unwrap();
+    let rmcp::model::ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+        panic!("{read:?}")
+    };
+    assert_eq!(text.len(), size);
+    let gone = server
+        .reply("read_output", json!({ "uri": "output://0000" }))
+        .await
+        .err();
+    assert!(gone.contains("no result kept"), "{gone}");
     server.stop().await;
 }

@@ -196,9 +196,11 @@ async fn every_tool_has_plain_schemas_titles_annotations_and_valid_results() {
 async fn the_stateless_tool_is_as_plain() {
     let server = Server::start(&["--stateless"]).await;
     let tools = tools(&server).await;
-    assert_eq!(tools.len(), 1);
-    check_tool(&tools[0]);
-    assert_eq!(tools[0]["annotations"]["readOnlyHint"], true);
+    assert_eq!(tools.len(), 2);
+    for tool in &tools {
+        check_tool(tool);
+        assert_eq!(tool["annotations"]["readOnlyHint"], true);
+    }
     let result = valid_result(
         &server,
         &tools,
@@ -207,6 +209,21 @@ async fn the_stateless_tool_is_as_plain() {
     )
     .await;
     assert_eq!(result["output"], "42");
+    let big = valid_result(
+        &server,
+        &tools,
+        "run_js",
+        json!({ "code": "'x'.repeat(100000)", "max_output_tokens": 100 }),
+    )
+    .await;
+    let part = valid_result(
+        &server,
+        &tools,
+        "read_output",
+        json!({ "uri": big["output_uri"], "offset": "10", "limit": "20" }),
+    )
+    .await;
+    assert_eq!(part["text"], "x".repeat(20));
     server.stop().await;
 }
 

@@ -195,7 +195,7 @@ async fn stateless_mode_keeps_nothing() {
     let server = Server::start(&["--stateless"]).await;
     let tools = server.client().list_all_tools().await.unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    assert_eq!(names, ["run_js"]);
+    assert_eq!(names, ["read_output", "run_js"]);
     let first = server
         .reply("run_js", json!({ "code": "var x = 5; x * 2" }))
         .await
