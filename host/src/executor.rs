@@ -93,9 +93,14 @@ fn with_live<T>(listener: Option<LiveBatches>, run: impl FnOnce(Option<live::Sen
 }
 
 async fn run_in_process(job: Job) -> Ran {
-    let (start, replay) = match &job.target {
-        Target::Stateless => (None, Vec::new()),
-        Target::Heap { start, replay, .. } => (Some(start.clone()), replay.clone()),
+    let (start, replay, last_error) = match &job.target {
+        Target::Stateless => (None, Vec::new(), None),
+        Target::Heap {
+            start,
+            replay,
+            last_error,
+            ..
+        } => (Some(start.clone()), replay.clone(), last_error.clone()),
     };
     let alone = matches!(start, Some(Start::Alone(_)));
     let snapshot = match start {
@@ -136,7 +141,9 @@ async fn run_in_process(job: Job) -> Ran {
             Ok(warm) => warm,
             Err(e) => return drop(answer.send(Outcome::failed(e))),
         };
-        let run = with_live(job.live.clone(), |live| warm.run(&code, &job.limits, live));
+        let run = with_live(job.live.clone(), |live| {
+            warm.run_after(&code, &job.limits, live, last_error)
+        });
         let (outcome, left) = engine::answer_first(run);
         // The answer goes first; the snapshot follows.
         let _ = answer.send(outcome);

@@ -47,7 +47,7 @@ pub fn worker_frames(data: &[u8]) {
     {
         for section in &sections {
             let _ = decode_records(section, 1);
-            let _ = decode_console(section, false);
+            let _ = decode_console(section, None);
         }
     }
     let mut input = data;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::live::Batch;
-use crate::engine::{self, Completion, Limits, Replay, Run, RunError, Tape, Warm};
+use crate::engine::{self, Completion, JsException, Limits, Replay, Run, RunError, Tape, Warm};
 use crate::record::{Effect, Record};
 
 /// One execution.
@@ -43,6 +43,8 @@ pub enum Target {
         replay: Vec<Record>,
         /// What becomes of the new state after a successful run.
         keep: Keep,
+        /// The error of the heap's last failed call, which the code finds as `_error`.
+        last_error: Option<JsException>,
     },
 }
 

@@ -175,6 +175,7 @@ mod tests {
                     start_us: 2,
                     clock_us: vec![3, 4],
                     replay: Replay::Exact,
+                    last_error: Some(crate::engine::JsException::new("TypeError", "no")),
                 },
                 fingerprint: 5,
             },

@@ -36,6 +36,7 @@ fn job_keeping(code: &str, start: Start, keep: Keep) -> Job {
             start,
             replay: Vec::new(),
             keep,
+            last_error: None,
         },
         limits: Limits::default(),
         live: None,

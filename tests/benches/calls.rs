@@ -27,12 +27,14 @@ struct Case {
     /// Every this many calls one throws after changing the heap (0: none does), which the
     /// server must undo.
     failing: usize,
+    /// What each call runs.
+    call: &'static str,
 }
 
 const TEN_MB: &str =
     "var data = Array.from({length: 200000}, (_, i) => ({i, s: 'item-' + i})); var n = 0";
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 8] = [
     Case {
         name: "small heap, back to back",
         setup: "var n = 0",
@@ -41,6 +43,7 @@ const CASES: [Case; 7] = [
         spacing: Duration::ZERO,
         args: &[],
         failing: 0,
+        call: "++n",
     },
     Case {
         name: "small heap, 100 ms apart",
@@ -49,6 +52,7 @@ const CASES: [Case; 7] = [
         spacing: Duration::from_millis(100),
         args: &[],
         failing: 0,
+        call: "++n",
     },
     Case {
         name: "~1 MB of data, 500 ms apart",
@@ -57,6 +61,7 @@ const CASES: [Case; 7] = [
         spacing: Duration::from_millis(500),
         args: &[],
         failing: 0,
+        call: "++n",
     },
     Case {
         name: "~10 MB of data, back to back",
@@ -65,6 +70,7 @@ const CASES: [Case; 7] = [
         spacing: Duration::ZERO,
         args: &[],
         failing: 0,
+        call: "++n",
     },
     Case {
         // Checkpoints 20 times as often as by default: what they cost, amortised (mean).
@@ -74,6 +80,7 @@ const CASES: [Case; 7] = [
         spacing: Duration::ZERO,
         args: &["--checkpoint-calls", "5"],
         failing: 0,
+        call: "++n",
     },
     Case {
         // What undoing a failed call costs: the next call waits for the heap to be made again.
@@ -83,6 +90,17 @@ const CASES: [Case; 7] = [
         spacing: Duration::ZERO,
         args: &[],
         failing: 5,
+        call: "++n",
+    },
+    Case {
+        // An agent asking for a big value: 200,000 rows as the result of every call.
+        name: "~10 MB, the rows as the result",
+        setup: TEN_MB,
+        calls: 10,
+        spacing: Duration::ZERO,
+        args: &[],
+        failing: 0,
+        call: "++n, data",
     },
     Case {
         name: "~10 MB of data, 1 s apart",
@@ -91,6 +109,7 @@ const CASES: [Case; 7] = [
         spacing: Duration::from_secs(1),
         args: &[],
         failing: 0,
+        call: "++n",
     },
 ];
 
@@ -154,7 +173,7 @@ async fn run(binary: &PathBuf, extra: &[String], case: &Case) -> Measured {
                 "the call should fail"
             );
         } else {
-            server.output("++n", "h").await;
+            server.output(case.call, "h").await;
         }
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(case.spacing).await;

@@ -221,3 +221,51 @@ async fn an_idle_live_heap_is_checkpointed() {
     assert_eq!(server.output("n", "h").await, "1");
     server.stop().await;
 }
+
+/// The last error is the next call's `_error`, as in Node's REPL; the call that finds it
+/// records it, so a replay after `kill -9` finds the same one.
+#[tokio::test]
+async fn the_last_error_is_the_next_calls_underscore_error_and_replays_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().join("heaps");
+    let heaps = heaps.to_str().unwrap();
+    let server = Server::start(&["--directory-path", heaps]).await;
+    server.output("var seen = []", "err").await;
+    let error = server
+        .run_js("seen.push('lost'); null.boom", Some("err"))
+        .await
+        .err();
+    assert!(error.contains("TypeError"), "{error}");
+    let read = "seen.push(_error.name + ': ' + _error.message); \
+                [_error instanceof Error, _error.stack.split('\\n')[0], seen.length]";
+    let first = server.output(read, "err").await;
+    assert!(
+        first.starts_with("[true,\"TypeError: Cannot read properties of null"),
+        "{first}"
+    );
+    assert!(first.ends_with(",1]"), "{first}");
+    // It stays until another error replaces it; code that owns `_error` keeps it.
+    server
+        .run_js("throw new RangeError('second')", Some("err"))
+        .await
+        .err();
+    assert_eq!(
+        server
+            .output("seen.push(_error.message); seen.length", "err")
+            .await,
+        "2"
+    );
+    server.output("_error = 'mine'; 0", "err").await;
+    server
+        .run_js("throw new Error('third')", Some("err"))
+        .await
+        .err();
+    assert_eq!(server.output("_error", "err").await, "mine");
+    let before = server.output("JSON.stringify(seen)", "err").await;
+    // No snapshot since: the calls replay from the journal, `_error` from their records.
+    server.kill().await;
+    let server = Server::start(&["--directory-path", heaps]).await;
+    assert_eq!(server.output("JSON.stringify(seen)", "err").await, before);
+    assert_eq!(server.output("_error", "err").await, "mine");
+    server.stop().await;
+}

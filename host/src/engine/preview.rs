@@ -863,6 +863,37 @@ mod tests {
     }
 
     #[test]
+    fn the_last_error_is_underscore_error_and_a_replay_finds_it_too() {
+        use super::super::{answer_first, read_code, JsException, Warm};
+        let (_, heap) = step("var n = 0", None);
+        let mut error = JsException::new("TypeError", "x is not a function");
+        error.stack = Vec::new();
+        let code =
+            read_code("n++; [_error.name, _error.message, _error instanceof Error]").unwrap();
+        let limits = limits(60_000);
+        let warm = Warm::new(Some(heap.clone()), &limits).unwrap();
+        let (run, _) = answer_first(warm.run_after(&code, &limits, None, Some(error.clone())));
+        let completion = run.result.unwrap();
+        assert_eq!(
+            completion.output,
+            r#"["TypeError","x is not a function",true]"#
+        );
+        assert_eq!(completion.tape.last_error, Some(error));
+        // The tape brings it back.
+        let warm = Warm::new(Some(heap), &limits).unwrap();
+        let (replayed, _) = answer_first(warm.replay(&code, &limits, completion.tape.clone()));
+        assert_eq!(replayed.result.unwrap().output, completion.output);
+        // Stateless runs have none.
+        assert_eq!(
+            run_stateless("typeof _error", limits)
+                .result
+                .unwrap()
+                .output,
+            "undefined"
+        );
+    }
+
+    #[test]
     fn a_result_the_heap_cannot_keep_is_not_kept_as_underscore() {
         let (out, heap) = step("new Intl.Segmenter('en').segment('a b')", None);
         assert_eq!(out.output, "{}");

@@ -13,8 +13,8 @@ use super::globals::{self, RunState};
 use super::live;
 use super::tape::{Deck, Replay, Tape};
 use super::{
-    create_params, evaluate, finish, init, last, watch, Completion, Guard, LastResult, Limits, Run,
-    RunError,
+    create_params, evaluate, finish, init, last, watch, Completion, Guard, JsException, LastResult,
+    Limits, Run, RunError,
 };
 use crate::frontend::Prepared;
 
@@ -97,7 +97,20 @@ impl Warm {
         limits: &Limits,
         live: Option<live::Sender>,
     ) -> Run<(Completion, Unsaved), (RunError, Used)> {
-        self.run_from(code, limits, live, Deck::record())
+        self.run_after(code, limits, live, None)
+    }
+
+    /// [`Warm::run`] after a call that failed with `last_error`: the code finds it as
+    /// `_error` (and a replay of this run does too: it is on the run's tape).
+    #[allow(clippy::result_large_err)] // as `run`
+    pub fn run_after(
+        self,
+        code: &Prepared,
+        limits: &Limits,
+        live: Option<live::Sender>,
+        last_error: Option<JsException>,
+    ) -> Run<(Completion, Unsaved), (RunError, Used)> {
+        self.run_from(code, limits, live, Deck::record_after(last_error))
     }
 
     /// Runs `code` again as a call that recorded `tape` ran it: the same clock readings and
@@ -275,6 +288,10 @@ impl Session {
             return Run::failed(RunError::Crashed("the isolate has no context".into()));
         };
         let (recording, started) = (deck.is_recording(), std::time::Instant::now());
+        let last_error = match kind {
+            Kind::Creator => deck.last_error().cloned(),
+            Kind::Plain => None,
+        };
         let mut run = self.with(|isolate| {
             isolate.set_slot(RunState::new(limits.console_bytes, live, deck));
             let result = {
@@ -283,6 +300,9 @@ impl Session {
                 let context = v8::Local::new(scope, &context);
                 let scope = &mut v8::ContextScope::new(scope, context);
                 globals::install_mcp(scope);
+                if let Some(error) = &last_error {
+                    last::keep_error(scope, error);
+                }
                 // The run's handles go before the check below, which must not see them as
                 // references.
                 let last = match kind {

@@ -15,6 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::JsException;
+
 /// Most clock readings a tape keeps; a run that reads more cannot be replayed.
 pub const MAX_CLOCK_READINGS: usize = 4096;
 
@@ -29,6 +31,9 @@ pub struct Tape {
     pub clock_us: Vec<u64>,
     /// Whether a replay from this tape reproduces the run.
     pub replay: Replay,
+    /// The error of the heap's last failed call, which the run found as `_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<JsException>,
 }
 
 /// Whether a replay of a run from its tape reproduces it.
@@ -51,6 +56,7 @@ impl Tape {
             start_us,
             clock_us: Vec::new(),
             replay: Replay::Exact,
+            last_error: None,
         }
     }
 }
@@ -69,10 +75,23 @@ pub(super) enum Deck {
 impl Deck {
     /// A deck recording a live run that starts now.
     pub(super) fn record() -> Self {
+        Self::record_after(None)
+    }
+
+    /// A deck recording a live run that starts now and finds `last_error` as `_error`.
+    pub(super) fn record_after(last_error: Option<JsException>) -> Self {
         Deck::Recording {
-            tape: Tape::starting_now(),
+            tape: Tape {
+                last_error,
+                ..Tape::starting_now()
+            },
             started: std::time::Instant::now(),
         }
+    }
+
+    /// The error the run finds as `_error`.
+    pub(super) fn last_error(&self) -> Option<&JsException> {
+        self.tape().last_error.as_ref()
     }
 
     /// A deck playing `tape` back.

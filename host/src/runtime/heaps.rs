@@ -1057,6 +1057,7 @@ pub(super) async fn current_state(
             start,
             replay: opened.replay,
             keep: Keep::Snapshot,
+            last_error: None,
         },
         limits: Limits::default(),
         live: None,

@@ -20,7 +20,7 @@ use tokio::sync::RwLock;
 
 mod heaps;
 
-use crate::engine::{Completion, Limits, Run, RunError, BYTES_PER_TOKEN};
+use crate::engine::{Completion, JsException, Limits, Run, RunError, BYTES_PER_TOKEN};
 use crate::envelope::{Codec, EnvelopeError};
 use crate::executor::Executor;
 use crate::job::{Job, Keep, LiveBatches, NotWarm, Target};
@@ -295,7 +295,12 @@ pub struct Runtime {
     /// (listing, shutting down) takes it exclusively.
     saves: Arc<RwLock<()>>,
     call_metrics: CallMetrics,
+    /// The error of each heap's last failed call, until a call finds it as `_error`.
+    last_errors: Mutex<lru::LruCache<String, JsException>>,
 }
+
+/// Heaps whose last error is remembered, at most (the least recently failed go first).
+const LAST_ERRORS: usize = 10_000;
 
 impl Runtime {
     /// A runtime storing heaps in `storage` and running code with `executor` under `limits`,
@@ -333,6 +338,9 @@ impl Runtime {
             heaps,
             saves: Arc::new(RwLock::new(())),
             call_metrics: CallMetrics::default(),
+            last_errors: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(LAST_ERRORS).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
         }
     }
 
@@ -571,6 +579,11 @@ impl Runtime {
             _ => (self.locks.lock(&heap).await, None),
         };
         tracing::debug!("running code on heap {heap}");
+        // A fork runs on another heap's state: that heap's error is not its own.
+        let last_error = match fork {
+            None => self.last_errors().peek(&heap).cloned(),
+            Some(_) => None,
+        };
         let mut retries = 0;
         // Calls of the journal lost because one did not replay, once the heap was recovered.
         let mut lost: Option<String> = None;
@@ -607,6 +620,7 @@ impl Runtime {
                     } else {
                         Keep::Live
                     },
+                    last_error: last_error.clone(),
                 },
                 limits,
                 live: live.clone(),
@@ -645,6 +659,9 @@ impl Runtime {
                     }
                 }
                 (Err(e), _) => {
+                    if let (RunError::Exception(exception), None) = (&e, &fork) {
+                        self.last_errors().put(heap.clone(), exception.clone());
+                    }
                     let error = match e {
                         RunError::Unrestorable(reason) => CallError::Unrestorable { heap, reason },
                         e => e.into(),
@@ -703,9 +720,13 @@ impl Runtime {
                             });
                         }
                     }
+                    self.committed(&heap, fork.is_none());
                     return answer(retries);
                 }
-                Ok(None) => return answer(retries),
+                Ok(None) => {
+                    self.committed(&heap, fork.is_none());
+                    return answer(retries);
+                }
                 // Made meanwhile by another writer: running again would not help.
                 Err(CallError::Conflict { heap, .. }) if fork.is_some() => {
                     return Run {
@@ -841,7 +862,23 @@ impl Runtime {
     pub async fn delete(&self, heap: &str) -> Result<(), CallError> {
         validate_caller_name(heap).map_err(CallError::InvalidName)?;
         let _guard = self.locks.lock(heap).await;
+        self.last_errors().pop(heap);
         self.heaps.delete(heap).await
+    }
+
+    /// The heaps' remembered last errors.
+    fn last_errors(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, JsException>> {
+        self.last_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A call on `heap` committed: its last error, if the call ran on the heap's own state,
+    /// is now in the heap as `_error`.
+    fn committed(&self, heap: &str, own_state: bool) {
+        if own_state {
+            self.last_errors().pop(heap);
+        }
     }
 }
 

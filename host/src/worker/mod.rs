@@ -29,7 +29,7 @@ use protocol::{
     Live, Request, RequestStart, RequestTarget,
 };
 
-use crate::engine::{self, live, Fresh, Limits, Replay, RunError, Warm};
+use crate::engine::{self, live, Fresh, JsException, Limits, Replay, RunError, Warm};
 use crate::frontend::Prepared;
 use crate::job::{Keep, Outcome, Rerun, Stage};
 use crate::record::Record;
@@ -204,14 +204,18 @@ impl Worker {
         match request.target {
             RequestTarget::Stateless => self.run_stateless(run, out),
             RequestTarget::Heap {
-                name, start, keep, ..
+                name,
+                start,
+                keep,
+                last_error,
+                ..
             } => {
                 let from = From {
                     start,
                     snapshot,
                     replay,
                 };
-                self.run_on_heap(run, name, from, keep, out)
+                self.run_on_heap(run, name, from, keep, last_error, out)
             }
             RequestTarget::Checkpoint { .. } => Ok(()),
         }
@@ -270,6 +274,7 @@ impl Worker {
         name: String,
         from: From,
         keep: Keep,
+        last_error: Option<JsException>,
         out: &Output,
     ) -> io::Result<()> {
         let limits = run.limits;
@@ -336,7 +341,9 @@ impl Worker {
         if restores_stored {
             stage(out)?;
         }
-        let ran = with_live(run.live, out, |live| warm.run(run.code, limits, live));
+        let ran = with_live(run.live, out, |live| {
+            warm.run_after(run.code, limits, live, last_error)
+        });
         let (outcome, left) = engine::answer_first(ran);
         let unsaved = match left {
             Ok(unsaved) => unsaved,

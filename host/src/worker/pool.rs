@@ -117,6 +117,7 @@ impl WorkerPool {
                     Err(NotWarm)
                 }
                 Ok(Ok(Reply::Done(outcome, kept))) => {
+                    let outcome = *outcome;
                     let stateful = matches!(job.target, Target::Heap { .. });
                     match kept {
                         _ if !stateful || outcome.result.is_err() => {
@@ -195,7 +196,7 @@ enum Failure {
 
 /// What a worker answered: the outcome, and the generation it keeps the new state live as.
 enum Reply {
-    Done(Outcome, Option<Generation>),
+    Done(Box<Outcome>, Option<Generation>),
     NotWarm,
 }
 
@@ -379,6 +380,7 @@ impl Worker {
                 start,
                 replay,
                 keep,
+                last_error,
             } => {
                 let (start, snapshot) = match start {
                     Start::New => (RequestStart::New, None),
@@ -397,6 +399,7 @@ impl Worker {
                     start,
                     replay: replay.len(),
                     keep: *keep,
+                    last_error: last_error.clone(),
                 };
                 let replay = (!replay.is_empty()).then(|| encode_records(replay));
                 (target, snapshot, replay)
@@ -466,7 +469,10 @@ impl Worker {
                 pending_timers: finished.pending_timers,
                 tape: finished.tape,
             });
-            return Ok(Reply::Done(Outcome { result, console }, done.kept));
+            return Ok(Reply::Done(
+                Box::new(Outcome { result, console }),
+                done.kept,
+            ));
         }
     }
 

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::engine::live::{Batch, Progress};
-use crate::engine::{Console, Dropped, Limits, LogLine, RunError, Tape};
+use crate::engine::{Console, Dropped, JsException, Limits, LogLine, RunError, Tape};
 use crate::job::{Keep, Stage};
 use crate::record::Record;
 
@@ -76,6 +76,9 @@ pub enum RequestTarget {
         replay: usize,
         /// What becomes of the new state after a successful run.
         keep: Keep,
+        /// The error of the heap's last failed call, which the code finds as `_error`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_error: Option<JsException>,
     },
     /// Snapshot the heap the worker keeps live at this generation (a checkpoint): answered
     /// with [`Answer::Saved`], or [`Answer::NotWarm`]. No sections.
@@ -378,6 +381,7 @@ mod tests {
                 start: RequestStart::Snapshot,
                 replay: 0,
                 keep: Keep::Live,
+                last_error: Some(JsException::new("Error", "before")),
             },
             limits,
             forget: vec!["old".into()],
@@ -390,7 +394,7 @@ mod tests {
         let (back, sections): (Request, _) =
             read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
         assert!(
-            matches!(back.target, RequestTarget::Heap { ref name, start: RequestStart::Snapshot, keep: Keep::Live, .. } if name == "h")
+            matches!(back.target, RequestTarget::Heap { ref name, start: RequestStart::Snapshot, keep: Keep::Live, ref last_error, .. } if name == "h" && last_error.as_ref().is_some_and(|e| e.message == "before"))
         );
         assert_eq!(back.limits, limits);
         assert_eq!(back.forget, ["old"]);
