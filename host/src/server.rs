@@ -8,10 +8,10 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CacheScope, CallToolResult, CompleteRequestParams, CompleteResult, CompletionInfo,
-    ContentBlock, ErrorData, Implementation, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceContents,
-    ResourceTemplate, ServerCapabilities, ServerConfig,
+    ContentBlock, ErrorData, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, Resource,
+    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
 };
 use rmcp::model::{
     CallToolResponse, CancelTaskParams, CreateTaskResult, GetTaskParams, GetTaskResult,
@@ -1153,6 +1153,18 @@ Use one heap per task and pass its name on every call."
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("mcp-v8", env!("CARGO_PKG_VERSION")))
             .with_instructions(instructions)
+    }
+
+    /// `prompts/list`: none are offered (nor declared); the empty list is cacheable like the
+    /// tools, for clients that ask anyway.
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let mut result = ListPromptsResult::with_all_items(Vec::new());
+        (result.ttl_ms, result.cache_scope) = cache_hints(&context, STATIC_TTL, CacheScope::Public);
+        Ok(result)
     }
 
     async fn list_resources(

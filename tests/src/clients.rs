@@ -29,7 +29,12 @@ impl NodeTools {
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/npm-tools/node_modules")
             });
         let tools = NodeTools { modules };
-        let installed = ["playwright-core", ".bin/conformance", ".bin/mcp-inspector"];
+        let installed = [
+            "playwright-core",
+            ".bin/conformance",
+            ".bin/mcp-inspector",
+            "conformance-2026-07-28/dist/index.js",
+        ];
         if tools.node().exists() && installed.iter().all(|p| tools.modules.join(p).exists()) {
             Some(tools)
         } else {
@@ -68,6 +73,11 @@ impl NodeTools {
     /// The official MCP conformance suite's command line (`conformance`).
     pub fn conformance(&self) -> tokio::process::Command {
         self.command(&self.modules.join(".bin/conformance"))
+    }
+
+    /// The conformance suite's alpha that checks protocol 2026-07-28's requirements.
+    pub fn conformance_2026_07_28(&self) -> tokio::process::Command {
+        self.command(&self.modules.join("conformance-2026-07-28/dist/index.js"))
     }
 
     /// The MCP Inspector's command line: `mcp-inspector --cli`.

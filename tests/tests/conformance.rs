@@ -101,3 +101,36 @@ async fn the_scenarios_that_apply_pass_without_a_warning() {
         );
     }
 }
+
+/// Protocol 2026-07-28's caching hints (SEP-2549), as the suite's alpha for that revision
+/// checks them on a server with a heap to read: tools, prompts, resources, templates.
+#[tokio::test]
+async fn the_2026_07_28_caching_scenario_passes_without_a_warning() {
+    let Some(tools) = NodeTools::find("the_2026_07_28_caching_scenario_passes_without_a_warning")
+    else {
+        return;
+    };
+    let server = HttpServer::start(&["--memory"]).await;
+    let client = server.streamable(None).await;
+    client.output("1", "cached").await;
+    let output = tools
+        .conformance_2026_07_28()
+        .args(["server", "--url", &server.mcp_url])
+        .args(["--scenario", "caching", "--spec-version", "2026-07-28"])
+        .output()
+        .await
+        .expect("run the conformance suite");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let summary = report
+        .lines()
+        .find(|line| line.starts_with("Passed:"))
+        .unwrap_or_else(|| panic!("no summary in\n{report}"));
+    assert!(
+        output.status.success() && summary.ends_with(", 0 failed, 0 warnings"),
+        "{summary}\n{report}"
+    );
+    assert!(!report.contains("SKIPPED"), "{report}");
+    client.stop().await;
+    assert!(server.terminate().await.success());
+}
