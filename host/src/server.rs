@@ -213,9 +213,10 @@ pub struct HeapArgs {
     pub heap: String,
 }
 
-/// What a stateful `run_js` returns.
+/// What either `run_js` shows of a run within the answer's budget: the result, or a preview
+/// of it when it does not fit, and the console's first and last lines.
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct RunJsOutput {
+pub struct RunAnswer {
     /// The completion value (for a promise, what it resolved to): strings as they are,
     /// objects as JSON, other values as `String(value)` prints them; a preview when it does
     /// not fit the answer (`output_truncated`).
@@ -226,15 +227,13 @@ pub struct RunJsOutput {
     /// With `output_truncated`: how big the whole result is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_size: Option<OutputSize>,
-    /// With `output_truncated`: where the whole result is.
+    /// With `output_truncated`: where the rest is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_rest: Option<String>,
     /// With `output_truncated`: the whole result's text, readable for 10 minutes with
     /// `read_output` or as this resource.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_uri: Option<String>,
-    /// The heap the code ran on; pass it again to continue.
-    pub heap: String,
     /// `console` output, in order (its first lines, when `logs_left_out`).
     pub logs: Vec<LogLine>,
     /// Console lines left out between `logs` and `logs_tail` to fit the answer.
@@ -249,6 +248,16 @@ pub struct RunJsOutput {
     pub logs_truncated: bool,
     /// Timers still pending when the result settled; they were dropped.
     pub pending_timers: usize,
+}
+
+/// What a stateful `run_js` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunJsOutput {
+    /// The result and console.
+    #[serde(flatten)]
+    pub answer: RunAnswer,
+    /// The heap the code ran on; pass it again to continue.
+    pub heap: String,
     /// How often the code ran again because another client or server stored the heap while
     /// it ran (with --save sync); only this last run's output and logs are returned.
     #[serde(skip_serializing_if = "is_zero")]
@@ -279,40 +288,8 @@ pub struct OutputSize {
     pub tokens: usize,
 }
 
-/// What a stateless `run_js` returns.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct StatelessRunJsOutput {
-    /// The completion value, rendered as for the stateful tool; a preview when it does not
-    /// fit the answer (`output_truncated`).
-    pub output: String,
-    /// `output` is not the whole result: a preview of it, or (over --max-output-bytes) cut.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub output_truncated: bool,
-    /// With `output_truncated`: how big the whole result is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_size: Option<OutputSize>,
-    /// With `output_truncated`: how to get the rest.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_rest: Option<String>,
-    /// With `output_truncated`: the whole result's text, readable for 10 minutes with
-    /// `read_output` or as this resource.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_uri: Option<String>,
-    /// `console` output, in order (its first lines, when `logs_left_out`).
-    pub logs: Vec<LogLine>,
-    /// Console lines left out between `logs` and `logs_tail` to fit the answer.
-    #[serde(skip_serializing_if = "is_zero_lines")]
-    pub logs_left_out: usize,
-    /// The last console lines, after those left out.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub logs_tail: Vec<LogLine>,
-    /// Console output went over --console-max-bytes: lines between the first and the latest
-    /// were dropped (counted in `logs_left_out`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub logs_truncated: bool,
-    /// Timers still pending when the result settled; they were dropped.
-    pub pending_timers: usize,
-}
+/// What a stateless `run_js` returns: the result and console.
+pub type StatelessRunJsOutput = RunAnswer;
 
 /// One heap in `list_heaps`.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -509,62 +486,53 @@ fn tool_error(error: CallError) -> Result<CallToolResult, ErrorData> {
     )]))
 }
 
-/// What an answer shows of a run's result and console within its budget of `budget` bytes:
-/// the result, or a preview of it when it does not fit; the console's first and last lines.
-struct Shown {
-    output: String,
-    output_truncated: bool,
-    output_size: Option<OutputSize>,
-    /// Where the whole result is kept, when only a preview is shown.
-    output_uri: Option<String>,
-    console: ConsolePreview,
-    console_dropped: bool,
-}
-
-impl Shown {
-    fn new(completion: Completion, console: &Console, budget: usize, outputs: &Outputs) -> Self {
+impl RunAnswer {
+    /// What an answer within `budget` bytes shows of a run: the whole result when it fits,
+    /// else its preview, with the whole kept in `outputs` and `rest` saying where else it is
+    /// (given how to read it from `outputs`); and a link to the kept result.
+    fn new(
+        completion: Completion,
+        console: &Console,
+        budget: usize,
+        outputs: &Outputs,
+        rest: impl FnOnce(&str) -> String,
+    ) -> (Self, Option<Resource>) {
         let size = completion.size;
         let (output, output_uri) = match completion.preview {
             Some(preview) => (preview, outputs.keep(completion.output)),
             None => (completion.output, None),
         };
         let output_truncated = output_uri.is_some() || completion.output_truncated;
-        Self {
-            output_uri,
-            console: shown_console(console, budget, engine::json_len(&output)),
-            console_dropped: console.dropped.is_some(),
+        let shown = shown_console(console, budget, engine::json_len(&output));
+        let link = output_uri.as_ref().map(|uri| {
+            Resource::new(uri.clone(), "output")
+                .with_description("The whole result of this call, for 10 minutes")
+                .with_mime_type("text/plain")
+                .with_size(size as u64)
+        });
+        let read_output = match &output_uri {
+            Some(uri) => format!(
+                " Its text is readable for 10 minutes with `read_output` (uri '{uri}', offset, \
+                 limit) or as that resource."
+            ),
+            None => String::new(),
+        };
+        let answer = Self {
             output,
             output_truncated,
             output_size: output_truncated.then(|| OutputSize {
                 bytes: size,
                 tokens: size.div_ceil(BYTES_PER_TOKEN),
             }),
-        }
-    }
-}
-
-impl Shown {
-    /// A link to the whole result, when it is kept.
-    fn link(&self) -> Option<Resource> {
-        let uri = self.output_uri.as_ref()?;
-        let bytes = self.output_size.as_ref().map_or(0, |size| size.bytes);
-        Some(
-            Resource::new(uri.clone(), "output")
-                .with_description("The whole result of this call, for 10 minutes")
-                .with_mime_type("text/plain")
-                .with_size(bytes as u64),
-        )
-    }
-
-    /// How to read the whole result's text, when it is kept.
-    fn read_output_hint(&self) -> String {
-        match &self.output_uri {
-            Some(uri) => format!(
-                " Its text is readable for 10 minutes with `read_output` (uri '{uri}', offset, \
-                 limit) or as that resource."
-            ),
-            None => String::new(),
-        }
+            output_rest: output_truncated.then(|| rest(&read_output)),
+            output_uri,
+            logs: shown.head,
+            logs_left_out: shown.left_out,
+            logs_tail: shown.tail,
+            logs_truncated: console.dropped.is_some(),
+            pending_timers: completion.pending_timers,
+        };
+        (answer, link)
     }
 }
 
@@ -849,29 +817,19 @@ modules (import, export, require), fetch, fs or DOM.",
             }
             drop(call);
             let result = reply.result.map(|run| {
-                let pending_timers = run.completion.pending_timers;
-                let shown = Shown::new(run.completion, &reply.console, budget, &outputs);
-                let link = shown.link();
+                let heap = run.heap.clone();
+                let rest = |read_output: &str| {
+                    format!(
+                        "The whole result is `_` in heap '{heap}' (unless the code made `_` its \
+                         own): page through it in the next call, e.g. `_.slice(0, 100)`, \
+                         `Object.keys(_)`, `_.length`.{read_output}"
+                    )
+                };
+                let (answer, link) =
+                    RunAnswer::new(run.completion, &reply.console, budget, &outputs, rest);
                 let output = RunJsOutput {
-                    output_rest: shown.output_truncated.then(|| {
-                        format!(
-                            "The whole result is `_` in heap '{}' (unless the code made `_` its \
-                             own): page through it in the next call, e.g. `_.slice(0, 100)`, \
-                             `Object.keys(_)`, `_.length`.{}",
-                            run.heap,
-                            shown.read_output_hint()
-                        )
-                    }),
-                    output_uri: shown.output_uri.clone(),
-                    output: shown.output,
-                    output_truncated: shown.output_truncated,
-                    output_size: shown.output_size,
+                    answer,
                     heap: run.heap,
-                    logs: shown.console.head,
-                    logs_left_out: shown.console.left_out,
-                    logs_tail: shown.console.tail,
-                    logs_truncated: shown.console_dropped,
-                    pending_timers,
                     retries: run.retries,
                     notice: run.notice,
                     forked_from: run.forked_from,
@@ -1064,28 +1022,13 @@ your code. Plain ECMAScript scripts: no modules (import, export, require), fetch
             }
             drop(call);
             let result = reply.result.map(|completion| {
-                let pending_timers = completion.pending_timers;
-                let shown = Shown::new(completion, &reply.console, budget, &outputs);
-                let link = shown.link();
-                let output = StatelessRunJsOutput {
-                    output_rest: shown.output_truncated.then(|| {
-                        format!(
-                            "Nothing is kept between calls: run the code again returning a part \
-                             of the result (e.g. `rows.slice(0, 100)`) or a summary of it.{}",
-                            shown.read_output_hint()
-                        )
-                    }),
-                    output_uri: shown.output_uri.clone(),
-                    output: shown.output,
-                    output_truncated: shown.output_truncated,
-                    output_size: shown.output_size,
-                    logs: shown.console.head,
-                    logs_left_out: shown.console.left_out,
-                    logs_tail: shown.console.tail,
-                    logs_truncated: shown.console_dropped,
-                    pending_timers,
+                let rest = |read_output: &str| {
+                    format!(
+                        "Nothing is kept between calls: run the code again returning a part of \
+                         the result (e.g. `rows.slice(0, 100)`) or a summary of it.{read_output}"
+                    )
                 };
-                (output, link)
+                RunAnswer::new(completion, &reply.console, budget, &outputs, rest)
             });
             run_result(result, &reply.console, budget)
         };

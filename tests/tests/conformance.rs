@@ -76,6 +76,28 @@ async fn every_scenario_is_accounted_for() {
     assert_eq!(scenarios, known, "the suite's scenarios changed:\n{listed}");
 }
 
+/// Runs one scenario with `command` (a conformance suite's command line) against `url` and
+/// checks that it passed with no failure and no warning; returns its report.
+async fn passes(mut command: tokio::process::Command, url: &str, scenario: &[&str]) -> String {
+    let output = command
+        .args(["server", "--url", url, "--scenario"])
+        .args(scenario)
+        .output()
+        .await
+        .expect("run the conformance suite");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let summary = report
+        .lines()
+        .find(|line| line.starts_with("Passed:"))
+        .unwrap_or_else(|| panic!("{scenario:?}: no summary in\n{report}"));
+    assert!(
+        output.status.success() && summary.ends_with(", 0 failed, 0 warnings"),
+        "{scenario:?}: {summary}\n{report}"
+    );
+    report
+}
+
 #[tokio::test]
 async fn the_scenarios_that_apply_pass_without_a_warning() {
     let Some(tools) = NodeTools::find("the_scenarios_that_apply_pass_without_a_warning") else {
@@ -83,22 +105,7 @@ async fn the_scenarios_that_apply_pass_without_a_warning() {
     };
     let server = HttpServer::start(&["--memory"]).await;
     for scenario in APPLY {
-        let output = tools
-            .conformance()
-            .args(["server", "--url", &server.mcp_url, "--scenario", scenario])
-            .output()
-            .await
-            .expect("run the conformance suite");
-        let report = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        let summary = report
-            .lines()
-            .find(|line| line.starts_with("Passed:"))
-            .unwrap_or_else(|| panic!("{scenario}: no summary in\n{report}"));
-        assert!(
-            output.status.success() && summary.ends_with(", 0 failed, 0 warnings"),
-            "{scenario}: {summary}\n{report}"
-        );
+        passes(tools.conformance(), &server.mcp_url, &[scenario]).await;
     }
 }
 
@@ -113,23 +120,8 @@ async fn the_2026_07_28_caching_scenario_passes_without_a_warning() {
     let server = HttpServer::start(&["--memory"]).await;
     let client = server.streamable(None).await;
     client.output("1", "cached").await;
-    let output = tools
-        .conformance_2026_07_28()
-        .args(["server", "--url", &server.mcp_url])
-        .args(["--scenario", "caching", "--spec-version", "2026-07-28"])
-        .output()
-        .await
-        .expect("run the conformance suite");
-    let report = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    let summary = report
-        .lines()
-        .find(|line| line.starts_with("Passed:"))
-        .unwrap_or_else(|| panic!("no summary in\n{report}"));
-    assert!(
-        output.status.success() && summary.ends_with(", 0 failed, 0 warnings"),
-        "{summary}\n{report}"
-    );
+    let scenario = ["caching", "--spec-version", "2026-07-28"];
+    let report = passes(tools.conformance_2026_07_28(), &server.mcp_url, &scenario).await;
     assert!(!report.contains("SKIPPED"), "{report}");
     client.stop().await;
     assert!(server.terminate().await.success());
