@@ -122,6 +122,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         save = ?policy.save,
         timeout_secs = limits.timeout.as_secs_f64(),
         heap_mb = limits.heap_bytes >> 20,
+        answer_tokens = cli.max_output_tokens,
         v8 = engine::v8_version(),
         "mcp-v8 starting"
     );
