@@ -346,7 +346,8 @@ impl<'s> Writer<'s> {
             let count = typed.length();
             Some((
                 format!("{kind}({})", group(count)),
-                typed_items(scope, typed)?,
+                // Each item shown takes two bytes at least: no more can fit.
+                typed_items(scope, typed, self.detail.items.min(self.max / 2 + 1))?,
                 1,
                 count,
             ))
@@ -581,12 +582,13 @@ fn constructor_name(scope: &mut v8::HandleScope, object: v8::Local<v8::Object>) 
     object.get_constructor_name().to_rust_string_lossy(scope)
 }
 
-/// A typed array's first items as a plain array: as many as a preview can show.
+/// A typed array's first `most` items as a plain array.
 fn typed_items<'s>(
     scope: &mut v8::HandleScope<'s>,
     typed: v8::Local<'s, v8::TypedArray>,
+    most: usize,
 ) -> Result<v8::Local<'s, v8::Array>, Stop> {
-    let shown = typed.length().min(LADDER[0].items);
+    let shown = typed.length().min(most);
     let mut items = Vec::with_capacity(shown);
     for i in 0..shown {
         items.push(typed.get_index(scope, i as u32).ok_or(Stop::Terminated)?);
@@ -814,6 +816,16 @@ mod tests {
             .unwrap()
             .contains("1,000 in all"));
         assert_eq!(value["big"], "10n");
+        // Rendered whole (it fits), a typed array is all there.
+        let whole = run(
+            "const w = { bytes: new Uint8Array(300).fill(1) }; w.self = w; w",
+            60_000,
+        );
+        let whole: Value = serde_json::from_str(&whole.output).unwrap();
+        assert_eq!(
+            whole["bytes"]["Uint8Array(300)"].as_array().unwrap().len(),
+            300
+        );
         assert_eq!(value["when"], "1970-01-01T00:00:00.000Z");
         assert_eq!(value["error"], "[RangeError: nope]");
         assert_eq!(value["broken"], "[threw TypeError: getter says no]");
