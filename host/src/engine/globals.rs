@@ -46,34 +46,6 @@ pub struct Dropped {
     pub lines: usize,
 }
 
-impl Console {
-    /// The lines as plain text, one `[level] text` per line, and where lines were dropped a
-    /// line saying how many.
-    pub fn to_text(&self) -> String {
-        let mut text = String::new();
-        for (i, line) in self.lines.iter().enumerate() {
-            if let Some(dropped) = self.dropped.filter(|d| d.after == i) {
-                text.push_str(&dropped.to_text());
-            }
-            text.push_str(&format!("[{}] {}\n", line.level, line.text));
-        }
-        if let Some(dropped) = self.dropped.filter(|d| d.after >= self.lines.len()) {
-            text.push_str(&dropped.to_text());
-        }
-        text
-    }
-}
-
-impl Dropped {
-    /// The line that stands for them.
-    pub fn to_text(self) -> String {
-        format!(
-            "[… {} console lines dropped at the console limit …]\n",
-            super::preview::group(self.lines)
-        )
-    }
-}
-
 /// What a console line counts against the console limit.
 fn console_cost(line: &LogLine) -> usize {
     line.text.len() + line.level.len() + 4
@@ -186,21 +158,23 @@ impl RunState {
         // Over the limit: the lines in the first half stay, the latest take the rest.
         let limit = self.console_limit;
         let lines = &mut self.console.lines;
+        let printed_before = self.printed - cost;
         let tail = self.tail.get_or_insert_with(|| {
             let mut head_bytes = 0;
             let head = lines
                 .iter()
                 .take_while(|line| {
-                    head_bytes += console_cost(line);
-                    head_bytes <= limit / 2
+                    let fits = head_bytes + console_cost(line) <= limit / 2;
+                    if fits {
+                        head_bytes += console_cost(line);
+                    }
+                    fits
                 })
                 .count();
-            let rest: std::collections::VecDeque<LogLine> = lines.split_off(head).into();
-            let head_bytes = lines.iter().map(console_cost).sum();
             Tail {
-                bytes: rest.iter().map(console_cost).sum(),
+                lines: lines.split_off(head).into(),
+                bytes: printed_before - head_bytes,
                 head_bytes,
-                lines: rest,
                 dropped: 0,
             }
         });
