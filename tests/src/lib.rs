@@ -9,39 +9,83 @@ use rmcp::transport::TokioChildProcess;
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Map, Value};
 
-/// Where cargo put the workspace's binaries and plugin libraries for this test build.
+/// Where cargo put the workspace's binaries and plugin libraries for this test build, built
+/// and up to date: the first call in a test process runs `cargo build --workspace` for this
+/// build's profile, so `cargo test` works on a fresh checkout.
 pub fn build_dir() -> PathBuf {
-    // The test runs from target/<profile>/deps/; the binary is in target/<profile>/.
-    let exe = std::env::current_exe().expect("current test executable");
-    exe.parent()
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    match BUILT.get_or_init(build_workspace) {
+        Ok(dir) => dir.clone(),
+        Err(why) => panic!("{why}"),
+    }
+}
+
+fn build_workspace() -> Result<PathBuf, String> {
+    // The test runs from target/<profile>/deps/; the binaries are in target/<profile>/.
+    let exe = std::env::current_exe().map_err(|e| format!("the test executable: {e}"))?;
+    let dir = exe
+        .parent()
         .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps")
-        .to_path_buf()
+        .ok_or("the test executable lives outside target/<profile>/deps")?
+        .to_path_buf();
+    let target = dir.parent().ok_or("target/<profile> has no parent")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut build = std::process::Command::new(&cargo);
+    build
+        .args(["build", "--workspace", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target)
+        .stdin(Stdio::null());
+    if dir.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().map_err(|e| {
+        format!(
+            "could not run {} to build the binaries under test ({e}); run `cargo build --workspace` first",
+            Path::new(&cargo).display()
+        )
+    })?;
+    if !status.success() {
+        return Err(format!(
+            "`cargo build --workspace` failed ({status}): the end-to-end tests need the mcp-v8 binary and the plugins"
+        ));
+    }
+    Ok(dir)
 }
 
 /// A plugin library of this workspace's build, e.g. `library("mcp_v8_file_storage")`.
 pub fn library(crate_name: &str) -> PathBuf {
-    let path = build_dir().join(format!("lib{crate_name}.so"));
-    assert!(
-        path.exists(),
-        "{} does not exist: run `cargo build --workspace` before the end-to-end tests",
-        path.display()
-    );
-    path
+    build_dir().join(format!("lib{crate_name}.so"))
 }
 
-/// The `mcp-v8` binary under test: `$MCP_V8_BIN`, or the one cargo built next to this test.
+/// The `mcp-v8` binary under test: `$MCP_V8_BIN`, or the one of this workspace's build.
 pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MCP_V8_BIN") {
-        return PathBuf::from(path);
+    match std::env::var_os("MCP_V8_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => build_dir().join("mcp-v8"),
     }
-    let bin = build_dir().join("mcp-v8");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run `cargo build --workspace` before the end-to-end tests",
-        bin.display()
-    );
-    bin
+}
+
+/// Polls `probe` until it answers `Some`, and returns that; fails the test naming `what` if
+/// `within` passes first. The condition is the synchronisation, never the time.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 pub mod clients;

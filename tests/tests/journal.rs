@@ -3,8 +3,10 @@
 //! `kill -9` loses no acknowledged call, servers sharing one directory lose no update and
 //! read each other's writes, and a store that cannot write fails the call that caused it.
 
+use std::time::Duration;
+
 use futures::future::join_all;
-use mcp_v8_e2e::{Client, Reply, Server};
+use mcp_v8_e2e::{eventually, Client, Reply, Server};
 
 /// Increments `counter` on heap `shared` `times` times; returns how many calls failed.
 async fn increment(client: &Client, times: usize) -> usize {
@@ -207,14 +209,12 @@ async fn an_idle_live_heap_is_checkpointed() {
     server.output("var n = 0", "h").await;
     let created = snapshot_file(&heaps, "h");
     assert_eq!(server.output("++n", "h").await, "1");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while snapshot_file(&heaps, "h") == created {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint while idle"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "a checkpoint while idle",
+        || async { (snapshot_file(&heaps, "h") != created).then_some(()) },
+    )
+    .await;
     server.kill().await;
     std::fs::remove_dir_all(heaps.join("h.journal")).unwrap();
     let server = Server::start(&["--directory-path", path]).await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mcp_v8_e2e::http::{http, HttpServer};
-use mcp_v8_e2e::{Client, RawStdio, Server};
+use mcp_v8_e2e::{eventually, Client, RawStdio, Server};
 use serde_json::{json, Value};
 
 async fn stats(client: &Client) -> Value {
@@ -363,14 +363,12 @@ async fn the_dump_interval_keeps_heaps_through_a_crash() {
             .map(|bytes| bytes.windows(13).any(|w| w == b"HEAP\x08interval"))
             .unwrap_or(false)
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !holds_heap() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no periodic dump holds the heap"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "a periodic dump that holds the heap",
+        || async { holds_heap().then_some(()) },
+    )
+    .await;
     // A crash writes nothing more; the last periodic dump is whole.
     server.kill().await;
     let server = Server::start(&args).await;

@@ -1,7 +1,9 @@
 //! `mcp-v8` over stdio, driven as Claude Desktop or Cursor would drive it.
 
+use std::time::Duration;
+
 use futures::future::join_all;
-use mcp_v8_e2e::{RawStdio, Server};
+use mcp_v8_e2e::{eventually, RawStdio, Server};
 use rmcp::model::{ReadResourceRequestParams, ResourceContents};
 use serde_json::{json, Value};
 
@@ -223,32 +225,23 @@ fn kill(signal: &str, target: &str) {
 
 /// Waits until none of `pids` is alive (the workers leave once their host has gone).
 async fn gone(pids: &[u32]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while pids
-        .iter()
-        .any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "workers {pids:?} outlived the server"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let what = format!("workers {pids:?} outlived the server");
+    eventually(Duration::from_secs(10), &what, || async {
+        (!pids.iter().any(alive)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn sigint_stops_a_server_whose_stdin_is_open_even_before_the_handshake() {
     let mut raw = RawStdio::spawn(&["--memory"]);
     // The server is up once its workers are: it starts them before it reads a message.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let workers = loop {
-        let workers = mcp_v8_e2e::children_of(raw.pid());
-        if !workers.is_empty() {
-            break workers;
-        }
-        assert!(std::time::Instant::now() < deadline, "no worker started");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let pid = raw.pid();
+    let workers = eventually(Duration::from_secs(20), "a worker started", || async move {
+        Some(mcp_v8_e2e::children_of(pid)).filter(|workers| !workers.is_empty())
+    })
+    .await;
     kill("-INT", &raw.pid().to_string());
     let status = raw.exit_within(std::time::Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
