@@ -3,29 +3,65 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::engine::{Limits, BYTES_PER_TOKEN};
 use crate::envelope::Codec;
-use crate::runtime::{Checkpoints, Policy as StoragePolicy, SaveMode};
+use crate::runtime::{Checkpoints, SaveMode, StoragePolicy};
 use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
 use crate::transport::events::Retention;
-use crate::transport::guard::Policy;
+use crate::transport::guard::AccessPolicy;
 use crate::transport::http::HttpOptions;
 use crate::worker::WorkerSettings;
 
 /// A JavaScript runtime with memory for AI agents, served over MCP (stdio, or HTTP with
 /// --http-port / --sse-port).
 ///
-/// Each `run_js` call runs in a V8 isolate restored from the named heap's snapshot, and the
-/// heap is saved again afterwards, so the next call continues where this one ended.
+/// Each `run_js` call runs on a named heap and keeps what the code left there, so the next call
+/// continues where this one ended.
 ///
 /// Storage: --memory, --directory-path DIR, or a plugins.toml (--config); with none of them,
 /// heaps are kept in memory.
 #[derive(Debug, Parser)]
 #[command(name = "mcp-v8", version, about, long_about = None)]
 pub struct Cli {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub memory_store: MemoryStoreArgs,
+    #[command(flatten)]
+    pub durability: DurabilityArgs,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// What this process is for, when it is not a server.
+    #[command(subcommand)]
+    pub internal: Option<Internal>,
+}
+
+/// The modes the server starts its own binary in; hidden from `--help`.
+#[derive(Debug, Subcommand)]
+pub enum Internal {
+    /// Serve executions for a host over stdin/stdout.
+    #[command(hide = true)]
+    Worker,
+    /// Check that PATH is a loadable storage plugin; print the reason if not.
+    #[command(hide = true)]
+    CheckPlugin {
+        /// The plugin library.
+        path: PathBuf,
+    },
+}
+
+/// Where heaps live.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Storage")]
+pub struct StoreArgs {
     /// Keep heaps in this process's memory (lost when it exits). Needs no setup and ignores
     /// any configuration file.
     #[arg(long, env = "MCP_V8_MEMORY",
@@ -65,6 +101,111 @@ pub struct Cli {
     #[arg(long, env = "MCP_V8_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// How heap snapshots are stored in every store: `zstd` compresses them in this process
+    /// before any store sees them, `none` stores them as V8 made them. Heaps stored either
+    /// way are read either way.
+    #[arg(
+        long,
+        env = "MCP_V8_COMPRESSION",
+        value_name = "CODEC",
+        default_value = "zstd",
+        value_parser = PossibleValuesParser::new(["zstd", "none"]).map(|s| match s.as_str() {
+            "none" => Codec::None,
+            _ => Codec::Zstd,
+        })
+    )]
+    pub compression: Codec,
+
+    /// Longest a storage plugin may take for one operation, in seconds; a call whose store
+    /// does not answer in time fails with "storage did not answer".
+    #[arg(long, env = "MCP_V8_STORAGE_TIMEOUT", value_name = "SECS",
+          default_value_t = crate::storage::PLUGIN_TIMEOUT.as_secs_f64(),
+          value_parser = parse_seconds)]
+    pub storage_timeout: f64,
+}
+
+/// The memory store's bounds and dump.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Memory store")]
+pub struct MemoryStoreArgs {
+    /// Most bytes the memory store holds (as stored, i.e. compressed), e.g. `512MiB`, `2GB`
+    /// or plain bytes; past it the least recently used heaps are evicted (never one in use),
+    /// and a call on an evicted heap says so [default: unlimited].
+    #[arg(long, env = "MCP_V8_MEMORY_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    pub memory_max_bytes: Option<u64>,
+
+    /// How long the memory store keeps a heap nobody runs, reads or writes, e.g. `90s`,
+    /// `30m`, `2h`; a call on an expired heap says so [default: forever].
+    #[arg(long, env = "MCP_V8_MEMORY_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub memory_ttl: Option<Duration>,
+
+    /// Load the memory store's heaps from this file at start, and write them all to it on
+    /// SIGINT, SIGTERM and end of input (atomically: a crash mid-write keeps the previous
+    /// dump).
+    #[arg(long, env = "MCP_V8_MEMORY_DUMP", value_name = "PATH")]
+    pub memory_dump: Option<PathBuf>,
+
+    /// Also write the memory dump this often while running, e.g. `5m`.
+    #[arg(long, env = "MCP_V8_MEMORY_DUMP_INTERVAL", value_name = "DURATION",
+          value_parser = parse_duration, requires = "memory_dump")]
+    pub memory_dump_interval: Option<Duration>,
+}
+
+/// When snapshots are stored, and how writers that race are settled.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Durability")]
+pub struct DurabilityArgs {
+    /// When a heap's snapshot is stored. Every call is answered only once its journal record
+    /// is stored; `background` keeps a warm heap live and stores a snapshot (a checkpoint)
+    /// now and then, as the --checkpoint-* flags say; `sync` stores one after every call,
+    /// before its answer.
+    #[arg(
+        long,
+        env = "MCP_V8_SAVE",
+        value_name = "WHEN",
+        default_value = "background",
+        value_parser = PossibleValuesParser::new(["background", "sync"]).map(|s| match s.as_str() {
+            "sync" => SaveMode::Sync,
+            _ => SaveMode::Background,
+        })
+    )]
+    pub save: SaveMode,
+
+    /// Checkpoint a live heap after this many calls since its last snapshot.
+    #[arg(long, env = "MCP_V8_CHECKPOINT_CALLS", value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub checkpoint_calls: u32,
+
+    /// Checkpoint a live heap once the code of the calls since its last snapshot adds up to
+    /// this much, e.g. `8MiB`.
+    #[arg(long, env = "MCP_V8_CHECKPOINT_BYTES", value_name = "SIZE", default_value = "8MiB",
+          value_parser = parse_size)]
+    pub checkpoint_bytes: u64,
+
+    /// Checkpoint a live heap once the calls since its last snapshot took this many seconds
+    /// to run (about what replaying them after a restart would take).
+    #[arg(long, env = "MCP_V8_CHECKPOINT_RUN_SECS", value_name = "SECS", default_value = "1",
+          value_parser = parse_seconds)]
+    pub checkpoint_run_secs: f64,
+
+    /// Checkpoint a live heap with calls since its last snapshot once it has had no call for
+    /// this many seconds.
+    #[arg(long, env = "MCP_V8_CHECKPOINT_IDLE_SECS", value_name = "SECS", default_value = "30",
+          value_parser = parse_seconds)]
+    pub checkpoint_idle_secs: f64,
+
+    /// How often a call whose heap another writer changed while it ran (another server on
+    /// the same directory or bucket) runs again on the newer state before the conflict is
+    /// returned.
+    #[arg(long, env = "MCP_V8_CONFLICT_RETRIES", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub conflict_retries: u32,
+}
+
+/// What one call may use, and how many run at once.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitsArgs {
     /// Longest a single call may run, in seconds.
     #[arg(
         long,
@@ -85,11 +226,6 @@ pub struct Cli {
     #[arg(long, env = "MCP_V8_CONSOLE_MAX_BYTES", value_name = "BYTES", default_value_t = 1 << 20)]
     pub console_max_bytes: usize,
 
-    /// Most bytes of a call's result (`output`) kept; the rest is cut with a marker and
-    /// `output_truncated` is set.
-    #[arg(long, env = "MCP_V8_MAX_OUTPUT_BYTES", value_name = "BYTES", default_value_t = 4 << 20)]
-    pub max_output_bytes: usize,
-
     /// Most of a model's context one answer may take, in tokens (estimated as 3 bytes of
     /// text each), result and console together: a longer result comes as a preview that
     /// keeps its structure, a longer console as its first and last lines. 0: no budget.
@@ -101,11 +237,28 @@ pub struct Cli {
     )]
     pub max_output_tokens: usize,
 
+    /// Most bytes of a call's result (`output`) kept; the rest is cut with a marker and
+    /// `output_truncated` is set.
+    #[arg(long, env = "MCP_V8_MAX_OUTPUT_BYTES", value_name = "BYTES", default_value_t = 4 << 20)]
+    pub max_output_bytes: usize,
+
     /// How many executions may run at once, each in its own worker process [default: CPUs].
     #[arg(long, env = "MCP_V8_MAX_CONCURRENT_EXECUTIONS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_executions: Option<u16>,
 
+    /// Most memory each worker spends keeping recently used heaps warm (restored and
+    /// ready, with their last snapshot), e.g. `256MiB`, `1GB` or plain bytes; the least
+    /// recently used go first. 0 keeps none warm.
+    #[arg(long, env = "MCP_V8_WARM_HEAPS_MAX_BYTES", value_name = "SIZE",
+          default_value = "256MiB", value_parser = parse_size)]
+    pub warm_heaps_max_bytes: u64,
+}
+
+/// How clients reach the server: stdio, or the HTTP transports and their access rules.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Transports")]
+pub struct TransportArgs {
     /// Serve MCP over Streamable HTTP on this port, at /mcp (instead of stdio).
     #[arg(long, env = "MCP_V8_HTTP_PORT", value_name = "PORT")]
     pub http_port: Option<u16>,
@@ -154,6 +307,10 @@ pub struct Cli {
     )]
     pub auth_token: Option<String>,
 
+    /// Largest request, in bytes: an HTTP request body, or one message (line) on stdio.
+    #[arg(long, env = "MCP_V8_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+
     /// How long Streamable HTTP keeps the events it sent, so that a client whose stream
     /// dropped can reconnect with Last-Event-ID and get what it missed, e.g. `10m`.
     #[arg(long, env = "MCP_V8_EVENT_RETENTION", value_name = "DURATION", default_value = "10m",
@@ -164,105 +321,16 @@ pub struct Cli {
     #[arg(long, env = "MCP_V8_EVENT_MAX_BYTES", value_name = "SIZE", default_value = "64MiB",
           value_parser = parse_size)]
     pub event_max_bytes: u64,
+}
 
-    /// Largest request, in bytes: an HTTP request body, or one message (line) on stdio.
-    #[arg(long, env = "MCP_V8_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 64 << 20)]
-    pub max_body_bytes: usize,
-
-    /// Longest a storage plugin may take for one operation, in seconds; a call whose store
-    /// does not answer in time fails with "storage did not answer".
-    #[arg(long, env = "MCP_V8_STORAGE_TIMEOUT", value_name = "SECS",
-          default_value_t = crate::storage::PLUGIN_TIMEOUT.as_secs_f64(),
-          value_parser = parse_seconds)]
-    pub storage_timeout: f64,
-
+/// The server process: stopping, logging, plugins.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Process")]
+pub struct ProcessArgs {
     /// On SIGINT/SIGTERM, how long calls in flight may take to finish, in seconds.
     #[arg(long, env = "MCP_V8_SHUTDOWN_GRACE", value_name = "SECS", default_value_t = 10.0,
           value_parser = parse_seconds)]
     pub shutdown_grace: f64,
-
-    /// When a heap's snapshot is stored. Every call is answered only once its journal record
-    /// is stored; `background` keeps a warm heap live and stores a snapshot (a checkpoint)
-    /// now and then, as the --checkpoint-* flags say; `sync` stores one after every call,
-    /// before its answer.
-    #[arg(
-        long,
-        env = "MCP_V8_SAVE",
-        value_name = "WHEN",
-        value_enum,
-        default_value = "background"
-    )]
-    pub save: SaveMode,
-
-    /// Checkpoint a live heap after this many calls since its last snapshot.
-    #[arg(long, env = "MCP_V8_CHECKPOINT_CALLS", value_name = "N", default_value_t = 100,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub checkpoint_calls: u32,
-
-    /// Checkpoint a live heap once the code of the calls since its last snapshot adds up to
-    /// this much, e.g. `8MiB`.
-    #[arg(long, env = "MCP_V8_CHECKPOINT_BYTES", value_name = "SIZE", default_value = "8MiB",
-          value_parser = parse_size)]
-    pub checkpoint_bytes: u64,
-
-    /// Checkpoint a live heap once the calls since its last snapshot took this many seconds
-    /// to run (about what replaying them after a restart would take).
-    #[arg(long, env = "MCP_V8_CHECKPOINT_RUN_SECS", value_name = "SECS", default_value = "1",
-          value_parser = parse_seconds)]
-    pub checkpoint_run_secs: f64,
-
-    /// Checkpoint a live heap with calls since its last snapshot once it has had no call for
-    /// this many seconds.
-    #[arg(long, env = "MCP_V8_CHECKPOINT_IDLE_SECS", value_name = "SECS", default_value = "30",
-          value_parser = parse_seconds)]
-    pub checkpoint_idle_secs: f64,
-
-    /// With --save sync, how often a call whose heap another writer changed while it ran is
-    /// run again on the newer state before the conflict is returned.
-    #[arg(long, env = "MCP_V8_CONFLICT_RETRIES", value_name = "N", default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(0..=100))]
-    pub conflict_retries: u32,
-
-    /// Most memory each worker spends keeping recently used heaps warm (restored and
-    /// ready, with their last snapshot), e.g. `256MiB`, `1GB` or plain bytes; the least
-    /// recently used go first. 0 keeps none warm.
-    #[arg(long, env = "MCP_V8_WARM_HEAPS_MAX_BYTES", value_name = "SIZE",
-          default_value = "256MiB", value_parser = parse_size)]
-    pub warm_heaps_max_bytes: u64,
-
-    /// How heap snapshots are stored in every store: `zstd` compresses them in this process
-    /// before any store sees them, `none` stores them as V8 made them. Heaps stored either
-    /// way are read either way.
-    #[arg(
-        long,
-        env = "MCP_V8_COMPRESSION",
-        value_name = "CODEC",
-        value_enum,
-        default_value = "zstd"
-    )]
-    pub compression: Codec,
-
-    /// Most bytes the memory store holds (as stored, i.e. compressed), e.g. `512MiB`, `2GB`
-    /// or plain bytes; past it the least recently used heaps are evicted (never one in use),
-    /// and a call on an evicted heap says so [default: unlimited].
-    #[arg(long, env = "MCP_V8_MEMORY_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
-    pub memory_max_bytes: Option<u64>,
-
-    /// How long the memory store keeps a heap nobody runs, reads or writes, e.g. `90s`,
-    /// `30m`, `2h`; a call on an expired heap says so [default: forever].
-    #[arg(long, env = "MCP_V8_MEMORY_TTL", value_name = "DURATION", value_parser = parse_duration)]
-    pub memory_ttl: Option<Duration>,
-
-    /// Load the memory store's heaps from this file at start, and write them all to it on
-    /// SIGINT, SIGTERM and end of input (atomically: a crash mid-write keeps the previous
-    /// dump).
-    #[arg(long, env = "MCP_V8_MEMORY_DUMP", value_name = "PATH")]
-    pub memory_dump: Option<PathBuf>,
-
-    /// Also write the memory dump this often while running, e.g. `5m`.
-    #[arg(long, env = "MCP_V8_MEMORY_DUMP_INTERVAL", value_name = "DURATION",
-          value_parser = parse_duration, requires = "memory_dump")]
-    pub memory_dump_interval: Option<Duration>,
 
     /// How log lines look on stderr: `text` for people, `json` (one object per line) for log
     /// shippers. `RUST_LOG` sets the level.
@@ -279,38 +347,11 @@ pub struct Cli {
     /// their versions), then exit.
     #[arg(long)]
     pub list_plugins: bool,
-
-    /// Internal: serve executions for a host over stdin/stdout.
-    #[arg(long, hide = true)]
-    pub worker: bool,
-
-    /// Internal: check that PATH is a loadable storage plugin, print the reason if not.
-    #[arg(long, hide = true, value_name = "PATH")]
-    pub check_plugin: Option<PathBuf>,
 }
 
-impl Cli {
-    /// The execution timeout as a [`Duration`].
-    pub fn execution_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.execution_timeout)
-    }
-
-    /// The limits every call runs under (calls may tighten them).
-    pub fn limits(&self) -> Limits {
-        Limits {
-            timeout: self.execution_timeout(),
-            heap_bytes: (self.heap_memory_max as usize) << 20,
-            console_bytes: self.console_max_bytes,
-            output_bytes: self.max_output_bytes,
-            answer_bytes: match self.max_output_tokens {
-                0 => usize::MAX,
-                tokens => tokens.saturating_mul(BYTES_PER_TOKEN),
-            },
-        }
-    }
-
+impl StoreArgs {
     /// Where heaps should live, from the flags and, if they do not say, the configuration.
-    pub fn storage_choice(&self) -> Result<StorageChoice, String> {
+    pub fn choice(&self) -> Result<StorageChoice, String> {
         // Checked here rather than by clap, which would count MCP_V8_MEMORY=0 as given.
         let chosen: Vec<&str> = [
             (self.memory, "--memory"),
@@ -355,8 +396,15 @@ impl Cli {
         })
     }
 
+    /// The storage plugin time limit.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.storage_timeout)
+    }
+}
+
+impl MemoryStoreArgs {
     /// The memory store's bounds and dump.
-    pub fn memory_settings(&self) -> MemorySettings {
+    pub fn settings(&self) -> MemorySettings {
         MemorySettings {
             options: MemoryOptions {
                 max_bytes: self.memory_max_bytes,
@@ -365,39 +413,38 @@ impl Cli {
             dump: self.memory_dump.clone(),
         }
     }
+}
 
-    /// The HTTP transports' options, or `None` to serve stdio.
-    pub fn http_options(&self) -> Option<HttpOptions> {
-        if self.http_port.is_none() && self.sse_port.is_none() {
-            return None;
+impl DurabilityArgs {
+    /// How the runtime stores heaps, snapshots compressed with `compression`.
+    pub fn policy(&self, compression: Codec) -> StoragePolicy {
+        StoragePolicy {
+            save: self.save,
+            conflict_retries: self.conflict_retries,
+            compression,
+            checkpoints: Checkpoints {
+                calls: self.checkpoint_calls,
+                bytes: self.checkpoint_bytes,
+                run_time: Duration::from_secs_f64(self.checkpoint_run_secs),
+                idle: Duration::from_secs_f64(self.checkpoint_idle_secs),
+            },
         }
-        let (hosts, origins) = Policy::defaults(&self.host);
-        Some(HttpOptions {
-            host: self.host.clone(),
-            http_port: self.http_port,
-            sse_port: self.sse_port,
-            policy: Policy {
-                allowed_hosts: self.allowed_hosts.clone().unwrap_or(hosts),
-                allowed_origins: self.allowed_origins.clone().unwrap_or(origins),
-                token: self.auth_token.clone().filter(|t| !t.is_empty()),
-            },
-            max_body_bytes: self.max_body_bytes,
-            json_logs: self.log_format == LogFormat::Json,
-            events: Retention {
-                time: self.event_retention,
-                bytes: usize::try_from(self.event_max_bytes).unwrap_or(usize::MAX),
-            },
-        })
     }
+}
 
-    /// The storage plugin time limit.
-    pub fn storage_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.storage_timeout)
-    }
-
-    /// The shutdown grace period.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.shutdown_grace)
+impl LimitsArgs {
+    /// The limits every call runs under (calls may tighten them).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            timeout: Duration::from_secs_f64(self.execution_timeout),
+            heap_bytes: (self.heap_memory_max as usize) << 20,
+            console_bytes: self.console_max_bytes,
+            output_bytes: self.max_output_bytes,
+            answer_bytes: match self.max_output_tokens {
+                0 => usize::MAX,
+                tokens => tokens.saturating_mul(BYTES_PER_TOKEN),
+            },
+        }
     }
 
     /// What each worker is told: its warm-heap budget and the server's limits.
@@ -408,26 +455,44 @@ impl Cli {
         }
     }
 
-    /// How the runtime stores heaps.
-    pub fn storage_policy(&self) -> StoragePolicy {
-        StoragePolicy {
-            save: self.save,
-            conflict_retries: self.conflict_retries,
-            compression: self.compression,
-            checkpoints: Checkpoints {
-                calls: self.checkpoint_calls,
-                bytes: self.checkpoint_bytes,
-                run_time: Duration::from_secs_f64(self.checkpoint_run_secs),
-                idle: Duration::from_secs_f64(self.checkpoint_idle_secs),
-            },
-        }
-    }
-
     /// The worker pool size: the flag, or the number of CPUs.
-    pub fn max_concurrent_executions(&self) -> usize {
+    pub fn workers(&self) -> usize {
         self.max_concurrent_executions
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+impl TransportArgs {
+    /// The HTTP transports' options, or `None` to serve stdio.
+    pub fn http_options(&self, log_format: LogFormat) -> Option<HttpOptions> {
+        if self.http_port.is_none() && self.sse_port.is_none() {
+            return None;
+        }
+        let (hosts, origins) = AccessPolicy::defaults(&self.host);
+        Some(HttpOptions {
+            host: self.host.clone(),
+            http_port: self.http_port,
+            sse_port: self.sse_port,
+            policy: AccessPolicy {
+                allowed_hosts: self.allowed_hosts.clone().unwrap_or(hosts),
+                allowed_origins: self.allowed_origins.clone().unwrap_or(origins),
+                token: self.auth_token.clone().filter(|t| !t.is_empty()),
+            },
+            max_body_bytes: self.max_body_bytes,
+            json_logs: log_format == LogFormat::Json,
+            events: Retention {
+                time: self.event_retention,
+                bytes: usize::try_from(self.event_max_bytes).unwrap_or(usize::MAX),
+            },
+        })
+    }
+}
+
+impl ProcessArgs {
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace)
     }
 }
 
@@ -523,14 +588,47 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// docs/cli.md lists every flag, in its `--help` section, with its variable; and nothing else.
+    #[test]
+    fn the_command_line_page_matches_the_definition() {
+        let mut defined = std::collections::BTreeSet::new();
+        for arg in Cli::command().get_arguments() {
+            let (Some(long), Some(heading)) = (arg.get_long(), arg.get_help_heading()) else {
+                continue;
+            };
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            defined.insert((heading.to_string(), long.to_string(), env));
+        }
+        let mut documented = std::collections::BTreeSet::new();
+        let mut heading = String::new();
+        for line in include_str!("../../docs/cli.md").lines() {
+            if let Some(title) = line.strip_prefix("## ") {
+                heading = title.to_string();
+            }
+            // A flag's row: | `--flag VALUE` | `MCP_V8_FLAG` (or more) | default | meaning |
+            let Some(row) = line.strip_prefix("| `--") else {
+                continue;
+            };
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let flag = cells[0].split([' ', '`']).next().unwrap_or_default();
+            let env = cells
+                .get(1)
+                .and_then(|cell| cell.strip_prefix('`'))
+                .and_then(|cell| cell.split(['`', '=']).next())
+                .map(str::to_string);
+            documented.insert((heading.clone(), flag.to_string(), env));
+        }
+        assert_eq!(documented, defined);
+    }
+
     #[test]
     fn flags_parse() {
         let cli =
             Cli::try_parse_from(["mcp-v8", "--memory", "--execution-timeout", "2.5"]).unwrap();
-        assert!(cli.memory);
-        assert_eq!(cli.execution_timeout(), Duration::from_millis(2500));
+        assert!(cli.store.memory);
+        assert_eq!(cli.limits.limits().timeout, Duration::from_millis(2500));
         let both = Cli::try_parse_from(["mcp-v8", "--memory", "--stateless"]).unwrap();
-        let err = both.storage_choice().unwrap_err();
+        let err = both.store.choice().unwrap_err();
         assert_eq!(
             err,
             "--memory and --stateless cannot be used together: choose one store"
@@ -565,8 +663,8 @@ mod tests {
     #[test]
     fn snapshots_are_stored_after_the_answer_unless_the_flag_says_before() {
         let cli = Cli::try_parse_from(["mcp-v8", "--memory"]).unwrap();
-        assert_eq!(cli.storage_policy().save, SaveMode::Background);
+        assert_eq!(cli.durability.save, SaveMode::Background);
         let cli = Cli::try_parse_from(["mcp-v8", "--memory", "--save", "sync"]).unwrap();
-        assert_eq!(cli.storage_policy().save, SaveMode::Sync);
+        assert_eq!(cli.durability.save, SaveMode::Sync);
     }
 }

@@ -54,7 +54,7 @@ const MAX_SNAPSHOT: u64 = 32 << 30;
 pub const ZSTD_LEVEL: i32 = 3;
 
 /// How a snapshot is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     /// As V8 made it.
     None,

@@ -22,7 +22,7 @@ pub enum Executor {
 }
 
 impl Executor {
-    /// A pool of up to `size` worker processes running `program --worker`.
+    /// A pool of up to `size` worker processes running `program worker`.
     pub fn workers(program: PathBuf, size: usize, settings: WorkerSettings) -> Self {
         Executor::Workers(WorkerPool::new(program, size, settings))
     }

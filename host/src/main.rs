@@ -2,7 +2,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use mcp_v8::cli::{Cli, LogFormat};
+use mcp_v8::cli::{Cli, Internal, LogFormat};
 use mcp_v8::engine;
 use mcp_v8::executor::Executor;
 use mcp_v8::runtime::Runtime;
@@ -15,29 +15,33 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(path) = &cli.check_plugin {
-        // The answer goes to stdout, for the server that asked.
-        return match storage::loader::check(path) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(why) => {
-                println!("{why}");
-                ExitCode::FAILURE
-            }
-        };
+    let log_format = cli.process.log_format;
+    match &cli.internal {
+        Some(Internal::CheckPlugin { path }) => {
+            // The answer goes to stdout, for the server that asked.
+            return match storage::loader::check(path) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(why) => {
+                    println!("{why}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Internal::Worker) => {
+            init_logging(log_format);
+            return worker::serve(cli.limits.worker_settings());
+        }
+        None => {}
     }
-    if cli.list_plugins {
+    if cli.process.list_plugins {
         print!(
             "{}",
-            storage::registry::list_plugins(cli.plugin_dir.as_deref())
+            storage::registry::list_plugins(cli.store.plugin_dir.as_deref())
         );
         return ExitCode::SUCCESS;
     }
-    if cli.worker {
-        init_logging(cli.log_format);
-        return worker::serve(cli.worker_settings());
-    }
-    init_logging(cli.log_format);
-    if cli.log_format == LogFormat::Json {
+    init_logging(log_format);
+    if log_format == LogFormat::Json {
         // Workers inherit the format through the one variable they get besides RUST_LOG.
         // Set before any other thread exists.
         std::env::set_var("MCP_V8_LOG_FORMAT", "json");
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let json_logs = cli.log_format == LogFormat::Json;
+    let json_logs = log_format == LogFormat::Json;
     let result = runtime.block_on(run(cli));
     // Dropping the runtime would wait for every blocking task, and a storage plugin that
     // never returns would then keep the server from exiting.
@@ -89,48 +93,49 @@ fn init_logging(format: LogFormat) {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let storage::registry::Opened { storage, dump } = storage::registry::open(
-        &cli.storage_choice()?,
-        cli.storage_timeout(),
-        &cli.memory_settings(),
+        &cli.store.choice()?,
+        cli.store.timeout(),
+        &cli.memory_store.settings(),
     )?;
-    let limits = cli.limits();
+    let limits = cli.limits.limits();
     let program =
         std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
-    let workers = cli.max_concurrent_executions();
-    let executor = Executor::workers(program, workers, cli.worker_settings());
-    let policy = cli.storage_policy();
+    let workers = cli.limits.workers();
+    let executor = Executor::workers(program, workers, cli.limits.worker_settings());
+    let policy = cli.durability.policy(cli.store.compression);
     let runtime = Arc::new(Runtime::with_policy(storage, executor, limits, policy));
     // Listening for SIGINT/SIGTERM before the first worker starts: a stop asked for while the
     // server starts is not lost (a shell's background job even inherits them ignored).
     let shutdown = CancellationToken::new();
     transport::cancel_on_signals(shutdown.clone());
     runtime.prewarm();
-    let transport = match (cli.http_port, cli.sse_port) {
+    let transport = match (cli.transport.http_port, cli.transport.sse_port) {
         (None, None) => "stdio".to_string(),
         (http, sse) => [("streamable-http", http), ("sse", sse)]
             .iter()
-            .filter_map(|(name, port)| port.map(|p| format!("{name} {}:{p}", cli.host)))
+            .filter_map(|(name, port)| port.map(|p| format!("{name} {}:{p}", cli.transport.host)))
             .collect::<Vec<_>>()
             .join(", "),
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         transport,
-        stateless = cli.stateless,
+        stateless = cli.store.stateless,
         workers,
         storage = %runtime.storage().info().name,
         save = ?policy.save,
         timeout_secs = limits.timeout.as_secs_f64(),
         heap_mb = limits.heap_bytes >> 20,
-        answer_tokens = cli.max_output_tokens,
+        answer_tokens = cli.limits.max_output_tokens,
         v8 = engine::v8_version(),
         "mcp-v8 starting"
     );
-    let server = McpServer::new(Arc::clone(&runtime), cli.stateless);
-    if let (Some(dump), Some(every)) = (&dump, cli.memory_dump_interval) {
+    let server = McpServer::new(Arc::clone(&runtime), cli.store.stateless);
+    if let (Some(dump), Some(every)) = (&dump, cli.memory_store.memory_dump_interval) {
         Arc::clone(dump).spawn_every(every, shutdown.clone());
     }
-    match cli.http_options() {
+    let grace = cli.process.shutdown_grace();
+    match cli.transport.http_options(cli.process.log_format) {
         Some(options) => {
             let loopback = matches!(options.host.as_str(), "127.0.0.1" | "localhost" | "::1");
             if !loopback && options.policy.token.is_none() {
@@ -140,16 +145,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                      port can run code here"
                 );
             }
-            transport::http::serve(server, options, shutdown, cli.shutdown_grace()).await?;
+            transport::http::serve(server, options, shutdown, grace).await?;
         }
         None => {
-            transport::serve_stdio(server, shutdown, cli.shutdown_grace(), cli.max_body_bytes)
-                .await?
+            transport::serve_stdio(server, shutdown, grace, cli.transport.max_body_bytes).await?
         }
     }
     // Every answered call is in its heap's journal; a clean stop also stores the snapshots
     // still being taken, so that the next load has nothing to run again.
-    let flushed = runtime.flush(cli.shutdown_grace()).await;
+    let flushed = runtime.flush(grace).await;
     if let Some(dump) = dump {
         let path = dump.path().display().to_string();
         match tokio::task::spawn_blocking(move || dump.write()).await {

@@ -30,7 +30,7 @@ use heaps::{checkpoint_idle_heaps, Call, Commit, Heaps};
 
 /// When a heap's snapshot is stored. Either way a call is answered only once its journal
 /// record is stored: the answer is durable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SaveMode {
     /// Now and then ([`Checkpoints`]), after an answer or while the heap is idle: between
     /// checkpoints a warm heap's isolate stays live and moves on call by call.
@@ -68,7 +68,7 @@ impl Default for Checkpoints {
 
 /// How the runtime stores and retries.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
+pub struct StoragePolicy {
     /// When states are stored.
     pub save: SaveMode,
     /// How often a call that lost a race with another writer runs again.
@@ -79,7 +79,7 @@ pub struct Policy {
     pub checkpoints: Checkpoints,
 }
 
-impl Default for Policy {
+impl Default for StoragePolicy {
     fn default() -> Self {
         Self {
             save: SaveMode::Background,
@@ -289,7 +289,7 @@ pub struct Runtime {
     executor: Arc<Executor>,
     locks: HeapLocks,
     limits: Limits,
-    policy: Policy,
+    policy: StoragePolicy,
     heaps: Arc<Heaps>,
     /// Every save after an answer holds it shared; whoever must see all answered states
     /// (listing, shutting down) takes it exclusively.
@@ -306,11 +306,16 @@ impl Runtime {
     /// A runtime storing heaps in `storage` and running code with `executor` under `limits`,
     /// saving in the background.
     pub fn new(storage: Store, executor: Executor, limits: Limits) -> Self {
-        Self::with_policy(storage, executor, limits, Policy::default())
+        Self::with_policy(storage, executor, limits, StoragePolicy::default())
     }
 
     /// A runtime that stores as `policy` says.
-    pub fn with_policy(storage: Store, executor: Executor, limits: Limits, policy: Policy) -> Self {
+    pub fn with_policy(
+        storage: Store,
+        executor: Executor,
+        limits: Limits,
+        policy: StoragePolicy,
+    ) -> Self {
         let executor = Arc::new(executor);
         let locks = HeapLocks::default();
         // A store that drops heaps on its own must know which ones are in use.
@@ -360,7 +365,7 @@ impl Runtime {
     }
 
     /// How this runtime stores.
-    pub fn policy(&self) -> Policy {
+    pub fn policy(&self) -> StoragePolicy {
         self.policy
     }
 
@@ -1000,9 +1005,9 @@ mod tests {
         output(&rt, "var n = 1", "h").await;
         // Another host commits the heap's next record first, on every attempt.
         let racing = ScriptedStore::appends_lost(&store);
-        let policy = Policy {
+        let policy = StoragePolicy {
             conflict_retries: 2,
-            ..Policy::default()
+            ..StoragePolicy::default()
         };
         let rt2 = Runtime::with_policy(racing, Executor::InProcess, Limits::default(), policy);
         let error = rt2

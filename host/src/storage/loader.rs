@@ -47,7 +47,7 @@ pub fn load(
     Ok(store)
 }
 
-/// [`load`], after reading the root module in a child process (`program --check-plugin
+/// [`load`], after reading the root module in a child process (`program check-plugin
 /// PATH`): a library that would crash the reader crashes only the child.
 pub fn load_checked(
     program: &Path,
@@ -73,7 +73,7 @@ pub fn identify(program: &Path, path: &Path) -> Result<(String, String), String>
     ))
 }
 
-/// What `mcp-v8 --check-plugin PATH` does: reads the plugin's root module without opening a
+/// What `mcp-v8 check-plugin PATH` does: reads the plugin's root module without opening a
 /// store. `Err` is the one-line cause.
 pub fn check(path: &Path) -> Result<(), String> {
     root_module(&absolute(path)?).map(|_| ())
@@ -81,7 +81,7 @@ pub fn check(path: &Path) -> Result<(), String> {
 
 fn check_in_child(program: &Path, path: &Path) -> Result<(), String> {
     let output = Command::new(program)
-        .arg("--check-plugin")
+        .arg("check-plugin")
         .arg(path)
         // Nothing of the server's environment (storage secrets, tokens) goes to the child.
         .env_clear()

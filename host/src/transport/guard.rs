@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 
 /// The access policy.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub struct AccessPolicy {
     /// Acceptable `Host` values: names (any port) or `name:port`.
     pub allowed_hosts: Vec<String>,
     /// Acceptable `Origin` values: `scheme://host:port`, or `scheme://host:*` for any port.
@@ -28,7 +28,7 @@ pub struct Policy {
 /// Host names that mean this machine.
 pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
-impl Policy {
+impl AccessPolicy {
     /// The defaults for a server bound to `bind`: loopback names, plus `bind` itself when it
     /// is a specific address; browser pages served from loopback.
     pub fn defaults(bind: &str) -> (Vec<String>, Vec<String>) {
@@ -119,7 +119,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The middleware: checks `Host`, then `Origin`, then the token.
-pub async fn check(State(policy): State<Arc<Policy>>, request: Request, next: Next) -> Response {
+pub async fn check(
+    State(policy): State<Arc<AccessPolicy>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
     // Several Host (or Origin, or Authorization) headers are never legitimate, and servers
     // and proxies disagree on which one counts: refuse rather than pick.
@@ -215,9 +219,9 @@ fn allow(headers: &mut HeaderMap, origin: &HeaderValue) {
 mod tests {
     use super::*;
 
-    fn policy(token: Option<&str>) -> Policy {
-        let (allowed_hosts, allowed_origins) = Policy::defaults("127.0.0.1");
-        Policy {
+    fn policy(token: Option<&str>) -> AccessPolicy {
+        let (allowed_hosts, allowed_origins) = AccessPolicy::defaults("127.0.0.1");
+        AccessPolicy {
             allowed_hosts,
             allowed_origins,
             token: token.map(Into::into),
@@ -248,7 +252,7 @@ mod tests {
 
     #[test]
     fn explicit_hosts_may_pin_a_port() {
-        let p = Policy {
+        let p = AccessPolicy {
             allowed_hosts: vec!["mcp.example.com:443".into(), "internal".into()],
             allowed_origins: vec![],
             token: None,
@@ -266,7 +270,7 @@ mod tests {
         assert!(!p.origin_allowed("http://evil.example"));
         assert!(!p.origin_allowed("http://localhost.evil.example:80"));
         assert!(!p.origin_allowed("null"));
-        let exact = Policy {
+        let exact = AccessPolicy {
             allowed_hosts: vec![],
             allowed_origins: vec!["https://app.example.com".into()],
             token: None,

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{MemoryEventStore, Retention};
-use super::guard::{self, Policy};
+use super::guard::{self, AccessPolicy};
 use super::sse;
 use crate::runtime::Runtime;
 use crate::server::{Counter, McpServer};
@@ -27,7 +27,7 @@ pub struct HttpOptions {
     /// Legacy SSE port.
     pub sse_port: Option<u16>,
     /// Who may connect.
-    pub policy: Policy,
+    pub policy: AccessPolicy,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Logs are JSON: the "listening" line is a log event too, not plain text.

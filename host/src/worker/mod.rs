@@ -1,4 +1,4 @@
-//! Worker processes: the same `mcp-v8` binary started with `--worker`, running one job at a
+//! Worker processes: the same `mcp-v8` binary started as `mcp-v8 worker`, running one job at a
 //! time for the host. A V8 abort or a kill ends only the worker.
 //!
 //! Between jobs a worker keeps isolates ready: a plain one for the next stateless call, and

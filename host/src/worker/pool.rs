@@ -51,7 +51,7 @@ struct Worker {
 }
 
 impl WorkerPool {
-    /// A pool running `program --worker`, at most `size` at once.
+    /// A pool running `program worker`, at most `size` at once.
     pub fn new(program: PathBuf, size: usize, settings: WorkerSettings) -> Self {
         Self {
             program,
@@ -336,7 +336,6 @@ impl Worker {
             )
         });
         let mut child = Command::new(program)
-            .arg("--worker")
             .arg(format!("--warm-heaps-max-bytes={}", settings.warm_bytes))
             .arg(format!(
                 "--heap-memory-max={}",
@@ -347,6 +346,7 @@ impl Worker {
                 "--execution-timeout={}",
                 settings.limits.timeout.as_secs_f64()
             ))
+            .arg("worker")
             .env_clear()
             .envs(logging)
             // The sandbox's time zone is the same on every host, so a heap's dates (and a
