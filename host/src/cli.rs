@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::engine::{Limits, BYTES_PER_TOKEN};
 use crate::envelope::Codec;
 use crate::runtime::{Checkpoints, SaveMode, StoragePolicy};
+use crate::server::Mode;
 use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
 use crate::transport::events::Retention;
 use crate::transport::guard::AccessPolicy;
@@ -394,6 +395,15 @@ impl StoreArgs {
             Some(config) => StorageChoice::Configured(config),
             None => StorageChoice::Memory { warn: true },
         })
+    }
+
+    /// What the server offers: heaps, or a fresh isolate per call.
+    pub fn mode(&self) -> Mode {
+        if self.stateless {
+            Mode::Stateless
+        } else {
+            Mode::Heaps
+        }
     }
 
     /// The storage plugin time limit.

@@ -18,6 +18,7 @@ pub mod executor;
 pub mod frontend;
 #[cfg(fuzzing)]
 pub mod fuzz;
+pub mod in_flight;
 pub mod job;
 pub mod metrics;
 pub mod outputs;

@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         v8 = engine::v8_version(),
         "mcp-v8 starting"
     );
-    let server = McpServer::new(Arc::clone(&runtime), cli.store.stateless);
+    let server = McpServer::new(Arc::clone(&runtime), cli.store.mode());
     if let (Some(dump), Some(every)) = (&dump, cli.memory_store.memory_dump_interval) {
         Arc::clone(dump).spawn_every(every, shutdown.clone());
     }

@@ -494,3 +494,67 @@ async fn a_stateless_answer_fits_too_and_the_whole_result_is_one_call_away() {
     assert!(gone.contains("no result kept"), "{gone}");
     server.stop().await;
 }
+
+/// Every failed call says what kind of failure it was, under `_meta`, next to its text: what a
+/// client can act on without reading English.
+#[tokio::test]
+async fn a_failed_call_names_its_kind() {
+    let server = Server::start(&["--memory", "--execution-timeout", "1"]).await;
+    let kind_of = |result: rmcp::model::CallToolResult| {
+        assert_eq!(result.is_error, Some(true), "{result:?}");
+        let meta = result.meta.expect("a failed call has _meta");
+        let error = meta.0.get("mcp-v8/error").expect("_meta names the error");
+        (
+            error["kind"].as_str().expect("a kind").to_string(),
+            error["retryable"].as_bool().expect("retryable"),
+        )
+    };
+    let cases = [
+        (
+            "run_js",
+            json!({"code": "throw new TypeError('no')", "heap": "k"}),
+            "exception",
+        ),
+        (
+            "run_js",
+            json!({"code": "while (true) {}", "heap": "k"}),
+            "timeout",
+        ),
+        (
+            "run_js",
+            json!({"code": "1", "heap": "no/slash"}),
+            "invalid_name",
+        ),
+        (
+            "run_js",
+            json!({"code": "1", "timeout_secs": -1}),
+            "invalid_limit",
+        ),
+        (
+            "copy_heap",
+            json!({"from": "absent", "to": "b"}),
+            "invalid_fork",
+        ),
+        (
+            "read_output",
+            json!({"uri": "output://gone"}),
+            "output_gone",
+        ),
+    ];
+    for (tool, arguments, kind) in cases {
+        let result = server.call(tool, arguments.clone()).await;
+        assert_eq!(
+            kind_of(result),
+            (kind.to_string(), false),
+            "{tool} {arguments}"
+        );
+    }
+    // A success carries no error kind.
+    let ok = server
+        .call("run_js", json!({"code": "1", "heap": "k"}))
+        .await;
+    assert!(ok
+        .meta
+        .is_none_or(|meta| !meta.0.contains_key("mcp-v8/error")));
+    server.stop().await;
+}

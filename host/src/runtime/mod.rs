@@ -144,6 +144,12 @@ pub enum CallError {
     /// The heap store failed to list heaps.
     #[error("storage error ({kind}) while listing heaps: {0}", kind = .0.kind())]
     Listing(StoreError),
+    /// `read_output` names a result that is no longer kept (or never was).
+    #[error("no result kept as '{uri}': results are kept for 10 minutes after their call (and the oldest go first past 64 MiB); run the code again")]
+    OutputGone { uri: String },
+    /// The client cancelled the call before it ended.
+    #[error("cancelled by the client; the heap was not changed")]
+    Cancelled,
     /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -176,7 +182,23 @@ impl CallError {
             CallError::Journal { .. } => "corrupt_heap",
             CallError::Replaced { .. } => "replaced",
             CallError::Storage { .. } | CallError::Listing(_) => "storage",
+            CallError::OutputGone { .. } => "output_gone",
+            CallError::Cancelled => "cancelled",
             CallError::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether the same call may succeed if made again as it is: another writer won the
+    /// race, or the store or the engine was briefly unavailable.
+    pub fn retryable(&self) -> bool {
+        match self {
+            CallError::Conflict { .. }
+            | CallError::Replaced { .. }
+            | CallError::Run(RunError::Unavailable(_)) => true,
+            CallError::Storage { error, .. } | CallError::Listing(error) => {
+                error.kind() == mcp_v8_plugin_api::ErrorKind::Unavailable
+            }
+            _ => false,
         }
     }
 
@@ -907,6 +929,32 @@ mod tests {
     use crate::record::{Effect, Record};
     use crate::storage::{HeapStore, MemoryStore, Precondition, Snapshot, Version};
     use bytes::Bytes;
+
+    #[test]
+    fn a_failure_is_retryable_when_the_same_call_may_succeed() {
+        let heap = || "h".to_string();
+        assert!(CallError::Conflict {
+            heap: heap(),
+            attempts: 3
+        }
+        .retryable());
+        assert!(CallError::Replaced { heap: heap() }.retryable());
+        let down = StoreError::unavailable("the bucket did not answer");
+        assert!(CallError::Storage {
+            heap: heap(),
+            error: down
+        }
+        .retryable());
+        let full = StoreError::new(mcp_v8_plugin_api::ErrorKind::Other, "disk full");
+        assert!(!CallError::Storage {
+            heap: heap(),
+            error: full
+        }
+        .retryable());
+        assert!(!CallError::Exists { heap: heap() }.retryable());
+        assert!(!CallError::Cancelled.retryable());
+        assert_eq!(CallError::Cancelled.kind(), "cancelled");
+    }
 
     fn runtime() -> (Runtime, MemoryStore) {
         let store = MemoryStore::new();

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::events::{MemoryEventStore, Retention};
 use super::guard::{self, AccessPolicy};
 use super::sse;
+use crate::in_flight::InFlight;
 use crate::runtime::Runtime;
-use crate::server::{Counter, McpServer};
+use crate::server::McpServer;
 
 /// What to serve where.
 pub struct HttpOptions {
@@ -97,7 +98,7 @@ fn guarded(
     runtime: Arc<Runtime>,
     options: &HttpOptions,
     draining: CancellationToken,
-    posts: Arc<Counter>,
+    posts: Arc<InFlight>,
 ) -> Router {
     router
         .merge(metrics_router(runtime))
@@ -117,7 +118,7 @@ fn guarded(
 /// Counts POST responses still being written: a Streamable HTTP tool result travels in the
 /// body of the POST that asked for it, so shutdown waits for those bodies to end.
 async fn track_posts(
-    axum::extract::State(posts): axum::extract::State<Arc<Counter>>,
+    axum::extract::State(posts): axum::extract::State<Arc<InFlight>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -168,7 +169,7 @@ pub async fn serve(
     let mut listeners = Vec::new();
     let sessions = CancellationToken::new();
     let calls = server.calls();
-    let posts = Arc::new(Counter::default());
+    let posts = Arc::new(InFlight::default());
     if let Some(port) = options.http_port {
         let router = guarded(
             streamable_router(server.clone(), &options, sessions.clone()),

@@ -1,0 +1,291 @@
+//! The MCP surface beyond the tools: the server's description, resources (heaps and whole
+//! results), completions of heap names, tasks, and the session's logging level.
+
+use std::sync::PoisonError;
+use std::time::Duration;
+
+#[allow(deprecated)] // logging: see `report`
+use rmcp::model::SetLevelRequestParams;
+use rmcp::model::{
+    CacheScope, CancelTaskParams, CompleteRequestParams, CompleteResult, CompletionInfo, ErrorData,
+    GetTaskParams, GetTaskResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, Resource,
+    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, UpdateTaskParams,
+};
+use rmcp::service::RequestContext;
+use rmcp::{tool_handler, RoleServer, ServerHandler};
+use serde_json::json;
+
+use super::args::HeapInfo;
+use super::{McpServer, Mode, PAGE_SIZE};
+use crate::outputs;
+use crate::runtime::CallError;
+
+const RESOURCE_SCHEME: &str = "heap://";
+/// The resource template of a heap; completions fill in `heap`.
+const HEAP_TEMPLATE: &str = "heap://{heap}";
+
+/// How long a client may keep what never changes while the server runs (its tools, the heap
+/// template) before asking again: a restart may change the limits the descriptions state.
+const STATIC_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// The caching hints of a result, for a client on protocol 2026-07-28 or later (older ones
+/// know none): `ttl` and whether any client may be served it (`Public`) or only the one that
+/// asked (`Private`: heaps are the caller's data).
+fn cache_hints(
+    context: &RequestContext<RoleServer>,
+    ttl: Duration,
+    scope: CacheScope,
+) -> (Option<u64>, Option<CacheScope>) {
+    let knows = context
+        .protocol_version()
+        .is_some_and(|version| version >= ProtocolVersion::V_2026_07_28);
+    let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    (knows.then_some(ttl), knows.then_some(scope))
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for McpServer {
+    /// `tools/list`: the same for every client while the server runs, sorted by name.
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut result = ListToolsResult::with_all_items(self.tool_router.list_all());
+        (result.ttl_ms, result.cache_scope) = cache_hints(&context, STATIC_TTL, CacheScope::Public);
+        Ok(result)
+    }
+
+    #[allow(deprecated)] // logging: see `report`
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = if self.mode == Mode::Stateless {
+            // Resources: the whole results that answers link to.
+            ServerCapabilities::builder()
+                .enable_logging()
+                .enable_tools()
+                .enable_resources()
+                .enable_tasks()
+                .build()
+        } else {
+            ServerCapabilities::builder()
+                .enable_logging()
+                .enable_completions()
+                .enable_tools()
+                .enable_resources()
+                .enable_tasks()
+                .build()
+        };
+        let instructions = if self.mode == Mode::Stateless {
+            "Runs JavaScript with run_js. Each call starts from a clean slate."
+        } else {
+            "Runs JavaScript with run_js on named heaps that persist between calls. \
+Use one heap per task and pass its name on every call."
+        };
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("mcp-v8", env!("CARGO_PKG_VERSION")))
+            .with_instructions(instructions)
+    }
+
+    /// `prompts/list`: none are offered (nor declared); the empty list is cacheable like the
+    /// tools, for clients that ask anyway.
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let mut result = ListPromptsResult::with_all_items(Vec::new());
+        (result.ttl_ms, result.cache_scope) = cache_hints(&context, STATIC_TTL, CacheScope::Public);
+        Ok(result)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        // Every call may add or change a heap.
+        let hints = cache_hints(&context, Duration::ZERO, CacheScope::Private);
+        if self.mode == Mode::Stateless {
+            let mut none = ListResourcesResult::with_all_items(Vec::new());
+            (none.ttl_ms, none.cache_scope) = hints;
+            return Ok(none);
+        }
+        let cursor = request.and_then(|r| r.cursor);
+        let (heaps, next_cursor) = self
+            .runtime
+            .list_page(cursor.as_deref(), PAGE_SIZE)
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let resources = heaps
+            .into_iter()
+            .map(|listed| {
+                let m = listed.meta;
+                Resource::new(format!("{RESOURCE_SCHEME}{}", m.name), m.name.clone())
+                    .with_description(format!("mcp-v8 heap '{}'", m.name))
+                    .with_mime_type("application/json")
+            })
+            .collect();
+        let mut page = ListResourcesResult::with_all_items(resources);
+        page.next_cursor = next_cursor;
+        (page.ttl_ms, page.cache_scope) = hints;
+        Ok(page)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let hints = cache_hints(&context, STATIC_TTL, CacheScope::Public);
+        if self.mode == Mode::Stateless {
+            let mut none = ListResourceTemplatesResult::with_all_items(Vec::new());
+            (none.ttl_ms, none.cache_scope) = hints;
+            return Ok(none);
+        }
+        let template = ResourceTemplate::new(HEAP_TEMPLATE, "heap")
+            .with_title("A heap")
+            .with_description(
+                "A saved heap's metadata: stored and raw size, version, last write, store",
+            )
+            .with_mime_type("application/json");
+        let mut result = ListResourceTemplatesResult::with_all_items(vec![template]);
+        (result.ttl_ms, result.cache_scope) = hints;
+        Ok(result)
+    }
+
+    /// `tasks/get`: a call running as a task, or its result.
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        self.tasks
+            .get_task(&request.task_id)
+            .map(GetTaskResult::new)
+    }
+
+    /// `tasks/update`: run_js asks the client nothing, so there is nothing to deliver.
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    /// `tasks/cancel`: stops the call (its worker is killed, nothing is saved).
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks.cancel_task(&request.task_id)
+    }
+
+    /// Sets the level at and above which console lines of this session's calls are sent as
+    /// log messages while the calls run.
+    #[allow(deprecated)] // logging: see `report`
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self
+            .log_level
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(request.level);
+        Ok(())
+    }
+
+    /// Completes heap names by prefix for the `heap://{heap}` template; anything else has
+    /// no completions.
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let heaps = matches!(&request.r#ref, Reference::Resource(template)
+            if template.uri == HEAP_TEMPLATE && request.argument.name == "heap");
+        let (names, total) = if heaps && self.mode == Mode::Heaps {
+            self.runtime
+                .names_starting_with(&request.argument.value, CompletionInfo::MAX_VALUES)
+                .await
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+        } else {
+            (Vec::new(), 0)
+        };
+        let more = total > names.len();
+        let total = u32::try_from(total).ok();
+        CompletionInfo::with_pagination(names, total, more)
+            .map(CompleteResult::new)
+            .map_err(|e| ErrorData::internal_error(e, None))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        if uri.starts_with(outputs::SCHEME) {
+            let Some(text) = self.outputs.get(&uri) else {
+                return Err(ErrorData::resource_not_found(
+                    format!("no result kept as {uri} (results are kept for 10 minutes)"),
+                    None,
+                ));
+            };
+            let mut result = ReadResourceResult::new(vec![ResourceContents::text(
+                text.to_string(),
+                uri.clone(),
+            )
+            .with_mime_type("text/plain")]);
+            // What a call returned never changes; it is the caller's.
+            (result.ttl_ms, result.cache_scope) =
+                cache_hints(&context, outputs::RETENTION, CacheScope::Private);
+            return Ok(result.into());
+        }
+        let Some(name) = uri
+            .strip_prefix(RESOURCE_SCHEME)
+            .filter(|_| self.mode == Mode::Heaps)
+        else {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {uri}"),
+                None,
+            ));
+        };
+        let listed = match self.runtime.describe(name).await {
+            Ok(Some(listed)) => listed,
+            Ok(None) => {
+                return Err(ErrorData::resource_not_found(
+                    format!("no heap named '{name}'"),
+                    None,
+                ))
+            }
+            Err(CallError::InvalidName(e)) => {
+                return Err(ErrorData::invalid_params(e.to_string(), None))
+            }
+            Err(e) => return Err(ErrorData::internal_error(e.to_string(), None)),
+        };
+        let backend = self.runtime.storage().info();
+        let version = listed.meta.version.to_string();
+        let info = HeapInfo::from(listed);
+        let body = json!({
+            "heap": info.heap,
+            "size": info.size,
+            "raw_size": info.raw_size,
+            "version": version,
+            "last_modified_ms": info.last_modified_ms,
+            "storage": backend.name,
+        });
+        let mut result =
+            ReadResourceResult::new(vec![ResourceContents::text(body.to_string(), uri.clone())
+                .with_mime_type("application/json")]);
+        // A heap's metadata changes with every call on it.
+        (result.ttl_ms, result.cache_scope) =
+            cache_hints(&context, Duration::ZERO, CacheScope::Private);
+        Ok(result.into())
+    }
+}

@@ -1,0 +1,156 @@
+//! The MCP face of the [`Runtime`]: its tools, heaps as `heap://<name>` resources, whole
+//! results as `output://` resources, completions, tasks and logging levels. Thin: every
+//! decision lives in the runtime.
+//!
+//! * [`args`]: what the tools take and return;
+//! * `tools`: the tool handlers (descriptions in `tools/*.md`);
+//! * `answer`: an outcome as a tool result;
+//! * `tasks`: long calls as tasks, and cancellation;
+//! * `handler`: the rest of the MCP surface (resources, completions, tasks, logging).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rmcp::handler::server::router::tool::ToolRouter;
+#[allow(deprecated)] // logging: see `report`
+use rmcp::model::LoggingLevel;
+use rmcp::service::RequestContext;
+use rmcp::task_manager::TaskManager;
+use rmcp::RoleServer;
+
+use crate::engine::{self, BYTES_PER_TOKEN};
+use crate::in_flight::InFlight;
+use crate::outputs::Outputs;
+use crate::report::{self, Reporting};
+use crate::runtime::{CallLimits, Runtime};
+
+mod answer;
+pub mod args;
+mod handler;
+mod tasks;
+mod tools;
+
+pub use tasks::{TASK_AFTER, TASK_TTL};
+
+/// Most heaps in one page of `list_heaps` or `resources/list`.
+pub const PAGE_SIZE: usize = 1000;
+
+/// What a server offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Named heaps that persist between calls, and the tools to manage them.
+    Heaps,
+    /// A fresh isolate for every call; no heaps.
+    Stateless,
+}
+
+/// The MCP server. Cheap to clone; clones share the runtime.
+#[derive(Clone)]
+pub struct McpServer {
+    runtime: Arc<Runtime>,
+    mode: Mode,
+    calls: Arc<InFlight>,
+    tool_router: ToolRouter<Self>,
+    /// The level the client set with `logging/setLevel`: this session's own.
+    #[allow(deprecated)] // logging: see `report`
+    log_level: Arc<Mutex<Option<LoggingLevel>>>,
+    /// Calls running as tasks, shared by every session (a task outlives its request).
+    tasks: TaskManager,
+    /// Whole results whose answers showed a preview, shared by every session.
+    outputs: Arc<Outputs>,
+}
+
+impl McpServer {
+    /// A server that offers what `mode` says.
+    pub fn new(runtime: Arc<Runtime>, mode: Mode) -> Self {
+        let mut tool_router = match mode {
+            Mode::Heaps => Self::heap_tools(),
+            Mode::Stateless => Self::stateless_tools(),
+        };
+        tool_router += Self::output_tools();
+        // Descriptions are kept as wrapped Markdown beside the tools; clients get one line.
+        for route in tool_router.map.values_mut() {
+            if let Some(text) = route.attr.description.take() {
+                route.attr.description = Some(text.trim_end().replace('\n', " ").into());
+            }
+        }
+        // The description states this server's own limits, so an agent can plan for them.
+        if let Some(route) = tool_router.map.get_mut("run_js") {
+            let limits = runtime.limits();
+            let general = route.attr.description.clone().unwrap_or_default();
+            route.attr.description = Some(
+                format!(
+                    "{general} This server's limits: {} s per call (timeout_secs may ask for \
+                     less), {} MB of JavaScript heap (heap_memory_max_mb may ask for less), {} \
+                     of output and {} of console kept; {}.",
+                    limits.timeout.as_secs_f64(),
+                    limits.heap_bytes >> 20,
+                    crate::storage::human_bytes(limits.output_bytes as u64),
+                    crate::storage::human_bytes(limits.console_bytes as u64),
+                    match limits.answer_bytes {
+                        usize::MAX => "answers of any size".to_string(),
+                        bytes => format!(
+                            "answers of about {} tokens at most (max_output_tokens may ask for \
+                             fewer): a longer result comes as a preview (output_truncated), a \
+                             longer console as its first and last lines",
+                            engine::group(bytes / BYTES_PER_TOKEN)
+                        ),
+                    }
+                )
+                .into(),
+            );
+        }
+        Self {
+            runtime,
+            mode,
+            calls: Arc::new(InFlight::default()),
+            tool_router,
+            log_level: Arc::default(),
+            tasks: TaskManager::new(),
+            outputs: Arc::default(),
+        }
+    }
+
+    /// The server for a new client session: the same tools and runtime, a logging level of
+    /// its own.
+    pub fn for_session(&self) -> Self {
+        Self {
+            log_level: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Starts the reports the client asked for on this call: console lines at its logging
+    /// level (this request's `_meta` level, else the session's), progress for a token, and
+    /// a status line for a client that takes tasks.
+    fn reporting(&self, context: &RequestContext<RoleServer>, logger: String) -> Option<Reporting> {
+        let session = *self
+            .log_level
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let wanted = report::Wanted {
+            level: context.meta.log_level().or(session),
+            progress: context.meta.get_progress_token(),
+            logger,
+            status: tasks::takes_tasks(context),
+        };
+        report::start(context.peer.clone(), wanted)
+    }
+
+    /// Bytes an answer to a call with `limits` may take.
+    fn answer_budget(&self, limits: &CallLimits) -> usize {
+        let server = self.runtime.limits().answer_bytes;
+        limits.answer_tokens.map_or(server, |tokens| {
+            tokens.saturating_mul(BYTES_PER_TOKEN).min(server)
+        })
+    }
+
+    /// The runtime behind the tools.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        Arc::clone(&self.runtime)
+    }
+
+    /// The tool calls in progress.
+    pub fn calls(&self) -> Arc<InFlight> {
+        Arc::clone(&self.calls)
+    }
+}

@@ -1,0 +1,108 @@
+//! Long calls as MCP tasks, and cancellation: a call from a client that takes tasks becomes
+//! one once it has run for [`TASK_AFTER`]; any call ends when its client cancels it.
+
+use std::time::Duration;
+
+use rmcp::model::{CallToolResponse, CallToolResult, CreateTaskResult, ErrorData};
+use rmcp::service::RequestContext;
+use rmcp::task_manager::{TaskExit, TaskOptions};
+use rmcp::RoleServer;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::answer::tool_error;
+use super::McpServer;
+use crate::runtime::CallError;
+
+/// How long a call from a client that takes tasks may run before it becomes one: shorter
+/// calls answer directly, without a round of polling.
+pub const TASK_AFTER: Duration = Duration::from_secs(1);
+/// How long a task's result stays retrievable after it ends (at least; longer when the
+/// server's time limit is longer).
+pub const TASK_TTL: Duration = Duration::from_secs(10 * 60);
+/// The polling interval suggested to clients.
+const TASK_POLL: Duration = Duration::from_millis(500);
+
+impl McpServer {
+    /// Answers a call with what `work` returns, or cancelled when the client cancels first.
+    /// For a client that declared the tasks extension, a call still running after
+    /// [`TASK_AFTER`] becomes a task: the client gets its id, and polls, waits for or cancels
+    /// it with `tasks/get` and `tasks/cancel`.
+    pub(super) async fn respond(
+        &self,
+        context: &RequestContext<RoleServer>,
+        work: impl std::future::Future<Output = Result<CallToolResult, ErrorData>> + Send + 'static,
+        status: Option<watch::Receiver<String>>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let mut work = Box::pin(work);
+        if !takes_tasks(context) {
+            return match cancellable(context.ct.clone(), work).await {
+                Some(result) => result.map(Into::into),
+                None => cancelled().map(Into::into),
+            };
+        }
+        tokio::select! {
+            result = &mut work => return result.map(Into::into),
+            () = context.ct.cancelled() => return cancelled().map(Into::into),
+            () = tokio::time::sleep(TASK_AFTER) => {}
+        }
+        // A task may not outlive its TTL while it runs: give it room for the longest call.
+        let ttl = TASK_TTL.max(self.runtime.limits().timeout * 2);
+        let options = TaskOptions::new()
+            .with_ttl_ms(u64::try_from(ttl.as_millis()).ok())
+            .with_poll_interval_ms(u64::try_from(TASK_POLL.as_millis()).unwrap_or(500))
+            .with_status_message("running");
+        let task = self.tasks.spawn(options, move |task| {
+            Box::pin(async move {
+                let mut status = status;
+                loop {
+                    // Dropping the work on a cancel kills the worker running it; nothing is
+                    // saved.
+                    tokio::select! {
+                        result = &mut work => return result.map_err(TaskExit::Error),
+                        () = task.cancelled() => return Err(TaskExit::Cancelled),
+                        line = next_status(&mut status) => match line {
+                            Some(line) => task.set_status_message(line),
+                            None => status = None,
+                        },
+                    }
+                }
+            })
+        });
+        Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+}
+
+/// Whether the client declared the tasks extension.
+pub(super) fn takes_tasks(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .client_capabilities()
+        .is_some_and(|caps| caps.supports_tasks())
+}
+
+/// The next status line, or `None` once there will be no more (never, without a status).
+async fn next_status(status: &mut Option<watch::Receiver<String>>) -> Option<String> {
+    match status {
+        Some(status) => match status.changed().await {
+            Ok(()) => Some(status.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `work` unless the client cancels the request first; dropping the work kills the
+/// worker process running it, and nothing is saved.
+async fn cancellable<T>(
+    ct: CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        result = work => Some(result),
+        () = ct.cancelled() => None,
+    }
+}
+
+fn cancelled() -> Result<CallToolResult, ErrorData> {
+    tool_error(CallError::Cancelled)
+}
