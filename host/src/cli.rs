@@ -12,8 +12,8 @@ use crate::envelope::Codec;
 use crate::runtime::{Checkpoints, SaveMode, StoragePolicy};
 use crate::server::Mode;
 use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
+use crate::transport::access::AccessPolicy;
 use crate::transport::events::Retention;
-use crate::transport::guard::AccessPolicy;
 use crate::transport::http::HttpOptions;
 use crate::worker::WorkerSettings;
 

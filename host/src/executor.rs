@@ -6,9 +6,9 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::oneshot;
 
-use crate::engine::{self, live, Fresh, Limits, RunError, Warm};
+use crate::engine::{self, live, HeapIsolate, Limits, Outcome, PlainIsolate, RunError};
 use crate::job::{
-    Job, LiveBatches, NewState, NotWarm, Outcome, Ran, Rerun, Saved, Saving, Start, Target, WarmRef,
+    Job, LiveBatches, NewState, NotWarm, Ran, Rerun, Saved, Saving, Start, Target, WarmRef,
 };
 use crate::worker::{WorkerPool, WorkerSettings};
 
@@ -123,7 +123,7 @@ async fn run_in_process(job: Job) -> Ran {
             Err(e) => return drop(answer.send(Outcome::failed(e))),
         };
         let Some(snapshot) = snapshot else {
-            match Fresh::new(&job.limits) {
+            match PlainIsolate::new(&job.limits) {
                 Ok(fresh) => {
                     let run = |live| fresh.run(&code, &job.limits, live);
                     let (run, used) = with_live(job.live.clone(), run);
@@ -135,7 +135,7 @@ async fn run_in_process(job: Job) -> Ran {
             }
             return;
         };
-        let warm = Warm::new(snapshot, &job.limits)
+        let warm = HeapIsolate::new(snapshot, &job.limits)
             .and_then(|warm| crate::job::catch_up(warm, replay.iter().map(Rerun::of), &job.limits));
         let warm = match warm {
             Ok(warm) => warm,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::live::Batch;
-use crate::engine::{self, Completion, JsException, Limits, Replay, Run, RunError, Tape, Warm};
+use crate::engine::{self, HeapIsolate, JsException, Limits, Outcome, Replay, RunError, Tape};
 use crate::record::{Effect, Record};
 
 /// One execution.
@@ -104,10 +104,10 @@ impl<'a> Rerun<'a> {
 /// limit (a call committed under a larger one may need more); give `limits` the server's time
 /// limit, not a call's tighter one.
 pub fn catch_up<'a>(
-    mut warm: Warm,
+    mut warm: HeapIsolate,
     calls: impl IntoIterator<Item = Result<Rerun<'a>, RunError>>,
     limits: &Limits,
-) -> Result<Warm, RunError> {
+) -> Result<HeapIsolate, RunError> {
     for call in calls {
         let call = call?;
         let diverged = |why: String| RunError::Diverged { seq: call.seq, why };
@@ -137,7 +137,7 @@ pub fn catch_up<'a>(
             return Err(diverged("its result or console came out different".into()));
         }
         warm = match left {
-            Ok(unsaved) => unsaved.into_warm(),
+            Ok(unsaved) => unsaved.into_heap_isolate(),
             Err(_) => return Err(diverged("its isolate was lost".into())),
         };
     }
@@ -172,17 +172,6 @@ pub struct WarmRef {
 /// again from the stored snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotWarm;
-
-/// How far a job got before it ended, for telling a crash of V8 restoring a heap from a crash
-/// of the code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Stage {
-    /// The isolate is ready (a heap restored): the code starts now.
-    Started,
-}
-
-/// How a run ended, as the caller sees it.
-pub type Outcome = Run<Completion>;
 
 /// A successful stateful run's new state.
 #[derive(Debug)]

@@ -331,7 +331,7 @@ pub struct StorageStats {
 
 /// How a `run_js` call ended, for counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Ended {
     /// It returned a result.
     Ok,
     /// It failed; the label names the kind (`exception`, `timeout`, `heap_limit`, ...).
@@ -347,11 +347,11 @@ pub struct CallMetrics {
 
 impl CallMetrics {
     /// Records one call.
-    pub fn record(&self, took: Duration, outcome: Outcome) {
+    pub fn record(&self, took: Duration, outcome: Ended) {
         self.latency.record(took);
         let label = match outcome {
-            Outcome::Ok => "ok",
-            Outcome::Failed(kind) => kind,
+            Ended::Ok => "ok",
+            Ended::Failed(kind) => kind,
         };
         let mut outcomes = self
             .outcomes
@@ -553,7 +553,7 @@ mod tests {
         let m = StoreMetrics::default();
         m.record(Op::Get, Duration::from_micros(3), Err(ErrorKind::Other));
         let calls = CallMetrics::default();
-        calls.record(Duration::from_millis(2), Outcome::Failed("timeout"));
+        calls.record(Duration::from_millis(2), Ended::Failed("timeout"));
         let text = render(&m.stats("s\"3", None), &m, &calls);
         assert!(text.contains("store=\"s\\\"3\""), "{text}");
         assert!(text.contains("mcp_v8_run_js_calls_total{outcome=\"timeout\"} 1"));

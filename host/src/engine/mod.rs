@@ -1,6 +1,6 @@
-//! The V8 engine: runs one piece of JavaScript in an isolate made for it ([`Fresh`]), or on
-//! a heap restored from a raw V8 snapshot ([`Warm`]), drives its promises and timers, and
-//! (when stateful) snapshots the heap again afterwards ([`Unsaved::save`]).
+//! The V8 engine: runs one piece of JavaScript in an isolate made for it ([`PlainIsolate`]), or on
+//! a heap restored from a raw V8 snapshot ([`HeapIsolate`]), drives its promises and timers, and
+//! (when stateful) snapshots the heap again afterwards ([`UnsavedIsolate::save`]).
 //!
 //! Every function here blocks; callers run it on a blocking thread or in a worker process.
 //! The engine trusts the snapshots it is given: the runtime verifies stored heaps
@@ -11,12 +11,12 @@
 
 mod allocator;
 mod globals;
+mod isolates;
 mod last;
 pub mod live;
 mod preview;
 mod render;
 mod repl;
-mod session;
 mod tape;
 mod trace;
 
@@ -35,7 +35,7 @@ pub use preview::{console as console_preview, group, json_len, line_size, split,
 use render::{clip, describe_thrown, render, Unrendered};
 pub use trace::{Frame, Origin};
 
-pub use session::{answer_first, Fresh, Unsaved, Used, Warm};
+pub use isolates::{answer_first, HeapIsolate, PlainIsolate, SpentIsolate, UnsavedIsolate};
 pub use tape::{Replay, Tape, MAX_CLOCK_READINGS};
 
 use crate::frontend::{self, Goal, Prepared};
@@ -229,17 +229,17 @@ pub fn fingerprint(completion: &Completion, console: &Console) -> u64 {
 }
 
 /// A result and whatever the code printed along the way (also when it failed): what every
-/// layer returns for a run — the engine, a job ([`crate::job::Outcome`]) and a call
-/// ([`crate::runtime::Reply`]), each with its own error type.
+/// layer returns for a run — the engine, a job ([`Outcome`]`<Completion>`) and a call
+/// ([`crate::runtime::CallOutcome`]), each with its own error type.
 #[derive(Debug)]
-pub struct Run<T, E = RunError> {
+pub struct Outcome<T = Completion, E = RunError> {
     /// The result.
     pub result: Result<T, E>,
     /// `console` output, in order.
     pub console: Console,
 }
 
-impl<T, E> Run<T, E> {
+impl<T, E> Outcome<T, E> {
     /// A run that failed before any code ran: nothing was printed.
     pub fn failed(error: E) -> Self {
         Self {
@@ -249,8 +249,8 @@ impl<T, E> Run<T, E> {
     }
 
     /// The same run with its result turned by `f`; the console stays.
-    pub fn map_result<U, F>(self, f: impl FnOnce(Result<T, E>) -> Result<U, F>) -> Run<U, F> {
-        Run {
+    pub fn map_result<U, F>(self, f: impl FnOnce(Result<T, E>) -> Result<U, F>) -> Outcome<U, F> {
+        Outcome {
             result: f(self.result),
             console: self.console,
         }
@@ -297,12 +297,12 @@ const TIMED_OUT: u8 = 1;
 const OUT_OF_HEAP: u8 = 2;
 
 /// Shared between a run, its watchdog thread and V8's near-heap-limit callback.
-struct Guard {
+struct Terminator {
     isolate: v8::IsolateHandle,
     reason: AtomicU8,
 }
 
-impl Guard {
+impl Terminator {
     fn terminate(&self, reason: u8) {
         // The first reason wins: a timeout during the heap-limit unwinding stays a heap error.
         let _ = self.reason.compare_exchange(
@@ -324,28 +324,28 @@ impl Guard {
 }
 
 extern "C" fn near_heap_limit(data: *mut c_void, current: usize, _initial: usize) -> usize {
-    // SAFETY: `data` is the `Guard` registered in `prepare_isolate()`; the session that owns the
+    // SAFETY: `data` is the `Terminator` registered in `prepare_isolate()`; the session that owns the
     // isolate holds an Arc of it and disposes of the isolate before dropping that Arc.
-    let guard = unsafe { &*(data as *const Guard) };
-    guard.terminate(OUT_OF_HEAP);
+    let terminator = unsafe { &*(data as *const Terminator) };
+    terminator.terminate(OUT_OF_HEAP);
     // Head-room so that V8 can unwind the terminated script instead of aborting.
     current.saturating_mul(2)
 }
 
 /// Readies a new isolate: promise-rejection reports, dynamic imports, heap limit. Returns
-/// the guard the watchdog stops it with.
-fn prepare_isolate(isolate: &mut v8::Isolate) -> Arc<Guard> {
+/// the terminator the watchdog stops it with.
+fn prepare_isolate(isolate: &mut v8::Isolate) -> Arc<Terminator> {
     isolate.set_promise_reject_callback(globals::promise_rejected);
     isolate.set_host_import_module_dynamically_callback(globals::import_dynamically);
     // Errors record where they were made, so positions survive the promise a REPL-mode
     // script turns every throw into.
     isolate.set_capture_stack_trace_for_uncaught_exceptions(true, trace::MAX_FRAMES);
-    let guard = Arc::new(Guard {
+    let terminator = Arc::new(Terminator {
         isolate: isolate.thread_safe_handle(),
         reason: AtomicU8::new(NOT_TERMINATED),
     });
-    isolate.add_near_heap_limit_callback(near_heap_limit, Arc::as_ptr(&guard) as *mut c_void);
-    guard
+    isolate.add_near_heap_limit_callback(near_heap_limit, Arc::as_ptr(&terminator) as *mut c_void);
+    terminator
 }
 
 fn create_params(limits: &Limits) -> v8::CreateParams {
@@ -363,14 +363,14 @@ pub fn read_code(code: &str) -> Result<Prepared, RunError> {
 }
 
 /// Runs `code` in a new plain isolate; nothing is kept.
-pub fn run_stateless(code: &str, limits: Limits) -> Run<Completion> {
+pub fn run_stateless(code: &str, limits: Limits) -> Outcome<Completion> {
     let code = match read_code(code) {
         Ok(code) => code,
-        Err(e) => return Run::failed(e),
+        Err(e) => return Outcome::failed(e),
     };
-    match Fresh::new(&limits) {
+    match PlainIsolate::new(&limits) {
         Ok(fresh) => fresh.run(&code, &limits, None).0,
-        Err(e) => Run::failed(e),
+        Err(e) => Outcome::failed(e),
     }
 }
 
@@ -381,14 +381,14 @@ pub fn run_stateful(
     code: &str,
     snapshot: Option<Bytes>,
     limits: Limits,
-) -> Run<(Completion, Bytes)> {
+) -> Outcome<(Completion, Bytes)> {
     let code = match read_code(code) {
         Ok(code) => code,
-        Err(e) => return Run::failed(e),
+        Err(e) => return Outcome::failed(e),
     };
-    let warm = match Warm::new(snapshot, &limits) {
+    let warm = match HeapIsolate::new(snapshot, &limits) {
         Ok(warm) => warm,
-        Err(e) => return Run::failed(e),
+        Err(e) => return Outcome::failed(e),
     };
     warm.run(&code, &limits, None)
         .map_result(|result| match result {
@@ -402,7 +402,7 @@ fn finish(
     isolate: &mut v8::Isolate,
     result: Result<Rendered, RunError>,
     limits: &Limits,
-) -> Run<Completion> {
+) -> Outcome<Completion> {
     let (console, pending_timers, tape) = match isolate.remove_slot::<RunState>() {
         Some(state) => state.finish(),
         None => (
@@ -414,7 +414,7 @@ fn finish(
             },
         ),
     };
-    Run {
+    Outcome {
         result: result.map(|rendered| {
             let Rendered {
                 mut output,
@@ -448,7 +448,7 @@ fn finish(
 fn evaluate(
     scope: &mut v8::HandleScope,
     code: &Prepared,
-    guard: &Guard,
+    terminator: &Terminator,
     limits: &Limits,
     last: LastResult,
 ) -> Result<Rendered, RunError> {
@@ -472,7 +472,7 @@ fn evaluate(
         (started, _) => started,
     };
     let Some(mut promise) = started else {
-        return Err(failure(tc, guard, limits, call));
+        return Err(failure(tc, terminator, limits, call));
     };
     // The script's promise resolves to a wrapper around its completion value; when that
     // value is itself a promise, the run's result is what it settles to.
@@ -480,7 +480,7 @@ fn evaluate(
     loop {
         tc.perform_microtask_checkpoint();
         if tc.has_terminated() {
-            return Err(failure(tc, guard, limits, call));
+            return Err(failure(tc, terminator, limits, call));
         }
         match promise.state() {
             v8::PromiseState::Fulfilled => {
@@ -488,7 +488,7 @@ fn evaluate(
                 if !unwrapped {
                     unwrapped = true;
                     value = repl::completion(tc, value)
-                        .ok_or_else(|| failure(tc, guard, limits, call))?;
+                        .ok_or_else(|| failure(tc, terminator, limits, call))?;
                     if let Ok(inner) = v8::Local::<v8::Promise>::try_from(value) {
                         promise = inner;
                         continue;
@@ -497,7 +497,7 @@ fn evaluate(
                 if last == LastResult::Keep {
                     last::keep(tc, value);
                 }
-                return render_result(tc, value, guard, limits);
+                return render_result(tc, value, terminator, limits);
             }
             v8::PromiseState::Rejected => {
                 globals::handled(tc, promise);
@@ -515,7 +515,7 @@ fn evaluate(
         };
         let undefined = v8::undefined(tc).into();
         if callback.call(tc, undefined, &args).is_none() {
-            return Err(failure(tc, guard, limits, call));
+            return Err(failure(tc, terminator, limits, call));
         }
     }
 }
@@ -543,20 +543,20 @@ struct Rendered {
 fn render_result<'s>(
     tc: &mut v8::TryCatch<v8::HandleScope<'s>>,
     value: v8::Local<'s, v8::Value>,
-    guard: &Guard,
+    terminator: &Terminator,
     limits: &Limits,
 ) -> Result<Rendered, RunError> {
-    let terminated = |guard: &Guard| {
-        guard
+    let terminated = |terminator: &Terminator| {
+        terminator
             .error(limits)
             .unwrap_or(RunError::Timeout(limits.timeout))
     };
     let (output, cut) = match render(tc, value, limits.output_bytes) {
-        Ok(text) => match guard.error(limits) {
+        Ok(text) => match terminator.error(limits) {
             Some(error) => return Err(error),
             None => (text.text, text.cut),
         },
-        Err(Unrendered::Terminated) => return Err(terminated(guard)),
+        Err(Unrendered::Terminated) => return Err(terminated(terminator)),
         Err(Unrendered::Threw(mut e)) => {
             e.message = format!("the result could not be rendered: {}", e.message);
             return Err(RunError::Exception(e));
@@ -576,10 +576,10 @@ fn render_result<'s>(
         Ok(Some(preview)) => preview,
         Ok(None) => preview::text(&output, share),
         Err(preview::Stop::Full) => preview::text(&output, share),
-        Err(preview::Stop::Terminated) => return Err(terminated(guard)),
+        Err(preview::Stop::Terminated) => return Err(terminated(terminator)),
     };
     if tc.has_terminated() {
-        return Err(terminated(guard));
+        return Err(terminated(terminator));
     }
     tc.reset();
     Ok(Rendered {
@@ -592,11 +592,11 @@ fn render_result<'s>(
 /// Turns the pending exception or termination of `tc` into a [`RunError`].
 fn failure(
     tc: &mut v8::TryCatch<v8::HandleScope>,
-    guard: &Guard,
+    terminator: &Terminator,
     limits: &Limits,
     call: trace::ThisCall,
 ) -> RunError {
-    if let Some(error) = guard.error(limits) {
+    if let Some(error) = terminator.error(limits) {
         return error;
     }
     if tc.has_terminated() {
@@ -616,9 +616,9 @@ fn failure(
     }
 }
 
-/// Arms a watchdog that terminates `guard`'s isolate after `timeout`, until dropped.
-fn watch(guard: &Arc<Guard>, timeout: Duration) -> Watchdog {
-    Watchdog::arm(Arc::clone(guard), timeout)
+/// Arms a watchdog that terminates `terminator`'s isolate after `timeout`, until dropped.
+fn watch(terminator: &Arc<Terminator>, timeout: Duration) -> Watchdog {
+    Watchdog::arm(Arc::clone(terminator), timeout)
 }
 
 /// Terminates the isolate if the run outlives its time limit.
@@ -628,13 +628,13 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn arm(guard: Arc<Guard>, timeout: Duration) -> Self {
+    fn arm(terminator: Arc<Terminator>, timeout: Duration) -> Self {
         let (done, wait) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("mcp-v8-watchdog".into())
             .spawn(move || {
                 if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
-                    guard.terminate(TIMED_OUT);
+                    terminator.terminate(TIMED_OUT);
                 }
             })
             .ok();
@@ -658,11 +658,15 @@ impl Drop for Watchdog {
 mod tests {
     use super::*;
 
-    fn stateless_run(code: &str, limits: Limits) -> Run<Completion> {
+    fn stateless_run(code: &str, limits: Limits) -> Outcome<Completion> {
         run_stateless(code, limits)
     }
 
-    fn stateful_run(code: &str, heap: Option<&Bytes>, limits: Limits) -> Run<(Completion, Bytes)> {
+    fn stateful_run(
+        code: &str,
+        heap: Option<&Bytes>,
+        limits: Limits,
+    ) -> Outcome<(Completion, Bytes)> {
         run_stateful(code, heap.cloned(), limits)
     }
 
@@ -1447,7 +1451,7 @@ mod tests {
     /// the state it left.
     fn on_heap(code: &str, heap: &Bytes, tape: Option<Tape>) -> (Completion, u64, Bytes) {
         let (code, limits) = (read_code(code).unwrap(), limits());
-        let warm = Warm::new(Some(heap.clone()), &limits).unwrap();
+        let warm = HeapIsolate::new(Some(heap.clone()), &limits).unwrap();
         let run = match tape {
             None => warm.run(&code, &limits, None),
             Some(tape) => warm.replay(&code, &limits, tape),
@@ -1551,7 +1555,7 @@ mod tests {
         };
         let slow = "const t0 = Date.now(); \
             while (Date.now() - t0 < 600) { for (let i = 0; i < 1e5; i++) n++; } 'done'";
-        let warm = Warm::new(Some(heap.clone()), &limits).unwrap();
+        let warm = HeapIsolate::new(Some(heap.clone()), &limits).unwrap();
         let (outcome, _) = answer_first(warm.run(&read_code(slow).unwrap(), &limits, None));
         let completion = outcome.result.unwrap();
         assert!(
@@ -1559,7 +1563,7 @@ mod tests {
             "{:?}",
             completion.tape.replay
         );
-        let warm = Warm::new(Some(heap), &limits).unwrap();
+        let warm = HeapIsolate::new(Some(heap), &limits).unwrap();
         let (outcome, _) = answer_first(warm.run(&read_code("n").unwrap(), &limits, None));
         assert_eq!(outcome.result.unwrap().tape.replay, Replay::Exact);
     }

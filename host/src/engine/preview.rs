@@ -876,14 +876,14 @@ mod tests {
 
     #[test]
     fn the_last_error_is_underscore_error_and_a_replay_finds_it_too() {
-        use super::super::{answer_first, read_code, JsException, Warm};
+        use super::super::{answer_first, read_code, HeapIsolate, JsException};
         let (_, heap) = step("var n = 0", None);
         let mut error = JsException::new("TypeError", "x is not a function");
         error.stack = Vec::new();
         let code =
             read_code("n++; [_error.name, _error.message, _error instanceof Error]").unwrap();
         let limits = limits(60_000);
-        let warm = Warm::new(Some(heap.clone()), &limits).unwrap();
+        let warm = HeapIsolate::new(Some(heap.clone()), &limits).unwrap();
         let (run, _) = answer_first(warm.run_after(&code, &limits, None, Some(error.clone())));
         let completion = run.result.unwrap();
         assert_eq!(
@@ -892,7 +892,7 @@ mod tests {
         );
         assert_eq!(completion.tape.last_error, Some(error));
         // The tape brings it back.
-        let warm = Warm::new(Some(heap), &limits).unwrap();
+        let warm = HeapIsolate::new(Some(heap), &limits).unwrap();
         let (replayed, _) = answer_first(warm.replay(&code, &limits, completion.tape.clone()));
         assert_eq!(replayed.result.unwrap().output, completion.output);
         // Stateless runs have none.

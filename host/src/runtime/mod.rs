@@ -20,7 +20,7 @@ use tokio::sync::RwLock;
 
 mod heaps;
 
-use crate::engine::{Completion, JsException, Limits, Run, RunError, BYTES_PER_TOKEN};
+use crate::engine::{Completion, JsException, Limits, Outcome, RunError, BYTES_PER_TOKEN};
 use crate::envelope::{Codec, EnvelopeError};
 use crate::executor::Executor;
 use crate::job::{Job, Keep, LiveBatches, NotWarm, Target};
@@ -212,7 +212,7 @@ impl CallError {
 }
 
 /// A call's result and what the code printed, which is worth showing also after a failure.
-pub type Reply<T> = Run<T, CallError>;
+pub type CallOutcome<T> = Outcome<T, CallError>;
 
 /// The result of a stateful run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,10 +403,10 @@ impl Runtime {
     }
 
     /// Counts a `run_js` call that took from `started` to now.
-    fn count<T>(&self, started: Instant, reply: &Reply<T>) {
+    fn count<T>(&self, started: Instant, reply: &CallOutcome<T>) {
         let outcome = match &reply.result {
-            Ok(_) => metrics::Outcome::Ok,
-            Err(e) => metrics::Outcome::Failed(e.kind()),
+            Ok(_) => metrics::Ended::Ok,
+            Err(e) => metrics::Ended::Failed(e.kind()),
         };
         self.call_metrics.record(started.elapsed(), outcome);
     }
@@ -498,7 +498,7 @@ impl Runtime {
         code: String,
         call: CallLimits,
         live: Option<LiveBatches>,
-    ) -> Reply<Completion> {
+    ) -> CallOutcome<Completion> {
         let started = Instant::now();
         let reply = self.stateless(code, call, live).await;
         self.count(started, &reply);
@@ -510,10 +510,10 @@ impl Runtime {
         code: String,
         call: CallLimits,
         live: Option<LiveBatches>,
-    ) -> Reply<Completion> {
+    ) -> CallOutcome<Completion> {
         let limits = match self.limits_for(call) {
             Ok(limits) => limits,
-            Err(e) => return Reply::failed(e),
+            Err(e) => return CallOutcome::failed(e),
         };
         let job = Job {
             code,
@@ -523,7 +523,7 @@ impl Runtime {
         };
         match self.executor.run(job).await {
             Ok((outcome, _)) => outcome.map_result(|result| result.map_err(CallError::from)),
-            Err(NotWarm) => Reply::failed(CallError::Internal(
+            Err(NotWarm) => CallOutcome::failed(CallError::Internal(
                 "a stateless job asked for a warm heap".into(),
             )),
         }
@@ -537,7 +537,7 @@ impl Runtime {
         code: String,
         heap: Option<String>,
         call: CallLimits,
-    ) -> Reply<HeapRun> {
+    ) -> CallOutcome<HeapRun> {
         self.run_saving_to(code, heap, SaveTo::Same, call, None)
             .await
     }
@@ -553,7 +553,7 @@ impl Runtime {
         save_to: SaveTo,
         call: CallLimits,
         live: Option<LiveBatches>,
-    ) -> Reply<HeapRun> {
+    ) -> CallOutcome<HeapRun> {
         let started = Instant::now();
         let reply = self.on_heap(code, heap, save_to, call, live).await;
         self.count(started, &reply);
@@ -567,12 +567,12 @@ impl Runtime {
         save_to: SaveTo,
         call: CallLimits,
         live: Option<LiveBatches>,
-    ) -> Reply<HeapRun> {
+    ) -> CallOutcome<HeapRun> {
         // A fork without a source starts from an empty heap.
         let source = match heap {
             Some(name) => match validate_caller_name(&name) {
                 Ok(()) => Some(name),
-                Err(e) => return Reply::failed(CallError::InvalidName(e)),
+                Err(e) => return CallOutcome::failed(CallError::InvalidName(e)),
             },
             None => None,
         };
@@ -580,17 +580,17 @@ impl Runtime {
             SaveTo::Same => (source.clone().unwrap_or_else(generated_name), None),
             SaveTo::Fork { to, overwrite } => {
                 if let Err(e) = validate_caller_name(to) {
-                    return Reply::failed(CallError::InvalidName(e));
+                    return CallOutcome::failed(CallError::InvalidName(e));
                 }
                 if source.as_ref() == Some(to) {
-                    return Reply::failed(CallError::SameHeap { heap: to.clone() });
+                    return CallOutcome::failed(CallError::SameHeap { heap: to.clone() });
                 }
                 (to.clone(), Some((source.clone(), *overwrite)))
             }
         };
         let limits = match self.limits_for(call) {
             Ok(limits) => limits,
-            Err(e) => return Reply::failed(e),
+            Err(e) => return CallOutcome::failed(e),
         };
         // Held until the state is stored, also when that happens after the answer; a fork
         // also holds its source until the code has run, taking the two in name order.
@@ -625,7 +625,7 @@ impl Runtime {
             };
             let loaded = match loaded {
                 Ok(loaded) => loaded,
-                Err(e) => return Reply::failed(e),
+                Err(e) => return CallOutcome::failed(e),
             };
             // A new heap needs its first snapshot; otherwise the state stays live in its
             // worker until replaying the calls since the last snapshot would cost too much.
@@ -665,7 +665,7 @@ impl Runtime {
             let (completion, new_state) = match (outcome.result, new_state) {
                 (Ok(completion), Some(new_state)) => (completion, new_state),
                 (Ok(_), None) => {
-                    return Reply::failed(CallError::Internal(
+                    return CallOutcome::failed(CallError::Internal(
                         "a stateful run returned no heap".into(),
                     ))
                 }
@@ -678,7 +678,7 @@ impl Runtime {
                             continue;
                         }
                         Err(e) => {
-                            return Run {
+                            return Outcome {
                                 result: Err(e),
                                 console: outcome.console,
                             }
@@ -693,7 +693,7 @@ impl Runtime {
                         RunError::Unrestorable(reason) => CallError::Unrestorable { heap, reason },
                         e => e.into(),
                     };
-                    return Run {
+                    return Outcome {
                         result: Err(error),
                         console: outcome.console,
                     };
@@ -720,7 +720,7 @@ impl Runtime {
                         .await
                 }
             };
-            let answer = |retries| Run {
+            let answer = |retries| Outcome {
                 result: Ok(HeapRun {
                     completion,
                     heap: heap.clone(),
@@ -756,7 +756,7 @@ impl Runtime {
                 }
                 // Made meanwhile by another writer: running again would not help.
                 Err(CallError::Conflict { heap, .. }) if fork.is_some() => {
-                    return Run {
+                    return Outcome {
                         result: Err(CallError::Exists { heap }),
                         console: answer(retries).console,
                     };
@@ -769,13 +769,13 @@ impl Runtime {
                 }
                 Err(CallError::Conflict { heap, .. }) => {
                     let attempts = retries + 1;
-                    return Run {
+                    return Outcome {
                         result: Err(CallError::Conflict { heap, attempts }),
                         console: answer(retries).console,
                     };
                 }
                 Err(e) => {
-                    return Run {
+                    return Outcome {
                         result: Err(e),
                         console: answer(retries).console,
                     }

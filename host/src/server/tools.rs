@@ -19,7 +19,7 @@ use crate::job::LiveBatches;
 use crate::metrics::StorageStats;
 use crate::outputs::{self, Outputs};
 use crate::report::Reporting;
-use crate::runtime::{self, CallError, CallLimits, Reply, Runtime, SaveTo};
+use crate::runtime::{self, CallError, CallLimits, CallOutcome, Runtime, SaveTo};
 use crate::schema;
 
 impl McpServer {
@@ -27,17 +27,17 @@ impl McpServer {
     /// (`run`, given the runtime and where live console lines go), and its answer within the
     /// budget (`answer`, given the result, the console, the budget and where whole results
     /// are kept).
-    async fn run_code<R, T, Run, Ran>(
+    async fn run_code<R, T, Call, Ran>(
         &self,
         context: RequestContext<RoleServer>,
         limits: CallLimits,
         logger: String,
-        run: Run,
+        run: Call,
         answer: impl FnOnce(R, &Console, usize, &Outputs) -> (T, Option<Resource>) + Send + 'static,
     ) -> Result<CallToolResponse, ErrorData>
     where
-        Run: FnOnce(Arc<Runtime>, CallLimits, Option<LiveBatches>) -> Ran + Send + 'static,
-        Ran: Future<Output = Reply<R>> + Send + 'static,
+        Call: FnOnce(Arc<Runtime>, CallLimits, Option<LiveBatches>) -> Ran + Send + 'static,
+        Ran: Future<Output = CallOutcome<R>> + Send + 'static,
         R: Send + 'static,
         T: Serialize + Send + 'static,
     {

@@ -58,7 +58,7 @@ pub struct Dump {
 
 /// What reading a dump did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Loaded {
+pub struct LoadedDump {
     /// Heaps loaded into the store.
     pub heaps: usize,
     /// Journal records loaded.
@@ -96,11 +96,11 @@ impl Dump {
     /// Loads every valid heap of the dump into the store; a missing file loads nothing.
     /// Errors only when the file exists but is not a dump (or cannot be read at all): then
     /// the server should not start, or it would overwrite that file on exit.
-    pub fn load(&self) -> Result<Loaded, String> {
+    pub fn load(&self) -> Result<LoadedDump, String> {
         let started = Instant::now();
         let file = match File::open(&self.path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LoadedDump::default()),
             Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
         };
         let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -298,12 +298,12 @@ pub fn read(
     v8_version: &str,
     mut keep: impl FnMut(&str, Bytes, Option<String>) -> Result<(), String>,
     mut keep_record: impl FnMut(&str, Record) -> Result<(), String>,
-) -> Result<Loaded, String> {
+) -> Result<LoadedDump, String> {
     let input = &mut Counted {
         inner: input,
         left: len,
     };
-    let mut loaded = Loaded::default();
+    let mut loaded = LoadedDump::default();
     let mut magic = [0u8; 8];
     if input.read_exact(&mut magic).is_err() || &magic != MAGIC {
         return Err(
@@ -562,7 +562,7 @@ mod tests {
         out
     }
 
-    fn reread(bytes: &[u8]) -> (Vec<String>, Loaded) {
+    fn reread(bytes: &[u8]) -> (Vec<String>, LoadedDump) {
         let mut names = Vec::new();
         let loaded = read(
             &mut &bytes[..],
@@ -744,6 +744,6 @@ mod tests {
     fn a_missing_dump_loads_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let loaded = Dump::new(MemoryStore::new(), dir.path().join("none")).load();
-        assert_eq!(loaded, Ok(Loaded::default()));
+        assert_eq!(loaded, Ok(LoadedDump::default()));
     }
 }

@@ -62,7 +62,7 @@ struct Inner {
 
 struct State {
     /// Front: most recently used.
-    heaps: LruCache<String, Entry>,
+    heaps: LruCache<String, Stored>,
     bytes: u64,
     raw_bytes: u64,
     /// Heaps evicted or expired lately, and why.
@@ -72,7 +72,7 @@ struct State {
     journals: HashMap<String, BTreeMap<u64, Bytes>>,
 }
 
-struct Entry {
+struct Stored {
     bytes: Bytes,
     raw_len: u64,
     version: u64,
@@ -167,7 +167,7 @@ impl MemoryStore {
         let raw_len = crate::envelope::header(&bytes).map_or(size, |h| h.raw_len);
         if let Some(old) = state.heaps.put(
             name.to_string(),
-            Entry {
+            Stored {
                 bytes,
                 raw_len,
                 version,
@@ -336,7 +336,7 @@ impl Inner {
     }
 
     /// The live entry of `name`, marked as used now; an expired one is dropped instead.
-    fn touch<'a>(&self, state: &'a mut State, name: &str, now: Instant) -> Option<&'a Entry> {
+    fn touch<'a>(&self, state: &'a mut State, name: &str, now: Instant) -> Option<&'a Stored> {
         let expired = match (state.heaps.peek(name), self.options.ttl) {
             (None, _) => return None,
             (Some(e), Some(ttl)) => {

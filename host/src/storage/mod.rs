@@ -22,7 +22,7 @@ pub use mcp_v8_plugin_api::{
 };
 
 pub use blocking::{Blocking, DEFAULT_TIMEOUT as PLUGIN_TIMEOUT};
-pub use dump::{Dump, Loaded as DumpLoaded};
+pub use dump::{Dump, LoadedDump};
 pub use locks::HeapLocks;
 pub use memory::{human_bytes, MemoryOptions, MemoryStore};
 pub use registry::{MemorySettings, StorageChoice};

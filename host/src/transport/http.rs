@@ -12,8 +12,8 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::access::{self, AccessPolicy};
 use super::events::{MemoryEventStore, Retention};
-use super::guard::{self, AccessPolicy};
 use super::sse;
 use crate::in_flight::InFlight;
 use crate::runtime::Runtime;
@@ -105,7 +105,7 @@ fn guarded(
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(options.policy.clone()),
-            guard::check,
+            access::check,
         ))
         .layer(axum::middleware::from_fn_with_state(posts, track_posts))
         .layer(axum::middleware::from_fn_with_state(

@@ -1,8 +1,8 @@
 //! How clients reach the server: stdio (one client, the default), Streamable HTTP and the
 //! legacy HTTP+SSE transport.
 
+pub mod access;
 pub mod events;
-pub mod guard;
 pub mod http;
 mod sse;
 pub mod stdio;

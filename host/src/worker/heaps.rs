@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::engine::{Limits, RunError, Tape, Warm};
+use crate::engine::{HeapIsolate, Limits, RunError, Tape};
 use crate::job::{catch_up, Rerun};
 
 /// A call run on a heap since its snapshot, as the worker keeps it to run it again.
@@ -23,7 +23,7 @@ pub struct KeptCall {
 }
 
 /// One heap held warm.
-pub struct Entry {
+pub struct KeptHeap {
     /// The state, as numbered by this worker.
     pub generation: u64,
     /// The snapshot the state grew from (`None`: a new, empty heap).
@@ -31,14 +31,14 @@ pub struct Entry {
     /// The calls run on `base` since, in order.
     calls: Vec<KeptCall>,
     /// An isolate at the state, if one is live.
-    warm: Option<Warm>,
+    warm: Option<HeapIsolate>,
     /// Bytes counted against the budget.
     size: usize,
     /// When it was last used, on the cache's clock.
     used: u64,
 }
 
-impl Entry {
+impl KeptHeap {
     /// The state `calls` leave `base` in (a new heap for `None`), not restored yet.
     pub fn cold(generation: u64, base: Option<Bytes>, calls: Vec<KeptCall>) -> Self {
         let mut entry = Self {
@@ -57,13 +57,13 @@ impl Entry {
     fn measure(&mut self) {
         let base = self.base.as_ref().map_or(0, Bytes::len);
         let calls: usize = self.calls.iter().map(|c| c.code.len() + 64).sum();
-        let warm = self.warm.as_mut().map_or(0, Warm::footprint);
+        let warm = self.warm.as_mut().map_or(0, HeapIsolate::footprint);
         self.size = base + calls + warm;
     }
 
     /// The state made again under `limits`: the snapshot restored and the calls run again.
-    fn rebuild(&self, limits: &Limits) -> Result<Warm, RunError> {
-        let warm = Warm::new(self.base.clone(), limits)?;
+    fn rebuild(&self, limits: &Limits) -> Result<HeapIsolate, RunError> {
+        let warm = HeapIsolate::new(self.base.clone(), limits)?;
         let calls = self.calls.iter().zip(1..).map(|(call, seq)| {
             Ok(Rerun {
                 seq,
@@ -94,7 +94,7 @@ impl Entry {
 
     /// An isolate at the state for a run under `limits`: the live one if it was made under
     /// the same heap limit, otherwise one made now. The entry keeps what rebuilds it.
-    pub fn isolate(&mut self, limits: &Limits) -> Result<Warm, RunError> {
+    pub fn isolate(&mut self, limits: &Limits) -> Result<HeapIsolate, RunError> {
         match self.warm.take() {
             Some(warm) if warm.heap_bytes() == limits.heap_bytes => Ok(warm),
             _ => self.rebuild(limits),
@@ -102,7 +102,7 @@ impl Entry {
     }
 
     /// The state after `call` ran on it successfully in `warm`, as `generation`.
-    pub fn advance(&mut self, generation: u64, call: KeptCall, warm: Warm) {
+    pub fn advance(&mut self, generation: u64, call: KeptCall, warm: HeapIsolate) {
         self.generation = generation;
         self.calls.push(call);
         self.warm = Some(warm);
@@ -116,10 +116,10 @@ impl Entry {
     }
 }
 
-/// Warm heaps by name.
+/// HeapIsolate heaps by name.
 pub struct WarmHeaps {
     budget: usize,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, KeptHeap>,
     clock: u64,
     generations: u64,
 }
@@ -143,7 +143,7 @@ impl WarmHeaps {
 
     /// Takes `heap`'s entry out if it holds `generation`; an entry at another generation is
     /// stale (the heap moved on elsewhere) and is dropped.
-    pub fn take(&mut self, heap: &str, generation: u64) -> Option<Entry> {
+    pub fn take(&mut self, heap: &str, generation: u64) -> Option<KeptHeap> {
         let entry = self.entries.remove(heap)?;
         (entry.generation == generation).then_some(entry)
     }
@@ -159,12 +159,12 @@ impl WarmHeaps {
     }
 
     /// Whether `entry` fits the budget at all (others may be evicted for it).
-    pub fn can_hold(&self, entry: &Entry) -> bool {
+    pub fn can_hold(&self, entry: &KeptHeap) -> bool {
         entry.size <= self.budget
     }
 
     /// Keeps `entry` as `heap`'s, the most recently used, within the budget.
-    pub fn insert(&mut self, heap: String, mut entry: Entry) {
+    pub fn insert(&mut self, heap: String, mut entry: KeptHeap) {
         self.clock += 1;
         entry.used = self.clock;
         self.entries.insert(heap.clone(), entry);
@@ -252,7 +252,7 @@ mod tests {
     fn keep_warm(heaps: &mut WarmHeaps, heap: &str, generation: u64, snapshot: &Bytes) {
         heaps.insert(
             heap.into(),
-            Entry::cold(generation, Some(snapshot.clone()), Vec::new()),
+            KeptHeap::cold(generation, Some(snapshot.clone()), Vec::new()),
         );
         while heaps.warm_up_next(&Limits::default()) {}
     }
@@ -295,10 +295,11 @@ mod tests {
         };
         assert_eq!(completion.output, "42");
         let next = unsaved.save().unwrap();
-        let run =
-            Warm::new(Some(next), &limits)
-                .unwrap()
-                .run(&read_code("n").unwrap(), &limits, None);
+        let run = HeapIsolate::new(Some(next), &limits).unwrap().run(
+            &read_code("n").unwrap(),
+            &limits,
+            None,
+        );
         let (outcome, _) = answer_first(run);
         assert_eq!(outcome.result.unwrap().output, "42");
     }
@@ -309,7 +310,7 @@ mod tests {
         let mut heaps = WarmHeaps::new(1 << 30);
         heaps.insert(
             "h".into(),
-            Entry::cold(1, Some(snapshot("var n = 1")), Vec::new()),
+            KeptHeap::cold(1, Some(snapshot("var n = 1")), Vec::new()),
         );
         let mut entry = heaps.take("h", 1).unwrap();
         assert!(entry.warm.is_none());
@@ -343,7 +344,7 @@ mod tests {
                 tape: completion.tape,
             };
             let Ok(unsaved) = left else { panic!() };
-            entry.advance(generation, call, unsaved.into_warm());
+            entry.advance(generation, call, unsaved.into_heap_isolate());
         }
         assert_eq!(entry.calls(), 2);
         let read = read_code("JSON.stringify(seen)").unwrap();

@@ -22,16 +22,17 @@ use futures::executor::block_on;
 use futures::io::AllowStdIo;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 
-use heaps::{Entry, KeptCall, WarmHeaps};
+use heaps::{KeptCall, KeptHeap, WarmHeaps};
 pub use pool::WorkerPool;
 use protocol::{
     decode_records, encode_console, read_frame, write_frame, Answer, Done, Finished, Generation,
     Live, Request, RequestStart, RequestTarget,
 };
 
-use crate::engine::{self, live, Fresh, JsException, Limits, Replay, RunError, Warm};
+use crate::engine::Outcome;
+use crate::engine::{self, live, HeapIsolate, JsException, Limits, PlainIsolate, Replay, RunError};
 use crate::frontend::Prepared;
-use crate::job::{Keep, Outcome, Rerun, Stage};
+use crate::job::{Keep, Rerun};
 use crate::record::Record;
 
 /// What a worker is told when it starts.
@@ -120,7 +121,7 @@ fn input_pending(input: &Input, wait: Duration) -> bool {
 struct Worker {
     heaps: WarmHeaps,
     /// A plain isolate for the next stateless call.
-    fresh: Option<Fresh>,
+    fresh: Option<PlainIsolate>,
     /// Making one failed: do not try again ahead of a call.
     fresh_failed: bool,
     /// The server's limits: isolates made ahead are made for them (a call with a tighter
@@ -133,7 +134,7 @@ impl Worker {
     /// then the warm isolates of recently used heaps. Returns whether there was any.
     fn work_ahead(&mut self) -> bool {
         if self.fresh.is_none() && !self.fresh_failed {
-            match Fresh::new(&self.limits) {
+            match PlainIsolate::new(&self.limits) {
                 Ok(fresh) => self.fresh = Some(fresh),
                 Err(e) => {
                     tracing::warn!("worker: cannot make an isolate ahead: {e}");
@@ -195,7 +196,7 @@ impl Worker {
             Ok(code) => code,
             Err(e) => return done(out, Outcome::failed(e), None),
         };
-        let run = Run {
+        let run = CodeToRun {
             source,
             code: &code,
             limits: &request.limits,
@@ -233,13 +234,13 @@ impl Worker {
         let Some(mut entry) = self.heaps.take(name, generation) else {
             return write_frame_now(out, &Answer::NotWarm, &[]);
         };
-        let saved = entry.isolate(limits).and_then(Warm::save);
+        let saved = entry.isolate(limits).and_then(HeapIsolate::save);
         match saved {
             Ok(snapshot) => {
                 let generation = self.heaps.next_generation();
                 let saved = Answer::Saved(Ok(Generation(generation)));
                 write_frame_now(out, &saved, &[&snapshot])?;
-                let entry = Entry::cold(generation, Some(snapshot), Vec::new());
+                let entry = KeptHeap::cold(generation, Some(snapshot), Vec::new());
                 self.heaps.insert(name.to_string(), entry);
             }
             Err(e) => {
@@ -251,11 +252,11 @@ impl Worker {
         Ok(())
     }
 
-    fn run_stateless(&mut self, run: Run, out: &Output) -> io::Result<()> {
+    fn run_stateless(&mut self, run: CodeToRun, out: &Output) -> io::Result<()> {
         let limits = run.limits;
         let fresh = match self.fresh.take() {
             Some(fresh) if fresh.heap_bytes() == limits.heap_bytes => Ok(fresh),
-            _ => Fresh::new(limits),
+            _ => PlainIsolate::new(limits),
         };
         let fresh = match fresh {
             Ok(fresh) => fresh,
@@ -270,7 +271,7 @@ impl Worker {
 
     fn run_on_heap(
         &mut self,
-        run: Run,
+        run: CodeToRun,
         name: String,
         from: From,
         keep: Keep,
@@ -312,18 +313,21 @@ impl Worker {
                     self.heaps.clear();
                 }
                 let warm = match &snapshot {
-                    Some(snapshot) => Warm::new(Some(snapshot.clone()), limits),
+                    Some(snapshot) => HeapIsolate::new(Some(snapshot.clone()), limits),
                     None => Err(RunError::Crashed("no snapshot sent".into())),
                 };
-                (Entry::cold(0, snapshot, kept_calls(&replay)), warm)
+                (KeptHeap::cold(0, snapshot, kept_calls(&replay)), warm)
             }
             RequestStart::New => {
                 self.heaps.forget(&name);
-                (Entry::cold(0, None, Vec::new()), Warm::new(None, limits))
+                (
+                    KeptHeap::cold(0, None, Vec::new()),
+                    HeapIsolate::new(None, limits),
+                )
             }
         };
         // Failures never change state: a warm state stays, to be rebuilt once idle.
-        let roll_back = |heaps: &mut WarmHeaps, state: Entry| {
+        let roll_back = |heaps: &mut WarmHeaps, state: KeptHeap| {
             if was_warm {
                 heaps.insert(name.clone(), state);
             }
@@ -339,7 +343,7 @@ impl Worker {
             }
         };
         if restores_stored {
-            stage(out)?;
+            say_started(out)?;
         }
         let ran = with_live(run.live, out, |live| {
             warm.run_after(run.code, limits, live, last_error)
@@ -371,7 +375,7 @@ impl Worker {
             Some(call) => {
                 let generation = self.heaps.next_generation();
                 let mut state = state;
-                state.advance(generation, call, unsaved.into_warm());
+                state.advance(generation, call, unsaved.into_heap_isolate());
                 if self.heaps.can_hold(&state) {
                     done(out, outcome, Some(Generation(generation)))?;
                     self.heaps.insert(name, state);
@@ -380,7 +384,7 @@ impl Worker {
                 // Too big for this worker's budget: a state it cannot keep is snapshotted,
                 // or every later call would replay its way there from the store.
                 done(out, outcome, None)?;
-                state.isolate(limits).and_then(Warm::save)
+                state.isolate(limits).and_then(HeapIsolate::save)
             }
             None => {
                 done(out, outcome, None)?;
@@ -393,7 +397,7 @@ impl Worker {
                 let saved = Answer::Saved(Ok(Generation(generation)));
                 write_frame_now(out, &saved, &[&snapshot])?;
                 if !alone {
-                    let entry = Entry::cold(generation, Some(snapshot), Vec::new());
+                    let entry = KeptHeap::cold(generation, Some(snapshot), Vec::new());
                     self.heaps.insert(name, entry);
                 }
             }
@@ -425,7 +429,7 @@ struct From {
 }
 
 /// Code to run, with what it runs under.
-struct Run<'a> {
+struct CodeToRun<'a> {
     /// The code as the caller sent it (kept to run it again).
     source: String,
     code: &'a Prepared,
@@ -452,8 +456,8 @@ fn with_live<T>(live: bool, out: &Output, run: impl FnOnce(Option<live::Sender>)
 /// Tells the host that V8 has restored the stored snapshot and the code starts now: a crash
 /// from here on is the code's, not the snapshot's. Each frame costs the host a wake-up, so
 /// jobs with no stored snapshot to blame send none.
-fn stage(out: &Output) -> io::Result<()> {
-    write_frame_now(out, &Answer::Stage(Stage::Started), &[])
+fn say_started(out: &Output) -> io::Result<()> {
+    write_frame_now(out, &Answer::Started, &[])
 }
 
 /// Sends a run's outcome, and for a successful stateful run the generation its state is

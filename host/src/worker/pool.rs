@@ -19,10 +19,8 @@ use super::protocol::{
     RequestStart, RequestTarget,
 };
 use super::WorkerSettings;
-use crate::engine::{Completion, RunError};
-use crate::job::{
-    Job, NewState, NotWarm, Outcome, Ran, Saved, Saving, Stage, Start, Target, WarmRef,
-};
+use crate::engine::{Completion, Outcome, RunError};
+use crate::job::{Job, NewState, NotWarm, Ran, Saved, Saving, Start, Target, WarmRef};
 
 /// How long past its own time limit a worker may take to answer before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
@@ -112,11 +110,11 @@ impl WorkerPool {
             };
             let forget = self.forgotten_by(worker.number);
             return match tokio::time::timeout(deadline, worker.call(&job, forget)).await {
-                Ok(Ok(Reply::NotWarm)) => {
+                Ok(Ok(Answered::NotWarm)) => {
                     self.put_back(worker);
                     Err(NotWarm)
                 }
-                Ok(Ok(Reply::Done(outcome, kept))) => {
+                Ok(Ok(Answered::Done(outcome, kept))) => {
                     let outcome = *outcome;
                     let stateful = matches!(job.target, Target::Heap { .. });
                     match kept {
@@ -195,7 +193,7 @@ enum Failure {
 }
 
 /// What a worker answered: the outcome, and the generation it keeps the new state live as.
-enum Reply {
+enum Answered {
     Done(Box<Outcome>, Option<Generation>),
     NotWarm,
 }
@@ -372,7 +370,7 @@ impl Worker {
     }
 
     /// Sends one job and reads the answer. A failure means the worker is unusable.
-    async fn call(&mut self, job: &Job, forget: Vec<String>) -> Result<Reply, Failure> {
+    async fn call(&mut self, job: &Job, forget: Vec<String>) -> Result<Answered, Failure> {
         let (target, snapshot, replay) = match &job.target {
             Target::Stateless => (RequestTarget::Stateless, None, None),
             Target::Heap {
@@ -429,7 +427,7 @@ impl Worker {
                 Err(e) => return Err(Failure::BeforeStart(e)),
             };
             let done = match answer {
-                Answer::Stage(Stage::Started) => {
+                Answer::Started => {
                     started = true;
                     continue;
                 }
@@ -442,7 +440,7 @@ impl Worker {
                     }
                     continue;
                 }
-                Answer::NotWarm => return Ok(Reply::NotWarm),
+                Answer::NotWarm => return Ok(Answered::NotWarm),
                 Answer::Done(done) => done,
                 Answer::Saved(_) => {
                     return Err(Failure::DuringJob(io::Error::new(
@@ -469,7 +467,7 @@ impl Worker {
                 pending_timers: finished.pending_timers,
                 tape: finished.tape,
             });
-            return Ok(Reply::Done(
+            return Ok(Answered::Done(
                 Box::new(Outcome { result, console }),
                 done.kept,
             ));

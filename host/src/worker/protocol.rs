@@ -13,7 +13,7 @@
 //! lines and progress, at most one per [`crate::engine::live::WINDOW`]), always before its
 //! [`Answer::Done`].
 //!
-//! A worker answers a request that restores a stored snapshot with one [`Answer::Stage`]
+//! A worker answers a request that restores a stored snapshot with one [`Answer::Started`]
 //! frame once V8 has restored it and the code starts, then one [`Answer::Done`] frame as
 //! soon as the code has settled. After a successful stateful run the worker either keeps the
 //! new state live (the `Done` frame names its generation) or sends one [`Answer::Saved`]
@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::engine::live::{Batch, Progress};
 use crate::engine::{Console, Dropped, JsException, Limits, LogLine, RunError, Tape};
-use crate::job::{Keep, Stage};
+use crate::job::Keep;
 use crate::record::Record;
 
 /// Largest header accepted, to fail fast on a garbled stream.
@@ -110,8 +110,9 @@ pub enum RequestStart {
 /// What a worker says.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Answer {
-    /// How far the job got. No sections.
-    Stage(Stage),
+    /// The stored heap is restored and the code starts now: a crash from here on is the
+    /// code's, not the snapshot's. No sections.
+    Started,
     /// What the running code reported lately. Sections: its console lines
     /// ([`encode_console`]).
     Live(Live),

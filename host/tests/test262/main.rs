@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mcp_v8::engine::{self, Limits, Run, RunError};
+use mcp_v8::engine::{self, Limits, RunError};
 use serde::Deserialize;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -501,16 +501,16 @@ impl Suite {
 
 /// Runs `code` on `heap` as a stateful call does, but drops the heap afterwards instead of
 /// saving it: what a test checks is the run, and the save is most of a call's time.
-fn on_heap(code: &str, heap: Bytes) -> Run<engine::Completion> {
+fn on_heap(code: &str, heap: Bytes) -> engine::Outcome {
     let code = match engine::read_code(code) {
         Ok(code) => code,
-        Err(e) => return Run::failed(e),
+        Err(e) => return engine::Outcome::failed(e),
     };
-    match engine::Warm::new(Some(heap), &limits()) {
+    match engine::HeapIsolate::new(Some(heap), &limits()) {
         Ok(warm) => warm
             .run(&code, &limits(), None)
             .map_result(|r| r.map(|(c, _)| c).map_err(|(e, _)| e)),
-        Err(e) => Run::failed(e),
+        Err(e) => engine::Outcome::failed(e),
     }
 }
 
@@ -704,7 +704,7 @@ impl Test {
     }
 
     /// Whether `run` is what the test expects; if not, what happened instead.
-    fn check(&self, run: Run<engine::Completion>) -> Result<(), String> {
+    fn check(&self, run: engine::Outcome) -> Result<(), String> {
         match (&self.expect, run.result) {
             (Expect::Success, Ok(_)) => Ok(()),
             (Expect::AsyncSuccess, Ok(_)) => {

@@ -1,8 +1,9 @@
-//! Isolates made before their call comes: a [`Fresh`] one for stateless code, a [`Warm`]
-//! one restored from a heap's snapshot. Either waits *parked* — created, its context set up,
+//! Isolates named for what they are for, made before their call comes: a [`PlainIsolate`] for
+//! stateless code, a [`HeapIsolate`] (a snapshot creator) for a heap, new or restored from its
+//! snapshot; after a run, a [`SpentIsolate`] to drop or an [`UnsavedIsolate`] to snapshot. Either waits *parked* — created, its context set up,
 //! but not entered on its thread — so that one thread can hold several and use them in any
 //! order. rusty_v8 enters an isolate when it creates it and expects it entered when it is
-//! dropped or snapshotted; [`Session`] keeps that balance: it exits right after creation and
+//! dropped or snapshotted; [`Parked`] keeps that balance: it exits right after creation and
 //! enters around every use.
 
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use super::globals::{self, RunState};
 use super::live;
 use super::tape::{Deck, Replay, Tape};
 use super::{
-    create_params, evaluate, finish, init, last, watch, Completion, Guard, JsException, LastResult,
-    Limits, Run, RunError,
+    create_params, evaluate, finish, init, last, watch, Completion, JsException, LastResult,
+    Limits, Outcome, RunError, Terminator,
 };
 use crate::frontend::Prepared;
 
@@ -23,24 +24,24 @@ const NEAR_TIME_LIMIT: &str =
     "it ran for more than half its time limit, which a replay might not fit";
 
 /// A plain isolate and context with the engine's globals, for one stateless run.
-pub struct Fresh(Session);
+pub struct PlainIsolate(Parked);
 
-/// A heap's isolate (a snapshot creator) restored and ready for one run; its snapshot is
-/// taken after the run ([`Unsaved::save`]).
-pub struct Warm(Session);
+/// A heap's isolate (a snapshot creator), new or restored, ready for one run; its snapshot
+/// is taken after the run ([`UnsavedIsolate::save`]).
+pub struct HeapIsolate(Parked);
 
 /// An isolate after its run, with nothing to keep: dropping it disposes of it, which callers
 /// do after the answer has gone out (for a heap's isolate this is cheap: what the run made is
 /// left out).
-pub struct Used(#[allow(dead_code)] Session);
+pub struct SpentIsolate(#[allow(dead_code)] Parked);
 
 /// A heap's isolate after a successful run, its new state not saved yet.
-pub struct Unsaved(Session);
+pub struct UnsavedIsolate(Parked);
 
-impl Fresh {
+impl PlainIsolate {
     /// An isolate and context for code run under `limits` (its heap limit is fixed here).
     pub fn new(limits: &Limits) -> Result<Self, RunError> {
-        Session::new(Kind::Plain, None, limits).map(Fresh)
+        Parked::new(Kind::Plain, None, limits).map(PlainIsolate)
     }
 
     /// The heap limit this isolate was made with.
@@ -54,19 +55,19 @@ impl Fresh {
         code: &Prepared,
         limits: &Limits,
         live: Option<live::Sender>,
-    ) -> (Run<Completion>, Used) {
+    ) -> (Outcome<Completion>, SpentIsolate) {
         let run = self.0.run(code, limits, live, Deck::record());
-        (run, Used(self.0))
+        (run, SpentIsolate(self.0))
     }
 }
 
-impl Warm {
+impl HeapIsolate {
     /// A heap's isolate: restored from `snapshot`, or a new heap when `None`.
     ///
     /// `snapshot` must be a snapshot this V8 made (the runtime verifies the stored envelope
     /// before any byte gets here): V8 ends the process on anything else.
     pub fn new(snapshot: Option<Bytes>, limits: &Limits) -> Result<Self, RunError> {
-        Session::new(Kind::Creator, snapshot, limits).map(Warm)
+        Parked::new(Kind::Creator, snapshot, limits).map(HeapIsolate)
     }
 
     /// The heap limit this isolate was made with.
@@ -75,9 +76,9 @@ impl Warm {
     }
 
     /// The heap's snapshot as it stands (a checkpoint); the isolate is used up, as after
-    /// [`Unsaved::save`].
+    /// [`UnsavedIsolate::save`].
     pub fn save(self) -> Result<Bytes, RunError> {
-        Unsaved(self.0).save()
+        UnsavedIsolate(self.0).save()
     }
 
     /// Bytes of JavaScript heap the isolate holds, for a budget of warm isolates.
@@ -96,11 +97,11 @@ impl Warm {
         code: &Prepared,
         limits: &Limits,
         live: Option<live::Sender>,
-    ) -> Run<(Completion, Unsaved), (RunError, Used)> {
+    ) -> Outcome<(Completion, UnsavedIsolate), (RunError, SpentIsolate)> {
         self.run_after(code, limits, live, None)
     }
 
-    /// [`Warm::run`] after a call that failed with `last_error`: the code finds it as
+    /// [`HeapIsolate::run`] after a call that failed with `last_error`: the code finds it as
     /// `_error` (and a replay of this run does too: it is on the run's tape).
     #[allow(clippy::result_large_err)] // as `run`
     pub fn run_after(
@@ -109,7 +110,7 @@ impl Warm {
         limits: &Limits,
         live: Option<live::Sender>,
         last_error: Option<JsException>,
-    ) -> Run<(Completion, Unsaved), (RunError, Used)> {
+    ) -> Outcome<(Completion, UnsavedIsolate), (RunError, SpentIsolate)> {
         self.run_from(code, limits, live, Deck::record_after(last_error))
     }
 
@@ -122,7 +123,7 @@ impl Warm {
         code: &Prepared,
         limits: &Limits,
         tape: Tape,
-    ) -> Run<(Completion, Unsaved), (RunError, Used)> {
+    ) -> Outcome<(Completion, UnsavedIsolate), (RunError, SpentIsolate)> {
         self.run_from(code, limits, None, Deck::play(tape))
     }
 
@@ -133,12 +134,12 @@ impl Warm {
         limits: &Limits,
         live: Option<live::Sender>,
         deck: Deck,
-    ) -> Run<(Completion, Unsaved), (RunError, Used)> {
+    ) -> Outcome<(Completion, UnsavedIsolate), (RunError, SpentIsolate)> {
         let run = self.0.run(code, limits, live, deck);
         let session = self.0;
         run.map_result(|result| match result {
-            Ok(completion) => Ok((completion, Unsaved(session))),
-            Err(e) => Err((e, Used(session))),
+            Ok(completion) => Ok((completion, UnsavedIsolate(session))),
+            Err(e) => Err((e, SpentIsolate(session))),
         })
     }
 }
@@ -146,23 +147,23 @@ impl Warm {
 /// What a heap's run is for its caller, who answers first: the outcome to send, and what is
 /// left of the isolate to save (after a success) or to drop (after a failure).
 pub fn answer_first(
-    run: Run<(Completion, Unsaved), (RunError, Used)>,
-) -> (Run<Completion>, Result<Unsaved, Used>) {
+    run: Outcome<(Completion, UnsavedIsolate), (RunError, SpentIsolate)>,
+) -> (Outcome<Completion>, Result<UnsavedIsolate, SpentIsolate>) {
     let (result, left) = match run.result {
         Ok((completion, unsaved)) => (Ok(completion), Ok(unsaved)),
         Err((e, used)) => (Err(e), Err(used)),
     };
-    let outcome = Run {
+    let outcome = Outcome {
         result,
         console: run.console,
     };
     (outcome, left)
 }
 
-impl Unsaved {
+impl UnsavedIsolate {
     /// The isolate, to run another call on: its state moves on without a snapshot.
-    pub fn into_warm(self) -> Warm {
-        Warm(self.0)
+    pub fn into_heap_isolate(self) -> HeapIsolate {
+        HeapIsolate(self.0)
     }
 
     /// The heap's new snapshot: V8's `create_blob`, the slow part of a stateful call, which
@@ -196,19 +197,19 @@ enum Kind {
     Creator,
 }
 
-/// A parked isolate, its context and its guard.
-struct Session {
+/// A parked isolate, its context and its terminator.
+struct Parked {
     /// `None` once `create_blob` has consumed it.
     isolate: Option<v8::OwnedIsolate>,
     context: Option<v8::Global<v8::Context>>,
     /// V8 holds a pointer to it (the near-heap-limit callback): it must outlive the isolate,
     /// which [`Drop`] disposes of first.
-    guard: Arc<Guard>,
+    terminator: Arc<Terminator>,
     kind: Kind,
     heap_bytes: usize,
 }
 
-impl Session {
+impl Parked {
     fn new(kind: Kind, snapshot: Option<Bytes>, limits: &Limits) -> Result<Self, RunError> {
         init();
         let params = create_params(limits);
@@ -220,7 +221,7 @@ impl Session {
             }
             (Kind::Creator, None) => v8::Isolate::snapshot_creator(None, Some(params)),
         };
-        let guard = super::prepare_isolate(&mut isolate);
+        let terminator = super::prepare_isolate(&mut isolate);
         let ready = {
             let scope = &mut v8::HandleScope::new(&mut *isolate);
             let context = v8::Context::new(scope, Default::default());
@@ -245,10 +246,10 @@ impl Session {
         // SAFETY: rusty_v8 entered the isolate when it made it, and nothing else has entered
         // an isolate on this thread since: this exit restores the thread's previous state.
         unsafe { isolate.exit() };
-        let session = Session {
+        let session = Parked {
             isolate: Some(isolate),
             context: ready,
-            guard,
+            terminator,
             kind,
             heap_bytes: limits.heap_bytes,
         };
@@ -281,11 +282,11 @@ impl Session {
         limits: &Limits,
         live: Option<live::Sender>,
         deck: Deck,
-    ) -> Run<Completion> {
-        let guard = Arc::clone(&self.guard);
+    ) -> Outcome<Completion> {
+        let terminator = Arc::clone(&self.terminator);
         let kind = self.kind;
         let Some(context) = self.context.clone() else {
-            return Run::failed(RunError::Crashed("the isolate has no context".into()));
+            return Outcome::failed(RunError::Crashed("the isolate has no context".into()));
         };
         let (recording, started) = (deck.is_recording(), std::time::Instant::now());
         let last_error = match kind {
@@ -295,7 +296,7 @@ impl Session {
         let mut run = self.with(|isolate| {
             isolate.set_slot(RunState::new(limits.console_bytes, live, deck));
             let result = {
-                let _watchdog = watch(&guard, limits.timeout);
+                let _watchdog = watch(&terminator, limits.timeout);
                 let scope = &mut v8::HandleScope::new(&mut **isolate);
                 let context = v8::Local::new(scope, &context);
                 let scope = &mut v8::ContextScope::new(scope, context);
@@ -309,7 +310,13 @@ impl Session {
                     Kind::Creator => LastResult::Keep,
                     Kind::Plain => LastResult::Drop,
                 };
-                let result = evaluate(&mut v8::HandleScope::new(scope), code, &guard, limits, last);
+                let result = evaluate(
+                    &mut v8::HandleScope::new(scope),
+                    code,
+                    &terminator,
+                    limits,
+                    last,
+                );
                 let result = match kind {
                     Kind::Creator => result.and_then(|output| {
                         if globals::unsaveable(scope).is_none() {
@@ -343,7 +350,7 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl Drop for Parked {
     fn drop(&mut self) {
         let context = self.context.take();
         let Some(mut isolate) = self.isolate.take() else {
