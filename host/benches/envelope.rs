@@ -1,6 +1,7 @@
 //! What compressing heaps costs and saves, on real snapshots: an empty heap, ~1 MB and ~20 MB
 //! of data. Sealing runs after the answer (in the background save), opening when a heap is
 //! loaded cold. Sizes and ratios are printed to stderr.
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::time::Duration;
 

@@ -2,6 +2,7 @@
 //! stripping it; for code with `await` or private names, checking it further) before V8
 //! compiles it, for 1 KB and 1 MB of code, next to a whole stateless
 //! call of the same 1 KB in-process (engine only: isolate, compile, run, render).
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::time::Duration;
 

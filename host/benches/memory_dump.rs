@@ -3,6 +3,7 @@
 //! of each is what a shutdown or a start costs.
 //!
 //! `cargo bench -p mcp-v8 --bench memory_dump` (needs 1 GB free in the temp directory).
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::time::Instant;
 

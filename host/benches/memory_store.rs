@@ -1,6 +1,7 @@
 //! The built-in memory store: get must not copy, put must cost at most one memcpy, and the
 //! size limit and TTL must not make either slow; plus the eviction policy on a working set
 //! twice the limit, against a plain LRU of the same capacity.
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::num::NonZeroUsize;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! single calls in worker processes and in-process; latency of calls spaced as an agent
 //! spaces them (the model thinks between calls: warm isolates and saves after the answer
 //! pay off there); throughput of concurrent clients; and what a call costs per MB of heap.
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::path::PathBuf;
 use std::time::Duration;

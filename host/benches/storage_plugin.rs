@@ -2,6 +2,7 @@
 //! pool), against `std::fs` doing the same I/O directly.
 //!
 //! Needs the release build of the plugin: `cargo build --release --workspace` first.
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -28,16 +28,22 @@ use crate::worker::WorkerSettings;
 #[derive(Debug, Parser)]
 #[command(name = "mcp-v8", version, about, long_about = None)]
 pub struct Cli {
+    #[allow(missing_docs)] // clap shows a flattened group's doc comment nowhere
     #[command(flatten)]
     pub store: StoreArgs,
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub memory_store: MemoryStoreArgs,
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub durability: DurabilityArgs,
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub limits: LimitsArgs,
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub transport: TransportArgs,
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub process: ProcessArgs,
     /// What this process is for, when it is not a server.

@@ -102,6 +102,7 @@ pub struct Position {
     pub chain: u64,
 }
 
+/// A stored heap opened: its snapshot, checked, and where it stands in its journal.
 #[derive(Debug, Clone)]
 pub struct Opened {
     /// The raw V8 snapshot.

@@ -13,6 +13,7 @@ use crate::job::{
 use crate::worker::{WorkerPool, WorkerSettings};
 
 /// Runs jobs.
+#[derive(Debug)]
 pub enum Executor {
     /// In this process, on tokio's blocking pool, with nothing kept warm between jobs. A V8
     /// abort takes the whole process down.

@@ -29,6 +29,7 @@ impl InFlight {
 }
 
 /// One thing in progress; see [`InFlight::enter`].
+#[derive(Debug)]
 pub struct InFlightGuard(Arc<InFlight>);
 
 impl Drop for InFlightGuard {

@@ -185,6 +185,12 @@ pub struct Saved {
 /// The snapshot of a successful stateful run, being taken after its answer went out.
 pub struct Saving(Pin<Box<dyn Future<Output = Result<Saved, RunError>> + Send>>);
 
+impl std::fmt::Debug for Saving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Saving").finish_non_exhaustive()
+    }
+}
+
 impl Saving {
     /// A save that `future` completes.
     pub fn new(future: impl Future<Output = Result<Saved, RunError>> + Send + 'static) -> Self {
@@ -198,6 +204,7 @@ impl Saving {
 }
 
 /// A successful stateful run's new state: being snapshotted, or live in a worker.
+#[derive(Debug)]
 pub enum NewState {
     /// Its snapshot, being taken after the answer.
     Saving(Saving),

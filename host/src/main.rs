@@ -1,3 +1,6 @@
+//! The `mcp-v8` binary: parses the command line, starts logging, the store, the worker pool
+//! and the transport, and runs the hidden internal subcommands (`worker`, `check-plugin`).
+
 use std::process::ExitCode;
 use std::sync::Arc;
 

@@ -30,6 +30,12 @@ pub struct Outputs {
     kept: Mutex<VecDeque<Kept>>,
 }
 
+impl std::fmt::Debug for Outputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outputs").finish_non_exhaustive()
+    }
+}
+
 impl Outputs {
     /// Keeps `text`; returns its resource URI. A text longer than [`MAX_BYTES`] is not kept.
     pub fn keep(&self, text: String) -> Option<String> {

@@ -25,6 +25,7 @@ use crate::job::LiveBatches;
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// What the client asked to hear about one call.
+#[derive(Debug)]
 pub struct Wanted {
     /// Console lines at this level and above, as log messages.
     pub level: Option<LoggingLevel>,
@@ -37,6 +38,7 @@ pub struct Wanted {
 }
 
 /// Reports for one call, until [`Reporting::finish`].
+#[derive(Debug)]
 pub struct Reporting {
     batches: LiveBatches,
     stop: oneshot::Sender<()>,

@@ -337,6 +337,12 @@ pub trait StablePins: Send + Sync {
 #[derive(StableAbi)]
 pub struct FfiPins(pub StablePins_TO<'static, RArc<()>>);
 
+impl std::fmt::Debug for FfiPins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FfiPins").finish_non_exhaustive()
+    }
+}
+
 /// The host-side adapter from [`Pins`] to [`StablePins`].
 struct PinsProvider(Pins);
 
@@ -474,6 +480,12 @@ pub trait StableHeapStore: Send + Sync {
 #[repr(transparent)]
 #[derive(StableAbi)]
 pub struct FfiHeapStore(pub StableHeapStore_TO<'static, RBox<()>>);
+
+impl std::fmt::Debug for FfiHeapStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FfiHeapStore").finish_non_exhaustive()
+    }
+}
 
 impl FfiHeapStore {
     /// Wraps `store` for export across the boundary, catching its panics.
@@ -640,6 +652,7 @@ impl From<Snapshot> for FfiSnapshot {
 
 /// A store received from across the boundary, usable as a [`HeapStore`]. Bytes go both
 /// ways without a copy.
+#[derive(Debug)]
 pub struct ForeignHeapStore(FfiHeapStore);
 
 impl ForeignHeapStore {

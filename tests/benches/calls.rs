@@ -10,6 +10,7 @@
 //! the ratios new/baseline are printed; `MCP_V8_BASELINE_ARGS` adds flags to the baseline's
 //! command line (e.g. `--save sync`). Last, the first call after a restart on a heap with a
 //! full journal is timed against one with none.
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

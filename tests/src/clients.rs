@@ -15,6 +15,7 @@ pub fn missing(test: &str, why: &str) {
 }
 
 /// The npm packages of `tests/npm/package.json`, installed.
+#[derive(Debug)]
 pub struct NodeTools {
     modules: PathBuf,
 }

@@ -16,6 +16,7 @@ use tokio::process::{Child, Command};
 use crate::{binary, Client};
 
 /// A running `mcp-v8 --http-port 0 --sse-port 0 ARGS`.
+#[derive(Debug)]
 pub struct HttpServer {
     child: Child,
     logs: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,

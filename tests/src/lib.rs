@@ -116,11 +116,13 @@ pub fn heap_names(listing: &Value) -> Vec<&str> {
 }
 
 /// An MCP client session with a running `mcp-v8`, over any transport.
+#[derive(Debug)]
 pub struct Client {
     service: RunningService<RoleClient, ()>,
 }
 
 /// A running `mcp-v8` and an MCP client session with it over stdio.
+#[derive(Debug)]
 pub struct Server {
     client: Client,
     pid: u32,
@@ -453,6 +455,7 @@ pub fn some_system_library() -> PathBuf {
 }
 
 /// `mcp-v8` over stdio driven line by line, for what an MCP client library would never send.
+#[derive(Debug)]
 pub struct RawStdio {
     child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,

@@ -56,6 +56,12 @@ pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
 const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
 
 impl Proxy {

@@ -17,6 +17,7 @@ pub const AWS_ENV: [(&str, &str); 3] = [
 ];
 
 /// A running moto server on 127.0.0.1.
+#[derive(Debug)]
 pub struct Moto {
     child: Option<Child>,
     /// Its port.

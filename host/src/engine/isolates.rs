@@ -24,18 +24,22 @@ const NEAR_TIME_LIMIT: &str =
     "it ran for more than half its time limit, which a replay might not fit";
 
 /// A plain isolate and context with the engine's globals, for one stateless run.
+#[derive(Debug)]
 pub struct PlainIsolate(Parked);
 
 /// A heap's isolate (a snapshot creator), new or restored, ready for one run; its snapshot
 /// is taken after the run ([`UnsavedIsolate::save`]).
+#[derive(Debug)]
 pub struct HeapIsolate(Parked);
 
 /// An isolate after its run, with nothing to keep: dropping it disposes of it, which callers
 /// do after the answer has gone out (for a heap's isolate this is cheap: what the run made is
 /// left out).
+#[derive(Debug)]
 pub struct SpentIsolate(#[allow(dead_code)] Parked);
 
 /// A heap's isolate after a successful run, its new state not saved yet.
+#[derive(Debug)]
 pub struct UnsavedIsolate(Parked);
 
 impl PlainIsolate {
@@ -207,6 +211,12 @@ struct Parked {
     terminator: Arc<Terminator>,
     kind: Kind,
     heap_bytes: usize,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked").finish_non_exhaustive()
+    }
 }
 
 impl Parked {

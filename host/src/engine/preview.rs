@@ -141,7 +141,7 @@ pub fn json_len(text: &str) -> usize {
 
 /// `text` in at most about `max` bytes of an answer ([`json_len`]): its head, a line saying
 /// how much was left out, and its tail.
-pub fn text(text: &str, max: usize) -> String {
+pub(super) fn text(text: &str, max: usize) -> String {
     if json_len(text) <= max {
         return text.to_string();
     }

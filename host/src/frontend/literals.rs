@@ -9,7 +9,7 @@ use oxc_ast::ast::{PropertyKey, StringLiteral, TaggedTemplateExpression, Templat
 use oxc_ast_visit::{walk, Visit};
 
 /// Longest literal left as it is, in bytes of its value.
-pub const LONG_LITERAL: usize = 32 * 1024;
+pub(super) const LONG_LITERAL: usize = 32 * 1024;
 
 /// The replacements (byte range of the source, new text) that split the long literals of
 /// `program`, in source order.

@@ -104,49 +104,91 @@ pub enum CallError {
     Run(#[from] RunError),
     /// The stored heap cannot be restored.
     #[error("heap '{heap}' cannot be loaded: {error} (delete_heap removes it so the name can start over)")]
-    Envelope { heap: String, error: EnvelopeError },
+    Envelope {
+        /// The heap's name.
+        heap: String,
+        /// What went wrong.
+        error: EnvelopeError,
+    },
     /// The stored heap passed verification, but V8 failed to restore it.
     #[error("heap '{heap}' cannot be loaded: V8 could not restore its snapshot ({reason}); the code did not run (delete_heap removes the heap so the name can start over)")]
-    Unrestorable { heap: String, reason: String },
+    Unrestorable {
+        /// The heap's name.
+        heap: String,
+        /// V8's reason.
+        reason: String,
+    },
     /// Someone else saved the heap while this call ran on the old state, every time it ran.
     #[error("heap '{heap}' was changed concurrently while this code ran ({attempts} attempts), so its result was not saved; retry the call")]
-    Conflict { heap: String, attempts: u32 },
+    Conflict {
+        /// The heap's name.
+        heap: String,
+        /// How many times the code ran.
+        attempts: u32,
+    },
     /// A record of the heap's journal cannot be used.
     #[error("heap '{heap}' cannot be loaded: record {seq} of its journal is damaged ({error}); delete_heap removes the heap so the name can start over")]
     Journal {
+        /// The heap's name.
         heap: String,
+        /// The record's number.
         seq: u64,
+        /// What went wrong.
         error: String,
     },
     /// The heap was deleted, or deleted and made again, by another client while the code ran.
     #[error("heap '{heap}' was deleted or replaced by another client while this code ran, so its result was not kept")]
-    Replaced { heap: String },
+    Replaced {
+        /// The heap's name.
+        heap: String,
+    },
     /// A fork or copy would replace a heap without `overwrite`.
     #[error("heap '{heap}' already exists; pass overwrite: true to replace it")]
-    Exists { heap: String },
+    Exists {
+        /// The heap's name.
+        heap: String,
+    },
     /// A fork or copy names a source heap that does not exist.
     #[error("heap '{heap}' does not exist")]
-    Missing { heap: String },
+    Missing {
+        /// The heap's name.
+        heap: String,
+    },
     /// A copy names a record the heap's journal does not hold after its snapshot.
     #[error("heap '{heap}' cannot be copied at record {record}: its journal holds records {first} to {last} after its snapshot (heap_history lists them)")]
     NoSuchRecord {
+        /// The heap's name.
         heap: String,
+        /// The record asked for.
         record: u64,
+        /// The first record after the snapshot.
         first: u64,
+        /// The last record.
         last: u64,
     },
     /// A fork or copy names the same heap twice.
     #[error("the new heap must have another name than '{heap}'")]
-    SameHeap { heap: String },
+    SameHeap {
+        /// The heap's name.
+        heap: String,
+    },
     /// The heap store failed.
     #[error("storage error ({kind}) for heap '{heap}': {error}", kind = error.kind())]
-    Storage { heap: String, error: StoreError },
+    Storage {
+        /// The heap's name.
+        heap: String,
+        /// What went wrong.
+        error: StoreError,
+    },
     /// The heap store failed to list heaps.
     #[error("storage error ({kind}) while listing heaps: {0}", kind = .0.kind())]
     Listing(StoreError),
     /// `read_output` names a result that is no longer kept (or never was).
     #[error("no result kept as '{uri}': results are kept for 10 minutes after their call (and the oldest go first past 64 MiB); run the code again")]
-    OutputGone { uri: String },
+    OutputGone {
+        /// The `output_uri` asked for.
+        uri: String,
+    },
     /// The client cancelled the call before it ended.
     #[error("cancelled by the client; the heap was not changed")]
     Cancelled,
@@ -154,7 +196,6 @@ pub enum CallError {
     #[error("internal error: {0}")]
     Internal(String),
 }
-
 impl CallError {
     /// A short label for the kind of failure, for metrics.
     pub fn kind(&self) -> &'static str {
@@ -319,6 +360,12 @@ pub struct Runtime {
     call_metrics: CallMetrics,
     /// The error of each heap's last failed call, until a call finds it as `_error`.
     last_errors: Mutex<lru::LruCache<String, JsException>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
 }
 
 /// Heaps whose last error is remembered, at most (the least recently failed go first).

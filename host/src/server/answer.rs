@@ -18,7 +18,7 @@ pub(super) fn structured<T: Serialize>(value: &T) -> Result<CallToolResult, Erro
 }
 
 /// The `_meta` key of a failed call's machine-readable kind.
-pub const ERROR_META: &str = "mcp-v8/error";
+pub(super) const ERROR_META: &str = "mcp-v8/error";
 
 pub(super) fn tool_error(error: CallError) -> Result<CallToolResult, ErrorData> {
     let text = error.to_string();

@@ -59,6 +59,12 @@ pub struct McpServer {
     outputs: Arc<Outputs>,
 }
 
+impl std::fmt::Debug for McpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpServer").finish_non_exhaustive()
+    }
+}
+
 impl McpServer {
     /// A server that offers what `mode` says.
     pub fn new(runtime: Arc<Runtime>, mode: Mode) -> Self {

@@ -26,9 +26,9 @@ use super::{
 };
 
 /// Most plugin calls that may be stuck (past their time limit and still running) at once.
-pub const MAX_STUCK: usize = 64;
+pub(super) const MAX_STUCK: usize = 64;
 /// Most heaps a `list` passes on; a plugin listing more is cut there (and it is logged).
-pub const MAX_LISTED: usize = 100_000;
+pub(super) const MAX_LISTED: usize = 100_000;
 /// The default of `--storage-timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -40,6 +40,12 @@ pub struct Blocking {
     sharing: Sharing,
     timeout: Duration,
     calls: Arc<Calls>,
+}
+
+impl std::fmt::Debug for Blocking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocking").finish_non_exhaustive()
+    }
 }
 
 /// Plugin calls still running, by id: which heap (empty for `list`), which call, since when.

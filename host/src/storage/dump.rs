@@ -49,6 +49,7 @@ const JOURNAL_RECORD: &[u8; 4] = b"JRNL";
 const END: &[u8; 4] = b"END\0";
 
 /// A memory store's dump file.
+#[derive(Debug)]
 pub struct Dump {
     store: MemoryStore,
     path: PathBuf,

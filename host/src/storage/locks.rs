@@ -8,7 +8,7 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 /// Per-heap locks. Entries disappear once nobody holds or waits for them. Clones share the
 /// same locks.
-#[derive(Default, Clone)]
+#[derive(Debug, Default, Clone)]
 pub struct HeapLocks {
     locks: Arc<Mutex<HashMap<String, Weak<AsyncMutex<()>>>>>,
 }

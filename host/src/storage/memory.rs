@@ -28,7 +28,7 @@ use super::{
 };
 
 /// How many dropped heap names are remembered to explain a later call on them.
-pub const GONE_REMEMBERED: usize = 10_000;
+pub(super) const GONE_REMEMBERED: usize = 10_000;
 
 /// The memory store's bounds; the default bounds nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,6 +44,12 @@ pub struct MemoryOptions {
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
 }
 
 struct Inner {

@@ -68,6 +68,12 @@ pub struct Store {
     metrics: Arc<StoreMetrics>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone)]
 enum Backend {
     /// Called inline: every operation is a map lookup under a lock.

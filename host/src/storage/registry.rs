@@ -16,15 +16,22 @@ pub const S3_PLUGIN_LIBRARY: &str = "libmcp_v8_s3_storage.so";
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageChoice {
     /// The built-in memory store; `warn` when nobody asked for it explicitly.
-    Memory { warn: bool },
+    Memory {
+        /// Nobody asked for it explicitly: say that heaps will not survive a restart.
+        warn: bool,
+    },
     /// The file plugin, on a directory, from a library found by [`find_plugin`].
     Directory {
+        /// Where the heaps are kept.
         directory: PathBuf,
+        /// Where to find the plugin library (`--plugin-dir`).
         plugin_dir: Option<PathBuf>,
     },
     /// The S3 plugin, on a bucket (the rest from the standard AWS environment variables).
     S3Bucket {
+        /// The bucket.
         bucket: String,
+        /// Where to find the plugin library (`--plugin-dir`).
         plugin_dir: Option<PathBuf>,
     },
     /// What a configuration file says.
@@ -41,6 +48,7 @@ pub struct MemorySettings {
 }
 
 /// An opened store, and its dump when it is a memory store that has one.
+#[derive(Debug)]
 pub struct Opened {
     /// The store.
     pub storage: Store,

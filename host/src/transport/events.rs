@@ -35,6 +35,12 @@ pub struct MemoryEventStore {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for MemoryEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryEventStore").finish_non_exhaustive()
+    }
+}
+
 struct Shared {
     retention: Retention,
     /// Tells this process's event ids from another's (a restarted server's).

@@ -20,6 +20,7 @@ use crate::runtime::Runtime;
 use crate::server::McpServer;
 
 /// What to serve where.
+#[derive(Debug)]
 pub struct HttpOptions {
     /// Address to bind.
     pub host: String,

@@ -36,7 +36,7 @@ struct Sessions {
 }
 
 /// The `/sse` and `/message` routes.
-pub fn router(server: McpServer, shutdown: CancellationToken) -> Router {
+pub(super) fn router(server: McpServer, shutdown: CancellationToken) -> Router {
     let sessions = Arc::new(Sessions {
         server,
         open: Mutex::new(HashMap::new()),

@@ -36,6 +36,7 @@ enum Incoming {
 }
 
 /// The stdio transport. Build it with [`transport`].
+#[derive(Debug)]
 pub struct StdioTransport {
     incoming: mpsc::Receiver<Incoming>,
     stdout: Arc<Mutex<tokio::io::Stdout>>,
@@ -45,7 +46,7 @@ pub struct StdioTransport {
 /// The requests the transport has passed on and not yet seen answered (or cancelled by the
 /// client, which then expects no answer): a server that stops waits for none, so that an
 /// answer computed before it stopped is also written.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Unanswered(Arc<tokio::sync::watch::Sender<HashSet<RequestId>>>);
 
 impl Unanswered {

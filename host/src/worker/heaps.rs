@@ -13,7 +13,7 @@ use crate::job::{catch_up, Rerun};
 
 /// A call run on a heap since its snapshot, as the worker keeps it to run it again.
 #[derive(Debug, Clone)]
-pub struct KeptCall {
+pub(super) struct KeptCall {
     /// The code as the caller sent it.
     pub code: String,
     /// What it read from outside the heap.
@@ -23,7 +23,7 @@ pub struct KeptCall {
 }
 
 /// One heap held warm.
-pub struct KeptHeap {
+pub(super) struct KeptHeap {
     /// The state, as numbered by this worker.
     pub generation: u64,
     /// The snapshot the state grew from (`None`: a new, empty heap).
@@ -40,7 +40,7 @@ pub struct KeptHeap {
 
 impl KeptHeap {
     /// The state `calls` leave `base` in (a new heap for `None`), not restored yet.
-    pub fn cold(generation: u64, base: Option<Bytes>, calls: Vec<KeptCall>) -> Self {
+    pub(super) fn cold(generation: u64, base: Option<Bytes>, calls: Vec<KeptCall>) -> Self {
         let mut entry = Self {
             generation,
             base,
@@ -94,7 +94,7 @@ impl KeptHeap {
 
     /// An isolate at the state for a run under `limits`: the live one if it was made under
     /// the same heap limit, otherwise one made now. The entry keeps what rebuilds it.
-    pub fn isolate(&mut self, limits: &Limits) -> Result<HeapIsolate, RunError> {
+    pub(super) fn isolate(&mut self, limits: &Limits) -> Result<HeapIsolate, RunError> {
         match self.warm.take() {
             Some(warm) if warm.heap_bytes() == limits.heap_bytes => Ok(warm),
             _ => self.rebuild(limits),
@@ -102,7 +102,7 @@ impl KeptHeap {
     }
 
     /// The state after `call` ran on it successfully in `warm`, as `generation`.
-    pub fn advance(&mut self, generation: u64, call: KeptCall, warm: HeapIsolate) {
+    pub(super) fn advance(&mut self, generation: u64, call: KeptCall, warm: HeapIsolate) {
         self.generation = generation;
         self.calls.push(call);
         self.warm = Some(warm);
@@ -111,13 +111,13 @@ impl KeptHeap {
 
     /// Calls run since the snapshot.
     #[cfg(test)]
-    pub fn calls(&self) -> usize {
+    pub(super) fn calls(&self) -> usize {
         self.calls.len()
     }
 }
 
 /// HeapIsolate heaps by name.
-pub struct WarmHeaps {
+pub(super) struct WarmHeaps {
     budget: usize,
     entries: HashMap<String, KeptHeap>,
     clock: u64,
@@ -126,7 +126,7 @@ pub struct WarmHeaps {
 
 impl WarmHeaps {
     /// An empty cache holding at most `budget` bytes (snapshots plus isolates' heaps).
-    pub fn new(budget: usize) -> Self {
+    pub(super) fn new(budget: usize) -> Self {
         Self {
             budget,
             entries: HashMap::new(),
@@ -136,35 +136,35 @@ impl WarmHeaps {
     }
 
     /// A number for a new save, never given before by this worker.
-    pub fn next_generation(&mut self) -> u64 {
+    pub(super) fn next_generation(&mut self) -> u64 {
         self.generations += 1;
         self.generations
     }
 
     /// Takes `heap`'s entry out if it holds `generation`; an entry at another generation is
     /// stale (the heap moved on elsewhere) and is dropped.
-    pub fn take(&mut self, heap: &str, generation: u64) -> Option<KeptHeap> {
+    pub(super) fn take(&mut self, heap: &str, generation: u64) -> Option<KeptHeap> {
         let entry = self.entries.remove(heap)?;
         (entry.generation == generation).then_some(entry)
     }
 
     /// Drops `heap`'s entry, if any.
-    pub fn forget(&mut self, heap: &str) {
+    pub(super) fn forget(&mut self, heap: &str) {
         self.entries.remove(heap);
     }
 
     /// Drops every entry.
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.entries.clear();
     }
 
     /// Whether `entry` fits the budget at all (others may be evicted for it).
-    pub fn can_hold(&self, entry: &KeptHeap) -> bool {
+    pub(super) fn can_hold(&self, entry: &KeptHeap) -> bool {
         entry.size <= self.budget
     }
 
     /// Keeps `entry` as `heap`'s, the most recently used, within the budget.
-    pub fn insert(&mut self, heap: String, mut entry: KeptHeap) {
+    pub(super) fn insert(&mut self, heap: String, mut entry: KeptHeap) {
         self.clock += 1;
         entry.used = self.clock;
         self.entries.insert(heap.clone(), entry);
@@ -173,7 +173,7 @@ impl WarmHeaps {
 
     /// Makes the isolate of the most recently used heap that has none, under `limits`.
     /// Returns whether there was one to make.
-    pub fn warm_up_next(&mut self, limits: &Limits) -> bool {
+    pub(super) fn warm_up_next(&mut self, limits: &Limits) -> bool {
         let Some((name, entry)) = self
             .entries
             .iter_mut()
@@ -223,13 +223,13 @@ impl WarmHeaps {
 
     /// Bytes held.
     #[cfg(test)]
-    pub fn bytes(&self) -> usize {
+    pub(super) fn bytes(&self) -> usize {
         self.entries.values().map(|e| e.size).sum()
     }
 
     /// Names held.
     #[cfg(test)]
-    pub fn names(&self) -> Vec<&str> {
+    pub(super) fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
         names.sort_unstable();
         names

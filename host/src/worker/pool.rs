@@ -41,6 +41,12 @@ pub struct WorkerPool {
     forget: Mutex<HashMap<u64, Vec<String>>>,
 }
 
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool").finish_non_exhaustive()
+    }
+}
+
 struct Worker {
     number: u64,
     child: Child,

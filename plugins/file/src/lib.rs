@@ -53,6 +53,7 @@ pub struct Config {
 }
 
 /// Heaps as files in one directory.
+#[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
     tmp_counter: AtomicU64,

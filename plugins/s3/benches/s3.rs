@@ -1,6 +1,7 @@
 //! get/put of heap-sized objects through the S3 plugin, against a plain aws-sdk-s3 client
 //! doing the same requests, both on a local moto server (started here; `./test.sh` installs
 //! it into target/s3-venv, or set MOTO_SERVER).
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

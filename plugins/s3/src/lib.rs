@@ -93,6 +93,7 @@ pub struct Config {
 }
 
 /// Heaps as objects in an S3 bucket.
+#[derive(Debug)]
 pub struct S3Store {
     client: Client,
     runtime: tokio::runtime::Runtime,
