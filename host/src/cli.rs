@@ -11,6 +11,7 @@ use crate::engine::{Limits, BYTES_PER_TOKEN};
 use crate::envelope::Codec;
 use crate::runtime::{Checkpoints, SaveMode, StoragePolicy};
 use crate::server::Mode;
+use crate::start::StartError;
 use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
 use crate::transport::access::AccessPolicy;
 use crate::transport::events::Retention;
@@ -358,7 +359,7 @@ pub struct ProcessArgs {
 
 impl StoreArgs {
     /// Where heaps should live, from the flags and, if they do not say, the configuration.
-    pub fn choice(&self) -> Result<StorageChoice, String> {
+    pub fn choice(&self) -> Result<StorageChoice, StartError> {
         // Checked here rather than by clap, which would count MCP_V8_MEMORY=0 as given.
         let chosen: Vec<&str> = [
             (self.memory, "--memory"),
@@ -370,10 +371,10 @@ impl StoreArgs {
         .filter_map(|(given, flag)| given.then_some(flag))
         .collect();
         if chosen.len() > 1 {
-            return Err(format!(
+            return Err(StartError::Config(format!(
                 "{} cannot be used together: choose one store",
                 chosen.join(" and ")
-            ));
+            )));
         }
         if self.memory || self.stateless {
             if let Some(config) = &self.config {
@@ -397,10 +398,12 @@ impl StoreArgs {
                 plugin_dir: self.plugin_dir.clone(),
             });
         }
-        Ok(match Config::discover(self.config.as_deref())? {
-            Some(config) => StorageChoice::Configured(config),
-            None => StorageChoice::Memory { warn: true },
-        })
+        Ok(
+            match Config::discover(self.config.as_deref()).map_err(StartError::Config)? {
+                Some(config) => StorageChoice::Configured(config),
+                None => StorageChoice::Memory { warn: true },
+            },
+        )
     }
 
     /// What the server offers: heaps, or a fresh isolate per call.
@@ -644,7 +647,7 @@ mod tests {
         assert!(cli.store.memory);
         assert_eq!(cli.limits.limits().timeout, Duration::from_millis(2500));
         let both = Cli::try_parse_from(["mcp-v8", "--memory", "--stateless"]).unwrap();
-        let err = both.store.choice().unwrap_err();
+        let err = both.store.choice().unwrap_err().to_string();
         assert_eq!(
             err,
             "--memory and --stateless cannot be used together: choose one store"

@@ -27,6 +27,7 @@ pub mod report;
 pub mod runtime;
 pub mod schema;
 pub mod server;
+pub mod start;
 pub mod storage;
 pub mod transport;
 pub mod worker;

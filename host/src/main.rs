@@ -10,6 +10,7 @@ use mcp_v8::engine;
 use mcp_v8::executor::Executor;
 use mcp_v8::runtime::Runtime;
 use mcp_v8::server::McpServer;
+use mcp_v8::start::StartError;
 use mcp_v8::storage;
 use mcp_v8::transport;
 use mcp_v8::worker;
@@ -94,15 +95,14 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), StartError> {
     let storage::registry::Opened { storage, dump } = storage::registry::open(
         &cli.store.choice()?,
         cli.store.timeout(),
         &cli.memory_store.settings(),
     )?;
     let limits = cli.limits.limits();
-    let program =
-        std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
+    let program = std::env::current_exe().map_err(StartError::Executable)?;
     let workers = cli.limits.workers();
     let executor = Executor::workers(program, workers, cli.limits.worker_settings());
     let policy = cli.durability.policy(cli.store.compression);
@@ -161,14 +161,19 @@ async fn run(cli: Cli) -> Result<(), String> {
         let path = dump.path().display().to_string();
         match tokio::task::spawn_blocking(move || dump.write()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("could not write the memory dump {path}: {e}")),
-            Err(e) => return Err(format!("the memory dump task failed: {e}")),
+            Ok(Err(e)) => {
+                let why = format!("could not write the memory dump {path}: {e}");
+                return Err(StartError::Dump(why));
+            }
+            Err(e) => {
+                return Err(StartError::Dump(format!(
+                    "the memory dump task failed: {e}"
+                )));
+            }
         }
     }
     if !flushed {
-        return Err(
-            "stopped before every snapshot was stored (the calls are in their journals)".into(),
-        );
+        return Err(StartError::Unflushed);
     }
     Ok(())
 }

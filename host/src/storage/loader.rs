@@ -18,22 +18,26 @@ use mcp_v8_plugin_api::ffi::ForeignHeapStore;
 use mcp_v8_plugin_api::plugin::PluginModuleRef;
 use mcp_v8_plugin_api::StoreError;
 
+use crate::start::StartError;
+
 /// Loads the plugin library at `path` and opens its store with `config` (a JSON object).
 /// `name` is the plugin's name in the configuration, for messages.
 pub fn load(
     name: &str,
     path: &Path,
     config: &serde_json::Value,
-) -> Result<ForeignHeapStore, String> {
-    let fail = |why: String| format!("storage plugin '{name}' ({}): {why}", path.display());
-    let path = &absolute(path).map_err(fail)?;
-    let module = root_module(path).map_err(fail)?;
+) -> Result<ForeignHeapStore, StartError> {
+    // Messages name the library as the configuration gave it.
+    let given = path;
+    let path = &absolute(given).map_err(StartError::plugin(name, given))?;
+    let module = root_module(path).map_err(StartError::plugin(name, given))?;
     let config = config.to_string();
     let store = match (module.open())(RStr::from_str(&config)) {
         RResult::ROk(store) => store,
         RResult::RErr(e) => {
             let e = StoreError::from(e);
-            return Err(fail(format!("the plugin refused to open its store: {e}")));
+            let why = format!("the plugin refused to open its store: {e}");
+            return Err(StartError::plugin(name, given)(why));
         }
     };
     let store = ForeignHeapStore::new(store);
@@ -54,10 +58,9 @@ pub fn load_checked(
     name: &str,
     path: &Path,
     config: &serde_json::Value,
-) -> Result<ForeignHeapStore, String> {
-    let fail = |why: String| format!("storage plugin '{name}' ({}): {why}", path.display());
-    let absolute = absolute(path).map_err(fail)?;
-    check_in_child(program, &absolute).map_err(fail)?;
+) -> Result<ForeignHeapStore, StartError> {
+    let absolute = absolute(path).map_err(StartError::plugin(name, path))?;
+    check_in_child(program, &absolute).map_err(StartError::plugin(name, path))?;
     load(name, path, config)
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{loader, Dump, MemoryOptions, MemoryStore, Store};
 use crate::config::Config;
+use crate::start::StartError;
 
 /// The file plugin's library name on this platform.
 pub const FILE_PLUGIN_LIBRARY: &str = "libmcp_v8_file_storage.so";
@@ -57,13 +58,13 @@ pub struct Opened {
 }
 
 /// Opens a memory store as `memory` says: loads its dump and starts its sweeper.
-fn open_memory(memory: &MemorySettings) -> Result<Opened, String> {
+fn open_memory(memory: &MemorySettings) -> Result<Opened, StartError> {
     let store = MemoryStore::with_options(memory.options);
     store.spawn_sweeper();
     let dump = match &memory.dump {
         Some(path) => {
             let dump = Dump::new(store.clone(), path.clone());
-            dump.load()?;
+            dump.load().map_err(StartError::Dump)?;
             Some(Arc::new(dump))
         }
         None => None,
@@ -81,7 +82,7 @@ pub fn open(
     choice: &StorageChoice,
     storage_timeout: Duration,
     memory: &MemorySettings,
-) -> Result<Opened, String> {
+) -> Result<Opened, StartError> {
     let (name, library, config) = match choice {
         StorageChoice::Memory { warn } => {
             if *warn && memory.dump.is_none() {
@@ -109,11 +110,11 @@ pub fn open(
                 return open_memory(memory);
             }
             let entry = config.plugins.get(&config.storage).ok_or_else(|| {
-                format!(
+                StartError::Config(format!(
                     "{}: no plugin named '{}'",
                     config.source.display(),
                     config.storage
-                )
+                ))
             })?;
             (
                 config.storage.as_str(),
@@ -122,13 +123,12 @@ pub fn open(
             )
         }
     };
-    let program =
-        std::env::current_exe().map_err(|e| format!("cannot find the mcp-v8 executable: {e}"))?;
+    let program = std::env::current_exe().map_err(StartError::Executable)?;
     if *memory != MemorySettings::default() {
-        return Err(format!(
+        return Err(StartError::Config(format!(
             "--memory-max-bytes, --memory-ttl and --memory-dump apply to the memory store, not \
              to the {name} store chosen here"
-        ));
+        )));
     }
     let store = loader::load_checked(&program, name, &library, &config)?;
     Ok(Opened {
@@ -168,7 +168,7 @@ pub fn plugin_dirs(plugin_dir: Option<&Path>) -> Vec<PathBuf> {
 }
 
 /// A bundled plugin library, from the first of [`plugin_dirs`] that has it.
-pub fn find_plugin(library: &str, plugin_dir: Option<&Path>) -> Result<PathBuf, String> {
+pub fn find_plugin(library: &str, plugin_dir: Option<&Path>) -> Result<PathBuf, StartError> {
     let dirs = plugin_dirs(plugin_dir);
     if let Some(found) = dirs
         .iter()
@@ -178,19 +178,19 @@ pub fn find_plugin(library: &str, plugin_dir: Option<&Path>) -> Result<PathBuf, 
         return Ok(found);
     }
     match (plugin_dir, dirs.as_slice()) {
-        (Some(_), [dir]) => Err(format!(
+        (Some(_), [dir]) => Err(StartError::PluginNotFound(format!(
             "the storage plugin {} does not exist: build it (cargo build --release) or pass \
              another --plugin-dir",
             dir.join(library).display()
-        )),
-        _ => Err(format!(
+        ))),
+        _ => Err(StartError::PluginNotFound(format!(
             "the storage plugin {library} is in none of {}: install it (./install.sh) or pass \
              --plugin-dir (mcp-v8 --list-plugins shows what is where)",
             dirs.iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        )),
+        ))),
     }
 }
 

@@ -18,6 +18,7 @@ use super::sse;
 use crate::in_flight::InFlight;
 use crate::runtime::Runtime;
 use crate::server::McpServer;
+use crate::start::StartError;
 
 /// What to serve where.
 #[derive(Debug)]
@@ -165,7 +166,7 @@ pub async fn serve(
     options: HttpOptions,
     shutdown: CancellationToken,
     grace: Duration,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut listeners = Vec::new();
     let sessions = CancellationToken::new();
@@ -194,8 +195,14 @@ pub async fn serve(
     for (name, port, path, router) in listeners {
         let listener = TcpListener::bind((options.host.as_str(), port))
             .await
-            .map_err(|e| format!("cannot listen on {}:{port} for {name}: {e}", options.host))?;
-        let local: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(|source| StartError::Listen {
+                address: format!("{}:{port}", options.host),
+                transport: name,
+                source,
+            })?;
+        let local: SocketAddr = listener
+            .local_addr()
+            .map_err(|e| StartError::Serve(e.to_string()))?;
         // One line, also without logs: tests and scripts read it to learn the port (useful
         // with port 0). With JSON logs it is one of them, so every line parses.
         if options.json_logs {

@@ -13,6 +13,7 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::McpServer;
+use crate::start::StartError;
 
 /// Serves one client on stdin/stdout until it disconnects, or until `shutdown` is cancelled
 /// and calls in flight have finished (for up to `grace`). Messages may be up to `max_message`
@@ -22,14 +23,14 @@ pub async fn serve_stdio(
     shutdown: CancellationToken,
     grace: Duration,
     max_message: usize,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let calls = server.calls();
     let transport = stdio::transport(max_message);
     let unanswered = transport.unanswered();
     // A signal before the client's handshake stops the server too.
     let running = tokio::select! {
         running = server.serve(transport) => {
-            running.map_err(|e| format!("MCP handshake failed: {e}"))?
+            running.map_err(|e| StartError::Serve(format!("MCP handshake failed: {e}")))?
         }
         () = shutdown.cancelled() => return Ok(()),
     };
@@ -46,7 +47,7 @@ pub async fn serve_stdio(
     };
     tokio::select! {
         result = running.waiting() => {
-            result.map_err(|e| format!("MCP service failed: {e}"))?;
+            result.map_err(|e| StartError::Serve(format!("MCP service failed: {e}")))?;
         }
         () = stop => {}
     }
