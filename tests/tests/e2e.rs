@@ -6,6 +6,7 @@ mod browser;
 mod compression;
 mod conformance;
 mod contract;
+mod docs;
 mod forks;
 mod hostile_plugins;
 mod http;
