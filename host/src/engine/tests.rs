@@ -1,0 +1,908 @@
+use super::*;
+
+fn stateless_run(code: &str, limits: Limits) -> Outcome<Completion> {
+    run_stateless(code, limits)
+}
+
+fn stateful_run(code: &str, heap: Option<&Bytes>, limits: Limits) -> Outcome<(Completion, Bytes)> {
+    run_stateful(code, heap.cloned(), limits)
+}
+
+fn limits() -> Limits {
+    Limits {
+        timeout: Duration::from_secs(10),
+        ..Limits::default()
+    }
+}
+
+fn step(code: &str, heap: Option<Bytes>) -> Result<(String, Bytes), RunError> {
+    stateful_run(code, heap.as_ref(), limits())
+        .result
+        .map(|(completion, heap)| (completion.output, heap))
+}
+
+fn stateless(code: &str) -> Result<String, RunError> {
+    stateless_run(code, limits()).result.map(|c| c.output)
+}
+
+fn exception(result: Result<String, RunError>) -> JsException {
+    match result {
+        Err(RunError::Exception(e)) => e,
+        other => panic!("expected an exception, got {other:?}"),
+    }
+}
+
+#[test]
+fn mcp_progress_is_there_checks_its_arguments_and_yields_its_name() {
+    assert_eq!(stateless("typeof mcp.progress").unwrap(), "function");
+    assert_eq!(
+        stateless("mcp.progress(1); mcp.progress(2, 10, 'rows'); 'ok'").unwrap(),
+        "ok"
+    );
+    let e = exception(stateless("mcp.progress('much')"));
+    assert_eq!(e.name, "TypeError");
+    assert!(e.message.contains("done must be a number"), "{}", e.message);
+    let e = exception(stateless("mcp.progress(1, 'many')"));
+    assert!(
+        e.message.contains("total must be a number"),
+        "{}",
+        e.message
+    );
+    // Not in the way of code that has its own `mcp`, now or in a later call.
+    let (_, heap) = step("const mcp = { mine: true }; mcp.mine", None).unwrap();
+    let (out, heap) = step("mcp.mine", Some(heap)).unwrap();
+    assert_eq!(out, "true");
+    let (_, heap) = step("var other = 1; delete globalThis.mcp", Some(heap)).unwrap();
+    assert_eq!(step("mcp.mine", Some(heap)).unwrap().0, "true");
+    assert_eq!(
+        stateless("Object.keys(globalThis).includes('mcp')").unwrap(),
+        "false"
+    );
+}
+
+/// V8 leaves some built-ins out of a snapshot creator's contexts; the engine puts them
+/// back, so a heap has every built-in a stateless call has, before and after a save.
+#[test]
+fn a_heap_has_every_built_in_a_stateless_call_has() {
+    // Every property path two levels down from the global, and below each prototype.
+    let list = "const seen = []; \
+        const walk = (o, path, depth) => { \
+          for (const key of Reflect.ownKeys(o)) { \
+            const name = path + '.' + String(key); seen.push(name); \
+            const d = Object.getOwnPropertyDescriptor(o, key); \
+            const v = d.value; \
+            if (depth > 0 && v !== null && (typeof v === 'object' || typeof v === 'function') && v !== globalThis) { \
+              walk(v, name, depth - 1); \
+              if (typeof v === 'function' && v.prototype) walk(v.prototype, name + '.prototype', 0); \
+            } \
+          } \
+        }; \
+        walk(globalThis, 'globalThis', 2); seen.sort().join('\\n')";
+    let stateless = stateless(list).unwrap();
+    let (new_heap, heap) = step(list, None).unwrap();
+    let (restored, _) = step(list, Some(heap)).unwrap();
+    for (what, heap) in [("a new heap", &new_heap), ("a restored heap", &restored)] {
+        // Left out of heaps on purpose: V8 cannot snapshot WebAssembly's objects, and
+        // restores a SharedArrayBuffer as a broken object.
+        let missing: Vec<&str> = stateless
+            .lines()
+            .filter(|l| !l.starts_with("globalThis.WebAssembly"))
+            .filter(|l| !l.starts_with("globalThis.SharedArrayBuffer"))
+            .filter(|l| !heap.lines().any(|h| h == *l))
+            .collect();
+        assert!(missing.is_empty(), "{what} lacks {missing:?}");
+    }
+}
+
+#[test]
+fn heap_built_ins_behave_as_v8s_own() {
+    let (_, heap) = step("var kept = 1", None).unwrap();
+    let code =
+        "[Error.isError(new TypeError('x')), Error.isError({ __proto__: Error.prototype }), \
+         Error.isError.length, RegExp.escape('1a.b/c d'), RegExp.escape('\\u2028x'), \
+         typeof Atomics.pause(), Atomics.pause.length, \
+         (() => { try { Atomics.pause(1.5) } catch (e) { return e.name } })(), \
+         (() => { try { new Promise.try(() => 1) } catch (e) { return e.name } })()]";
+    let expected =
+        r#"[true,false,1,"\\x31a\\.b\\/c\\x20d","\\u2028x","undefined",0,"TypeError","TypeError"]"#;
+    assert_eq!(stateless(code).unwrap(), expected);
+    assert_eq!(step(code, Some(heap.clone())).unwrap().0, expected);
+    let (out, heap) = step(
+        "var settled = Promise.try((a, b) => a + b, 1, 2); \
+         var failed = Promise.try(() => { throw new RangeError('no') }); failed.catch(() => {}); \
+         settled",
+        Some(heap),
+    )
+    .unwrap();
+    assert_eq!(out, "3");
+    // What a heap was given is kept, and what its code deleted stays deleted.
+    let (_, heap) = step(
+        "delete Promise.try; Error.isError === Error.isError",
+        Some(heap),
+    )
+    .unwrap();
+    assert_eq!(
+        step("[typeof Promise.try, typeof Error.isError]", Some(heap))
+            .unwrap()
+            .0,
+        r#"["undefined","function"]"#
+    );
+}
+
+#[test]
+fn globals_of_every_kind_survive_a_snapshot() {
+    let (_, heap) = step(
+        "var v = 1; let l = 2; const c = 3; function f() { return v + l + c; } \
+         globalThis.g = { list: [1, 2], nested: { m: new Map([[1, 'a']]) } }; class K { get x() { return 7; } }; \
+         var k = new K(); undefined",
+        None,
+    )
+    .unwrap();
+    let (out, heap) = step(
+        "[f(), g.list.length, g.nested.m.get(1), k.x, typeof K]",
+        Some(heap),
+    )
+    .unwrap();
+    assert_eq!(out, r#"[6,2,"a",7,"function"]"#);
+    let (out, _) = step("l += 10; l", Some(heap)).unwrap();
+    assert_eq!(out, "12");
+}
+
+#[test]
+fn values_render_as_documented() {
+    let cases = [
+        ("'text'", "text"),
+        ("42", "42"),
+        ("1.5", "1.5"),
+        ("true", "true"),
+        ("null", "null"),
+        ("undefined", "undefined"),
+        ("10n ** 20n", "100000000000000000000"),
+        ("Symbol('s')", "Symbol(s)"),
+        ("({a: 1, b: [true, null]})", r#"{"a":1,"b":[true,null]}"#),
+        ("[1, 'two']", r#"[1,"two"]"#),
+        (
+            "(function add(a, b) { return a + b; })",
+            "function add(a, b) { return a + b; }",
+        ),
+        // What JSON cannot say is named.
+        ("const o = {}; o.self = o; o", r#"{"self":"[Circular]"}"#),
+        ("[1n, { big: 2n }]", r#"["1n",{"big":"2n"}]"#),
+        ("({ toJSON() { return undefined; } })", "[object Object]"),
+        ("Object.create(null)", "{}"),
+        ("new Date(0)", r#""1970-01-01T00:00:00.000Z""#),
+        ("Promise.resolve(5)", "5"),
+    ];
+    for (code, expected) in cases {
+        assert_eq!(stateless(code).unwrap(), expected, "{code}");
+    }
+}
+
+#[test]
+fn exceptions_carry_name_message_and_position() {
+    let e = exception(stateless("let a = 1;\n  null.boom"));
+    assert_eq!(e.name, "TypeError");
+    assert!(e.message.contains("null"), "{}", e.message);
+    assert_eq!((e.line, e.column), (Some(2), Some(8)));
+    let e = exception(stateless("let = ;"));
+    assert_eq!(e.name, "SyntaxError");
+    assert_eq!(e.line, Some(1));
+    let e = exception(stateless("throw 'plain'"));
+    assert_eq!(
+        (e.name.as_str(), e.message.as_str()),
+        ("Error", "thrown value: plain")
+    );
+    let e = exception(stateless("Promise.reject(new RangeError('nope'))"));
+    assert_eq!(
+        (e.name.as_str(), e.message.as_str()),
+        ("RangeError", "nope")
+    );
+    assert_eq!(
+        e.to_string(),
+        "Uncaught RangeError: nope (at line 1, column 16)"
+    );
+    let e = exception(stateless("class MyError extends Error { constructor() { super('m'); this.name = 'MyError'; } }\nthrow new MyError()"));
+    assert_eq!((e.name.as_str(), e.line), ("MyError", Some(2)));
+}
+
+#[test]
+fn an_infinite_loop_times_out_and_keeps_nothing() {
+    let (_, heap) = step("var n = 1", None).unwrap();
+    let short = Limits {
+        timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let err = stateful_run("n = 2; for (;;) {}", Some(&heap), short)
+        .result
+        .err()
+        .unwrap();
+    assert_eq!(err, RunError::Timeout(Duration::from_millis(200)));
+    assert!(err.to_string().contains("timed out after 0.2 s"), "{err}");
+    let err = stateless_run("while (true) {}", short).result.unwrap_err();
+    assert_eq!(err, RunError::Timeout(Duration::from_millis(200)));
+    // The stored heap is whatever the caller had: the failed run produced none.
+    assert_eq!(step("n", Some(heap)).unwrap().0, "1");
+}
+
+#[test]
+fn promises_are_awaited() {
+    assert_eq!(
+        stateless("(async () => { await null; return 6 * 7; })()").unwrap(),
+        "42"
+    );
+    assert_eq!(
+        stateless("Promise.resolve({ a: 1 })").unwrap(),
+        r#"{"a":1}"#
+    );
+    let e = exception(stateless(
+        "(async () => { await 0; throw new TypeError('late'); })()",
+    ));
+    assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "late"));
+    assert_eq!(
+        stateless("new Promise(() => {})").unwrap_err(),
+        RunError::Unsettled
+    );
+}
+
+#[test]
+fn top_level_await_keeps_declarations_and_the_result() {
+    let (out, heap) = step(
+        "const base = await Promise.resolve(40);\nfunction add(x) { return base + x }\nadd(2)",
+        None,
+    )
+    .unwrap();
+    assert_eq!(out, "42");
+    let (out, _) = step(
+        "const more = await Promise.resolve(1)\nadd(more)",
+        Some(heap),
+    )
+    .unwrap();
+    assert_eq!(out, "41");
+    assert_eq!(stateless("await 1; 'done'").unwrap(), "done");
+    // A loop's value is its last statement's, as `eval` gives it.
+    assert_eq!(stateless("for (const x of [1]) { await x }").unwrap(), "1");
+}
+
+#[test]
+fn timers_run_in_virtual_time_order() {
+    let code = "const order = [];
+        setTimeout(() => order.push('c'), 30);
+        setTimeout(() => order.push('a'), 10);
+        setTimeout((x) => order.push(x), 10, 'b');
+        const cancelled = setTimeout(() => order.push('never'), 5);
+        clearTimeout(cancelled);
+        queueMicrotask(() => order.push('micro'));
+        let ticks = 0;
+        const every = setInterval(() => { if (++ticks === 3) clearInterval(every); }, 7);
+        new Promise((done) => setTimeout(() => done(order.concat([ticks])), 40))";
+    assert_eq!(stateless(code).unwrap(), r#"["micro","a","b","c",3]"#);
+}
+
+#[test]
+fn pending_timers_are_counted_and_dropped() {
+    let run = stateless_run(
+        "setTimeout(() => {}, 10); setInterval(() => {}, 5); 'now'",
+        limits(),
+    );
+    let completion = run.result.unwrap();
+    assert_eq!(
+        (completion.output.as_str(), completion.pending_timers),
+        ("now", 2)
+    );
+    // Nothing of them survives into the heap either.
+    let (_, heap) = step("setInterval(() => { globalThis.ran = true }, 1); 1", None).unwrap();
+    assert_eq!(step("typeof ran", Some(heap)).unwrap().0, "undefined");
+}
+
+#[test]
+fn an_exception_in_a_timer_fails_the_call() {
+    let e = exception(stateless(
+        "new Promise((done) => { setTimeout(() => { throw new Error('in timer'); }, 1); setTimeout(done, 5); })",
+    ));
+    assert_eq!(e.message, "in timer");
+    let e = exception(stateless("setTimeout('not a function', 1)"));
+    assert_eq!(e.name, "TypeError");
+}
+
+#[test]
+fn console_is_captured_in_order_and_survives_snapshots() {
+    let run = stateless_run(
+        "console.log('a', 1, {b: [2]}); console.warn('w'); console.error(new Error('e').message); \
+         console.info(null, undefined); console.debug('d'); 'ok'",
+        limits(),
+    );
+    assert_eq!(run.result.unwrap().output, "ok");
+    let lines: Vec<(String, String)> = run
+        .console
+        .lines
+        .into_iter()
+        .map(|l| (l.level, l.text))
+        .collect();
+    let expected = [
+        ("log", r#"a 1 {"b":[2]}"#),
+        ("warn", "w"),
+        ("error", "e"),
+        ("info", "null undefined"),
+        ("debug", "d"),
+    ];
+    assert_eq!(lines, expected.map(|(l, t)| (l.to_string(), t.to_string())));
+    // A restored heap still has a working console.
+    let (_, heap) = step("var x = 1", None).unwrap();
+    let run = stateful_run("console.log('again', x); x", Some(&heap), limits());
+    assert_eq!(run.console.lines[0].text, "again 1");
+    assert!(run.result.is_ok());
+}
+
+#[test]
+fn console_output_is_capped_with_a_marker() {
+    let small = Limits {
+        console_bytes: 100,
+        ..limits()
+    };
+    let run = stateless_run(
+        "for (let i = 0; i < 100; i++) console.log('line ' + i); 'done'",
+        small,
+    );
+    assert_eq!(run.result.unwrap().output, "done");
+    // The first lines and the latest are kept, the ones between counted.
+    let console = &run.console;
+    let dropped = console.dropped.expect("lines dropped");
+    assert_eq!(console.lines[0].text, "line 0");
+    assert_eq!(console.lines.last().unwrap().text, "line 99");
+    assert_eq!(console.lines.len() + dropped.lines, 100);
+    assert!(console.lines.len() < 20, "{}", console.lines.len());
+    // The gap is where the dropped lines were.
+    assert_eq!(
+        console.lines[dropped.after].text,
+        format!("line {}", dropped.after + dropped.lines)
+    );
+}
+
+#[test]
+fn console_output_is_kept_when_the_code_fails() {
+    let run = stateless_run("console.log('before'); null.x", limits());
+    assert!(matches!(run.result, Err(RunError::Exception(_))));
+    assert_eq!(run.console.lines[0].text, "before");
+}
+
+#[test]
+fn a_memory_bomb_hits_the_heap_limit_and_the_process_lives() {
+    let small = Limits {
+        heap_bytes: 32 << 20,
+        ..limits()
+    };
+    let (_, heap) = step("var kept = 'yes'", None).unwrap();
+    let run = stateful_run(
+        "kept = 'no'; const a = []; for (;;) a.push(new Array(1e5).fill(1))",
+        Some(&heap),
+        small,
+    );
+    assert_eq!(run.result.unwrap_err(), RunError::HeapLimit(32 << 20));
+    let run = stateless_run(
+        "const a = []; for (;;) a.push('x'.repeat(1e4) + a.length)",
+        small,
+    );
+    let err = run.result.unwrap_err();
+    assert!(err.to_string().starts_with("heap limit exceeded"), "{err}");
+    assert_eq!(step("kept", Some(heap)).unwrap().0, "yes");
+}
+
+#[test]
+fn array_buffer_memory_has_a_budget() {
+    let small = Limits {
+        heap_bytes: 32 << 20,
+        ..limits()
+    };
+    let e = exception(
+        stateless_run(
+            "const keep = []; for (;;) keep.push(new ArrayBuffer(1 << 20))",
+            small,
+        )
+        .result
+        .map(|c| c.output),
+    );
+    assert_eq!(e.name, "RangeError");
+    assert!(
+        e.message.contains("Array buffer allocation failed"),
+        "{}",
+        e.message
+    );
+    // Freed buffers return to the budget.
+    let out = stateless_run(
+        "let n = 0; for (let i = 0; i < 200; i++) { n += new Uint8Array(1 << 20).length } n",
+        small,
+    );
+    assert_eq!(out.result.unwrap().output, (200u32 << 20).to_string());
+}
+
+#[test]
+fn long_string_literals_can_be_saved_in_a_heap() {
+    let literal = "x".repeat(1 << 20);
+    let (out, heap) = step(&format!("var big = '{literal}'; big.length"), None).unwrap();
+    assert_eq!(out, (1u32 << 20).to_string());
+    assert_eq!(
+        step("big.slice(0, 3) + big.length", Some(heap)).unwrap().0,
+        "xxx1048576"
+    );
+}
+
+#[test]
+fn unhandled_rejections_are_logged_once_and_handled_ones_not() {
+    let run = stateless_run(
+        "(async () => { throw new TypeError('lost'); })();
+         const later = Promise.reject(new Error('caught late')); later.catch(() => {});
+         Promise.reject(new RangeError('returned'))",
+        limits(),
+    );
+    assert!(matches!(run.result, Err(RunError::Exception(ref e)) if e.message == "returned"));
+    let lines: Vec<String> = run
+        .console
+        .lines
+        .iter()
+        .map(|l| format!("[{}] {}", l.level, l.text))
+        .collect();
+    assert_eq!(lines, ["[error] Uncaught (in promise) TypeError: lost"]);
+}
+
+#[test]
+fn stack_overflow_is_a_range_error() {
+    let e = exception(stateless("function f() { return f(); } f()"));
+    assert_eq!(e.name, "RangeError");
+    assert!(e.message.contains("call stack"), "{}", e.message);
+}
+
+#[test]
+fn concurrent_runs_do_not_crash_the_process() {
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let (_, mut heap) = step(&format!("var n = {t}; n"), None).unwrap();
+                for i in 0..10 {
+                    let (out, next) = step("++n", Some(heap)).unwrap();
+                    assert_eq!(out, (t + i + 1).to_string());
+                    heap = next;
+                }
+            })
+        })
+        .collect();
+    let stateless: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    let out = stateless(&format!("{t} * {i}")).unwrap();
+                    assert_eq!(out, (t * i).to_string());
+                }
+            })
+        })
+        .collect();
+    for t in threads.into_iter().chain(stateless) {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn rendering_the_result_runs_under_the_time_limit_and_keeps_nothing() {
+    let (_, heap) = step("var keep = 'kept'", None).unwrap();
+    let short = Limits {
+        timeout: Duration::from_millis(300),
+        ..limits()
+    };
+    for code in [
+        "keep = 'lost'; ({ toJSON() { while (true) {} } })",
+        "keep = 'lost'; const f = () => 1; f.toString = () => { for (;;) {} }; f",
+        "keep = 'lost'; ({ get x() { for (;;) {} } })",
+        "keep = 'lost'; new Proxy({}, { ownKeys() { for (;;) {} } })",
+    ] {
+        let err = stateful_run(code, Some(&heap), short).result.unwrap_err();
+        assert_eq!(err, RunError::Timeout(short.timeout), "{code}");
+    }
+    // A toJSON that throws is named in the result.
+    assert_eq!(
+        stateless("[{ toJSON() { throw 1 } }]").unwrap(),
+        r#"["[threw 1]"]"#
+    );
+    let e = exception(stateless(
+        "const f = () => 1; f.toString = () => { throw new Error('no text') }; f",
+    ));
+    assert!(
+        e.message.starts_with("the result could not be rendered"),
+        "{}",
+        e.message
+    );
+    assert_eq!(step("keep", Some(heap)).unwrap().0, "kept");
+}
+
+#[test]
+fn long_output_is_cut_at_the_limit_with_a_marker() {
+    let small = Limits {
+        output_bytes: 1000,
+        ..limits()
+    };
+    let completion = stateless_run("'é'.repeat(2000)", small).result.unwrap();
+    assert!(completion.output_truncated);
+    assert!(completion.output.starts_with(&"é".repeat(500)));
+    assert!(completion
+        .output
+        .ends_with("[output truncated at 1000 bytes]"));
+    let completion = stateless_run("'x'.repeat(1000)", small).result.unwrap();
+    assert!(!completion.output_truncated);
+    assert_eq!(completion.output.len(), 1000);
+}
+
+#[test]
+fn long_exception_texts_are_clipped() {
+    let e = exception(stateless("throw new Error('m'.repeat(1e6))"));
+    assert!(e.message.len() < 20_000, "{}", e.message.len());
+    assert!(e.message.ends_with("[truncated]"));
+}
+
+#[test]
+fn finalization_registries_survive_a_snapshot() {
+    let (out, heap) = step(
+        "var fr = new FinalizationRegistry(() => {}); var token = {}; \
+         fr.register({}, 'held', token); fr.register({}, 1); \
+         [fr instanceof FinalizationRegistry, String(fr)]",
+        None,
+    )
+    .unwrap();
+    assert_eq!(out, r#"[true,"[object FinalizationRegistry]"]"#);
+    let (out, _) = step(
+        "[fr.unregister(token), fr.unregister(token), (() => { try { fr.register(1) } catch (e) { return e.name } })()]",
+        Some(heap),
+    )
+    .unwrap();
+    assert_eq!(out, r#"[true,false,"TypeError"]"#);
+    // Shaped as the built-in is.
+    let (out, _) = step(
+        "const fails = (f) => { try { f(); return 'no error' } catch (e) { return e.name } }; \
+         const bare = function () {}; bare.prototype = undefined; \
+         const p = Object.getOwnPropertyDescriptor(FinalizationRegistry, 'prototype'); \
+         [FinalizationRegistry.prototype.register.length, p.writable, \
+          fails(() => FinalizationRegistry.prototype.register.call({}, {})), \
+          fails(() => FinalizationRegistry(() => {})), \
+          Object.getPrototypeOf(Reflect.construct(FinalizationRegistry, [() => {}], bare)) \
+            === FinalizationRegistry.prototype, \
+          new (class Sub extends FinalizationRegistry {})(() => {}) instanceof FinalizationRegistry]",
+        None,
+    )
+    .unwrap();
+    assert_eq!(out, r#"[2,false,"TypeError","TypeError",true,true]"#);
+}
+
+#[test]
+fn intl_objects_kept_in_the_heap_survive_calls() {
+    let (out, heap) = step(
+        "var usd = new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD' }); \
+         var format = usd.format; var legacy = Intl.DateTimeFormat('en-US', { timeZone: 'UTC' }); \
+         var de = new Intl.Collator('de'); var place = new Intl.Locale('en').maximize(); \
+         class Money extends Intl.NumberFormat { twice(x) { return this.format(2 * x); } } \
+         var money = new Money('en-US'); \
+         var plural = new Intl.PluralRules('en'); var list = new Intl.ListFormat('en'); \
+         var rel = new Intl.RelativeTimeFormat('en'); var names = new Intl.DisplayNames(['en'], { type: 'region' }); \
+         var words = new Intl.Segmenter('en', { granularity: 'word' }); usd.format(1)",
+        None,
+    )
+    .unwrap();
+    assert_eq!(out, "$1.00");
+    let (out, heap) = step(
+        "[usd.format(1234.5), format(2), usd.format === format, legacy.format(new Date(0)), \
+          ['b', 'a', 'ä'].sort(de.compare).join(''), place.toString(), money.twice(21), \
+          money instanceof Intl.NumberFormat, String(usd), plural.select(1), list.format(['a', 'b']), \
+          rel.format(-1, 'day'), names.of('DE'), [...words.segment('hi there')].length, \
+          usd.resolvedOptions().currency, Object.getPrototypeOf(usd) === Intl.NumberFormat.prototype]",
+        Some(heap),
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        r#"["$1,234.50","$2.00",true,"1/1/1970","aäb","en-Latn-US","42",true,"[object Intl.NumberFormat]","one","a and b","1 day ago","Germany",3,"USD",true]"#
+    );
+    // And again, after a save made them anew.
+    assert_eq!(step("format(3)", Some(heap)).unwrap().0, "$3.00");
+    // Bad arguments still throw where they are given.
+    let e = exception(stateless(
+        "new Intl.NumberFormat('en', { style: 'currency' })",
+    ));
+    assert_eq!(e.name, "TypeError");
+    let e = exception(stateless("Intl.Locale('en')"));
+    assert_eq!(e.name, "TypeError");
+}
+
+#[test]
+fn intl_segments_kept_in_the_heap_are_a_clear_error() {
+    let (_, heap) = step("var kept = 1", None).unwrap();
+    for (code, kind) in [
+        (
+            "var s = new Intl.Segmenter('en').segment('a b'); 1",
+            "Intl.Segmenter segments",
+        ),
+        (
+            "var it = new Intl.Segmenter('en').segment('a b')[Symbol.iterator](); it.next(); 1",
+            "Intl.Segmenter iterator",
+        ),
+    ] {
+        let err = stateful_run(code, Some(&heap), limits())
+            .result
+            .unwrap_err();
+        assert_eq!(err, RunError::Unsaveable(kind.into()), "{code}");
+        assert!(err.to_string().contains(kind), "{err}");
+    }
+    // Used and dropped within the call, they are fine.
+    let (out, _) = step(
+        "[...new Intl.Segmenter('en').segment('a b')].length + kept",
+        Some(heap),
+    )
+    .unwrap();
+    assert_eq!(out, "4");
+}
+
+/// Built-ins probed for what V8's snapshot serialiser can keep: each is saved and then used
+/// on the restored heap. (FinalizationRegistry and Intl have tests of their own.)
+#[test]
+fn built_ins_that_survive_a_snapshot() {
+    let cases = [
+        ("var target = {}; var ref = new WeakRef(target)", "ref.deref() === target", "true"),
+        ("var gone = new WeakRef({})", "typeof gone.deref", "function"),
+        (
+            "var key = {}; var map = new WeakMap([[key, 1]]); var set = new WeakSet([key])",
+            "[map.get(key), set.has(key)]",
+            "[1,true]",
+        ),
+        ("var ints = new Int32Array(2); Atomics.add(ints, 0, 5)", "Atomics.load(ints, 0)", "5"),
+        (
+            "function* count() { yield 1; yield 2; } var gen = count(); gen.next()",
+            "gen.next().value",
+            "2",
+        ),
+        (
+            "async function* pages() { yield 1; await null; yield 2; } var pager = pages(); pager.next()",
+            "pager.next().then((r) => r.value)",
+            "2",
+        ),
+        (
+            "var buffer = new ArrayBuffer(8); var moved = buffer.transfer()",
+            "[buffer.detached, moved.byteLength]",
+            "[true,8]",
+        ),
+        (
+            "var growing = new ArrayBuffer(8, { maxByteLength: 64 }); growing.resize(16)",
+            "growing.resize(32); growing.byteLength",
+            "32",
+        ),
+        ("var waiting = new Promise(() => {})", "typeof waiting.then", "function"),
+        ("var proxy = new Proxy({}, { get: () => 5 })", "proxy.anything", "5"),
+        ("var max3 = Math.max.bind(null, 3)", "max3(1)", "3"),
+        ("var doubled = [1, 2, 3].values().map((x) => x * 2); doubled.next()", "doubled.next().value", "4"),
+        ("var shared = Symbol.for('app')", "shared === Symbol.for('app')", "true"),
+        ("var re = /a/g; re.exec('aa')", "re.lastIndex", "1"),
+        ("var when = new Date(0)", "when.getTime()", "0"),
+    ];
+    for (setup, check, expected) in cases {
+        let (_, heap) = step(setup, None).unwrap_or_else(|e| panic!("{setup}: {e}"));
+        let (out, _) = step(check, Some(heap)).unwrap_or_else(|e| panic!("{check}: {e}"));
+        assert_eq!(out, expected, "{setup} / {check}");
+    }
+}
+
+#[test]
+fn absurd_timer_delays_are_clamped() {
+    for delay in ["2 ** 64", "Infinity", "1e300", "2 ** 31 + 5"] {
+        let code = format!("new Promise((done) => setTimeout(() => done('late'), {delay}))");
+        assert_eq!(stateless(&code).unwrap(), "late", "{delay}");
+    }
+    let (out, heap) = step(
+        "var ticks = 0; var every = setInterval(() => { if (++ticks === 3) clearInterval(every) }, 1000); \
+         new Promise((done) => setTimeout(() => done(ticks), 2 ** 60))",
+        None,
+    )
+    .unwrap();
+    assert_eq!(out, "3");
+    assert_eq!(step("ticks", Some(heap)).unwrap().0, "3");
+}
+
+#[test]
+fn the_clock_moves_with_the_timers() {
+    let code = "const t0 = Date.now(), p0 = performance.now(), d0 = new Date();
+        await new Promise((done) => setTimeout(done, 10000));
+        const waited = Date.now() - t0, measured = performance.now() - p0;
+        [waited >= 10000 && waited < 11000, measured >= 10000 && measured < 11000,
+         new Date() - d0 >= 10000, typeof Date(), new Date(0).getTime(), Date.UTC(2000, 0, 1),
+         new Date() instanceof Date, new (class Day extends Date {})(0) instanceof Date]";
+    let expected = r#"[true,true,true,"string",0,946684800000,true,true]"#;
+    // Shaped as the built-in is.
+    let shape = "const d = Object.getOwnPropertyDescriptor(Date, 'prototype');
+        const proto = function () {}; proto.prototype = null;
+        [d.writable, d.enumerable, d.configurable, Date.length, Date.name, Date.now.length,
+         (() => { try { new Date.now() } catch (e) { return e.name } })(),
+         Object.getPrototypeOf(Reflect.construct(Date, [0], proto)) === Date.prototype,
+         Reflect.construct(Date, [64], proto).getTime()]";
+    let shaped = r#"[false,false,false,7,"Date",0,"TypeError",true,64]"#;
+    assert_eq!(stateless(shape).unwrap(), shaped);
+    assert_eq!(step(shape, None).unwrap().0, shaped);
+    assert_eq!(stateless(code).unwrap(), expected);
+    // The clock is per call, also on a restored heap, and starts from the real time.
+    let (_, heap) = step("var before = Date.now(); 1", None).unwrap();
+    let (out, _) = step(code, Some(heap.clone())).unwrap();
+    assert_eq!(out, expected);
+    let (out, _) = step(
+        "Date.now() >= before && Date.now() - before < 60000",
+        Some(heap),
+    )
+    .unwrap();
+    assert_eq!(out, "true");
+}
+
+#[test]
+fn stack_traces_list_the_users_frames_in_their_code() {
+    let (_, heap) = step("function helper(x) {\n  return x.missing.field\n}", None).unwrap();
+    let code = "// TypeScript\nfunction caller(): number {\n  return helper({})\n}\ncaller()";
+    let e = exception(step(code, Some(heap)).map(|(out, _)| out));
+    // The position is this call's innermost frame; the earlier call's frame says so.
+    assert_eq!((e.line, e.column), (Some(3), Some(10)));
+    assert_eq!(
+        e.to_string(),
+        "Uncaught TypeError: Cannot read properties of undefined (reading 'field') \
+         (at line 3, column 10)\n    at helper (line 2, column 20 of an earlier call)\n    \
+         at caller (line 3, column 10)\n    at line 5, column 1"
+    );
+}
+
+#[test]
+fn errors_have_a_stack_in_a_heap_and_keep_it_across_a_save() {
+    let (out, heap) = step(
+        "function make() { return new Error('kept') }\nvar kept = make(); kept.stack",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        "Error: kept\n    at make (run_js:1:26)\n    at run_js:2:12"
+    );
+    let (again, heap) = step("kept.stack", Some(heap)).unwrap();
+    assert_eq!(again, out);
+    let (fresh, _) = step(
+        "try { null.x } catch (e) { e.stack.split('\\n')[0] }",
+        Some(heap),
+    )
+    .unwrap();
+    assert_eq!(
+        fresh,
+        "TypeError: Cannot read properties of null (reading 'x')"
+    );
+}
+
+/// Every call compiles a script; nothing of it may stay in the heap once it ran (names
+/// of scripts, for one, are kept by V8 for good).
+#[test]
+fn a_heap_does_not_grow_with_calls_that_keep_nothing() {
+    let (_, mut heap) = step("var n = 0", None).unwrap();
+    let mut sizes = Vec::new();
+    for _ in 0..20 {
+        let (_, next) = step("++n", Some(heap)).unwrap();
+        sizes.push(next.len());
+        heap = next;
+    }
+    assert_eq!(step("n", Some(heap)).unwrap().0, "20");
+    assert!(sizes.iter().all(|&size| size == sizes[0]), "{sizes:?}");
+}
+
+/// Runs `code` on `heap` live, or replaying `tape`: the completion, its fingerprint and
+/// the state it left.
+fn on_heap(code: &str, heap: &Bytes, tape: Option<Tape>) -> (Completion, u64, Bytes) {
+    let (code, limits) = (read_code(code).unwrap(), limits());
+    let warm = HeapIsolate::new(Some(heap.clone()), &limits).unwrap();
+    let run = match tape {
+        None => warm.run(&code, &limits, None),
+        Some(tape) => warm.replay(&code, &limits, tape),
+    };
+    let (outcome, left) = answer_first(run);
+    let completion = outcome.result.unwrap();
+    let print = fingerprint(&completion, &outcome.console);
+    let Ok(unsaved) = left else {
+        panic!("the run failed")
+    };
+    (completion, print, unsaved.save().unwrap())
+}
+
+const DRAWS_AND_CLOCKS: &str = "draws.push(Math.random(), Math.random()); \
+    const t0 = performance.now(); let n = 0; for (let i = 0; i < 1e5; i++) n += i; \
+    seen = [Date.now(), new Date().getTime(), Date(), performance.now() - t0]; \
+    console.log(draws[0]); JSON.stringify({draws, seen})";
+
+#[test]
+fn a_replay_from_the_tape_reproduces_the_call_and_the_state_it_left() {
+    let (_, base) = step("var draws = []; var seen;", None).unwrap();
+    let (live, live_print, live_state) = on_heap(DRAWS_AND_CLOCKS, &base, None);
+    assert_eq!(live.tape.replay, Replay::Exact);
+    // Date.now, new Date, Date() and performance.now twice.
+    assert_eq!(live.tape.clock_us.len(), 5, "{:?}", live.tape);
+    let (again, again_print, again_state) =
+        on_heap(DRAWS_AND_CLOCKS, &base, Some(live.tape.clone()));
+    assert_eq!(again.output, live.output);
+    assert_eq!(again_print, live_print);
+    assert_eq!(again.tape, live.tape);
+    let read = "JSON.stringify({draws, seen})";
+    assert_eq!(
+        step(read, Some(again_state)).unwrap().0,
+        step(read, Some(live_state)).unwrap().0
+    );
+    // A live run draws other numbers; the fingerprint tells them apart.
+    let (other, other_print, _) = on_heap(DRAWS_AND_CLOCKS, &base, None);
+    assert_ne!(other.output, live.output);
+    assert_ne!(other_print, live_print);
+}
+
+#[test]
+fn a_replay_that_goes_another_way_says_so() {
+    let (_, base) = step("var draws = []; var seen;", None).unwrap();
+    let (live, _, _) = on_heap(DRAWS_AND_CLOCKS, &base, None);
+    let mut short = live.tape.clone();
+    short.clock_us.pop();
+    let (replayed, _, _) = on_heap(DRAWS_AND_CLOCKS, &base, Some(short));
+    assert!(matches!(replayed.tape.replay, Replay::Impossible(_)));
+    // On another state, the same tape reproduces nothing: the fingerprint differs.
+    let (_, other_base) = step("var draws = [1]; var seen;", None).unwrap();
+    let (elsewhere, _, _) = on_heap(DRAWS_AND_CLOCKS, &other_base, Some(live.tape));
+    assert_ne!(elsewhere.output, live.output);
+}
+
+#[test]
+fn math_random_is_shaped_as_the_built_in_and_a_busy_clock_cannot_be_replayed() {
+    let shape = "[Math.random.name, Math.random.length, \
+        Object.getOwnPropertyDescriptor(Math, 'random').enumerable, \
+        (() => { try { new Math.random(); return 'constructed'; } catch (e) { return e.name; } })(), \
+        Array.from({length: 1000}, Math.random).every(x => x >= 0 && x < 1)]";
+    let expected = r#"["random",0,false,"TypeError",true]"#;
+    assert_eq!(stateless(shape).unwrap(), expected);
+    let (_, heap) = step("1", None).unwrap();
+    assert_eq!(step(shape, Some(heap.clone())).unwrap().0, expected);
+    let busy = format!("for (let i = 0; i <= {MAX_CLOCK_READINGS}; i++) Date.now(); 1");
+    let (completion, _, _) = on_heap(&busy, &heap, None);
+    assert!(
+        matches!(&completion.tape.replay, Replay::Impossible(why) if why.contains("clock")),
+        "{:?}",
+        completion.tape.replay
+    );
+}
+
+#[test]
+fn a_call_that_reads_a_weak_ref_cannot_be_replayed() {
+    let (_, heap) = step("var target = {}; var ref = new WeakRef(target)", None).unwrap();
+    let (completion, _, _) = on_heap("ref.deref() === target", &heap, None);
+    assert_eq!(completion.output, "true");
+    assert!(
+        matches!(&completion.tape.replay, Replay::Impossible(why) if why.contains("WeakRef")),
+        "{:?}",
+        completion.tape.replay
+    );
+    let (completion, _, _) = on_heap("typeof ref", &heap, None);
+    assert_eq!(completion.tape.replay, Replay::Exact);
+    let shape = "[WeakRef.prototype.deref.name, WeakRef.prototype.deref.length, \
+        (() => { try { WeakRef.prototype.deref.call({}); return 'no error'; } \
+        catch (e) { return e.name; } })()]";
+    assert_eq!(stateless(shape).unwrap(), r#"["deref",0,"TypeError"]"#);
+}
+
+/// A call that ran for more than half its time limit is not replayed (a replay might
+/// not fit); a quick one is. The code times itself, reading the clock sparsely.
+#[test]
+fn a_call_near_its_time_limit_cannot_be_replayed() {
+    let (_, heap) = step("var n = 0", None).unwrap();
+    let limits = Limits {
+        timeout: Duration::from_secs(1),
+        ..limits()
+    };
+    let slow = "const t0 = Date.now(); \
+        while (Date.now() - t0 < 600) { for (let i = 0; i < 1e5; i++) n++; } 'done'";
+    let warm = HeapIsolate::new(Some(heap.clone()), &limits).unwrap();
+    let (outcome, _) = answer_first(warm.run(&read_code(slow).unwrap(), &limits, None));
+    let completion = outcome.result.unwrap();
+    assert!(
+        matches!(&completion.tape.replay, Replay::Impossible(why) if why.contains("half its time limit")),
+        "{:?}",
+        completion.tape.replay
+    );
+    let warm = HeapIsolate::new(Some(heap), &limits).unwrap();
+    let (outcome, _) = answer_first(warm.run(&read_code("n").unwrap(), &limits, None));
+    assert_eq!(outcome.result.unwrap().tape.replay, Replay::Exact);
+}
