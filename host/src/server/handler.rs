@@ -1,5 +1,6 @@
-//! The MCP surface beyond the tools: the server's description, resources (heaps and whole
-//! results), completions of heap names, tasks, and the session's logging level.
+//! The MCP surface beyond the tools, as rmcp's `ServerHandler`: the server's description,
+//! resources (handed to `resources`), completions of heap names, tasks, the session's logging
+//! level, and the caching hints every list and read carries.
 
 use std::sync::PoisonError;
 use std::time::Duration;
@@ -10,30 +11,23 @@ use rmcp::model::{
     CacheScope, CancelTaskParams, CompleteRequestParams, CompleteResult, CompletionInfo, ErrorData,
     GetTaskParams, GetTaskResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, Resource,
-    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, UpdateTaskParams,
+    ReadResourceRequestParams, ReadResourceResponse, Reference, ServerCapabilities, ServerConfig,
+    UpdateTaskParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool_handler, RoleServer, ServerHandler};
-use serde_json::json;
 
-use super::args::HeapInfo;
-use super::{McpServer, Mode, PAGE_SIZE};
-use crate::outputs;
-use crate::runtime::CallError;
-
-const RESOURCE_SCHEME: &str = "heap://";
-/// The resource template of a heap; completions fill in `heap`.
-const HEAP_TEMPLATE: &str = "heap://{heap}";
+use super::resources::HEAP_TEMPLATE;
+use super::{McpServer, Mode};
 
 /// How long a client may keep what never changes while the server runs (its tools, the heap
 /// template) before asking again: a restart may change the limits the descriptions state.
-const STATIC_TTL: Duration = Duration::from_secs(60 * 60);
+pub(super) const STATIC_TTL: Duration = Duration::from_secs(60 * 60);
 
 /// The caching hints of a result, for a client on protocol 2026-07-28 or later (older ones
 /// know none): `ttl` and whether any client may be served it (`Public`) or only the one that
 /// asked (`Private`: heaps are the caller's data).
-fn cache_hints(
+pub(super) fn cache_hints(
     context: &RequestContext<RoleServer>,
     ttl: Duration,
     scope: CacheScope,
@@ -105,54 +99,15 @@ Use one heap per task and pass its name on every call."
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        // Every call may add or change a heap.
-        let hints = cache_hints(&context, Duration::ZERO, CacheScope::Private);
-        if self.mode == Mode::Stateless {
-            let mut none = ListResourcesResult::with_all_items(Vec::new());
-            (none.ttl_ms, none.cache_scope) = hints;
-            return Ok(none);
-        }
-        let cursor = request.and_then(|r| r.cursor);
-        let (heaps, next_cursor) = self
-            .runtime
-            .list_page(cursor.as_deref(), PAGE_SIZE)
-            .await
-            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        let resources = heaps
-            .into_iter()
-            .map(|listed| {
-                let m = listed.meta;
-                Resource::new(format!("{RESOURCE_SCHEME}{}", m.name), m.name.clone())
-                    .with_description(format!("mcp-v8 heap '{}'", m.name))
-                    .with_mime_type("application/json")
-            })
-            .collect();
-        let mut page = ListResourcesResult::with_all_items(resources);
-        page.next_cursor = next_cursor;
-        (page.ttl_ms, page.cache_scope) = hints;
-        Ok(page)
+        self.resources_page(request, context).await
     }
 
     async fn list_resource_templates(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let hints = cache_hints(&context, STATIC_TTL, CacheScope::Public);
-        if self.mode == Mode::Stateless {
-            let mut none = ListResourceTemplatesResult::with_all_items(Vec::new());
-            (none.ttl_ms, none.cache_scope) = hints;
-            return Ok(none);
-        }
-        let template = ResourceTemplate::new(HEAP_TEMPLATE, "heap")
-            .with_title("A heap")
-            .with_description(
-                "A saved heap's metadata: stored and raw size, version, last write, store",
-            )
-            .with_mime_type("application/json");
-        let mut result = ListResourceTemplatesResult::with_all_items(vec![template]);
-        (result.ttl_ms, result.cache_scope) = hints;
-        Ok(result)
+        self.resource_templates(request, context).await
     }
 
     /// `tasks/get`: a call running as a task, or its result.
@@ -229,63 +184,6 @@ Use one heap per task and pass its name on every call."
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let uri = request.uri;
-        if uri.starts_with(outputs::SCHEME) {
-            let Some(text) = self.outputs.get(&uri) else {
-                return Err(ErrorData::resource_not_found(
-                    format!("no result kept as {uri} (results are kept for 10 minutes)"),
-                    None,
-                ));
-            };
-            let mut result = ReadResourceResult::new(vec![ResourceContents::text(
-                text.to_string(),
-                uri.clone(),
-            )
-            .with_mime_type("text/plain")]);
-            // What a call returned never changes; it is the caller's.
-            (result.ttl_ms, result.cache_scope) =
-                cache_hints(&context, outputs::RETENTION, CacheScope::Private);
-            return Ok(result.into());
-        }
-        let Some(name) = uri
-            .strip_prefix(RESOURCE_SCHEME)
-            .filter(|_| self.mode == Mode::Heaps)
-        else {
-            return Err(ErrorData::resource_not_found(
-                format!("no resource {uri}"),
-                None,
-            ));
-        };
-        let listed = match self.runtime.describe(name).await {
-            Ok(Some(listed)) => listed,
-            Ok(None) => {
-                return Err(ErrorData::resource_not_found(
-                    format!("no heap named '{name}'"),
-                    None,
-                ))
-            }
-            Err(CallError::InvalidName(e)) => {
-                return Err(ErrorData::invalid_params(e.to_string(), None))
-            }
-            Err(e) => return Err(ErrorData::internal_error(e.to_string(), None)),
-        };
-        let backend = self.runtime.storage().info();
-        let version = listed.meta.version.to_string();
-        let info = HeapInfo::from(listed);
-        let body = json!({
-            "heap": info.heap,
-            "size": info.size,
-            "raw_size": info.raw_size,
-            "version": version,
-            "last_modified_ms": info.last_modified_ms,
-            "storage": backend.name,
-        });
-        let mut result =
-            ReadResourceResult::new(vec![ResourceContents::text(body.to_string(), uri.clone())
-                .with_mime_type("application/json")]);
-        // A heap's metadata changes with every call on it.
-        (result.ttl_ms, result.cache_scope) =
-            cache_hints(&context, Duration::ZERO, CacheScope::Private);
-        Ok(result.into())
+        self.read(request, context).await
     }
 }

@@ -6,7 +6,8 @@
 //! * `tools`: the tool handlers (descriptions in `tools/*.md`);
 //! * `answer`: an outcome as a tool result;
 //! * `tasks`: long calls as tasks, and cancellation;
-//! * `handler`: the rest of the MCP surface (resources, completions, tasks, logging).
+//! * `resources`: heaps and whole results as resources;
+//! * `handler`: the MCP surface that dispatches to them, with completions and logging.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -26,6 +27,7 @@ use crate::runtime::{CallLimits, Runtime};
 mod answer;
 pub mod args;
 mod handler;
+mod resources;
 mod tasks;
 mod tools;
 
