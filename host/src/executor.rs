@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::engine::{self, live, HeapIsolate, Limits, Outcome, PlainIsolate, RunError};
 use crate::job::{
-    Job, LiveBatches, NewState, NotWarm, Ran, Rerun, Saved, Saving, Start, Target, WarmRef,
+    HeapRan, Job, LiveBatches, NewState, NotWarm, Ran, Rerun, Saved, Saving, Start, Target, WarmRef,
 };
 use crate::worker::{WorkerPool, WorkerSettings};
 
@@ -65,6 +65,44 @@ impl Executor {
         match self {
             Executor::InProcess => run_in_process(job).await,
             Executor::Workers(pool) => pool.run(job).await,
+        }
+    }
+
+    /// Runs a job without a heap ([`Target::Stateless`]): its outcome.
+    pub async fn run_stateless(&self, job: Job) -> Outcome {
+        debug_assert!(matches!(job.target, Target::Stateless));
+        match self.run(job).await {
+            Ok((outcome, _)) => outcome,
+            // Only a job for a warm heap can find it gone; a stateless one asks for none.
+            Err(NotWarm) => Outcome::failed(RunError::Unavailable(
+                "no worker could take the call".into(),
+            )),
+        }
+    }
+
+    /// Runs a job on a heap ([`Target::Heap`]): a success with the state to commit, a
+    /// failure, or [`HeapRan::NotWarm`].
+    pub async fn run_on_heap(&self, job: Job) -> HeapRan {
+        debug_assert!(matches!(job.target, Target::Heap { .. }));
+        match self.run(job).await {
+            Err(NotWarm) => HeapRan::NotWarm,
+            Ok((outcome, state)) => match (outcome.result, state) {
+                (Ok(completion), Some(state)) => HeapRan::Succeeded {
+                    completion,
+                    console: outcome.console,
+                    state,
+                },
+                (Err(error), _) => HeapRan::Failed {
+                    error,
+                    console: outcome.console,
+                },
+                // Both executors hand a successful run on a heap its state; one without is
+                // a run whose state is lost, and fails as a crash would.
+                (Ok(_), None) => HeapRan::Failed {
+                    error: RunError::Crashed("the run's new state was lost".into()),
+                    console: outcome.console,
+                },
+            },
         }
     }
 }

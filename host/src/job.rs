@@ -9,7 +9,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::live::Batch;
-use crate::engine::{self, HeapIsolate, JsException, Limits, Outcome, Replay, RunError, Tape};
+use crate::engine::{
+    self, Completion, Console, HeapIsolate, JsException, Limits, Outcome, Replay, RunError, Tape,
+};
 use crate::record::{Effect, Record};
 
 /// One execution.
@@ -213,5 +215,31 @@ pub enum NewState {
 }
 
 /// What an executor hands back: the outcome as soon as the code has settled, and for a
-/// successful stateful run its new state.
+/// successful stateful run its new state. The runtime takes it typed by the job's target:
+/// [`crate::executor::Executor::run_stateless`] and [`HeapRan`].
 pub type Ran = Result<(Outcome, Option<NewState>), NotWarm>;
+
+/// How a job on a heap ended, as the runtime takes it: every variant is something that
+/// happens, and only a success carries the state to commit.
+#[derive(Debug)]
+pub enum HeapRan {
+    /// The code succeeded: what it returned and printed, and the heap's new state.
+    Succeeded {
+        /// The result.
+        completion: Completion,
+        /// What the code printed.
+        console: Console,
+        /// The heap's new state, to commit.
+        state: NewState,
+    },
+    /// The code failed, or the heap could not be brought up: nothing to keep.
+    Failed {
+        /// Why.
+        error: RunError,
+        /// What the code printed before it failed.
+        console: Console,
+    },
+    /// The job asked for a heap warm in a worker that no longer holds it: load it from the
+    /// store.
+    NotWarm,
+}

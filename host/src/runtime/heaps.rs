@@ -14,7 +14,7 @@ use super::{CallError, Checkpoints, Copied, History, HistoryCall, Listed};
 use crate::engine::{self, Completion, Console, Limits, Replay};
 use crate::envelope::{self, Codec, Position, ReadOnly};
 use crate::executor::Executor;
-use crate::job::{Job, Keep, NewState, NotWarm, Saved, Saving, Start, Target, WarmRef};
+use crate::job::{HeapRan, Job, Keep, NewState, NotWarm, Saved, Saving, Start, Target, WarmRef};
 use crate::record::{Effect, Record};
 use crate::storage::{
     ErrorKind, HeapLocks, HeapMeta, Precondition, Sharing, Snapshot, Store, Version,
@@ -1062,16 +1062,16 @@ pub(super) async fn current_state(
         limits: Limits::default(),
         live: None,
     };
-    match executor.run(job).await {
-        Ok((outcome, Some(NewState::Saving(saving)))) if outcome.result.is_ok() => {
-            Ok(saving.finish().await?.snapshot)
-        }
-        Ok((outcome, _)) => Err(match outcome.result {
-            Err(e) => CallError::Run(e),
-            Ok(_) => CallError::Internal("a stateful run returned no heap".into()),
-        }),
-        Err(NotWarm) => Err(CallError::Internal(
-            "a cold job asked for a warm heap".into(),
+    match executor.run_on_heap(job).await {
+        HeapRan::Succeeded {
+            state: NewState::Saving(saving),
+            ..
+        } => Ok(saving.finish().await?.snapshot),
+        HeapRan::Failed { error, .. } => Err(CallError::Run(error)),
+        // A job that keeps a snapshot never leaves its state live, and one that starts from
+        // a stored snapshot never needs a warm heap.
+        HeapRan::Succeeded { .. } | HeapRan::NotWarm => Err(CallError::Internal(
+            "the state of a heap brought up to date was not snapshotted".into(),
         )),
     }
 }

@@ -23,7 +23,7 @@ mod heaps;
 use crate::engine::{Completion, JsException, Limits, Outcome, RunError, BYTES_PER_TOKEN};
 use crate::envelope::{Codec, EnvelopeError};
 use crate::executor::Executor;
-use crate::job::{Job, Keep, LiveBatches, NotWarm, Target};
+use crate::job::{HeapRan, Job, Keep, LiveBatches, Target};
 use crate::metrics::{self, CallMetrics, StorageStats};
 use crate::storage::{validate_caller_name, HeapLocks, HeapMeta, Store, StoreError};
 use heaps::{checkpoint_idle_heaps, Call, Commit, Heaps};
@@ -568,12 +568,8 @@ impl Runtime {
             limits,
             live,
         };
-        match self.executor.run(job).await {
-            Ok((outcome, _)) => outcome.map_result(|result| result.map_err(CallError::from)),
-            Err(NotWarm) => CallOutcome::failed(CallError::Internal(
-                "a stateless job asked for a warm heap".into(),
-            )),
-        }
+        let outcome = self.executor.run_stateless(job).await;
+        outcome.map_result(|result| result.map_err(CallError::from))
     }
 
     /// Runs `code` on heap `heap` (a new heap with a generated name when `None`) and stores
@@ -700,25 +696,25 @@ impl Runtime {
                 live: live.clone(),
             };
             let ran_at = Instant::now();
-            let (outcome, new_state) = match self.executor.run(job).await {
-                Ok(ran) => ran,
+            let ran = self.executor.run_on_heap(job).await;
+            let debt = loaded.debt.with_call(code.len(), ran_at.elapsed());
+            let (completion, console, new_state) = match ran {
+                HeapRan::Succeeded {
+                    completion,
+                    console,
+                    state,
+                } => (completion, console, state),
                 // Evicted, or its worker busy or gone: load it from the store.
-                Err(NotWarm) => {
+                HeapRan::NotWarm => {
                     self.heaps.forget(&heap);
                     continue;
                 }
-            };
-            let debt = loaded.debt.with_call(code.len(), ran_at.elapsed());
-            let (completion, new_state) = match (outcome.result, new_state) {
-                (Ok(completion), Some(new_state)) => (completion, new_state),
-                (Ok(_), None) => {
-                    return CallOutcome::failed(CallError::Internal(
-                        "a stateful run returned no heap".into(),
-                    ))
-                }
                 // A committed call did not replay: the heap goes back to the call before it
                 // (once), and this call runs on that state, saying what was lost.
-                (Err(RunError::Diverged { seq, why }), _) if fork.is_none() && lost.is_none() => {
+                HeapRan::Failed {
+                    error: RunError::Diverged { seq, why },
+                    console,
+                } if fork.is_none() && lost.is_none() => {
                     match self.heaps.recover(&heap, seq, &why).await {
                         Ok(notice) => {
                             lost = Some(notice);
@@ -727,26 +723,25 @@ impl Runtime {
                         Err(e) => {
                             return Outcome {
                                 result: Err(e),
-                                console: outcome.console,
+                                console,
                             }
                         }
                     }
                 }
-                (Err(e), _) => {
-                    if let (RunError::Exception(exception), None) = (&e, &fork) {
+                HeapRan::Failed { error, console } => {
+                    if let (RunError::Exception(exception), None) = (&error, &fork) {
                         self.last_errors().put(heap.clone(), exception.clone());
                     }
-                    let error = match e {
+                    let error = match error {
                         RunError::Unrestorable(reason) => CallError::Unrestorable { heap, reason },
                         e => e.into(),
                     };
                     return Outcome {
                         result: Err(error),
-                        console: outcome.console,
+                        console,
                     };
                 }
             };
-            let console = outcome.console;
             // The source of a fork is not written: others may use it again.
             drop(source_guard.take());
             let committed = match loaded.commit {
