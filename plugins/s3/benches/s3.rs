@@ -3,75 +3,21 @@
 //! it into target/s3-venv, or set MOTO_SERVER).
 #![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
 use aws_sdk_s3::primitives::ByteStream;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mcp_v8_plugin_api::{HeapStore, Precondition};
 use mcp_v8_s3_storage::{AccessKeys, Config, Credentials, S3Store};
 
-struct Moto(std::process::Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_moto() -> (Moto, String) {
-    let server = std::env::var_os("MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/s3-venv/bin/moto_server")
-        });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let mut child = Command::new(&server)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e} (run ./test.sh first)", server.display()));
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        if line.expect("moto output").contains("Running on") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    (Moto(child), format!("http://127.0.0.1:{port}"))
-}
+#[path = "../tests/support/moto.rs"]
+mod moto;
+use moto::Moto;
 
 fn s3(c: &mut Criterion) {
-    let (_moto, endpoint) = start_moto();
+    let moto = Moto::start();
+    let endpoint = moto.endpoint.clone();
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
-    let client = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .credentials_provider(aws_credential_types::Credentials::new(
-                "b", "b", None, None, "bench",
-            ))
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .force_path_style(true)
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
-            .build(),
-    );
-    runtime
-        .block_on(client.create_bucket().bucket("bench").send())
-        .expect("create the bucket");
+    let client = moto.client();
+    moto.create_bucket(&runtime, "bench");
     let config: Config = serde_json::from_value(serde_json::json!({
         "bucket": "bench", "endpoint_url": endpoint, "prefix": "plugin/",
     }))
