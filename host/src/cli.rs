@@ -43,6 +43,9 @@ pub struct Cli {
     pub limits: LimitsArgs,
     #[allow(missing_docs)]
     #[command(flatten)]
+    pub tools: ToolsArgs,
+    #[allow(missing_docs)]
+    #[command(flatten)]
     pub transport: TransportArgs,
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -261,6 +264,87 @@ pub struct LimitsArgs {
     #[arg(long, env = "MCP_V8_WARM_HEAPS_MAX_BYTES", value_name = "SIZE",
           default_value = "256MiB", value_parser = parse_size)]
     pub warm_heaps_max_bytes: u64,
+}
+
+/// Code mode: other MCP servers whose tools code calls as `tools.server.tool(args)`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Tools (code mode)")]
+pub struct ToolsArgs {
+    /// MCP servers whose tools code may call, in the `mcpServers` JSON format of Claude
+    /// Desktop, Cursor and Claude Code (stdio and HTTP entries; `${VAR}` is read from this
+    /// process's environment) [default: `mcp_config` in plugins.toml, else none].
+    #[arg(long, env = "MCP_V8_MCP_CONFIG", value_name = "PATH")]
+    pub mcp_config: Option<PathBuf>,
+
+    /// Tools code may call, as `server.tool` patterns (`*` matches anything), comma-separated.
+    #[arg(
+        long,
+        env = "MCP_V8_ALLOW_TOOLS",
+        value_name = "PATTERNS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allow_tools: Vec<String>,
+
+    /// Tools code may not call even if allowed, as `server.tool` patterns, comma-separated.
+    #[arg(
+        long,
+        env = "MCP_V8_DENY_TOOLS",
+        value_name = "PATTERNS",
+        value_delimiter = ','
+    )]
+    pub deny_tools: Vec<String>,
+
+    /// Tools that say they may destroy data (`destructiveHint`) that code may call anyway, as
+    /// `server.tool` patterns; such tools are refused otherwise.
+    #[arg(
+        long,
+        env = "MCP_V8_ALLOW_DESTRUCTIVE_TOOLS",
+        value_name = "PATTERNS",
+        value_delimiter = ','
+    )]
+    pub allow_destructive_tools: Vec<String>,
+
+    /// Most tool calls one run may make.
+    #[arg(
+        long,
+        env = "MCP_V8_TOOL_CALLS_PER_RUN",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    pub tool_calls_per_run: usize,
+
+    /// Most tool calls of one run in flight at once; the others wait their turn.
+    #[arg(long, env = "MCP_V8_TOOL_CONCURRENCY", value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub tool_concurrency: u16,
+
+    /// Longest one tool call may take, in seconds (the run's own time limit still holds).
+    #[arg(long, env = "MCP_V8_TOOL_TIMEOUT_SECS", value_name = "SECS", default_value_t = 30.0,
+          value_parser = parse_seconds)]
+    pub tool_timeout_secs: f64,
+
+    /// Largest result of one tool call (as JSON), e.g. `4MiB`; a larger one fails the call
+    /// with a ToolError.
+    #[arg(long, env = "MCP_V8_TOOL_RESULT_BYTES", value_name = "SIZE", default_value = "4MiB",
+          value_parser = parse_size)]
+    pub tool_result_bytes: u64,
+}
+
+impl ToolsArgs {
+    /// The tool policy these flags set.
+    pub fn policy(&self) -> Result<crate::upstream::ToolPolicy, StartError> {
+        use crate::upstream::policy::globs;
+        Ok(crate::upstream::ToolPolicy {
+            allow: globs(&self.allow_tools).map_err(StartError::Config)?,
+            deny: globs(&self.deny_tools).map_err(StartError::Config)?,
+            allow_destructive: globs(&self.allow_destructive_tools).map_err(StartError::Config)?,
+            calls_per_run: self.tool_calls_per_run,
+            concurrent_calls: usize::from(self.tool_concurrency),
+            call_timeout: Duration::from_secs_f64(self.tool_timeout_secs),
+            result_bytes: usize::try_from(self.tool_result_bytes).unwrap_or(usize::MAX),
+        })
+    }
 }
 
 /// How clients reach the server: stdio, or the HTTP transports and their access rules.

@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! storage = "file"                    # "memory" or the name of a plugin below
+//! mcp_config = "mcp.json"             # optional: upstream MCP servers for code mode
 //! [plugins.file]
 //! path = "target/release/libmcp_v8_file_storage.so"   # relative to this file's folder
 //! [plugins.file.config]               # handed to the plugin as-is (as JSON)
@@ -26,6 +27,9 @@ pub struct Config {
     pub storage: String,
     /// Plugins by name.
     pub plugins: BTreeMap<String, PluginEntry>,
+    /// The upstream MCP servers for code mode (an `mcpServers` JSON file), resolved against
+    /// the configuration file's folder.
+    pub mcp_config: Option<PathBuf>,
 }
 
 /// One `[plugins.<name>]` table.
@@ -43,6 +47,8 @@ struct RawConfig {
     storage: String,
     #[serde(default)]
     plugins: BTreeMap<String, RawPlugin>,
+    #[serde(default)]
+    mcp_config: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +103,7 @@ impl Config {
             source: source.to_path_buf(),
             storage: raw.storage,
             plugins,
+            mcp_config: raw.mcp_config.map(|path| base.join(path)),
         })
     }
 
@@ -152,6 +159,12 @@ mod tests {
         let absolute = parse("storage = \"x\"\n[plugins.x]\npath = \"/opt/x.so\"\n").unwrap();
         assert_eq!(absolute.plugins["x"].path, Path::new("/opt/x.so"));
         assert_eq!(absolute.plugins["x"].config, serde_json::json!({}));
+        assert_eq!(absolute.mcp_config, None);
+        let tools = parse("storage = \"memory\"\nmcp_config = \"mcp.json\"\n").unwrap();
+        assert_eq!(
+            tools.mcp_config.as_deref(),
+            Some(Path::new("/etc/mcp-v8/mcp.json"))
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! Lineage, through and chain say where the snapshot stands in its heap's journal
 //! ([`Position`]); format 9 added them, and older heaps read as standing before any record.
-//! Format 10 added a native function (`WeakRef.prototype.deref`, see [`crate::engine`]).
+//! Format 10 added a native function (`WeakRef.prototype.deref`, see [`crate::engine`]);
+//! format 11 another (the host call behind `tools`).
 //!
 //! The payload is the V8 snapshot as the codec stored it: as it is (`0`) or compressed with
 //! zstd (`1`). The checksum covers the header and the snapshot V8 will read (after
@@ -40,7 +41,7 @@ pub const MAGIC: &[u8; 8] = b"MCPV8HP\0";
 /// The envelope format. Bump it whenever a snapshot made by an older build could not be
 /// restored by a newer one with the same V8 (e.g. when the set of native functions
 /// registered as external references changes).
-pub const FORMAT_VERSION: u16 = 10;
+pub const FORMAT_VERSION: u16 = 11;
 
 /// Flag bit: the snapshot carries its own read-only heap.
 const FLAG_OWN_READ_ONLY: u8 = 1;

@@ -4,9 +4,15 @@
 use std::path::PathBuf;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
 use tokio::sync::oneshot;
 
-use crate::engine::{self, live, HeapIsolate, Limits, Outcome, PlainIsolate, RunError};
+use crate::engine::{
+    self, live, HeapIsolate, HostLink, Limits, Outcome, Outside, PlainIsolate, RunError, Waited,
+};
+use crate::host_call::{HostCall, HostCalls, HostError, HostReply};
 use crate::job::{
     HeapRan, Job, LiveBatches, NewState, NotWarm, Ran, Rerun, Saved, Saving, Start, Target, WarmRef,
 };
@@ -117,17 +123,85 @@ enum Isolates<'a> {
     Alone(RwLockWriteGuard<'a, ()>),
 }
 
-/// Calls `run` with a live sender whose batches go to `listener`, if there is one; they all
-/// precede the answer.
-fn with_live<T>(listener: Option<LiveBatches>, run: impl FnOnce(Option<live::Sender>) -> T) -> T {
+/// Calls `run` with what the job's code reaches outside: a live sender whose batches go to
+/// `listener`, if there is one (they all precede the answer), and a link to `host`.
+fn with_outside<T>(
+    listener: Option<LiveBatches>,
+    host: Option<Arc<dyn HostCalls>>,
+    run: impl FnOnce(Outside) -> T,
+) -> T {
+    let link = host.map(|host| Box::new(InProcessLink::new(host)) as Box<dyn HostLink>);
     match listener {
         Some(listener) => live::relayed(
             move |batch| {
                 let _ = listener.send(batch);
             },
-            run,
+            |live| run(Outside { live, host: link }),
         ),
-        None => run(None),
+        None => run(Outside {
+            live: None,
+            host: link,
+        }),
+    }
+}
+
+/// The way to the host of a job run in this process: each call is a task on the runtime,
+/// whose reply comes back over a channel. The calls still going when the run ends are
+/// dropped with it.
+struct InProcessLink {
+    host: Arc<dyn HostCalls>,
+    runtime: Option<tokio::runtime::Handle>,
+    send: mpsc::Sender<(u32, HostReply)>,
+    replies: mpsc::Receiver<(u32, HostReply)>,
+    calls: Vec<tokio::task::AbortHandle>,
+}
+
+impl InProcessLink {
+    fn new(host: Arc<dyn HostCalls>) -> Self {
+        let (send, replies) = mpsc::channel();
+        Self {
+            host,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            send,
+            replies,
+            calls: Vec::new(),
+        }
+    }
+}
+
+impl HostLink for InProcessLink {
+    fn start(&mut self, id: u32, call: &HostCall) -> Result<(), HostError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(HostError::new(
+                crate::host_call::HostErrorKind::Unavailable,
+                "no async runtime to make host calls on",
+            ));
+        };
+        let reply = self.host.call(call.clone());
+        let send = self.send.clone();
+        let task = runtime.spawn(async move {
+            let _ = send.send((id, reply.await));
+        });
+        self.calls.push(task.abort_handle());
+        Ok(())
+    }
+
+    fn wait(&mut self, wait: Duration) -> Waited {
+        match self.replies.recv_timeout(wait) {
+            Ok((id, reply)) => Waited::Reply(id, reply),
+            Err(mpsc::RecvTimeoutError::Timeout) => Waited::Nothing,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Waited::Lost("the replies' channel closed".into())
+            }
+        }
+    }
+}
+
+impl Drop for InProcessLink {
+    fn drop(&mut self) {
+        for call in &self.calls {
+            call.abort();
+        }
     }
 }
 
@@ -164,8 +238,8 @@ async fn run_in_process(job: Job) -> Ran {
         let Some(snapshot) = snapshot else {
             match PlainIsolate::new(&job.limits) {
                 Ok(fresh) => {
-                    let run = |live| fresh.run(&code, &job.limits, live);
-                    let (run, used) = with_live(job.live.clone(), run);
+                    let run = |outside| fresh.run(&code, &job.limits, outside);
+                    let (run, used) = with_outside(job.live.clone(), job.host.clone(), run);
                     let _ = answer.send(run);
                     // Disposed of after the answer.
                     drop(used);
@@ -180,8 +254,8 @@ async fn run_in_process(job: Job) -> Ran {
             Ok(warm) => warm,
             Err(e) => return drop(answer.send(Outcome::failed(e))),
         };
-        let run = with_live(job.live.clone(), |live| {
-            warm.run_after(&code, &job.limits, live, last_error)
+        let run = with_outside(job.live.clone(), job.host.clone(), |outside| {
+            warm.run_after(&code, &job.limits, outside, last_error)
         });
         let (outcome, left) = engine::answer_first(run);
         // The answer goes first; the snapshot follows.

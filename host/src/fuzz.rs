@@ -40,7 +40,9 @@ pub fn memory_dump(data: &[u8]) {
 
 /// A worker's or the host's frames, and the sections inside them.
 pub fn worker_frames(data: &[u8]) {
-    use crate::worker::protocol::{decode_console, decode_records, read_frame, Answer, Request};
+    use crate::worker::protocol::{
+        decode_console, decode_records, host_call_of, read_frame, Answer, Delivery, Request,
+    };
     let mut input = data;
     while let Ok(Some((_, sections))) =
         futures::executor::block_on(read_frame::<Request>(&mut input))
@@ -51,7 +53,15 @@ pub fn worker_frames(data: &[u8]) {
         }
     }
     let mut input = data;
-    while let Ok(Some(_)) = futures::executor::block_on(read_frame::<Answer>(&mut input)) {}
+    while let Ok(Some((answer, sections))) =
+        futures::executor::block_on(read_frame::<Answer>(&mut input))
+    {
+        if let Answer::HostCall { ask, .. } = answer {
+            let _ = host_call_of(ask, sections.into_iter().next());
+        }
+    }
+    let mut input = data;
+    while let Ok(Some(_)) = futures::executor::block_on(read_frame::<Delivery>(&mut input)) {}
 }
 
 /// What a client writes on stdin, at a line limit small enough to be crossed.

@@ -25,6 +25,8 @@ pub struct Job {
     pub limits: Limits,
     /// Where console lines and progress go while the code runs, if anyone listens.
     pub live: Option<LiveBatches>,
+    /// Who answers the code's host calls (`tools`); without it they fail.
+    pub host: Option<std::sync::Arc<dyn crate::host_call::HostCalls>>,
 }
 
 /// The receiving end of a job's live reports ([`crate::engine::live`]).

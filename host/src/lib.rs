@@ -7,6 +7,8 @@
 //! * [`envelope`] wraps and verifies stored snapshots;
 //! * [`storage`] is where heaps live (built-in memory store, plugins);
 //! * [`runtime`] ties them together for one call;
+//! * [`host_call`] is what code asks of the host while it runs, and [`upstream`] answers it
+//!   with the tools of other MCP servers (code mode);
 //! * [`server`] exposes the runtime as MCP tools and resources, [`transport`] serves it;
 //! * [`cli`] parses the command line, [`config`] reads `plugins.toml`.
 
@@ -18,6 +20,7 @@ pub mod executor;
 pub mod frontend;
 #[cfg(fuzzing)]
 pub mod fuzz;
+pub mod host_call;
 pub mod in_flight;
 pub mod job;
 pub mod metrics;
@@ -30,4 +33,5 @@ pub mod server;
 pub mod start;
 pub mod storage;
 pub mod transport;
+pub mod upstream;
 pub mod worker;

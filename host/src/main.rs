@@ -13,6 +13,7 @@ use mcp_v8::server::McpServer;
 use mcp_v8::start::StartError;
 use mcp_v8::storage;
 use mcp_v8::transport;
+use mcp_v8::upstream::{self, Upstreams};
 use mcp_v8::worker;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -96,17 +97,31 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> Result<(), StartError> {
-    let storage::registry::Opened { storage, dump } = storage::registry::open(
-        &cli.store.choice()?,
-        cli.store.timeout(),
-        &cli.memory_store.settings(),
-    )?;
+    let choice = cli.store.choice()?;
+    let mcp_config = match (&cli.tools.mcp_config, &choice) {
+        (Some(path), _) => Some(path.clone()),
+        (None, storage::StorageChoice::Configured(config)) => config.mcp_config.clone(),
+        (None, _) => None,
+    };
+    let upstreams = match mcp_config {
+        Some(path) => {
+            let servers = upstream::config::load(&path).map_err(StartError::Config)?;
+            Some(Arc::new(Upstreams::new(servers, cli.tools.policy()?)))
+        }
+        None => None,
+    };
+    let storage::registry::Opened { storage, dump } =
+        storage::registry::open(&choice, cli.store.timeout(), &cli.memory_store.settings())?;
     let limits = cli.limits.limits();
     let program = std::env::current_exe().map_err(StartError::Executable)?;
     let workers = cli.limits.workers();
     let executor = Executor::workers(program, workers, cli.limits.worker_settings());
     let policy = cli.durability.policy(cli.store.compression);
-    let runtime = Arc::new(Runtime::with_policy(storage, executor, limits, policy));
+    let mut runtime = Runtime::with_policy(storage, executor, limits, policy);
+    if let Some(upstreams) = &upstreams {
+        runtime = runtime.with_tools(Arc::clone(upstreams));
+    }
+    let runtime = Arc::new(runtime);
     // Listening for SIGINT/SIGTERM before the first worker starts: a stop asked for while the
     // server starts is not lost (a shell's background job even inherits them ignored).
     let shutdown = CancellationToken::new();
@@ -130,6 +145,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         timeout_secs = limits.timeout.as_secs_f64(),
         heap_mb = limits.heap_bytes >> 20,
         answer_tokens = cli.limits.max_output_tokens,
+        upstream_servers = upstreams.as_ref().map_or(0, |u| u.names().count()),
         v8 = engine::v8_version(),
         "mcp-v8 starting"
     );
@@ -171,6 +187,9 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                 )));
             }
         }
+    }
+    if let Some(upstreams) = &upstreams {
+        upstreams.shutdown().await;
     }
     if !flushed {
         return Err(StartError::Unflushed);

@@ -361,6 +361,70 @@ impl CallMetrics {
     }
 }
 
+/// What the host counts about calls to upstream tools from code: calls by server, tool and
+/// outcome (`ok` or a failure's kind), and their latency by server.
+#[derive(Debug, Default)]
+pub struct ToolMetrics {
+    calls: std::sync::Mutex<std::collections::BTreeMap<(String, String, &'static str), u64>>,
+    latency: std::sync::Mutex<std::collections::BTreeMap<String, Histogram>>,
+}
+
+impl ToolMetrics {
+    /// Records one call.
+    pub fn record(&self, server: &str, tool: &str, outcome: &'static str, took: Duration) {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((server.to_string(), tool.to_string(), outcome))
+            .or_default() += 1;
+        self.latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(server.to_string())
+            .or_default()
+            .record(took);
+    }
+
+    /// The Prometheus text of what was counted.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let name = "mcp_v8_tool_calls_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Calls to upstream tools from code, by server, tool and outcome."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let calls = self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for ((server, tool, outcome), n) in calls {
+            let _ = writeln!(
+                out,
+                "{name}{{server=\"{}\",tool=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(&server),
+                escape(&tool)
+            );
+        }
+        let name = "mcp_v8_tool_call_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Latency of calls to upstream tools, by server."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let latency = self
+            .latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (server, histogram) in latency.iter() {
+            histogram.render(&mut out, name, &format!("server=\"{}\"", escape(server)));
+        }
+        out
+    }
+}
+
 /// The Prometheus text exposition (format 0.0.4) of everything counted.
 pub fn render(stats: &StorageStats, store: &StoreMetrics, calls: &CallMetrics) -> String {
     let mut out = String::new();

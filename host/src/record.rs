@@ -176,6 +176,7 @@ mod tests {
                     clock_us: vec![3, 4],
                     replay: Replay::Exact,
                     last_error: Some(crate::engine::JsException::new("TypeError", "no")),
+                    replies: Vec::new(),
                 },
                 fingerprint: 5,
             },

@@ -40,6 +40,7 @@ fn job_keeping(code: &str, start: Start, keep: Keep) -> Job {
         },
         limits: Limits::default(),
         live: None,
+        host: None,
     }
 }
 
@@ -153,6 +154,7 @@ async fn a_forgotten_heap_is_dropped_with_the_workers_next_job() {
         target: Target::Stateless,
         limits: Limits::default(),
         live: None,
+        host: None,
     };
     let (outcome, _) = executor.run(stateless).await.unwrap();
     assert_eq!(outcome.result.unwrap().output, "1");

@@ -35,6 +35,9 @@ impl NodeTools {
             ".bin/conformance",
             ".bin/mcp-inspector",
             "conformance-2026-07-28/dist/index.js",
+            "@modelcontextprotocol/server-everything/dist/index.js",
+            "@modelcontextprotocol/server-memory/dist/index.js",
+            "@modelcontextprotocol/sdk/dist/cjs/server/mcp.js",
         ];
         if tools.node().exists() && installed.iter().all(|p| tools.modules.join(p).exists()) {
             Some(tools)
@@ -79,6 +82,55 @@ impl NodeTools {
     /// The conformance suite's alpha that checks protocol 2026-07-28's requirements.
     pub fn conformance_2026_07_28(&self) -> tokio::process::Command {
         self.command(&self.modules.join("conformance-2026-07-28/dist/index.js"))
+    }
+
+    /// The folder of the installed packages.
+    pub fn modules(&self) -> &Path {
+        &self.modules
+    }
+
+    /// An `mcpServers` entry that starts `script` (with `args`) on Node 22, with `env`, as an
+    /// upstream server for code mode.
+    pub fn upstream(
+        &self,
+        script: &Path,
+        args: &[&str],
+        env: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut env = env;
+        env["NODE_PATH"] = self.modules.display().to_string().into();
+        let mut argv = vec![serde_json::Value::from(script.display().to_string())];
+        argv.extend(args.iter().map(|a| serde_json::Value::from(*a)));
+        serde_json::json!({ "command": self.node().display().to_string(), "args": argv, "env": env })
+    }
+
+    /// `@modelcontextprotocol/server-everything` on stdio, as an upstream server.
+    pub fn server_everything(&self) -> serde_json::Value {
+        let script = self
+            .modules
+            .join("@modelcontextprotocol/server-everything/dist/index.js");
+        self.upstream(&script, &["stdio"], serde_json::json!({}))
+    }
+
+    /// `@modelcontextprotocol/server-memory` (a knowledge graph kept in `file`), as an
+    /// upstream server.
+    pub fn server_memory(&self, file: &Path) -> serde_json::Value {
+        let script = self
+            .modules
+            .join("@modelcontextprotocol/server-memory/dist/index.js");
+        let env = serde_json::json!({ "MEMORY_FILE_PATH": file.display().to_string() });
+        self.upstream(&script, &[], env)
+    }
+
+    /// `tests/npm/unruly-server.cjs`, a server that misbehaves on request, logging to `log` and
+    /// counting its `count` calls in `count`.
+    pub fn unruly(&self, log: &Path, count: &Path) -> serde_json::Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("npm/unruly-server.cjs");
+        let env = serde_json::json!({
+            "UNRULY_LOG": log.display().to_string(),
+            "UNRULY_COUNT": count.display().to_string(),
+        });
+        self.upstream(&script, &[], env)
     }
 
     /// The MCP Inspector's command line: `mcp-inspector --cli`.

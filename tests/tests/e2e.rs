@@ -3,6 +3,7 @@
 //! MODULE::` runs one subject.
 
 mod browser;
+mod code_mode;
 mod compression;
 mod conformance;
 mod contract;

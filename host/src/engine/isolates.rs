@@ -11,17 +11,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::globals::{self, RunState};
-use super::live;
-use super::tape::{Deck, Replay, Tape};
+use super::tape::{Deck, Tape};
 use super::{
     create_params, evaluate, finish, init, last, watch, Completion, JsException, LastResult,
-    Limits, Outcome, RunError, Terminator,
+    Limits, Outcome, Outside, RunError, Terminator,
 };
 use crate::frontend::Prepared;
-
-/// Why a call that took more than half its time limit is stored as its state.
-const NEAR_TIME_LIMIT: &str =
-    "it ran for more than half its time limit, which a replay might not fit";
 
 /// A plain isolate and context with the engine's globals, for one stateless run.
 #[derive(Debug)]
@@ -53,14 +48,15 @@ impl PlainIsolate {
         self.0.heap_bytes
     }
 
-    /// Runs `code`, telling `live` what happens as it happens; the isolate is used up.
+    /// Runs `code` with `outside` to report to and make host calls through; the isolate is used
+    /// up.
     pub fn run(
         mut self,
         code: &Prepared,
         limits: &Limits,
-        live: Option<live::Sender>,
+        outside: Outside,
     ) -> (Outcome<Completion>, SpentIsolate) {
-        let run = self.0.run(code, limits, live, Deck::record());
+        let run = self.0.run(code, limits, outside, Deck::record());
         (run, SpentIsolate(self.0))
     }
 }
@@ -93,16 +89,17 @@ impl HeapIsolate {
         })
     }
 
-    /// Runs `code` on the heap, telling `live` what happens as it happens. A success leaves
-    /// the new state to save; a failure leaves the heap as it was and an isolate to drop.
+    /// Runs `code` on the heap with `outside` to report to and make host calls through. A
+    /// success leaves the new state to save; a failure leaves the heap as it was and an
+    /// isolate to drop.
     #[allow(clippy::result_large_err)] // the error carries the isolate, moved once per run
     pub fn run(
         self,
         code: &Prepared,
         limits: &Limits,
-        live: Option<live::Sender>,
+        outside: Outside,
     ) -> Outcome<(Completion, UnsavedIsolate), (RunError, SpentIsolate)> {
-        self.run_after(code, limits, live, None)
+        self.run_after(code, limits, outside, None)
     }
 
     /// [`HeapIsolate::run`] after a call that failed with `last_error`: the code finds it as
@@ -112,10 +109,10 @@ impl HeapIsolate {
         self,
         code: &Prepared,
         limits: &Limits,
-        live: Option<live::Sender>,
+        outside: Outside,
         last_error: Option<JsException>,
     ) -> Outcome<(Completion, UnsavedIsolate), (RunError, SpentIsolate)> {
-        self.run_from(code, limits, live, Deck::record_after(last_error))
+        self.run_from(code, limits, outside, Deck::record_after(last_error))
     }
 
     /// Runs `code` again as a call that recorded `tape` ran it: the same clock readings and
@@ -128,7 +125,7 @@ impl HeapIsolate {
         limits: &Limits,
         tape: Tape,
     ) -> Outcome<(Completion, UnsavedIsolate), (RunError, SpentIsolate)> {
-        self.run_from(code, limits, None, Deck::play(tape))
+        self.run_from(code, limits, Outside::none(), Deck::play(tape))
     }
 
     #[allow(clippy::result_large_err)] // as `run`
@@ -136,10 +133,10 @@ impl HeapIsolate {
         mut self,
         code: &Prepared,
         limits: &Limits,
-        live: Option<live::Sender>,
+        outside: Outside,
         deck: Deck,
     ) -> Outcome<(Completion, UnsavedIsolate), (RunError, SpentIsolate)> {
-        let run = self.0.run(code, limits, live, deck);
+        let run = self.0.run(code, limits, outside, deck);
         let session = self.0;
         run.map_result(|result| match result {
             Ok(completion) => Ok((completion, UnsavedIsolate(session))),
@@ -290,7 +287,7 @@ impl Parked {
         &mut self,
         code: &Prepared,
         limits: &Limits,
-        live: Option<live::Sender>,
+        outside: Outside,
         deck: Deck,
     ) -> Outcome<Completion> {
         let terminator = Arc::clone(&self.terminator);
@@ -298,19 +295,23 @@ impl Parked {
         let Some(context) = self.context.clone() else {
             return Outcome::failed(RunError::Crashed("the isolate has no context".into()));
         };
-        let (recording, started) = (deck.is_recording(), std::time::Instant::now());
+        let started = std::time::Instant::now();
+        // Only a live run is checked for time a replay might not have.
+        let timed = deck.is_recording().then_some(started);
         let last_error = match kind {
             Kind::Creator => deck.last_error().cloned(),
             Kind::Plain => None,
         };
-        let mut run = self.with(|isolate| {
-            isolate.set_slot(RunState::new(limits.console_bytes, live, deck));
+        self.with(|isolate| {
+            let deadline = started + limits.timeout;
+            isolate.set_slot(RunState::new(limits.console_bytes, outside, deck, deadline));
             let result = {
                 let _watchdog = watch(&terminator, limits.timeout);
                 let scope = &mut v8::HandleScope::new(&mut **isolate);
                 let context = v8::Local::new(scope, &context);
                 let scope = &mut v8::ContextScope::new(scope, context);
                 globals::install_mcp(scope);
+                globals::install_tools(scope);
                 if let Some(error) = &last_error {
                     last::keep_error(scope, error);
                 }
@@ -347,16 +348,8 @@ impl Parked {
                 result
             };
             // Console and timers go now: their handles must not outlive the isolate.
-            finish(isolate, result, limits)
-        });
-        // A replay (under the server's limit, on another machine perhaps) might not fit.
-        if let Ok(completion) = &mut run.result {
-            let tape = &mut completion.tape;
-            if recording && tape.replay == Replay::Exact && started.elapsed() > limits.timeout / 2 {
-                tape.replay = Replay::Impossible(NEAR_TIME_LIMIT.into());
-            }
-        }
-        run
+            finish(isolate, result, limits, timed)
+        })
     }
 }
 

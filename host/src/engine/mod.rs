@@ -36,9 +36,63 @@ use render::{clip, describe_thrown, render, Unrendered};
 pub use trace::{Frame, Origin};
 
 pub use isolates::{answer_first, HeapIsolate, PlainIsolate, SpentIsolate, UnsavedIsolate};
-pub use tape::{Replay, Tape, MAX_CLOCK_READINGS};
+pub use tape::{Replay, Tape, TapedReply, MAX_CLOCK_READINGS, MAX_TAPED_REPLY_BYTES};
 
 use crate::frontend::{self, Goal, Prepared};
+use crate::host_call::{HostCall, HostError, HostReply};
+
+/// What a run can reach outside its isolate while it runs: a listener for its console and
+/// progress, and the host, which answers the code's host calls (`tools`).
+#[derive(Default)]
+pub struct Outside {
+    /// Hears console lines and progress as they happen.
+    pub live: Option<live::Sender>,
+    /// Starts host calls and brings their replies.
+    pub host: Option<Box<dyn HostLink>>,
+}
+
+impl Outside {
+    /// Nothing: no listener, and host calls fail (no MCP servers are configured).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Only a listener, if any.
+    pub fn live(live: Option<live::Sender>) -> Self {
+        Self { live, host: None }
+    }
+}
+
+impl std::fmt::Debug for Outside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outside")
+            .field("live", &self.live.is_some())
+            .field("host", &self.host.is_some())
+            .finish()
+    }
+}
+
+/// The engine's side of the way to the host, for host calls ([`crate::host_call`]): it
+/// starts calls as the code makes them and, when the code has nothing else to do, waits for
+/// their replies. Blocking, as the engine is.
+pub trait HostLink {
+    /// Starts call `id` (numbered from 1 in the run); its reply comes through
+    /// [`HostLink::wait`]. An error settles the call at once.
+    fn start(&mut self, id: u32, call: &HostCall) -> Result<(), HostError>;
+    /// Waits up to `wait` for the reply to one of the calls started.
+    fn wait(&mut self, wait: Duration) -> Waited;
+}
+
+/// What a wait for a host reply brought.
+#[derive(Debug)]
+pub enum Waited {
+    /// The reply to call `.0`.
+    Reply(u32, HostReply),
+    /// No reply in the time.
+    Nothing,
+    /// The way to the host is gone.
+    Lost(String),
+}
 
 /// How a run may behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,7 +423,7 @@ pub fn run_stateless(code: &str, limits: Limits) -> Outcome<Completion> {
         Err(e) => return Outcome::failed(e),
     };
     match PlainIsolate::new(&limits) {
-        Ok(fresh) => fresh.run(&code, &limits, None).0,
+        Ok(fresh) => fresh.run(&code, &limits, Outside::none()).0,
         Err(e) => Outcome::failed(e),
     }
 }
@@ -390,30 +444,48 @@ pub fn run_stateful(
         Ok(warm) => warm,
         Err(e) => return Outcome::failed(e),
     };
-    warm.run(&code, &limits, None)
+    warm.run(&code, &limits, Outside::none())
         .map_result(|result| match result {
             Ok((completion, unsaved)) => Ok((completion, unsaved.save()?)),
             Err((e, _used)) => Err(e),
         })
 }
 
-/// Pairs the console of the run in `isolate` with `result`, and ends the run's state.
+/// Why a call that took more than half its time limit is stored as its state.
+const NEAR_TIME_LIMIT: &str =
+    "it ran for more than half its time limit, which a replay might not fit";
+
+/// Pairs the console of the run in `isolate` with `result`, and ends the run's state; a live
+/// run that started at `started` and took too long for a replay is marked so.
 fn finish(
     isolate: &mut v8::Isolate,
     result: Result<Rendered, RunError>,
     limits: &Limits,
+    started: Option<std::time::Instant>,
 ) -> Outcome<Completion> {
-    let (console, pending_timers, tape) = match isolate.remove_slot::<RunState>() {
+    let globals::Left {
+        console,
+        pending_timers,
+        mut tape,
+        waited,
+    } = match isolate.remove_slot::<RunState>() {
         Some(state) => state.finish(),
-        None => (
-            Console::default(),
-            0,
-            Tape {
+        None => globals::Left {
+            console: Console::default(),
+            pending_timers: 0,
+            tape: Tape {
                 replay: Replay::Impossible("the run kept no record of its inputs".into()),
                 ..Tape::starting_now()
             },
-        ),
+            waited: Duration::ZERO,
+        },
     };
+    // A replay (under the server's limit, on another machine perhaps) might not fit; it
+    // waits for no host replies, so that time does not count.
+    let ran = started.map(|started| started.elapsed().saturating_sub(waited));
+    if tape.replay == Replay::Exact && ran.is_some_and(|ran| ran > limits.timeout / 2) {
+        tape.replay = Replay::Impossible(NEAR_TIME_LIMIT.into());
+    }
     Outcome {
         result: result.map(|rendered| {
             let Rendered {
@@ -510,12 +582,23 @@ fn evaluate(
             }
             v8::PromiseState::Pending => {}
         }
-        let Some((callback, args)) = globals::next_timer(tc) else {
-            return Err(RunError::Unsettled);
-        };
-        let undefined = v8::undefined(tc).into();
-        if callback.call(tc, undefined, &args).is_none() {
-            return Err(failure(tc, terminator, limits, call));
+        match globals::next_event(tc) {
+            globals::Next::Timer(callback, args) => {
+                let undefined = v8::undefined(tc).into();
+                if callback.call(tc, undefined, &args).is_none() {
+                    return Err(failure(tc, terminator, limits, call));
+                }
+            }
+            globals::Next::Settled => {}
+            globals::Next::Idle => return Err(RunError::Unsettled),
+            globals::Next::TimedOut => {
+                return Err(terminator
+                    .error(limits)
+                    .unwrap_or(RunError::Timeout(limits.timeout)))
+            }
+            globals::Next::Lost(why) => {
+                return Err(RunError::Crashed(format!("the host went away: {why}")))
+            }
         }
     }
 }

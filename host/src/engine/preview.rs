@@ -684,7 +684,7 @@ mod tests {
     use bytes::Bytes;
     use serde_json::Value;
 
-    use super::super::{run_stateful, run_stateless, Completion, Limits};
+    use super::super::{run_stateful, run_stateless, Completion, Limits, Outside};
     use super::*;
 
     fn limits(answer_bytes: usize) -> Limits {
@@ -884,7 +884,8 @@ mod tests {
             read_code("n++; [_error.name, _error.message, _error instanceof Error]").unwrap();
         let limits = limits(60_000);
         let warm = HeapIsolate::new(Some(heap.clone()), &limits).unwrap();
-        let (run, _) = answer_first(warm.run_after(&code, &limits, None, Some(error.clone())));
+        let (run, _) =
+            answer_first(warm.run_after(&code, &limits, Outside::none(), Some(error.clone())));
         let completion = run.result.unwrap();
         assert_eq!(
             completion.output,

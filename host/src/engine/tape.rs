@@ -1,24 +1,32 @@
 //! What a call reads from outside its heap, so that running the call again on the same state
 //! (a replay of its journal record) reproduces it exactly.
 //!
-//! The sandbox has no I/O; its only inputs besides the code are the seed of `Math.random` and
-//! the call's clock (`Date.now()`, `new Date()`, `performance.now()`): the wall clock when the
-//! call started plus real time since, plus the time timers skipped. A live run records each
-//! real-time reading on its [`Tape`]; a replay plays them back in order instead of reading the
-//! real clock, and `Math.random` draws from the same seed, so the replay computes what the call
-//! computed. Time zone and locale are fixed for every host (see [`super::init`]).
+//! The sandbox's inputs besides the code are the seed of `Math.random`, the call's clock
+//! (`Date.now()`, `new Date()`, `performance.now()`: the wall clock when the call started plus
+//! real time since, plus the time timers skipped) and the host's replies to its host calls
+//! (`tools`, [`crate::host_call`]). A live run records each real-time reading and each reply,
+//! with the point of the run where it came in, on its [`Tape`]; a replay plays them back in
+//! order instead of reading the real clock or asking the host, and `Math.random` draws from
+//! the same seed, so the replay computes what the call computed. Time zone and locale are
+//! fixed for every host (see [`super::init`]).
 //!
 //! A run that reads its clock more than [`MAX_CLOCK_READINGS`] times (a busy-wait, say) keeps
 //! only that many, and one that reads a `WeakRef` (`deref`: whether its target is still there
 //! is the garbage collector's choice) depends on what no tape holds: its tape says
 //! [`Replay::Impossible`], and the runtime stores such a call's state instead of its record.
+//! So does a run whose host replies take more than [`MAX_TAPED_REPLY_BYTES`]: a journal
+//! record stays small.
 
 use serde::{Deserialize, Serialize};
 
 use super::JsException;
+use crate::host_call::HostReply;
 
 /// Most clock readings a tape keeps; a run that reads more cannot be replayed.
 pub const MAX_CLOCK_READINGS: usize = 4096;
+
+/// Most bytes of host replies a tape keeps; a run that gets more is stored as its state.
+pub const MAX_TAPED_REPLY_BYTES: usize = 1 << 20;
 
 /// The inputs one run read, as recorded (or played back).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +42,26 @@ pub struct Tape {
     /// The error of the heap's last failed call, which the run found as `_error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<JsException>,
+    /// The host's replies to the run's host calls, in the order they came in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replies: Vec<TapedReply>,
+}
+
+/// A host reply as a tape holds it: which call it answered, what that call asked, and the
+/// point of the run where it came in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapedReply {
+    /// The call's number in the run (calls are numbered from 1 as the code makes them).
+    pub call: u32,
+    /// [`crate::host_call::HostCall::fingerprint`] of what the call asked.
+    pub asked: u64,
+    /// How many timers had fired when it came in.
+    pub after_timers: u64,
+    /// It came at once, as the call was made (the call could not be started).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_call: bool,
+    /// The reply.
+    pub reply: HostReply,
 }
 
 /// Whether a replay of a run from its tape reproduces it.
@@ -57,6 +85,7 @@ impl Tape {
             clock_us: Vec::new(),
             replay: Replay::Exact,
             last_error: None,
+            replies: Vec::new(),
         }
     }
 }
@@ -68,8 +97,12 @@ pub(super) enum Deck {
         tape: Tape,
         started: std::time::Instant,
     },
-    /// A replay: readings come from the tape.
-    Playing { tape: Tape, next: usize },
+    /// A replay: readings and replies come from the tape.
+    Playing {
+        tape: Tape,
+        next: usize,
+        next_reply: usize,
+    },
 }
 
 impl Deck {
@@ -96,7 +129,11 @@ impl Deck {
 
     /// A deck playing `tape` back.
     pub(super) fn play(tape: Tape) -> Self {
-        Deck::Playing { tape, next: 0 }
+        Deck::Playing {
+            tape,
+            next: 0,
+            next_reply: 0,
+        }
     }
 
     fn tape(&self) -> &Tape {
@@ -148,7 +185,7 @@ impl Deck {
                 }
                 us
             }
-            Deck::Playing { tape, next } => match tape.clock_us.get(*next) {
+            Deck::Playing { tape, next, .. } => match tape.clock_us.get(*next) {
                 Some(us) => {
                     *next += 1;
                     *us
@@ -166,16 +203,74 @@ impl Deck {
         }
     }
 
-    /// The tape as the run left it. A replay that read fewer readings than recorded went
-    /// another way than the call.
+    /// Writes down a reply that came in for a live run.
+    pub(super) fn record_reply(&mut self, reply: TapedReply) {
+        if let Deck::Recording { tape, .. } = self {
+            let taped: usize = tape.replies.iter().map(|r| r.reply.size()).sum();
+            if taped + reply.reply.size() > MAX_TAPED_REPLY_BYTES && tape.replay == Replay::Exact {
+                tape.replay = Replay::Impossible(format!(
+                    "its tool replies took more than {} KiB",
+                    MAX_TAPED_REPLY_BYTES >> 10
+                ));
+            }
+            tape.replies.push(reply);
+        }
+    }
+
+    /// In a replay, the next taped reply if it came in after `fired` timers.
+    pub(super) fn next_reply(&mut self, fired: u64) -> Option<TapedReply> {
+        match self {
+            Deck::Playing {
+                tape, next_reply, ..
+            } => {
+                let reply = tape.replies.get(*next_reply)?;
+                if reply.after_timers != fired || reply.at_call {
+                    return None;
+                }
+                *next_reply += 1;
+                Some(reply.clone())
+            }
+            Deck::Recording { .. } => None,
+        }
+    }
+
+    /// In a replay, the taped reply to call `call` if it came at once, as the call was made.
+    pub(super) fn reply_at_call(&mut self, call: u32) -> Option<TapedReply> {
+        match self {
+            Deck::Playing {
+                tape, next_reply, ..
+            } => {
+                let reply = tape.replies.get(*next_reply)?;
+                if !reply.at_call || reply.call != call {
+                    return None;
+                }
+                *next_reply += 1;
+                Some(reply.clone())
+            }
+            Deck::Recording { .. } => None,
+        }
+    }
+
+    /// The tape as the run left it. A replay that read fewer readings or replies than
+    /// recorded went another way than the call.
     pub(super) fn finish(self) -> Tape {
         match self {
             Deck::Recording { tape, .. } => tape,
-            Deck::Playing { mut tape, next } => {
+            Deck::Playing {
+                mut tape,
+                next,
+                next_reply,
+            } => {
                 if next < tape.clock_us.len() && tape.replay == Replay::Exact {
                     tape.replay = Replay::Impossible(format!(
                         "the replay read the clock {next} times, the call {}",
                         tape.clock_us.len()
+                    ));
+                }
+                if next_reply < tape.replies.len() && tape.replay == Replay::Exact {
+                    tape.replay = Replay::Impossible(format!(
+                        "the replay took {next_reply} tool replies, the call {}",
+                        tape.replies.len()
                     ));
                 }
                 tape

@@ -792,7 +792,7 @@ fn on_heap(code: &str, heap: &Bytes, tape: Option<Tape>) -> (Completion, u64, By
     let (code, limits) = (read_code(code).unwrap(), limits());
     let warm = HeapIsolate::new(Some(heap.clone()), &limits).unwrap();
     let run = match tape {
-        None => warm.run(&code, &limits, None),
+        None => warm.run(&code, &limits, Outside::none()),
         Some(tape) => warm.replay(&code, &limits, tape),
     };
     let (outcome, left) = answer_first(run);
@@ -895,7 +895,7 @@ fn a_call_near_its_time_limit_cannot_be_replayed() {
     let slow = "const t0 = Date.now(); \
         while (Date.now() - t0 < 600) { for (let i = 0; i < 1e5; i++) n++; } 'done'";
     let warm = HeapIsolate::new(Some(heap.clone()), &limits).unwrap();
-    let (outcome, _) = answer_first(warm.run(&read_code(slow).unwrap(), &limits, None));
+    let (outcome, _) = answer_first(warm.run(&read_code(slow).unwrap(), &limits, Outside::none()));
     let completion = outcome.result.unwrap();
     assert!(
         matches!(&completion.tape.replay, Replay::Impossible(why) if why.contains("half its time limit")),
@@ -903,6 +903,194 @@ fn a_call_near_its_time_limit_cannot_be_replayed() {
         completion.tape.replay
     );
     let warm = HeapIsolate::new(Some(heap), &limits).unwrap();
-    let (outcome, _) = answer_first(warm.run(&read_code("n").unwrap(), &limits, None));
+    let (outcome, _) = answer_first(warm.run(&read_code("n").unwrap(), &limits, Outside::none()));
     assert_eq!(outcome.result.unwrap().tape.replay, Replay::Exact);
+}
+
+/// A host that answers tool calls by `answer` (`None`: never), the latest call first, and
+/// counts the calls it was asked.
+struct FakeHost {
+    answer: fn(&HostCall) -> Option<HostReply>,
+    waiting: Vec<(u32, HostReply)>,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HostLink for FakeHost {
+    fn start(&mut self, id: u32, call: &HostCall) -> Result<(), HostError> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(reply) = (self.answer)(call) {
+            self.waiting.push((id, reply));
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, wait: Duration) -> Waited {
+        match self.waiting.pop() {
+            Some((id, reply)) => Waited::Reply(id, reply),
+            None => {
+                std::thread::sleep(wait.min(Duration::from_millis(200)));
+                Waited::Nothing
+            }
+        }
+    }
+}
+
+/// `tools.<server>.<tool>(args)` echoes its server, tool and arguments as structured
+/// content; tool `text` answers JSON as text, `fails` with an error result, `down` cannot be
+/// reached, `hangs` never answers.
+fn echo(call: &HostCall) -> Option<HostReply> {
+    let HostCall::Tool {
+        server,
+        tool,
+        arguments,
+    } = call
+    else {
+        return Some(HostReply::Answer("\"// declarations\"".into()));
+    };
+    let args: serde_json::Value = serde_json::from_str(arguments).unwrap();
+    let reply = match tool.as_str() {
+        "hangs" => return None,
+        "down" => HostReply::Failed(HostError::new(
+            crate::host_call::HostErrorKind::Unavailable,
+            "server down",
+        )),
+        "text" => HostReply::Answer(
+            serde_json::json!({"content": [{"type": "text", "text": "[1,2,3]"}]}).to_string(),
+        ),
+        "fails" => HostReply::Answer(
+            serde_json::json!({"content": [{"type": "text", "text": "no such row"}], "isError": true})
+                .to_string(),
+        ),
+        _ => HostReply::Answer(
+            serde_json::json!({"content": [], "structuredContent": {"server": server, "tool": tool, "args": args}})
+                .to_string(),
+        ),
+    };
+    Some(reply)
+}
+
+fn fake_host() -> (Outside, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let host = FakeHost {
+        answer: echo,
+        waiting: Vec::new(),
+        asked: std::sync::Arc::clone(&asked),
+    };
+    (
+        Outside {
+            live: None,
+            host: Some(Box::new(host)),
+        },
+        asked,
+    )
+}
+
+fn with_tools(code: &str) -> Outcome<Completion> {
+    let (outside, _) = fake_host();
+    let fresh = PlainIsolate::new(&limits()).unwrap();
+    fresh.run(&read_code(code).unwrap(), &limits(), outside).0
+}
+
+#[test]
+fn tools_resolve_to_structured_content_text_or_json_and_run_at_once() {
+    let out = |code| with_tools(code).result.unwrap().output;
+    assert_eq!(
+        out("await tools.db.query({ q: 1 })"),
+        r#"{"args":{"q":1},"server":"db","tool":"query"}"#
+    );
+    assert_eq!(out("await tools.db.text()"), "[1,2,3]");
+    assert_eq!(
+        out(r#"(await tools["my-server"]["get-item"]({})).tool"#),
+        "get-item"
+    );
+    // Replies come latest first: each promise still gets its own.
+    assert_eq!(
+        out("(await Promise.all([1, 2, 3].map((n) => tools.db.q({ n })))).map((r) => r.args.n)"),
+        "[1,2,3]"
+    );
+    assert_eq!(
+        out("(await tools.db.q.raw({})).structuredContent.tool"),
+        "q"
+    );
+    assert_eq!(out("await tools.$search('x')"), "// declarations");
+    // `await tools` and rendering do not make calls.
+    assert_eq!(out("typeof (await tools.db)"), "object");
+}
+
+#[test]
+fn failed_tool_calls_throw_tool_errors() {
+    let e = exception(
+        with_tools("await tools.db.fails({})")
+            .result
+            .map(|c| c.output),
+    );
+    assert_eq!(e.name, "ToolError");
+    assert!(
+        e.message.contains("db.fails failed: no such row"),
+        "{}",
+        e.message
+    );
+    let kind = with_tools(
+        "try { await tools.db.down() } catch (e) { [e instanceof ToolError, e.kind, e.server, e.tool].join() }",
+    );
+    assert_eq!(kind.result.unwrap().output, "true,unavailable,db,down");
+    let e = exception(with_tools("await tools.db.q([1])").result.map(|c| c.output));
+    assert!(e.message.contains("must be an object"), "{}", e.message);
+    // Without a host, a call says why.
+    let e = exception(stateless("await tools.db.q({})"));
+    assert!(e.message.contains("--mcp-config"), "{}", e.message);
+}
+
+#[test]
+fn a_timer_gives_up_on_a_call_that_hangs_and_the_run_times_out_waiting() {
+    let raced = with_tools(
+        "await Promise.race([tools.db.hangs(), new Promise((r) => setTimeout(() => r('gave up'), 50))])",
+    );
+    assert_eq!(raced.result.unwrap().output, "gave up");
+    let (outside, _) = fake_host();
+    let short = Limits {
+        timeout: Duration::from_millis(300),
+        ..limits()
+    };
+    let fresh = PlainIsolate::new(&short).unwrap();
+    let (hung, _) = fresh.run(
+        &read_code("await tools.db.hangs()").unwrap(),
+        &short,
+        outside,
+    );
+    assert!(
+        matches!(hung.result, Err(RunError::Timeout(_))),
+        "{:?}",
+        hung.result
+    );
+}
+
+#[test]
+fn a_replay_gets_tool_replies_from_the_tape_without_asking() {
+    let (_, heap) = step("var kept = []", None).unwrap();
+    let code = "const [a, b] = await Promise.all([tools.db.q({ n: 1 }), tools.db.text()]); \
+                kept.push(a.args.n, ...b); kept.join()";
+    let (read, limits) = (read_code(code).unwrap(), limits());
+    let (outside, asked) = fake_host();
+    let warm = HeapIsolate::new(Some(heap.clone()), &limits).unwrap();
+    let (live, _) = answer_first(warm.run(&read, &limits, outside));
+    let live_print = fingerprint(live.result.as_ref().unwrap(), &live.console);
+    let completion = live.result.unwrap();
+    assert_eq!(completion.output, "1,1,2,3");
+    assert_eq!(completion.tape.replies.len(), 2);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let (replayed, print, _) = on_heap(code, &heap, Some(completion.tape.clone()));
+    assert_eq!(replayed.output, "1,1,2,3");
+    assert_eq!(replayed.tape.replay, Replay::Exact);
+    assert_eq!(print, live_print);
+    // Code that asks for something else cannot be replayed from that tape.
+    let other = code.replace("n: 1", "n: 2");
+    let warm = HeapIsolate::new(Some(heap), &limits).unwrap();
+    let (diverged, _) =
+        answer_first(warm.replay(&read_code(&other).unwrap(), &limits, completion.tape));
+    let diverged = match diverged.result {
+        Ok(completion) => matches!(completion.tape.replay, Replay::Impossible(_)),
+        Err(_) => true,
+    };
+    assert!(diverged);
 }

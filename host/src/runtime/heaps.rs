@@ -1061,6 +1061,7 @@ pub(super) async fn current_state(
         },
         limits: Limits::default(),
         live: None,
+        host: None,
     };
     match executor.run_on_heap(job).await {
         HeapRan::Succeeded {

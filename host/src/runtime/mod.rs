@@ -23,9 +23,11 @@ mod heaps;
 use crate::engine::{Completion, JsException, Limits, Outcome, RunError, BYTES_PER_TOKEN};
 use crate::envelope::{Codec, EnvelopeError};
 use crate::executor::Executor;
+use crate::host_call::HostCalls;
 use crate::job::{HeapRan, Job, Keep, LiveBatches, Target};
 use crate::metrics::{self, CallMetrics, StorageStats};
 use crate::storage::{validate_caller_name, HeapLocks, HeapMeta, Store, StoreError};
+use crate::upstream::Upstreams;
 use heaps::{checkpoint_idle_heaps, Call, Commit, Heaps};
 
 /// When a heap's snapshot is stored. Either way a call is answered only once its journal
@@ -360,6 +362,8 @@ pub struct Runtime {
     call_metrics: CallMetrics,
     /// The error of each heap's last failed call, until a call finds it as `_error`.
     last_errors: Mutex<lru::LruCache<String, JsException>>,
+    /// The upstream servers whose tools code may call, if any.
+    tools: Option<Arc<Upstreams>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -415,7 +419,26 @@ impl Runtime {
             last_errors: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(LAST_ERRORS).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
+            tools: None,
         }
+    }
+
+    /// The same runtime, with `upstreams`' tools for code to call (code mode).
+    pub fn with_tools(mut self, upstreams: Arc<Upstreams>) -> Self {
+        self.tools = Some(upstreams);
+        self
+    }
+
+    /// The upstream servers whose tools code may call, if any.
+    pub fn tools(&self) -> Option<&Arc<Upstreams>> {
+        self.tools.as_ref()
+    }
+
+    /// Who answers one run's host calls.
+    fn host_calls(&self) -> Option<Arc<dyn HostCalls>> {
+        self.tools
+            .as_ref()
+            .map(|tools| tools.for_run() as Arc<dyn HostCalls>)
     }
 
     /// Gets the executor ready for the first call.
@@ -446,7 +469,11 @@ impl Runtime {
     /// Everything counted, as Prometheus text.
     pub fn metrics_text(&self) -> String {
         let storage = &self.heaps.storage;
-        metrics::render(&storage.stats(), storage.metrics(), &self.call_metrics)
+        let mut text = metrics::render(&storage.stats(), storage.metrics(), &self.call_metrics);
+        if let Some(tools) = &self.tools {
+            text.push_str(&tools.metrics().render());
+        }
+        text
     }
 
     /// Counts a `run_js` call that took from `started` to now.
@@ -567,6 +594,7 @@ impl Runtime {
             target: Target::Stateless,
             limits,
             live,
+            host: self.host_calls(),
         };
         let outcome = self.executor.run_stateless(job).await;
         outcome.map_result(|result| result.map_err(CallError::from))
@@ -694,6 +722,7 @@ impl Runtime {
                 },
                 limits,
                 live: live.clone(),
+                host: self.host_calls(),
             };
             let ran_at = Instant::now();
             let ran = self.executor.run_on_heap(job).await;
@@ -762,6 +791,8 @@ impl Runtime {
                         .await
                 }
             };
+            // Running it again would call its tools again.
+            let called_tools = !completion.tape.replies.is_empty();
             let answer = |retries| Outcome {
                 result: Ok(HeapRun {
                     completion,
@@ -803,7 +834,9 @@ impl Runtime {
                         console: answer(retries).console,
                     };
                 }
-                Err(CallError::Conflict { .. }) if retries < self.policy.conflict_retries => {
+                Err(CallError::Conflict { .. })
+                    if retries < self.policy.conflict_retries && !called_tools =>
+                {
                     retries += 1;
                     self.heaps.forget(&heap);
                     tracing::debug!(heap, retries, "heap changed concurrently: running again");

@@ -113,6 +113,21 @@ pub struct Deleted {
     pub deleted: String,
 }
 
+/// Arguments of `search_tools`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SearchToolsArgs {
+    /// Words to look for (all must match), or `server.tool`; empty or omitted for every tool.
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// What `search_tools` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SearchToolsOutput {
+    /// TypeScript declarations of the tools found, as `tools` has them.
+    pub declarations: String,
+}
+
 /// Arguments of `run_js` on a stateless server.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct StatelessRunJsArgs {

@@ -75,6 +75,12 @@ impl McpServer {
             Mode::Stateless => Self::stateless_tools(),
         };
         tool_router += Self::output_tools();
+        let upstreams: Option<Vec<String>> = runtime
+            .tools()
+            .map(|tools| tools.names().map(str::to_string).collect());
+        if upstreams.is_some() {
+            tool_router += Self::upstream_tools();
+        }
         // Descriptions are kept as wrapped Markdown beside the tools; clients get one line.
         for route in tool_router.map.values_mut() {
             if let Some(text) = route.attr.description.take() {
@@ -106,6 +112,19 @@ impl McpServer {
                 )
                 .into(),
             );
+            // Code reaches other servers' tools: its runs are no longer closed or read-only.
+            if let Some(servers) = &upstreams {
+                let more = include_str!("tools/run_js_tools.md")
+                    .trim_end()
+                    .replace('\n', " ")
+                    .replace("SERVERS", &servers.join(", "));
+                let general = route.attr.description.clone().unwrap_or_default();
+                route.attr.description = Some(format!("{general} {more}").into());
+                if let Some(annotations) = &mut route.attr.annotations {
+                    annotations.open_world_hint = Some(true);
+                    annotations.read_only_hint = Some(false);
+                }
+            }
         }
         Self {
             runtime,

@@ -295,6 +295,35 @@ impl McpServer {
     }
 }
 
+#[tool_router(router = upstream_tools, vis = "pub(crate)")]
+impl McpServer {
+    /// `search_tools`: only on a server with upstream servers.
+    #[tool(
+        description = include_str!("tools/search_tools.md"),
+        title = "Find tools for code",
+        input_schema = schema::input::<SearchToolsArgs>(),
+        output_schema = schema::output::<SearchToolsOutput>(),
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn search_tools(
+        &self,
+        Parameters(args): Parameters<SearchToolsArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let declarations = match self.runtime.tools() {
+            Some(tools) => {
+                tools
+                    .search(args.query.as_deref().unwrap_or_default())
+                    .await
+            }
+            None => "// No upstream servers are configured (--mcp-config).\n".into(),
+        };
+        let mut result =
+            CallToolResult::success(vec![rmcp::model::ContentBlock::text(declarations.clone())]);
+        result.structured_content = serde_json::to_value(SearchToolsOutput { declarations }).ok();
+        Ok(result)
+    }
+}
+
 #[tool_router(router = stateless_tools, vis = "pub(crate)")]
 impl McpServer {
     /// Stateless `run_js`.

@@ -239,7 +239,7 @@ impl WarmHeaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{answer_first, read_code, run_stateful};
+    use crate::engine::{answer_first, read_code, run_stateful, Outside};
 
     fn snapshot(code: &str) -> Bytes {
         run_stateful(code, None, Limits::default())
@@ -289,7 +289,7 @@ mod tests {
         let mut entry = heaps.take("h", 8).unwrap();
         assert!(entry.warm.is_some(), "restored ahead");
         let warm = entry.isolate(&limits).unwrap();
-        let run = warm.run(&read_code("++n").unwrap(), &limits, None);
+        let run = warm.run(&read_code("++n").unwrap(), &limits, Outside::none());
         let Ok((completion, unsaved)) = run.result else {
             panic!("the run failed")
         };
@@ -298,7 +298,7 @@ mod tests {
         let run = HeapIsolate::new(Some(next), &limits).unwrap().run(
             &read_code("n").unwrap(),
             &limits,
-            None,
+            Outside::none(),
         );
         let (outcome, _) = answer_first(run);
         assert_eq!(outcome.result.unwrap().output, "42");
@@ -314,10 +314,11 @@ mod tests {
         );
         let mut entry = heaps.take("h", 1).unwrap();
         assert!(entry.warm.is_none());
-        let run = entry
-            .isolate(&limits)
-            .unwrap()
-            .run(&read_code("n").unwrap(), &limits, None);
+        let run =
+            entry
+                .isolate(&limits)
+                .unwrap()
+                .run(&read_code("n").unwrap(), &limits, Outside::none());
         let (outcome, _) = answer_first(run);
         assert_eq!(outcome.result.unwrap().output, "1");
     }
@@ -332,10 +333,11 @@ mod tests {
         let mut entry = heaps.take("h", 1).unwrap();
         for generation in 2..=3 {
             let code = "seen.push(Math.random()); seen.length";
-            let run = entry
-                .isolate(&limits)
-                .unwrap()
-                .run(&read_code(code).unwrap(), &limits, None);
+            let run = entry.isolate(&limits).unwrap().run(
+                &read_code(code).unwrap(),
+                &limits,
+                Outside::none(),
+            );
             let (outcome, left) = answer_first(run);
             let completion = outcome.result.unwrap();
             let call = KeptCall {
@@ -349,7 +351,7 @@ mod tests {
         assert_eq!(entry.calls(), 2);
         let read = read_code("JSON.stringify(seen)").unwrap();
         let live = entry.isolate(&limits).unwrap();
-        let (outcome, _) = answer_first(live.run(&read, &limits, None));
+        let (outcome, _) = answer_first(live.run(&read, &limits, Outside::none()));
         let expected = outcome.result.unwrap().output;
         assert!(expected.starts_with("[0."), "{expected}");
         // The live isolate went into that run: the next one is rebuilt.
@@ -357,7 +359,7 @@ mod tests {
         assert!(heaps.warm_up_next(&limits), "rebuilt while idle");
         let mut entry = heaps.take("h", 3).unwrap();
         let rebuilt = entry.isolate(&limits).unwrap();
-        let (outcome, _) = answer_first(rebuilt.run(&read, &limits, None));
+        let (outcome, _) = answer_first(rebuilt.run(&read, &limits, Outside::none()));
         assert_eq!(outcome.result.unwrap().output, expected);
     }
 

@@ -25,13 +25,14 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCom
 use heaps::{KeptCall, KeptHeap, WarmHeaps};
 pub use pool::WorkerPool;
 use protocol::{
-    decode_records, encode_console, read_frame, write_frame, Answer, Done, Finished, Generation,
-    Live, Request, RequestStart, RequestTarget,
+    decode_records, encode_console, read_frame, write_frame, Answer, Delivery, Done, Finished,
+    Generation, Live, Request, RequestStart, RequestTarget,
 };
 
-use crate::engine::Outcome;
 use crate::engine::{self, live, HeapIsolate, JsException, Limits, PlainIsolate, Replay, RunError};
+use crate::engine::{HostLink, Outcome, Outside, Waited};
 use crate::frontend::Prepared;
+use crate::host_call::{HostCall, HostError, HostReply};
 use crate::job::{Keep, Rerun};
 use crate::record::Record;
 
@@ -45,6 +46,18 @@ pub struct WorkerSettings {
 }
 
 type Input = Compat<AllowStdIo<BufReader<io::StdinLock<'static>>>>;
+/// The host's frames on stdin: read by the main loop between jobs, and by a running job's
+/// [`PipeLink`] when its code waits for a host reply.
+/// One thread reads it.
+#[derive(Clone)]
+struct Inbox(std::rc::Rc<std::cell::RefCell<Input>>);
+
+impl Inbox {
+    fn lock(&self) -> std::cell::RefMut<'_, Input> {
+        self.0.borrow_mut()
+    }
+}
+
 /// The worker's answers on stdout: shared by the main loop and, while code runs with `live`,
 /// the thread that relays its console ([`with_live`]); one frame at a time.
 #[derive(Clone)]
@@ -68,7 +81,8 @@ pub fn serve(settings: WorkerSettings) -> ExitCode {
     ignore_stop_signals();
     engine::init();
     // The protocol's codec is async; the worker blocks on its pipes, with nothing else to do.
-    let mut input: Input = AllowStdIo::new(BufReader::new(io::stdin().lock())).compat();
+    let input: Input = AllowStdIo::new(BufReader::new(io::stdin().lock())).compat();
+    let input = Inbox(std::rc::Rc::new(std::cell::RefCell::new(input)));
     let output = Output(Arc::new(Mutex::new(
         AllowStdIo::new(BufWriter::new(io::stdout())).compat_write(),
     )));
@@ -81,8 +95,9 @@ pub fn serve(settings: WorkerSettings) -> ExitCode {
     loop {
         // Work ahead only while no request waits: an isolate nobody asked for yet must not
         // delay a call that is here.
-        while !input_pending(&input, IDLE) && worker.work_ahead() {}
-        let (request, sections) = match block_on(read_frame::<Request>(&mut input)) {
+        while !input_pending(&input.lock(), IDLE) && worker.work_ahead() {}
+        let frame = block_on(read_frame::<Request>(&mut *input.lock()));
+        let (request, sections) = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => return ExitCode::SUCCESS,
             Err(e) => {
@@ -90,7 +105,7 @@ pub fn serve(settings: WorkerSettings) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(e) = worker.serve(request, sections, &output) {
+        if let Err(e) = worker.serve(request, sections, &output, &input) {
             tracing::error!("worker: cannot answer the host: {e}");
             return ExitCode::FAILURE;
         }
@@ -152,6 +167,7 @@ impl Worker {
         request: Request,
         mut sections: Vec<Vec<u8>>,
         out: &Output,
+        input: &Inbox,
     ) -> io::Result<()> {
         for heap in &request.forget {
             self.heaps.forget(heap);
@@ -201,6 +217,10 @@ impl Worker {
             code: &code,
             limits: &request.limits,
             live: request.live,
+            host: request.host_calls.then(|| PipeLink {
+                out: out.clone(),
+                input: input.clone(),
+            }),
         };
         match request.target {
             RequestTarget::Stateless => self.run_stateless(run, out),
@@ -262,7 +282,9 @@ impl Worker {
             Ok(fresh) => fresh,
             Err(e) => return done(out, Outcome::failed(e), None),
         };
-        let (ran, used) = with_live(run.live, out, |live| fresh.run(run.code, limits, live));
+        let (ran, used) = with_outside(run.live, run.host, out, |outside| {
+            fresh.run(run.code, limits, outside)
+        });
         done(out, ran, None)?;
         // Disposed of after the answer.
         drop(used);
@@ -345,8 +367,8 @@ impl Worker {
         if restores_stored {
             say_started(out)?;
         }
-        let ran = with_live(run.live, out, |live| {
-            warm.run_after(run.code, limits, live, last_error)
+        let ran = with_outside(run.live, run.host, out, |outside| {
+            warm.run_after(run.code, limits, outside, last_error)
         });
         let (outcome, left) = engine::answer_first(ran);
         let unsaved = match left {
@@ -436,13 +458,67 @@ struct CodeToRun<'a> {
     limits: &'a Limits,
     /// Relay console lines and progress while it runs.
     live: bool,
+    /// The way to the host for its host calls, if the host answers them.
+    host: Option<PipeLink>,
 }
 
-/// Calls `run` with a live sender whose batches go to the host as [`Answer::Live`] frames
-/// while it runs, if `live`; they all precede the answer.
-fn with_live<T>(live: bool, out: &Output, run: impl FnOnce(Option<live::Sender>) -> T) -> T {
+/// A running job's way to the host over the worker's pipes ([`Answer::HostCall`],
+/// [`Answer::Await`], [`Delivery`]).
+struct PipeLink {
+    out: Output,
+    input: Inbox,
+}
+
+impl HostLink for PipeLink {
+    fn start(&mut self, id: u32, call: &HostCall) -> Result<(), HostError> {
+        let (header, arguments) = Answer::host_call(id, call);
+        write_frame_now(&self.out, &header, &[&arguments]).map_err(|e| {
+            HostError::new(
+                crate::host_call::HostErrorKind::Unavailable,
+                format!("the host cannot be told: {e}"),
+            )
+        })
+    }
+
+    fn wait(&mut self, wait: Duration) -> Waited {
+        let wait_us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        if let Err(e) = write_frame_now(&self.out, &Answer::Await { wait_us }, &[]) {
+            return Waited::Lost(e.to_string());
+        }
+        let frame = block_on(read_frame::<Delivery>(&mut *self.input.lock()));
+        match frame {
+            Ok(Some((Delivery::Reply { call, failed }, sections))) => {
+                let reply = match failed {
+                    Some(error) => HostReply::Failed(error),
+                    None => {
+                        let bytes = sections.into_iter().next().unwrap_or_default();
+                        match String::from_utf8(bytes) {
+                            Ok(text) => HostReply::Answer(text),
+                            Err(_) => return Waited::Lost("a reply is not UTF-8".into()),
+                        }
+                    }
+                };
+                Waited::Reply(call, reply)
+            }
+            Ok(Some((Delivery::Nothing, _))) => Waited::Nothing,
+            Ok(None) => Waited::Lost("the host closed the pipe".into()),
+            Err(e) => Waited::Lost(e.to_string()),
+        }
+    }
+}
+
+/// Calls `run` with what the code reaches outside: a live sender whose batches go to the host
+/// as [`Answer::Live`] frames while it runs, if `live` (they all precede the answer), and
+/// `host` for its host calls.
+fn with_outside<T>(
+    live: bool,
+    host: Option<PipeLink>,
+    out: &Output,
+    run: impl FnOnce(Outside) -> T,
+) -> T {
+    let host = host.map(|link| Box::new(link) as Box<dyn HostLink>);
     if !live {
-        return run(None);
+        return run(Outside { live: None, host });
     }
     let frames = out.clone();
     let deliver = move |batch| {
@@ -450,7 +526,7 @@ fn with_live<T>(live: bool, out: &Output, run: impl FnOnce(Option<live::Sender>)
         // A host that stopped reading is noticed by the main loop.
         let _ = write_frame_now(&frames, &Answer::Live(header), &[&lines]);
     };
-    live::relayed(deliver, run)
+    live::relayed(deliver, |live| run(Outside { live, host }))
 }
 
 /// Tells the host that V8 has restored the stored snapshot and the code starts now: a crash

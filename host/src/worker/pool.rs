@@ -15,11 +15,12 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::protocol::{
-    decode_console, encode_records, read_frame, write_frame, Answer, Generation, Request,
-    RequestStart, RequestTarget,
+    decode_console, encode_records, host_call_of, read_frame, write_frame, Answer, Delivery,
+    Generation, Request, RequestStart, RequestTarget,
 };
 use super::WorkerSettings;
 use crate::engine::{Completion, Outcome, RunError};
+use crate::host_call::{HostError, HostErrorKind, HostReply};
 use crate::job::{Job, NewState, NotWarm, Ran, Saved, Saving, Start, Target, WarmRef};
 
 /// How long past its own time limit a worker may take to answer before it is killed.
@@ -258,6 +259,7 @@ impl WorkerPool {
             limits,
             forget,
             live: false,
+            host_calls: false,
         };
         if write_frame(&mut worker.stdin, &request, &[]).await.is_err() {
             // Gone with its worker: nothing to snapshot.
@@ -414,6 +416,7 @@ impl Worker {
             limits: job.limits,
             forget,
             live: job.live.is_some(),
+            host_calls: job.host.is_some(),
         };
         let mut sections: Vec<&[u8]> = vec![job.code.as_bytes()];
         sections.extend(snapshot);
@@ -422,6 +425,10 @@ impl Worker {
             .await
             .map_err(Failure::BeforeJob)?;
         let mut started = false;
+        // The job's host calls in flight (dropped, and so abandoned, with the job), and the
+        // replies that came in before the worker asked for one.
+        let mut host_calls = tokio::task::JoinSet::new();
+        let mut replies = std::collections::VecDeque::new();
         loop {
             // A worker that stops talking mid-call has died.
             let (answer, sections) = match self.read().await {
@@ -444,6 +451,32 @@ impl Worker {
                         // A listener that is gone (its caller left) is no reason to fail.
                         let _ = listener.send(batch);
                     }
+                    continue;
+                }
+                Answer::HostCall { call, ask } => {
+                    let ask = host_call_of(ask, sections.into_iter().next())
+                        .map_err(Failure::DuringJob)?;
+                    match &job.host {
+                        Some(host) => {
+                            let reply = host.call(ask);
+                            host_calls.spawn(async move { (call, reply.await) });
+                        }
+                        None => replies.push_back((call, no_host())),
+                    }
+                    continue;
+                }
+                Answer::Await { wait_us } => {
+                    let reply = match replies.pop_front() {
+                        Some(reply) => Some(reply),
+                        None => next_reply(&mut host_calls, Duration::from_micros(wait_us)).await,
+                    };
+                    let (header, section) = match reply {
+                        Some((call, reply)) => Delivery::reply(call, reply),
+                        None => (Delivery::Nothing, Vec::new()),
+                    };
+                    write_frame(&mut self.stdin, &header, &[&section])
+                        .await
+                        .map_err(Failure::DuringJob)?;
                     continue;
                 }
                 Answer::NotWarm => return Ok(Answered::NotWarm),
@@ -520,6 +553,42 @@ impl Worker {
                 format!("worker stopped answering: {io_error}")
             }
         }
+    }
+}
+
+/// The reply to a host call when the job has nobody to answer it.
+fn no_host() -> HostReply {
+    HostReply::Failed(HostError::new(
+        HostErrorKind::Unavailable,
+        "no MCP servers are configured for this server (see --mcp-config)",
+    ))
+}
+
+/// The next reply of `calls` to come in within `wait`, if any.
+async fn next_reply(
+    calls: &mut tokio::task::JoinSet<(u32, HostReply)>,
+    wait: Duration,
+) -> Option<(u32, HostReply)> {
+    let wait = wait.min(Duration::from_secs(24 * 3600));
+    let next = async {
+        loop {
+            match calls.join_next().await {
+                Some(Ok(reply)) => return Some(reply),
+                // A call's task that panicked: its promise stays unsettled (the run times
+                // out), which the log explains.
+                Some(Err(e)) => tracing::error!("a host call failed: {e}"),
+                None => return None,
+            }
+        }
+    };
+    match tokio::time::timeout(wait, next).await {
+        Ok(Some(reply)) => Some(reply),
+        // Nothing in flight: the worker waits for nothing; let its time pass.
+        Ok(None) => {
+            tokio::time::sleep(wait).await;
+            None
+        }
+        Err(_) => None,
     }
 }
 

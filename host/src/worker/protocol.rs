@@ -21,6 +21,12 @@
 //! checkpoint request gets one `Saved` frame. A request for a warm heap the worker no longer
 //! holds gets one [`Answer::NotWarm`] frame instead.
 //!
+//! Code that makes host calls (`tools`, [`crate::host_call`]) adds frames to a job: the worker
+//! sends [`Answer::HostCall`] as the code makes a call and goes on running it; when the code
+//! has nothing else to do it sends [`Answer::Await`], and the host answers with one
+//! [`Delivery`]: a reply that has come in, or none after the time asked. The host writes to a
+//! running job only then, when the worker is waiting to read.
+//!
 //! One codec serves both sides: [`write_frame`] and [`read_frame`] are async; the worker,
 //! which has nothing else to do while it waits, drives them over its blocking pipes with
 //! `block_on`.
@@ -33,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::engine::live::{Batch, Progress};
 use crate::engine::{Console, Dropped, JsException, Limits, LogLine, RunError, Tape};
+use crate::host_call::{HostCall, HostError, HostReply};
 use crate::job::Keep;
 use crate::record::Record;
 
@@ -58,6 +65,9 @@ pub struct Request {
     /// Send console lines and progress while the code runs ([`Answer::Live`]).
     #[serde(default)]
     pub live: bool,
+    /// The host answers host calls ([`Answer::HostCall`]); without, they fail in the worker.
+    #[serde(default)]
+    pub host_calls: bool,
 }
 
 /// [`crate::job::Target`] without its bytes.
@@ -126,6 +136,71 @@ pub enum Answer {
     /// The snapshot after a successful stateful run or a checkpoint, or why there is none.
     /// Sections: the raw snapshot, on success.
     Saved(Result<Generation, RunError>),
+    /// The code made host call `call` (numbered in the run). A tool's arguments come as a
+    /// section, not in the header. No reply is expected until [`Answer::Await`].
+    HostCall {
+        /// The call's number in the run.
+        call: u32,
+        /// What it asks; a tool call's `arguments` are empty here (see the section).
+        ask: HostCall,
+    },
+    /// The code waits for a host reply: send one [`Delivery`] within `wait_us` µs.
+    Await {
+        /// How long the worker waits, in µs.
+        wait_us: u64,
+    },
+}
+
+impl Answer {
+    /// A host call as a frame's header and section.
+    pub fn host_call(call: u32, ask: &HostCall) -> (Answer, Vec<u8>) {
+        let mut ask = ask.clone();
+        let arguments = match &mut ask {
+            HostCall::Tool { arguments, .. } => std::mem::take(arguments).into_bytes(),
+            _ => Vec::new(),
+        };
+        (Answer::HostCall { call, ask }, arguments)
+    }
+}
+
+/// A host call with its arguments from the frame's section.
+pub fn host_call_of(mut ask: HostCall, section: Option<Vec<u8>>) -> io::Result<HostCall> {
+    if let HostCall::Tool { arguments, .. } = &mut ask {
+        let bytes = section.unwrap_or_default();
+        *arguments = String::from_utf8(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "arguments are not UTF-8"))?;
+    }
+    Ok(ask)
+}
+
+/// The host's answer to [`Answer::Await`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Delivery {
+    /// The reply to call `call`. Sections: the answer's text, unless `failed`.
+    Reply {
+        /// The call's number in the run.
+        call: u32,
+        /// Why the call failed, if it did.
+        failed: Option<HostError>,
+    },
+    /// No reply came in the time asked.
+    Nothing,
+}
+
+impl Delivery {
+    /// A reply as a frame's header and section.
+    pub fn reply(call: u32, reply: HostReply) -> (Delivery, Vec<u8>) {
+        match reply {
+            HostReply::Answer(text) => (Delivery::Reply { call, failed: None }, text.into_bytes()),
+            HostReply::Failed(error) => (
+                Delivery::Reply {
+                    call,
+                    failed: Some(error),
+                },
+                Vec::new(),
+            ),
+        }
+    }
 }
 
 /// A [`Batch`] without its lines.
@@ -387,6 +462,7 @@ mod tests {
             limits,
             forget: vec!["old".into()],
             live: true,
+            host_calls: false,
         };
         let mut wire = Vec::new();
         write_frame(&mut wire, &request, &[b"1 + 1", &[0u8, 1, 2]])
@@ -416,6 +492,50 @@ mod tests {
             Answer::Done(Done { result: Err(RunError::Timeout(d)), .. }) if d.as_secs() == 2
         ));
         assert!(sections.is_empty());
+    }
+
+    #[tokio::test]
+    async fn host_calls_and_their_replies_round_trip_with_arguments_as_sections() {
+        let ask = HostCall::Tool {
+            server: "db".into(),
+            tool: "query".into(),
+            arguments: "{\"q\":\"\\\"quoted\\\"\"}".into(),
+        };
+        let (header, arguments) = Answer::host_call(7, &ask);
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &header, &[&arguments])
+            .await
+            .unwrap();
+        let (back, sections): (Answer, _) =
+            read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
+        let Answer::HostCall { call, ask: back } = back else {
+            panic!("a host call expected");
+        };
+        assert_eq!(call, 7);
+        assert_eq!(
+            host_call_of(back, sections.into_iter().next()).unwrap(),
+            ask
+        );
+
+        for reply in [
+            HostReply::Answer("{\"content\":[]}".into()),
+            HostReply::Failed(HostError::new(
+                crate::host_call::HostErrorKind::Denied,
+                "no",
+            )),
+        ] {
+            let (header, section) = Delivery::reply(3, reply.clone());
+            let mut wire = Vec::new();
+            write_frame(&mut wire, &header, &[&section]).await.unwrap();
+            let (back, sections): (Delivery, _) =
+                read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
+            let Delivery::Reply { call: 3, failed } = back else {
+                panic!("a reply to call 3 expected");
+            };
+            let text = String::from_utf8(sections.into_iter().next().unwrap()).unwrap();
+            let again = failed.map_or(HostReply::Answer(text), HostReply::Failed);
+            assert_eq!(again, reply);
+        }
     }
 
     #[tokio::test]

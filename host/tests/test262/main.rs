@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mcp_v8::engine::{self, Limits, RunError};
+use mcp_v8::engine::{self, Limits, Outside, RunError};
 use serde::Deserialize;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -508,7 +508,7 @@ fn on_heap(code: &str, heap: Bytes) -> engine::Outcome {
     };
     match engine::HeapIsolate::new(Some(heap), &limits()) {
         Ok(warm) => warm
-            .run(&code, &limits(), None)
+            .run(&code, &limits(), Outside::none())
             .map_result(|r| r.map(|(c, _)| c).map_err(|(e, _)| e)),
         Err(e) => engine::Outcome::failed(e),
     }

@@ -1,7 +1,8 @@
 //! What the engine adds to the JavaScript global scope, backed by native functions and
 //! per-run state ([`RunState`]): `console` (`console`), timers and `queueMicrotask`
 //! (`timers`), a clock (`Date`, `performance`) that moves with the timers, `Math.random` on the
-//! call's seed and a marked `WeakRef.prototype.deref` (`clock`), `mcp.progress` (`mcp`); and
+//! call's seed and a marked `WeakRef.prototype.deref` (`clock`), `mcp.progress` (`mcp`), the
+//! upstream servers' tools as `tools` (`tools`); and
 //! here, the changes that keep every heap snapshottable (see [`PRELUDE`]), modules refused,
 //! and the list of native callbacks.
 //!
@@ -23,6 +24,7 @@ mod clock;
 mod console;
 mod mcp;
 mod timers;
+mod tools;
 
 use clock::*;
 pub(super) use clock::{install_random, install_weak_ref_deref};
@@ -33,6 +35,8 @@ pub(super) use mcp::install_mcp;
 use mcp::*;
 pub(super) use timers::next_timer;
 use timers::*;
+use tools::*;
+pub(super) use tools::{install_tools, next_event, Next};
 
 /// Per-run state, kept in an isolate slot while the run lasts.
 pub(super) struct RunState {
@@ -63,10 +67,30 @@ pub(super) struct RunState {
     live: Option<live::Sender>,
     /// What the listener had no room for yet.
     live_pending: live::Pending,
+    /// The code's host calls (`tools`).
+    host: HostCallState,
+}
+
+/// What a run left besides its result.
+pub(super) struct Left {
+    /// What the code printed.
+    pub(super) console: Console,
+    /// Timers that never fired.
+    pub(super) pending_timers: usize,
+    /// What the run read from outside its heap.
+    pub(super) tape: Tape,
+    /// Real time spent waiting for host replies.
+    pub(super) waited: std::time::Duration,
 }
 
 impl RunState {
-    pub(super) fn new(console_limit: usize, live: Option<live::Sender>, deck: Deck) -> Self {
+    pub(super) fn new(
+        console_limit: usize,
+        outside: super::Outside,
+        deck: Deck,
+        deadline: std::time::Instant,
+    ) -> Self {
+        let super::Outside { live, host } = outside;
         Self {
             console: Console::default(),
             printed: 0,
@@ -83,12 +107,13 @@ impl RunState {
             forget: None,
             live,
             live_pending: live::Pending::default(),
+            host: HostCallState::new(host, deadline),
         }
     }
 
-    /// Ends the run: returns the console, the number of timers that never fired and the
-    /// run's tape, and drops those timers (their handles must go before the isolate does).
-    pub(super) fn finish(mut self) -> (Console, usize, Tape) {
+    /// Ends the run: returns what it left, and drops its timers and unsettled host calls
+    /// (their handles must go before the isolate does).
+    pub(super) fn finish(mut self) -> Left {
         for (_, text) in std::mem::take(&mut self.unhandled) {
             self.log("error", format!("Uncaught (in promise) {text}"));
         }
@@ -103,7 +128,12 @@ impl RunState {
                 lines: tail.dropped,
             });
         }
-        (self.console, self.timers.len(), self.deck.finish())
+        Left {
+            console: self.console,
+            pending_timers: self.timers.len(),
+            tape: self.deck.finish(),
+            waited: self.host.waited,
+        }
     }
 }
 
@@ -264,6 +294,8 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(random),
             // Heap format 10.
             reference(weak_ref_deref),
+            // Heap format 11.
+            reference(host_call),
         ])
     })
 }
@@ -299,6 +331,7 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     define(scope, global, "queueMicrotask", queue_microtask)?;
     define(scope, global, "require", require)?;
     install_mcp(scope)?;
+    install_tools(scope)?;
     install_clock(scope)?;
     install_random(scope)?;
     install_weak_ref_deref(scope)
