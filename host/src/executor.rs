@@ -286,3 +286,41 @@ async fn run_in_process(job: Job) -> Ran {
     });
     Ok((outcome, saving))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host_call::PendingReply;
+
+    /// Answers every tool call with its arguments as structured content, after a pause.
+    #[derive(Debug)]
+    struct Echo;
+
+    impl HostCalls for Echo {
+        fn call(&self, call: HostCall) -> PendingReply {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                match call {
+                    HostCall::Tool { arguments, .. } => HostReply::Answer(format!(
+                        "{{\"content\":[],\"structuredContent\":{arguments}}}"
+                    )),
+                    _ => HostReply::Answer("\"\"".into()),
+                }
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_in_this_process_makes_its_host_calls_on_the_runtime() {
+        let job = Job {
+            code: "(await Promise.all([1, 2].map((n) => tools.s.t({ n })))).map((r) => r.n).join()"
+                .into(),
+            target: Target::Stateless,
+            limits: Limits::default(),
+            live: None,
+            host: Some(Arc::new(Echo)),
+        };
+        let outcome = Executor::InProcess.run_stateless(job).await;
+        assert_eq!(outcome.result.unwrap().output, "1,2");
+    }
+}

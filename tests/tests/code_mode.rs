@@ -117,6 +117,38 @@ async fn tool_results_kept_in_the_heap_serve_later_calls() {
          The sum of 4 and 4 is 8. The sum of 5 and 5 is 10."
     );
 
+    // Mixed content (text and an image) whole with `.raw`; a long operation (with progress
+    // upstream) ends; arguments the tool refuses are a ToolError.
+    let image = server
+        .output(
+            "var tiny = await tools.everything['get-tiny-image'].raw({}); \
+             tiny.content.filter((c) => c.type === 'image').map((c) => c.mimeType).join()",
+            "h",
+        )
+        .await;
+    assert_eq!(image, "image/png");
+    let long = server
+        .output(
+            "await tools.everything['trigger-long-running-operation']({ duration: 1, steps: 2 })",
+            "h",
+        )
+        .await;
+    assert!(
+        long.starts_with("Long running operation completed."),
+        "{long}"
+    );
+    let refused = server
+        .output(
+            "try { await tools.everything['get-sum']({ a: 'one' }) } \
+             catch (e) { `${e.name}: ${e.kind}` }",
+            "h",
+        )
+        .await;
+    assert!(
+        refused == "ToolError: tool" || refused == "ToolError: protocol",
+        "{refused}"
+    );
+
     // Another server's structured results, and its state outside the heap.
     let graph = server
         .output(
@@ -364,5 +396,19 @@ async fn an_http_upstream_with_a_token_from_the_environment() {
     assert_eq!(server.output("inner.heap", "h").await, "deep");
     assert!(started.elapsed() < Duration::from_secs(30));
     server.stop().await;
+
+    // The same from a client of mcp-v8 over Streamable HTTP.
+    let outer = HttpServer::start_with_env(
+        &["--memory", "--mcp-config", upstreams.config()],
+        &[("INNER_TOKEN", "s3cret-token")],
+    )
+    .await;
+    let client = outer.streamable(None).await;
+    let answer = client
+        .output("(await tools.inner.run_js({ code: '6 * 7' })).output", "h")
+        .await;
+    assert_eq!(answer, "42");
+    client.stop().await;
+    outer.terminate().await;
     inner.terminate().await;
 }

@@ -52,7 +52,24 @@ const MIN_MESSAGE_BYTES: usize = 64 << 20;
 /// Most tools one search answers with.
 const SEARCH_RESULTS: usize = 20;
 
-type Client = RunningService<RoleClient, ClientConfig>;
+type Client = RunningService<RoleClient, Listener>;
+
+/// The client side of a connection: introduces mcp-v8, and hears when the server's tools
+/// change, so the catalogue kept for it is read again.
+struct Listener {
+    info: ClientConfig,
+    changed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl rmcp::ClientHandler for Listener {
+    fn get_info(&self) -> ClientConfig {
+        self.info.clone()
+    }
+
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        self.changed.store(true, Ordering::Release);
+    }
+}
 
 /// The upstream servers and their connections.
 #[derive(Debug)]
@@ -82,6 +99,9 @@ enum Connection {
     Up {
         client: Arc<Client>,
         _process: Option<tokio::process::Child>,
+        /// Its tools as last listed, until the server says they changed.
+        tools: Option<Arc<Vec<ToolEntry>>>,
+        changed: Arc<std::sync::atomic::AtomicBool>,
     },
     /// Failed or died; not tried again before `retry_at`.
     Down {
@@ -203,24 +223,43 @@ impl Upstreams {
         let listed = futures::future::join_all(
             self.servers
                 .values()
-                .map(|u| async move { (u.config.name.clone(), self.list(u).await) }),
+                .map(|u| async move { (u.config.name.clone(), self.list(u, false).await) }),
         )
         .await;
         let mut entries = Vec::new();
         let mut unreachable = Vec::new();
         for (server, listed) in listed {
             match listed {
-                Ok(tools) => entries.extend(tools),
+                Ok(tools) => entries.extend(tools.iter().cloned()),
                 Err(e) => unreachable.push((server, e.message)),
             }
         }
         (entries, unreachable)
     }
 
-    /// The tools of `upstream`.
-    async fn list(&self, upstream: &Upstream) -> Result<Vec<ToolEntry>, HostError> {
+    /// The tools of `upstream`: as listed before on this connection, unless the server said
+    /// they changed (or `fresh`).
+    async fn list(
+        &self,
+        upstream: &Upstream,
+        fresh: bool,
+    ) -> Result<Arc<Vec<ToolEntry>>, HostError> {
         let client = self.client(upstream).await?;
-        let tools = tokio::time::timeout(CONNECT_TIMEOUT, client.peer().list_all_tools())
+        {
+            let connection = upstream.connection.lock().await;
+            if let Connection::Up {
+                client: kept,
+                tools: Some(tools),
+                changed,
+                ..
+            } = &*connection
+            {
+                if Arc::ptr_eq(kept, &client) && !fresh && !changed.load(Ordering::Acquire) {
+                    return Ok(Arc::clone(tools));
+                }
+            }
+        }
+        let listed = tokio::time::timeout(CONNECT_TIMEOUT, client.peer().list_all_tools())
             .await
             .map_err(|_| {
                 HostError::new(
@@ -229,22 +268,38 @@ impl Upstreams {
                 )
             })?
             .map_err(|e| self.failed(upstream, &client, e))?;
-        Ok(tools
-            .into_iter()
-            .map(|tool| {
-                let annotations = tool.annotations.as_ref();
-                let read_only = annotations.and_then(|a| a.read_only_hint) == Some(true);
-                let destructive = annotations.and_then(|a| a.destructive_hint) == Some(true);
-                ToolEntry {
-                    server: upstream.config.name.clone(),
-                    name: tool.name.to_string(),
-                    description: tool.description.as_deref().unwrap_or_default().to_string(),
-                    input: Value::Object((*tool.input_schema).clone()),
-                    output: tool.output_schema.map(|s| Value::Object((*s).clone())),
-                    destructive: destructive && !read_only,
-                }
-            })
-            .collect())
+        let tools: Arc<Vec<ToolEntry>> = Arc::new(
+            listed
+                .into_iter()
+                .map(|tool| {
+                    let annotations = tool.annotations.as_ref();
+                    let read_only = annotations.and_then(|a| a.read_only_hint) == Some(true);
+                    let destructive = annotations.and_then(|a| a.destructive_hint) == Some(true);
+                    ToolEntry {
+                        server: upstream.config.name.clone(),
+                        name: tool.name.to_string(),
+                        description: tool.description.as_deref().unwrap_or_default().to_string(),
+                        input: Value::Object((*tool.input_schema).clone()),
+                        output: tool.output_schema.map(|s| Value::Object((*s).clone())),
+                        destructive: destructive && !read_only,
+                    }
+                })
+                .collect(),
+        );
+        let mut connection = upstream.connection.lock().await;
+        if let Connection::Up {
+            client: kept,
+            tools: cached,
+            changed,
+            ..
+        } = &mut *connection
+        {
+            if Arc::ptr_eq(kept, &client) {
+                changed.store(false, Ordering::Release);
+                *cached = Some(Arc::clone(&tools));
+            }
+        }
+        Ok(tools)
     }
 
     /// The connection to `upstream`: the one kept, or a new one.
@@ -280,12 +335,14 @@ impl Upstreams {
             .saturating_mul(4)
             .max(MIN_MESSAGE_BYTES);
         match tokio::time::timeout(CONNECT_TIMEOUT, connect(&upstream.config, largest)).await {
-            Ok(Ok((client, child))) => {
+            Ok(Ok((client, child, changed))) => {
                 tracing::info!("upstream server {} connected", upstream.config.name);
                 let client = Arc::new(client);
                 *connection = Connection::Up {
                     client: Arc::clone(&client),
                     _process: child,
+                    tools: None,
+                    changed,
                 };
                 Ok(client)
             }
@@ -360,7 +417,11 @@ impl Upstreams {
                 ),
             ));
         };
-        let tools = self.list(upstream).await?;
+        let mut tools = self.list(upstream, false).await?;
+        if !tools.iter().any(|t| t.name == tool) {
+            // Added since it was listed, perhaps without saying so.
+            tools = self.list(upstream, true).await?;
+        }
         let Some(entry) = tools.iter().find(|t| t.name == tool) else {
             let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
             names.truncate(30);
@@ -435,11 +496,22 @@ fn backoff(failures: u32) -> Duration {
 async fn connect(
     config: &ServerConfig,
     largest: usize,
-) -> Result<(Client, Option<tokio::process::Child>), String> {
-    let info = ClientConfig::new(
-        Default::default(),
-        Implementation::new("mcp-v8", env!("CARGO_PKG_VERSION")),
-    );
+) -> Result<
+    (
+        Client,
+        Option<tokio::process::Child>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ),
+    String,
+> {
+    let changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let info = Listener {
+        info: ClientConfig::new(
+            Default::default(),
+            Implementation::new("mcp-v8", env!("CARGO_PKG_VERSION")),
+        ),
+        changed: Arc::clone(&changed),
+    };
     match &config.transport {
         Transport::Stdio {
             command,
@@ -474,7 +546,7 @@ async fn connect(
             let transport =
                 AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(largest);
             let client = info.serve(transport).await.map_err(|e| e.to_string())?;
-            Ok((client, Some(child)))
+            Ok((client, Some(child), changed))
         }
         Transport::Http { url, headers } => {
             let mut custom = std::collections::HashMap::new();
@@ -491,7 +563,7 @@ async fn connect(
             config.max_sse_event_size = largest;
             let transport = StreamableHttpClientTransport::from_config(config);
             let client = info.serve(transport).await.map_err(|e| e.to_string())?;
-            Ok((client, None))
+            Ok((client, None, changed))
         }
     }
 }

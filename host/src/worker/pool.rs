@@ -454,6 +454,9 @@ impl Worker {
                     continue;
                 }
                 Answer::HostCall { call, ask } => {
+                    // The code runs: the job must not be taken for one never read (it may
+                    // have called tools, which a second run would call again).
+                    started = true;
                     let ask = host_call_of(ask, sections.into_iter().next())
                         .map_err(Failure::DuringJob)?;
                     match &job.host {
