@@ -164,6 +164,11 @@ async fn tool_results_kept_in_the_heap_serve_later_calls() {
     // The same catalogue from code; a missing tool says what there is.
     let searched = server.output("await tools.$search('sum')", "h").await;
     assert!(searched.contains("\"get-sum\"(args: {"), "{searched}");
+    let described = server
+        .output("await tools.$describe('everything.get-sum')", "h")
+        .await;
+    assert!(described.contains("\"get-sum\"(args: {"), "{described}");
+    assert!(!described.contains("echo"), "{described}");
     let missing = server
         .output(
             "try { await tools.everything.nope({}) } catch (e) { `${e.name} ${e.kind} ${e.message}` }",
@@ -218,6 +223,17 @@ async fn the_policy_refuses_tools_with_clear_errors_and_code_never_sees_the_host
     assert!(
         destructive.starts_with("denied:") && destructive.contains("destructiveHint"),
         "{destructive}"
+    );
+    let listed = server
+        .call("search_tools", json!({ "query": "" }))
+        .await
+        .structured_content
+        .unwrap();
+    let listed = listed["declarations"].as_str().unwrap();
+    assert!(listed.contains("\"get-sum\""), "{listed}");
+    assert!(
+        !listed.contains("echo(") && !listed.contains("wipe("),
+        "{listed}"
     );
     let limited = run(
         "(await Promise.allSettled([1, 2, 3, 4].map((n) => tools.everything['get-sum']({ a: n, b: 0 })))) \

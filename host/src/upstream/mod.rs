@@ -218,7 +218,17 @@ impl Upstreams {
         text
     }
 
-    /// Every tool of every server that can be reached, and why the others cannot.
+    /// The declaration of tool `name` (`server.tool`), if there is such a tool code may call.
+    pub async fn describe(&self, name: &str) -> Option<String> {
+        let (entries, _) = self.catalogue().await;
+        let entry = entries
+            .iter()
+            .find(|e| name.strip_prefix(e.server.as_str()) == Some(&format!(".{}", e.name)))?;
+        Some(declare(&[entry]))
+    }
+
+    /// Every tool code may call of every server that can be reached, and why the others
+    /// cannot be reached. Tools the policy refuses are left out: an agent need not see them.
     async fn catalogue(&self) -> (Vec<ToolEntry>, Vec<(String, String)>) {
         let listed = futures::future::join_all(
             self.servers
@@ -230,7 +240,12 @@ impl Upstreams {
         let mut unreachable = Vec::new();
         for (server, listed) in listed {
             match listed {
-                Ok(tools) => entries.extend(tools.iter().cloned()),
+                Ok(tools) => entries.extend(
+                    tools
+                        .iter()
+                        .filter(|t| self.policy.check(&t.server, &t.name, t.destructive).is_ok())
+                        .cloned(),
+                ),
                 Err(e) => unreachable.push((server, e.message)),
             }
         }
@@ -585,18 +600,16 @@ impl HostCalls for RunTools {
                 HostReply::Answer(Value::String(upstreams.search(&query).await).to_string())
             }),
             HostCall::Describe { name } => Box::pin(async move {
-                let found = upstreams.search(&name).await;
-                let known = upstreams.servers.keys().any(|s| {
-                    name.strip_prefix(s.as_str())
-                        .is_some_and(|t| t.starts_with('.'))
-                });
-                if !known || found.starts_with("// No upstream tool") {
-                    return HostReply::Failed(HostError::new(
+                match upstreams.describe(&name).await {
+                    Some(declaration) => HostReply::Answer(Value::String(declaration).to_string()),
+                    None => HostReply::Failed(HostError::new(
                         HostErrorKind::NotFound,
-                        format!("there is no tool {name:?}; name it as \"server.tool\" (see tools.$search)"),
-                    ));
+                        format!(
+                            "there is no tool {name:?} code may call; name it as \"server.tool\" \
+                             (see tools.$search)"
+                        ),
+                    )),
                 }
-                HostReply::Answer(Value::String(found).to_string())
             }),
             HostCall::Tool {
                 server,
