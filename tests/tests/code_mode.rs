@@ -424,6 +424,24 @@ async fn an_http_upstream_with_a_token_from_the_environment() {
         .output("(await tools.inner.run_js({ code: '6 * 7' })).output", "h")
         .await;
     assert_eq!(answer, "42");
+    // Each upstream call is counted, by server, tool and outcome.
+    let metrics = outer.mcp_url.replace("/mcp", "/metrics");
+    let text = mcp_v8_e2e::http::http()
+        .get(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("mcp_v8_tool_calls_total{server=\"inner\",tool=\"run_js\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_v8_tool_call_seconds_count{server=\"inner\"} 1"),
+        "{text}"
+    );
     client.stop().await;
     outer.terminate().await;
     inner.terminate().await;
