@@ -46,6 +46,9 @@ pub struct Cli {
     pub tools: ToolsArgs,
     #[allow(missing_docs)]
     #[command(flatten)]
+    pub net: NetArgs,
+    #[allow(missing_docs)]
+    #[command(flatten)]
     pub transport: TransportArgs,
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -344,6 +347,93 @@ impl ToolsArgs {
             call_timeout: Duration::from_secs_f64(self.tool_timeout_secs),
             result_bytes: usize::try_from(self.tool_result_bytes).unwrap_or(usize::MAX),
         })
+    }
+}
+
+/// `fetch` from code: the hosts it may reach, its limits, and the secrets it may send.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Network (fetch)")]
+pub struct NetArgs {
+    /// Hosts code may fetch from, comma-separated: `api.example.com`, `*.example.com` (names
+    /// under it), `*` (any name), or an IP address; `:port` for one port only. None by
+    /// default: without this flag `fetch` reaches nothing.
+    #[arg(long, env = "MCP_V8_ALLOW_NET", value_name = "HOSTS", value_delimiter = ',')]
+    pub allow_net: Vec<String>,
+
+    /// Addresses outside the public internet (loopback, private, link-local, ...) that an
+    /// allowed name may resolve to, as CIDR ranges, comma-separated; refused otherwise.
+    #[arg(long, env = "MCP_V8_ALLOW_NET_ADDRESSES", value_name = "CIDRS", value_delimiter = ',')]
+    pub allow_net_addresses: Vec<String>,
+
+    /// A secret code may send without seeing it, as `NAME=env:VAR@host[,host...]`: code writes
+    /// `mcp-v8-secret:NAME` in a header, and the server puts $VAR's value there on requests
+    /// to those hosts only. Repeat for more secrets.
+    #[arg(long = "secret", value_name = "NAME=env:VAR@HOSTS")]
+    pub secrets: Vec<String>,
+
+    /// Most requests one run may make.
+    #[arg(long, env = "MCP_V8_FETCH_REQUESTS_PER_RUN", value_name = "N", default_value_t = 50)]
+    pub fetch_requests_per_run: usize,
+
+    /// Most requests of one run in flight at once; the others wait their turn.
+    #[arg(long, env = "MCP_V8_FETCH_CONCURRENCY", value_name = "N", default_value_t = 6,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub fetch_concurrency: u16,
+
+    /// Longest one request may take, redirects and body included, in seconds (the run's own
+    /// time limit still holds).
+    #[arg(long, env = "MCP_V8_FETCH_TIMEOUT_SECS", value_name = "SECS", default_value_t = 30.0,
+          value_parser = parse_seconds)]
+    pub fetch_timeout_secs: f64,
+
+    /// Largest response body one request may read, e.g. `10MiB`; a larger one fails the
+    /// request.
+    #[arg(long, env = "MCP_V8_FETCH_RESPONSE_BYTES", value_name = "SIZE", default_value = "10MiB",
+          value_parser = parse_size)]
+    pub fetch_response_bytes: u64,
+}
+
+impl NetArgs {
+    /// The network these flags allow, if they allow any host.
+    pub fn net(&self) -> Result<Option<crate::net::Net>, StartError> {
+        use crate::net::{HostPattern, Net, NetLimits, NetPolicy, Secret, Secrets};
+        let allow = self
+            .allow_net
+            .iter()
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| HostPattern::parse(h).map_err(|e| StartError::Config(format!("--allow-net: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let addresses = self
+            .allow_net_addresses
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| {
+                let a = a.trim();
+                a.parse::<ipnet::IpNet>()
+                    .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| StartError::Config(format!("--allow-net-addresses: {a:?} is not a CIDR range or an address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let secrets = self
+            .secrets
+            .iter()
+            .map(|s| Secret::parse(s, |var| std::env::var(var).ok()).map_err(StartError::Config))
+            .collect::<Result<Vec<_>, _>>()?;
+        if allow.is_empty() {
+            if !secrets.is_empty() || !addresses.is_empty() {
+                return Err(StartError::Config(
+                    "--secret and --allow-net-addresses need --allow-net: no host is allowed".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let limits = NetLimits {
+            requests_per_run: self.fetch_requests_per_run,
+            concurrent_requests: usize::from(self.fetch_concurrency),
+            timeout: Duration::from_secs_f64(self.fetch_timeout_secs),
+            response_bytes: usize::try_from(self.fetch_response_bytes).unwrap_or(usize::MAX),
+        };
+        Ok(Some(Net::new(NetPolicy { allow, addresses }, Secrets::new(secrets), limits)))
     }
 }
 

@@ -61,7 +61,13 @@ pub fn worker_frames(data: &[u8]) {
         }
     }
     let mut input = data;
-    while let Ok(Some(_)) = futures::executor::block_on(read_frame::<Delivery>(&mut input)) {}
+    while let Ok(Some((delivery, sections))) =
+        futures::executor::block_on(read_frame::<Delivery>(&mut input))
+    {
+        if let Delivery::Reply { head, .. } = delivery {
+            let _ = head.into_reply(sections.into_iter().next());
+        }
+    }
 }
 
 /// What a client writes on stdin, at a line limit small enough to be crossed.

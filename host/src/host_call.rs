@@ -1,6 +1,6 @@
 //! Host calls: what code in the sandbox asks of the host while it runs — an upstream MCP
-//! server's tool (`tools.server.tool(args)`), or the catalogue of those tools
-//! (`tools.$search`, `tools.$describe`) — and the host's reply.
+//! server's tool (`tools.server.tool(args)`), the catalogue of those tools
+//! (`tools.$search`, `tools.$describe`), or an HTTP request (`fetch`) — and the host's reply.
 //!
 //! The engine starts a host call and goes on running the code; the reply settles the call's
 //! promise later. Replies are inputs from outside the heap, so they go on the run's tape
@@ -35,6 +35,71 @@ pub enum HostCall {
         /// `server.tool`.
         name: String,
     },
+    /// An HTTP request (`fetch`), made by the host under its egress policy.
+    Fetch(FetchRequest),
+}
+
+/// An HTTP request as code made it: secrets still as their placeholders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The absolute URL, as the WHATWG URL parser wrote it.
+    pub url: String,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// What to do with a redirect.
+    pub redirect: Redirect,
+    /// The body (the worker protocol carries it as a section, not in the header).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub body: Vec<u8>,
+}
+
+/// `RequestInit.redirect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Redirect {
+    /// Follow redirects, checking each hop against the policy.
+    Follow,
+    /// Fail on a redirect.
+    Error,
+    /// Answer the redirect itself.
+    Manual,
+}
+
+/// An HTTP response as code sees it: secrets' values replaced by their placeholders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchResponse {
+    /// The status code.
+    pub status: u16,
+    /// The reason phrase.
+    pub status_text: String,
+    /// The URL of the last hop.
+    pub url: String,
+    /// Whether a redirect was followed.
+    pub redirected: bool,
+    /// Header names (lower case) and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (base64 on a tape; a section in the worker protocol).
+    #[serde(default, with = "base64_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// Bytes as base64 text in JSON (a tape is JSON; numbers would take four times the room).
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl HostCall {
@@ -65,6 +130,17 @@ impl HostCall {
                 part(b"describe");
                 part(name.as_bytes());
             }
+            HostCall::Fetch(request) => {
+                part(b"fetch");
+                part(request.method.as_bytes());
+                part(request.url.as_bytes());
+                for (name, value) in &request.headers {
+                    part(name.as_bytes());
+                    part(value.as_bytes());
+                }
+                part(&[request.redirect as u8]);
+                part(&request.body);
+            }
         }
         hash.digest()
     }
@@ -76,6 +152,8 @@ pub enum HostReply {
     /// The answer, as JSON text: a tool's `CallToolResult` (also one that reports an error
     /// with `isError`), or the declarations asked for (a JSON string).
     Answer(String),
+    /// An HTTP response.
+    Response(FetchResponse),
     /// The call could not be made or did not finish.
     Failed(HostError),
 }
@@ -85,6 +163,11 @@ impl HostReply {
     pub fn size(&self) -> usize {
         match self {
             HostReply::Answer(text) => text.len(),
+            HostReply::Response(response) => {
+                response.body.len()
+                    + response.url.len()
+                    + response.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+            }
             HostReply::Failed(error) => error.message.len(),
         }
     }
@@ -115,6 +198,8 @@ pub enum HostErrorKind {
     TooLarge,
     /// The server answered the call with a protocol error (bad arguments, say).
     Protocol,
+    /// The request is not one that can be made (a bad URL, method or header).
+    Invalid,
 }
 
 impl HostErrorKind {
@@ -127,6 +212,7 @@ impl HostErrorKind {
             HostErrorKind::Timeout => "timeout",
             HostErrorKind::TooLarge => "too_large",
             HostErrorKind::Protocol => "protocol",
+            HostErrorKind::Invalid => "invalid",
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod host_call;
 pub mod in_flight;
 pub mod job;
 pub mod metrics;
+pub mod net;
 pub mod outputs;
 pub mod record;
 pub mod report;

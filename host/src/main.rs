@@ -110,6 +110,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         }
         None => None,
     };
+    let net = cli.net.net()?;
     let storage::registry::Opened { storage, dump } =
         storage::registry::open(&choice, cli.store.timeout(), &cli.memory_store.settings())?;
     let limits = cli.limits.limits();
@@ -120,6 +121,9 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let mut runtime = Runtime::with_policy(storage, executor, limits, policy);
     if let Some(upstreams) = &upstreams {
         runtime = runtime.with_tools(Arc::clone(upstreams));
+    }
+    if let Some(net) = net {
+        runtime = runtime.with_net(Arc::new(net));
     }
     let runtime = Arc::new(runtime);
     // Listening for SIGINT/SIGTERM before the first worker starts: a stop asked for while the

@@ -312,6 +312,7 @@ impl Parked {
                 let scope = &mut v8::ContextScope::new(scope, context);
                 globals::install_mcp(scope);
                 globals::install_tools(scope);
+                globals::install_web(scope);
                 if let Some(error) = &last_error {
                     last::keep_error(scope, error);
                 }

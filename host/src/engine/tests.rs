@@ -939,6 +939,30 @@ impl HostLink for FakeHost {
 /// content; tool `text` answers JSON as text, `fails` with an error result, `down` cannot be
 /// reached, `hangs` never answers.
 fn echo(call: &HostCall) -> Option<HostReply> {
+    if let HostCall::Fetch(request) = call {
+        // A request to /hang never gets its response; any other echoes what was asked.
+        if request.url.ends_with("/hang") {
+            return None;
+        }
+        let body = serde_json::json!({
+            "method": request.method,
+            "url": request.url,
+            "headers": request.headers,
+            "body": String::from_utf8_lossy(&request.body),
+        });
+        return Some(HostReply::Response(crate::host_call::FetchResponse {
+            status: 200,
+            status_text: "OK".into(),
+            url: request.url.clone(),
+            redirected: false,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("set-cookie".into(), "a=1".into()),
+                ("set-cookie".into(), "b=2".into()),
+            ],
+            body: body.to_string().into_bytes(),
+        }));
+    }
     let HostCall::Tool {
         server,
         tool,
@@ -1093,4 +1117,128 @@ fn a_replay_gets_tool_replies_from_the_tape_without_asking() {
         Err(_) => true,
     };
     assert!(diverged);
+}
+
+#[test]
+fn the_web_globals_behave_as_on_the_web() {
+    let out = |code: &str| stateless(code).unwrap();
+    assert_eq!(
+        out("const u = new URL('../b/c?x=1&y=%20#h', 'https://User:pw@EXAMPLE.com:443/a/z'); \
+             [u.href, u.origin, u.host, u.pathname, u.search, u.hash, u.username].join('|')"),
+        "https://User:pw@example.com/b/c?x=1&y=%20#h|https://example.com|example.com|/b/c|?x=1&y=%20|#h|User"
+    );
+    assert_eq!(
+        out("const u = new URL('http://a.com/p?q=1'); u.searchParams.append('r', 'a b&c'); \
+             u.port = '8080'; u.hash = 'top'; u.href"),
+        "http://a.com:8080/p?q=1&r=a+b%26c#top"
+    );
+    assert_eq!(out("URL.canParse('nope') + ',' + URL.canParse('/x', 'http://h')"), "false,true");
+    assert_eq!(exception(stateless("new URL('nope')")).name, "TypeError");
+    assert_eq!(
+        out("const p = new URLSearchParams('?b=2&a=1&b=3'); p.sort(); \
+             [p.toString(), p.getAll('b').join(), p.get('zz'), p.size].join('|')"),
+        "a=1&b=2&b=3|2,3||3"
+    );
+    assert_eq!(
+        out("new URLSearchParams({ q: 'ü €', n: 1 }).toString()"),
+        "q=%C3%BC+%E2%82%AC&n=1"
+    );
+    assert_eq!(
+        out("const b = new TextEncoder().encode('é€😀'); [b.length, new TextDecoder().decode(b)].join()"),
+        "9,é€😀"
+    );
+    assert_eq!(
+        out("const d = new TextDecoder(); const b = new TextEncoder().encode('€'); \
+             d.decode(b.subarray(0, 1), { stream: true }) + d.decode(b.subarray(1))"),
+        "€"
+    );
+    assert_eq!(
+        exception(stateless("new TextDecoder('utf-8', { fatal: true }).decode(new Uint8Array([0xff]))")).name,
+        "TypeError"
+    );
+    assert_eq!(out("new TextDecoder().decode(new Uint8Array([0xff, 0x41]))"), "\u{fffd}A");
+    assert_eq!(
+        out("const h = new Headers({ 'X-A': ' 1 ' }); h.append('x-a', '2'); h.append('Set-Cookie', 'c'); \
+             JSON.stringify([...h])"),
+        r#"[["set-cookie","c"],["x-a","1, 2"]]"#
+    );
+    assert_eq!(exception(stateless("new Headers({ 'bad name': 'x' })")).name, "TypeError");
+    assert_eq!(exception(stateless("new Headers({ a: 'x\\r\\ny: z' })")).name, "TypeError");
+    assert_eq!(
+        out("const r = Response.json({ a: 1 }, { status: 201 }); \
+             [r.status, r.ok, r.headers.get('content-type'), await r.text(), r.bodyUsed].join('|')"),
+        "201|true|application/json|{\"a\":1}|true"
+    );
+    assert_eq!(
+        out("const r = new Request('https://h.io/x', { method: 'post', body: new URLSearchParams('a=1') }); \
+             [r.method, r.headers.get('content-type'), await r.text()].join('|')"),
+        "POST|application/x-www-form-urlencoded;charset=UTF-8|a=1"
+    );
+    assert_eq!(exception(stateless("new Request('https://h.io', { method: 'GET', body: 'x' })")).name, "TypeError");
+    assert_eq!(
+        out("const c = new AbortController(); let seen = ''; \
+             c.signal.addEventListener('abort', (e) => seen = e.type); c.abort(); \
+             [c.signal.aborted, c.signal.reason.name, seen].join()"),
+        "true,AbortError,abort"
+    );
+    assert_eq!(
+        out("const s = AbortSignal.timeout(50); await new Promise((r) => setTimeout(r, 60)); s.reason.name"),
+        "TimeoutError"
+    );
+    // Not in the way of code that has its own, now or in a later call.
+    let (_, heap) = step("globalThis.URL = 'mine'; 1", None).unwrap();
+    assert_eq!(step("URL + typeof fetch", Some(heap)).unwrap().0, "minefunction");
+}
+
+fn with_host(code: &str) -> Outcome<Completion> {
+    with_tools(code)
+}
+
+#[test]
+fn fetch_asks_the_host_and_reads_what_it_answers() {
+    let out = |code: &str| with_host(code).result.unwrap().output;
+    assert_eq!(
+        out("const r = await fetch('https://api.example.com/x?y=1', { method: 'PUT', \
+               headers: { Authorization: 'Bearer mcp-v8-secret:T' }, body: 'hi' }); \
+             const echo = await r.json(); \
+             [r.status, r.ok, r.url, r.headers.get('set-cookie'), r.headers.getSetCookie().length, \
+              echo.method, JSON.stringify(echo.headers), echo.body].join('|')"),
+        "200|true|https://api.example.com/x?y=1|a=1, b=2|2|PUT|\
+         [[\"authorization\",\"Bearer mcp-v8-secret:T\"],[\"content-type\",\"text/plain;charset=UTF-8\"]]|hi"
+    );
+    assert_eq!(
+        out("new Uint8Array(await (await fetch(new Request('http://h.io/', { method: 'POST', \
+               body: new Uint8Array([1, 2, 255]) }))).arrayBuffer()).length > 0"),
+        "true"
+    );
+    // Refused in the sandbox: not http(s), a bad URL.
+    let e = exception(with_host("await fetch('file:///etc/hosts')").result.map(|c| c.output));
+    assert_eq!(e.name, "TypeError");
+    assert!(e.message.contains("only http: and https:"), "{}", e.message);
+    assert_eq!(exception(with_host("await fetch('/relative')").result.map(|c| c.output)).name, "TypeError");
+    // An abort rejects at once with the signal's reason, and a timer can give up on a hang.
+    assert_eq!(
+        out("const c = new AbortController(); const p = fetch('https://h.io/hang', { signal: c.signal }); \
+             setTimeout(() => c.abort(), 10); try { await p; 'no' } catch (e) { e.name }"),
+        "AbortError"
+    );
+    // Without a host: network access is off, and the error says so.
+    let e = exception(stateless("await fetch('https://example.com/')"));
+    assert!(e.message.contains("--allow-net"), "{}", e.message);
+}
+
+#[test]
+fn a_replay_of_a_call_that_fetched_fetches_nothing() {
+    let heap = step("let got = []; 0", None).unwrap().1;
+    let code = "got.push((await (await fetch('https://h.io/a')).json()).url); got.length";
+    let (outside, asked) = fake_host();
+    let warm = HeapIsolate::new(Some(heap.clone()), &limits()).unwrap();
+    let (outcome, _) = answer_first(warm.run(&read_code(code).unwrap(), &limits(), outside));
+    let completion = outcome.result.unwrap();
+    assert_eq!(completion.output, "1");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(completion.tape.replies.len(), 1);
+    let (replayed, _, _) = on_heap(code, &heap, Some(completion.tape.clone()));
+    assert_eq!(replayed.output, "1");
+    assert_eq!(replayed.tape, completion.tape);
 }

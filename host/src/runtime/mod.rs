@@ -28,6 +28,8 @@ use crate::job::{HeapRan, Job, Keep, LiveBatches, Target};
 use crate::metrics::{self, CallMetrics, StorageStats};
 use crate::storage::{validate_caller_name, HeapLocks, HeapMeta, Store, StoreError};
 use crate::upstream::Upstreams;
+use crate::net::{Net, RunNet};
+use crate::host_call::{HostCall, HostError, HostErrorKind, HostReply, PendingReply};
 use heaps::{checkpoint_idle_heaps, Call, Commit, Heaps};
 
 /// When a heap's snapshot is stored. Either way a call is answered only once its journal
@@ -364,6 +366,8 @@ pub struct Runtime {
     last_errors: Mutex<lru::LruCache<String, JsException>>,
     /// The upstream servers whose tools code may call, if any.
     tools: Option<Arc<Upstreams>>,
+    /// The network code may reach with `fetch`, if any.
+    net: Option<Arc<Net>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -420,6 +424,7 @@ impl Runtime {
                 std::num::NonZeroUsize::new(LAST_ERRORS).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
             tools: None,
+            net: None,
         }
     }
 
@@ -434,11 +439,26 @@ impl Runtime {
         self.tools.as_ref()
     }
 
-    /// Who answers one run's host calls.
+    /// The same runtime, with `fetch` under `net`'s egress policy.
+    pub fn with_net(mut self, net: Arc<Net>) -> Self {
+        self.net = Some(net);
+        self
+    }
+
+    /// The network code may reach, if any.
+    pub fn net(&self) -> Option<&Arc<Net>> {
+        self.net.as_ref()
+    }
+
+    /// Who answers one run's host calls: its tools and its network, counted per run.
     fn host_calls(&self) -> Option<Arc<dyn HostCalls>> {
-        self.tools
-            .as_ref()
-            .map(|tools| tools.for_run() as Arc<dyn HostCalls>)
+        if self.tools.is_none() && self.net.is_none() {
+            return None;
+        }
+        Some(Arc::new(RunHost {
+            tools: self.tools.as_ref().map(|tools| tools.for_run()),
+            net: self.net.as_ref().map(|net| net.for_run()),
+        }))
     }
 
     /// Gets the executor ready for the first call.
@@ -999,3 +1019,34 @@ fn jitter(retry: u32) -> Duration {
 
 #[cfg(test)]
 mod tests;
+
+/// One run's host calls: tool calls go to the upstream servers, requests to the network.
+#[derive(Debug)]
+struct RunHost {
+    tools: Option<Arc<crate::upstream::RunTools>>,
+    net: Option<RunNet>,
+}
+
+impl HostCalls for RunHost {
+    fn call(&self, call: HostCall) -> PendingReply {
+        let refuse = |kind, message: &'static str| -> PendingReply {
+            Box::pin(async move { HostReply::Failed(HostError::new(kind, message)) })
+        };
+        match call {
+            HostCall::Fetch(request) => match &self.net {
+                Some(net) => net.fetch(request),
+                None => refuse(
+                    HostErrorKind::Denied,
+                    "network access is off: this server allows no hosts (see --allow-net)",
+                ),
+            },
+            call => match &self.tools {
+                Some(tools) => tools.call(call),
+                None => refuse(
+                    HostErrorKind::Unavailable,
+                    "no MCP servers are configured for this server (see --mcp-config)",
+                ),
+            },
+        }
+    }
+}

@@ -125,6 +125,31 @@ impl McpServer {
                     annotations.read_only_hint = Some(false);
                 }
             }
+            // Code reaches the network: its runs are open-world too.
+            if let Some(net) = runtime.net() {
+                let secrets = net.secret_names();
+                let more = include_str!("tools/run_js_fetch.md")
+                    .trim_end()
+                    .replace('\n', " ")
+                    .replace("HOSTS", &net.hosts().join(", "))
+                    .replace(
+                        "SECRETS",
+                        &if secrets.is_empty() {
+                            "none".to_string()
+                        } else {
+                            secrets
+                                .iter()
+                                .map(|s| format!("`{}{s}`", crate::net::PLACEHOLDER_PREFIX))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        },
+                    );
+                let general = route.attr.description.clone().unwrap_or_default();
+                route.attr.description = Some(format!("{general} {more}").into());
+                if let Some(annotations) = &mut route.attr.annotations {
+                    annotations.open_world_hint = Some(true);
+                }
+            }
         }
         Self {
             runtime,

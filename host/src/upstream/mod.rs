@@ -611,6 +611,12 @@ impl HostCalls for RunTools {
                     )),
                 }
             }),
+            HostCall::Fetch(_) => Box::pin(async {
+                HostReply::Failed(HostError::new(
+                    HostErrorKind::Invalid,
+                    "a request is not a tool call",
+                ))
+            }),
             HostCall::Tool {
                 server,
                 tool,

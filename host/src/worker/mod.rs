@@ -32,7 +32,7 @@ use protocol::{
 use crate::engine::{self, live, HeapIsolate, JsException, Limits, PlainIsolate, Replay, RunError};
 use crate::engine::{HostLink, Outcome, Outside, Waited};
 use crate::frontend::Prepared;
-use crate::host_call::{HostCall, HostError, HostReply};
+use crate::host_call::{HostCall, HostError};
 use crate::job::{Keep, Rerun};
 use crate::record::Record;
 
@@ -487,18 +487,11 @@ impl HostLink for PipeLink {
         }
         let frame = block_on(read_frame::<Delivery>(&mut *self.input.lock()));
         match frame {
-            Ok(Some((Delivery::Reply { call, failed }, sections))) => {
-                let reply = match failed {
-                    Some(error) => HostReply::Failed(error),
-                    None => {
-                        let bytes = sections.into_iter().next().unwrap_or_default();
-                        match String::from_utf8(bytes) {
-                            Ok(text) => HostReply::Answer(text),
-                            Err(_) => return Waited::Lost("a reply is not UTF-8".into()),
-                        }
-                    }
-                };
-                Waited::Reply(call, reply)
+            Ok(Some((Delivery::Reply { call, head }, sections))) => {
+                match head.into_reply(sections.into_iter().next()) {
+                    Ok(reply) => Waited::Reply(call, reply),
+                    Err(e) => Waited::Lost(e.to_string()),
+                }
             }
             Ok(Some((Delivery::Nothing, _))) => Waited::Nothing,
             Ok(None) => Waited::Lost("the host closed the pipe".into()),

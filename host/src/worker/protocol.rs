@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::engine::live::{Batch, Progress};
 use crate::engine::{Console, Dropped, JsException, Limits, LogLine, RunError, Tape};
-use crate::host_call::{HostCall, HostError, HostReply};
+use crate::host_call::{FetchResponse, HostCall, HostError, HostReply};
 use crate::job::Keep;
 use crate::record::Record;
 
@@ -152,23 +152,29 @@ pub enum Answer {
 }
 
 impl Answer {
-    /// A host call as a frame's header and section.
+    /// A host call as a frame's header and section: a tool's arguments or a request's body go
+    /// in the section.
     pub fn host_call(call: u32, ask: &HostCall) -> (Answer, Vec<u8>) {
         let mut ask = ask.clone();
-        let arguments = match &mut ask {
+        let section = match &mut ask {
             HostCall::Tool { arguments, .. } => std::mem::take(arguments).into_bytes(),
+            HostCall::Fetch(request) => std::mem::take(&mut request.body),
             _ => Vec::new(),
         };
-        (Answer::HostCall { call, ask }, arguments)
+        (Answer::HostCall { call, ask }, section)
     }
 }
 
-/// A host call with its arguments from the frame's section.
+/// A host call with its arguments or body from the frame's section.
 pub fn host_call_of(mut ask: HostCall, section: Option<Vec<u8>>) -> io::Result<HostCall> {
-    if let HostCall::Tool { arguments, .. } = &mut ask {
-        let bytes = section.unwrap_or_default();
-        *arguments = String::from_utf8(bytes)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "arguments are not UTF-8"))?;
+    match &mut ask {
+        HostCall::Tool { arguments, .. } => {
+            let bytes = section.unwrap_or_default();
+            *arguments = String::from_utf8(bytes)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "arguments are not UTF-8"))?;
+        }
+        HostCall::Fetch(request) => request.body = section.unwrap_or_default(),
+        _ => {}
     }
     Ok(ask)
 }
@@ -176,30 +182,58 @@ pub fn host_call_of(mut ask: HostCall, section: Option<Vec<u8>>) -> io::Result<H
 /// The host's answer to [`Answer::Await`].
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Delivery {
-    /// The reply to call `call`. Sections: the answer's text, unless `failed`.
+    /// The reply to call `call`; its text or body is the frame's section.
     Reply {
         /// The call's number in the run.
         call: u32,
-        /// Why the call failed, if it did.
-        failed: Option<HostError>,
+        /// The reply without its text or body.
+        head: ReplyHead,
     },
     /// No reply came in the time asked.
     Nothing,
 }
 
+/// A [`HostReply`] without the bytes a frame carries as its section.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReplyHead {
+    /// [`HostReply::Answer`]: the section is its text.
+    Answer,
+    /// [`HostReply::Response`] with an empty body: the section is the body.
+    Response(FetchResponse),
+    /// [`HostReply::Failed`]; no section.
+    Failed(HostError),
+}
+
 impl Delivery {
     /// A reply as a frame's header and section.
     pub fn reply(call: u32, reply: HostReply) -> (Delivery, Vec<u8>) {
-        match reply {
-            HostReply::Answer(text) => (Delivery::Reply { call, failed: None }, text.into_bytes()),
-            HostReply::Failed(error) => (
-                Delivery::Reply {
-                    call,
-                    failed: Some(error),
-                },
-                Vec::new(),
+        let (head, section) = match reply {
+            HostReply::Answer(text) => (ReplyHead::Answer, text.into_bytes()),
+            HostReply::Response(mut response) => {
+                let body = std::mem::take(&mut response.body);
+                (ReplyHead::Response(response), body)
+            }
+            HostReply::Failed(error) => (ReplyHead::Failed(error), Vec::new()),
+        };
+        (Delivery::Reply { call, head }, section)
+    }
+}
+
+impl ReplyHead {
+    /// The reply, with its text or body from the frame's section.
+    pub fn into_reply(self, section: Option<Vec<u8>>) -> io::Result<HostReply> {
+        let bytes = section.unwrap_or_default();
+        Ok(match self {
+            ReplyHead::Answer => HostReply::Answer(
+                String::from_utf8(bytes)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a reply is not UTF-8"))?,
             ),
-        }
+            ReplyHead::Response(mut response) => {
+                response.body = bytes;
+                HostReply::Response(response)
+            }
+            ReplyHead::Failed(error) => HostReply::Failed(error),
+        })
     }
 }
 
@@ -496,29 +530,43 @@ mod tests {
 
     #[tokio::test]
     async fn host_calls_and_their_replies_round_trip_with_arguments_as_sections() {
-        let ask = HostCall::Tool {
-            server: "db".into(),
-            tool: "query".into(),
-            arguments: "{\"q\":\"\\\"quoted\\\"\"}".into(),
-        };
-        let (header, arguments) = Answer::host_call(7, &ask);
-        let mut wire = Vec::new();
-        write_frame(&mut wire, &header, &[&arguments])
-            .await
-            .unwrap();
-        let (back, sections): (Answer, _) =
-            read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
-        let Answer::HostCall { call, ask: back } = back else {
-            panic!("a host call expected");
-        };
-        assert_eq!(call, 7);
-        assert_eq!(
-            host_call_of(back, sections.into_iter().next()).unwrap(),
-            ask
-        );
+        let asks = [
+            HostCall::Tool {
+                server: "db".into(),
+                tool: "query".into(),
+                arguments: "{\"q\":\"\\\"quoted\\\"\"}".into(),
+            },
+            HostCall::Fetch(crate::host_call::FetchRequest {
+                method: "POST".into(),
+                url: "https://example.com/a?b=c".into(),
+                headers: vec![("content-type".into(), "application/octet-stream".into())],
+                redirect: crate::host_call::Redirect::Manual,
+                body: vec![0, 255, 1, 2],
+            }),
+        ];
+        for ask in asks {
+            let (header, section) = Answer::host_call(7, &ask);
+            let mut wire = Vec::new();
+            write_frame(&mut wire, &header, &[&section]).await.unwrap();
+            let (back, sections): (Answer, _) =
+                read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
+            let Answer::HostCall { call, ask: back } = back else {
+                panic!("a host call expected");
+            };
+            assert_eq!(call, 7);
+            assert_eq!(host_call_of(back, sections.into_iter().next()).unwrap(), ask);
+        }
 
         for reply in [
             HostReply::Answer("{\"content\":[]}".into()),
+            HostReply::Response(FetchResponse {
+                status: 201,
+                status_text: "Created".into(),
+                url: "https://example.com/".into(),
+                redirected: true,
+                headers: vec![("x".into(), "y".into())],
+                body: vec![0xff, 0, 7],
+            }),
             HostReply::Failed(HostError::new(
                 crate::host_call::HostErrorKind::Denied,
                 "no",
@@ -529,11 +577,10 @@ mod tests {
             write_frame(&mut wire, &header, &[&section]).await.unwrap();
             let (back, sections): (Delivery, _) =
                 read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
-            let Delivery::Reply { call: 3, failed } = back else {
+            let Delivery::Reply { call: 3, head } = back else {
                 panic!("a reply to call 3 expected");
             };
-            let text = String::from_utf8(sections.into_iter().next().unwrap()).unwrap();
-            let again = failed.map_or(HostReply::Answer(text), HostReply::Failed);
+            let again = head.into_reply(sections.into_iter().next()).unwrap();
             assert_eq!(again, reply);
         }
     }

@@ -2,7 +2,8 @@
 //! per-run state ([`RunState`]): `console` (`console`), timers and `queueMicrotask`
 //! (`timers`), a clock (`Date`, `performance`) that moves with the timers, `Math.random` on the
 //! call's seed and a marked `WeakRef.prototype.deref` (`clock`), `mcp.progress` (`mcp`), the
-//! upstream servers' tools as `tools` (`tools`); and
+//! upstream servers' tools as `tools` (`tools`), `fetch` and the web globals around it
+//! (`web`); and
 //! here, the changes that keep every heap snapshottable (see [`PRELUDE`]), modules refused,
 //! and the list of native callbacks.
 //!
@@ -25,6 +26,7 @@ mod console;
 mod mcp;
 mod timers;
 mod tools;
+mod web;
 
 use clock::*;
 pub(super) use clock::{install_random, install_weak_ref_deref};
@@ -37,6 +39,8 @@ pub(super) use timers::next_timer;
 use timers::*;
 use tools::*;
 pub(super) use tools::{install_tools, next_event, Next};
+pub(super) use web::install_web;
+use web::*;
 
 /// Per-run state, kept in an isolate slot while the run lasts.
 pub(super) struct RunState {
@@ -296,6 +300,8 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(weak_ref_deref),
             // Heap format 11.
             reference(host_call),
+            // Heap format 12.
+            reference(web),
         ])
     })
 }
@@ -332,6 +338,7 @@ pub(super) fn install(scope: &mut v8::HandleScope) -> Option<()> {
     define(scope, global, "require", require)?;
     install_mcp(scope)?;
     install_tools(scope)?;
+    install_web(scope)?;
     install_clock(scope)?;
     install_random(scope)?;
     install_weak_ref_deref(scope)

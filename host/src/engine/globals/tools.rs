@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::engine::tape::TapedReply;
 use crate::engine::{HostLink, Waited};
-use crate::host_call::{HostCall, HostError, HostErrorKind, HostReply};
+use crate::host_call::{FetchRequest, HostCall, HostError, HostErrorKind, HostReply};
 
 /// Largest arguments of one tool call, as JSON text: a call is an instruction, not a
 /// transfer (and its frame to the host stays small).
 pub(in crate::engine) const MAX_ARGUMENT_BYTES: usize = 512 << 10;
+
+/// Largest body of one request `fetch` sends.
+pub(in crate::engine) const MAX_REQUEST_BODY_BYTES: usize = 8 << 20;
 
 /// See the file: it makes `tools` and `ToolError` from the native host call.
 const TOOLS: &str = include_str!("../tools.js");
@@ -87,6 +90,7 @@ pub(super) fn host_call(
     };
     rv.set(resolver.get_promise(scope).into());
     let text = |scope: &mut v8::HandleScope, i| args.get(i).to_rust_string_lossy(scope);
+    let mut refused = None;
     let call = match args.get(0).int32_value(scope) {
         Some(0) => HostCall::Tool {
             server: text(scope, 1),
@@ -96,13 +100,32 @@ pub(super) fn host_call(
         Some(1) => HostCall::Search {
             query: text(scope, 1),
         },
+        Some(3) => {
+            let head = text(scope, 1);
+            let body = bytes_of(args.get(2));
+            match serde_json::from_str::<FetchHead>(&head) {
+                Ok(head) => HostCall::Fetch(FetchRequest {
+                    method: head.method,
+                    url: head.url,
+                    headers: head.headers,
+                    redirect: head.redirect,
+                    body,
+                }),
+                Err(e) => {
+                    // Made by `web.js`, so never seen unless that script is wrong.
+                    let error = HostError::new(HostErrorKind::Invalid, format!("bad request: {e}"));
+                    settle(scope, resolver, HostReply::Failed(error));
+                    return;
+                }
+            }
+        }
         _ => HostCall::Describe {
             name: text(scope, 1),
         },
     };
-    let refused = match &call {
+    match &call {
         HostCall::Tool { arguments, .. } if arguments.len() > MAX_ARGUMENT_BYTES => {
-            Some(HostError::new(
+            refused = Some(HostError::new(
                 HostErrorKind::TooLarge,
                 format!(
                     "its arguments take {} KiB, more than the {} KiB a tool call may send",
@@ -111,8 +134,18 @@ pub(super) fn host_call(
                 ),
             ))
         }
-        _ => None,
-    };
+        HostCall::Fetch(request) if request.body.len() > MAX_REQUEST_BODY_BYTES => {
+            refused = Some(HostError::new(
+                HostErrorKind::TooLarge,
+                format!(
+                    "its body takes {} KiB, more than the {} MiB a request may send",
+                    request.body.len() >> 10,
+                    MAX_REQUEST_BODY_BYTES >> 20
+                ),
+            ))
+        }
+        _ => {}
+    }
     let resolver_global = v8::Global::new(scope, resolver);
     let Some(state) = scope.get_slot_mut::<RunState>() else {
         let error = HostError::new(
@@ -153,10 +186,16 @@ pub(super) fn host_call(
     }
     let started = match &mut state.host.link {
         Some(link) => link.start(id, &call),
-        None => Err(HostError::new(
-            HostErrorKind::Unavailable,
-            "no MCP servers are configured for this server (see --mcp-config)",
-        )),
+        None => Err(match call {
+            HostCall::Fetch(_) => HostError::new(
+                HostErrorKind::Denied,
+                "network access is off: this server allows no hosts (see --allow-net)",
+            ),
+            _ => HostError::new(
+                HostErrorKind::Unavailable,
+                "no MCP servers are configured for this server (see --mcp-config)",
+            ),
+        }),
     };
     if let Err(error) = started {
         // Taped like any reply: a replay settles the call the same way.
@@ -187,6 +226,15 @@ fn settle(scope: &mut v8::HandleScope, resolver: v8::Local<v8::PromiseResolver>,
                 settle(scope, resolver, HostReply::Failed(error));
             }
         }
+        HostReply::Response(response) => match response_object(scope, response) {
+            Some(object) => {
+                resolver.resolve(scope, object.into());
+            }
+            None => {
+                let error = HostError::new(HostErrorKind::TooLarge, "the response is too large for V8");
+                settle(scope, resolver, HostReply::Failed(error));
+            }
+        },
         HostReply::Failed(error) => {
             let failure = v8::Object::new(scope);
             let kind = v8::String::new(scope, error.kind.as_str());
@@ -199,6 +247,67 @@ fn settle(scope: &mut v8::HandleScope, resolver: v8::Local<v8::PromiseResolver>,
             resolver.reject(scope, failure.into());
         }
     }
+}
+
+/// The request `web.js` sends to the host, less its body.
+#[derive(serde::Deserialize)]
+struct FetchHead {
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    redirect: crate::host_call::Redirect,
+}
+
+/// The bytes of an `ArrayBuffer` view (none for anything else).
+fn bytes_of(value: v8::Local<v8::Value>) -> Vec<u8> {
+    let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(value) else {
+        return Vec::new();
+    };
+    let mut bytes = vec![0; view.byte_length()];
+    let copied = view.copy_contents(&mut bytes);
+    bytes.truncate(copied);
+    bytes
+}
+
+/// `{status, statusText, url, redirected, headers: [[name, value]], body: ArrayBuffer}` for
+/// `web.js` to make a `Response` of. The body is copied into V8's own memory, where the
+/// heap's limit counts it.
+fn response_object<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    response: crate::host_call::FetchResponse,
+) -> Option<v8::Local<'s, v8::Object>> {
+    let object = v8::Object::new(scope);
+    let status = v8::Integer::new(scope, i32::from(response.status));
+    property_set(scope, object, "status", status.into())?;
+    let text = v8::String::new(scope, &response.status_text)?;
+    property_set(scope, object, "statusText", text.into())?;
+    let url = v8::String::new(scope, &response.url)?;
+    property_set(scope, object, "url", url.into())?;
+    let redirected = v8::Boolean::new(scope, response.redirected);
+    property_set(scope, object, "redirected", redirected.into())?;
+    let mut pairs = Vec::with_capacity(response.headers.len());
+    for (name, value) in &response.headers {
+        let name = v8::String::new(scope, name)?;
+        let value = v8::String::new(scope, value)?;
+        pairs.push(v8::Array::new_with_elements(scope, &[name.into(), value.into()]).into());
+    }
+    let headers = v8::Array::new_with_elements(scope, &pairs);
+    property_set(scope, object, "headers", headers.into())?;
+    let buffer = v8::ArrayBuffer::new(scope, response.body.len());
+    if !response.body.is_empty() {
+        let data = buffer.data()?;
+        // SAFETY: `buffer` was just made with exactly `body.len()` bytes, which nothing else
+        // refers to yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                response.body.as_ptr(),
+                data.as_ptr().cast::<u8>(),
+                response.body.len(),
+            );
+        }
+    }
+    property_set(scope, object, "body", buffer.into())?;
+    Some(object)
 }
 
 fn property_set(
