@@ -357,12 +357,22 @@ pub struct NetArgs {
     /// Hosts code may fetch from, comma-separated: `api.example.com`, `*.example.com` (names
     /// under it), `*` (any name), or an IP address; `:port` for one port only. None by
     /// default: without this flag `fetch` reaches nothing.
-    #[arg(long, env = "MCP_V8_ALLOW_NET", value_name = "HOSTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "MCP_V8_ALLOW_NET",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
     pub allow_net: Vec<String>,
 
     /// Addresses outside the public internet (loopback, private, link-local, ...) that an
     /// allowed name may resolve to, as CIDR ranges, comma-separated; refused otherwise.
-    #[arg(long, env = "MCP_V8_ALLOW_NET_ADDRESSES", value_name = "CIDRS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "MCP_V8_ALLOW_NET_ADDRESSES",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
     pub allow_net_addresses: Vec<String>,
 
     /// A secret code may send without seeing it, as `NAME=env:VAR@host[,host...]`: code writes
@@ -372,7 +382,12 @@ pub struct NetArgs {
     pub secrets: Vec<String>,
 
     /// Most requests one run may make.
-    #[arg(long, env = "MCP_V8_FETCH_REQUESTS_PER_RUN", value_name = "N", default_value_t = 50)]
+    #[arg(
+        long,
+        env = "MCP_V8_FETCH_REQUESTS_PER_RUN",
+        value_name = "N",
+        default_value_t = 50
+    )]
     pub fetch_requests_per_run: usize,
 
     /// Most requests of one run in flight at once; the others wait their turn.
@@ -401,7 +416,9 @@ impl NetArgs {
             .allow_net
             .iter()
             .filter(|h| !h.trim().is_empty())
-            .map(|h| HostPattern::parse(h).map_err(|e| StartError::Config(format!("--allow-net: {e}"))))
+            .map(|h| {
+                HostPattern::parse(h).map_err(|e| StartError::Config(format!("--allow-net: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let addresses = self
             .allow_net_addresses
@@ -411,7 +428,11 @@ impl NetArgs {
                 let a = a.trim();
                 a.parse::<ipnet::IpNet>()
                     .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| StartError::Config(format!("--allow-net-addresses: {a:?} is not a CIDR range or an address")))
+                    .map_err(|_| {
+                        StartError::Config(format!(
+                            "--allow-net-addresses: {a:?} is not a CIDR range or an address"
+                        ))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let secrets = self
@@ -422,7 +443,8 @@ impl NetArgs {
         if allow.is_empty() {
             if !secrets.is_empty() || !addresses.is_empty() {
                 return Err(StartError::Config(
-                    "--secret and --allow-net-addresses need --allow-net: no host is allowed".into(),
+                    "--secret and --allow-net-addresses need --allow-net: no host is allowed"
+                        .into(),
                 ));
             }
             return Ok(None);
@@ -433,7 +455,11 @@ impl NetArgs {
             timeout: Duration::from_secs_f64(self.fetch_timeout_secs),
             response_bytes: usize::try_from(self.fetch_response_bytes).unwrap_or(usize::MAX),
         };
-        Ok(Some(Net::new(NetPolicy { allow, addresses }, Secrets::new(secrets), limits)))
+        Ok(Some(Net::new(
+            NetPolicy { allow, addresses },
+            Secrets::new(secrets),
+            limits,
+        )))
     }
 }
 

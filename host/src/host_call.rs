@@ -166,7 +166,11 @@ impl HostReply {
             HostReply::Response(response) => {
                 response.body.len()
                     + response.url.len()
-                    + response.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+                    + response
+                        .headers
+                        .iter()
+                        .map(|(n, v)| n.len() + v.len())
+                        .sum::<usize>()
             }
             HostReply::Failed(error) => error.message.len(),
         }

@@ -45,12 +45,13 @@ impl HttpServer {
         let mut child = Command::new(binary())
             .args(["--http-port", "0", "--sse-port", "0"])
             .args(args)
-            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("MCP_V8_TEST_LOG")
                     .unwrap_or_else(|_| "warn,mcp_v8::runtime=debug".into()),
             )
+            // The caller's own RUST_LOG, if any, wins.
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -99,6 +100,16 @@ impl HttpServer {
             .status()
             .expect("run kill");
         assert!(status.success());
+    }
+
+    /// The lines the server has logged since the last look.
+    pub async fn logged(&self) -> Vec<String> {
+        let mut logs = self.logs.lock().await;
+        let mut lines = Vec::new();
+        while let Ok(line) = logs.try_recv() {
+            lines.push(line);
+        }
+        lines
     }
 
     /// Waits until the server logs a line containing `needle`.

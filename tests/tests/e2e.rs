@@ -8,6 +8,7 @@ mod compression;
 mod conformance;
 mod contract;
 mod docs;
+mod fetch;
 mod forks;
 mod hostile_plugins;
 mod http;

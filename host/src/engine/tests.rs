@@ -1128,11 +1128,16 @@ fn the_web_globals_behave_as_on_the_web() {
         "https://User:pw@example.com/b/c?x=1&y=%20#h|https://example.com|example.com|/b/c|?x=1&y=%20|#h|User"
     );
     assert_eq!(
-        out("const u = new URL('http://a.com/p?q=1'); u.searchParams.append('r', 'a b&c'); \
-             u.port = '8080'; u.hash = 'top'; u.href"),
+        out(
+            "const u = new URL('http://a.com/p?q=1'); u.searchParams.append('r', 'a b&c'); \
+             u.port = '8080'; u.hash = 'top'; u.href"
+        ),
         "http://a.com:8080/p?q=1&r=a+b%26c#top"
     );
-    assert_eq!(out("URL.canParse('nope') + ',' + URL.canParse('/x', 'http://h')"), "false,true");
+    assert_eq!(
+        out("URL.canParse('nope') + ',' + URL.canParse('/x', 'http://h')"),
+        "false,true"
+    );
     assert_eq!(exception(stateless("new URL('nope')")).name, "TypeError");
     assert_eq!(
         out("const p = new URLSearchParams('?b=2&a=1&b=3'); p.sort(); \
@@ -1148,25 +1153,41 @@ fn the_web_globals_behave_as_on_the_web() {
         "9,é€😀"
     );
     assert_eq!(
-        out("const d = new TextDecoder(); const b = new TextEncoder().encode('€'); \
-             d.decode(b.subarray(0, 1), { stream: true }) + d.decode(b.subarray(1))"),
+        out(
+            "const d = new TextDecoder(); const b = new TextEncoder().encode('€'); \
+             d.decode(b.subarray(0, 1), { stream: true }) + d.decode(b.subarray(1))"
+        ),
         "€"
     );
     assert_eq!(
-        exception(stateless("new TextDecoder('utf-8', { fatal: true }).decode(new Uint8Array([0xff]))")).name,
+        exception(stateless(
+            "new TextDecoder('utf-8', { fatal: true }).decode(new Uint8Array([0xff]))"
+        ))
+        .name,
         "TypeError"
     );
-    assert_eq!(out("new TextDecoder().decode(new Uint8Array([0xff, 0x41]))"), "\u{fffd}A");
+    assert_eq!(
+        out("new TextDecoder().decode(new Uint8Array([0xff, 0x41]))"),
+        "\u{fffd}A"
+    );
     assert_eq!(
         out("const h = new Headers({ 'X-A': ' 1 ' }); h.append('x-a', '2'); h.append('Set-Cookie', 'c'); \
              JSON.stringify([...h])"),
         r#"[["set-cookie","c"],["x-a","1, 2"]]"#
     );
-    assert_eq!(exception(stateless("new Headers({ 'bad name': 'x' })")).name, "TypeError");
-    assert_eq!(exception(stateless("new Headers({ a: 'x\\r\\ny: z' })")).name, "TypeError");
     assert_eq!(
-        out("const r = Response.json({ a: 1 }, { status: 201 }); \
-             [r.status, r.ok, r.headers.get('content-type'), await r.text(), r.bodyUsed].join('|')"),
+        exception(stateless("new Headers({ 'bad name': 'x' })")).name,
+        "TypeError"
+    );
+    assert_eq!(
+        exception(stateless("new Headers({ a: 'x\\r\\ny: z' })")).name,
+        "TypeError"
+    );
+    assert_eq!(
+        out(
+            "const r = Response.json({ a: 1 }, { status: 201 }); \
+             [r.status, r.ok, r.headers.get('content-type'), await r.text(), r.bodyUsed].join('|')"
+        ),
         "201|true|application/json|{\"a\":1}|true"
     );
     assert_eq!(
@@ -1174,7 +1195,13 @@ fn the_web_globals_behave_as_on_the_web() {
              [r.method, r.headers.get('content-type'), await r.text()].join('|')"),
         "POST|application/x-www-form-urlencoded;charset=UTF-8|a=1"
     );
-    assert_eq!(exception(stateless("new Request('https://h.io', { method: 'GET', body: 'x' })")).name, "TypeError");
+    assert_eq!(
+        exception(stateless(
+            "new Request('https://h.io', { method: 'GET', body: 'x' })"
+        ))
+        .name,
+        "TypeError"
+    );
     assert_eq!(
         out("const c = new AbortController(); let seen = ''; \
              c.signal.addEventListener('abort', (e) => seen = e.type); c.abort(); \
@@ -1187,7 +1214,10 @@ fn the_web_globals_behave_as_on_the_web() {
     );
     // Not in the way of code that has its own, now or in a later call.
     let (_, heap) = step("globalThis.URL = 'mine'; 1", None).unwrap();
-    assert_eq!(step("URL + typeof fetch", Some(heap)).unwrap().0, "minefunction");
+    assert_eq!(
+        step("URL + typeof fetch", Some(heap)).unwrap().0,
+        "minefunction"
+    );
 }
 
 fn with_host(code: &str) -> Outcome<Completion> {
@@ -1207,15 +1237,29 @@ fn fetch_asks_the_host_and_reads_what_it_answers() {
          [[\"authorization\",\"Bearer mcp-v8-secret:T\"],[\"content-type\",\"text/plain;charset=UTF-8\"]]|hi"
     );
     assert_eq!(
-        out("new Uint8Array(await (await fetch(new Request('http://h.io/', { method: 'POST', \
-               body: new Uint8Array([1, 2, 255]) }))).arrayBuffer()).length > 0"),
+        out(
+            "new Uint8Array(await (await fetch(new Request('http://h.io/', { method: 'POST', \
+               body: new Uint8Array([1, 2, 255]) }))).arrayBuffer()).length > 0"
+        ),
         "true"
     );
     // Refused in the sandbox: not http(s), a bad URL.
-    let e = exception(with_host("await fetch('file:///etc/hosts')").result.map(|c| c.output));
+    let e = exception(
+        with_host("await fetch('file:///etc/hosts')")
+            .result
+            .map(|c| c.output),
+    );
     assert_eq!(e.name, "TypeError");
     assert!(e.message.contains("only http: and https:"), "{}", e.message);
-    assert_eq!(exception(with_host("await fetch('/relative')").result.map(|c| c.output)).name, "TypeError");
+    assert_eq!(
+        exception(
+            with_host("await fetch('/relative')")
+                .result
+                .map(|c| c.output)
+        )
+        .name,
+        "TypeError"
+    );
     // An abort rejects at once with the signal's reason, and a timer can give up on a hang.
     assert_eq!(
         out("const c = new AbortController(); const p = fetch('https://h.io/hang', { signal: c.signal }); \

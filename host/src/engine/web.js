@@ -56,7 +56,7 @@
     defineProperty(DOMException, constant, { value: code, enumerable: true });
   }
   define('DOMException', DOMException);
-  const DOMExceptionCtor = global.DOMException;
+  const DOMExceptionCtor = DOMException;
 
   class Event {
     #type;
@@ -635,12 +635,10 @@
   define('Response', Response);
 
   // ---- fetch ----
-  const RequestCtor = global.Request === Request ? Request : null;
   function fetch(input, init = undefined) {
     let request;
     try {
-      if (RequestCtor === null) throw new TypeErrorCtor('fetch: Request was replaced');
-      request = new RequestCtor(input, init);
+      request = new Request(input, init);
     } catch (e) {
       return PromiseCtor.reject(e);
     }

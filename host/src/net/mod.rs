@@ -90,9 +90,8 @@ impl tower_service::Service<Name> for Resolver {
         let policy = Arc::clone(&self.policy);
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for address in &addresses {
                 let ip: IpAddr = address.ip();
                 if let Some(kind) = policy.refuses_address(ip) {
@@ -120,7 +119,9 @@ impl Net {
         let builder = match builder.with_native_roots() {
             Ok(builder) => builder,
             Err(e) => {
-                tracing::warn!("fetch: no trusted root certificates found ({e}); https requests will fail");
+                tracing::warn!(
+                    "fetch: no trusted root certificates found ({e}); https requests will fail"
+                );
                 hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
                     rustls::ClientConfig::builder()
                         .with_root_certificates(rustls::RootCertStore::empty())
@@ -163,7 +164,8 @@ impl Net {
     async fn fetch(&self, request: FetchRequest) -> Result<FetchResponse, HostError> {
         let denied = |message: String| HostError::new(HostErrorKind::Denied, message);
         let invalid = |message: String| HostError::new(HostErrorKind::Invalid, message);
-        let mut url = url::Url::parse(&request.url).map_err(|e| invalid(format!("bad URL: {e}")))?;
+        let mut url =
+            url::Url::parse(&request.url).map_err(|e| invalid(format!("bad URL: {e}")))?;
         let mut method = hyper::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| invalid(format!("{:?} is not a method", request.method)))?;
         let mut headers = request.headers;
@@ -171,7 +173,11 @@ impl Net {
         let first_origin = url.origin();
         for hop in 0..=MAX_REDIRECTS {
             if let Some(why) = self.policy.refuses(&url) {
-                return Err(denied(if hop == 0 { why } else { format!("a redirect to {url}: {why}") }));
+                return Err(denied(if hop == 0 {
+                    why
+                } else {
+                    format!("a redirect to {url}: {why}")
+                }));
             }
             let uri: hyper::Uri = url
                 .as_str()
@@ -191,7 +197,8 @@ impl Net {
                 builder = builder.header(name.as_str(), value);
             }
             if !has.0 {
-                builder = builder.header("user-agent", concat!("mcp-v8/", env!("CARGO_PKG_VERSION")));
+                builder =
+                    builder.header("user-agent", concat!("mcp-v8/", env!("CARGO_PKG_VERSION")));
             }
             if !has.1 {
                 builder = builder.header("accept", "*/*");
@@ -199,18 +206,26 @@ impl Net {
             let outgoing = builder
                 .body(Full::new(body.clone()))
                 .map_err(|e| invalid(format!("bad request: {e}")))?;
-            let response = self.client.request(outgoing).await.map_err(|e| self.failure(&url, &e))?;
+            let response = self
+                .client
+                .request(outgoing)
+                .await
+                .map_err(|e| self.failure(&url, &e))?;
             let status = response.status();
             let location = response
                 .headers()
                 .get(hyper::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .map(str::to_string);
-            if status.is_redirection() && location.is_some() && request.redirect != Redirect::Manual {
+            if status.is_redirection() && location.is_some() && request.redirect != Redirect::Manual
+            {
                 let Some(location) = location else { break };
-                let next = url
-                    .join(&location)
-                    .map_err(|e| HostError::new(HostErrorKind::Protocol, format!("a redirect to a bad URL: {e}")))?;
+                let next = url.join(&location).map_err(|e| {
+                    HostError::new(
+                        HostErrorKind::Protocol,
+                        format!("a redirect to a bad URL: {e}"),
+                    )
+                })?;
                 if request.redirect == Redirect::Error {
                     return Err(HostError::new(
                         HostErrorKind::Protocol,
@@ -228,7 +243,12 @@ impl Net {
                     headers.retain(|(n, _)| !n.starts_with("content-"));
                 }
                 if next.origin() != first_origin {
-                    headers.retain(|(n, _)| !matches!(n.as_str(), "authorization" | "cookie" | "proxy-authorization"));
+                    headers.retain(|(n, _)| {
+                        !matches!(
+                            n.as_str(),
+                            "authorization" | "cookie" | "proxy-authorization"
+                        )
+                    });
                 }
                 url = next;
                 continue;
@@ -252,7 +272,10 @@ impl Net {
         let too_large = || {
             HostError::new(
                 HostErrorKind::TooLarge,
-                format!("the response is larger than {} (--fetch-response-bytes)", size(limit)),
+                format!(
+                    "the response is larger than {} (--fetch-response-bytes)",
+                    crate::storage::human_bytes(limit as u64)
+                ),
             )
         };
         let (parts, mut incoming) = response.into_parts();
@@ -335,16 +358,6 @@ fn latin1(value: &str) -> Vec<u8> {
     }
 }
 
-fn size(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
-        format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
-        format!("{} KiB", bytes >> 10)
-    } else {
-        format!("{bytes} bytes")
-    }
-}
-
 /// One run's way to the network: counts its requests and keeps to the limits.
 #[derive(Debug)]
 pub struct RunNet {
@@ -371,7 +384,10 @@ impl RunNet {
                 ));
             }
             let Ok(_slot) = in_flight.acquire_owned().await else {
-                return HostReply::Failed(HostError::new(HostErrorKind::Unavailable, "the server is stopping"));
+                return HostReply::Failed(HostError::new(
+                    HostErrorKind::Unavailable,
+                    "the server is stopping",
+                ));
             };
             let started = Instant::now();
             let method = request.method.clone();

@@ -25,7 +25,9 @@ impl HostPattern {
     /// Parses `host[:port]` (an IPv6 address in brackets).
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let bad = || format!("{text:?} is not a host pattern (host, *.host or an IP address, with an optional :port)");
+        let bad = || {
+            format!("{text:?} is not a host pattern (host, *.host or an IP address, with an optional :port)")
+        };
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
             let (address, after) = rest.split_once(']').ok_or_else(bad)?;
             let port = match after {
@@ -98,14 +100,19 @@ impl NetPolicy {
     /// (the addresses a name resolves to are checked when it is resolved).
     pub fn refuses(&self, url: &url::Url) -> Option<String> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Some(format!("only http: and https: URLs can be fetched, not {}:", url.scheme()));
+            return Some(format!(
+                "only http: and https: URLs can be fetched, not {}:",
+                url.scheme()
+            ));
         }
         let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
             return Some("the URL has no host".into());
         };
         // `*` and name patterns match names only: an IP address is reached only if named.
         if !self.allow.iter().any(|p| p.matches(&host, port)) {
-            return Some(format!("{host}:{port} is not an allowed host (--allow-net)"));
+            return Some(format!(
+                "{host}:{port} is not an allowed host (--allow-net)"
+            ));
         }
         None
     }
@@ -135,7 +142,9 @@ pub fn special(address: IpAddr) -> Option<&'static str> {
                 Some("a shared (carrier-grade NAT) address")
             } else if a.is_multicast() || a.is_broadcast() || x >= 240 {
                 Some("a multicast or reserved address")
-            } else if (x == 192 && y == 0 && a.octets()[2] == 0) || (x == 198 && (18..20).contains(&y)) {
+            } else if (x == 192 && y == 0 && a.octets()[2] == 0)
+                || (x == 198 && (18..20).contains(&y))
+            {
                 Some("a special-purpose address")
             } else {
                 None
@@ -202,7 +211,9 @@ impl Secret {
         let (source, hosts) = rest.split_once('@').ok_or_else(usage)?;
         let var = source.strip_prefix("env:").ok_or_else(usage)?;
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("--secret {name:?}: a name has only letters, digits and _"));
+            return Err(format!(
+                "--secret {name:?}: a name has only letters, digits and _"
+            ));
         }
         let value = env(var).ok_or_else(|| format!("--secret {name}: ${var} is not set"))?;
         if value.len() < 4 || value.bytes().any(|b| b < 0x20 || b == 0x7f) {
@@ -275,7 +286,12 @@ impl Secrets {
                     return Err(format!(
                         "secret {name} may not be sent to {} (it is bound to {})",
                         url.host_str().unwrap_or(""),
-                        secret.hosts.iter().map(HostPattern::to_string).collect::<Vec<_>>().join(", ")
+                        secret
+                            .hosts
+                            .iter()
+                            .map(HostPattern::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))
                 }
             }
@@ -346,7 +362,10 @@ mod tests {
 
     fn policy(allow: &[&str], addresses: &[&str]) -> NetPolicy {
         NetPolicy {
-            allow: allow.iter().map(|p| HostPattern::parse(p).unwrap()).collect(),
+            allow: allow
+                .iter()
+                .map(|p| HostPattern::parse(p).unwrap())
+                .collect(),
             addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
         }
     }
@@ -357,17 +376,27 @@ mod tests {
 
     #[test]
     fn hosts_ports_and_wildcards() {
-        let p = policy(&["api.example.com", "*.data.org:8443", "EXAMPLE.net:80"], &[]);
+        let p = policy(
+            &["api.example.com", "*.data.org:8443", "EXAMPLE.net:80"],
+            &[],
+        );
         assert_eq!(refuses(&p, "https://api.example.com/x"), None);
         assert_eq!(refuses(&p, "http://api.example.com:9999/x"), None);
-        assert!(refuses(&p, "https://example.com/").unwrap().contains("--allow-net"));
+        assert!(refuses(&p, "https://example.com/")
+            .unwrap()
+            .contains("--allow-net"));
         assert!(refuses(&p, "https://api.example.com.evil.io/").is_some());
         assert_eq!(refuses(&p, "https://a.b.data.org:8443/"), None);
         assert!(refuses(&p, "https://data.org:8443/").is_some());
-        assert!(refuses(&p, "https://a.data.org/").is_some(), "port 443 is not 8443");
+        assert!(
+            refuses(&p, "https://a.data.org/").is_some(),
+            "port 443 is not 8443"
+        );
         assert_eq!(refuses(&p, "http://example.net/"), None);
         assert!(refuses(&p, "https://example.net/").is_some());
-        assert!(refuses(&p, "file:///etc/hosts").unwrap().contains("only http"));
+        assert!(refuses(&p, "file:///etc/hosts")
+            .unwrap()
+            .contains("only http"));
         assert!(refuses(&p, "ftp://api.example.com/").is_some());
     }
 
@@ -387,7 +416,9 @@ mod tests {
         ] {
             assert!(refuses(&any, url).is_some(), "{url} must be refused");
         }
-        assert!(refuses(&any, "http://127.0.0.1/").unwrap().contains("--allow-net"));
+        assert!(refuses(&any, "http://127.0.0.1/")
+            .unwrap()
+            .contains("--allow-net"));
         // `*` matches names only; an IP address must be named.
         assert!(refuses(&any, "http://93.184.216.34/").is_some());
         let named = policy(&["127.0.0.1:8080", "[::1]"], &[]);
@@ -396,26 +427,48 @@ mod tests {
         assert_eq!(refuses(&named, "http://[::1]:3000/"), None);
         let ranges = policy(&["*"], &["10.0.0.0/8"]);
         assert_eq!(ranges.refuses_address("10.9.9.9".parse().unwrap()), None);
-        assert!(ranges.refuses_address("127.0.0.1".parse().unwrap()).is_some());
-        assert_eq!(ranges.refuses_address("93.184.216.34".parse().unwrap()), None);
+        assert!(ranges
+            .refuses_address("127.0.0.1".parse().unwrap())
+            .is_some());
+        assert_eq!(
+            ranges.refuses_address("93.184.216.34".parse().unwrap()),
+            None
+        );
     }
 
     #[test]
     fn secrets_go_only_to_their_hosts_and_never_come_back() {
         let env = |var: &str| (var == "TOKEN").then(|| "s3cr3t-value".to_string());
         let secret = Secret::parse("GH=env:TOKEN@api.github.com,*.github.com", env).unwrap();
-        assert!(Secret::parse("GH=env:MISSING@x.com", env).unwrap_err().contains("not set"));
+        assert!(Secret::parse("GH=env:MISSING@x.com", env)
+            .unwrap_err()
+            .contains("not set"));
         assert!(Secret::parse("GH=TOKEN@x.com", env).is_err());
         let secrets = Secrets::new(vec![secret]);
         let to = |u: &str| url::Url::parse(u).unwrap();
         assert_eq!(
-            secrets.fill("Bearer mcp-v8-secret:GH", &to("https://api.github.com/user")).unwrap(),
+            secrets
+                .fill(
+                    "Bearer mcp-v8-secret:GH",
+                    &to("https://api.github.com/user")
+                )
+                .unwrap(),
             "Bearer s3cr3t-value"
         );
-        let refused = secrets.fill("Bearer mcp-v8-secret:GH", &to("https://evil.io/")).unwrap_err();
-        assert!(refused.contains("evil.io") && !refused.contains("s3cr3t"), "{refused}");
-        assert!(secrets.fill("mcp-v8-secret:NOPE", &to("https://api.github.com/")).is_err());
-        assert_eq!(secrets.fill("plain", &to("https://evil.io/")).unwrap(), "plain");
+        let refused = secrets
+            .fill("Bearer mcp-v8-secret:GH", &to("https://evil.io/"))
+            .unwrap_err();
+        assert!(
+            refused.contains("evil.io") && !refused.contains("s3cr3t"),
+            "{refused}"
+        );
+        assert!(secrets
+            .fill("mcp-v8-secret:NOPE", &to("https://api.github.com/"))
+            .is_err());
+        assert_eq!(
+            secrets.fill("plain", &to("https://evil.io/")).unwrap(),
+            "plain"
+        );
         assert_eq!(
             secrets.redact(b"echo: s3cr3t-value!".to_vec()),
             b"echo: mcp-v8-secret:GH!".to_vec()

@@ -24,12 +24,12 @@ use crate::engine::{Completion, JsException, Limits, Outcome, RunError, BYTES_PE
 use crate::envelope::{Codec, EnvelopeError};
 use crate::executor::Executor;
 use crate::host_call::HostCalls;
+use crate::host_call::{HostCall, HostError, HostErrorKind, HostReply, PendingReply};
 use crate::job::{HeapRan, Job, Keep, LiveBatches, Target};
 use crate::metrics::{self, CallMetrics, StorageStats};
+use crate::net::{Net, RunNet};
 use crate::storage::{validate_caller_name, HeapLocks, HeapMeta, Store, StoreError};
 use crate::upstream::Upstreams;
-use crate::net::{Net, RunNet};
-use crate::host_call::{HostCall, HostError, HostErrorKind, HostReply, PendingReply};
 use heaps::{checkpoint_idle_heaps, Call, Commit, Heaps};
 
 /// When a heap's snapshot is stored. Either way a call is answered only once its journal

@@ -170,8 +170,9 @@ pub fn host_call_of(mut ask: HostCall, section: Option<Vec<u8>>) -> io::Result<H
     match &mut ask {
         HostCall::Tool { arguments, .. } => {
             let bytes = section.unwrap_or_default();
-            *arguments = String::from_utf8(bytes)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "arguments are not UTF-8"))?;
+            *arguments = String::from_utf8(bytes).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "arguments are not UTF-8")
+            })?;
         }
         HostCall::Fetch(request) => request.body = section.unwrap_or_default(),
         _ => {}
@@ -224,10 +225,11 @@ impl ReplyHead {
     pub fn into_reply(self, section: Option<Vec<u8>>) -> io::Result<HostReply> {
         let bytes = section.unwrap_or_default();
         Ok(match self {
-            ReplyHead::Answer => HostReply::Answer(
-                String::from_utf8(bytes)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a reply is not UTF-8"))?,
-            ),
+            ReplyHead::Answer => {
+                HostReply::Answer(String::from_utf8(bytes).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "a reply is not UTF-8")
+                })?)
+            }
             ReplyHead::Response(mut response) => {
                 response.body = bytes;
                 HostReply::Response(response)
@@ -554,7 +556,10 @@ mod tests {
                 panic!("a host call expected");
             };
             assert_eq!(call, 7);
-            assert_eq!(host_call_of(back, sections.into_iter().next()).unwrap(), ask);
+            assert_eq!(
+                host_call_of(back, sections.into_iter().next()).unwrap(),
+                ask
+            );
         }
 
         for reply in [

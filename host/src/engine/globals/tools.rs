@@ -231,7 +231,8 @@ fn settle(scope: &mut v8::HandleScope, resolver: v8::Local<v8::PromiseResolver>,
                 resolver.resolve(scope, object.into());
             }
             None => {
-                let error = HostError::new(HostErrorKind::TooLarge, "the response is too large for V8");
+                let error =
+                    HostError::new(HostErrorKind::TooLarge, "the response is too large for V8");
                 settle(scope, resolver, HostReply::Failed(error));
             }
         },

@@ -1,6 +1,7 @@
 //! The web platform's globals that `fetch` needs and code expects beside it — `fetch`,
 //! `Headers`, `Request`, `Response`, `URL`, `URLSearchParams`, `AbortController`,
-//! `AbortSignal`, `DOMException`, `TextEncoder`, `TextDecoder` — made by `web.js` ([`WEB`])
+//! `AbortSignal`, `DOMException`, `Event`, `EventTarget`, `TextEncoder`, `TextDecoder` — made
+//! on first use by `web.js` ([`WEB`])
 //! over one native function ([`web`]) for what must not be written twice: the WHATWG URL
 //! parser and its setters and `application/x-www-form-urlencoded` (the `url` crate), and
 //! UTF-8. A request itself is a host call (`crate::host_call::HostCall::Fetch`).
@@ -10,9 +11,50 @@ use super::*;
 /// See the file: it defines the globals from [`web`] and the native host call.
 const WEB: &str = include_str!("../web.js");
 
+/// The globals `web.js` defines.
+const NAMES: [&str; 13] = [
+    "fetch",
+    "Headers",
+    "Request",
+    "Response",
+    "URL",
+    "URLSearchParams",
+    "AbortController",
+    "AbortSignal",
+    "DOMException",
+    "Event",
+    "EventTarget",
+    "TextEncoder",
+    "TextDecoder",
+];
+
+/// Stands in for each web global a heap lacks until code first reads one: then `web.js`
+/// runs (`web(6)`) and defines them all. So a heap that never uses them does not carry them
+/// (they would add to every snapshot), and code that assigns one first keeps its own.
+const LAZY: &str = r#"(global, native, names) => {
+  'use strict';
+  const { defineProperty, getOwnPropertyDescriptor } = Object;
+  const has = Object.prototype.hasOwnProperty;
+  const getters = new Set();
+  const install = () => {
+    for (const name of names) {
+      const d = getOwnPropertyDescriptor(global, name);
+      if (d !== undefined && getters.has(d.get)) delete global[name];
+    }
+    native(6);
+  };
+  for (const name of names) {
+    if (Reflect.apply(has, global, [name])) continue;
+    const get = { [name]() { install(); return global[name]; } }[name];
+    getters.add(get);
+    const set = (value) => defineProperty(global, name, { value, writable: true, configurable: true });
+    defineProperty(global, name, { get, set, configurable: true });
+  }
+}"#;
+
 /// Adds the web globals a heap lacks, once per heap (a mark on the global says it was done),
-/// so that heaps saved before they existed get them and code that replaced or deleted one
-/// keeps its choice.
+/// as stand-ins that define them on first use ([`LAZY`]); heaps saved before they existed get
+/// them on their next run, and code that replaced or deleted one keeps its choice.
 pub(in crate::engine) fn install_web(scope: &mut v8::HandleScope) -> Option<()> {
     let global = scope.get_current_context().global(scope);
     let name = v8::String::new(scope, "mcp-v8 web")?;
@@ -21,19 +63,37 @@ pub(in crate::engine) fn install_web(scope: &mut v8::HandleScope) -> Option<()> 
         return Some(());
     }
     let native = named_function(scope, "web", 3, web)?;
-    let ask = named_function(scope, "ask", 4, host_call)?;
-    {
-        let tc = &mut v8::TryCatch::new(scope);
-        let source = v8::String::new(tc, WEB)?;
-        let setup = v8::Script::compile(tc, source, None).and_then(|s| s.run(tc));
-        if let Some(setup) = setup.and_then(|f| v8::Local::<v8::Function>::try_from(f).ok()) {
-            let undefined = v8::undefined(tc).into();
-            let _ = setup.call(tc, undefined, &[global.into(), native.into(), ask.into()]);
-        }
+    let mut names = Vec::with_capacity(NAMES.len());
+    for name in NAMES {
+        names.push(v8::String::new(scope, name)?.into());
     }
+    let names = v8::Array::new_with_elements(scope, &names);
+    run_setup(scope, LAZY, &[global.into(), native.into(), names.into()]);
     let done = v8::Boolean::new(scope, true);
     global.set_private(scope, mark, done.into())?;
     Some(())
+}
+
+/// Defines the web globals now ([`WEB`]), where the heap has none of that name.
+fn define_web(scope: &mut v8::HandleScope) -> Option<()> {
+    let global = scope.get_current_context().global(scope);
+    let native = named_function(scope, "web", 3, web)?;
+    let ask = named_function(scope, "ask", 4, host_call)?;
+    run_setup(scope, WEB, &[global.into(), native.into(), ask.into()]);
+    Some(())
+}
+
+/// Runs `source`, a function expression, with `args`; an exception stays in it.
+fn run_setup(scope: &mut v8::HandleScope, source: &str, args: &[v8::Local<v8::Value>]) {
+    let tc = &mut v8::TryCatch::new(scope);
+    let Some(source) = v8::String::new(tc, source) else {
+        return;
+    };
+    let setup = v8::Script::compile(tc, source, None).and_then(|s| s.run(tc));
+    if let Some(setup) = setup.and_then(|f| v8::Local::<v8::Function>::try_from(f).ok()) {
+        let undefined = v8::undefined(tc).into();
+        let _ = setup.call(tc, undefined, args);
+    }
 }
 
 /// `web(op, a, b)`, for `web.js` only:
@@ -45,7 +105,12 @@ pub(in crate::engine) fn install_web(scope: &mut v8::HandleScope) -> Option<()> 
 /// * 4 — `encode(text)`: a `Uint8Array` of UTF-8.
 /// * 5 — `decode(view, flags)`: `[text, bytes held back]`; flags: 1 fatal (`null` on bad
 ///   UTF-8), 2 stream (an unfinished sequence at the end is held back), 4 ignore the BOM.
-pub(super) fn web(scope: &mut v8::HandleScope, args: v8::FunctionCallbackArguments, mut rv: v8::ReturnValue) {
+/// * 6 — `install()`: defines the web globals ([`define_web`]; for [`LAZY`]).
+pub(super) fn web(
+    scope: &mut v8::HandleScope,
+    args: v8::FunctionCallbackArguments,
+    mut rv: v8::ReturnValue,
+) {
     let text = |scope: &mut v8::HandleScope, i| args.get(i).to_rust_string_lossy(scope);
     let result: Option<v8::Local<v8::Value>> = match args.get(0).int32_value(scope) {
         Some(0) => {
@@ -110,10 +175,18 @@ pub(super) fn web(scope: &mut v8::HandleScope, args: v8::FunctionCallbackArgumen
             let mut out = form_urlencoded::Serializer::new(String::new());
             if let Ok(pairs) = v8::Local::<v8::Array>::try_from(args.get(1)) {
                 for i in 0..pairs.length() {
-                    let Some(pair) = pairs.get_index(scope, i) else { continue };
-                    let Ok(pair) = v8::Local::<v8::Array>::try_from(pair) else { continue };
-                    let name = pair.get_index(scope, 0).map(|v| v.to_rust_string_lossy(scope));
-                    let value = pair.get_index(scope, 1).map(|v| v.to_rust_string_lossy(scope));
+                    let Some(pair) = pairs.get_index(scope, i) else {
+                        continue;
+                    };
+                    let Ok(pair) = v8::Local::<v8::Array>::try_from(pair) else {
+                        continue;
+                    };
+                    let name = pair
+                        .get_index(scope, 0)
+                        .map(|v| v.to_rust_string_lossy(scope));
+                    let value = pair
+                        .get_index(scope, 1)
+                        .map(|v| v.to_rust_string_lossy(scope));
                     out.append_pair(&name.unwrap_or_default(), &value.unwrap_or_default());
                 }
             }
@@ -126,7 +199,11 @@ pub(super) fn web(scope: &mut v8::HandleScope, args: v8::FunctionCallbackArgumen
                 // SAFETY: `buffer` was just made with exactly `bytes.len()` bytes, which nothing
                 // else refers to yet.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.as_ptr().cast::<u8>(), bytes.len())
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        data.as_ptr().cast::<u8>(),
+                        bytes.len(),
+                    )
                 };
             }
             v8::Uint8Array::new(scope, buffer, 0, bytes.len()).map(Into::into)
@@ -141,6 +218,10 @@ pub(super) fn web(scope: &mut v8::HandleScope, args: v8::FunctionCallbackArgumen
             bytes.truncate(copied);
             decode_utf8(scope, &bytes, flags)
         }
+        Some(6) => {
+            define_web(scope);
+            None
+        }
         _ => None,
     };
     if let Some(result) = result {
@@ -149,7 +230,11 @@ pub(super) fn web(scope: &mut v8::HandleScope, args: v8::FunctionCallbackArgumen
 }
 
 /// `TextDecoder`'s UTF-8 decode of `bytes` (see [`web`], op 5).
-fn decode_utf8<'s>(scope: &mut v8::HandleScope<'s>, bytes: &[u8], flags: i32) -> Option<v8::Local<'s, v8::Value>> {
+fn decode_utf8<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    bytes: &[u8],
+    flags: i32,
+) -> Option<v8::Local<'s, v8::Value>> {
     let (fatal, stream, ignore_bom) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
     let mut bytes = bytes;
     if !ignore_bom {
@@ -180,7 +265,10 @@ fn decode_utf8<'s>(scope: &mut v8::HandleScope<'s>, bytes: &[u8], flags: i32) ->
 
 /// `[href, origin, protocol, username, password, host, hostname, port, pathname, search,
 /// hash]`, as the URL standard's getters give them.
-fn url_parts<'s>(scope: &mut v8::HandleScope<'s>, url: &url::Url) -> Option<v8::Local<'s, v8::Value>> {
+fn url_parts<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    url: &url::Url,
+) -> Option<v8::Local<'s, v8::Value>> {
     use url::quirks;
     let origin = quirks::origin(url);
     let parts = [
