@@ -159,21 +159,9 @@ pub enum HostReply {
 }
 
 impl HostReply {
-    /// Bytes the reply takes on a tape.
+    /// Bytes the reply takes on a tape (as JSON, the tape's format).
     pub fn size(&self) -> usize {
-        match self {
-            HostReply::Answer(text) => text.len(),
-            HostReply::Response(response) => {
-                response.body.len()
-                    + response.url.len()
-                    + response
-                        .headers
-                        .iter()
-                        .map(|(n, v)| n.len() + v.len())
-                        .sum::<usize>()
-            }
-            HostReply::Failed(error) => error.message.len(),
-        }
+        serde_json::to_vec(self).map_or(usize::MAX, |json| json.len())
     }
 }
 

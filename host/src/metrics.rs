@@ -425,6 +425,51 @@ impl ToolMetrics {
     }
 }
 
+/// What the host counts about requests from code (`fetch`): requests by outcome (`ok` or a
+/// failure's kind), and their latency.
+#[derive(Debug, Default)]
+pub struct FetchMetrics {
+    requests: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    latency: Histogram,
+}
+
+impl FetchMetrics {
+    /// Records one request.
+    pub fn record(&self, outcome: &'static str, took: Duration) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(outcome)
+            .or_default() += 1;
+        self.latency.record(took);
+    }
+
+    /// The Prometheus text of what was counted.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let name = "mcp_v8_fetch_requests_total";
+        let _ = writeln!(out, "# HELP {name} Requests from code (fetch), by outcome.");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (outcome, n) in requests {
+            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {n}");
+        }
+        let name = "mcp_v8_fetch_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Latency of requests from code, redirects and body included."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        self.latency.render(&mut out, name, "");
+        out
+    }
+}
+
 /// The Prometheus text exposition (format 0.0.4) of everything counted.
 pub fn render(stats: &StorageStats, store: &StoreMetrics, calls: &CallMetrics) -> String {
     let mut out = String::new();

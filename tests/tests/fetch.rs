@@ -448,6 +448,22 @@ async fn a_secret_goes_only_to_its_host_and_never_reaches_code_or_logs() {
     for answer in &answers {
         assert!(!answer.contains(VALUE), "the secret leaked: {answer}");
     }
+    // Each request is counted by outcome.
+    let metrics = mcp_v8_e2e::http::http()
+        .get(server.mcp_url.replace("/mcp", "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "mcp_v8_fetch_requests_total{outcome=\"ok\"} 1",
+        "mcp_v8_fetch_requests_total{outcome=\"denied\"} 1",
+        "mcp_v8_fetch_seconds_count 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     let logs = server.logged().await.join("\n");
     assert!(
         logs.contains("fetch GET"),
@@ -515,14 +531,39 @@ async fn a_heap_that_fetched_is_rebuilt_from_its_journal_without_fetching_again(
         .await
         .ok();
     let last: Value = history["calls"].as_array().unwrap().last().unwrap().clone();
-    assert_ne!(
-        last["stored_state"], true,
-        "a journal record, not a snapshot: {history}"
+    assert!(
+        last["stored_state"].is_null() && last["code"].as_str().unwrap().contains("fetch"),
+        "a journal record of the code, not its state: {history}"
     );
     server.kill().await;
 
     let server = Server::start(&args).await;
     assert_eq!(server.output("counts.join()", "h").await, "1,2");
     assert_eq!(site.seen.counted.load(Ordering::SeqCst), 2);
+
+    // 2 MiB of responses is more than a record keeps: that call stores its state instead.
+    let code = format!(
+        "var big = await (await fetch('{}')).text(); big.length",
+        site.url("/big")
+    );
+    assert_eq!(server.output(&code, "h").await, (2 << 20).to_string());
+    let history = server
+        .reply("heap_history", json!({ "heap": "h" }))
+        .await
+        .ok();
+    // Its state is stored: as a record of the state, or as a new snapshot.
+    let calls = history["calls"].as_array().unwrap();
+    assert!(
+        calls.last().is_none_or(|last| last["stored_state"]
+            .as_str()
+            .is_some_and(|why| why.contains("host replies"))),
+        "{history}"
+    );
+    server.kill().await;
+    let server = Server::start(&args).await;
+    assert_eq!(
+        server.output("big.length + counts.length", "h").await,
+        ((2 << 20) + 2).to_string()
+    );
     server.stop().await;
 }

@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::JsException;
-use crate::host_call::HostReply;
+use crate::host_call::{HostError, HostErrorKind, HostReply};
 
 /// Most clock readings a tape keeps; a run that reads more cannot be replayed.
 pub const MAX_CLOCK_READINGS: usize = 4096;
@@ -204,14 +204,22 @@ impl Deck {
     }
 
     /// Writes down a reply that came in for a live run.
-    pub(super) fn record_reply(&mut self, reply: TapedReply) {
+    pub(super) fn record_reply(&mut self, mut reply: TapedReply) {
         if let Deck::Recording { tape, .. } = self {
             let taped: usize = tape.replies.iter().map(|r| r.reply.size()).sum();
-            if taped + reply.reply.size() > MAX_TAPED_REPLY_BYTES && tape.replay == Replay::Exact {
-                tape.replay = Replay::Impossible(format!(
-                    "its tool replies took more than {} KiB",
-                    MAX_TAPED_REPLY_BYTES >> 10
-                ));
+            if taped + reply.reply.size() > MAX_TAPED_REPLY_BYTES {
+                if tape.replay == Replay::Exact {
+                    tape.replay = Replay::Impossible(format!(
+                        "its host replies (tool results, responses) took more than {} KiB",
+                        MAX_TAPED_REPLY_BYTES >> 10
+                    ));
+                }
+                // No replay will read them: keep only that the calls were answered, so that
+                // the run's answer and record stay small.
+                for taped in tape.replies.iter_mut().chain(std::iter::once(&mut reply)) {
+                    taped.reply =
+                        HostReply::Failed(HostError::new(HostErrorKind::TooLarge, "not kept"));
+                }
             }
             tape.replies.push(reply);
         }

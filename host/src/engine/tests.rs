@@ -944,6 +944,16 @@ fn echo(call: &HostCall) -> Option<HostReply> {
         if request.url.ends_with("/hang") {
             return None;
         }
+        if request.url.ends_with("/big") {
+            return Some(HostReply::Response(crate::host_call::FetchResponse {
+                status: 200,
+                status_text: "OK".into(),
+                url: request.url.clone(),
+                redirected: false,
+                headers: Vec::new(),
+                body: vec![b'x'; 3 << 19],
+            }));
+        }
         let body = serde_json::json!({
             "method": request.method,
             "url": request.url,
@@ -1285,4 +1295,23 @@ fn a_replay_of_a_call_that_fetched_fetches_nothing() {
     let (replayed, _, _) = on_heap(code, &heap, Some(completion.tape.clone()));
     assert_eq!(replayed.output, "1");
     assert_eq!(replayed.tape, completion.tape);
+}
+
+#[test]
+fn a_run_whose_replies_outgrow_a_record_is_not_replayable_and_keeps_them_out() {
+    let completion = with_host(
+        "const a = await (await fetch('https://h.io/a')).text(); \
+         const b = await (await fetch('https://h.io/big')).text(); [a.length > 0, b.length].join()",
+    )
+    .result
+    .unwrap();
+    assert_eq!(completion.output, format!("true,{}", 3 << 19));
+    assert!(
+        matches!(&completion.tape.replay, Replay::Impossible(why) if why.contains("host replies")),
+        "{:?}",
+        completion.tape.replay
+    );
+    // Both calls are still on the tape (the call used the host), without their bodies.
+    assert_eq!(completion.tape.replies.len(), 2);
+    assert!(completion.tape.replies.iter().all(|r| r.reply.size() < 100));
 }

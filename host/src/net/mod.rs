@@ -26,6 +26,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use tokio::sync::Semaphore;
 
+use crate::metrics::FetchMetrics;
+
 use crate::host_call::{
     FetchRequest, FetchResponse, HostError, HostErrorKind, HostReply, PendingReply, Redirect,
 };
@@ -53,6 +55,7 @@ pub struct Net {
     secrets: Secrets,
     limits: NetLimits,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>,
+    metrics: FetchMetrics,
 }
 
 impl std::fmt::Debug for Net {
@@ -138,12 +141,18 @@ impl Net {
             secrets,
             limits,
             client,
+            metrics: FetchMetrics::default(),
         }
     }
 
     /// The hosts code may reach, as `--allow-net` named them.
     pub fn hosts(&self) -> Vec<String> {
         self.policy.allow.iter().map(ToString::to_string).collect()
+    }
+
+    /// What was counted about requests.
+    pub fn metrics(&self) -> &FetchMetrics {
+        &self.metrics
     }
 
     /// The secrets' names.
@@ -375,6 +384,8 @@ impl RunNet {
         Box::pin(async move {
             let limits = &net.limits;
             if n > limits.requests_per_run {
+                net.metrics
+                    .record(HostErrorKind::Denied.as_str(), Duration::ZERO);
                 return HostReply::Failed(HostError::new(
                     HostErrorKind::Denied,
                     format!(
@@ -400,6 +411,11 @@ impl RunNet {
                     format!("no complete response in {timeout:?} (--fetch-timeout-secs)"),
                 )),
             };
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.kind.as_str(),
+            };
+            net.metrics.record(outcome, started.elapsed());
             match &result {
                 Ok(response) => tracing::debug!(
                     "fetch {method} {target}: {} in {:?}",

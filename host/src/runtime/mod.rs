@@ -493,6 +493,9 @@ impl Runtime {
         if let Some(tools) = &self.tools {
             text.push_str(&tools.metrics().render());
         }
+        if let Some(net) = &self.net {
+            text.push_str(&net.metrics().render());
+        }
         text
     }
 

@@ -44,7 +44,7 @@ use crate::job::Keep;
 use crate::record::Record;
 
 /// Largest header accepted, to fail fast on a garbled stream.
-const MAX_HEADER: u32 = 1 << 20;
+const MAX_HEADER: u32 = 4 << 20;
 /// Most sections in one frame.
 const MAX_SECTIONS: u32 = 4;
 /// Largest section accepted (a snapshot of the largest heap allowed fits).
