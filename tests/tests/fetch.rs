@@ -26,9 +26,14 @@ struct Seen {
     /// Requests to /slow that started, and that ended because the client went away.
     slow_started: AtomicUsize,
     slow_dropped: AtomicUsize,
+    /// Requests to /gauge in flight now, in all, and at most at once.
+    in_flight: AtomicUsize,
+    gauged: AtomicUsize,
+    most_at_once: AtomicUsize,
 }
 
-/// A local site: `/json`, `/echo` (the request as JSON), `/count`, `/big` (2 MiB),
+/// A local site: `/json`, `/echo` (the request as JSON), `/count`, `/big` (2 MiB), `/gauge`
+/// (counts requests at once),
 /// `/slow` (never answers), `/to-json` (a redirect to /json), `/to-other` (to `other`),
 /// `/to-metadata` (to the cloud metadata address).
 struct Site {
@@ -90,6 +95,17 @@ impl Site {
                 }),
             )
             .route("/big", get(|| async { vec![b'x'; 2 << 20] }))
+            .route(
+                "/gauge",
+                // Holds each request a while, so that requests allowed at once overlap.
+                get(|State(s): State<SiteState>| async move {
+                    let now = s.seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    s.seen.most_at_once.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    s.seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    (s.seen.gauged.fetch_add(1, Ordering::SeqCst) + 1).to_string()
+                }),
+            )
             .route(
                 "/slow",
                 get(|State(s): State<SiteState>| async move {
@@ -565,5 +581,193 @@ async fn a_heap_that_fetched_is_rebuilt_from_its_journal_without_fetching_again(
         server.output("big.length + counts.length", "h").await,
         ((2 << 20) + 2).to_string()
     );
+    server.stop().await;
+}
+
+/// Runs `openssl ARGS` in `dir`; false if there is no openssl command.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    match std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+    {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn https_is_checked_against_the_trusted_roots() {
+    // A CA and a certificate for 127.0.0.1 it signed, made now; OpenSSL's own server serves it.
+    let dir = tempfile::tempdir().unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let made = openssl(
+        dir.path(),
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=mcp-v8 test CA",
+                "-days",
+                "1",
+            ],
+        ]
+        .concat(),
+    );
+    if !made {
+        mcp_v8_e2e::clients::missing(
+            "https_is_checked_against_the_trusted_roots",
+            "no openssl command",
+        );
+        return;
+    }
+    std::fs::write(
+        dir.path().join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir.path(),
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+        ],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = tokio::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            "leaf.pem",
+            "-key",
+            "leaf.key",
+            "-www",
+        ])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ACCEPT") {
+        line.clear();
+        assert!(
+            tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+                .await
+                .unwrap()
+                > 0,
+            "s_server ended"
+        );
+    }
+    tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
+
+    let host = format!("127.0.0.1:{port}");
+    let url = format!("https://{host}/");
+    let ca = dir.path().join("ca.pem");
+    let trusting = Server::start_with_env(
+        &["--memory", "--allow-net", &host],
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    )
+    .await;
+    let answered = trusting
+        .output(
+            &attempt(
+                &format!("fetch('{url}')"),
+                "[r.status, (await r.text()).includes('s_server')]",
+            ),
+            "h",
+        )
+        .await;
+    assert_eq!(answered, "ok:200,true");
+    trusting.stop().await;
+
+    // Without that CA the certificate is not trusted, and the request fails before it is sent.
+    let doubting = Server::start(&["--memory", "--allow-net", &host]).await;
+    let refused = doubting
+        .output(&attempt(&format!("fetch('{url}')"), "r.status"), "h")
+        .await;
+    assert!(
+        refused.starts_with("error:unavailable:") && refused.to_lowercase().contains("certificate"),
+        "{refused}"
+    );
+    doubting.stop().await;
+    let _ = server.kill().await;
+}
+
+#[tokio::test]
+async fn stateless_calls_fetch_too_and_requests_keep_to_the_concurrency_limit() {
+    let site = Site::start("").await;
+    let server = Server::start(&[
+        "--stateless",
+        "--allow-net",
+        &site.host(),
+        "--fetch-concurrency",
+        "2",
+    ])
+    .await;
+    let code = format!(
+        "const all = await Promise.all([1, 2, 3, 4, 5].map(() => fetch('{}').then((r) => r.text()))); \
+         all.map(Number).sort((a, b) => a - b).join()",
+        site.url("/gauge")
+    );
+    let answer = server.run_js(&code, None).await.ok();
+    assert_eq!(answer["output"], "1,2,3,4,5");
+    assert_eq!(site.seen.most_at_once.load(Ordering::SeqCst), 2);
     server.stop().await;
 }
