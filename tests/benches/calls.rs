@@ -247,10 +247,12 @@ async fn main() {
             );
             continue;
         };
+        // The case's own flags go to both builds.
+        let old_args: Vec<String> = baseline_args.iter().chain(&args).cloned().collect();
         let (mut new, mut old) = (Vec::new(), Vec::new());
         for _ in 0..3 {
             new.push(run(&binary, &args, case).await);
-            old.push(run(baseline, &baseline_args, case).await);
+            old.push(run(baseline, &old_args, case).await);
         }
         let pick = |runs: &[Measured], f: fn(&Measured) -> f64| {
             median(&mut runs.iter().map(f).collect::<Vec<_>>())
