@@ -155,6 +155,10 @@ pub fn special(address: IpAddr) -> Option<&'static str> {
                 return special(IpAddr::V4(v4));
             }
             let first = a.segments()[0];
+            if a.segments()[..6] == [0; 6] && !a.is_loopback() && !a.is_unspecified() {
+                // `::a.b.c.d`, deprecated: what it reaches depends on the system.
+                return Some("an IPv4-compatible address");
+            }
             if a.is_loopback() {
                 Some("a loopback address")
             } else if a.is_unspecified() {
@@ -411,6 +415,7 @@ mod tests {
             "http://[::1]/",
             "http://[::ffff:127.0.0.1]/",
             "http://[fd00:ec2::254]/",
+            "http://[::127.0.0.1]/",
             "http://0.0.0.0/",
             "http://2130706433/",
         ] {

@@ -563,7 +563,8 @@ impl Worker {
 fn no_host() -> HostReply {
     HostReply::Failed(HostError::new(
         HostErrorKind::Unavailable,
-        "no MCP servers are configured for this server (see --mcp-config)",
+        "this server answers no host calls: it has no MCP servers (--mcp-config) and allows \
+         no hosts (--allow-net)",
     ))
 }
 
