@@ -153,7 +153,7 @@ struct InProcessLink {
     runtime: Option<tokio::runtime::Handle>,
     send: mpsc::Sender<(u32, HostReply)>,
     replies: mpsc::Receiver<(u32, HostReply)>,
-    calls: Vec<tokio::task::AbortHandle>,
+    calls: Vec<(u32, tokio::task::AbortHandle)>,
 }
 
 impl InProcessLink {
@@ -182,8 +182,14 @@ impl HostLink for InProcessLink {
         let task = runtime.spawn(async move {
             let _ = send.send((id, reply.await));
         });
-        self.calls.push(task.abort_handle());
+        self.calls.push((id, task.abort_handle()));
         Ok(())
+    }
+
+    fn cancel(&mut self, id: u32) {
+        for (_, call) in self.calls.iter().filter(|(call, _)| *call == id) {
+            call.abort();
+        }
     }
 
     fn wait(&mut self, wait: Duration) -> Waited {
@@ -199,7 +205,7 @@ impl HostLink for InProcessLink {
 
 impl Drop for InProcessLink {
     fn drop(&mut self) {
-        for call in &self.calls {
+        for (_, call) in &self.calls {
             call.abort();
         }
     }

@@ -771,3 +771,42 @@ async fn stateless_calls_fetch_too_and_requests_keep_to_the_concurrency_limit() 
     assert_eq!(site.seen.most_at_once.load(Ordering::SeqCst), 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_aborted_request_is_dropped_and_frees_its_place() {
+    let site = Site::start("").await;
+    // One request at a time, and a timeout far beyond the call's: only a dropped request
+    // lets the second one run.
+    let server = Server::start(&[
+        "--memory",
+        "--allow-net",
+        &site.host(),
+        "--fetch-concurrency",
+        "1",
+        "--fetch-timeout-secs",
+        "600",
+    ])
+    .await;
+    let code = format!(
+        "const c = new AbortController(); const slow = fetch('{}', {{ signal: c.signal }}); \
+         setTimeout(() => c.abort(), 100); let why; try {{ await slow }} catch (e) {{ why = e.name }} \
+         why + ',' + (await fetch('{}')).status",
+        site.url("/slow"),
+        site.url("/json")
+    );
+    let answer = server
+        .reply(
+            "run_js",
+            json!({ "code": code, "heap": "h", "timeout_secs": 10 }),
+        )
+        .await
+        .ok();
+    assert_eq!(answer["output"], "AbortError,200");
+    eventually(
+        Duration::from_secs(10),
+        "the aborted request is dropped",
+        || async { (site.seen.slow_dropped.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    server.stop().await;
+}

@@ -81,6 +81,9 @@ pub trait HostLink {
     fn start(&mut self, id: u32, call: &HostCall) -> Result<(), HostError>;
     /// Waits up to `wait` for the reply to one of the calls started.
     fn wait(&mut self, wait: Duration) -> Waited;
+    /// Call `id` is no longer wanted (the code aborted it): the host may stop it. Its reply,
+    /// if one still comes, is ignored.
+    fn cancel(&mut self, _id: u32) {}
 }
 
 /// What a wait for a host reply brought.

@@ -1315,3 +1315,20 @@ fn a_run_whose_replies_outgrow_a_record_is_not_replayable_and_keeps_them_out() {
     assert_eq!(completion.tape.replies.len(), 2);
     assert!(completion.tape.replies.iter().all(|r| r.reply.size() < 100));
 }
+
+#[test]
+fn an_aborted_fetch_replays_as_it_ran() {
+    let heap = step("let got = []; 0", None).unwrap().1;
+    let code = "const c = new AbortController(); const p = fetch('https://h.io/hang', { signal: c.signal }); \
+        setTimeout(() => c.abort(), 10); try { await p } catch (e) { got.push(e.name) } \
+        got.push((await (await fetch('https://h.io/a')).json()).url); got.join()";
+    let (outside, asked) = fake_host();
+    let warm = HeapIsolate::new(Some(heap.clone()), &limits()).unwrap();
+    let (outcome, _) = answer_first(warm.run(&read_code(code).unwrap(), &limits(), outside));
+    let completion = outcome.result.unwrap();
+    assert_eq!(completion.output, "AbortError,https://h.io/a");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(completion.tape.replay, Replay::Exact);
+    let (replayed, _, _) = on_heap(code, &heap, Some(completion.tape.clone()));
+    assert_eq!(replayed.output, completion.output);
+}

@@ -1,7 +1,7 @@
 // Makes the web platform's globals that go with `fetch` (see `globals::web`), each only where
 // the heap has none of that name. `native(op, a, b)` does what must not be written twice here:
 // the WHATWG URL parser (0 parse, 1 set a part), form encoding (2 parse, 3 serialize) and
-// UTF-8 (4 encode, 5 decode). `ask(3, head, body)` is the host call that makes a request: its
+// UTF-8 (4 encode, 5 decode), and 7 gives up on a host call. `ask(3, head, body)` is the host call that makes a request: its
 // promise resolves to `{status, statusText, url, redirected, headers, body}` or rejects with
 // `{kind, message}`. Bodies are whole (no streams): the host reads a response to its end,
 // within the server's limit.
@@ -652,9 +652,14 @@
     const body = request[BODY].bytes;
     request[BODY].used = body !== null;
     return new PromiseCtor((resolve, reject) => {
-      const onAbort = () => reject(signal.reason);
+      const asked = ask(3, head, body === null ? undefined : body);
+      // An abort settles the promise now and tells the host it may drop the request.
+      const onAbort = () => {
+        native(7, asked);
+        reject(signal.reason);
+      };
       signal.addEventListener('abort', onAbort, { once: true });
-      after(ask(3, head, body === null ? undefined : body),
+      after(asked,
         (r) => {
           signal.removeEventListener('abort', onAbort);
           resolve(responseFromHost(r));

@@ -480,6 +480,11 @@ impl HostLink for PipeLink {
         })
     }
 
+    fn cancel(&mut self, id: u32) {
+        // A host that stopped reading is noticed at the next wait.
+        let _ = write_frame_now(&self.out, &Answer::CancelCall { call: id }, &[]);
+    }
+
     fn wait(&mut self, wait: Duration) -> Waited {
         let wait_us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
         if let Err(e) = write_frame_now(&self.out, &Answer::Await { wait_us }, &[]) {

@@ -428,6 +428,7 @@ impl Worker {
         // The job's host calls in flight (dropped, and so abandoned, with the job), and the
         // replies that came in before the worker asked for one.
         let mut host_calls = tokio::task::JoinSet::new();
+        let mut cancellable = std::collections::HashMap::new();
         let mut replies = std::collections::VecDeque::new();
         loop {
             // A worker that stops talking mid-call has died.
@@ -462,9 +463,17 @@ impl Worker {
                     match &job.host {
                         Some(host) => {
                             let reply = host.call(ask);
-                            host_calls.spawn(async move { (call, reply.await) });
+                            let task = host_calls.spawn(async move { (call, reply.await) });
+                            cancellable.insert(call, task);
                         }
                         None => replies.push_back((call, no_host())),
+                    }
+                    continue;
+                }
+                Answer::CancelCall { call } => {
+                    // Dropping the call's future drops its request (or tool call).
+                    if let Some(task) = cancellable.remove(&call) {
+                        task.abort();
                     }
                     continue;
                 }
@@ -578,6 +587,8 @@ async fn next_reply(
         loop {
             match calls.join_next().await {
                 Some(Ok(reply)) => return Some(reply),
+                // Cancelled by the code: nobody waits for it.
+                Some(Err(e)) if e.is_cancelled() => {}
                 // A call's task that panicked: its promise stays unsettled (the run times
                 // out), which the log explains.
                 Some(Err(e)) => tracing::error!("a host call failed: {e}"),

@@ -144,6 +144,12 @@ pub enum Answer {
         /// What it asks; a tool call's `arguments` are empty here (see the section).
         ask: HostCall,
     },
+    /// The code no longer wants host call `call`'s reply (it aborted it): the host stops the
+    /// call if it still can. No reply is expected.
+    CancelCall {
+        /// The call's number in the run.
+        call: u32,
+    },
     /// The code waits for a host reply: send one [`Delivery`] within `wait_us` µs.
     Await {
         /// How long the worker waits, in µs.

@@ -321,6 +321,39 @@ fn property_set(
     target.set(scope, key.into(), value)
 }
 
+/// Gives up on the host call whose promise is `promise` (`fetch` aborted): its reply, if one
+/// still comes, is ignored, and a live run tells the host so it can stop the call. A replay
+/// gives up at the same point, so no reply to it was taped or is looked for.
+pub(super) fn cancel_call(scope: &mut v8::HandleScope, promise: v8::Local<v8::Value>) {
+    let Some(state) = scope.get_slot::<RunState>() else {
+        return;
+    };
+    let ids: Vec<(u32, v8::Global<v8::PromiseResolver>)> = state
+        .host
+        .pending
+        .iter()
+        .map(|(id, pending)| (*id, pending.resolver.clone()))
+        .collect();
+    let found = ids.into_iter().find_map(|(id, resolver)| {
+        let resolver = v8::Local::new(scope, &resolver);
+        resolver
+            .get_promise(scope)
+            .strict_equals(promise)
+            .then_some(id)
+    });
+    let Some(id) = found else {
+        return;
+    };
+    if let Some(state) = scope.get_slot_mut::<RunState>() {
+        state.host.pending.remove(&id);
+        if state.deck.is_recording() {
+            if let Some(link) = state.host.link.as_mut() {
+                link.cancel(id);
+            }
+        }
+    }
+}
+
 /// What the event loop does next when the run's result is still pending.
 pub(in crate::engine) enum Next<'s> {
     /// Call a timer's callback.

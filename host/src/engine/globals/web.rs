@@ -106,6 +106,7 @@ fn run_setup(scope: &mut v8::HandleScope, source: &str, args: &[v8::Local<v8::Va
 /// * 5 — `decode(view, flags)`: `[text, bytes held back]`; flags: 1 fatal (`null` on bad
 ///   UTF-8), 2 stream (an unfinished sequence at the end is held back), 4 ignore the BOM.
 /// * 6 — `install()`: defines the web globals ([`define_web`]; for [`LAZY`]).
+/// * 7 — `cancel(promise)`: gives up on the host call behind `promise` (an aborted `fetch`).
 pub(super) fn web(
     scope: &mut v8::HandleScope,
     args: v8::FunctionCallbackArguments,
@@ -220,6 +221,10 @@ pub(super) fn web(
         }
         Some(6) => {
             define_web(scope);
+            None
+        }
+        Some(7) => {
+            cancel_call(scope, args.get(1));
             None
         }
         _ => None,
