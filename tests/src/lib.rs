@@ -280,6 +280,31 @@ impl Client {
         self.reply("run_js", args).await
     }
 
+    /// `run_js` with `arguments`, given up after `wait` as a client gives up (rmcp then sends
+    /// `notifications/cancelled`); what the client got: a timeout, if the call still ran.
+    pub async fn run_js_giving_up_after(
+        &self,
+        arguments: Value,
+        wait: std::time::Duration,
+    ) -> Result<rmcp::model::ServerResult, rmcp::service::ServiceError> {
+        use rmcp::model::{CallToolRequest, ClientRequest};
+        let arguments: Map<String, Value> = match arguments {
+            Value::Object(map) => map,
+            other => panic!("tool arguments must be an object, not {other}"),
+        };
+        let params = CallToolRequestParams::new("run_js").with_arguments(arguments);
+        let handle = self
+            .service
+            .peer()
+            .send_cancellable_request(
+                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                rmcp::service::PeerRequestOptions::with_timeout(wait),
+            )
+            .await
+            .expect("send tools/call");
+        handle.await_response().await
+    }
+
     /// `run_js` on `heap`, expecting success; returns `output`.
     pub async fn output(&self, code: &str, heap: &str) -> String {
         let result = self.run_js(code, Some(heap)).await.ok();

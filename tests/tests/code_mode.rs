@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use mcp_v8_e2e::clients::NodeTools;
 use mcp_v8_e2e::http::HttpServer;
 use mcp_v8_e2e::{eventually, Server};
-use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest};
-use rmcp::service::{PeerRequestOptions, ServiceError};
+use rmcp::service::ServiceError;
 use serde_json::{json, Value};
 
 /// An `mcpServers` file with server-everything, server-memory and the unruly server (plus
@@ -312,22 +311,12 @@ async fn a_call_cancelled_mid_tool_call_cancels_the_upstream_call() {
     let upstreams = Upstreams::new(&tools, json!({}));
     let server = Server::start(&["--memory", "--mcp-config", upstreams.config()]).await;
     server.output("var n = 1", "h").await;
-    let params = CallToolRequestParams::new("run_js").with_arguments(
-        json!({ "code": "n = 2; await tools.unruly.hang({})", "heap": "h" })
-            .as_object()
-            .unwrap()
-            .clone(),
-    );
-    let handle = server
-        .client()
-        .peer()
-        .send_cancellable_request(
-            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
-            PeerRequestOptions::with_timeout(Duration::from_secs(2)),
+    let response = server
+        .run_js_giving_up_after(
+            json!({ "code": "n = 2; await tools.unruly.hang({})", "heap": "h" }),
+            Duration::from_secs(2),
         )
-        .await
-        .unwrap();
-    let response = handle.await_response().await;
+        .await;
     assert!(
         matches!(response, Err(ServiceError::Timeout { .. })),
         "{response:?}"

@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get};
 use mcp_v8_e2e::http::HttpServer;
 use mcp_v8_e2e::{eventually, Server};
-use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest};
-use rmcp::service::{PeerRequestOptions, ServiceError};
+use rmcp::service::ServiceError;
 use serde_json::{json, Value};
 
 /// What the test site saw.
@@ -493,22 +492,12 @@ async fn a_cancelled_call_drops_its_request_and_changes_nothing() {
     let site = Site::start("").await;
     let server = Server::start(&["--memory", "--allow-net", &site.host()]).await;
     server.output("var n = 1", "h").await;
-    let params = CallToolRequestParams::new("run_js").with_arguments(
-        json!({ "code": format!("n = 2; await fetch('{}')", site.url("/slow")), "heap": "h" })
-            .as_object()
-            .unwrap()
-            .clone(),
-    );
-    let handle = server
-        .client()
-        .peer()
-        .send_cancellable_request(
-            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
-            PeerRequestOptions::with_timeout(Duration::from_secs(2)),
+    let response = server
+        .run_js_giving_up_after(
+            json!({ "code": format!("n = 2; await fetch('{}')", site.url("/slow")), "heap": "h" }),
+            Duration::from_secs(2),
         )
-        .await
-        .unwrap();
-    let response = handle.await_response().await;
+        .await;
     assert!(
         matches!(response, Err(ServiceError::Timeout { .. })),
         "{response:?}"

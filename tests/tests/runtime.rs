@@ -5,8 +5,6 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use mcp_v8_e2e::Server;
-use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest};
-use rmcp::service::PeerRequestOptions;
 use rmcp::ServiceError;
 use serde_json::json;
 
@@ -183,24 +181,14 @@ async fn cancellation_stops_a_long_run_and_changes_nothing() {
     .await;
     server.output("var state = 'before'", "long").await;
     let workers = server.workers();
-    let params = CallToolRequestParams::new("run_js").with_arguments(
-        json!({ "code": "state = 'during'; for (;;) {}", "heap": "long" })
-            .as_object()
-            .unwrap()
-            .clone(),
-    );
     // The client gives up after a second and sends notifications/cancelled.
-    let handle = server
-        .client()
-        .peer()
-        .send_cancellable_request(
-            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
-            PeerRequestOptions::with_timeout(Duration::from_secs(1)),
-        )
-        .await
-        .unwrap();
     let started = Instant::now();
-    let response = handle.await_response().await;
+    let response = server
+        .run_js_giving_up_after(
+            json!({ "code": "state = 'during'; for (;;) {}", "heap": "long" }),
+            Duration::from_secs(1),
+        )
+        .await;
     assert!(
         matches!(response, Err(ServiceError::Timeout { .. })),
         "{response:?}"
