@@ -13,7 +13,7 @@ use criterion::{
 use futures::future::join_all;
 use mcp_v8::engine::{Completion, Limits};
 use mcp_v8::executor::Executor;
-use mcp_v8::runtime::{CallLimits, HeapRun, Runtime, SaveTo};
+use mcp_v8::runtime::{CallLimits, HeapRun, Owner, Runtime, SaveTo};
 use mcp_v8::storage::{MemoryStore, Store};
 use mcp_v8::worker::WorkerSettings;
 use tokio::runtime::Runtime as Tokio;
@@ -39,14 +39,14 @@ fn workers(size: usize) -> Executor {
 
 async fn on_heap(runtime: &Runtime, code: &str, heap: Option<&str>) -> HeapRun {
     let reply = runtime
-        .run_on_heap(code.into(), heap.map(Into::into), CallLimits::default())
+        .run_on_heap(&Owner::Server, code.into(), heap.map(Into::into), CallLimits::default())
         .await;
     reply.result.expect("the benchmark code runs")
 }
 
 async fn stateless(runtime: &Runtime, code: &str) -> Completion {
     let reply = runtime
-        .run_stateless(code.into(), CallLimits::default(), None)
+        .run_stateless(&Owner::Server, code.into(), CallLimits::default(), None)
         .await;
     reply.result.expect("the benchmark code runs")
 }
@@ -75,7 +75,7 @@ fn latency(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("stateful fresh heap", label), |b| {
             b.to_async(&rt).iter(|| async {
                 let run = on_heap(&runtime, "1 + 1", None).await;
-                runtime.delete(&run.heap).await.unwrap();
+                runtime.delete(&Owner::Server, &run.heap).await.unwrap();
             })
         });
         group.bench_function(BenchmarkId::new("stateful small heap", label), |b| {
@@ -106,7 +106,7 @@ fn live(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let (listener, mut heard) = tokio::sync::mpsc::unbounded_channel();
             let reply = runtime
-                .run_saving_to(
+                .run_saving_to(&Owner::Server, 
                     code.into(),
                     Some("small".into()),
                     SaveTo::Same,

@@ -9,13 +9,14 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 use crate::engine::{Limits, BYTES_PER_TOKEN};
 use crate::envelope::Codec;
-use crate::runtime::{Checkpoints, SaveMode, StoragePolicy};
+use crate::runtime::{Checkpoints, Quotas, SaveMode, StoragePolicy};
 use crate::server::Mode;
 use crate::start::StartError;
 use crate::storage::{MemoryOptions, MemorySettings, StorageChoice};
 use crate::transport::access::AccessPolicy;
 use crate::transport::events::Retention;
 use crate::transport::http::HttpOptions;
+use crate::transport::oauth::OAuthSettings;
 use crate::worker::WorkerSettings;
 
 /// A JavaScript runtime with memory for AI agents, served over MCP (stdio, or HTTP with
@@ -50,6 +51,9 @@ pub struct Cli {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub transport: TransportArgs,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub tenants: TenantArgs,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub process: ProcessArgs,
@@ -531,6 +535,99 @@ pub struct TransportArgs {
     pub event_max_bytes: u64,
 }
 
+/// Many users on one server: OAuth access tokens, heaps per tenant, quotas.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Tenants (OAuth)")]
+pub struct TenantArgs {
+    /// Accept OAuth 2.1 access tokens (JWTs) from this authorisation server, e.g.
+    /// `https://id.example.com/realms/mcp`: its keys are found through its metadata, and each
+    /// token's tenant gets heaps of its own. HTTP transports only.
+    #[arg(long, env = "MCP_V8_OAUTH_ISSUER", value_name = "URL")]
+    pub oauth_issuer: Option<String>,
+
+    /// This server's URL as clients reach it, e.g. `https://mcp.example.com/mcp`: tokens must
+    /// name it as their audience. Needed with --oauth-issuer.
+    #[arg(long, env = "MCP_V8_OAUTH_RESOURCE", value_name = "URL")]
+    pub oauth_resource: Option<String>,
+
+    /// Read the issuer's signing keys from this JWK set file instead of discovering them
+    /// (read again when a token names a key it does not hold).
+    #[arg(long, env = "MCP_V8_JWKS", value_name = "PATH")]
+    pub jwks: Option<PathBuf>,
+
+    /// The token claim that names the tenant: `sub` (each user their own heaps), or e.g. a
+    /// claim holding an organisation id (its users share heaps).
+    #[arg(long, env = "MCP_V8_OAUTH_TENANT_CLAIM", value_name = "CLAIM", default_value = "sub")]
+    pub oauth_tenant_claim: String,
+
+    /// Clock skew allowed on a token's expiry and not-before, in seconds.
+    #[arg(long, env = "MCP_V8_OAUTH_LEEWAY_SECS", value_name = "SECS", default_value_t = 60)]
+    pub oauth_leeway_secs: u64,
+
+    /// Most heaps one tenant may keep.
+    #[arg(long, env = "MCP_V8_TENANT_MAX_HEAPS", value_name = "N")]
+    pub tenant_max_heaps: Option<u64>,
+
+    /// Most bytes one tenant's heaps may take in the store, e.g. `1GiB`.
+    #[arg(long, env = "MCP_V8_TENANT_MAX_STORED_BYTES", value_name = "SIZE",
+          value_parser = parse_size)]
+    pub tenant_max_stored_bytes: Option<u64>,
+
+    /// Most `run_js` calls of one tenant running at once.
+    #[arg(long, env = "MCP_V8_TENANT_MAX_CONCURRENT_CALLS", value_name = "N")]
+    pub tenant_max_concurrent_calls: Option<u64>,
+
+    /// Most `run_js` calls one tenant may start in a minute.
+    #[arg(long, env = "MCP_V8_TENANT_CALLS_PER_MINUTE", value_name = "N")]
+    pub tenant_calls_per_minute: Option<u64>,
+}
+
+impl TenantArgs {
+    /// How tokens are checked, or `None` without OAuth; a start error for flags that need
+    /// what is not there.
+    pub fn oauth(&self, http: bool) -> Result<Option<OAuthSettings>, StartError> {
+        let Some(issuer) = self.oauth_issuer.clone().filter(|i| !i.is_empty()) else {
+            let quotas = self.quotas() != Quotas::default();
+            if self.jwks.is_some() || self.oauth_resource.is_some() || quotas {
+                return Err(StartError::Config(
+                    "--jwks, --oauth-resource and the --tenant-* quotas need --oauth-issuer"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if !http {
+            return Err(StartError::Config(
+                "--oauth-issuer needs an HTTP transport (--http-port or --sse-port): stdio has                  no tokens"
+                    .into(),
+            ));
+        }
+        let resource = self.oauth_resource.clone().ok_or_else(|| {
+            StartError::Config(
+                "--oauth-issuer needs --oauth-resource, this server's URL as clients reach it                  (tokens must be issued for it)"
+                    .into(),
+            )
+        })?;
+        Ok(Some(OAuthSettings {
+            issuer,
+            resource,
+            jwks_file: self.jwks.clone(),
+            tenant_claim: self.oauth_tenant_claim.clone(),
+            leeway: Duration::from_secs(self.oauth_leeway_secs),
+        }))
+    }
+
+    /// Every tenant's quotas.
+    pub fn quotas(&self) -> Quotas {
+        Quotas {
+            heaps: self.tenant_max_heaps,
+            stored_bytes: self.tenant_max_stored_bytes,
+            concurrent_calls: self.tenant_max_concurrent_calls,
+            calls_per_minute: self.tenant_calls_per_minute,
+        }
+    }
+}
+
 /// The server process: stopping, logging, plugins.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Process")]
@@ -697,6 +794,8 @@ impl TransportArgs {
                 allowed_hosts: self.allowed_hosts.clone().unwrap_or(hosts),
                 allowed_origins: self.allowed_origins.clone().unwrap_or(origins),
                 token: self.auth_token.clone().filter(|t| !t.is_empty()),
+                oauth: None,
+                max_body_bytes: self.max_body_bytes,
             },
             max_body_bytes: self.max_body_bytes,
             json_logs: log_format == LogFormat::Json,

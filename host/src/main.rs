@@ -13,6 +13,7 @@ use mcp_v8::server::McpServer;
 use mcp_v8::start::StartError;
 use mcp_v8::storage;
 use mcp_v8::transport;
+use mcp_v8::transport::oauth::OAuth;
 use mcp_v8::upstream::{self, Upstreams};
 use mcp_v8::worker;
 use tokio_util::sync::CancellationToken;
@@ -111,6 +112,8 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         None => None,
     };
     let net = cli.net.net()?;
+    let http = cli.transport.http_port.is_some() || cli.transport.sse_port.is_some();
+    let oauth = cli.tenants.oauth(http)?;
     let storage::registry::Opened { storage, dump } =
         storage::registry::open(&choice, cli.store.timeout(), &cli.memory_store.settings())?;
     let limits = cli.limits.limits();
@@ -125,7 +128,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     if let Some(net) = net {
         runtime = runtime.with_net(Arc::new(net));
     }
-    let runtime = Arc::new(runtime);
+    let runtime = Arc::new(runtime.with_quotas(cli.tenants.quotas()));
     // Listening for SIGINT/SIGTERM before the first worker starts: a stop asked for while the
     // server starts is not lost (a shell's background job even inherits them ignored).
     let shutdown = CancellationToken::new();
@@ -159,9 +162,12 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     }
     let grace = cli.process.shutdown_grace();
     match cli.transport.http_options(cli.process.log_format) {
-        Some(options) => {
+        Some(mut options) => {
+            if let Some(settings) = oauth {
+                options.policy.oauth = Some(Arc::new(OAuth::start(settings).await?));
+            }
             let loopback = matches!(options.host.as_str(), "127.0.0.1" | "localhost" | "::1");
-            if !loopback && options.policy.token.is_none() {
+            if !loopback && options.policy.token.is_none() && options.policy.oauth.is_none() {
                 tracing::warn!(
                     host = %options.host,
                     "listening beyond loopback without --auth-token: anyone who can reach this \

@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
 
 mod heaps;
+mod owner;
+mod quotas;
+
+pub use owner::{Owner, Tenant, TENANT_PREFIX};
+pub use quotas::{Quota, QuotaExceeded, QuotaLimits, Quotas, TenantStats};
 
 use crate::engine::{Completion, JsException, Limits, Outcome, RunError, BYTES_PER_TOKEN};
 use crate::envelope::{Codec, EnvelopeError};
@@ -28,9 +33,10 @@ use crate::host_call::{HostCall, HostError, HostErrorKind, HostReply, PendingRep
 use crate::job::{HeapRan, Job, Keep, LiveBatches, Target};
 use crate::metrics::{self, CallMetrics, StorageStats};
 use crate::net::{Net, RunNet};
-use crate::storage::{validate_caller_name, HeapLocks, HeapMeta, Store, StoreError};
+use crate::storage::{HeapLocks, HeapMeta, Store, StoreError};
 use crate::upstream::Upstreams;
 use heaps::{checkpoint_idle_heaps, Call, Commit, Heaps};
+use quotas::Tenants;
 
 /// When a heap's snapshot is stored. Either way a call is answered only once its journal
 /// record is stored: the answer is durable.
@@ -196,6 +202,9 @@ pub enum CallError {
     /// The client cancelled the call before it ended.
     #[error("cancelled by the client; the heap was not changed")]
     Cancelled,
+    /// A tenant's quota refused the call before it ran.
+    #[error("{0}")]
+    Quota(#[from] QuotaExceeded),
     /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -229,6 +238,7 @@ impl CallError {
             CallError::Storage { .. } | CallError::Listing(_) => "storage",
             CallError::OutputGone { .. } => "output_gone",
             CallError::Cancelled => "cancelled",
+            CallError::Quota(_) => "quota",
             CallError::Internal(_) => "internal",
         }
     }
@@ -243,6 +253,7 @@ impl CallError {
             CallError::Storage { error, .. } | CallError::Listing(error) => {
                 error.kind() == mcp_v8_plugin_api::ErrorKind::Unavailable
             }
+            CallError::Quota(exceeded) => exceeded.quota.passes(),
             _ => false,
         }
     }
@@ -368,6 +379,8 @@ pub struct Runtime {
     tools: Option<Arc<Upstreams>>,
     /// The network code may reach with `fetch`, if any.
     net: Option<Arc<Net>>,
+    /// Tenants' quotas and usage.
+    tenants: Tenants,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -425,7 +438,14 @@ impl Runtime {
             )),
             tools: None,
             net: None,
+            tenants: Tenants::default(),
         }
+    }
+
+    /// The same runtime, with `quotas` for every tenant.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.tenants = Tenants::new(quotas);
+        self
     }
 
     /// The same runtime, with `upstreams`' tools for code to call (code mode).
@@ -486,6 +506,56 @@ impl Runtime {
         self.heaps.storage.stats()
     }
 
+    /// A tenant's own figures: its heaps and stored bytes as the store lists them now, its
+    /// calls and its quotas.
+    pub async fn tenant_stats(&self, tenant: &Tenant) -> Result<TenantStats, CallError> {
+        let (heaps, bytes) = self.stored(&Owner::Tenant(tenant.clone())).await?;
+        Ok(self.tenants.stats(tenant, heaps, bytes))
+    }
+
+    /// An owner's heaps and their stored bytes, as the store lists them.
+    async fn stored(&self, owner: &Owner) -> Result<(u64, u64), CallError> {
+        let listed = self
+            .heaps
+            .storage
+            .list(&owner.list_prefix(""))
+            .await
+            .map_err(CallError::Listing)?;
+        let mut heaps = 0;
+        let mut bytes = 0u64;
+        for meta in listed.iter().filter(|m| owner.name_of(&m.name).is_some()) {
+            heaps += 1;
+            bytes = bytes.saturating_add(meta.size);
+        }
+        if let Some(tenant) = owner.tenant() {
+            self.tenants.measured(tenant, heaps, bytes);
+        }
+        Ok((heaps, bytes))
+    }
+
+    /// Whether a tenant may write heap `key` (new when the store does not hold it) under its
+    /// storage quotas. The server's own heaps have none.
+    async fn may_store(&self, owner: &Owner, key: &str) -> Result<(), CallError> {
+        let Some(tenant) = owner.tenant() else {
+            return Ok(());
+        };
+        let quotas = self.tenants.quotas();
+        if quotas.heaps.is_none() && quotas.stored_bytes.is_none() {
+            return Ok(());
+        }
+        let listed = self
+            .heaps
+            .storage
+            .list(&owner.list_prefix(""))
+            .await
+            .map_err(CallError::Listing)?;
+        let mine = listed.iter().filter(|m| owner.name_of(&m.name).is_some());
+        let (heaps, bytes, exists) = mine.fold((0u64, 0u64, false), |(n, b, e), m| {
+            (n + 1, b.saturating_add(m.size), e || m.name == key)
+        });
+        Ok(self.tenants.may_store(tenant, heaps, bytes, !exists)?)
+    }
+
     /// Everything counted, as Prometheus text.
     pub fn metrics_text(&self) -> String {
         let storage = &self.heaps.storage;
@@ -496,6 +566,7 @@ impl Runtime {
         if let Some(net) = &self.net {
             text.push_str(&net.metrics().render());
         }
+        text.push_str(&self.tenants.render());
         text
     }
 
@@ -592,12 +663,16 @@ impl Runtime {
     /// they happen.
     pub async fn run_stateless(
         &self,
+        owner: &Owner,
         code: String,
         call: CallLimits,
         live: Option<LiveBatches>,
     ) -> CallOutcome<Completion> {
         let started = Instant::now();
-        let reply = self.stateless(code, call, live).await;
+        let reply = match self.tenants.admit(owner.tenant()) {
+            Ok(_admitted) => self.stateless(code, call, live).await,
+            Err(e) => CallOutcome::failed(e.into()),
+        };
         self.count(started, &reply);
         reply
     }
@@ -628,11 +703,12 @@ impl Runtime {
     /// [`SaveMode::Sync`].
     pub async fn run_on_heap(
         &self,
+        owner: &Owner,
         code: String,
         heap: Option<String>,
         call: CallLimits,
     ) -> CallOutcome<HeapRun> {
-        self.run_saving_to(code, heap, SaveTo::Same, call, None)
+        self.run_saving_to(owner, code, heap, SaveTo::Same, call, None)
             .await
     }
 
@@ -642,6 +718,7 @@ impl Runtime {
     /// progress as they happen (again for a run that loses a race and runs again).
     pub async fn run_saving_to(
         &self,
+        owner: &Owner,
         code: String,
         heap: Option<String>,
         save_to: SaveTo,
@@ -649,13 +726,28 @@ impl Runtime {
         live: Option<LiveBatches>,
     ) -> CallOutcome<HeapRun> {
         let started = Instant::now();
-        let reply = self.on_heap(code, heap, save_to, call, live).await;
+        let reply = match self.tenants.admit(owner.tenant()) {
+            Ok(_admitted) => self.on_heap(owner, code, heap, save_to, call, live).await,
+            Err(e) => CallOutcome::failed(e.into()),
+        };
         self.count(started, &reply);
-        reply
+        // The caller knows its heaps by name; the store, by key.
+        reply.map_result(|result| match result {
+            Ok(run) => Ok(HeapRun {
+                heap: owner.name_of(&run.heap).unwrap_or_default().to_string(),
+                forked_from: run
+                    .forked_from
+                    .and_then(|key| owner.name_of(&key).map(str::to_string)),
+                notice: run.notice.map(|notice| owner.unkey(&notice)),
+                ..run
+            }),
+            Err(e) => Err(owner.unkey_error(e)),
+        })
     }
 
     async fn on_heap(
         &self,
+        owner: &Owner,
         code: String,
         heap: Option<String>,
         save_to: SaveTo,
@@ -663,29 +755,34 @@ impl Runtime {
         live: Option<LiveBatches>,
     ) -> CallOutcome<HeapRun> {
         // A fork without a source starts from an empty heap.
-        let source = match heap {
-            Some(name) => match validate_caller_name(&name) {
-                Ok(()) => Some(name),
-                Err(e) => return CallOutcome::failed(CallError::InvalidName(e)),
-            },
-            None => None,
+        let source = match heap.as_deref().map(|name| owner.key(name)).transpose() {
+            Ok(source) => source,
+            Err(e) => return CallOutcome::failed(e),
         };
         let (heap, fork) = match &save_to {
-            SaveTo::Same => (source.clone().unwrap_or_else(generated_name), None),
+            SaveTo::Same => match source.clone().map_or_else(|| owner.key(&generated_name()), Ok)
+            {
+                Ok(heap) => (heap, None),
+                Err(e) => return CallOutcome::failed(e),
+            },
             SaveTo::Fork { to, overwrite } => {
-                if let Err(e) = validate_caller_name(to) {
-                    return CallOutcome::failed(CallError::InvalidName(e));
+                let to = match owner.key(to) {
+                    Ok(to) => to,
+                    Err(e) => return CallOutcome::failed(e),
+                };
+                if source.as_ref() == Some(&to) {
+                    return CallOutcome::failed(CallError::SameHeap { heap: to });
                 }
-                if source.as_ref() == Some(to) {
-                    return CallOutcome::failed(CallError::SameHeap { heap: to.clone() });
-                }
-                (to.clone(), Some((source.clone(), *overwrite)))
+                (to, Some((source.clone(), *overwrite)))
             }
         };
         let limits = match self.limits_for(call) {
             Ok(limits) => limits,
             Err(e) => return CallOutcome::failed(e),
         };
+        if let Err(e) = self.may_store(owner, &heap).await {
+            return CallOutcome::failed(e);
+        }
         // Held until the state is stored, also when that happens after the answer; a fork
         // also holds its source until the code has run, taking the two in name order.
         let (guard, mut source_guard) = match &fork {
@@ -882,28 +979,44 @@ impl Runtime {
         }
     }
 
-    /// All heaps, sorted by name, including every state answered so far.
-    pub async fn list(&self) -> Result<Vec<Listed>, CallError> {
+    /// All of `owner`'s heaps, sorted by name, including every state answered so far.
+    pub async fn list(&self, owner: &Owner) -> Result<Vec<Listed>, CallError> {
         self.settled().await;
-        let mut heaps = self
+        let heaps = self
             .heaps
             .storage
-            .list("")
+            .list(&owner.list_prefix(""))
             .await
-            .map_err(CallError::Listing)?;
-        heaps.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(heaps.into_iter().map(|m| self.heaps.listed(m)).collect())
+            .map_err(|e| owner.unkey_error(CallError::Listing(e)))?;
+        let mut listed: Vec<Listed> = heaps
+            .into_iter()
+            .filter_map(|meta| {
+                let name = owner.name_of(&meta.name)?.to_string();
+                let listed = self.heaps.listed(meta);
+                Some(Listed {
+                    meta: HeapMeta { name, ..listed.meta },
+                    ..listed
+                })
+            })
+            .collect();
+        listed.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        if let Some(tenant) = owner.tenant() {
+            let bytes = listed.iter().map(|l| l.meta.size).sum();
+            self.tenants.measured(tenant, listed.len() as u64, bytes);
+        }
+        Ok(listed)
     }
 
     /// Up to `limit` heaps whose names sort after `after`, by name, and the cursor (the last
     /// name) to pass as `after` for the next page, if there is one.
     pub async fn list_page(
         &self,
+        owner: &Owner,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Listed>, Option<String>), CallError> {
         let limit = limit.max(1);
-        let mut heaps = self.list().await?;
+        let mut heaps = self.list(owner).await?;
         if let Some(after) = after {
             heaps.retain(|h| h.meta.name.as_str() > after);
         }
@@ -916,21 +1029,25 @@ impl Runtime {
     /// all. A prefix no heap name can start with matches nothing.
     pub async fn names_starting_with(
         &self,
+        owner: &Owner,
         prefix: &str,
         limit: usize,
     ) -> Result<(Vec<String>, usize), CallError> {
-        if !prefix.is_empty() && validate_caller_name(prefix).is_err() {
+        if !prefix.is_empty() && owner.key(prefix).is_err() {
             return Ok((Vec::new(), 0));
         }
         self.settled().await;
         let heaps = self
             .heaps
             .storage
-            .list(prefix)
+            .list(&owner.list_prefix(prefix))
             .await
-            .map_err(CallError::Listing)?;
+            .map_err(|e| owner.unkey_error(CallError::Listing(e)))?;
         // The store lists by prefix (and checks a plugin's listing against it).
-        let mut names: Vec<String> = heaps.into_iter().map(|m| m.name).collect();
+        let mut names: Vec<String> = heaps
+            .iter()
+            .filter_map(|m| owner.name_of(&m.name).map(str::to_string))
+            .collect();
         names.sort();
         let total = names.len();
         names.truncate(limit);
@@ -938,19 +1055,25 @@ impl Runtime {
     }
 
     /// Metadata of one heap, or `None` when it does not exist.
-    pub async fn describe(&self, heap: &str) -> Result<Option<Listed>, CallError> {
-        validate_caller_name(heap).map_err(CallError::InvalidName)?;
+    pub async fn describe(&self, owner: &Owner, heap: &str) -> Result<Option<Listed>, CallError> {
+        let key = owner.key(heap)?;
         self.settled().await;
         let heaps = self
             .heaps
             .storage
-            .list(heap)
+            .list(&key)
             .await
-            .map_err(CallError::storage(heap))?;
-        Ok(heaps
-            .into_iter()
-            .find(|m| m.name == heap)
-            .map(|m| self.heaps.listed(m)))
+            .map_err(|e| owner.unkey_error(CallError::storage(&key)(e)))?;
+        Ok(heaps.into_iter().find(|m| m.name == key).map(|m| {
+            let listed = self.heaps.listed(m);
+            Listed {
+                meta: HeapMeta {
+                    name: heap.to_string(),
+                    ..listed.meta
+                },
+                ..listed
+            }
+        }))
     }
 
     /// Copies heap `from` to a new heap `to` (replacing it with `overwrite`), waiting for any
@@ -958,37 +1081,63 @@ impl Runtime {
     /// right after that record of its journal ([`Runtime::history`]).
     pub async fn copy(
         &self,
+        owner: &Owner,
         from: &str,
         to: &str,
         overwrite: bool,
         at: Option<u64>,
     ) -> Result<Copied, CallError> {
-        validate_caller_name(from).map_err(CallError::InvalidName)?;
-        validate_caller_name(to).map_err(CallError::InvalidName)?;
-        if from == to {
-            return Err(CallError::SameHeap { heap: to.into() });
+        let copied = async {
+            let (from_key, to_key) = (owner.key(from)?, owner.key(to)?);
+            if from == to {
+                return Err(CallError::SameHeap { heap: to.into() });
+            }
+            self.may_store(owner, &to_key).await?;
+            let (first, second) = if from_key < to_key {
+                (&from_key, &to_key)
+            } else {
+                (&to_key, &from_key)
+            };
+            let _first = self.locks.lock(first).await;
+            let _second = self.locks.lock(second).await;
+            self.heaps
+                .copy(&self.executor, &from_key, &to_key, overwrite, at)
+                .await
+        };
+        match copied.await {
+            Ok(copied) => Ok(Copied {
+                from: from.to_string(),
+                to: to.to_string(),
+                ..copied
+            }),
+            Err(e) => Err(owner.unkey_error(e)),
         }
-        let (first, second) = if from < to { (from, to) } else { (to, from) };
-        let _first = self.locks.lock(first).await;
-        let _second = self.locks.lock(second).await;
-        self.heaps
-            .copy(&self.executor, from, to, overwrite, at)
-            .await
     }
 
     /// `heap`'s calls since its stored snapshot, the latest `limit` of them.
-    pub async fn history(&self, heap: &str, limit: usize) -> Result<History, CallError> {
-        validate_caller_name(heap).map_err(CallError::InvalidName)?;
-        let _guard = self.locks.lock(heap).await;
-        self.heaps.history(heap, limit).await
+    pub async fn history(
+        &self,
+        owner: &Owner,
+        heap: &str,
+        limit: usize,
+    ) -> Result<History, CallError> {
+        let key = owner.key(heap)?;
+        let _guard = self.locks.lock(&key).await;
+        self.heaps
+            .history(&key, limit)
+            .await
+            .map_err(|e| owner.unkey_error(e))
     }
 
     /// Deletes a heap, waiting for any call running on it: its snapshot, then its journal.
-    pub async fn delete(&self, heap: &str) -> Result<(), CallError> {
-        validate_caller_name(heap).map_err(CallError::InvalidName)?;
-        let _guard = self.locks.lock(heap).await;
-        self.last_errors().pop(heap);
-        self.heaps.delete(heap).await
+    pub async fn delete(&self, owner: &Owner, heap: &str) -> Result<(), CallError> {
+        let key = owner.key(heap)?;
+        let _guard = self.locks.lock(&key).await;
+        self.last_errors().pop(&key);
+        self.heaps
+            .delete(&key)
+            .await
+            .map_err(|e| owner.unkey_error(e))
     }
 
     /// The heaps' remembered last errors.

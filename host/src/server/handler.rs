@@ -160,13 +160,14 @@ Use one heap per task and pass its name on every call."
     async fn complete(
         &self,
         request: CompleteRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
+        let owner = self.owner(&context)?;
         let heaps = matches!(&request.r#ref, Reference::Resource(template)
             if template.uri == HEAP_TEMPLATE && request.argument.name == "heap");
         let (names, total) = if heaps && self.mode == Mode::Heaps {
             self.runtime
-                .names_starting_with(&request.argument.value, CompletionInfo::MAX_VALUES)
+                .names_starting_with(&owner, &request.argument.value, CompletionInfo::MAX_VALUES)
                 .await
                 .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
         } else {

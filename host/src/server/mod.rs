@@ -22,7 +22,7 @@ use crate::engine::{self, BYTES_PER_TOKEN};
 use crate::in_flight::InFlight;
 use crate::outputs::Outputs;
 use crate::report::{self, Reporting};
-use crate::runtime::{CallLimits, Runtime};
+use crate::runtime::{CallLimits, Owner, Runtime};
 
 mod answer;
 pub mod args;
@@ -33,8 +33,21 @@ mod tools;
 
 pub use tasks::{TASK_AFTER, TASK_TTL};
 
+/// The tools that run code or change heaps: a tenant's token needs the `heaps:write` scope
+/// to call them (every other request needs `heaps:read`).
+pub const WRITE_TOOLS: [&str; 3] = ["run_js", "copy_heap", "delete_heap"];
+
 /// Most heaps in one page of `list_heaps` or `resources/list`.
 pub const PAGE_SIZE: usize = 1000;
+
+/// Where a request's owner (whose heaps it sees) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners {
+    /// Every request acts for the server (stdio).
+    Server,
+    /// The HTTP access layer names the owner of each request; one without is refused.
+    PerRequest,
+}
 
 /// What a server offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +72,8 @@ pub struct McpServer {
     tasks: TaskManager,
     /// Whole results whose answers showed a preview, shared by every session.
     outputs: Arc<Outputs>,
+    /// Where each request's owner comes from.
+    owners: Owners,
 }
 
 impl std::fmt::Debug for McpServer {
@@ -159,7 +174,35 @@ impl McpServer {
             log_level: Arc::default(),
             tasks: TaskManager::new(),
             outputs: Arc::default(),
+            owners: Owners::Server,
         }
+    }
+
+    /// The same server, with each request's owner named by the HTTP access layer.
+    pub fn with_owners(self, owners: Owners) -> Self {
+        Self { owners, ..self }
+    }
+
+    /// Whose heaps a request sees: the owner the access layer put on the HTTP request (the
+    /// SSE transport puts it on the message itself), or the server's own on stdio.
+    fn owner(&self, context: &RequestContext<RoleServer>) -> Result<Owner, rmcp::ErrorData> {
+        if self.owners == Owners::Server {
+            return Ok(Owner::Server);
+        }
+        context
+            .extensions
+            .get::<Owner>()
+            .or_else(|| {
+                context
+                    .extensions
+                    .get::<axum::http::request::Parts>()
+                    .and_then(|parts| parts.extensions.get::<Owner>())
+            })
+            .cloned()
+            .ok_or_else(|| {
+                tracing::error!("a request reached the tools without an owner; refused");
+                rmcp::ErrorData::internal_error("the request carries no authenticated owner", None)
+            })
     }
 
     /// The server for a new client session: the same tools and runtime, a logging level of

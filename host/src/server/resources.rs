@@ -36,9 +36,10 @@ impl McpServer {
             return Ok(none);
         }
         let cursor = request.and_then(|r| r.cursor);
+        let owner = self.owner(&context)?;
         let (heaps, next_cursor) = self
             .runtime
-            .list_page(cursor.as_deref(), PAGE_SIZE)
+            .list_page(&owner, cursor.as_deref(), PAGE_SIZE)
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let resources = heaps
@@ -110,7 +111,8 @@ impl McpServer {
                 None,
             ));
         };
-        let listed = match self.runtime.describe(name).await {
+        let owner = self.owner(&context)?;
+        let listed = match self.runtime.describe(&owner, name).await {
             Ok(Some(listed)) => listed,
             Ok(None) => {
                 return Err(ErrorData::resource_not_found(

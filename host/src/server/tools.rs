@@ -19,7 +19,7 @@ use crate::job::LiveBatches;
 use crate::metrics::StorageStats;
 use crate::outputs::{self, Outputs};
 use crate::report::Reporting;
-use crate::runtime::{self, CallError, CallLimits, CallOutcome, Runtime, SaveTo};
+use crate::runtime::{self, CallError, CallLimits, CallOutcome, Owner, Runtime, SaveTo};
 use crate::schema;
 
 impl McpServer {
@@ -138,9 +138,10 @@ impl McpServer {
             None => SaveTo::Same,
         };
         let code = args.code;
+        let owner = self.owner(&context)?;
         let run = move |runtime: Arc<Runtime>, limits, live| async move {
             runtime
-                .run_saving_to(code, heap, save_to, limits, live)
+                .run_saving_to(&owner, code, heap, save_to, limits, live)
                 .await
         };
         let answer = |run: runtime::HeapRun, console: &Console, budget, outputs: &Outputs| {
@@ -176,11 +177,13 @@ impl McpServer {
     )]
     async fn list_heaps(
         &self,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<ListArgs>,
     ) -> Result<CallToolResult, ErrorData> {
+        let owner = self.owner(&context)?;
         match self
             .runtime
-            .list_page(args.cursor.as_deref(), PAGE_SIZE)
+            .list_page(&owner, args.cursor.as_deref(), PAGE_SIZE)
             .await
         {
             Ok((heaps, next_cursor)) => structured(&HeapList {
@@ -198,8 +201,18 @@ impl McpServer {
         output_schema = schema::output::<StorageStats>(),
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    async fn storage_stats(&self) -> Result<CallToolResult, ErrorData> {
-        structured(&self.runtime.storage_stats())
+    async fn storage_stats(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        // A tenant sees its own figures, not the store's (which count every tenant).
+        match self.owner(&context)? {
+            Owner::Server => structured(&self.runtime.storage_stats()),
+            Owner::Tenant(tenant) => match self.runtime.tenant_stats(&tenant).await {
+                Ok(stats) => structured(&stats),
+                Err(e) => tool_error(e),
+            },
+        }
     }
 
     /// `copy_heap`.
@@ -217,13 +230,15 @@ impl McpServer {
     )]
     async fn copy_heap(
         &self,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<CopyArgs>,
     ) -> Result<CallToolResult, ErrorData> {
+        let owner = self.owner(&context)?;
         let _call = self.calls.enter();
         let overwrite = args.overwrite.unwrap_or(false);
         let copied = self
             .runtime
-            .copy(&args.from, &args.to, overwrite, args.at_record)
+            .copy(&owner, &args.from, &args.to, overwrite, args.at_record)
             .await;
         match copied {
             Ok(copied) => structured(&CopyOutput {
@@ -246,10 +261,12 @@ impl McpServer {
     )]
     async fn heap_history(
         &self,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<HistoryArgs>,
     ) -> Result<CallToolResult, ErrorData> {
+        let owner = self.owner(&context)?;
         let limit = args.limit.unwrap_or(20).clamp(1, 1000) as usize;
-        match self.runtime.history(&args.heap, limit).await {
+        match self.runtime.history(&owner, &args.heap, limit).await {
             Ok(history) => structured(&HistoryOutput {
                 heap: args.heap,
                 snapshot_record: history.snapshot_record,
@@ -285,10 +302,12 @@ impl McpServer {
     )]
     async fn delete_heap(
         &self,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<HeapArgs>,
     ) -> Result<CallToolResult, ErrorData> {
+        let owner = self.owner(&context)?;
         let _call = self.calls.enter();
-        match self.runtime.delete(&args.heap).await {
+        match self.runtime.delete(&owner, &args.heap).await {
             Ok(()) => structured(&Deleted { deleted: args.heap }),
             Err(e) => tool_error(e),
         }
@@ -349,8 +368,9 @@ impl McpServer {
             Err(e) => return tool_error(e).map(Into::into),
         };
         let code = args.code;
+        let owner = self.owner(&context)?;
         let run = move |runtime: Arc<Runtime>, limits, live| async move {
-            runtime.run_stateless(code, limits, live).await
+            runtime.run_stateless(&owner, code, limits, live).await
         };
         let answer = |completion, console: &Console, budget, outputs: &Outputs| {
             let rest = |read_output: &str| {

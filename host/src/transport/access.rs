@@ -1,5 +1,9 @@
 //! Who may talk to the HTTP transports: `Host` and `Origin` checks against DNS rebinding and
-//! hostile web pages, and an optional bearer token. One policy, applied to both transports.
+//! hostile web pages, then who the caller is: the static bearer token (the server's own
+//! heaps), an OAuth access token (a tenant's heaps, [`super::oauth`]), or, with neither
+//! configured, anyone (the server's own heaps). The owner found is put on the request for the
+//! tools; a tenant's request also needs the scope its method calls for. One policy, applied
+//! to both transports.
 //!
 //! Browser pages on an allowed origin get CORS: a preflight (`OPTIONS` with
 //! `Access-Control-Request-Method`) is answered here, before the token check (browsers send
@@ -13,6 +17,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::oauth::{Grant, OAuth, TokenError, SCOPE_READ, SCOPE_WRITE};
+use crate::runtime::Owner;
+
 /// The access policy.
 #[derive(Debug, Clone)]
 pub struct AccessPolicy {
@@ -21,8 +28,12 @@ pub struct AccessPolicy {
     /// Acceptable `Origin` values: `scheme://host:port`, or `scheme://host:*` for any port.
     /// Requests without `Origin` (not from a browser) are not affected.
     pub allowed_origins: Vec<String>,
-    /// The bearer token every request must carry, if any.
+    /// The static bearer token: it grants the server's own heaps.
     pub token: Option<String>,
+    /// OAuth access tokens: each grants its tenant's heaps.
+    pub oauth: Option<Arc<OAuth>>,
+    /// Largest request body (a tenant's is read to learn the scope it needs).
+    pub max_body_bytes: usize,
 }
 
 /// Host names that mean this machine.
@@ -65,16 +76,89 @@ impl AccessPolicy {
         })
     }
 
-    fn token_ok(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
+    /// Who the request's credentials name, with what scopes.
+    async fn grant(&self, headers: &HeaderMap) -> Result<Grant, TokenError> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        constant_time_eq(presented.as_bytes(), token.as_bytes())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|token| !token.is_empty());
+        if let (Some(token), Some(presented)) = (&self.token, presented) {
+            if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+                return Ok(Grant::server());
+            }
+        }
+        match (&self.oauth, presented) {
+            (Some(oauth), Some(presented)) => oauth.verify(presented).await,
+            (Some(_), None) => Err(TokenError::Missing),
+            (None, _) if self.token.is_some() => {
+                Err(TokenError::Invalid("the bearer token is not this server's".into()))
+            }
+            (None, _) => Ok(Grant::server()),
+        }
+    }
+
+    /// The answer to a request without acceptable credentials (401) or scope (403): with
+    /// OAuth, a `WWW-Authenticate` challenge that points at the resource's metadata.
+    fn refusal(&self, status: StatusCode, error: Option<(&str, String)>) -> Response {
+        let Some(oauth) = &self.oauth else {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+            )
+                .into_response();
+        };
+        let quote = |s: &str| s.replace(['"', '\\'], "'");
+        let mut challenge = format!(
+            "Bearer resource_metadata=\"{}\", scope=\"{SCOPE_READ} {SCOPE_WRITE}\"",
+            oauth.metadata_url()
+        );
+        let body = match &error {
+            Some((code, description)) => {
+                challenge.push_str(&format!(
+                    ", error=\"{code}\", error_description=\"{}\"",
+                    quote(description)
+                ));
+                description.clone()
+            }
+            None => "a bearer token is required: see the resource metadata".to_string(),
+        };
+        let mut response = (status, body).into_response();
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}
+
+/// The scope an MCP request needs: `heaps:write` to call a tool that runs code or changes
+/// heaps, `heaps:read` for anything else.
+fn scope_needed(method: &axum::http::Method, body: &[u8]) -> &'static str {
+    if method != axum::http::Method::POST {
+        return SCOPE_READ;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return SCOPE_READ;
+    };
+    let messages = match value {
+        serde_json::Value::Array(messages) => messages,
+        message => vec![message],
+    };
+    let writes = messages.iter().any(|message| {
+        message.get("method").and_then(|m| m.as_str()) == Some("tools/call")
+            && message
+                .pointer("/params/name")
+                .and_then(|name| name.as_str())
+                .is_none_or(|name| crate::server::WRITE_TOOLS.contains(&name))
+    });
+    if writes {
+        SCOPE_WRITE
+    } else {
+        SCOPE_READ
     }
 }
 
@@ -188,15 +272,13 @@ pub async fn check(
         );
         return response;
     }
-    let mut response = if policy.token_ok(headers) {
-        next.run(request).await
-    } else {
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "a valid bearer token is required (Authorization: Bearer <token>)",
-        )
-            .into_response()
+    let mut response = match policy.grant(headers).await {
+        Ok(grant) => admit(&policy, grant, request, next).await,
+        Err(TokenError::Missing) => policy.refusal(StatusCode::UNAUTHORIZED, None),
+        Err(TokenError::Invalid(why)) => {
+            tracing::info!("refused a request with a token that is not valid: {why}");
+            policy.refusal(StatusCode::UNAUTHORIZED, Some(("invalid_token", why)))
+        }
     };
     if let Some(origin) = &origin {
         let cors = response.headers_mut();
@@ -207,6 +289,42 @@ pub async fn check(
         );
     }
     response
+}
+
+/// Passes on a request whose credentials were accepted, naming its owner, once a tenant's
+/// request is seen to have the scope it needs (`/metrics` is the server's alone).
+async fn admit(policy: &AccessPolicy, grant: Grant, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    if grant.owner != Owner::Server {
+        if parts.uri.path() == "/metrics" {
+            return (
+                StatusCode::FORBIDDEN,
+                "/metrics is for the server's operator (the static --auth-token)",
+            )
+                .into_response();
+        }
+        let bytes = match axum::body::to_bytes(body, policy.max_body_bytes).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return (StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")).into_response()
+            }
+        };
+        let needed = scope_needed(&parts.method, &bytes);
+        if !grant.allows(needed) {
+            tracing::info!(scope = needed, "refused a request whose token lacks a scope");
+            return policy.refusal(
+                StatusCode::FORBIDDEN,
+                Some((
+                    "insufficient_scope",
+                    format!("this request needs the scope '{needed}', which the token lacks"),
+                )),
+            );
+        }
+        parts.extensions.insert(grant.owner);
+        return next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await;
+    }
+    parts.extensions.insert(grant.owner);
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Lets the page at `origin` (an allowed one) read the answer.
@@ -225,6 +343,8 @@ mod tests {
             allowed_hosts,
             allowed_origins,
             token: token.map(Into::into),
+            oauth: None,
+            max_body_bytes: 1 << 20,
         }
     }
 
@@ -255,7 +375,7 @@ mod tests {
         let p = AccessPolicy {
             allowed_hosts: vec!["mcp.example.com:443".into(), "internal".into()],
             allowed_origins: vec![],
-            token: None,
+            ..policy(None)
         };
         assert!(p.host_allowed("mcp.example.com:443"));
         assert!(!p.host_allowed("mcp.example.com:444"));
@@ -273,21 +393,40 @@ mod tests {
         let exact = AccessPolicy {
             allowed_hosts: vec![],
             allowed_origins: vec!["https://app.example.com".into()],
-            token: None,
+            ..policy(None)
         };
         assert!(exact.origin_allowed("https://app.example.com"));
         assert!(!exact.origin_allowed("https://app.example.com:8443"));
     }
 
-    #[test]
-    fn tokens_compare_exactly() {
+    #[tokio::test]
+    async fn tokens_compare_exactly() {
         let p = policy(Some("s3cret"));
         let mut headers = HeaderMap::new();
-        assert!(!p.token_ok(&headers));
+        assert!(p.grant(&headers).await.is_err());
         headers.insert(header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
-        assert!(!p.token_ok(&headers));
+        assert!(p.grant(&headers).await.is_err());
         headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
-        assert!(p.token_ok(&headers));
-        assert!(policy(None).token_ok(&HeaderMap::new()));
+        assert_eq!(p.grant(&headers).await, Ok(Grant::server()));
+        assert_eq!(policy(None).grant(&HeaderMap::new()).await, Ok(Grant::server()));
+    }
+
+    #[test]
+    fn tools_that_run_code_or_change_heaps_need_write() {
+        let post = axum::http::Method::POST;
+        let call = |name: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#)
+        };
+        for tool in ["run_js", "copy_heap", "delete_heap"] {
+            assert_eq!(scope_needed(&post, call(tool).as_bytes()), SCOPE_WRITE, "{tool}");
+        }
+        for tool in ["list_heaps", "heap_history", "storage_stats", "read_output"] {
+            assert_eq!(scope_needed(&post, call(tool).as_bytes()), SCOPE_READ, "{tool}");
+        }
+        let batch = format!("[{}, {}]", call("list_heaps"), call("run_js"));
+        assert_eq!(scope_needed(&post, batch.as_bytes()), SCOPE_WRITE);
+        let nameless = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#;
+        assert_eq!(scope_needed(&post, nameless.as_bytes()), SCOPE_WRITE);
+        assert_eq!(scope_needed(&axum::http::Method::GET, b""), SCOPE_READ);
     }
 }

@@ -17,7 +17,7 @@ use super::events::{MemoryEventStore, Retention};
 use super::sse;
 use crate::in_flight::InFlight;
 use crate::runtime::Runtime;
-use crate::server::McpServer;
+use crate::server::{McpServer, Owners};
 use crate::start::StartError;
 
 /// What to serve where.
@@ -93,8 +93,31 @@ pub fn health_router(draining: CancellationToken) -> Router {
     Router::new().route("/healthz", axum::routing::get(health))
 }
 
+/// The Protected Resource Metadata (RFC 9728), when tokens are OAuth's: public, so that a
+/// client refused with 401 can find the authorisation server; readable from any page.
+fn metadata_router(options: &HttpOptions) -> Router {
+    let Some(oauth) = &options.policy.oauth else {
+        return Router::new();
+    };
+    let document = oauth.metadata();
+    let mut router = Router::new();
+    for path in oauth.metadata_paths() {
+        let document = document.clone();
+        router = router.route(
+            &path,
+            axum::routing::get(move || async move {
+                (
+                    [(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+                    axum::Json(document),
+                )
+            }),
+        );
+    }
+    router
+}
+
 /// `router` and `/metrics` behind the Host/Origin/token checks, the body limit and the
-/// shutdown gate; `/healthz` outside them.
+/// shutdown gate; `/healthz` and the resource metadata outside them.
 fn guarded(
     router: Router,
     runtime: Arc<Runtime>,
@@ -115,6 +138,7 @@ fn guarded(
             refuse_when_draining,
         ))
         .merge(health_router(draining))
+        .merge(metadata_router(options))
 }
 
 /// Counts POST responses still being written: a Streamable HTTP tool result travels in the
@@ -167,6 +191,8 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), StartError> {
+    // The access layer names every request's owner (a tenant's, or the server's).
+    let server = server.with_owners(Owners::PerRequest);
     let mut tasks = tokio::task::JoinSet::new();
     let mut listeners = Vec::new();
     let sessions = CancellationToken::new();

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod events;
 pub mod http;
+pub mod oauth;
 mod sse;
 pub mod stdio;
 

@@ -22,6 +22,7 @@ use rmcp::{RoleServer, ServiceExt};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::runtime::Owner;
 use crate::server::McpServer;
 
 /// Messages buffered per direction and session before the sender waits.
@@ -29,9 +30,12 @@ const BUFFER: usize = 64;
 
 type ToServer = mpsc::Sender<RxJsonRpcMessage<RoleServer>>;
 
+/// A session's way in, and whose it is: only requests for the same owner may post to it.
+type Open = (ToServer, Owner);
+
 struct Sessions {
     server: McpServer,
-    open: Mutex<HashMap<String, ToServer>>,
+    open: Mutex<HashMap<String, Open>>,
     shutdown: CancellationToken,
 }
 
@@ -69,7 +73,9 @@ impl Drop for SessionGuard {
 
 async fn open_stream(
     State(sessions): State<Arc<Sessions>>,
+    owner: Option<axum::Extension<Owner>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let owner = owner.map(|axum::Extension(owner)| owner).unwrap_or_default();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (to_server, from_client) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(BUFFER);
     let (to_client, from_server) = mpsc::channel::<TxJsonRpcMessage<RoleServer>>(BUFFER);
@@ -77,7 +83,7 @@ async fn open_stream(
         .open
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(id.clone(), to_server);
+        .insert(id.clone(), (to_server, owner));
 
     let server = sessions.server.for_session();
     let shutdown = sessions.shutdown.clone();
@@ -126,9 +132,11 @@ struct SessionQuery {
 async fn post_message(
     State(sessions): State<Arc<Sessions>>,
     Query(query): Query<SessionQuery>,
+    owner: Option<axum::Extension<Owner>>,
     body: Result<Json<RxJsonRpcMessage<RoleServer>>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let message = match body {
+    let owner = owner.map(|axum::Extension(owner)| owner).unwrap_or_default();
+    let mut message = match body {
         Ok(Json(message)) => message,
         Err(rejection) => {
             return (
@@ -144,13 +152,16 @@ async fn post_message(
         .unwrap_or_else(PoisonError::into_inner)
         .get(&query.session_id)
         .cloned();
-    let Some(mut sender) = sender else {
+    // Another owner's session is as good as none: its id reveals nothing.
+    let Some(mut sender) = sender.and_then(|(sender, opener)| (opener == owner).then_some(sender))
+    else {
         return (
             StatusCode::NOT_FOUND,
             "no such session (open one with GET /sse)",
         )
             .into_response();
     };
+    message.insert_extension(owner);
     match sender.send(message).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(_) => (StatusCode::GONE, "the session has ended").into_response(),
