@@ -25,5 +25,6 @@ mod s3;
 mod schemas;
 mod stdio;
 mod tasks;
+mod tenants;
 mod warm;
 mod workers;
