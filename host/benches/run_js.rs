@@ -39,7 +39,12 @@ fn workers(size: usize) -> Executor {
 
 async fn on_heap(runtime: &Runtime, code: &str, heap: Option<&str>) -> HeapRun {
     let reply = runtime
-        .run_on_heap(&Owner::Server, code.into(), heap.map(Into::into), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            code.into(),
+            heap.map(Into::into),
+            CallLimits::default(),
+        )
         .await;
     reply.result.expect("the benchmark code runs")
 }
@@ -106,7 +111,8 @@ fn live(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let (listener, mut heard) = tokio::sync::mpsc::unbounded_channel();
             let reply = runtime
-                .run_saving_to(&Owner::Server, 
+                .run_saving_to(
+                    &Owner::Server,
                     code.into(),
                     Some("small".into()),
                     SaveTo::Same,

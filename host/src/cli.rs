@@ -557,11 +557,21 @@ pub struct TenantArgs {
 
     /// The token claim that names the tenant: `sub` (each user their own heaps), or e.g. a
     /// claim holding an organisation id (its users share heaps).
-    #[arg(long, env = "MCP_V8_OAUTH_TENANT_CLAIM", value_name = "CLAIM", default_value = "sub")]
+    #[arg(
+        long,
+        env = "MCP_V8_OAUTH_TENANT_CLAIM",
+        value_name = "CLAIM",
+        default_value = "sub"
+    )]
     pub oauth_tenant_claim: String,
 
     /// Clock skew allowed on a token's expiry and not-before, in seconds.
-    #[arg(long, env = "MCP_V8_OAUTH_LEEWAY_SECS", value_name = "SECS", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "MCP_V8_OAUTH_LEEWAY_SECS",
+        value_name = "SECS",
+        default_value_t = 60
+    )]
     pub oauth_leeway_secs: u64,
 
     /// Most heaps one tenant may keep.
@@ -590,8 +600,7 @@ impl TenantArgs {
             let quotas = self.quotas() != Quotas::default();
             if self.jwks.is_some() || self.oauth_resource.is_some() || quotas {
                 return Err(StartError::Config(
-                    "--jwks, --oauth-resource and the --tenant-* quotas need --oauth-issuer"
-                        .into(),
+                    "--jwks, --oauth-resource and the --tenant-* quotas need --oauth-issuer".into(),
                 ));
             }
             return Ok(None);

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use mcp_v8::engine::Limits;
 use mcp_v8::envelope::{self, ReadOnly};
 use mcp_v8::executor::Executor;
-use mcp_v8::runtime::{CallLimits, Runtime, Owner};
+use mcp_v8::runtime::{CallLimits, Owner, Runtime};
 use mcp_v8::storage::{HeapStore, MemoryStore, Precondition, Store};
 use mcp_v8::worker::WorkerSettings;
 
@@ -30,7 +30,12 @@ fn read_only_of(store: &MemoryStore, heap: &str) -> ReadOnly {
 
 async fn output(rt: &Runtime, code: &str, heap: &str) -> String {
     let run = rt
-        .run_on_heap(&Owner::Server, code.into(), Some(heap.into()), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            code.into(),
+            Some(heap.into()),
+            CallLimits::default(),
+        )
         .await;
     let output = run.result.unwrap().completion.output;
     assert!(rt.flush(std::time::Duration::from_secs(30)).await);
@@ -76,7 +81,12 @@ async fn exercise(rt: &Runtime, store: &MemoryStore) {
     // Concurrent calls on both kinds.
     let calls = (0..6).map(|i| {
         let heap = if i % 2 == 0 { "fixture" } else { "today" };
-        rt.run_on_heap(&Owner::Server, "1 + 1".into(), Some(heap.into()), CallLimits::default())
+        rt.run_on_heap(
+            &Owner::Server,
+            "1 + 1".into(),
+            Some(heap.into()),
+            CallLimits::default(),
+        )
     });
     for run in futures::future::join_all(calls).await {
         assert_eq!(run.result.unwrap().completion.output, "2");

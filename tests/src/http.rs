@@ -26,6 +26,12 @@ pub struct HttpServer {
     pub sse_base: String,
 }
 
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("its address").port()
+}
+
 /// A plain HTTP client that never goes through a proxy.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -42,8 +48,19 @@ impl HttpServer {
 
     /// [`HttpServer::start`] with extra environment variables.
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> HttpServer {
+        Self::spawn(&["--http-port", "0", "--sse-port", "0"], args, env).await
+    }
+
+    /// [`HttpServer::start`] with Streamable HTTP on `port`, for a server whose URL must be
+    /// known before it starts (`--oauth-resource`). [`free_port`] finds one.
+    pub async fn start_on_port(port: u16, args: &[&str]) -> HttpServer {
+        let port = port.to_string();
+        Self::spawn(&["--http-port", &port, "--sse-port", "0"], args, &[]).await
+    }
+
+    async fn spawn(ports: &[&str], args: &[&str], env: &[(&str, &str)]) -> HttpServer {
         let mut child = Command::new(binary())
-            .args(["--http-port", "0", "--sse-port", "0"])
+            .args(ports)
             .args(args)
             .env(
                 "RUST_LOG",

@@ -9,7 +9,8 @@ use axum::extract::State;
 use axum::routing::get;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use mcp_v8_e2e::http::{http, sse_events, HttpServer};
+use mcp_v8_e2e::clients::NodeTools;
+use mcp_v8_e2e::http::{free_port, http, sse_events, HttpServer};
 use mcp_v8_e2e::{eventually, heap_names, start_up_failure};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
@@ -18,6 +19,7 @@ use serde_json::{json, Value};
 const RESOURCE: &str = "https://mcp-v8.test/mcp";
 
 /// An ES256 key the test made.
+#[derive(Clone)]
 struct Key {
     kid: String,
     pkcs8: Vec<u8>,
@@ -55,10 +57,66 @@ impl Key {
     }
 }
 
-/// The test's authorisation server: RFC 8414 metadata and a JWK set that can be changed.
+/// The test's authorisation server: RFC 8414 metadata, a JWK set that can be changed, and a
+/// token endpoint for the client-credentials grant (client `ID` with secret `ID-secret`; the
+/// token's subject is the client, its audience the `resource` asked for), signing with the
+/// first key.
 struct Issuer {
     url: String,
     keys: Arc<Mutex<Vec<Value>>>,
+    /// The `resource` of every token request.
+    asked_for: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Clone)]
+struct IssuerState {
+    url: String,
+    keys: Arc<Mutex<Vec<Value>>>,
+    signer: Option<Key>,
+    asked_for: Arc<Mutex<Vec<String>>>,
+}
+
+/// `POST /token`: client credentials, checked with HTTP Basic.
+async fn token(
+    State(state): State<IssuerState>,
+    headers: axum::http::HeaderMap,
+    axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
+) -> (axum::http::StatusCode, String) {
+    let unauthorised = (
+        axum::http::StatusCode::UNAUTHORIZED,
+        json!({"error": "invalid_client"}).to_string(),
+    );
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok()?.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let Some((id, secret)) = basic.as_deref().and_then(|b| b.split_once(':')) else {
+        return unauthorised;
+    };
+    if secret != format!("{id}-secret")
+        || form.get("grant_type").map(String::as_str) != Some("client_credentials")
+    {
+        return unauthorised;
+    }
+    let resource = form.get("resource").cloned().unwrap_or_default();
+    state.asked_for.lock().unwrap().push(resource.clone());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "iss": state.url, "aud": resource, "sub": id,
+        "scope": form.get("scope").cloned().unwrap_or_default(),
+        "iat": now, "exp": now + 3600,
+    });
+    let Some(signer) = &state.signer else {
+        return unauthorised;
+    };
+    let body = json!({
+        "access_token": signer.sign(&claims), "token_type": "Bearer", "expires_in": 3600,
+    });
+    (axum::http::StatusCode::OK, body.to_string())
 }
 
 impl Issuer {
@@ -70,23 +128,38 @@ impl Issuer {
             "issuer": url,
             "jwks_uri": format!("{url}/jwks"),
             "token_endpoint": format!("{url}/token"),
+            "authorization_endpoint": format!("{url}/authorize"),
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "response_types_supported": ["code"],
+            "scopes_supported": ["heaps:read", "heaps:write"],
         });
+        let state = IssuerState {
+            url: url.clone(),
+            keys: Arc::clone(&published),
+            signer: keys.first().map(|k| (*k).clone()),
+            asked_for: Arc::default(),
+        };
+        let asked_for = Arc::clone(&state.asked_for);
+        let json_body = |body: String| ([("content-type", "application/json")], body);
         let app = axum::Router::new()
             .route(
                 "/.well-known/oauth-authorization-server",
-                get(move || async move { metadata.to_string() }),
+                get(move || async move { json_body(metadata.to_string()) }),
             )
             .route(
                 "/jwks",
-                get(|State(keys): State<Arc<Mutex<Vec<Value>>>>| async move {
-                    json!({ "keys": *keys.lock().unwrap() }).to_string()
+                get(move |State(state): State<IssuerState>| async move {
+                    json_body(json!({ "keys": *state.keys.lock().unwrap() }).to_string())
                 }),
             )
-            .with_state(Arc::clone(&published));
+            .route("/token", axum::routing::post(token))
+            .with_state(state);
         tokio::spawn(async move { axum::serve(listener, app).await });
         Issuer {
             url,
             keys: published,
+            asked_for,
         }
     }
 
@@ -97,7 +170,10 @@ impl Issuer {
 
     /// Claims of a good token for `sub` with `scope`, valid for an hour.
     fn claims(&self, sub: &str, scope: &str) -> Value {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         json!({
             "iss": self.url, "aud": RESOURCE, "sub": sub, "scope": scope,
             "iat": now, "nbf": now, "exp": now + 3600,
@@ -164,8 +240,14 @@ async fn tokens_are_checked_as_a_resource_server_checks_them() {
     let (status, challenge, _) = post_call(&server, None, "list_heaps").await;
     assert_eq!(status, 401);
     let metadata_url = "https://mcp-v8.test/.well-known/oauth-protected-resource/mcp";
-    assert!(challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")), "{challenge}");
-    for path in ["/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"] {
+    assert!(
+        challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")),
+        "{challenge}"
+    );
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
         let metadata: Value = http()
             .get(format!("{base}{path}"))
             .send()
@@ -175,12 +257,22 @@ async fn tokens_are_checked_as_a_resource_server_checks_them() {
             .await
             .unwrap();
         assert_eq!(metadata["resource"], RESOURCE, "{path}");
-        assert_eq!(metadata["authorization_servers"], json!([issuer.url]), "{path}");
-        assert_eq!(metadata["scopes_supported"], json!(["heaps:read", "heaps:write"]));
+        assert_eq!(
+            metadata["authorization_servers"],
+            json!([issuer.url]),
+            "{path}"
+        );
+        assert_eq!(
+            metadata["scopes_supported"],
+            json!(["heaps:read", "heaps:write"])
+        );
     }
 
     // Tokens that are not good for this server: 401 invalid_token, saying why.
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let good = issuer.claims("alice", "heaps:read heaps:write");
     let with = |field: &str, value: Value| {
         let mut claims = good.clone();
@@ -189,29 +281,48 @@ async fn tokens_are_checked_as_a_resource_server_checks_them() {
     };
     let bad = [
         (key.sign(&with("exp", json!(now - 3600))), "expired"),
-        (key.sign(&with("aud", json!("https://other.test/mcp"))), "not for this resource"),
-        (key.sign(&with("iss", json!("https://other-issuer.test"))), "another issuer"),
+        (
+            key.sign(&with("aud", json!("https://other.test/mcp"))),
+            "not for this resource",
+        ),
+        (
+            key.sign(&with("iss", json!("https://other-issuer.test"))),
+            "another issuer",
+        ),
         (key.sign(&with("nbf", json!(now + 3600))), "not valid yet"),
-        (stranger.sign(&good), "'stranger' is not among the issuer's keys"),
+        (
+            stranger.sign(&good),
+            "'stranger' is not among the issuer's keys",
+        ),
         ("not-a-jwt".to_string(), "not a JWT"),
     ];
     for (token, why) in &bad {
         let (status, challenge, body) = post_call(&server, Some(token), "list_heaps").await;
         assert_eq!(status, 401, "{why}: {body}");
-        assert!(challenge.contains("error=\"invalid_token\""), "{why}: {challenge}");
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{why}: {challenge}"
+        );
         assert!(body.contains(why), "{why}: {body}");
     }
     // Within the leeway, an expired token still passes.
     let lately = key.sign(&with("exp", json!(now - 10)));
-    assert!(let_through(post_call(&server, Some(&lately), "list_heaps").await.0));
+    assert!(let_through(
+        post_call(&server, Some(&lately), "list_heaps").await.0
+    ));
 
     // A token with heaps:read may read, not run code: 403 insufficient_scope.
     let reader = key.sign(&issuer.claims("alice", "heaps:read"));
-    assert!(let_through(post_call(&server, Some(&reader), "list_heaps").await.0));
+    assert!(let_through(
+        post_call(&server, Some(&reader), "list_heaps").await.0
+    ));
     for tool in ["run_js", "delete_heap", "copy_heap"] {
         let (status, challenge, _) = post_call(&server, Some(&reader), tool).await;
         assert_eq!(status, 403, "{tool}");
-        assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
+        assert!(
+            challenge.contains("error=\"insufficient_scope\""),
+            "{challenge}"
+        );
     }
     let nobody = key.sign(&issuer.claims("alice", "openid"));
     assert_eq!(post_call(&server, Some(&nobody), "list_heaps").await.0, 403);
@@ -220,17 +331,28 @@ async fn tokens_are_checked_as_a_resource_server_checks_them() {
     // tokens of the old one no longer are.
     let rotated = Key::new("k2");
     let old = issuer.token(&key, "alice");
-    assert!(let_through(post_call(&server, Some(&old), "list_heaps").await.0));
+    assert!(let_through(
+        post_call(&server, Some(&old), "list_heaps").await.0
+    ));
     issuer.publish(&[&rotated]);
     let new = issuer.token(&rotated, "alice");
-    eventually(Duration::from_secs(10), "a token of the new key is accepted", || async {
-        let_through(post_call(&server, Some(&new), "list_heaps").await.0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a token of the new key is accepted",
+        || async {
+            let_through(post_call(&server, Some(&new), "list_heaps").await.0).then_some(())
+        },
+    )
     .await;
     assert_eq!(post_call(&server, Some(&old), "list_heaps").await.0, 401);
 
     // /metrics is the operator's.
-    let metrics = |token: &str| http().get(format!("{base}/metrics")).bearer_auth(token).send();
+    let metrics = |token: &str| {
+        http()
+            .get(format!("{base}/metrics"))
+            .bearer_auth(token)
+            .send()
+    };
     assert_eq!(metrics(&new).await.unwrap().status(), 403);
     assert_eq!(metrics("operator-token").await.unwrap().status(), 200);
     server.terminate().await;
@@ -247,8 +369,13 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
     let operator = server.streamable(Some("operator-token")).await;
 
     // The same name in two tenants is two heaps.
-    alice.run_js("globalThis.who = 'alice'", Some("notes")).await.ok();
-    bob.run_js("globalThis.who = 'bob'", Some("notes")).await.ok();
+    alice
+        .run_js("globalThis.who = 'alice'", Some("notes"))
+        .await
+        .ok();
+    bob.run_js("globalThis.who = 'bob'", Some("notes"))
+        .await
+        .ok();
     assert_eq!(alice.output("who", "notes").await, "alice");
     assert_eq!(bob.output("who", "notes").await, "bob");
     alice.run_js("1", Some("alice-private")).await.ok();
@@ -268,7 +395,10 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
 
     // Nothing of another tenant's can be named: not run on, read, copied, completed, deleted.
     let e = bob
-        .reply("copy_heap", json!({"from": "alice-private", "to": "stolen"}))
+        .reply(
+            "copy_heap",
+            json!({"from": "alice-private", "to": "stolen"}),
+        )
         .await
         .err();
     assert!(e.contains("'alice-private' does not exist"), "{e}");
@@ -282,7 +412,9 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
     }
     assert!(bob
         .client()
-        .read_resource(rmcp::model::ReadResourceRequestParams::new("heap://alice-private"))
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "heap://alice-private"
+        ))
         .await
         .is_err());
     let complete = |prefix: &str| {
@@ -298,7 +430,8 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
     let resources = bob.client().list_all_resources().await.unwrap();
     let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
     assert_eq!(uris, ["heap://notes"]);
-    bob.reply("delete_heap", json!({"heap": "alice-private"})).await;
+    bob.reply("delete_heap", json!({"heap": "alice-private"}))
+        .await;
     assert_eq!(alice.output("1 + 1", "alice-private").await, "2");
     let e = bob.run_js("1", Some("_mcp-v8-tenant.x.notes")).await.err();
     assert!(e.contains("reserved"), "{e}");
@@ -318,8 +451,14 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("mcp_v8_tenant_calls_total{tenant=\"alice\"} 4"), "{metrics}");
-    assert!(metrics.contains("mcp_v8_tenant_calls_total{tenant=\"bob\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains("mcp_v8_tenant_calls_total{tenant=\"alice\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mcp_v8_tenant_calls_total{tenant=\"bob\"} 3"),
+        "{metrics}"
+    );
 
     // An SSE session is its opener's: another tenant cannot post into it.
     let sse = http()
@@ -384,20 +523,24 @@ async fn quotas_refuse_a_tenant_by_name_and_leave_others_alone() {
     );
     let second = async {
         let base = server.mcp_url.trim_end_matches("/mcp").to_string();
-        eventually(Duration::from_secs(10), "alice's long call runs", || async {
-            let metrics = http()
-                .get(format!("{base}/metrics"))
-                .bearer_auth("operator-token")
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            metrics
-                .contains("mcp_v8_tenant_calls_in_flight{tenant=\"alice\"} 1")
-                .then_some(())
-        })
+        eventually(
+            Duration::from_secs(10),
+            "alice's long call runs",
+            || async {
+                let metrics = http()
+                    .get(format!("{base}/metrics"))
+                    .bearer_auth("operator-token")
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                metrics
+                    .contains("mcp_v8_tenant_calls_in_flight{tenant=\"alice\"} 1")
+                    .then_some(())
+            },
+        )
         .await;
         let e = alice.run_js("1", Some("b")).await.err();
         assert!(e.contains("--tenant-max-concurrent-calls is 1"), "{e}");
@@ -432,7 +575,12 @@ async fn stored_bytes_are_a_quota_too_and_keys_come_from_a_file() {
     std::fs::write(&jwks, json!({"keys": [key.public]}).to_string()).unwrap();
     let server = start(
         &issuer,
-        &["--jwks", jwks.to_str().unwrap(), "--tenant-max-stored-bytes", "1"],
+        &[
+            "--jwks",
+            jwks.to_str().unwrap(),
+            "--tenant-max-stored-bytes",
+            "1",
+        ],
     )
     .await;
     let alice = server.streamable(Some(&issuer.token(&key, "alice"))).await;
@@ -453,10 +601,28 @@ fn oauth_flags_that_cannot_work_stop_the_start() {
             vec!["--http-port", "0", "--oauth-issuer", "http://127.0.0.1:9"],
             "--oauth-resource",
         ),
-        (vec!["--oauth-issuer", "http://127.0.0.1:9", "--oauth-resource", RESOURCE], "HTTP transport"),
-        (vec!["--http-port", "0", "--tenant-max-heaps", "3"], "need --oauth-issuer"),
         (
-            vec!["--http-port", "0", "--oauth-issuer", "http://127.0.0.1:9", "--oauth-resource", RESOURCE],
+            vec![
+                "--oauth-issuer",
+                "http://127.0.0.1:9",
+                "--oauth-resource",
+                RESOURCE,
+            ],
+            "HTTP transport",
+        ),
+        (
+            vec!["--http-port", "0", "--tenant-max-heaps", "3"],
+            "need --oauth-issuer",
+        ),
+        (
+            vec![
+                "--http-port",
+                "0",
+                "--oauth-issuer",
+                "http://127.0.0.1:9",
+                "--oauth-resource",
+                RESOURCE,
+            ],
             "cannot discover the keys",
         ),
     ] {
@@ -464,4 +630,66 @@ fn oauth_flags_that_cannot_work_stop_the_start() {
         assert_ne!(code, 0, "{args:?}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn the_official_sdk_client_finds_the_issuer_gets_a_token_and_keeps_its_own_heap() {
+    let Some(tools) = NodeTools::find("the_official_sdk_client_finds_the_issuer") else {
+        return;
+    };
+    let key = Key::new("k1");
+    let issuer = Issuer::start(&[&key]).await;
+    // The metadata must name the URL the client uses, so the port is chosen first.
+    let port = free_port();
+    let resource = format!("http://127.0.0.1:{port}/mcp");
+    let server = HttpServer::start_on_port(
+        port,
+        &[
+            "--memory",
+            "--oauth-issuer",
+            &issuer.url,
+            "--oauth-resource",
+            &resource,
+        ],
+    )
+    .await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("npm/oauth-client.cjs");
+    let run = |client: &'static str, codes: &'static [&'static str]| {
+        let mut command = tools.command(&script);
+        command
+            .args([
+                &resource,
+                client,
+                &format!("{client}-secret"),
+                "heaps:read heaps:write",
+            ])
+            .args(codes);
+        async move {
+            let output = command.output().await.expect("run the SDK client");
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            assert!(output.status.success(), "{client}: {stderr}");
+            let results: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("a JSON line"))
+                .collect();
+            results
+                .iter()
+                .map(|r| {
+                    r["structuredContent"]["output"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let counting: &[&str] = &["globalThis.n = (globalThis.n ?? 0) + 1", "n"];
+    assert_eq!(run("alice-app", counting).await, ["1", "1"]);
+    assert_eq!(run("alice-app", counting).await, ["2", "2"]);
+    // Another client is another tenant: heap `mine` is its own.
+    assert_eq!(run("bob-app", counting).await, ["1", "1"]);
+    // The client asked for a token for this server (RFC 8707), as the metadata told it.
+    let asked_for = issuer.asked_for.lock().unwrap().clone();
+    assert_eq!(asked_for, vec![resource.clone(); 3]);
+    server.terminate().await;
 }

@@ -760,7 +760,9 @@ impl Runtime {
             Err(e) => return CallOutcome::failed(e),
         };
         let (heap, fork) = match &save_to {
-            SaveTo::Same => match source.clone().map_or_else(|| owner.key(&generated_name()), Ok)
+            SaveTo::Same => match source
+                .clone()
+                .map_or_else(|| owner.key(&generated_name()), Ok)
             {
                 Ok(heap) => (heap, None),
                 Err(e) => return CallOutcome::failed(e),
@@ -994,7 +996,10 @@ impl Runtime {
                 let name = owner.name_of(&meta.name)?.to_string();
                 let listed = self.heaps.listed(meta);
                 Some(Listed {
-                    meta: HeapMeta { name, ..listed.meta },
+                    meta: HeapMeta {
+                        name,
+                        ..listed.meta
+                    },
                     ..listed
                 })
             })

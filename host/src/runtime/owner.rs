@@ -45,11 +45,7 @@ impl Tenant {
     pub fn new(id: &str) -> Self {
         // A digest, not the id: ids may hold any character and be any length; keys may not.
         let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
-        let hex: String = digest
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         Self {
             id: id.into(),
             prefix: format!("{TENANT_PREFIX}{}.", &hex[..DIGEST_HEX]).into(),
@@ -196,9 +192,14 @@ mod tests {
         assert_eq!(Owner::Server.name_of(&key), None);
         assert_eq!(Owner::Server.key("notes").unwrap(), "notes");
         assert_eq!(Owner::Server.name_of("notes"), Some("notes"));
-        assert!(a.list_prefix("no").starts_with(a.tenant().unwrap().prefix()));
+        assert!(a
+            .list_prefix("no")
+            .starts_with(a.tenant().unwrap().prefix()));
         // The same id always gives the same key: hosts on one store agree.
-        assert_eq!(Owner::Tenant(Tenant::new("alice")).key("x").unwrap(), a.key("x").unwrap());
+        assert_eq!(
+            Owner::Tenant(Tenant::new("alice")).key("x").unwrap(),
+            a.key("x").unwrap()
+        );
     }
 
     #[test]

@@ -173,7 +173,10 @@ impl Tenants {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(exceeded.quota)
             .or_default() += 1;
-        tracing::info!(quota = exceeded.quota.label(), "a tenant's call was refused: {exceeded}");
+        tracing::info!(
+            quota = exceeded.quota.label(),
+            "a tenant's call was refused: {exceeded}"
+        );
         exceeded
     }
 
@@ -200,14 +203,17 @@ impl Tenants {
         let now = Instant::now();
         {
             let mut recent = usage.recent.lock().unwrap_or_else(PoisonError::into_inner);
-            while recent.front().is_some_and(|t| now.duration_since(*t) >= MINUTE) {
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+            {
                 recent.pop_front();
             }
             if let Some(limit) = self.quotas.calls_per_minute {
                 if recent.len() as u64 >= limit {
-                    let wait = recent
-                        .front()
-                        .map_or(MINUTE, |first| MINUTE.saturating_sub(now.duration_since(*first)));
+                    let wait = recent.front().map_or(MINUTE, |first| {
+                        MINUTE.saturating_sub(now.duration_since(*first))
+                    });
                     drop(recent);
                     return Err(self.refuse(
                         &usage,
@@ -323,9 +329,21 @@ impl Tenants {
         }
         let mut text = String::new();
         let families: [(&str, &str, &str); 4] = [
-            ("mcp_v8_tenant_calls_total", "counter", "run_js calls admitted, per tenant."),
-            ("mcp_v8_tenant_calls_in_flight", "gauge", "run_js calls running, per tenant."),
-            ("mcp_v8_tenant_heaps", "gauge", "Heaps per tenant, when last measured."),
+            (
+                "mcp_v8_tenant_calls_total",
+                "counter",
+                "run_js calls admitted, per tenant.",
+            ),
+            (
+                "mcp_v8_tenant_calls_in_flight",
+                "gauge",
+                "run_js calls running, per tenant.",
+            ),
+            (
+                "mcp_v8_tenant_heaps",
+                "gauge",
+                "Heaps per tenant, when last measured.",
+            ),
             (
                 "mcp_v8_tenant_stored_bytes",
                 "gauge",
@@ -389,7 +407,10 @@ mod tests {
         let _second = tenants.admit(Some(&a)).unwrap();
         let e = tenants.admit(Some(&a)).unwrap_err();
         assert_eq!(e.quota, Quota::ConcurrentCalls);
-        assert!(e.to_string().contains("--tenant-max-concurrent-calls"), "{e}");
+        assert!(
+            e.to_string().contains("--tenant-max-concurrent-calls"),
+            "{e}"
+        );
         // Another tenant and the server are not affected.
         let _other = tenants.admit(Some(&b)).unwrap();
         for _ in 0..10 {
@@ -401,7 +422,10 @@ mod tests {
         let e = tenants.admit(Some(&a)).unwrap_err();
         assert_eq!(e.quota, Quota::CallsPerMinute);
         let text = tenants.render();
-        assert!(text.contains("mcp_v8_tenant_calls_total{tenant=\"a\"} 3"), "{text}");
+        assert!(
+            text.contains("mcp_v8_tenant_calls_total{tenant=\"a\"} 3"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "mcp_v8_tenant_quota_refusals_total{tenant=\"a\",quota=\"calls_per_minute\"} 1"
@@ -420,7 +444,10 @@ mod tests {
         let a = Tenant::new("a\"quoted\"");
         assert!(tenants.may_store(&a, 1, 10, true).is_ok());
         assert!(tenants.may_store(&a, 2, 10, false).is_ok());
-        assert_eq!(tenants.may_store(&a, 2, 10, true).unwrap_err().quota, Quota::Heaps);
+        assert_eq!(
+            tenants.may_store(&a, 2, 10, true).unwrap_err().quota,
+            Quota::Heaps
+        );
         let e = tenants.may_store(&a, 1, 1000, false).unwrap_err();
         assert_eq!(e.quota, Quota::StoredBytes);
         assert!(tenants.render().contains("tenant=\"a\\\"quoted\\\"\""));

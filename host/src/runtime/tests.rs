@@ -45,7 +45,12 @@ fn runtime() -> (Runtime, MemoryStore) {
 /// Runs `code` on `heap` and waits until its state is stored.
 async fn output(rt: &Runtime, code: &str, heap: &str) -> String {
     let output = rt
-        .run_on_heap(&Owner::Server, code.into(), Some(heap.into()), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            code.into(),
+            Some(heap.into()),
+            CallLimits::default(),
+        )
         .await
         .result
         .unwrap()
@@ -103,7 +108,12 @@ async fn damaged_heaps_are_clear_errors_and_are_left_alone() {
         output(&rt, "var keep = 1", heap).await;
         let bad = tamper(&store, heap, damage);
         let error = rt
-            .run_on_heap(&Owner::Server, "keep".into(), Some(heap.into()), CallLimits::default())
+            .run_on_heap(
+                &Owner::Server,
+                "keep".into(),
+                Some(heap.into()),
+                CallLimits::default(),
+            )
             .await
             .result
             .unwrap_err();
@@ -133,7 +143,12 @@ async fn a_lost_race_runs_again_and_conflicts_only_when_it_always_loses() {
     };
     let rt2 = Runtime::with_policy(racing, Executor::InProcess, Limits::default(), policy);
     let error = rt2
-        .run_on_heap(&Owner::Server, "n = 100".into(), Some("h".into()), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            "n = 100".into(),
+            Some("h".into()),
+            CallLimits::default(),
+        )
         .await
         .result
         .unwrap_err();
@@ -157,7 +172,12 @@ async fn a_committed_call_survives_a_snapshot_that_cannot_be_stored() {
     let racing = ScriptedStore::racing(&store, store.get("h").unwrap().bytes);
     let rt2 = Runtime::new(racing, Executor::InProcess, Limits::default());
     let run = rt2
-        .run_on_heap(&Owner::Server, "n = 100".into(), Some("h".into()), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            "n = 100".into(),
+            Some("h".into()),
+            CallLimits::default(),
+        )
         .await;
     assert_eq!(run.result.unwrap().completion.output, "100");
     assert!(rt2.flush(Duration::from_secs(10)).await);
@@ -184,7 +204,12 @@ async fn a_call_is_durable_before_its_answer_and_list_waits_for_the_snapshot() {
     let held = ScriptedStore::held(&store, &gate);
     let rt = Runtime::new(held, Executor::InProcess, Limits::default());
     let answered = rt
-        .run_on_heap(&Owner::Server, "++n".into(), Some("h".into()), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            "++n".into(),
+            Some("h".into()),
+            CallLimits::default(),
+        )
         .await;
     assert_eq!(answered.result.unwrap().completion.output, "2");
     // Answered while the store has not taken the new snapshot, but has the call's record.
@@ -325,7 +350,8 @@ async fn a_record_that_does_not_reproduce_its_call_is_reported_and_the_heap_goes
         Limits::default(),
     );
     let run = rt
-        .run_on_heap(&Owner::Server, 
+        .run_on_heap(
+            &Owner::Server,
             "n += Math.random() < 2 ? 1 : 0".into(),
             Some("h".into()),
             CallLimits::default(),
@@ -345,7 +371,12 @@ async fn a_record_that_does_not_reproduce_its_call_is_reported_and_the_heap_goes
         .unwrap();
     // The heap loads up to the record before, and the call says what was lost and why.
     let run = rt0
-        .run_on_heap(&Owner::Server, "n".into(), Some("h".into()), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            "n".into(),
+            Some("h".into()),
+            CallLimits::default(),
+        )
         .await
         .result
         .unwrap();
@@ -359,7 +390,12 @@ async fn a_record_that_does_not_reproduce_its_call_is_reported_and_the_heap_goes
     );
     // Recovered for good: the next load has nothing to replay and says nothing.
     let run = rt0
-        .run_on_heap(&Owner::Server, "n += 10".into(), Some("h".into()), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            "n += 10".into(),
+            Some("h".into()),
+            CallLimits::default(),
+        )
         .await
         .result
         .unwrap();
@@ -373,7 +409,12 @@ async fn a_journal_s_reserved_names_are_no_heap_names() {
     let (rt, _store) = runtime();
     let reserved = mcp_v8_plugin_api::journal::entry_name("h", 1);
     let error = rt
-        .run_on_heap(&Owner::Server, "1".into(), Some(reserved.clone()), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            "1".into(),
+            Some(reserved.clone()),
+            CallLimits::default(),
+        )
         .await
         .result
         .unwrap_err();
@@ -411,7 +452,12 @@ async fn storage_failures_are_reported_with_their_kind() {
     let down = Store::blocking(Arc::new(Down), Duration::from_secs(30));
     let rt = Runtime::new(down, Executor::InProcess, Limits::default());
     let error = rt
-        .run_on_heap(&Owner::Server, "1".into(), Some("h".into()), CallLimits::default())
+        .run_on_heap(
+            &Owner::Server,
+            "1".into(),
+            Some("h".into()),
+            CallLimits::default(),
+        )
         .await
         .result
         .unwrap_err();

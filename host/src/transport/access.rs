@@ -94,9 +94,9 @@ impl AccessPolicy {
         match (&self.oauth, presented) {
             (Some(oauth), Some(presented)) => oauth.verify(presented).await,
             (Some(_), None) => Err(TokenError::Missing),
-            (None, _) if self.token.is_some() => {
-                Err(TokenError::Invalid("the bearer token is not this server's".into()))
-            }
+            (None, _) if self.token.is_some() => Err(TokenError::Invalid(
+                "the bearer token is not this server's".into(),
+            )),
             (None, _) => Ok(Grant::server()),
         }
     }
@@ -129,7 +129,9 @@ impl AccessPolicy {
         };
         let mut response = (status, body).into_response();
         if let Ok(value) = HeaderValue::from_str(&challenge) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
         }
         response
     }
@@ -306,12 +308,16 @@ async fn admit(policy: &AccessPolicy, grant: Grant, request: Request, next: Next
         let bytes = match axum::body::to_bytes(body, policy.max_body_bytes).await {
             Ok(bytes) => bytes,
             Err(e) => {
-                return (StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")).into_response()
+                return (StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}"))
+                    .into_response()
             }
         };
         let needed = scope_needed(&parts.method, &bytes);
         if !grant.allows(needed) {
-            tracing::info!(scope = needed, "refused a request whose token lacks a scope");
+            tracing::info!(
+                scope = needed,
+                "refused a request whose token lacks a scope"
+            );
             return policy.refusal(
                 StatusCode::FORBIDDEN,
                 Some((
@@ -321,7 +327,9 @@ async fn admit(policy: &AccessPolicy, grant: Grant, request: Request, next: Next
             );
         }
         parts.extensions.insert(grant.owner);
-        return next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await;
+        return next
+            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await;
     }
     parts.extensions.insert(grant.owner);
     next.run(Request::from_parts(parts, body)).await
@@ -408,20 +416,33 @@ mod tests {
         assert!(p.grant(&headers).await.is_err());
         headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
         assert_eq!(p.grant(&headers).await, Ok(Grant::server()));
-        assert_eq!(policy(None).grant(&HeaderMap::new()).await, Ok(Grant::server()));
+        assert_eq!(
+            policy(None).grant(&HeaderMap::new()).await,
+            Ok(Grant::server())
+        );
     }
 
     #[test]
     fn tools_that_run_code_or_change_heaps_need_write() {
         let post = axum::http::Method::POST;
         let call = |name: &str| {
-            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#)
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#
+            )
         };
         for tool in ["run_js", "copy_heap", "delete_heap"] {
-            assert_eq!(scope_needed(&post, call(tool).as_bytes()), SCOPE_WRITE, "{tool}");
+            assert_eq!(
+                scope_needed(&post, call(tool).as_bytes()),
+                SCOPE_WRITE,
+                "{tool}"
+            );
         }
         for tool in ["list_heaps", "heap_history", "storage_stats", "read_output"] {
-            assert_eq!(scope_needed(&post, call(tool).as_bytes()), SCOPE_READ, "{tool}");
+            assert_eq!(
+                scope_needed(&post, call(tool).as_bytes()),
+                SCOPE_READ,
+                "{tool}"
+            );
         }
         let batch = format!("[{}, {}]", call("list_heaps"), call("run_js"));
         assert_eq!(scope_needed(&post, batch.as_bytes()), SCOPE_WRITE);

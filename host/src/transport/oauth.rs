@@ -363,7 +363,12 @@ async fn get_json(client: &HttpClient, url: &str) -> Result<Value, String> {
     };
     let body = tokio::time::timeout(FETCH_TIMEOUT, fetched)
         .await
-        .map_err(|_| format!("'{url}' did not answer within {} s", FETCH_TIMEOUT.as_secs()))??;
+        .map_err(|_| {
+            format!(
+                "'{url}' did not answer within {} s",
+                FETCH_TIMEOUT.as_secs()
+            )
+        })??;
     serde_json::from_slice(&body).map_err(|e| format!("'{url}' is not JSON: {e}"))
 }
 

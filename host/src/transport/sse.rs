@@ -75,7 +75,9 @@ async fn open_stream(
     State(sessions): State<Arc<Sessions>>,
     owner: Option<axum::Extension<Owner>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let owner = owner.map(|axum::Extension(owner)| owner).unwrap_or_default();
+    let owner = owner
+        .map(|axum::Extension(owner)| owner)
+        .unwrap_or_default();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (to_server, from_client) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(BUFFER);
     let (to_client, from_server) = mpsc::channel::<TxJsonRpcMessage<RoleServer>>(BUFFER);
@@ -135,7 +137,9 @@ async fn post_message(
     owner: Option<axum::Extension<Owner>>,
     body: Result<Json<RxJsonRpcMessage<RoleServer>>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let owner = owner.map(|axum::Extension(owner)| owner).unwrap_or_default();
+    let owner = owner
+        .map(|axum::Extension(owner)| owner)
+        .unwrap_or_default();
     let mut message = match body {
         Ok(Json(message)) => message,
         Err(rejection) => {
