@@ -805,6 +805,7 @@ impl TransportArgs {
                 token: self.auth_token.clone().filter(|t| !t.is_empty()),
                 oauth: None,
                 max_body_bytes: self.max_body_bytes,
+                sessions: Default::default(),
             },
             max_body_bytes: self.max_body_bytes,
             json_logs: log_format == LogFormat::Json,

@@ -2,12 +2,14 @@
 //! can read the rest (`read_output`, or `resources/read` of the answer's `resource_link`)
 //! without running the code again: the way for stateless calls, where there is no `_`.
 //!
-//! Bounded in bytes (the oldest go first) and in time; ids are random, so a result is readable
-//! only by whoever was given its id.
+//! Bounded in bytes (the oldest go first) and in time; ids are random, and a result is readable
+//! only by the owner whose call made it (a tenant's, or the server's).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use crate::runtime::Owner;
 
 /// The scheme of a kept result's resource.
 pub const SCHEME: &str = "output://";
@@ -20,6 +22,7 @@ pub const MAX_BYTES: usize = 64 << 20;
 
 struct Kept {
     id: String,
+    owner: Owner,
     text: Arc<str>,
     at: Instant,
 }
@@ -38,7 +41,7 @@ impl std::fmt::Debug for Outputs {
 
 impl Outputs {
     /// Keeps `text`; returns its resource URI. A text longer than [`MAX_BYTES`] is not kept.
-    pub fn keep(&self, text: String) -> Option<String> {
+    pub fn keep(&self, owner: &Owner, text: String) -> Option<String> {
         if text.len() > MAX_BYTES {
             return None;
         }
@@ -54,19 +57,20 @@ impl Outputs {
         }
         kept.push_back(Kept {
             id: id.clone(),
+            owner: owner.clone(),
             text: text.into(),
             at: Instant::now(),
         });
         Some(format!("{SCHEME}{id}"))
     }
 
-    /// The result kept as `uri`, if it still is.
-    pub fn get(&self, uri: &str) -> Option<Arc<str>> {
+    /// The result `owner` kept as `uri`, if it still is.
+    pub fn get(&self, owner: &Owner, uri: &str) -> Option<Arc<str>> {
         let id = uri.strip_prefix(SCHEME)?;
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         expire(&mut kept);
         kept.iter()
-            .find(|k| k.id == id)
+            .find(|k| k.id == id && k.owner == *owner)
             .map(|k| Arc::clone(&k.text))
     }
 }
@@ -98,22 +102,27 @@ mod tests {
     #[test]
     fn a_kept_result_is_read_back_by_its_uri_only() {
         let outputs = Outputs::default();
-        let uri = outputs.keep("whole".into()).unwrap();
+        let server = Owner::Server;
+        let uri = outputs.keep(&server, "whole".into()).unwrap();
         assert!(uri.starts_with(SCHEME));
-        assert_eq!(outputs.get(&uri).as_deref(), Some("whole"));
-        assert_eq!(outputs.get("output://0"), None);
-        assert_eq!(outputs.get("heap://x"), None);
+        assert_eq!(outputs.get(&server, &uri).as_deref(), Some("whole"));
+        assert_eq!(outputs.get(&server, "output://0"), None);
+        assert_eq!(outputs.get(&server, "heap://x"), None);
+        // Another owner's, even with its id, is not there.
+        let tenant = Owner::Tenant(crate::runtime::Tenant::new("t"));
+        assert_eq!(outputs.get(&tenant, &uri), None);
     }
 
     #[test]
     fn the_oldest_go_first_past_the_byte_limit() {
         let outputs = Outputs::default();
+        let o = Owner::Server;
         let big = "x".repeat(MAX_BYTES / 2 + 1);
-        let first = outputs.keep(big.clone()).unwrap();
-        let second = outputs.keep(big).unwrap();
-        assert!(outputs.get(&first).is_none());
-        assert!(outputs.get(&second).is_some());
-        assert!(outputs.keep("y".repeat(MAX_BYTES + 1)).is_none());
+        let first = outputs.keep(&o, big.clone()).unwrap();
+        let second = outputs.keep(&o, big).unwrap();
+        assert!(outputs.get(&o, &first).is_none());
+        assert!(outputs.get(&o, &second).is_some());
+        assert!(outputs.keep(&o, "y".repeat(MAX_BYTES + 1)).is_none());
     }
 
     #[test]

@@ -436,6 +436,22 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
     let e = bob.run_js("1", Some("_mcp-v8-tenant.x.notes")).await.err();
     assert!(e.contains("reserved"), "{e}");
 
+    // A whole result kept for read_output is its tenant's, even to one holding its URI.
+    let big = alice
+        .reply(
+            "run_js",
+            json!({"code": "Array.from({length: 5000}, (_, i) => i)", "heap": "notes",
+                   "max_output_tokens": 100}),
+        )
+        .await
+        .ok();
+    let uri = big["output_uri"]
+        .as_str()
+        .expect("a preview, with the whole kept");
+    let e = bob.reply("read_output", json!({"uri": uri})).await.err();
+    assert!(e.contains("no result kept"), "{e}");
+    alice.reply("read_output", json!({"uri": uri})).await.ok();
+
     // A tenant sees its own figures; the operator sees each tenant's in /metrics.
     let stats = alice.reply("storage_stats", json!({})).await.ok();
     assert_eq!(stats["tenant"], "alice");
@@ -452,7 +468,7 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("mcp_v8_tenant_calls_total{tenant=\"alice\"} 4"),
+        metrics.contains("mcp_v8_tenant_calls_total{tenant=\"alice\"} 5"),
         "{metrics}"
     );
     assert!(
@@ -478,6 +494,41 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
     };
     assert_eq!(post(alice_token.clone()).await.unwrap().status(), 404);
     assert_eq!(post(bob_token.clone()).await.unwrap().status(), 202);
+
+    // So is a Streamable HTTP session (protocol 2025-11-25): its id is no good with another
+    // tenant's token.
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    });
+    let opened = http()
+        .post(&server.mcp_url)
+        .header("accept", "application/json, text/event-stream")
+        .bearer_auth(&alice_token)
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let in_session = |token: String| {
+        http()
+            .post(&server.mcp_url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .bearer_auth(token)
+            .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .send()
+    };
+    assert_eq!(in_session(bob_token.clone()).await.unwrap().status(), 404);
+    assert_eq!(in_session(alice_token.clone()).await.unwrap().status(), 202);
     alice.stop().await;
     bob.stop().await;
     operator.stop().await;

@@ -10,6 +10,7 @@ use crate::engine::{
 };
 use crate::outputs::Outputs;
 use crate::runtime::CallError;
+use crate::runtime::Owner;
 
 pub(super) fn structured<T: Serialize>(value: &T) -> Result<CallToolResult, ErrorData> {
     serde_json::to_value(value)
@@ -46,11 +47,12 @@ impl RunAnswer {
         console: &Console,
         budget: usize,
         outputs: &Outputs,
+        owner: &Owner,
         rest: impl FnOnce(&str) -> String,
     ) -> (Self, Option<Resource>) {
         let size = completion.size;
         let (output, output_uri) = match completion.preview {
-            Some(preview) => (preview, outputs.keep(completion.output)),
+            Some(preview) => (preview, outputs.keep(owner, completion.output)),
             None => (completion.output, None),
         };
         let output_truncated = output_uri.is_some() || completion.output_truncated;

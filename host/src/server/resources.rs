@@ -86,7 +86,7 @@ impl McpServer {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri;
         if uri.starts_with(outputs::SCHEME) {
-            let Some(text) = self.outputs.get(&uri) else {
+            let Some(text) = self.outputs.get(&self.owner(&context)?, &uri) else {
                 return Err(ErrorData::resource_not_found(
                     format!("no result kept as {uri} (results are kept for 10 minutes)"),
                     None,

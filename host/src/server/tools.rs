@@ -33,7 +33,9 @@ impl McpServer {
         limits: CallLimits,
         logger: String,
         run: Call,
-        answer: impl FnOnce(R, &Console, usize, &Outputs) -> (T, Option<Resource>) + Send + 'static,
+        answer: impl FnOnce(R, &Console, usize, &Outputs, &Owner) -> (T, Option<Resource>)
+            + Send
+            + 'static,
     ) -> Result<CallToolResponse, ErrorData>
     where
         Call: FnOnce(Arc<Runtime>, CallLimits, Option<LiveBatches>) -> Ran + Send + 'static,
@@ -42,6 +44,7 @@ impl McpServer {
         T: Serialize + Send + 'static,
     {
         let budget = self.answer_budget(&limits);
+        let owner = self.owner(&context)?;
         let call = self.calls.enter();
         let reporting = self.reporting(&context, logger);
         let status = reporting.as_ref().map(Reporting::status);
@@ -56,7 +59,7 @@ impl McpServer {
             drop(call);
             let result = reply
                 .result
-                .map(|ran| answer(ran, &reply.console, budget, &outputs));
+                .map(|ran| answer(ran, &reply.console, budget, &outputs, &owner));
             run_result(result, &reply.console, budget)
         };
         self.respond(&context, work, status).await
@@ -75,9 +78,10 @@ impl McpServer {
     )]
     async fn read_output(
         &self,
+        context: RequestContext<RoleServer>,
         Parameters(args): Parameters<ReadOutputArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let Some(text) = self.outputs.get(&args.uri) else {
+        let Some(text) = self.outputs.get(&self.owner(&context)?, &args.uri) else {
             return tool_error(CallError::OutputGone { uri: args.uri });
         };
         let budget = self.runtime.limits().answer_bytes;
@@ -144,25 +148,27 @@ impl McpServer {
                 .run_saving_to(&owner, code, heap, save_to, limits, live)
                 .await
         };
-        let answer = |run: runtime::HeapRun, console: &Console, budget, outputs: &Outputs| {
-            let heap = run.heap.clone();
-            let rest = |read_output: &str| {
-                format!(
-                    "The whole result is `_` in heap '{heap}' (unless the code made `_` its \
+        let answer =
+            |run: runtime::HeapRun, console: &Console, budget, outputs: &Outputs, owner: &Owner| {
+                let heap = run.heap.clone();
+                let rest = |read_output: &str| {
+                    format!(
+                        "The whole result is `_` in heap '{heap}' (unless the code made `_` its \
                      own): page through it in the next call, e.g. `_.slice(0, 100)`, \
                      `Object.keys(_)`, `_.length`.{read_output}"
-                )
+                    )
+                };
+                let (answer, link) =
+                    RunAnswer::new(run.completion, console, budget, outputs, owner, rest);
+                let output = RunJsOutput {
+                    answer,
+                    heap: run.heap,
+                    retries: run.retries,
+                    notice: run.notice,
+                    forked_from: run.forked_from,
+                };
+                (output, link)
             };
-            let (answer, link) = RunAnswer::new(run.completion, console, budget, outputs, rest);
-            let output = RunJsOutput {
-                answer,
-                heap: run.heap,
-                retries: run.retries,
-                notice: run.notice,
-                forked_from: run.forked_from,
-            };
-            (output, link)
-        };
         let logger = logger.unwrap_or_else(|| "run_js".into());
         self.run_code(context, limits, logger, run, answer).await
     }
@@ -372,14 +378,14 @@ impl McpServer {
         let run = move |runtime: Arc<Runtime>, limits, live| async move {
             runtime.run_stateless(&owner, code, limits, live).await
         };
-        let answer = |completion, console: &Console, budget, outputs: &Outputs| {
+        let answer = |completion, console: &Console, budget, outputs: &Outputs, owner: &Owner| {
             let rest = |read_output: &str| {
                 format!(
                     "Nothing is kept between calls: run the code again returning a part of \
                      the result (e.g. `rows.slice(0, 100)`) or a summary of it.{read_output}"
                 )
             };
-            RunAnswer::new(completion, console, budget, outputs, rest)
+            RunAnswer::new(completion, console, budget, outputs, owner, rest)
         };
         self.run_code(context, limits, "run_js".into(), run, answer)
             .await

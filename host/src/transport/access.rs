@@ -34,6 +34,8 @@ pub struct AccessPolicy {
     pub oauth: Option<Arc<OAuth>>,
     /// Largest request body (a tenant's is read to learn the scope it needs).
     pub max_body_bytes: usize,
+    /// Who opened each session.
+    pub sessions: Arc<SessionOwners>,
 }
 
 /// Host names that mean this machine.
@@ -296,7 +298,7 @@ pub async fn check(
 /// Passes on a request whose credentials were accepted, naming its owner, once a tenant's
 /// request is seen to have the scope it needs (`/metrics` is the server's alone).
 async fn admit(policy: &AccessPolicy, grant: Grant, request: Request, next: Next) -> Response {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     if grant.owner != Owner::Server {
         if parts.uri.path() == "/metrics" {
             return (
@@ -326,13 +328,77 @@ async fn admit(policy: &AccessPolicy, grant: Grant, request: Request, next: Next
                 )),
             );
         }
-        parts.extensions.insert(grant.owner);
-        return next
-            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-            .await;
+        let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+        return in_session(policy, grant.owner, request, next).await;
     }
-    parts.extensions.insert(grant.owner);
-    next.run(Request::from_parts(parts, body)).await
+    in_session(policy, grant.owner, Request::from_parts(parts, body), next).await
+}
+
+/// Passes on a request for `owner`, unless it names a Streamable HTTP session another owner
+/// opened (answered as if there were no such session); remembers who opens a session.
+async fn in_session(
+    policy: &AccessPolicy,
+    owner: Owner,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let session = request
+        .headers()
+        .get(SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = &session {
+        if policy
+            .sessions
+            .owner(id)
+            .is_some_and(|opener| opener != owner)
+        {
+            tracing::info!("refused a request for a session another owner opened");
+            return (StatusCode::NOT_FOUND, "no such session").into_response();
+        }
+    }
+    request.extensions_mut().insert(owner.clone());
+    let response = next.run(request).await;
+    if session.is_none() {
+        if let Some(id) = response
+            .headers()
+            .get(SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            policy.sessions.opened(id, owner);
+        }
+    }
+    response
+}
+
+const SESSION_ID: &str = "mcp-session-id";
+
+/// Who opened each Streamable HTTP session (2025-11-25 sessions), the most recent ones: a
+/// session's id is good only with its opener's credentials.
+#[derive(Debug)]
+pub struct SessionOwners(std::sync::Mutex<lru::LruCache<String, Owner>>);
+
+impl Default for SessionOwners {
+    fn default() -> Self {
+        let most = std::num::NonZeroUsize::new(100_000).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self(std::sync::Mutex::new(lru::LruCache::new(most)))
+    }
+}
+
+impl SessionOwners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, Owner>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn owner(&self, id: &str) -> Option<Owner> {
+        self.lock().get(id).cloned()
+    }
+
+    fn opened(&self, id: &str, owner: Owner) {
+        self.lock().put(id.to_string(), owner);
+    }
 }
 
 /// Lets the page at `origin` (an allowed one) read the answer.
@@ -353,6 +419,7 @@ mod tests {
             token: token.map(Into::into),
             oauth: None,
             max_body_bytes: 1 << 20,
+            sessions: Arc::default(),
         }
     }
 
