@@ -543,17 +543,36 @@ impl Runtime {
         if quotas.heaps.is_none() && quotas.stored_bytes.is_none() {
             return Ok(());
         }
-        let listed = self
-            .heaps
-            .storage
-            .list(&owner.list_prefix(""))
-            .await
-            .map_err(CallError::Listing)?;
-        let mine = listed.iter().filter(|m| owner.name_of(&m.name).is_some());
-        let (heaps, bytes, exists) = mine.fold((0u64, 0u64, false), |(n, b, e), m| {
-            (n + 1, b.saturating_add(m.size), e || m.name == key)
-        });
-        Ok(self.tenants.may_store(tenant, heaps, bytes, !exists)?)
+        let listing = match self.tenants.listing(tenant) {
+            Some(listing) => listing,
+            None => {
+                let listed = self
+                    .heaps
+                    .storage
+                    .list(&owner.list_prefix(""))
+                    .await
+                    .map_err(CallError::Listing)?;
+                let listing: Arc<std::collections::HashMap<String, u64>> = Arc::new(
+                    listed
+                        .into_iter()
+                        .filter(|m| owner.name_of(&m.name).is_some())
+                        .map(|m| (m.name, m.size))
+                        .collect(),
+                );
+                self.tenants.listed(tenant, Arc::clone(&listing));
+                listing
+            }
+        };
+        let bytes = listing
+            .values()
+            .fold(0u64, |sum, size| sum.saturating_add(*size));
+        let exists = listing.contains_key(key);
+        self.tenants
+            .may_store(tenant, listing.len() as u64, bytes, !exists)?;
+        if !exists {
+            self.tenants.forget_listing(tenant);
+        }
+        Ok(())
     }
 
     /// Everything counted, as Prometheus text.
@@ -1138,6 +1157,9 @@ impl Runtime {
     pub async fn delete(&self, owner: &Owner, heap: &str) -> Result<(), CallError> {
         let key = owner.key(heap)?;
         let _guard = self.locks.lock(&key).await;
+        if let Some(tenant) = owner.tenant() {
+            self.tenants.forget_listing(tenant);
+        }
         self.last_errors().pop(&key);
         self.heaps
             .delete(&key)

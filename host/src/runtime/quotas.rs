@@ -2,10 +2,11 @@
 //! set, and the figures counted per tenant for `storage_stats` and `/metrics`. The server's
 //! own calls (stdio, the static token) have none.
 //!
-//! Heaps and stored bytes are measured from the store (a listing of the tenant's keys) before
-//! a call that writes, so a call is refused once a tenant is at its limit; the call that
-//! crosses it is not (its size is known only once it has run). With several hosts on one
-//! store the two call limits are per host.
+//! Heaps and stored bytes are measured from the store (a listing of the tenant's keys, kept
+//! for [`LISTING_TTL`] unless this host adds or removes one of its heaps) before a call that
+//! writes, so a call is refused once a tenant is at its limit; the call that crosses it is not
+//! (its size is known only once it has run). With several hosts on one store the two call
+//! limits are per host.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -124,7 +125,15 @@ struct Usage {
     refused: Mutex<BTreeMap<Quota, u64>>,
     /// Heaps and stored bytes when last measured.
     stored: Mutex<(u64, u64)>,
+    /// Its heaps' keys and stored sizes, as last listed, and when.
+    listing: Mutex<Option<(Instant, Listing)>>,
 }
+
+/// A tenant's heaps as listed: stored key and size.
+pub(super) type Listing = Arc<HashMap<String, u64>>;
+
+/// How long a tenant's listing is taken as it is, for the storage quotas.
+pub(super) const LISTING_TTL: Duration = Duration::from_secs(1);
 
 /// A call admitted under the call quotas; it counts as running until dropped.
 #[derive(Debug)]
@@ -275,6 +284,34 @@ impl Tenants {
             }
         }
         Ok(())
+    }
+
+    /// `tenant`'s heaps as listed less than [`LISTING_TTL`] ago, if they were.
+    pub(super) fn listing(&self, tenant: &Tenant) -> Option<Listing> {
+        let usage = self.usage(tenant);
+        let listing = usage.listing.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*listing {
+            Some((at, listing)) if at.elapsed() < LISTING_TTL => Some(Arc::clone(listing)),
+            _ => None,
+        }
+    }
+
+    /// Keeps `tenant`'s heaps as just listed.
+    pub(super) fn listed(&self, tenant: &Tenant, listing: Listing) {
+        *self
+            .usage(tenant)
+            .listing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), listing));
+    }
+
+    /// Forgets `tenant`'s listing: this host is adding or removing one of its heaps.
+    pub(super) fn forget_listing(&self, tenant: &Tenant) {
+        *self
+            .usage(tenant)
+            .listing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Records `tenant`'s heaps and stored bytes as just measured.
