@@ -8,7 +8,9 @@
 //!
 //! Keys are cached: a token whose key id is unknown makes one reload (at most one a second),
 //! and the set is reloaded when older than [`KEYS_MAX_AGE`], so a rotation at the issuer is
-//! followed without a restart. A reload that fails keeps the keys there were.
+//! followed without a restart. A reload that fails keeps the keys there were. Tokens that
+//! passed are remembered until they expire or the keys are reloaded, so a client's next
+//! request costs a lookup, not a signature check.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -39,6 +41,8 @@ const RELOAD_COOLDOWN: Duration = Duration::from_secs(1);
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 /// Time for one request to the authorisation server.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tokens remembered as checked, at most.
+const VERIFIED: usize = 10_000;
 
 /// Signatures accepted: asymmetric ones only (a shared secret would let anyone holding the
 /// key set sign).
@@ -119,12 +123,21 @@ impl Grant {
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// A token that passed: what it grants, and the times it is good between (Unix seconds).
+#[derive(Debug, Clone)]
+struct Verified {
+    grant: Grant,
+    not_before: u64,
+    expires: u64,
+}
+
 /// The resource server's token checks.
 pub struct OAuth {
     settings: OAuthSettings,
     source: KeySource,
     keys: Mutex<Keys>,
     client: HttpClient,
+    verified: std::sync::Mutex<lru::LruCache<String, Verified>>,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -171,7 +184,16 @@ impl OAuth {
                 loaded: Instant::now(),
             }),
             client,
+            verified: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(VERIFIED).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
         })
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, Verified>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The settings.
@@ -181,6 +203,19 @@ impl OAuth {
 
     /// Checks a bearer token.
     pub async fn verify(&self, token: &str) -> Result<Grant, TokenError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let leeway = self.settings.leeway.as_secs();
+        let seen = self.remembered().get(token).cloned();
+        if let Some(seen) = seen {
+            if now <= seen.expires.saturating_add(leeway)
+                && now.saturating_add(leeway) >= seen.not_before
+            {
+                return Ok(seen.grant);
+            }
+            self.remembered().pop(token);
+        }
         let invalid = |why: &str| TokenError::Invalid(why.to_string());
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| invalid(&format!("the token is not a JWT ({e})")))?;
@@ -221,10 +256,18 @@ impl OAuth {
                 )))
             }
         };
-        Ok(Grant {
+        let grant = Grant {
             owner: Owner::Tenant(Tenant::new(&tenant)),
             scopes: scopes(&claims),
-        })
+        };
+        let time = |claim: &str| claims.get(claim).and_then(Value::as_u64);
+        let verified = Verified {
+            grant: grant.clone(),
+            not_before: time("nbf").unwrap_or(0),
+            expires: time("exp").unwrap_or(0),
+        };
+        self.remembered().put(token.to_string(), verified);
+        Ok(grant)
     }
 
     /// The key `kid` names (the only key, for a token without one), reloading the set once
@@ -239,7 +282,9 @@ impl OAuth {
                     *keys = Keys {
                         set,
                         loaded: Instant::now(),
-                    }
+                    };
+                    // A key dropped from the set takes its tokens with it.
+                    self.remembered().clear();
                 }
                 Err(e) => tracing::warn!("OAuth: reloading the keys failed, keeping them: {e}"),
             }
@@ -452,6 +497,52 @@ mod tests {
         let s = scopes(&json!({"scp": ["heaps:read"]}));
         assert_eq!(s, HashSet::from([SCOPE_READ.to_string()]));
         assert!(scopes(&json!({"scope": 3})).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_good_only_while_its_times_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        let key = json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        std::fs::write(&jwks, json!({ "keys": [key] }).to_string()).unwrap();
+        let oauth = OAuth::start(OAuthSettings {
+            issuer: "https://issuer.test".into(),
+            resource: "https://mcp.test/mcp".into(),
+            jwks_file: Some(jwks),
+            tenant_claim: "sub".into(),
+            leeway: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let remember = |token: &str, not_before: u64, expires: u64| {
+            oauth.remembered().put(
+                token.into(),
+                Verified {
+                    grant: Grant::server(),
+                    not_before,
+                    expires,
+                },
+            );
+        };
+        remember("good", now - 10, now + 600);
+        remember("expired", now - 7200, now - 3600);
+        remember("early", now + 3600, now + 7200);
+        assert_eq!(oauth.verify("good").await, Ok(Grant::server()));
+        // Past their times they are checked again, and these are not even JWTs.
+        assert!(oauth.verify("expired").await.is_err());
+        assert!(oauth.verify("early").await.is_err());
+        assert!(oauth.remembered().peek("expired").is_none());
+        assert_eq!(
+            oauth.metadata_paths(),
+            [
+                "/.well-known/oauth-protected-resource/mcp",
+                "/.well-known/oauth-protected-resource"
+            ]
+        );
     }
 
     #[test]
