@@ -454,9 +454,29 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
 
     // A tenant sees its own figures; the operator sees each tenant's in /metrics.
     let stats = alice.reply("storage_stats", json!({})).await.ok();
-    assert_eq!(stats["tenant"], "alice");
-    assert_eq!(stats["heaps"], 3);
-    assert!(stats["stored_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["tenant"]["id"], "alice");
+    assert_eq!(stats["tenant"]["heaps"], 3);
+    assert!(
+        stats["tenant"]["stored_bytes"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        stats.get("puts").is_none(),
+        "the store's own figures are not a tenant's: {stats}"
+    );
+    let tools = alice.client().list_all_tools().await.unwrap();
+    let tool = tools.iter().find(|t| t.name == "storage_stats").unwrap();
+    let schema = serde_json::to_value(tool.output_schema.as_deref().unwrap()).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).expect("compile the output schema");
+    assert!(
+        validator.is_valid(&stats),
+        "a tenant's figures break the schema: {stats}"
+    );
+    let stats = operator.reply("storage_stats", json!({})).await.ok();
+    assert!(
+        stats["puts"].as_u64().unwrap() > 0 && stats.get("tenant").is_none(),
+        "{stats}"
+    );
     let base = server.mcp_url.trim_end_matches("/mcp").to_string();
     let metrics = http()
         .get(format!("{base}/metrics"))
@@ -610,8 +630,8 @@ async fn quotas_refuse_a_tenant_by_name_and_leave_others_alone() {
     assert!(e.contains("--tenant-calls-per-minute is 8"), "{e}");
     bob.run_js("1", Some("c")).await.ok();
     let stats = alice.reply("storage_stats", json!({})).await.ok();
-    assert_eq!(stats["calls_last_minute"], 8);
-    assert_eq!(stats["quotas"]["heaps"], 2);
+    assert_eq!(stats["tenant"]["calls_last_minute"], 8);
+    assert_eq!(stats["tenant"]["quotas"]["heaps"], 2);
     alice.stop().await;
     bob.stop().await;
     server.terminate().await;

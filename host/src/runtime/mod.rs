@@ -509,28 +509,32 @@ impl Runtime {
     /// A tenant's own figures: its heaps and stored bytes as the store lists them now, its
     /// calls and its quotas.
     pub async fn tenant_stats(&self, tenant: &Tenant) -> Result<TenantStats, CallError> {
-        let (heaps, bytes) = self.stored(&Owner::Tenant(tenant.clone())).await?;
-        Ok(self.tenants.stats(tenant, heaps, bytes))
+        let listing = self.list_tenant(tenant).await?;
+        let bytes = listing
+            .values()
+            .fold(0u64, |sum, size| sum.saturating_add(*size));
+        Ok(self.tenants.stats(tenant, listing.len() as u64, bytes))
     }
 
-    /// An owner's heaps and their stored bytes, as the store lists them.
-    async fn stored(&self, owner: &Owner) -> Result<(u64, u64), CallError> {
+    /// A tenant's heaps as the store lists them now (stored key and size), kept for the
+    /// storage quotas.
+    async fn list_tenant(&self, tenant: &Tenant) -> Result<quotas::Listing, CallError> {
+        let owner = Owner::Tenant(tenant.clone());
         let listed = self
             .heaps
             .storage
             .list(&owner.list_prefix(""))
             .await
             .map_err(CallError::Listing)?;
-        let mut heaps = 0;
-        let mut bytes = 0u64;
-        for meta in listed.iter().filter(|m| owner.name_of(&m.name).is_some()) {
-            heaps += 1;
-            bytes = bytes.saturating_add(meta.size);
-        }
-        if let Some(tenant) = owner.tenant() {
-            self.tenants.measured(tenant, heaps, bytes);
-        }
-        Ok((heaps, bytes))
+        let listing: quotas::Listing = Arc::new(
+            listed
+                .into_iter()
+                .filter(|m| owner.name_of(&m.name).is_some())
+                .map(|m| (m.name, m.size))
+                .collect(),
+        );
+        self.tenants.listed(tenant, Arc::clone(&listing));
+        Ok(listing)
     }
 
     /// Whether a tenant may write heap `key` (new when the store does not hold it) under its
@@ -545,23 +549,7 @@ impl Runtime {
         }
         let listing = match self.tenants.listing(tenant) {
             Some(listing) => listing,
-            None => {
-                let listed = self
-                    .heaps
-                    .storage
-                    .list(&owner.list_prefix(""))
-                    .await
-                    .map_err(CallError::Listing)?;
-                let listing: Arc<std::collections::HashMap<String, u64>> = Arc::new(
-                    listed
-                        .into_iter()
-                        .filter(|m| owner.name_of(&m.name).is_some())
-                        .map(|m| (m.name, m.size))
-                        .collect(),
-                );
-                self.tenants.listed(tenant, Arc::clone(&listing));
-                listing
-            }
+            None => self.list_tenant(tenant).await?,
         };
         let bytes = listing
             .values()

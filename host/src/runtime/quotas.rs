@@ -89,7 +89,7 @@ pub struct QuotaExceeded {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TenantStats {
     /// The tenant (the token claim's value).
-    pub tenant: String,
+    pub id: String,
     /// Its heaps.
     pub heaps: u64,
     /// Bytes its heaps take in the store.
@@ -298,6 +298,10 @@ impl Tenants {
 
     /// Keeps `tenant`'s heaps as just listed.
     pub(super) fn listed(&self, tenant: &Tenant, listing: Listing) {
+        let bytes = listing
+            .values()
+            .fold(0u64, |sum, size| sum.saturating_add(*size));
+        self.measured(tenant, listing.len() as u64, bytes);
         *self
             .usage(tenant)
             .listing
@@ -336,7 +340,7 @@ impl Tenants {
             .filter(|t| now.duration_since(**t) < MINUTE)
             .count() as u64;
         TenantStats {
-            tenant: tenant.id().to_string(),
+            id: tenant.id().to_string(),
             heaps,
             stored_bytes: bytes,
             calls_in_flight: usage.in_flight.load(Ordering::Relaxed),

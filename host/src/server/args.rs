@@ -7,7 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::LogLine;
-use crate::runtime::{CallError, CallLimits, Listed};
+use crate::metrics::StorageStats;
+use crate::runtime::{CallError, CallLimits, Listed, TenantStats};
 use crate::schema;
 
 /// Arguments of `run_js` on a stateful server.
@@ -111,6 +112,18 @@ pub struct CopyOutput {
 pub struct Deleted {
     /// The heap deleted.
     pub deleted: String,
+}
+
+/// What `storage_stats` returns: the store's figures to the server's own callers, a tenant's
+/// own figures (`tenant`) to a tenant, who sees nothing of the store's other heaps.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StatsOutput {
+    /// The store's figures.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StorageStats>,
+    /// The calling tenant's figures, with OAuth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantStats>,
 }
 
 /// Arguments of `search_tools`.

@@ -16,7 +16,6 @@ use super::args::*;
 use super::{McpServer, PAGE_SIZE};
 use crate::engine::{self, Console};
 use crate::job::LiveBatches;
-use crate::metrics::StorageStats;
 use crate::outputs::{self, Outputs};
 use crate::report::Reporting;
 use crate::runtime::{self, CallError, CallLimits, CallOutcome, Owner, Runtime, SaveTo};
@@ -204,7 +203,7 @@ impl McpServer {
     #[tool(
         description = include_str!("tools/storage_stats.md"),
         title = "Heap store statistics",
-        output_schema = schema::output::<StorageStats>(),
+        output_schema = schema::output::<StatsOutput>(),
         annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn storage_stats(
@@ -213,9 +212,15 @@ impl McpServer {
     ) -> Result<CallToolResult, ErrorData> {
         // A tenant sees its own figures, not the store's (which count every tenant).
         match self.owner(&context)? {
-            Owner::Server => structured(&self.runtime.storage_stats()),
+            Owner::Server => structured(&StatsOutput {
+                store: Some(self.runtime.storage_stats()),
+                tenant: None,
+            }),
             Owner::Tenant(tenant) => match self.runtime.tenant_stats(&tenant).await {
-                Ok(stats) => structured(&stats),
+                Ok(stats) => structured(&StatsOutput {
+                    store: None,
+                    tenant: Some(stats),
+                }),
                 Err(e) => tool_error(e),
             },
         }
