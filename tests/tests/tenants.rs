@@ -268,6 +268,34 @@ async fn tokens_are_checked_as_a_resource_server_checks_them() {
         );
     }
 
+    // A page's client can do the same: the metadata takes a preflight, and the 401's challenge
+    // is exposed to the page.
+    let preflight = http()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/.well-known/oauth-protected-resource/mcp"),
+        )
+        .header("origin", "http://localhost:6274")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "mcp-protocol-version")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let from_page = http()
+        .post(&server.mcp_url)
+        .header("origin", "http://localhost:6274")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_page.status(), 401);
+    let exposed = from_page.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("WWW-Authenticate"), "{exposed}");
+
     // Tokens that are not good for this server: 401 invalid_token, saying why.
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -289,7 +289,8 @@ pub async fn check(
         allow(cors, origin);
         cors.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Mcp-Session-Id, Mcp-Protocol-Version"),
+            // A page's MCP client reads the 401's challenge to find the resource metadata.
+            HeaderValue::from_static("Mcp-Session-Id, Mcp-Protocol-Version, WWW-Authenticate"),
         );
     }
     response

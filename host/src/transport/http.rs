@@ -99,19 +99,30 @@ fn metadata_router(options: &HttpOptions) -> Router {
     let Some(oauth) = &options.policy.oauth else {
         return Router::new();
     };
+    use axum::http::header;
     let document = oauth.metadata();
     let mut router = Router::new();
     for path in oauth.metadata_paths() {
         let document = document.clone();
-        router = router.route(
-            &path,
-            axum::routing::get(move || async move {
-                (
-                    [(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
-                    axum::Json(document),
-                )
-            }),
-        );
+        let get = axum::routing::get(move || async move {
+            (
+                [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+                axum::Json(document),
+            )
+        });
+        // Clients in pages send MCP-Protocol-Version with it, which takes a preflight.
+        let preflight = get.options(|| async {
+            (
+                axum::http::StatusCode::NO_CONTENT,
+                [
+                    (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+                    (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS"),
+                    (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+                    (header::ACCESS_CONTROL_MAX_AGE, "600"),
+                ],
+            )
+        });
+        router = router.route(&path, preflight);
     }
     router
 }
