@@ -88,6 +88,18 @@ where
     }
 }
 
+/// A client's configuration that declares the tasks extension (SEP-2663): its long calls
+/// become tasks.
+pub fn taking_tasks() -> rmcp::model::ClientConfig {
+    use rmcp::model::{ClientCapabilities, ClientConfig, JsonObject, TASKS_EXTENSION_ID};
+    let mut config = ClientConfig::default();
+    let mut capabilities = ClientCapabilities::default();
+    let tasks = (TASKS_EXTENSION_ID.to_string(), JsonObject::new());
+    capabilities.extensions = Some([tasks].into_iter().collect());
+    config.capabilities = capabilities;
+    config
+}
+
 pub mod clients;
 pub mod http;
 pub mod listen;

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use mcp_v8_e2e::http::HttpServer;
+use mcp_v8_e2e::taking_tasks;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CancelTaskParams, ClientCapabilities, ClientConfig,
-    GetTaskParams, JsonObject, TaskPayload, TaskStatus, TASKS_EXTENSION_ID,
+    CallToolRequestParams, CallToolResponse, CancelTaskParams, ClientConfig, GetTaskParams,
+    TaskPayload, TaskStatus,
 };
 use rmcp::service::RunningService;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -15,15 +16,6 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
 
 type Session = RunningService<RoleClient, ClientConfig>;
-
-fn taking_tasks() -> ClientConfig {
-    let mut config = ClientConfig::default();
-    let mut capabilities = ClientCapabilities::default();
-    let tasks = (TASKS_EXTENSION_ID.to_string(), JsonObject::new());
-    capabilities.extensions = Some([tasks].into_iter().collect());
-    config.capabilities = capabilities;
-    config
-}
 
 async fn over_stdio() -> Session {
     let mut command = tokio::process::Command::new(mcp_v8_e2e::binary());

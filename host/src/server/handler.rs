@@ -114,10 +114,10 @@ Use one heap per task and pass its name on every call."
     async fn get_task(
         &self,
         request: GetTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
         self.tasks
-            .get_task(&request.task_id)
+            .get_task(self.own_task(&context, &request.task_id)?)
             .map(GetTaskResult::new)
     }
 
@@ -125,19 +125,22 @@ Use one heap per task and pass its name on every call."
     async fn update_task(
         &self,
         request: UpdateTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.tasks
-            .update_task(&request.task_id, request.input_responses)
+        self.tasks.update_task(
+            self.own_task(&context, &request.task_id)?,
+            request.input_responses,
+        )
     }
 
     /// `tasks/cancel`: stops the call (its worker is killed, nothing is saved).
     async fn cancel_task(
         &self,
         request: CancelTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.tasks.cancel_task(&request.task_id)
+        self.tasks
+            .cancel_task(self.own_task(&context, &request.task_id)?)
     }
 
     /// Sets the level at and above which console lines of this session's calls are sent as

@@ -37,6 +37,9 @@ pub use tasks::{TASK_AFTER, TASK_TTL};
 /// to call them (every other request needs `heaps:read`).
 pub const WRITE_TOOLS: [&str; 3] = ["run_js", "copy_heap", "delete_heap"];
 
+/// Tasks whose owner is remembered, at most.
+const TASK_OWNERS: usize = 100_000;
+
 /// Most heaps in one page of `list_heaps` or `resources/list`.
 pub const PAGE_SIZE: usize = 1000;
 
@@ -74,6 +77,8 @@ pub struct McpServer {
     outputs: Arc<Outputs>,
     /// Where each request's owner comes from.
     owners: Owners,
+    /// Whose each task is (the most recent ones; a task lives minutes).
+    task_owners: Arc<Mutex<lru::LruCache<String, Owner>>>,
 }
 
 impl std::fmt::Debug for McpServer {
@@ -175,6 +180,9 @@ impl McpServer {
             tasks: TaskManager::new(),
             outputs: Arc::default(),
             owners: Owners::Server,
+            task_owners: Arc::new(Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(TASK_OWNERS).unwrap_or(std::num::NonZeroUsize::MIN),
+            ))),
         }
     }
 

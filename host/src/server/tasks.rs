@@ -52,6 +52,7 @@ impl McpServer {
             .with_ttl_ms(u64::try_from(ttl.as_millis()).ok())
             .with_poll_interval_ms(u64::try_from(TASK_POLL.as_millis()).unwrap_or(500))
             .with_status_message("running");
+        let owner = self.owner(context)?;
         let task = self.tasks.spawn(options, move |task| {
             Box::pin(async move {
                 let mut status = status;
@@ -69,7 +70,34 @@ impl McpServer {
                 }
             })
         });
+        self.task_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .put(task.task_id.clone(), owner);
         Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+
+    /// `task_id`, if it is a task of the request's owner; another owner's task is as unknown
+    /// as one that never was.
+    pub(super) fn own_task<'t>(
+        &self,
+        context: &RequestContext<RoleServer>,
+        task_id: &'t str,
+    ) -> Result<&'t str, ErrorData> {
+        let owner = self.owner(context)?;
+        let theirs = self
+            .task_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(task_id)
+            .is_some_and(|opener| *opener != owner);
+        if theirs {
+            return Err(ErrorData::invalid_params(
+                format!("unknown task: {task_id}"),
+                None,
+            ));
+        }
+        Ok(task_id)
     }
 }
 
