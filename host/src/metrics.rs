@@ -609,7 +609,7 @@ pub fn render(stats: &StorageStats, store: &StoreMetrics, calls: &CallMetrics) -
 }
 
 /// A label value as Prometheus text wants it.
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

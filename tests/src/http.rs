@@ -140,6 +140,18 @@ impl HttpServer {
         panic!("mcp-v8 exited without logging {needle:?}");
     }
 
+    /// `GET /metrics` on the Streamable HTTP port, with `token` if given: the Prometheus text
+    /// (a failed request or status fails the test).
+    pub async fn metrics(&self, token: Option<&str>) -> String {
+        let mut request = http().get(self.mcp_url.replace("/mcp", "/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("GET /metrics");
+        assert_eq!(response.status(), 200, "GET /metrics");
+        response.text().await.expect("the metrics' text")
+    }
+
     /// A client session over Streamable HTTP.
     pub async fn streamable(&self, token: Option<&str>) -> Client {
         let mut config = StreamableHttpClientTransportConfig::with_uri(self.mcp_url.clone());

@@ -414,15 +414,7 @@ async fn an_http_upstream_with_a_token_from_the_environment() {
         .await;
     assert_eq!(answer, "42");
     // Each upstream call is counted, by server, tool and outcome.
-    let metrics = outer.mcp_url.replace("/mcp", "/metrics");
-    let text = mcp_v8_e2e::http::http()
-        .get(&metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = outer.metrics(None).await;
     assert!(
         text.contains("mcp_v8_tool_calls_total{server=\"inner\",tool=\"run_js\",outcome=\"ok\"} 1"),
         "{text}"

@@ -464,14 +464,7 @@ async fn a_secret_goes_only_to_its_host_and_never_reaches_code_or_logs() {
         assert!(!answer.contains(VALUE), "the secret leaked: {answer}");
     }
     // Each request is counted by outcome.
-    let metrics = mcp_v8_e2e::http::http()
-        .get(server.mcp_url.replace("/mcp", "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics(None).await;
     for line in [
         "mcp_v8_fetch_requests_total{outcome=\"ok\"} 1",
         "mcp_v8_fetch_requests_total{outcome=\"denied\"} 1",

@@ -505,16 +505,7 @@ async fn tenants_see_only_their_own_heaps_over_both_transports() {
         stats["puts"].as_u64().unwrap() > 0 && stats.get("tenant").is_none(),
         "{stats}"
     );
-    let base = server.mcp_url.trim_end_matches("/mcp").to_string();
-    let metrics = http()
-        .get(format!("{base}/metrics"))
-        .bearer_auth("operator-token")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics(Some("operator-token")).await;
     assert!(
         metrics.contains("mcp_v8_tenant_calls_total{tenant=\"alice\"} 5"),
         "{metrics}"
@@ -621,20 +612,11 @@ async fn quotas_refuse_a_tenant_by_name_and_leave_others_alone() {
         Duration::from_secs(30),
     );
     let second = async {
-        let base = server.mcp_url.trim_end_matches("/mcp").to_string();
         eventually(
             Duration::from_secs(10),
             "alice's long call runs",
             || async {
-                let metrics = http()
-                    .get(format!("{base}/metrics"))
-                    .bearer_auth("operator-token")
-                    .send()
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
+                let metrics = server.metrics(Some("operator-token")).await;
                 metrics
                     .contains("mcp_v8_tenant_calls_in_flight{tenant=\"alice\"} 1")
                     .then_some(())
@@ -790,5 +772,56 @@ async fn the_official_sdk_client_finds_the_issuer_gets_a_token_and_keeps_its_own
     // The client asked for a token for this server (RFC 8707), as the metadata told it.
     let asked_for = issuer.asked_for.lock().unwrap().clone();
     assert_eq!(asked_for, vec![resource.clone(); 3]);
+    server.terminate().await;
+}
+
+#[tokio::test]
+async fn a_task_is_its_tenants_alone() {
+    use rmcp::model::{CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams};
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+    let key = Key::new("k1");
+    let issuer = Issuer::start(&[&key]).await;
+    let server = start(&issuer, &[]).await;
+    let session = |sub: &str| {
+        let config = StreamableHttpClientTransportConfig::with_uri(server.mcp_url.clone())
+            .auth_header(issuer.token(&key, sub));
+        mcp_v8_e2e::taking_tasks().serve(StreamableHttpClientTransport::from_config(config))
+    };
+    let (alice, bob) = (
+        session("alice").await.unwrap(),
+        session("bob").await.unwrap(),
+    );
+    // Longer than the second a call may take before it becomes a task.
+    let code = "const end = Date.now() + 2000; while (Date.now() < end) {} 6 * 7";
+    let arguments = json!({"code": code, "heap": "slow"});
+    let created = alice
+        .call_tool_once(
+            CallToolRequestParams::new("run_js")
+                .with_arguments(arguments.as_object().cloned().unwrap()),
+        )
+        .await
+        .unwrap();
+    let CallToolResponse::Task(created) = created else {
+        panic!("a long call becomes a task: {created:?}")
+    };
+    let id = created.task.task_id;
+    // To bob, alice's task does not exist: he can neither read nor cancel it.
+    let e = bob.get_task(GetTaskParams::new(&id)).await.unwrap_err();
+    assert!(e.to_string().contains("unknown task"), "{e}");
+    assert!(bob.cancel_task(CancelTaskParams::new(&id)).await.is_err());
+    let done = eventually(
+        Duration::from_secs(30),
+        "alice's task completes",
+        || async {
+            let task = alice.get_task(GetTaskParams::new(&id)).await.unwrap();
+            task.task.status().is_terminal().then_some(task)
+        },
+    )
+    .await;
+    assert_eq!(done.task.status(), rmcp::model::TaskStatus::Completed);
+    alice.cancel().await.unwrap();
+    bob.cancel().await.unwrap();
     server.terminate().await;
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::owner::Tenant;
+use crate::metrics::escape;
 
 /// The limits every tenant has.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -401,7 +402,7 @@ impl Tenants {
                     2 => heaps,
                     _ => bytes,
                 };
-                let _ = writeln!(text, "{name}{{tenant=\"{}\"}} {value}", label(tenant.id()));
+                let _ = writeln!(text, "{name}{{tenant=\"{}\"}} {value}", escape(tenant.id()));
             }
         }
         let name = "mcp_v8_tenant_quota_refusals_total";
@@ -415,21 +416,13 @@ impl Tenants {
                 let _ = writeln!(
                     text,
                     "{name}{{tenant=\"{}\",quota=\"{}\"}} {count}",
-                    label(tenant.id()),
+                    escape(tenant.id()),
                     quota.label()
                 );
             }
         }
         text
     }
-}
-
-/// A Prometheus label value, escaped.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
