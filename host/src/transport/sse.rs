@@ -73,11 +73,9 @@ impl Drop for SessionGuard {
 
 async fn open_stream(
     State(sessions): State<Arc<Sessions>>,
-    owner: Option<axum::Extension<Owner>>,
+    // Put there by the access layer; without it axum refuses the request (fails closed).
+    axum::Extension(owner): axum::Extension<Owner>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let owner = owner
-        .map(|axum::Extension(owner)| owner)
-        .unwrap_or_default();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (to_server, from_client) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(BUFFER);
     let (to_client, from_server) = mpsc::channel::<TxJsonRpcMessage<RoleServer>>(BUFFER);
@@ -134,12 +132,9 @@ struct SessionQuery {
 async fn post_message(
     State(sessions): State<Arc<Sessions>>,
     Query(query): Query<SessionQuery>,
-    owner: Option<axum::Extension<Owner>>,
+    axum::Extension(owner): axum::Extension<Owner>,
     body: Result<Json<RxJsonRpcMessage<RoleServer>>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let owner = owner
-        .map(|axum::Extension(owner)| owner)
-        .unwrap_or_default();
     let mut message = match body {
         Ok(Json(message)) => message,
         Err(rejection) => {
