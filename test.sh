@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command. It installs what the tests need (moto, a local S3-compatible
-# server, into target/s3-venv; the test262 suite, unpacked into target/test262), builds everything
-# the end-to-end tests start (the mcp-v8 binary and the plugin libraries), then runs every test
-# in the workspace.
+# server, into target/s3-venv; the official Python MCP SDK into target/py-clients; the test262
+# suite, unpacked into target/test262), builds everything the end-to-end tests start (the
+# mcp-v8 binary and the plugin libraries), then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,6 +14,17 @@ if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c "import moto, sys
   "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$moto_version"
 fi
 export MOTO_SERVER="$PWD/$venv/bin/moto_server"
+
+# The official Python SDK's client (tests/python/requirements.txt, pinned), for the client
+# tests and the SDK benchmark: a venv in target/py-clients.
+py_clients=target/py-clients
+if ! cmp -s tests/python/requirements.txt "$py_clients/requirements.txt"; then
+  rm -rf "$py_clients"
+  python3 -m venv "$py_clients"
+  "$py_clients/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  cp tests/python/requirements.txt "$py_clients/"
+fi
+export MCP_V8_PY_CLIENTS="$PWD/$py_clients"
 
 # Clients nobody here wrote, for the client tests: the MCP Inspector CLI, the official MCP
 # conformance suite and playwright-core

@@ -1,6 +1,7 @@
-//! Clients nobody here wrote, for the client tests: the MCP Inspector CLI, and the system's
-//! Chromium driven by playwright-core. `test.sh` installs the npm ones into
-//! `target/npm-tools` (Node 22 included) and finds Chromium. A test whose client is missing
+//! Clients nobody here wrote, for the client tests: the MCP Inspector CLI, the official
+//! TypeScript and Python SDKs' clients, and the system's Chromium driven by playwright-core.
+//! `test.sh` installs the npm ones into `target/npm-tools` (Node 22 included) and the Python
+//! SDK into `target/py-clients`, and finds Chromium. A test whose client is missing
 //! says so on stderr and passes, unless `MCP_V8_REQUIRE_TOOLS` is set (as in CI): then it fails.
 
 use std::path::{Path, PathBuf};
@@ -138,6 +139,131 @@ impl NodeTools {
         let mut command = self.command(&self.modules.join(".bin/mcp-inspector"));
         command.arg("--cli");
         command
+    }
+}
+
+/// An official MCP SDK's client, calling `run_js` as hosts built on it do: the TypeScript
+/// SDK's through `tests/npm/sdk-calls.cjs`, the Python SDK's through
+/// `tests/python/sdk_calls.py` (its venv: `target/py-clients`, made by `test.sh` from
+/// `tests/python/requirements.txt`).
+#[derive(Debug)]
+pub enum Sdk {
+    /// `@modelcontextprotocol/sdk`, pinned in `tests/npm`.
+    TypeScript(NodeTools),
+    /// PyPI's `mcp`: the venv's Python.
+    Python(PathBuf),
+}
+
+impl Sdk {
+    /// The TypeScript SDK, or `None` after reporting it [`missing`] for `test`.
+    pub fn typescript(test: &str) -> Option<Sdk> {
+        NodeTools::find(test).map(Sdk::TypeScript)
+    }
+
+    /// The Python SDK (`$MCP_V8_PY_CLIENTS`, else `target/py-clients`), or `None` after
+    /// reporting it [`missing`] for `test`.
+    pub fn python(test: &str) -> Option<Sdk> {
+        let venv = std::env::var_os("MCP_V8_PY_CLIENTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-clients"));
+        let python = venv.join("bin/python");
+        if python.exists() {
+            Some(Sdk::Python(python))
+        } else {
+            missing(
+                test,
+                &format!(
+                    "the Python SDK is not installed in {} (./test.sh installs it)",
+                    venv.display()
+                ),
+            );
+            None
+        }
+    }
+
+    /// The SDK's name, for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sdk::TypeScript(_) => "TypeScript SDK",
+            Sdk::Python(_) => "Python SDK",
+        }
+    }
+
+    /// Calls `run_js` over `transport`, `calls` times after `setup`, each call waiting for the
+    /// one before, on one connection.
+    pub async fn calls(
+        &self,
+        transport: &SdkTransport<'_>,
+        calls: usize,
+        heap: &str,
+        setup: &str,
+        code: &str,
+    ) -> SdkCalls {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut command = match self {
+            Sdk::TypeScript(tools) => tools.command(&here.join("npm/sdk-calls.cjs")),
+            Sdk::Python(python) => {
+                let mut command = tokio::process::Command::new(python);
+                command
+                    .arg(here.join("python/sdk_calls.py"))
+                    .kill_on_drop(true);
+                command
+            }
+        };
+        let calls = calls.to_string();
+        let run = [calls.as_str(), heap, setup, code];
+        match transport {
+            SdkTransport::StreamableHttp(url) => command.arg("http").arg(url).args(run),
+            SdkTransport::Sse(url) => command.arg("sse").arg(url).args(run),
+            SdkTransport::Stdio(argv) => command.arg("stdio").args(run).arg("--").args(*argv),
+        };
+        let output = command
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .expect("run the SDK's client");
+        assert!(
+            output.status.success(),
+            "the {}'s client failed: {}",
+            self.name(),
+            output.status
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "the {}'s client printed {:?}: {e}",
+                self.name(),
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+}
+
+/// How [`Sdk::calls`] reaches the server.
+#[derive(Debug)]
+pub enum SdkTransport<'a> {
+    /// Streamable HTTP at this `/mcp` URL, one kept-alive connection.
+    StreamableHttp(&'a str),
+    /// The legacy HTTP+SSE transport at this `/sse` URL.
+    Sse(&'a str),
+    /// A server the client starts and speaks to over stdio: the command and its arguments.
+    Stdio(&'a [&'a str]),
+}
+
+/// What [`Sdk::calls`] measured.
+#[derive(Debug, serde::Deserialize)]
+pub struct SdkCalls {
+    /// Each call's milliseconds, in order, as the client saw them.
+    pub ms: Vec<f64>,
+    /// The bytes of the last answer's text.
+    pub bytes: usize,
+}
+
+impl SdkCalls {
+    /// The median of [`SdkCalls::ms`].
+    pub fn median_ms(&self) -> f64 {
+        let mut sorted = self.ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use mcp_v8_e2e::clients::{Sdk, SdkTransport};
 use mcp_v8_e2e::http::{http, HttpServer};
 use mcp_v8_e2e::{eventually, Client};
 
@@ -334,5 +335,44 @@ async fn cors_lets_allowed_pages_call_mcp_on_both_transports() {
         .unwrap();
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.headers()["access-control-allow-origin"], page);
+    assert!(server.terminate().await.success());
+}
+
+/// The official SDKs keep one connection alive and wait for each answer before the next call.
+/// An answer written in more than one piece on a socket with Nagle's algorithm on waits for the
+/// client's delayed ACK (40 ms on Linux) before its last piece leaves: every call would take
+/// over 40 ms. With both SDKs, on both transports, the calls must not wait.
+#[tokio::test]
+async fn kept_alive_calls_from_the_official_sdks_do_not_wait_for_delayed_acks() {
+    let test = "kept_alive_calls_from_the_official_sdks_do_not_wait_for_delayed_acks";
+    let (Some(typescript), Some(python)) = (Sdk::typescript(test), Sdk::python(test)) else {
+        return;
+    };
+    let server = HttpServer::start(&["--memory"]).await;
+    let sse_url = format!("{}/sse", server.sse_base);
+    for sdk in [typescript, python] {
+        for transport in [
+            SdkTransport::StreamableHttp(&server.mcp_url),
+            SdkTransport::Sse(&sse_url),
+        ] {
+            let run = sdk
+                .calls(&transport, 20, "kept-alive", "var n = 0", "++n")
+                .await;
+            assert_eq!(run.ms.len(), 20);
+            // With the stall every call (or every other) takes over 40 ms; without it, a few.
+            let stalled = run.ms.iter().filter(|ms| **ms >= 40.0).count();
+            eprintln!(
+                "{} over {transport:?}: median {:.2} ms",
+                sdk.name(),
+                run.median_ms()
+            );
+            assert!(
+                stalled <= 2,
+                "{} over {transport:?}: calls took {:?} ms",
+                sdk.name(),
+                run.ms
+            );
+        }
+    }
     assert!(server.terminate().await.success());
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use axum::Router;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -240,6 +241,13 @@ pub async fn serve(
         let local: SocketAddr = listener
             .local_addr()
             .map_err(|e| StartError::Serve(e.to_string()))?;
+        // An answer leaves in more than one write; with Nagle's algorithm on, the last waits
+        // for the client's delayed ACK (40 ms on Linux) on every kept-alive connection.
+        let listener = listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
+            }
+        });
         // One line, also without logs: tests and scripts read it to learn the port (useful
         // with port 0). With JSON logs it is one of them, so every line parses.
         if options.json_logs {
