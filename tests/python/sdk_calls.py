@@ -15,11 +15,16 @@ import time
 
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+# The SDK's default holds one SSE event to 1 MiB; an answer carries its output twice (as text
+# and as structured content), so a host that takes big answers raises it, as this one does.
+MAX_EVENT = 16 << 20
 
 
 def server_from(argv):
     if argv[0] == "http":
-        return argv[1], argv[2:]
+        return streamable_http_client(argv[1], max_sse_event_size=MAX_EVENT), argv[2:]
     if argv[0] == "sse":
         return sse_client(argv[1]), argv[2:]
     if argv[0] == "stdio":

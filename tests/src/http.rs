@@ -1,6 +1,7 @@
 //! `mcp-v8` serving HTTP, and clients for its two transports: rmcp's Streamable HTTP client,
 //! and a small legacy HTTP+SSE client (rmcp no longer has one) built on reqwest.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -58,8 +59,24 @@ impl HttpServer {
         Self::spawn(&["--http-port", &port, "--sse-port", "0"], args, &[]).await
     }
 
+    /// [`HttpServer::start`] with a given build of the binary, logging warnings only: for
+    /// benchmarks, which measure one build against another.
+    pub async fn start_binary(binary: &Path, args: &[&str]) -> HttpServer {
+        let ports = ["--http-port", "0", "--sse-port", "0"];
+        Self::spawn_binary(binary, &ports, args, &[("RUST_LOG", "warn")]).await
+    }
+
     async fn spawn(ports: &[&str], args: &[&str], env: &[(&str, &str)]) -> HttpServer {
-        let mut child = Command::new(binary())
+        Self::spawn_binary(&binary(), ports, args, env).await
+    }
+
+    async fn spawn_binary(
+        binary: &Path,
+        ports: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> HttpServer {
+        let mut child = Command::new(binary)
             .args(ports)
             .args(args)
             .env(
