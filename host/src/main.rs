@@ -156,7 +156,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         v8 = engine::v8_version(),
         "mcp-v8 starting"
     );
-    let server = McpServer::new(Arc::clone(&runtime), cli.store.mode());
+    let mut server = McpServer::new(Arc::clone(&runtime), cli.store.mode());
+    if cli.conformance_fixtures {
+        server = server.with_conformance_fixtures();
+    }
     if let (Some(dump), Some(every)) = (&dump, cli.memory_store.memory_dump_interval) {
         Arc::clone(dump).spawn_every(every, shutdown.clone());
     }

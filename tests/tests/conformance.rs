@@ -126,3 +126,85 @@ async fn the_2026_07_28_caching_scenario_passes_without_a_warning() {
     client.stop().await;
     assert!(server.terminate().await.success());
 }
+
+/// The tasks extension's scenarios (SEP-2663) that apply, in the suite's alpha for protocol
+/// 2026-07-28. They are the extension's, so the suite runs them only when forced.
+const TASKS_APPLY: [&str; 8] = [
+    "tasks-lifecycle",
+    "tasks-capability-negotiation",
+    "tasks-wire-fields",
+    "tasks-request-state-removal",
+    "tasks-mrtr-input",
+    "tasks-request-headers",
+    "tasks-dispatch-and-envelope",
+    "tasks-required-task-error",
+];
+
+/// The tasks extension's scenarios that do not apply yet, and why.
+const TASKS_DO_NOT_APPLY: [(&str, &str); 2] = [
+    (
+        "tasks-status-notifications",
+        "the suite skips it itself (its harness awaits subscriptions/listen)",
+    ),
+    (
+        "tasks-mrtr-composition",
+        "needs input-required results (SEP-2322) before a task, which mcp-v8 does not send yet",
+    ),
+];
+
+/// Every tasks scenario of the alpha is accounted for, so a new one cannot go unnoticed.
+#[tokio::test]
+async fn every_tasks_scenario_is_accounted_for() {
+    let Some(tools) = NodeTools::find("every_tasks_scenario_is_accounted_for") else {
+        return;
+    };
+    let output = tools
+        .conformance_2026_07_28()
+        .args(["list", "--server"])
+        .output()
+        .await
+        .expect("run the conformance suite");
+    assert!(output.status.success());
+    let listed = String::from_utf8_lossy(&output.stdout);
+    let mut scenarios: Vec<&str> = listed
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with("tasks-"))
+        .collect();
+    scenarios.sort_unstable();
+    let mut known: Vec<&str> = TASKS_APPLY
+        .iter()
+        .copied()
+        .chain(TASKS_DO_NOT_APPLY.iter().map(|(name, _)| *name))
+        .collect();
+    known.sort_unstable();
+    assert_eq!(
+        scenarios, known,
+        "the suite's tasks scenarios changed:\n{listed}"
+    );
+}
+
+/// The tasks extension as the suite checks it: wire fields, lifecycle, negotiation (a client
+/// without the extension gets plain results; `_meta` opts one request in), dispatch and
+/// envelope, routing headers, required tasks, input requests. The scenarios call the suite's
+/// fixture tools by name, which `--conformance-fixtures` adds; the ones that become tasks run
+/// through the same task path as `run_js`.
+#[tokio::test]
+async fn the_tasks_extension_scenarios_pass_without_a_warning() {
+    let Some(tools) = NodeTools::find("the_tasks_extension_scenarios_pass_without_a_warning")
+    else {
+        return;
+    };
+    let server = HttpServer::start(&["--memory", "--conformance-fixtures"]).await;
+    for scenario in TASKS_APPLY {
+        let report = passes(
+            tools.conformance_2026_07_28(),
+            &server.mcp_url,
+            &[scenario, "--force"],
+        )
+        .await;
+        assert!(!report.contains("SKIPPED"), "{scenario}: {report}");
+    }
+    assert!(server.terminate().await.success());
+}

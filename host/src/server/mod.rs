@@ -6,6 +6,7 @@
 //! * `tools`: the tool handlers (descriptions in `tools/*.md`);
 //! * `answer`: an outcome as a tool result;
 //! * `tasks`: long calls as tasks, and cancellation;
+//! * `fixtures`: the conformance suite's fixture tools, behind a hidden flag;
 //! * `resources`: heaps and whole results as resources;
 //! * `handler`: the MCP surface that dispatches to them, with completions and logging.
 
@@ -26,6 +27,7 @@ use crate::runtime::{CallLimits, Owner, Runtime};
 
 mod answer;
 pub mod args;
+mod fixtures;
 mod handler;
 mod resources;
 mod tasks;
@@ -184,6 +186,13 @@ impl McpServer {
                 std::num::NonZeroUsize::new(TASK_OWNERS).unwrap_or(std::num::NonZeroUsize::MIN),
             ))),
         }
+    }
+
+    /// The same server, also offering the conformance suite's fixture tools (the hidden
+    /// `--conformance-fixtures`): for the suite's `tasks-*` scenarios only.
+    pub fn with_conformance_fixtures(mut self) -> Self {
+        self.tool_router += Self::conformance_fixtures();
+        self
     }
 
     /// The same server, with each request's owner named by the HTTP access layer.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rmcp::model::{CallToolResponse, CallToolResult, CreateTaskResult, ErrorData};
 use rmcp::service::RequestContext;
-use rmcp::task_manager::{TaskExit, TaskOptions};
+use rmcp::task_manager::{TaskContext, TaskExit, TaskFuture, TaskOptions};
 use rmcp::RoleServer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,17 @@ impl McpServer {
         work: impl std::future::Future<Output = Result<CallToolResult, ErrorData>> + Send + 'static,
         status: Option<watch::Receiver<String>>,
     ) -> Result<CallToolResponse, ErrorData> {
+        self.respond_after(TASK_AFTER, context, work, status).await
+    }
+
+    /// [`McpServer::respond`], with the call becoming a task once it has run for `after`.
+    pub(super) async fn respond_after(
+        &self,
+        after: Duration,
+        context: &RequestContext<RoleServer>,
+        work: impl std::future::Future<Output = Result<CallToolResult, ErrorData>> + Send + 'static,
+        status: Option<watch::Receiver<String>>,
+    ) -> Result<CallToolResponse, ErrorData> {
         let mut work = Box::pin(work);
         if !takes_tasks(context) {
             return match cancellable(context.ct.clone(), work).await {
@@ -44,16 +55,9 @@ impl McpServer {
         tokio::select! {
             result = &mut work => return result.map(Into::into),
             () = context.ct.cancelled() => return cancelled().map(Into::into),
-            () = tokio::time::sleep(TASK_AFTER) => {}
+            () = tokio::time::sleep(after) => {}
         }
-        // A task may not outlive its TTL while it runs: give it room for the longest call.
-        let ttl = TASK_TTL.max(self.runtime.limits().timeout * 2);
-        let options = TaskOptions::new()
-            .with_ttl_ms(u64::try_from(ttl.as_millis()).ok())
-            .with_poll_interval_ms(u64::try_from(TASK_POLL.as_millis()).unwrap_or(500))
-            .with_status_message("running");
-        let owner = self.owner(context)?;
-        let task = self.tasks.spawn(options, move |task| {
+        self.spawn_task(context, move |task| {
             Box::pin(async move {
                 let mut status = status;
                 loop {
@@ -69,7 +73,23 @@ impl McpServer {
                     }
                 }
             })
-        });
+        })
+    }
+
+    /// Runs what `make` makes as a task of the request's owner, and answers with its id.
+    pub(super) fn spawn_task(
+        &self,
+        context: &RequestContext<RoleServer>,
+        make: impl FnOnce(TaskContext) -> TaskFuture,
+    ) -> Result<CallToolResponse, ErrorData> {
+        // A task may not outlive its TTL while it runs: give it room for the longest call.
+        let ttl = TASK_TTL.max(self.runtime.limits().timeout * 2);
+        let options = TaskOptions::new()
+            .with_ttl_ms(u64::try_from(ttl.as_millis()).ok())
+            .with_poll_interval_ms(u64::try_from(TASK_POLL.as_millis()).unwrap_or(500))
+            .with_status_message("running");
+        let owner = self.owner(context)?;
+        let task = self.tasks.spawn(options, make);
         self.task_owners
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
