@@ -13,6 +13,7 @@ use criterion::{
 use futures::future::join_all;
 use mcp_v8::engine::{Completion, Limits};
 use mcp_v8::executor::Executor;
+use mcp_v8::job::Caller;
 use mcp_v8::runtime::{CallLimits, HeapRun, Owner, Runtime, SaveTo};
 use mcp_v8::storage::{MemoryStore, Store};
 use mcp_v8::worker::WorkerSettings;
@@ -51,7 +52,12 @@ async fn on_heap(runtime: &Runtime, code: &str, heap: Option<&str>) -> HeapRun {
 
 async fn stateless(runtime: &Runtime, code: &str) -> Completion {
     let reply = runtime
-        .run_stateless(&Owner::Server, code.into(), CallLimits::default(), None)
+        .run_stateless(
+            &Owner::Server,
+            code.into(),
+            CallLimits::default(),
+            Caller::default(),
+        )
         .await;
     reply.result.expect("the benchmark code runs")
 }
@@ -117,7 +123,10 @@ fn live(c: &mut Criterion) {
                     Some("small".into()),
                     SaveTo::Same,
                     CallLimits::default(),
-                    Some(listener),
+                    Caller {
+                        live: Some(listener),
+                        ..Caller::default()
+                    },
                 )
                 .await;
             reply.result.expect("the benchmark code runs");

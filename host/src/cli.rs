@@ -317,6 +317,25 @@ pub struct ToolsArgs {
     )]
     pub allow_destructive_tools: Vec<String>,
 
+    /// Tools code may call only once the client's user says yes, as `server.tool` patterns,
+    /// comma-separated: the run waits while the user is asked (MCP elicitation), a no is a
+    /// ToolError of kind `declined`, and a client that cannot be asked gets a ToolError naming
+    /// the flag that would allow the call. Allowed when approved, even if not in
+    /// --allow-tools or destructive; --deny-tools still wins.
+    #[arg(
+        long,
+        env = "MCP_V8_ASK_TOOLS",
+        value_name = "PATTERNS",
+        value_delimiter = ','
+    )]
+    pub ask_tools: Vec<String>,
+
+    /// Longest the user may take to answer whether a call may go out, in seconds; no answer
+    /// in time is a no. The wait does not count against the run's time limit.
+    #[arg(long, env = "MCP_V8_APPROVAL_TIMEOUT_SECS", value_name = "SECS",
+          default_value_t = 300.0, value_parser = parse_seconds)]
+    pub approval_timeout_secs: f64,
+
     /// Most tool calls one run may make.
     #[arg(
         long,
@@ -350,11 +369,13 @@ impl ToolsArgs {
         Ok(crate::upstream::ToolPolicy {
             allow: globs(&self.allow_tools).map_err(StartError::Config)?,
             deny: globs(&self.deny_tools).map_err(StartError::Config)?,
+            ask: globs(&self.ask_tools).map_err(StartError::Config)?,
             allow_destructive: globs(&self.allow_destructive_tools).map_err(StartError::Config)?,
             calls_per_run: self.tool_calls_per_run,
             concurrent_calls: usize::from(self.tool_concurrency),
             call_timeout: Duration::from_secs_f64(self.tool_timeout_secs),
             result_bytes: usize::try_from(self.tool_result_bytes).unwrap_or(usize::MAX),
+            approval_timeout: Duration::from_secs_f64(self.approval_timeout_secs),
         })
     }
 }

@@ -154,6 +154,8 @@ struct InProcessLink {
     send: mpsc::Sender<(u32, HostReply)>,
     replies: mpsc::Receiver<(u32, HostReply)>,
     calls: Vec<(u32, tokio::task::AbortHandle)>,
+    /// The host's time waiting for a person, as last taken.
+    reported: Duration,
 }
 
 impl InProcessLink {
@@ -165,6 +167,7 @@ impl InProcessLink {
             send,
             replies,
             calls: Vec::new(),
+            reported: Duration::ZERO,
         }
     }
 }
@@ -190,6 +193,13 @@ impl HostLink for InProcessLink {
         for (_, call) in self.calls.iter().filter(|(call, _)| *call == id) {
             call.abort();
         }
+    }
+
+    fn paused(&mut self) -> Duration {
+        let paused = self.host.paused();
+        let newly = paused.saturating_sub(self.reported);
+        self.reported = paused;
+        newly
     }
 
     fn wait(&mut self, wait: Duration) -> Waited {

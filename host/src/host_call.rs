@@ -192,6 +192,9 @@ pub enum HostErrorKind {
     Protocol,
     /// The request is not one that can be made (a bad URL, method or header).
     Invalid,
+    /// A person asked about the call said no, dismissed the question, or did not answer in
+    /// time ([`crate::approval`]).
+    Declined,
 }
 
 impl HostErrorKind {
@@ -205,6 +208,7 @@ impl HostErrorKind {
             HostErrorKind::TooLarge => "too_large",
             HostErrorKind::Protocol => "protocol",
             HostErrorKind::Invalid => "invalid",
+            HostErrorKind::Declined => "declined",
         }
     }
 }
@@ -227,4 +231,10 @@ pub type PendingReply = Pin<Box<dyn Future<Output = HostReply> + Send>>;
 pub trait HostCalls: Send + Sync + std::fmt::Debug {
     /// Makes `call`; the future resolves to its reply. Dropping it abandons the call.
     fn call(&self, call: HostCall) -> PendingReply;
+
+    /// How long the run's calls have waited for a person so far ([`crate::approval`]): time
+    /// that does not count against the run's time limit.
+    fn paused(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }

@@ -32,6 +32,16 @@ pub struct Job {
 /// The receiving end of a job's live reports ([`crate::engine::live`]).
 pub type LiveBatches = tokio::sync::mpsc::UnboundedSender<Batch>;
 
+/// What the calling client lends a call while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// Where console lines and progress go, if anyone listens.
+    pub live: Option<LiveBatches>,
+    /// Who asks the client's user about the calls from code that the policy leaves to a
+    /// person ([`crate::approval`]); without one, such calls are refused.
+    pub approver: Option<std::sync::Arc<dyn crate::approval::Approver>>,
+}
+
 /// What a job runs on.
 #[derive(Debug, Clone)]
 pub enum Target {

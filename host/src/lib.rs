@@ -8,10 +8,12 @@
 //! * [`storage`] is where heaps live (built-in memory store, plugins);
 //! * [`runtime`] ties them together for one call;
 //! * [`host_call`] is what code asks of the host while it runs, and [`upstream`] answers it
-//!   with the tools of other MCP servers (code mode);
+//!   with the tools of other MCP servers (code mode); [`approval`] asks a person first when
+//!   the policy says so;
 //! * [`server`] exposes the runtime as MCP tools and resources, [`transport`] serves it;
 //! * [`cli`] parses the command line, [`config`] reads `plugins.toml`.
 
+pub mod approval;
 pub mod cli;
 pub mod config;
 pub mod engine;

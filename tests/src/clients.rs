@@ -181,6 +181,22 @@ impl Sdk {
         }
     }
 
+    /// This SDK's twin of a client script: `tests/npm/TYPESCRIPT` on Node 22, or
+    /// `tests/python/PYTHON` on the venv's Python.
+    fn script(&self, typescript: &str, python: &str) -> tokio::process::Command {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        match self {
+            Sdk::TypeScript(tools) => tools.command(&here.join("npm").join(typescript)),
+            Sdk::Python(interpreter) => {
+                let mut command = tokio::process::Command::new(interpreter);
+                command
+                    .arg(here.join("python").join(python))
+                    .kill_on_drop(true);
+                command
+            }
+        }
+    }
+
     /// The SDK's name, for reports.
     pub fn name(&self) -> &'static str {
         match self {
@@ -199,17 +215,7 @@ impl Sdk {
         setup: &str,
         code: &str,
     ) -> SdkCalls {
-        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut command = match self {
-            Sdk::TypeScript(tools) => tools.command(&here.join("npm/sdk-calls.cjs")),
-            Sdk::Python(python) => {
-                let mut command = tokio::process::Command::new(python);
-                command
-                    .arg(here.join("python/sdk_calls.py"))
-                    .kill_on_drop(true);
-                command
-            }
-        };
+        let mut command = self.script("sdk-calls.cjs", "sdk_calls.py");
         let calls = calls.to_string();
         let run = [calls.as_str(), heap, setup, code];
         match transport {
@@ -235,6 +241,75 @@ impl Sdk {
                 String::from_utf8_lossy(&output.stdout)
             )
         })
+    }
+}
+
+impl Sdk {
+    /// A client of this SDK that takes elicitation requests and answers each with `answer`
+    /// (`accept`, `decline`, `cancel`, or `never`) after `delay_ms`, calling `run_js` with each
+    /// of `codes` on `heap` (`tests/npm/approving-client.cjs`, `tests/python/approving_client.py`;
+    /// the Python one over Streamable HTTP only).
+    pub fn approving(
+        &self,
+        answer: &str,
+        delay_ms: u64,
+        heap: &str,
+        transport: &SdkTransport<'_>,
+        codes: &[&str],
+    ) -> Approving {
+        let mut command = self.script("approving-client.cjs", "approving_client.py");
+        command.args([answer, &delay_ms.to_string(), heap]);
+        match (self, transport) {
+            (Sdk::TypeScript(_), SdkTransport::StreamableHttp(url)) => command.arg("http").arg(url),
+            (Sdk::TypeScript(_), SdkTransport::Stdio(argv)) => {
+                command.arg("stdio").args(*argv).arg("--")
+            }
+            (Sdk::Python(_), SdkTransport::StreamableHttp(url)) => command.arg(url),
+            (_, other) => panic!(
+                "the {}'s approving client does not take {other:?}",
+                self.name()
+            ),
+        };
+        let mut child = command
+            .args(codes)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the approving client");
+        let stdout = child.stdout.take().expect("its stdout");
+        Approving {
+            child,
+            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+        }
+    }
+}
+
+/// A running [`Sdk::approving`] client.
+#[derive(Debug)]
+pub struct Approving {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Approving {
+    /// The next line it printed: `{"asked": MESSAGE}` or `{"result": CallToolResult}`.
+    pub async fn next(&mut self) -> serde_json::Value {
+        let line = self
+            .lines
+            .next_line()
+            .await
+            .expect("read the client's output")
+            .expect("the client ended before printing what was expected");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("the client printed {line:?}: {e}"))
+    }
+
+    /// Waits for it to end, and whether it ended well.
+    pub async fn finish(mut self) -> bool {
+        self.child
+            .wait()
+            .await
+            .expect("wait for the client")
+            .success()
     }
 }
 

@@ -126,6 +126,11 @@ impl HttpServer {
         }
     }
 
+    /// Kills the server at once (SIGKILL), as a crash would, and waits for it to go.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill mcp-v8");
+    }
+
     /// Sends SIGTERM without waiting for the exit.
     pub fn signal_term(&self) {
         let pid = self.child.id().expect("running");

@@ -2,6 +2,7 @@
 //! would drive them. One binary, a module per subject; `cargo test -p mcp-v8-e2e --test e2e
 //! MODULE::` runs one subject.
 
+mod approvals;
 mod browser;
 mod code_mode;
 mod compression;

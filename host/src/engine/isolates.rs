@@ -304,9 +304,11 @@ impl Parked {
         };
         self.with(|isolate| {
             let deadline = started + limits.timeout;
-            isolate.set_slot(RunState::new(limits.console_bytes, outside, deck, deadline));
+            let watchdog = watch(&terminator, deadline);
+            let run = RunState::new(limits.console_bytes, outside, deck, deadline);
+            isolate.set_slot(run.watched_by(watchdog.handle()));
             let result = {
-                let _watchdog = watch(&terminator, limits.timeout);
+                let _watchdog = watchdog;
                 let scope = &mut v8::HandleScope::new(&mut **isolate);
                 let context = v8::Local::new(scope, &context);
                 let scope = &mut v8::ContextScope::new(scope, context);

@@ -24,7 +24,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,11 @@ pub trait HostLink {
     /// Call `id` is no longer wanted (the code aborted it): the host may stop it. Its reply,
     /// if one still comes, is ignored.
     fn cancel(&mut self, _id: u32) {}
+    /// How long the host waited for a person ([`crate::approval`]) since this was last
+    /// asked: time that does not count against the run's time limit.
+    fn paused(&mut self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// What a wait for a host reply brought.
@@ -702,38 +707,83 @@ fn failure(
     }
 }
 
-/// Arms a watchdog that terminates `terminator`'s isolate after `timeout`, until dropped.
-fn watch(terminator: &Arc<Terminator>, timeout: Duration) -> Watchdog {
-    Watchdog::arm(Arc::clone(terminator), timeout)
+/// Arms a watchdog that terminates `terminator`'s isolate at `deadline`, until dropped.
+fn watch(terminator: &Arc<Terminator>, deadline: Instant) -> Watchdog {
+    Watchdog::arm(Arc::clone(terminator), deadline)
 }
 
-/// Terminates the isolate if the run outlives its time limit.
+/// Terminates the isolate if the run outlives its time limit. While the run waits for the host
+/// it is parked (no code runs then, and the wait keeps the deadline itself); it is armed again
+/// with the deadline after the wait, which moved if the host spent the wait asking a person.
 struct Watchdog {
-    done: Option<mpsc::Sender<()>>,
+    control: mpsc::Sender<Control>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What a watchdog is told.
+enum Control {
+    /// Terminate at this instant, unless told otherwise first.
+    Arm(Instant),
+    /// Do not terminate until armed again.
+    Park,
+    /// The run is over.
+    Stop,
+}
+
+/// A way to park and arm a run's watchdog, for the loop that waits for host replies.
+#[derive(Debug, Clone)]
+pub(crate) struct WatchdogHandle(mpsc::Sender<Control>);
+
+impl WatchdogHandle {
+    /// No code runs until [`WatchdogHandle::arm`].
+    pub(crate) fn park(&self) {
+        let _ = self.0.send(Control::Park);
+    }
+
+    /// Code runs again; its time is up at `deadline`.
+    pub(crate) fn arm(&self, deadline: Instant) {
+        let _ = self.0.send(Control::Arm(deadline));
+    }
+}
+
 impl Watchdog {
-    fn arm(terminator: Arc<Terminator>, timeout: Duration) -> Self {
-        let (done, wait) = mpsc::channel::<()>();
+    fn arm(terminator: Arc<Terminator>, deadline: Instant) -> Self {
+        let (control, orders) = mpsc::channel::<Control>();
         let thread = std::thread::Builder::new()
             .name("mcp-v8-watchdog".into())
             .spawn(move || {
-                if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
-                    terminator.terminate(TIMED_OUT);
+                let mut deadline = Some(deadline);
+                loop {
+                    let order = match deadline {
+                        Some(at) => {
+                            orders.recv_timeout(at.saturating_duration_since(Instant::now()))
+                        }
+                        None => orders.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    };
+                    match order {
+                        Ok(Control::Arm(at)) => deadline = Some(at),
+                        Ok(Control::Park) => deadline = None,
+                        Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                        Err(RecvTimeoutError::Timeout) => {
+                            terminator.terminate(TIMED_OUT);
+                            return;
+                        }
+                    }
                 }
             })
             .ok();
-        Self {
-            done: Some(done),
-            thread,
-        }
+        Self { control, thread }
+    }
+
+    fn handle(&self) -> WatchdogHandle {
+        WatchdogHandle(self.control.clone())
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        drop(self.done.take());
+        // Handles may outlive the watchdog (in the run's state): say it is over.
+        let _ = self.control.send(Control::Stop);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -30,7 +30,7 @@ use crate::envelope::{Codec, EnvelopeError};
 use crate::executor::Executor;
 use crate::host_call::HostCalls;
 use crate::host_call::{HostCall, HostError, HostErrorKind, HostReply, PendingReply};
-use crate::job::{HeapRan, Job, Keep, LiveBatches, Target};
+use crate::job::{Caller, HeapRan, Job, Keep, Target};
 use crate::metrics::{self, CallMetrics, StorageStats};
 use crate::net::{Net, RunNet};
 use crate::storage::{HeapLocks, HeapMeta, Store, StoreError};
@@ -470,13 +470,15 @@ impl Runtime {
         self.net.as_ref()
     }
 
-    /// Who answers one run's host calls: its tools and its network, counted per run.
-    fn host_calls(&self) -> Option<Arc<dyn HostCalls>> {
+    /// Who answers one run's host calls: its tools and its network, counted per run, with
+    /// `caller`'s approver asking about the calls the policy leaves to a person.
+    fn host_calls(&self, caller: &Caller) -> Option<Arc<dyn HostCalls>> {
         if self.tools.is_none() && self.net.is_none() {
             return None;
         }
+        let approver = caller.approver.clone();
         Some(Arc::new(RunHost {
-            tools: self.tools.as_ref().map(|tools| tools.for_run()),
+            tools: self.tools.as_ref().map(|tools| tools.for_run(approver)),
             net: self.net.as_ref().map(|net| net.for_run()),
         }))
     }
@@ -666,18 +668,18 @@ impl Runtime {
         Ok(limits)
     }
 
-    /// Runs `code` without any heap; `live`, if given, hears its console and progress as
-    /// they happen.
+    /// Runs `code` without any heap; `caller`'s listener, if any, hears its console and
+    /// progress as they happen.
     pub async fn run_stateless(
         &self,
         owner: &Owner,
         code: String,
         call: CallLimits,
-        live: Option<LiveBatches>,
+        caller: Caller,
     ) -> CallOutcome<Completion> {
         let started = Instant::now();
         let reply = match self.tenants.admit(owner.tenant()) {
-            Ok(_admitted) => self.stateless(code, call, live).await,
+            Ok(_admitted) => self.stateless(code, call, caller).await,
             Err(e) => CallOutcome::failed(e.into()),
         };
         self.count(started, &reply);
@@ -688,7 +690,7 @@ impl Runtime {
         &self,
         code: String,
         call: CallLimits,
-        live: Option<LiveBatches>,
+        caller: Caller,
     ) -> CallOutcome<Completion> {
         let limits = match self.limits_for(call) {
             Ok(limits) => limits,
@@ -698,8 +700,8 @@ impl Runtime {
             code,
             target: Target::Stateless,
             limits,
-            live,
-            host: self.host_calls(),
+            host: self.host_calls(&caller),
+            live: caller.live,
         };
         let outcome = self.executor.run_stateless(job).await;
         outcome.map_result(|result| result.map_err(CallError::from))
@@ -715,14 +717,15 @@ impl Runtime {
         heap: Option<String>,
         call: CallLimits,
     ) -> CallOutcome<HeapRun> {
-        self.run_saving_to(owner, code, heap, SaveTo::Same, call, None)
+        self.run_saving_to(owner, code, heap, SaveTo::Same, call, Caller::default())
             .await
     }
 
     /// [`Runtime::run_on_heap`], storing the new state where `save_to` says: with
     /// [`SaveTo::Fork`], the code runs on `heap`'s state (an empty heap for `None`) and the
-    /// result becomes a new heap, `heap` unchanged. `live`, if given, hears the console and
-    /// progress as they happen (again for a run that loses a race and runs again).
+    /// result becomes a new heap, `heap` unchanged. `caller`'s listener, if any, hears the
+    /// console and progress as they happen (again for a run that loses a race and runs
+    /// again).
     pub async fn run_saving_to(
         &self,
         owner: &Owner,
@@ -730,11 +733,11 @@ impl Runtime {
         heap: Option<String>,
         save_to: SaveTo,
         call: CallLimits,
-        live: Option<LiveBatches>,
+        caller: Caller,
     ) -> CallOutcome<HeapRun> {
         let started = Instant::now();
         let reply = match self.tenants.admit(owner.tenant()) {
-            Ok(_admitted) => self.on_heap(owner, code, heap, save_to, call, live).await,
+            Ok(_admitted) => self.on_heap(owner, code, heap, save_to, call, caller).await,
             Err(e) => CallOutcome::failed(e.into()),
         };
         self.count(started, &reply);
@@ -759,7 +762,7 @@ impl Runtime {
         heap: Option<String>,
         save_to: SaveTo,
         call: CallLimits,
-        live: Option<LiveBatches>,
+        caller: Caller,
     ) -> CallOutcome<HeapRun> {
         // A fork without a source starts from an empty heap.
         let source = match heap.as_deref().map(|name| owner.key(name)).transpose() {
@@ -850,8 +853,8 @@ impl Runtime {
                     last_error: last_error.clone(),
                 },
                 limits,
-                live: live.clone(),
-                host: self.host_calls(),
+                live: caller.live.clone(),
+                host: self.host_calls(&caller),
             };
             let ran_at = Instant::now();
             let ran = self.executor.run_on_heap(job).await;
@@ -1195,6 +1198,12 @@ struct RunHost {
 }
 
 impl HostCalls for RunHost {
+    fn paused(&self) -> Duration {
+        self.tools
+            .as_ref()
+            .map_or(Duration::ZERO, |tools| tools.paused())
+    }
+
     fn call(&self, call: HostCall) -> PendingReply {
         let refuse = |kind, message: &'static str| -> PendingReply {
             Box::pin(async move { HostReply::Failed(HostError::new(kind, message)) })

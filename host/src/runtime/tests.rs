@@ -467,11 +467,16 @@ async fn storage_failures_are_reported_with_their_kind() {
     );
     // Stateless runs do not need the store.
     assert_eq!(
-        rt.run_stateless(&Owner::Server, "1 + 1".into(), CallLimits::default(), None)
-            .await
-            .result
-            .unwrap()
-            .output,
+        rt.run_stateless(
+            &Owner::Server,
+            "1 + 1".into(),
+            CallLimits::default(),
+            Default::default()
+        )
+        .await
+        .result
+        .unwrap()
+        .output,
         "2"
     );
 }

@@ -78,7 +78,7 @@ impl McpServer {
                 took.as_secs_f64()
             ))]))
         };
-        self.respond_after(Duration::ZERO, &context, work, None)
+        self.respond_after(Duration::ZERO, &context, work, None, None)
             .await
     }
 
@@ -99,7 +99,7 @@ impl McpServer {
                 "the job failed",
             )]))
         };
-        self.respond_after(Duration::ZERO, &context, work, None)
+        self.respond_after(Duration::ZERO, &context, work, None, None)
             .await
     }
 
@@ -113,7 +113,7 @@ impl McpServer {
             tokio::time::sleep(FAIL_AFTER).await;
             Err(ErrorData::internal_error("the job broke", None))
         };
-        self.respond_after(Duration::ZERO, &context, work, None)
+        self.respond_after(Duration::ZERO, &context, work, None, None)
             .await
     }
 

@@ -5,6 +5,7 @@
 use std::sync::PoisonError;
 use std::time::Duration;
 
+use rmcp::handler::server::tool::ToolCallContext;
 #[allow(deprecated)] // logging: see `report`
 use rmcp::model::SetLevelRequestParams;
 use rmcp::model::{
@@ -14,6 +15,7 @@ use rmcp::model::{
     ReadResourceRequestParams, ReadResourceResponse, Reference, ServerCapabilities, ServerConfig,
     UpdateTaskParams,
 };
+use rmcp::model::{CallToolRequestParams, CallToolResponse};
 use rmcp::service::RequestContext;
 use rmcp::{tool_handler, RoleServer, ServerHandler};
 
@@ -41,6 +43,20 @@ pub(super) fn cache_hints(
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for McpServer {
+    /// `tools/call`: a retry that answers a parked call's question resumes it; any other
+    /// call goes to its tool.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if request.request_state.is_some() {
+            return self.resume(request, context).await;
+        }
+        let call = ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).await
+    }
+
     /// `tools/list`: the same for every client while the server runs, sorted by name.
     async fn list_tools(
         &self,

@@ -5,6 +5,7 @@
 //! * [`args`]: what the tools take and return;
 //! * `tools`: the tool handlers (descriptions in `tools/*.md`);
 //! * `answer`: an outcome as a tool result;
+//! * `approvals`: asking the client's user about calls from code (elicitation);
 //! * `tasks`: long calls as tasks, and cancellation;
 //! * `fixtures`: the conformance suite's fixture tools, behind a hidden flag;
 //! * `resources`: heaps and whole results as resources;
@@ -26,6 +27,7 @@ use crate::report::{self, Reporting};
 use crate::runtime::{CallLimits, Owner, Runtime};
 
 mod answer;
+mod approvals;
 pub mod args;
 mod fixtures;
 mod handler;
@@ -81,6 +83,8 @@ pub struct McpServer {
     owners: Owners,
     /// Whose each task is (the most recent ones; a task lives minutes).
     task_owners: Arc<Mutex<lru::LruCache<String, Owner>>>,
+    /// Calls waiting for their client's answer to a question, shared by every session.
+    parked: Arc<approvals::Parked>,
 }
 
 impl std::fmt::Debug for McpServer {
@@ -136,10 +140,17 @@ impl McpServer {
             );
             // Code reaches other servers' tools: its runs are no longer closed or read-only.
             if let Some(servers) = &upstreams {
-                let more = include_str!("tools/run_js_tools.md")
+                let mut more = include_str!("tools/run_js_tools.md")
                     .trim_end()
                     .replace('\n', " ")
                     .replace("SERVERS", &servers.join(", "));
+                if runtime.tools().is_some_and(|tools| tools.asks()) {
+                    more.push_str(
+                        " Some tools wait for the user to approve each call (the wait does not \
+                         count against the time limit); a refusal throws a ToolError of kind \
+                         `declined`.",
+                    );
+                }
                 let general = route.attr.description.clone().unwrap_or_default();
                 route.attr.description = Some(format!("{general} {more}").into());
                 if let Some(annotations) = &mut route.attr.annotations {
@@ -185,6 +196,7 @@ impl McpServer {
             task_owners: Arc::new(Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(TASK_OWNERS).unwrap_or(std::num::NonZeroUsize::MIN),
             ))),
+            parked: Arc::new(approvals::Parked::new()),
         }
     }
 

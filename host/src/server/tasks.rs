@@ -8,9 +8,9 @@ use rmcp::service::RequestContext;
 use rmcp::task_manager::{TaskContext, TaskExit, TaskFuture, TaskOptions};
 use rmcp::RoleServer;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use super::answer::tool_error;
+use super::approvals::{Question, Questions, Work};
 use super::McpServer;
 use crate::runtime::CallError;
 
@@ -33,8 +33,10 @@ impl McpServer {
         context: &RequestContext<RoleServer>,
         work: impl std::future::Future<Output = Result<CallToolResult, ErrorData>> + Send + 'static,
         status: Option<watch::Receiver<String>>,
+        questions: Option<Questions>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.respond_after(TASK_AFTER, context, work, status).await
+        self.respond_after(TASK_AFTER, context, work, status, questions)
+            .await
     }
 
     /// [`McpServer::respond`], with the call becoming a task once it has run for `after`.
@@ -44,22 +46,28 @@ impl McpServer {
         context: &RequestContext<RoleServer>,
         work: impl std::future::Future<Output = Result<CallToolResult, ErrorData>> + Send + 'static,
         status: Option<watch::Receiver<String>>,
+        questions: Option<Questions>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let mut work = Box::pin(work);
+        let mut work: Work = Box::pin(work);
         if !takes_tasks(context) {
-            return match cancellable(context.ct.clone(), work).await {
-                Some(result) => result.map(Into::into),
-                None => cancelled().map(Into::into),
-            };
+            return self.answer_or_ask(context, work, questions).await;
         }
-        tokio::select! {
+        let mut questions = questions;
+        let first = tokio::select! {
             result = &mut work => return result.map(Into::into),
             () = context.ct.cancelled() => return cancelled().map(Into::into),
-            () = tokio::time::sleep(after) => {}
+            question = next_question(&mut questions) => question,
+            () = tokio::time::sleep(after) => None,
+        };
+        // A question before the call becomes a task is answered through a retry.
+        if let Some(question) = first {
+            let owner = self.owner(context)?;
+            return Ok(self.park(owner, work, questions, question));
         }
         self.spawn_task(context, move |task| {
             Box::pin(async move {
                 let mut status = status;
+                let mut asked = 0;
                 loop {
                     // Dropping the work on a cancel kills the worker running it; nothing is
                     // saved.
@@ -70,6 +78,11 @@ impl McpServer {
                             Some(line) => task.set_status_message(line),
                             None => status = None,
                         },
+                        // A task's questions are its input requests (`tasks/update`).
+                        Some(question) = next_question(&mut questions) => {
+                            asked += 1;
+                            question.ask_in(&task, format!("approval-{asked}"));
+                        }
                     }
                 }
             })
@@ -128,6 +141,20 @@ pub(super) fn takes_tasks(context: &RequestContext<RoleServer>) -> bool {
         .is_some_and(|caps| caps.supports_tasks())
 }
 
+/// The next question, or never (without questions, or once there will be no more).
+async fn next_question(questions: &mut Option<Questions>) -> Option<Question> {
+    match questions {
+        Some(asked) => match asked.recv().await {
+            Some(question) => Some(question),
+            None => {
+                *questions = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// The next status line, or `None` once there will be no more (never, without a status).
 async fn next_status(status: &mut Option<watch::Receiver<String>>) -> Option<String> {
     match status {
@@ -139,18 +166,6 @@ async fn next_status(status: &mut Option<watch::Receiver<String>>) -> Option<Str
     }
 }
 
-/// Runs `work` unless the client cancels the request first; dropping the work kills the
-/// worker process running it, and nothing is saved.
-async fn cancellable<T>(
-    ct: CancellationToken,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    tokio::select! {
-        result = work => Some(result),
-        () = ct.cancelled() => None,
-    }
-}
-
-fn cancelled() -> Result<CallToolResult, ErrorData> {
+pub(super) fn cancelled() -> Result<CallToolResult, ErrorData> {
     tool_error(CallError::Cancelled)
 }

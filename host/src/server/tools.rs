@@ -15,29 +15,29 @@ use super::answer::{run_result, structured, tool_error};
 use super::args::*;
 use super::{McpServer, PAGE_SIZE};
 use crate::engine::{self, Console};
-use crate::job::LiveBatches;
+use crate::job::Caller;
 use crate::outputs::{self, Outputs};
 use crate::report::Reporting;
 use crate::runtime::{self, CallError, CallLimits, CallOutcome, Owner, Runtime, SaveTo};
 use crate::schema;
 
 impl McpServer {
-    /// The one path of both `run_js` tools: the reports the client asked for, the call
-    /// (`run`, given the runtime and where live console lines go), and its answer within the
-    /// budget (`answer`, given the result, the console, the budget and where whole results
-    /// are kept).
+    /// The one path of both `run_js` tools: the reports the client asked for, who asks its
+    /// user about calls from code on `heap`, the call (`run`, given the runtime and what the
+    /// caller lends it), and its answer within the budget (`answer`, given the result, the
+    /// console, the budget and where whole results are kept).
     async fn run_code<R, T, Call, Ran>(
         &self,
         context: RequestContext<RoleServer>,
         limits: CallLimits,
-        logger: String,
+        heap: Option<&str>,
         run: Call,
         answer: impl FnOnce(R, &Console, usize, &Outputs, &Owner) -> (T, Option<Resource>)
             + Send
             + 'static,
     ) -> Result<CallToolResponse, ErrorData>
     where
-        Call: FnOnce(Arc<Runtime>, CallLimits, Option<LiveBatches>) -> Ran + Send + 'static,
+        Call: FnOnce(Arc<Runtime>, CallLimits, Caller) -> Ran + Send + 'static,
         Ran: Future<Output = CallOutcome<R>> + Send + 'static,
         R: Send + 'static,
         T: Serialize + Send + 'static,
@@ -45,13 +45,14 @@ impl McpServer {
         let budget = self.answer_budget(&limits);
         let owner = self.owner(&context)?;
         let call = self.calls.enter();
-        let reporting = self.reporting(&context, logger);
+        let reporting = self.reporting(&context, heap.unwrap_or("run_js").to_string());
         let status = reporting.as_ref().map(Reporting::status);
+        let (approver, questions) = self.approver(&context, heap);
         let runtime = Arc::clone(&self.runtime);
         let outputs = Arc::clone(&self.outputs);
         let work = async move {
             let live = reporting.as_ref().map(Reporting::batches);
-            let reply = run(runtime, limits, live).await;
+            let reply = run(runtime, limits, Caller { live, approver }).await;
             if let Some(reporting) = reporting {
                 reporting.finish().await;
             }
@@ -61,7 +62,7 @@ impl McpServer {
                 .map(|ran| answer(ran, &reply.console, budget, &outputs, &owner));
             run_result(result, &reply.console, budget)
         };
-        self.respond(&context, work, status).await
+        self.respond(&context, work, status, questions).await
     }
 }
 
@@ -142,9 +143,9 @@ impl McpServer {
         };
         let code = args.code;
         let owner = self.owner(&context)?;
-        let run = move |runtime: Arc<Runtime>, limits, live| async move {
+        let run = move |runtime: Arc<Runtime>, limits, caller| async move {
             runtime
-                .run_saving_to(&owner, code, heap, save_to, limits, live)
+                .run_saving_to(&owner, code, heap, save_to, limits, caller)
                 .await
         };
         let answer =
@@ -168,8 +169,8 @@ impl McpServer {
                 };
                 (output, link)
             };
-        let logger = logger.unwrap_or_else(|| "run_js".into());
-        self.run_code(context, limits, logger, run, answer).await
+        self.run_code(context, limits, logger.as_deref(), run, answer)
+            .await
     }
 
     /// `list_heaps`.
@@ -380,8 +381,8 @@ impl McpServer {
         };
         let code = args.code;
         let owner = self.owner(&context)?;
-        let run = move |runtime: Arc<Runtime>, limits, live| async move {
-            runtime.run_stateless(&owner, code, limits, live).await
+        let run = move |runtime: Arc<Runtime>, limits, caller| async move {
+            runtime.run_stateless(&owner, code, limits, caller).await
         };
         let answer = |completion, console: &Console, budget, outputs: &Outputs, owner: &Owner| {
             let rest = |read_output: &str| {
@@ -392,7 +393,6 @@ impl McpServer {
             };
             RunAnswer::new(completion, console, budget, outputs, owner, rest)
         };
-        self.run_code(context, limits, "run_js".into(), run, answer)
-            .await
+        self.run_code(context, limits, None, run, answer).await
     }
 }

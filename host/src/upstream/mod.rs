@@ -34,7 +34,9 @@ use tokio::sync::Semaphore;
 pub use config::{ServerConfig, Transport};
 use declarations::{declare, score, ToolEntry};
 pub use policy::ToolPolicy;
+use policy::Verdict;
 
+use crate::approval::{self, Approver, RunApprovals};
 use crate::host_call::{HostCall, HostCalls, HostError, HostErrorKind, HostReply, PendingReply};
 use crate::metrics::ToolMetrics;
 
@@ -141,12 +143,26 @@ impl Upstreams {
         &self.metrics
     }
 
-    /// A run's way to the tools, counting its calls.
-    pub fn for_run(self: &Arc<Self>) -> Arc<RunTools> {
+    /// Whether the policy leaves any tool to a person (`--ask-tools`).
+    pub fn asks(&self) -> bool {
+        !self.policy.ask.is_empty()
+    }
+
+    /// Longest a person may take to answer (`--approval-timeout-secs`).
+    pub fn approval_timeout(&self) -> Duration {
+        self.policy.approval_timeout
+    }
+
+    /// A run's way to the tools, counting its calls; `approver` asks a person about the calls
+    /// the policy leaves to one.
+    pub fn for_run(self: &Arc<Self>, approver: Option<Arc<dyn Approver>>) -> Arc<RunTools> {
+        let timeout = self.policy.approval_timeout;
+        let approvals = approver.map(|approver| RunApprovals::new(approver, timeout));
         Arc::new(RunTools {
             upstreams: Arc::clone(self),
             calls: AtomicUsize::new(0),
             in_flight: Arc::new(Semaphore::new(self.policy.concurrent_calls.max(1))),
+            approvals,
         })
     }
 
@@ -412,11 +428,14 @@ impl Upstreams {
     }
 
     /// Calls `tool` of `server` with `arguments` (JSON text) under the policy.
+    /// Calls `tool` of `server` with `arguments` under the policy, asking `approvals` first
+    /// when the policy says so (with none, such a call is refused).
     async fn call_tool(
         &self,
         server: &str,
         tool: &str,
         arguments: &str,
+        approvals: Option<&RunApprovals>,
     ) -> Result<String, HostError> {
         let Some(upstream) = self.servers.get(server) else {
             let known: Vec<&str> = self.names().collect();
@@ -448,7 +467,7 @@ impl Upstreams {
                 ),
             ));
         };
-        self.policy.check(server, tool, entry.destructive)?;
+        let verdict = self.policy.check(server, tool, entry.destructive)?;
         let arguments = match serde_json::from_str::<Value>(arguments) {
             Ok(Value::Object(map)) => map,
             _ => {
@@ -458,6 +477,25 @@ impl Upstreams {
                 ))
             }
         };
+        if verdict == Verdict::Ask {
+            let action = format!(
+                "call `{server}.{tool}` with {}",
+                approval::shown(&Value::Object(arguments.clone()).to_string())
+            );
+            let allow = format!("--allow-tools {server}.{tool}");
+            match approvals {
+                Some(approvals) => approvals.approve(action, &allow).await?,
+                None => {
+                    return Err(HostError::new(
+                        HostErrorKind::Denied,
+                        format!(
+                            "to {action} needs a person's approval (--ask-tools), and nobody \
+                             can be asked for this call; {allow} would allow it without asking"
+                        ),
+                    ))
+                }
+            }
+        }
         let client = self.client(upstream).await?;
         let mut params = CallToolRequestParams::new(tool.to_string());
         params.arguments = Some(arguments);
@@ -590,9 +628,17 @@ pub struct RunTools {
     upstreams: Arc<Upstreams>,
     calls: AtomicUsize,
     in_flight: Arc<Semaphore>,
+    /// Who asks a person about the calls the policy leaves to one.
+    approvals: Option<RunApprovals>,
 }
 
 impl HostCalls for RunTools {
+    fn paused(&self) -> Duration {
+        self.approvals
+            .as_ref()
+            .map_or(Duration::ZERO, RunApprovals::paused)
+    }
+
     fn call(&self, call: HostCall) -> PendingReply {
         let upstreams = Arc::clone(&self.upstreams);
         match call {
@@ -625,6 +671,7 @@ impl HostCalls for RunTools {
                 let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
                 let limit = upstreams.policy.calls_per_run;
                 let in_flight = Arc::clone(&self.in_flight);
+                let approvals = self.approvals.clone();
                 Box::pin(async move {
                     let started = Instant::now();
                     let result = if n > limit {
@@ -636,7 +683,12 @@ impl HostCalls for RunTools {
                         ))
                     } else {
                         match in_flight.acquire_owned().await {
-                            Ok(_slot) => upstreams.call_tool(&server, &tool, &arguments).await,
+                            Ok(_slot) => {
+                                let approvals = approvals.as_ref();
+                                upstreams
+                                    .call_tool(&server, &tool, &arguments, approvals)
+                                    .await
+                            }
                             Err(_) => Err(HostError::new(
                                 HostErrorKind::Unavailable,
                                 "the server is stopping",

@@ -1,5 +1,6 @@
-//! What code may call upstream: which tools (globs over `server.tool`), whether tools that say
-//! they destroy are allowed, and the bounds of one run's calls.
+//! What code may call upstream: which tools (globs over `server.tool`), which only after a
+//! person says yes, whether tools that say they destroy are allowed, and the bounds of one
+//! run's calls.
 
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ pub struct ToolPolicy {
     pub allow: Vec<glob::Pattern>,
     /// Tools code may not call, even if allowed.
     pub deny: Vec<glob::Pattern>,
+    /// Tools code may call only once a person says yes ([`crate::approval`]): allowed, and
+    /// destructive ones too, when approved.
+    pub ask: Vec<glob::Pattern>,
     /// Tools annotated `destructiveHint: true` that code may call (otherwise refused).
     pub allow_destructive: Vec<glob::Pattern>,
     /// Most tool calls one run may make.
@@ -22,6 +26,8 @@ pub struct ToolPolicy {
     pub call_timeout: Duration,
     /// Largest result of one tool call, as JSON text.
     pub result_bytes: usize,
+    /// Longest a person may take to answer whether a call may go out.
+    pub approval_timeout: Duration,
 }
 
 impl Default for ToolPolicy {
@@ -29,11 +35,13 @@ impl Default for ToolPolicy {
         Self {
             allow: vec![glob::Pattern::new("*").expect("a valid glob")],
             deny: Vec::new(),
+            ask: Vec::new(),
             allow_destructive: Vec::new(),
             calls_per_run: 100,
             concurrent_calls: 8,
             call_timeout: Duration::from_secs(30),
             result_bytes: 4 << 20,
+            approval_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -46,10 +54,19 @@ pub fn globs(patterns: &[String]) -> Result<Vec<glob::Pattern>, String> {
         .collect()
 }
 
+/// What the policy says of a call it does not refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It may go out.
+    Allowed,
+    /// It may go out once a person says yes (`--ask-tools`).
+    Ask,
+}
+
 impl ToolPolicy {
     /// Whether code may call `tool` of `server`, which says of itself that it is
-    /// `destructive`.
-    pub fn check(&self, server: &str, tool: &str, destructive: bool) -> Result<(), HostError> {
+    /// `destructive`: refused, allowed, or allowed once a person says yes.
+    pub fn check(&self, server: &str, tool: &str, destructive: bool) -> Result<Verdict, HostError> {
         let name = format!("{server}.{tool}");
         fn matches<'g>(globs: &'g [glob::Pattern], name: &str) -> Option<&'g glob::Pattern> {
             globs.iter().find(|g| g.matches(name))
@@ -59,6 +76,10 @@ impl ToolPolicy {
                 HostErrorKind::Denied,
                 format!("{name} is denied by the server's policy (--deny-tools {rule})"),
             ));
+        }
+        // A person's yes stands in for --allow-tools and --allow-destructive-tools.
+        if matches(&self.ask, &name).is_some() {
+            return Ok(Verdict::Ask);
         }
         if matches(&self.allow, &name).is_none() {
             return Err(HostError::new(
@@ -75,7 +96,7 @@ impl ToolPolicy {
                 ),
             ));
         }
-        Ok(())
+        Ok(Verdict::Allowed)
     }
 }
 
@@ -91,7 +112,7 @@ mod tests {
             allow_destructive: globs(&["fs.write_file".into()]).unwrap(),
             ..ToolPolicy::default()
         };
-        assert!(policy.check("fs", "read_file", false).is_ok());
+        assert_eq!(policy.check("fs", "read_file", false), Ok(Verdict::Allowed));
         assert!(policy.check("github", "search_issues", false).is_ok());
         let denied = policy.check("fs", "delete_file", false).unwrap_err();
         assert!(denied.message.contains("fs.delete_*"), "{}", denied.message);
@@ -99,5 +120,33 @@ mod tests {
         assert!(policy.check("github", "create_issue", false).is_err());
         assert!(policy.check("fs", "move_file", true).is_err());
         assert!(policy.check("fs", "write_file", true).is_ok());
+    }
+
+    #[test]
+    fn asked_tools_go_out_once_approved_even_unlisted_or_destructive_but_never_denied() {
+        let policy = ToolPolicy {
+            allow: globs(&["github.*".into()]).unwrap(),
+            deny: globs(&["memory.drop_*".into()]).unwrap(),
+            ask: globs(&["memory.*".into(), "github.delete_*".into()]).unwrap(),
+            ..ToolPolicy::default()
+        };
+        assert_eq!(
+            policy.check("memory", "delete_entities", true),
+            Ok(Verdict::Ask)
+        );
+        assert_eq!(
+            policy.check("github", "delete_repo", false),
+            Ok(Verdict::Ask)
+        );
+        assert_eq!(
+            policy.check("github", "search", false),
+            Ok(Verdict::Allowed)
+        );
+        let denied = policy.check("memory", "drop_all", false).unwrap_err();
+        assert!(
+            denied.message.contains("--deny-tools"),
+            "{}",
+            denied.message
+        );
     }
 }

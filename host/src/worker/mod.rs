@@ -220,6 +220,7 @@ impl Worker {
             host: request.host_calls.then(|| PipeLink {
                 out: out.clone(),
                 input: input.clone(),
+                paused: Duration::ZERO,
             }),
         };
         match request.target {
@@ -467,6 +468,8 @@ struct CodeToRun<'a> {
 struct PipeLink {
     out: Output,
     input: Inbox,
+    /// What the last delivery said the host waited for a person, not yet taken.
+    paused: Duration,
 }
 
 impl HostLink for PipeLink {
@@ -491,17 +494,24 @@ impl HostLink for PipeLink {
             return Waited::Lost(e.to_string());
         }
         let frame = block_on(read_frame::<Delivery>(&mut *self.input.lock()));
+        if let Ok(Some((delivery, _))) = &frame {
+            self.paused += delivery.paused();
+        }
         match frame {
-            Ok(Some((Delivery::Reply { call, head }, sections))) => {
+            Ok(Some((Delivery::Reply { call, head, .. }, sections))) => {
                 match head.into_reply(sections.into_iter().next()) {
                     Ok(reply) => Waited::Reply(call, reply),
                     Err(e) => Waited::Lost(e.to_string()),
                 }
             }
-            Ok(Some((Delivery::Nothing, _))) => Waited::Nothing,
+            Ok(Some((Delivery::Nothing { .. }, _))) => Waited::Nothing,
             Ok(None) => Waited::Lost("the host closed the pipe".into()),
             Err(e) => Waited::Lost(e.to_string()),
         }
+    }
+
+    fn paused(&mut self) -> Duration {
+        std::mem::take(&mut self.paused)
     }
 }
 

@@ -116,7 +116,8 @@ impl WorkerPool {
                 },
             };
             let forget = self.forgotten_by(worker.number);
-            return match tokio::time::timeout(deadline, worker.call(&job, forget)).await {
+            let answered = within(deadline, job.host.as_deref(), worker.call(&job, forget)).await;
+            return match answered {
                 Ok(Ok(Answered::NotWarm)) => {
                     self.put_back(worker);
                     Err(NotWarm)
@@ -430,6 +431,8 @@ impl Worker {
         let mut host_calls = tokio::task::JoinSet::new();
         let mut cancellable = std::collections::HashMap::new();
         let mut replies = std::collections::VecDeque::new();
+        // What the worker has been told the host waited for a person.
+        let mut reported = Duration::ZERO;
         loop {
             // A worker that stops talking mid-call has died.
             let (answer, sections) = match self.read().await {
@@ -482,9 +485,13 @@ impl Worker {
                         Some(reply) => Some(reply),
                         None => next_reply(&mut host_calls, Duration::from_micros(wait_us)).await,
                     };
+                    // Time spent asking a person moves the worker's deadline.
+                    let paused = job.host.as_ref().map_or(Duration::ZERO, |h| h.paused());
+                    let newly = paused.saturating_sub(reported);
+                    reported = paused;
                     let (header, section) = match reply {
-                        Some((call, reply)) => Delivery::reply(call, reply),
-                        None => (Delivery::Nothing, Vec::new()),
+                        Some((call, reply)) => Delivery::reply(call, reply, newly),
+                        None => (Delivery::nothing(newly), Vec::new()),
                     };
                     write_frame(&mut self.stdin, &header, &[&section])
                         .await
@@ -575,6 +582,30 @@ fn no_host() -> HostReply {
         "this server answers no host calls: it has no MCP servers (--mcp-config) and allows \
          no hosts (--allow-net)",
     ))
+}
+
+/// `call`'s result, if it comes within `deadline` plus the time `host` spends waiting for a
+/// person meanwhile ([`crate::approval`]).
+async fn within<T>(
+    deadline: Duration,
+    host: Option<&dyn crate::host_call::HostCalls>,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    let started = tokio::time::Instant::now();
+    let mut call = std::pin::pin!(call);
+    let mut allowed = deadline;
+    loop {
+        match tokio::time::timeout_at(started + allowed, &mut call).await {
+            Ok(done) => return Ok(done),
+            Err(elapsed) => {
+                let paused = host.map_or(Duration::ZERO, |h| h.paused());
+                if deadline + paused <= allowed {
+                    return Err(elapsed);
+                }
+                allowed = deadline + paused;
+            }
+        }
+    }
 }
 
 /// The next reply of `calls` to come in within `wait`, if any.

@@ -32,6 +32,7 @@
 //! `block_on`.
 
 use std::io;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -186,7 +187,8 @@ pub fn host_call_of(mut ask: HostCall, section: Option<Vec<u8>>) -> io::Result<H
     Ok(ask)
 }
 
-/// The host's answer to [`Answer::Await`].
+/// The host's answer to [`Answer::Await`]. Each says how long the host waited for a person
+/// ([`crate::approval`]) since the last one: the worker moves the run's deadline by that much.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Delivery {
     /// The reply to call `call`; its text or body is the frame's section.
@@ -195,9 +197,16 @@ pub enum Delivery {
         call: u32,
         /// The reply without its text or body.
         head: ReplyHead,
+        /// µs spent waiting for a person since the last delivery.
+        #[serde(default)]
+        paused_us: u64,
     },
     /// No reply came in the time asked.
-    Nothing,
+    Nothing {
+        /// µs spent waiting for a person since the last delivery.
+        #[serde(default)]
+        paused_us: u64,
+    },
 }
 
 /// A [`HostReply`] without the bytes a frame carries as its section.
@@ -212,8 +221,8 @@ pub enum ReplyHead {
 }
 
 impl Delivery {
-    /// A reply as a frame's header and section.
-    pub fn reply(call: u32, reply: HostReply) -> (Delivery, Vec<u8>) {
+    /// A reply as a frame's header and section, `paused` after the last delivery.
+    pub fn reply(call: u32, reply: HostReply, paused: Duration) -> (Delivery, Vec<u8>) {
         let (head, section) = match reply {
             HostReply::Answer(text) => (ReplyHead::Answer, text.into_bytes()),
             HostReply::Response(mut response) => {
@@ -222,8 +231,36 @@ impl Delivery {
             }
             HostReply::Failed(error) => (ReplyHead::Failed(error), Vec::new()),
         };
-        (Delivery::Reply { call, head }, section)
+        let paused_us = micros(paused);
+        (
+            Delivery::Reply {
+                call,
+                head,
+                paused_us,
+            },
+            section,
+        )
     }
+
+    /// No reply, `paused` after the last delivery.
+    pub fn nothing(paused: Duration) -> Delivery {
+        Delivery::Nothing {
+            paused_us: micros(paused),
+        }
+    }
+
+    /// How long the host waited for a person since the last delivery.
+    pub fn paused(&self) -> Duration {
+        match self {
+            Delivery::Reply { paused_us, .. } | Delivery::Nothing { paused_us } => {
+                Duration::from_micros(*paused_us)
+            }
+        }
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl ReplyHead {
@@ -583,12 +620,14 @@ mod tests {
                 "no",
             )),
         ] {
-            let (header, section) = Delivery::reply(3, reply.clone());
+            let paused = Duration::from_millis(1500);
+            let (header, section) = Delivery::reply(3, reply.clone(), paused);
             let mut wire = Vec::new();
             write_frame(&mut wire, &header, &[&section]).await.unwrap();
             let (back, sections): (Delivery, _) =
                 read_frame(&mut wire.as_slice()).await.unwrap().unwrap();
-            let Delivery::Reply { call: 3, head } = back else {
+            assert_eq!(back.paused(), paused);
+            let Delivery::Reply { call: 3, head, .. } = back else {
                 panic!("a reply to call 3 expected");
             };
             let again = head.into_reply(sections.into_iter().next()).unwrap();

@@ -115,6 +115,12 @@ impl RunState {
         }
     }
 
+    /// The same state, with the run's watchdog parked while it waits for host replies.
+    pub(in crate::engine) fn watched_by(mut self, watchdog: crate::engine::WatchdogHandle) -> Self {
+        self.host.watchdog = Some(watchdog);
+        self
+    }
+
     /// Ends the run: returns what it left, and drops its timers and unsettled host calls
     /// (their handles must go before the isolate does).
     pub(super) fn finish(mut self) -> Left {

@@ -41,6 +41,8 @@ pub(super) struct HostCallState {
     pub(super) waited: Duration,
     /// When the run's time is up.
     deadline: Option<Instant>,
+    /// Parked while the run waits for replies, armed with the deadline after.
+    pub(super) watchdog: Option<crate::engine::WatchdogHandle>,
 }
 
 impl HostCallState {
@@ -412,7 +414,18 @@ pub(in crate::engine) fn next_event<'s>(scope: &mut v8::HandleScope<'s>) -> Next
         let Some(link) = state.host.link.as_mut() else {
             return Next::Lost("no link to the host".into());
         };
+        if let Some(watchdog) = &state.host.watchdog {
+            watchdog.park();
+        }
         let waited = link.wait(wait);
+        // Time the host spent asking a person is not the run's.
+        let paused = link.paused();
+        if let Some(deadline) = &mut state.host.deadline {
+            *deadline += paused;
+            if let Some(watchdog) = &state.host.watchdog {
+                watchdog.arm(*deadline);
+            }
+        }
         let took = now.elapsed();
         state.host.waited += took;
         state.host.timer_waited += took;
