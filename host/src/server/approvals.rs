@@ -40,7 +40,7 @@ impl Question {
     /// client's `tasks/update`.
     pub(super) fn ask_in(self, task: &rmcp::task_manager::TaskContext, key: String) {
         let task = task.clone();
-        let ask = InputRequest::Elicitation(ElicitRequest::new(form(self.message)));
+        let ask = InputRequest::Elicitation(ElicitRequest::new(yes_or_no(self.message)));
         tokio::spawn(async move {
             let decision = match task.request_input(key, ask).await {
                 Ok(answer) => serde_json::from_value::<ElicitResult>(answer)
@@ -53,7 +53,7 @@ impl Question {
 }
 
 /// A yes-or-no question: nothing to fill in.
-fn form(message: String) -> ElicitRequestParams {
+pub(super) fn yes_or_no(message: String) -> ElicitRequestParams {
     ElicitRequestParams::FormElicitationParams {
         meta: None,
         message,
@@ -176,30 +176,6 @@ impl McpServer {
         (Some(Arc::new(approver)), questions)
     }
 
-    /// The call's result when its work ends first, or an input-required result when its code
-    /// asks a question first (the call is parked until the client's retry answers it).
-    pub(super) async fn answer_or_ask(
-        &self,
-        context: &RequestContext<RoleServer>,
-        mut work: Work,
-        mut questions: Option<Questions>,
-    ) -> Result<CallToolResponse, ErrorData> {
-        let asked = async {
-            match &mut questions {
-                Some(questions) => questions.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            result = &mut work => result.map(Into::into),
-            () = context.ct.cancelled() => super::tasks::cancelled().map(Into::into),
-            Some(question) = asked => {
-                let owner = self.owner(context)?;
-                Ok(self.park(owner, work, questions, question))
-            }
-        }
-    }
-
     /// Parks a call on `question`: its work goes on in a task of its own, and the client gets
     /// the question with the state to retry with.
     pub(super) fn park(
@@ -240,7 +216,7 @@ impl McpServer {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&id);
         });
-        let ask = ElicitRequest::new(form(question.message));
+        let ask = ElicitRequest::new(yes_or_no(question.message));
         let requests = BTreeMap::from([(APPROVAL.to_string(), InputRequest::Elicitation(ask))]);
         let state = self.parked.sign(id);
         CallToolResponse::InputRequired(InputRequiredResult::new(Some(requests), Some(state)))
@@ -287,15 +263,15 @@ impl McpServer {
         .ok_or_else(gone)?;
         let _ = parked.decide.send(decision(answer.action));
         let done = parked.done;
-        let work: Work = Box::pin(async move {
+        let work = async move {
             done.await.unwrap_or_else(|_| {
                 Err(ErrorData::internal_error(
                     "the parked call ended without a result",
                     None,
                 ))
             })
-        });
-        self.answer_or_ask(&context, work, parked.questions).await
+        };
+        self.respond(&context, work, None, parked.questions).await
     }
 }
 
@@ -331,7 +307,7 @@ impl Approver for Elicitation {
             }
             Elicitation::Request { peer, heap } => {
                 let peer = peer.clone();
-                let params = form(message(heap.as_deref(), &action));
+                let params = yes_or_no(message(heap.as_deref(), &action));
                 Box::pin(async move {
                     match peer.create_elicitation(params).await {
                         Ok(answer) => decision(answer.action),

@@ -27,7 +27,9 @@ impl McpServer {
     /// Answers a call with what `work` returns, or cancelled when the client cancels first.
     /// For a client that declared the tasks extension, a call still running after
     /// [`TASK_AFTER`] becomes a task: the client gets its id, and polls, waits for or cancels
-    /// it with `tasks/get` and `tasks/cancel`.
+    /// it with `tasks/get` and `tasks/cancel`. A question its code asks before then
+    /// (`questions`, [`super::approvals`]) parks the call: the client gets the question and
+    /// answers it with a retry.
     pub(super) async fn respond(
         &self,
         context: &RequestContext<RoleServer>,
@@ -49,18 +51,20 @@ impl McpServer {
         questions: Option<Questions>,
     ) -> Result<CallToolResponse, ErrorData> {
         let mut work: Work = Box::pin(work);
-        if !takes_tasks(context) {
-            return self.answer_or_ask(context, work, questions).await;
-        }
         let mut questions = questions;
-        let first = tokio::select! {
+        let becomes_task = async {
+            match takes_tasks(context) {
+                true => tokio::time::sleep(after).await,
+                false => std::future::pending().await,
+            }
+        };
+        let asked = tokio::select! {
             result = &mut work => return result.map(Into::into),
             () = context.ct.cancelled() => return cancelled().map(Into::into),
-            question = next_question(&mut questions) => question,
-            () = tokio::time::sleep(after) => None,
+            question = next_question(&mut questions) => Some(question),
+            () = becomes_task => None,
         };
-        // A question before the call becomes a task is answered through a retry.
-        if let Some(question) = first {
+        if let Some(question) = asked {
             let owner = self.owner(context)?;
             return Ok(self.park(owner, work, questions, question));
         }
@@ -79,7 +83,7 @@ impl McpServer {
                             None => status = None,
                         },
                         // A task's questions are its input requests (`tasks/update`).
-                        Some(question) = next_question(&mut questions) => {
+                        question = next_question(&mut questions) => {
                             asked += 1;
                             question.ask_in(&task, format!("approval-{asked}"));
                         }
@@ -141,18 +145,15 @@ pub(super) fn takes_tasks(context: &RequestContext<RoleServer>) -> bool {
         .is_some_and(|caps| caps.supports_tasks())
 }
 
-/// The next question, or never (without questions, or once there will be no more).
-async fn next_question(questions: &mut Option<Questions>) -> Option<Question> {
-    match questions {
-        Some(asked) => match asked.recv().await {
-            Some(question) => Some(question),
-            None => {
-                *questions = None;
-                std::future::pending().await
-            }
-        },
-        None => std::future::pending().await,
+/// The next question; never, without questions or once there will be no more.
+async fn next_question(questions: &mut Option<Questions>) -> Question {
+    if let Some(asked) = questions {
+        if let Some(question) = asked.recv().await {
+            return question;
+        }
+        *questions = None;
     }
+    std::future::pending().await
 }
 
 /// The next status line, or `None` once there will be no more (never, without a status).
