@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock, ElicitRequest,
-    ElicitRequestParams, ElicitationSchema, ErrorData, InputRequest,
+    CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock, ElicitRequest, ErrorData,
+    InputRequest,
 };
 use rmcp::service::RequestContext;
 use rmcp::task_manager::TaskExit;
@@ -18,6 +18,7 @@ use rmcp::{tool, tool_router, RoleServer};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::approvals::yes_or_no;
 use super::tasks::takes_tasks;
 use super::McpServer;
 
@@ -89,10 +90,7 @@ impl McpServer {
         context: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !takes_tasks(&context) {
-            let tasks = ClientCapabilities::builder().enable_tasks().build();
-            return Err(ErrorData::missing_required_client_capability(tasks));
-        }
+        needs_tasks(&context)?;
         let work = async {
             tokio::time::sleep(FAIL_AFTER).await;
             Ok(CallToolResult::error(vec![ContentBlock::text(
@@ -125,11 +123,8 @@ impl McpServer {
         context: RequestContext<RoleServer>,
         Parameters(args): Parameters<ConfirmDeleteArgs>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !takes_tasks(&context) {
-            let tasks = ClientCapabilities::builder().enable_tasks().build();
-            return Err(ErrorData::missing_required_client_capability(tasks));
-        }
-        let question = confirmation(&format!("Delete {}?", args.filename))?;
+        needs_tasks(&context)?;
+        let question = confirmation(&format!("Delete {}?", args.filename));
         let filename = args.filename;
         self.spawn_task(&context, move |task| {
             Box::pin(async move {
@@ -137,8 +132,7 @@ impl McpServer {
                     answer = task.request_input("confirm", question) => answer?,
                     () = task.cancelled() => return Err(TaskExit::Cancelled),
                 };
-                let confirmed =
-                    answer["action"] == "accept" && answer["content"]["confirm"] == true;
+                let confirmed = answer["action"] == "accept";
                 let text = match confirmed {
                     true => format!("deleted {filename}"),
                     false => format!("kept {filename}"),
@@ -155,11 +149,8 @@ impl McpServer {
         context: RequestContext<RoleServer>,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !takes_tasks(&context) {
-            let tasks = ClientCapabilities::builder().enable_tasks().build();
-            return Err(ErrorData::missing_required_client_capability(tasks));
-        }
-        let (first, second) = (confirmation("First?")?, confirmation("Second?")?);
+        needs_tasks(&context)?;
+        let (first, second) = (confirmation("First?"), confirmation("Second?"));
         self.spawn_task(&context, move |task| {
             Box::pin(async move {
                 let both = futures::future::try_join(
@@ -177,17 +168,16 @@ impl McpServer {
     }
 }
 
+/// Refuses a client without the tasks extension, as a tool that requires tasks does.
+fn needs_tasks(context: &RequestContext<RoleServer>) -> Result<(), ErrorData> {
+    if takes_tasks(context) {
+        return Ok(());
+    }
+    let tasks = ClientCapabilities::builder().enable_tasks().build();
+    Err(ErrorData::missing_required_client_capability(tasks))
+}
+
 /// A yes-or-no question for the client's user, as a task's input request.
-fn confirmation(message: &str) -> Result<InputRequest, ErrorData> {
-    let schema = ElicitationSchema::builder()
-        .required_bool("confirm")
-        .build()
-        .map_err(|e| ErrorData::internal_error(e, None))?;
-    Ok(InputRequest::Elicitation(ElicitRequest::new(
-        ElicitRequestParams::FormElicitationParams {
-            meta: None,
-            message: message.to_string(),
-            requested_schema: schema,
-        },
-    )))
+fn confirmation(message: &str) -> InputRequest {
+    InputRequest::Elicitation(ElicitRequest::new(yes_or_no(message.to_string())))
 }
