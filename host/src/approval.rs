@@ -131,19 +131,25 @@ impl RunApprovals {
             Ok(Decision::Cancelled) => Err(declined(format!(
                 "the user dismissed the question whether to {action}"
             ))),
-            Ok(Decision::CannotAsk(why)) => Err(HostError::new(
-                HostErrorKind::Denied,
-                format!(
-                    "to {action} needs a person's approval (--ask-tools), and {why}; \
-                     {allow} would allow it without asking"
-                ),
-            )),
+            Ok(Decision::CannotAsk(why)) => Err(unasked(&action, &why, allow)),
             Err(_) => Err(declined(format!(
                 "nobody answered within {} s whether to {action} (--approval-timeout-secs)",
                 self.timeout.as_secs_f64()
             ))),
         }
     }
+}
+
+/// The refusal of a call that needed approval when nobody could be asked (`why`), naming
+/// the flag that would `allow` it.
+pub fn unasked(action: &str, why: &str, allow: &str) -> HostError {
+    HostError::new(
+        HostErrorKind::Denied,
+        format!(
+            "to {action} needs a person's approval (--ask-tools), and {why}; {allow} would \
+             allow it without asking"
+        ),
+    )
 }
 
 fn declined(message: String) -> HostError {

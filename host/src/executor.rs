@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::engine::{
     self, live, HeapIsolate, HostLink, Limits, Outcome, Outside, PlainIsolate, RunError, Waited,
 };
-use crate::host_call::{HostCall, HostCalls, HostError, HostReply};
+use crate::host_call::{HostCall, HostCalls, HostError, HostReply, PauseReports};
 use crate::job::{
     HeapRan, Job, LiveBatches, NewState, NotWarm, Ran, Rerun, Saved, Saving, Start, Target, WarmRef,
 };
@@ -155,7 +155,7 @@ struct InProcessLink {
     replies: mpsc::Receiver<(u32, HostReply)>,
     calls: Vec<(u32, tokio::task::AbortHandle)>,
     /// The host's time waiting for a person, as last taken.
-    reported: Duration,
+    reported: PauseReports,
 }
 
 impl InProcessLink {
@@ -167,7 +167,7 @@ impl InProcessLink {
             send,
             replies,
             calls: Vec::new(),
-            reported: Duration::ZERO,
+            reported: PauseReports::default(),
         }
     }
 }
@@ -196,10 +196,7 @@ impl HostLink for InProcessLink {
     }
 
     fn paused(&mut self) -> Duration {
-        let paused = self.host.paused();
-        let newly = paused.saturating_sub(self.reported);
-        self.reported = paused;
-        newly
+        self.reported.newly(Some(self.host.as_ref()))
     }
 
     fn wait(&mut self, wait: Duration) -> Waited {

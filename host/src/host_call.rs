@@ -223,6 +223,21 @@ impl HostError {
     }
 }
 
+/// What a run has been told of the time its host calls waited for a person
+/// ([`HostCalls::paused`]), so that it is told only what is new.
+#[derive(Debug, Default)]
+pub struct PauseReports(std::time::Duration);
+
+impl PauseReports {
+    /// The time `host` waited for a person since the last report.
+    pub fn newly(&mut self, host: Option<&dyn HostCalls>) -> std::time::Duration {
+        let paused = host.map_or(std::time::Duration::ZERO, |host| host.paused());
+        let newly = paused.saturating_sub(self.0);
+        self.0 = paused;
+        newly
+    }
+}
+
 /// A reply on its way.
 pub type PendingReply = Pin<Box<dyn Future<Output = HostReply> + Send>>;
 

@@ -468,7 +468,8 @@ impl Upstreams {
             ));
         };
         let verdict = self.policy.check(server, tool, entry.destructive)?;
-        let arguments = match serde_json::from_str::<Value>(arguments) {
+        let text = arguments;
+        let arguments = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => map,
             _ => {
                 return Err(HostError::new(
@@ -478,21 +479,13 @@ impl Upstreams {
             }
         };
         if verdict == Verdict::Ask {
-            let action = format!(
-                "call `{server}.{tool}` with {}",
-                approval::shown(&Value::Object(arguments.clone()).to_string())
-            );
+            let action = format!("call `{server}.{tool}` with {}", approval::shown(text));
             let allow = format!("--allow-tools {server}.{tool}");
             match approvals {
                 Some(approvals) => approvals.approve(action, &allow).await?,
                 None => {
-                    return Err(HostError::new(
-                        HostErrorKind::Denied,
-                        format!(
-                            "to {action} needs a person's approval (--ask-tools), and nobody \
-                             can be asked for this call; {allow} would allow it without asking"
-                        ),
-                    ))
+                    let why = "nobody can be asked for this call";
+                    return Err(approval::unasked(&action, why, &allow));
                 }
             }
         }

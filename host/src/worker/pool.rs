@@ -432,7 +432,7 @@ impl Worker {
         let mut cancellable = std::collections::HashMap::new();
         let mut replies = std::collections::VecDeque::new();
         // What the worker has been told the host waited for a person.
-        let mut reported = Duration::ZERO;
+        let mut reported = crate::host_call::PauseReports::default();
         loop {
             // A worker that stops talking mid-call has died.
             let (answer, sections) = match self.read().await {
@@ -486,9 +486,7 @@ impl Worker {
                         None => next_reply(&mut host_calls, Duration::from_micros(wait_us)).await,
                     };
                     // Time spent asking a person moves the worker's deadline.
-                    let paused = job.host.as_ref().map_or(Duration::ZERO, |h| h.paused());
-                    let newly = paused.saturating_sub(reported);
-                    reported = paused;
+                    let newly = reported.newly(job.host.as_deref());
                     let (header, section) = match reply {
                         Some((call, reply)) => Delivery::reply(call, reply, newly),
                         None => (Delivery::nothing(newly), Vec::new()),
