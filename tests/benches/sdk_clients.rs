@@ -90,13 +90,6 @@ async fn run(sdk: &Sdk, over: Over, size: &Size, binary: &Path) -> SdkCalls {
     calls
 }
 
-fn quantile(calls: &SdkCalls, q: f64) -> f64 {
-    let mut sorted = calls.ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let at = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[at]
-}
-
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -120,8 +113,8 @@ async fn main() {
                     let calls = run(sdk, over, size, &binary).await;
                     println!(
                         "{name:48} median {:8.2} ms, p90 {:8.2} ms",
-                        quantile(&calls, 0.5),
-                        quantile(&calls, 0.9)
+                        calls.quantile_ms(0.5),
+                        calls.quantile_ms(0.9)
                     );
                     continue;
                 };
@@ -131,7 +124,7 @@ async fn main() {
                     old.push(run(sdk, over, size, baseline).await);
                 }
                 let pick =
-                    |runs: &[SdkCalls], q| median(runs.iter().map(|c| quantile(c, q)).collect());
+                    |runs: &[SdkCalls], q| median(runs.iter().map(|c| c.quantile_ms(q)).collect());
                 let (n50, o50) = (pick(&new, 0.5), pick(&old, 0.5));
                 let (n90, o90) = (pick(&new, 0.9), pick(&old, 0.9));
                 println!(

@@ -334,11 +334,17 @@ pub struct SdkCalls {
 }
 
 impl SdkCalls {
-    /// The median of [`SdkCalls::ms`].
-    pub fn median_ms(&self) -> f64 {
+    /// The `q` quantile of [`SdkCalls::ms`] (0.5: the median), the nearest call's.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
         let mut sorted = self.ms.clone();
         sorted.sort_by(f64::total_cmp);
-        sorted[sorted.len() / 2]
+        let at = ((sorted.len() - 1) as f64 * q).round() as usize;
+        sorted[at]
+    }
+
+    /// The median of [`SdkCalls::ms`].
+    pub fn median_ms(&self) -> f64 {
+        self.quantile_ms(0.5)
     }
 }
 
