@@ -1,5 +1,5 @@
-//! Approvals: calls from code that the policy leaves to a person (`--ask-tools`). When code
-//! makes such a call, the run waits while the client's user is asked (MCP elicitation, by the
+//! Approvals: calls from code that the policy leaves to a person (`--ask-tools`, and requests
+//! to `--ask-net` hosts). When code makes such a call, the run waits while the client's user is asked (MCP elicitation, by the
 //! server layer's [`Approver`]); only an acceptance lets the call go out. The decision becomes
 //! the call's reply on the run's tape — the tool's answer, or a `declined` failure — so a
 //! replay of the call never asks again, and a call that is never answered (its server killed
@@ -43,6 +43,17 @@ pub trait Approver: Send + Sync + fmt::Debug {
     /// Asks whether code may do what `action` says ("call `memory.delete_entities` with
     /// {…}"). Dropping the future withdraws the question.
     fn ask(&self, action: String) -> PendingDecision;
+}
+
+/// What a person is asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    /// What code wants to do: "call `memory.delete_entities` with {…}".
+    pub action: String,
+    /// The flag that leaves it to a person (`--ask-tools`).
+    pub by: &'static str,
+    /// The flag, as the user would write it, that would allow it without asking.
+    pub allow: String,
 }
 
 /// One run's approvals: who asks, how long a question may wait, and how long the run has
@@ -115,15 +126,15 @@ impl RunApprovals {
             .total()
     }
 
-    /// Asks about `action`, which `allow` (a flag, as the user would write it) would let go
-    /// out without asking. `Ok` lets the call go out; otherwise the failure is the call's
-    /// reply.
-    pub async fn approve(&self, action: String, allow: &str) -> Result<(), HostError> {
+    /// Asks whether code may do what `ask` says. `Ok` lets the call go out; otherwise the
+    /// failure is the call's reply.
+    pub async fn approve(&self, ask: &Ask) -> Result<(), HostError> {
         self.clock
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .open();
         let _open = Open(&self.clock);
+        let action = &ask.action;
         let answer = tokio::time::timeout(self.timeout, self.approver.ask(action.clone())).await;
         match answer {
             Ok(Decision::Accepted) => Ok(()),
@@ -131,7 +142,7 @@ impl RunApprovals {
             Ok(Decision::Cancelled) => Err(declined(format!(
                 "the user dismissed the question whether to {action}"
             ))),
-            Ok(Decision::CannotAsk(why)) => Err(unasked(&action, &why, allow)),
+            Ok(Decision::CannotAsk(why)) => Err(unasked(ask, &why)),
             Err(_) => Err(declined(format!(
                 "nobody answered within {} s whether to {action} (--approval-timeout-secs)",
                 self.timeout.as_secs_f64()
@@ -140,14 +151,22 @@ impl RunApprovals {
     }
 }
 
-/// The refusal of a call that needed approval when nobody could be asked (`why`), naming
-/// the flag that would `allow` it.
-pub fn unasked(action: &str, why: &str, allow: &str) -> HostError {
+/// Asks `approvals` about `ask`; with nobody to ask, the refusal says so.
+pub async fn approve(approvals: Option<&RunApprovals>, ask: &Ask) -> Result<(), HostError> {
+    match approvals {
+        Some(approvals) => approvals.approve(ask).await,
+        None => Err(unasked(ask, "nobody can be asked for this call")),
+    }
+}
+
+/// The refusal of `ask` when nobody could be asked (`why`), naming the flag that would allow
+/// it.
+fn unasked(ask: &Ask, why: &str) -> HostError {
     HostError::new(
         HostErrorKind::Denied,
         format!(
-            "to {action} needs a person's approval (--ask-tools), and {why}; {allow} would \
-             allow it without asking"
+            "to {} needs a person's approval ({}), and {why}; {} would allow it without asking",
+            ask.action, ask.by, ask.allow
         ),
     )
 }
@@ -185,21 +204,23 @@ mod tests {
         RunApprovals::new(Arc::new(Answers(decision, after)), timeout)
     }
 
+    fn ask(action: &str) -> Ask {
+        Ask {
+            action: action.into(),
+            by: "--ask-tools",
+            allow: "--allow-tools a.b".into(),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_decision_becomes_the_reply_and_the_wait_is_kept() {
         let second = Duration::from_secs(1);
         let run = approvals(Decision::Accepted, second, 10 * second);
-        assert_eq!(
-            run.approve("call `a.b` with {}".into(), "--x").await,
-            Ok(())
-        );
+        assert_eq!(run.approve(&ask("call `a.b` with {}")).await, Ok(()));
         assert_eq!(run.paused(), second);
 
         let run = approvals(Decision::Declined, second, 10 * second);
-        let no = run
-            .approve("call `a.b` with {}".into(), "--x")
-            .await
-            .unwrap_err();
+        let no = run.approve(&ask("call `a.b` with {}")).await.unwrap_err();
         assert_eq!(no.kind, HostErrorKind::Declined);
         assert!(
             no.message.contains("declined to call `a.b`"),
@@ -208,19 +229,14 @@ mod tests {
         );
 
         let run = approvals(Decision::Accepted, 20 * second, 10 * second);
-        let late = run
-            .approve("call `a.b` with {}".into(), "--x")
-            .await
-            .unwrap_err();
+        let late = run.approve(&ask("call `a.b` with {}")).await.unwrap_err();
         assert_eq!(late.kind, HostErrorKind::Declined);
         assert!(late.message.contains("within 10 s"), "{}", late.message);
         assert_eq!(run.paused(), 10 * second);
 
         let why = "this client cannot be asked".to_string();
         let run = approvals(Decision::CannotAsk(why), Duration::ZERO, second);
-        let refused = run
-            .approve("call `a.b` with {}".into(), "--allow-tools a.b")
-            .await;
+        let refused = run.approve(&ask("call `a.b` with {}")).await;
         let refused = refused.unwrap_err();
         assert_eq!(refused.kind, HostErrorKind::Denied);
         assert!(
@@ -234,10 +250,8 @@ mod tests {
     async fn questions_open_at_once_count_once() {
         let second = Duration::from_secs(1);
         let run = approvals(Decision::Accepted, 2 * second, 10 * second);
-        let (a, b) = tokio::join!(
-            run.approve("one".into(), "--x"),
-            run.approve("two".into(), "--x")
-        );
+        let (one, two) = (ask("one"), ask("two"));
+        let (a, b) = tokio::join!(run.approve(&one), run.approve(&two));
         assert_eq!((a, b), (Ok(()), Ok(())));
         assert_eq!(run.paused(), 2 * second);
     }

@@ -48,6 +48,10 @@ pub struct Cli {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub net: NetArgs,
+
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub approvals: ApprovalArgs,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub transport: TransportArgs,
@@ -330,12 +334,6 @@ pub struct ToolsArgs {
     )]
     pub ask_tools: Vec<String>,
 
-    /// Longest the user may take to answer whether a call may go out, in seconds; no answer
-    /// in time is a no. The wait does not count against the run's time limit.
-    #[arg(long, env = "MCP_V8_APPROVAL_TIMEOUT_SECS", value_name = "SECS",
-          default_value_t = 300.0, value_parser = parse_seconds)]
-    pub approval_timeout_secs: f64,
-
     /// Most tool calls one run may make.
     #[arg(
         long,
@@ -375,8 +373,26 @@ impl ToolsArgs {
             concurrent_calls: usize::from(self.tool_concurrency),
             call_timeout: Duration::from_secs_f64(self.tool_timeout_secs),
             result_bytes: usize::try_from(self.tool_result_bytes).unwrap_or(usize::MAX),
-            approval_timeout: Duration::from_secs_f64(self.approval_timeout_secs),
         })
+    }
+}
+
+/// Calls from code left to a person (`--ask-tools`, `--ask-net`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Approvals")]
+pub struct ApprovalArgs {
+    /// Longest the user may take to answer whether a call or request from code may go out,
+    /// in seconds; no answer in time is a no. The wait does not count against the run's time
+    /// limit.
+    #[arg(long, env = "MCP_V8_APPROVAL_TIMEOUT_SECS", value_name = "SECS",
+          default_value_t = 300.0, value_parser = parse_seconds)]
+    pub approval_timeout_secs: f64,
+}
+
+impl ApprovalArgs {
+    /// Longest a person may take to answer.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.approval_timeout_secs)
     }
 }
 
@@ -394,6 +410,18 @@ pub struct NetArgs {
         value_delimiter = ','
     )]
     pub allow_net: Vec<String>,
+
+    /// Hosts code may fetch from once the client's user says yes, in the patterns of
+    /// --allow-net: the run waits while the user is asked (MCP elicitation); a yes lets the
+    /// run reach that host until it ends, a no fails the request with a TypeError whose
+    /// `cause.kind` is `declined`. Redirects to such a host are asked about too.
+    #[arg(
+        long,
+        env = "MCP_V8_ASK_NET",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
+    pub ask_net: Vec<String>,
 
     /// Addresses outside the public internet (loopback, private, link-local, ...) that an
     /// allowed name may resolve to, as CIDR ranges, comma-separated; refused otherwise.
@@ -442,14 +470,17 @@ impl NetArgs {
     /// The network these flags allow, if they allow any host.
     pub fn net(&self) -> Result<Option<crate::net::Net>, StartError> {
         use crate::net::{HostPattern, Net, NetLimits, NetPolicy, Secret, Secrets};
-        let allow = self
-            .allow_net
-            .iter()
-            .filter(|h| !h.trim().is_empty())
-            .map(|h| {
-                HostPattern::parse(h).map_err(|e| StartError::Config(format!("--allow-net: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let patterns = |flag: &str, hosts: &[String]| {
+            hosts
+                .iter()
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| {
+                    HostPattern::parse(h).map_err(|e| StartError::Config(format!("{flag}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let allow = patterns("--allow-net", &self.allow_net)?;
+        let ask = patterns("--ask-net", &self.ask_net)?;
         let addresses = self
             .allow_net_addresses
             .iter()
@@ -470,10 +501,11 @@ impl NetArgs {
             .iter()
             .map(|s| Secret::parse(s, |var| std::env::var(var).ok()).map_err(StartError::Config))
             .collect::<Result<Vec<_>, _>>()?;
-        if allow.is_empty() {
+        if allow.is_empty() && ask.is_empty() {
             if !secrets.is_empty() || !addresses.is_empty() {
                 return Err(StartError::Config(
-                    "--secret and --allow-net-addresses need --allow-net: no host is allowed"
+                    "--secret and --allow-net-addresses need --allow-net or --ask-net: no host \
+                     is allowed"
                         .into(),
                 ));
             }
@@ -486,7 +518,11 @@ impl NetArgs {
             response_bytes: usize::try_from(self.fetch_response_bytes).unwrap_or(usize::MAX),
         };
         Ok(Some(Net::new(
-            NetPolicy { allow, addresses },
+            NetPolicy {
+                allow,
+                ask,
+                addresses,
+            },
             Secrets::new(secrets),
             limits,
         )))

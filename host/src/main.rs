@@ -128,7 +128,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     if let Some(net) = net {
         runtime = runtime.with_net(Arc::new(net));
     }
-    let runtime = Arc::new(runtime.with_quotas(cli.tenants.quotas()));
+    let runtime = runtime
+        .with_approval_timeout(cli.approvals.timeout())
+        .with_quotas(cli.tenants.quotas());
+    let runtime = Arc::new(runtime);
     // Listening for SIGINT/SIGTERM before the first worker starts: a stop asked for while the
     // server starts is not lost (a shell's background job even inherits them ignored).
     let shutdown = CancellationToken::new();

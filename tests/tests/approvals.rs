@@ -1,9 +1,12 @@
-//! Approvals (`--ask-tools`): a tool that code calls goes out only once the client's user says
-//! yes, asked by MCP elicitation while the run waits. Driven by the official TypeScript and
-//! Python SDKs' clients, which answer as a host's user would; the tool is the unruly server's
-//! `count`, which counts what reached it in a file.
+//! Approvals (`--ask-tools`, `--ask-net`): a tool that code calls, or a host it fetches from,
+//! is reached only once the client's user says yes, asked by MCP elicitation while the run
+//! waits. Driven by the official TypeScript and Python SDKs' clients, which answer as a host's
+//! user would; the tool is the unruly server's `count`, which counts what reached it in a
+//! file, and the host a local site these tests start, which counts its requests.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use mcp_v8_e2e::clients::{NodeTools, Sdk, SdkTransport};
 use mcp_v8_e2e::http::HttpServer;
@@ -246,4 +249,184 @@ async fn the_python_sdk_is_asked_too() {
     assert!(client.finish().await);
     assert_eq!(unruly.counted(), 1);
     assert!(server.terminate().await.success());
+}
+
+/// A local site: `/count` counts the requests that reached it; `/to?URL` redirects to URL.
+struct Site {
+    addr: std::net::SocketAddr,
+    counted: Arc<AtomicUsize>,
+}
+
+impl Site {
+    async fn start() -> Site {
+        use axum::extract::{RawQuery, State};
+        let counted = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new()
+            .route(
+                "/count",
+                axum::routing::get(|State(n): State<Arc<AtomicUsize>>| async move {
+                    (n.fetch_add(1, Ordering::SeqCst) + 1).to_string()
+                }),
+            )
+            .route(
+                "/to",
+                axum::routing::get(|RawQuery(to): RawQuery| async move {
+                    axum::response::Redirect::to(&to.unwrap_or_default())
+                }),
+            )
+            .with_state(Arc::clone(&counted));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Site { addr, counted }
+    }
+
+    fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn counted(&self) -> usize {
+        self.counted.load(Ordering::SeqCst)
+    }
+}
+
+/// Code that fetches `url` `times` times in one run: the bodies, or
+/// `[name, cause.kind, message]` of the first failure.
+fn fetches(url: &str, times: usize) -> String {
+    format!(
+        "var got = []; try {{ for (let i = 0; i < {times}; i++) \
+         got.push(await (await fetch('{url}')).text()); got.join() }} \
+         catch (e) {{ JSON.stringify([e.name, e.cause && e.cause.kind, e.message]) }}"
+    )
+}
+
+/// A request to a host left to the user goes out once they say yes; the yes holds for the
+/// rest of that run (three requests, one question) and for no other run; the user's 1.5 s
+/// count against neither the request's time limit nor the run's (1 s each here); a restart
+/// replays the call from its journal without asking or fetching.
+#[tokio::test]
+async fn a_host_left_to_the_user_is_reached_once_per_yes_and_replays_never_ask() {
+    let Some(typescript) = Sdk::typescript("ask_net_accepted") else {
+        return;
+    };
+    let site = Site::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().display().to_string();
+    let host = site.host();
+    let args = [
+        "--directory-path",
+        &heaps,
+        "--checkpoint-idle-secs",
+        "3600",
+        "--ask-net",
+        &host,
+        "--fetch-timeout-secs",
+        "1",
+        "--execution-timeout",
+        "1",
+    ];
+    let server = HttpServer::start(&args).await;
+    let url = SdkTransport::StreamableHttp(&server.mcp_url);
+    let count = site.url("/count");
+    let (three, one) = (fetches(&count, 3), fetches(&count, 1));
+    let mut client = typescript.approving("accept", 1500, "web", &url, &[&three, &one]);
+    let asked = client.next().await;
+    assert_eq!(
+        asked["asked"],
+        format!(
+            "Code on heap `web` wants to fetch `GET {count}` (a yes lets this run reach \
+             {host}). Allow?"
+        )
+    );
+    assert_eq!(output(&client.next().await), "1,2,3");
+    assert!(
+        client.next().await["asked"].is_string(),
+        "a new run asks again"
+    );
+    assert_eq!(output(&client.next().await), "4");
+    assert!(client.finish().await);
+    assert_eq!(site.counted(), 4);
+
+    server.kill().await;
+    let server = HttpServer::start(&args).await;
+    // A client that cannot be asked: the replay asks nobody and fetches nothing.
+    let client = server.streamable(None).await;
+    assert_eq!(client.output("got.join()", "web").await, "4");
+    assert_eq!(site.counted(), 4);
+    client.stop().await;
+    assert!(server.terminate().await.success());
+}
+
+/// A no reaches nothing and holds for the rest of the run; a redirect from an allowed host to
+/// a host left to the user is asked about, so it cannot get there unasked; a client that
+/// cannot be asked is told which flag would allow the request.
+#[tokio::test]
+async fn a_declined_host_is_never_reached_not_even_through_a_redirect() {
+    let Some(typescript) = Sdk::typescript("ask_net_declined") else {
+        return;
+    };
+    let (allowed, asked) = (Site::start().await, Site::start().await);
+    let binary = mcp_v8_e2e::binary().display().to_string();
+    let (allowed_host, asked_host) = (allowed.host(), asked.host());
+    let flags = [
+        "--memory",
+        "--allow-net",
+        &allowed_host,
+        "--ask-net",
+        &asked_host,
+    ];
+    let mut argv = vec![binary.as_str()];
+    argv.extend(flags);
+    let count = asked.url("/count");
+    let redirected = allowed.url(&format!("/to?{count}"));
+    // Each request's failure caught: one question for both.
+    let twice = format!(
+        "var out = []; for (let i = 0; i < 2; i++) {{ try {{ await fetch('{count}') }} \
+         catch (e) {{ out.push([e.name, e.cause.kind, e.message]) }} }} JSON.stringify(out)"
+    );
+    let via = fetches(&redirected, 1);
+    let stdio = SdkTransport::Stdio(&argv);
+    let mut client = typescript.approving("decline", 0, "web", &stdio, &[&twice, &via]);
+    assert!(client.next().await["asked"].is_string());
+    let thrown: Value = serde_json::from_str(&output(&client.next().await)).unwrap();
+    assert_eq!(thrown[0][0], "TypeError", "{thrown}");
+    assert_eq!(thrown[0][1], "declined", "{thrown}");
+    assert_eq!(thrown[1][1], "declined", "{thrown}");
+    let again = thrown[1][2].as_str().unwrap();
+    assert!(again.contains("asked earlier in this run"), "{again}");
+    let asked_redirect = client.next().await;
+    let message = asked_redirect["asked"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("follow a redirect to `GET {count}`")),
+        "{message}"
+    );
+    let thrown: Value = serde_json::from_str(&output(&client.next().await)).unwrap();
+    assert_eq!(thrown[1], "declined", "{thrown}");
+    assert!(client.finish().await);
+    assert_eq!(asked.counted(), 0);
+
+    // rmcp's client, which does not offer elicitation.
+    let server = Server::start(&flags).await;
+    let description = server.client().list_all_tools().await.unwrap();
+    let run_js = description.iter().find(|t| t.name == "run_js").unwrap();
+    let description = run_js.description.as_deref().unwrap_or_default();
+    assert!(
+        description.contains(&format!("{asked_host}, each once the user approves")),
+        "{description}"
+    );
+    let once = fetches(&count, 1);
+    let thrown: Value = serde_json::from_str(&server.output(&once, "web").await).unwrap();
+    assert_eq!(thrown[1], "denied", "{thrown}");
+    let message = thrown[2].as_str().unwrap();
+    assert!(message.contains("--ask-net"), "{message}");
+    assert!(
+        message.contains(&format!("--allow-net {asked_host} would allow it")),
+        "{message}"
+    );
+    assert_eq!(asked.counted(), 0);
+    server.stop().await;
 }

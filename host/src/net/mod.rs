@@ -1,6 +1,7 @@
 //! `fetch` from code: the host makes each request under the egress policy ([`NetPolicy`]).
 //!
-//! Nothing is reachable unless `--allow-net` names it. A request's URL is checked before it
+//! Nothing is reachable unless `--allow-net` names it, or `--ask-net` does and the client's
+//! user says yes (asked once per host per run, [`crate::approval`]). A request's URL is checked before it
 //! is sent, and so is every redirect it follows; a name is resolved by the host and every
 //! address of it checked before a connection is made (so a name that resolves, or later
 //! re-resolves, to 127.0.0.1 or 169.254.169.254 reaches nothing); IP addresses outside the
@@ -11,6 +12,7 @@
 
 pub mod policy;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -26,12 +28,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use tokio::sync::Semaphore;
 
+use crate::approval::{self, Ask, RunApprovals};
 use crate::metrics::FetchMetrics;
 
 use crate::host_call::{
     FetchRequest, FetchResponse, HostError, HostErrorKind, HostReply, PendingReply, Redirect,
 };
-pub use policy::{HostPattern, NetPolicy, Secret, Secrets, PLACEHOLDER_PREFIX};
+pub use policy::{HostPattern, NetPolicy, Reach, Secret, Secrets, PLACEHOLDER_PREFIX};
 
 /// Most redirects one request follows.
 const MAX_REDIRECTS: usize = 20;
@@ -150,6 +153,16 @@ impl Net {
         self.policy.allow.iter().map(ToString::to_string).collect()
     }
 
+    /// The hosts code may reach once a person says yes, as `--ask-net` named them.
+    pub fn asked_hosts(&self) -> Vec<String> {
+        self.policy.ask.iter().map(ToString::to_string).collect()
+    }
+
+    /// Whether the policy leaves any host to a person (`--ask-net`).
+    pub fn asks(&self) -> bool {
+        !self.policy.ask.is_empty()
+    }
+
     /// What was counted about requests.
     pub fn metrics(&self) -> &FetchMetrics {
         &self.metrics
@@ -160,19 +173,33 @@ impl Net {
         self.secrets.names().map(str::to_string).collect()
     }
 
-    /// A run's way to the network: its own count of requests.
-    pub fn for_run(self: &Arc<Self>) -> RunNet {
+    /// A run's way to the network: its own count of requests, and its answers about hosts
+    /// left to a person, asked through `approvals`.
+    pub fn for_run(self: &Arc<Self>, approvals: Option<RunApprovals>) -> RunNet {
         RunNet {
             net: Arc::clone(self),
             requests: AtomicUsize::new(0),
             in_flight: Arc::new(Semaphore::new(self.limits.concurrent_requests)),
+            gate: Arc::new(Gate {
+                approvals,
+                decided: tokio::sync::Mutex::default(),
+            }),
         }
     }
 
-    /// Makes `request` and its redirects; every failure names what refused it.
-    async fn fetch(&self, request: FetchRequest) -> Result<FetchResponse, HostError> {
+    /// Makes `request` and its redirects within the time limit (not counting the time a
+    /// person takes to answer `gate`'s questions); every failure names what refused it.
+    async fn fetch(&self, request: FetchRequest, gate: &Gate) -> Result<FetchResponse, HostError> {
         let denied = |message: String| HostError::new(HostErrorKind::Denied, message);
         let invalid = |message: String| HostError::new(HostErrorKind::Invalid, message);
+        let timeout = self.limits.timeout;
+        let late = |_| {
+            HostError::new(
+                HostErrorKind::Timeout,
+                format!("no complete response in {timeout:?} (--fetch-timeout-secs)"),
+            )
+        };
+        let mut deadline = tokio::time::Instant::now() + timeout;
         let mut url =
             url::Url::parse(&request.url).map_err(|e| invalid(format!("bad URL: {e}")))?;
         let mut method = hyper::Method::from_bytes(request.method.as_bytes())
@@ -181,12 +208,20 @@ impl Net {
         let mut body = Bytes::from(request.body);
         let first_origin = url.origin();
         for hop in 0..=MAX_REDIRECTS {
-            if let Some(why) = self.policy.refuses(&url) {
-                return Err(denied(if hop == 0 {
-                    why
-                } else {
-                    format!("a redirect to {url}: {why}")
-                }));
+            match self.policy.reach(&url) {
+                Reach::Allowed => {}
+                Reach::Ask(host) => {
+                    let asked = tokio::time::Instant::now();
+                    gate.pass(&host, &method, &url, hop > 0).await?;
+                    deadline += asked.elapsed();
+                }
+                Reach::Refused(why) => {
+                    return Err(denied(if hop == 0 {
+                        why
+                    } else {
+                        format!("a redirect to {url}: {why}")
+                    }));
+                }
             }
             let uri: hyper::Uri = url
                 .as_str()
@@ -215,10 +250,9 @@ impl Net {
             let outgoing = builder
                 .body(Full::new(body.clone()))
                 .map_err(|e| invalid(format!("bad request: {e}")))?;
-            let response = self
-                .client
-                .request(outgoing)
+            let response = tokio::time::timeout_at(deadline, self.client.request(outgoing))
                 .await
+                .map_err(late)?
                 .map_err(|e| self.failure(&url, &e))?;
             let status = response.status();
             let location = response
@@ -262,7 +296,10 @@ impl Net {
                 url = next;
                 continue;
             }
-            return self.read(response, &url, hop > 0).await;
+            let read = self.read(response, &url, hop > 0);
+            return tokio::time::timeout_at(deadline, read)
+                .await
+                .map_err(late)?;
         }
         Err(HostError::new(
             HostErrorKind::Protocol,
@@ -373,6 +410,51 @@ pub struct RunNet {
     net: Arc<Net>,
     requests: AtomicUsize,
     in_flight: Arc<Semaphore>,
+    gate: Arc<Gate>,
+}
+
+/// One run's answers about the hosts left to a person (`--ask-net`): each host is asked about
+/// once, and the answer holds for the rest of the run.
+#[derive(Debug)]
+struct Gate {
+    approvals: Option<RunApprovals>,
+    /// Each host asked about (`host:port`), and the answer. Held while asking, so that the
+    /// run's other requests wait for the one answer rather than ask again.
+    decided: tokio::sync::Mutex<HashMap<String, Result<(), HostError>>>,
+}
+
+impl Gate {
+    /// Lets a request (`method` to `url`, a redirect if `redirected`) go to `host` once a
+    /// person has said yes to it in this run.
+    async fn pass(
+        &self,
+        host: &str,
+        method: &hyper::Method,
+        url: &url::Url,
+        redirected: bool,
+    ) -> Result<(), HostError> {
+        let mut decided = self.decided.lock().await;
+        if let Some(decision) = decided.get(host) {
+            return decision.clone().map_err(|e| HostError {
+                message: format!("{} (asked earlier in this run)", e.message),
+                ..e
+            });
+        }
+        let target = approval::shown(&format!("{method} {url}"));
+        let what = if redirected {
+            "follow a redirect to"
+        } else {
+            "fetch"
+        };
+        let ask = Ask {
+            action: format!("{what} `{target}` (a yes lets this run reach {host})"),
+            by: "--ask-net",
+            allow: format!("--allow-net {host}"),
+        };
+        let decision = approval::approve(self.approvals.as_ref(), &ask).await;
+        decided.insert(host.to_string(), decision.clone());
+        decision
+    }
 }
 
 impl RunNet {
@@ -381,6 +463,7 @@ impl RunNet {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let net = Arc::clone(&self.net);
         let in_flight = Arc::clone(&self.in_flight);
+        let gate = Arc::clone(&self.gate);
         Box::pin(async move {
             let limits = &net.limits;
             if n > limits.requests_per_run {
@@ -403,14 +486,7 @@ impl RunNet {
             let started = Instant::now();
             let method = request.method.clone();
             let target = request.url.clone();
-            let timeout = limits.timeout;
-            let result = match tokio::time::timeout(timeout, net.fetch(request)).await {
-                Ok(result) => result,
-                Err(_) => Err(HostError::new(
-                    HostErrorKind::Timeout,
-                    format!("no complete response in {timeout:?} (--fetch-timeout-secs)"),
-                )),
-            };
+            let result = net.fetch(request, &gate).await;
             let outcome = match &result {
                 Ok(_) => "ok",
                 Err(e) => e.kind.as_str(),

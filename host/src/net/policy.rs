@@ -88,33 +88,49 @@ fn domain(name: &str) -> Option<String> {
 /// The egress policy: which hosts, which addresses, which secrets where.
 #[derive(Debug, Clone, Default)]
 pub struct NetPolicy {
-    /// Hosts code may reach (`--allow-net`); none means no network at all.
+    /// Hosts code may reach (`--allow-net`); with no `ask` either, no network at all.
     pub allow: Vec<HostPattern>,
+    /// Hosts code may reach once a person says yes (`--ask-net`).
+    pub ask: Vec<HostPattern>,
     /// Addresses outside the public internet that names may resolve to anyway
     /// (`--allow-net-addresses`).
     pub addresses: Vec<IpNet>,
 }
 
+/// Whether a request may go to a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// It may (`--allow-net`).
+    Allowed,
+    /// Once a person says yes (`--ask-net`); the host as `host:port`.
+    Ask(String),
+    /// It may not, for this reason.
+    Refused(String),
+}
+
 impl NetPolicy {
-    /// Why a request to `url` is refused, if it is: not http(s), or a host no pattern allows
-    /// (the addresses a name resolves to are checked when it is resolved).
-    pub fn refuses(&self, url: &url::Url) -> Option<String> {
+    /// Whether a request may go to `url`: refused if it is not http(s) or no pattern names its
+    /// host (the addresses a name resolves to are checked when it is resolved).
+    pub fn reach(&self, url: &url::Url) -> Reach {
         if !matches!(url.scheme(), "http" | "https") {
-            return Some(format!(
+            return Reach::Refused(format!(
                 "only http: and https: URLs can be fetched, not {}:",
                 url.scheme()
             ));
         }
         let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
-            return Some("the URL has no host".into());
+            return Reach::Refused("the URL has no host".into());
         };
         // `*` and name patterns match names only: an IP address is reached only if named.
-        if !self.allow.iter().any(|p| p.matches(&host, port)) {
-            return Some(format!(
+        if self.allow.iter().any(|p| p.matches(&host, port)) {
+            Reach::Allowed
+        } else if self.ask.iter().any(|p| p.matches(&host, port)) {
+            Reach::Ask(format!("{host}:{port}"))
+        } else {
+            Reach::Refused(format!(
                 "{host}:{port} is not an allowed host (--allow-net)"
-            ));
+            ))
         }
-        None
     }
 
     /// Why a connection to `address` is refused, if it is: what kind of address it is.
@@ -371,11 +387,16 @@ mod tests {
                 .map(|p| HostPattern::parse(p).unwrap())
                 .collect(),
             addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            ..NetPolicy::default()
         }
     }
 
     fn refuses(policy: &NetPolicy, url: &str) -> Option<String> {
-        policy.refuses(&url::Url::parse(url).unwrap())
+        match policy.reach(&url::Url::parse(url).unwrap()) {
+            Reach::Allowed => None,
+            Reach::Ask(host) => Some(format!("ask about {host}")),
+            Reach::Refused(why) => Some(why),
+        }
     }
 
     #[test]
@@ -402,6 +423,28 @@ mod tests {
             .unwrap()
             .contains("only http"));
         assert!(refuses(&p, "ftp://api.example.com/").is_some());
+    }
+
+    #[test]
+    fn hosts_left_to_a_person_are_asked_about_unless_allowed() {
+        let mut p = policy(&["api.example.com"], &[]);
+        p.ask = vec![
+            HostPattern::parse("*.example.com").unwrap(),
+            HostPattern::parse("127.0.0.1:8080").unwrap(),
+        ];
+        let reach = |url: &str| p.reach(&url::Url::parse(url).unwrap());
+        assert_eq!(reach("https://api.example.com/"), Reach::Allowed);
+        assert_eq!(
+            reach("https://files.example.com/a"),
+            Reach::Ask("files.example.com:443".into())
+        );
+        assert_eq!(
+            reach("http://127.0.0.1:8080/"),
+            Reach::Ask("127.0.0.1:8080".into())
+        );
+        assert!(matches!(reach("http://127.0.0.1:8081/"), Reach::Refused(_)));
+        assert!(matches!(reach("https://example.org/"), Reach::Refused(_)));
+        assert!(matches!(reach("file:///etc/hosts"), Reach::Refused(_)));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod quotas;
 pub use owner::{Owner, Tenant, TENANT_PREFIX};
 pub use quotas::{Quota, QuotaExceeded, QuotaLimits, Quotas, TenantStats};
 
+use crate::approval::RunApprovals;
 use crate::engine::{Completion, JsException, Limits, Outcome, RunError, BYTES_PER_TOKEN};
 use crate::envelope::{Codec, EnvelopeError};
 use crate::executor::Executor;
@@ -379,6 +380,8 @@ pub struct Runtime {
     tools: Option<Arc<Upstreams>>,
     /// The network code may reach with `fetch`, if any.
     net: Option<Arc<Net>>,
+    /// Longest a person may take to answer whether a call from code may go out.
+    approval_timeout: Duration,
     /// Tenants' quotas and usage.
     tenants: Tenants,
 }
@@ -391,6 +394,9 @@ impl std::fmt::Debug for Runtime {
 
 /// Heaps whose last error is remembered, at most (the least recently failed go first).
 const LAST_ERRORS: usize = 10_000;
+
+/// Longest a person may take to answer, unless told otherwise (`--approval-timeout-secs`).
+const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Runtime {
     /// A runtime storing heaps in `storage` and running code with `executor` under `limits`,
@@ -438,6 +444,7 @@ impl Runtime {
             )),
             tools: None,
             net: None,
+            approval_timeout: DEFAULT_APPROVAL_TIMEOUT,
             tenants: Tenants::default(),
         }
     }
@@ -470,16 +477,41 @@ impl Runtime {
         self.net.as_ref()
     }
 
+    /// The same runtime, where a person has `timeout` to answer whether a call from code may
+    /// go out (`--approval-timeout-secs`).
+    pub fn with_approval_timeout(mut self, timeout: Duration) -> Self {
+        self.approval_timeout = timeout;
+        self
+    }
+
+    /// Longest a person may take to answer whether a call from code may go out.
+    pub fn approval_timeout(&self) -> Duration {
+        self.approval_timeout
+    }
+
+    /// Whether the policy leaves any call from code to a person (`--ask-tools`, `--ask-net`).
+    pub fn asks(&self) -> bool {
+        self.tools.as_ref().is_some_and(|tools| tools.asks())
+            || self.net.as_ref().is_some_and(|net| net.asks())
+    }
+
     /// Who answers one run's host calls: its tools and its network, counted per run, with
     /// `caller`'s approver asking about the calls the policy leaves to a person.
     fn host_calls(&self, caller: &Caller) -> Option<Arc<dyn HostCalls>> {
         if self.tools.is_none() && self.net.is_none() {
             return None;
         }
-        let approver = caller.approver.clone();
+        let approvals = caller
+            .approver
+            .clone()
+            .map(|approver| RunApprovals::new(approver, self.approval_timeout));
         Some(Arc::new(RunHost {
-            tools: self.tools.as_ref().map(|tools| tools.for_run(approver)),
-            net: self.net.as_ref().map(|net| net.for_run()),
+            tools: self
+                .tools
+                .as_ref()
+                .map(|tools| tools.for_run(approvals.clone())),
+            net: self.net.as_ref().map(|net| net.for_run(approvals.clone())),
+            approvals,
         }))
     }
 
@@ -1195,13 +1227,15 @@ mod tests;
 struct RunHost {
     tools: Option<Arc<crate::upstream::RunTools>>,
     net: Option<RunNet>,
+    /// The run's questions to a person, shared by its tools and its network.
+    approvals: Option<RunApprovals>,
 }
 
 impl HostCalls for RunHost {
     fn paused(&self) -> Duration {
-        self.tools
+        self.approvals
             .as_ref()
-            .map_or(Duration::ZERO, |tools| tools.paused())
+            .map_or(Duration::ZERO, RunApprovals::paused)
     }
 
     fn call(&self, call: HostCall) -> PendingReply {

@@ -1,4 +1,4 @@
-//! Asking the client's user about calls from code (`--ask-tools`): the server's
+//! Asking the client's user about calls from code (`--ask-tools`, `--ask-net`): the server's
 //! [`Approver`]. A client on a session (protocol 2025-11-25 and before) is sent an
 //! `elicitation/create` request while its `run_js` call runs. A client on protocol 2026-07-28,
 //! which takes no requests from servers, gets an input-required result instead (SEP-2322): the
@@ -152,7 +152,7 @@ impl McpServer {
         context: &RequestContext<RoleServer>,
         heap: Option<&str>,
     ) -> (Option<Arc<dyn Approver>>, Option<Questions>) {
-        if !self.runtime.tools().is_some_and(|tools| tools.asks()) {
+        if !self.runtime.asks() {
             return (None, None);
         }
         let heap = heap.map(str::to_string);
@@ -203,11 +203,7 @@ impl McpServer {
             .insert(id, parked);
         // A call nobody resumes is let go once its run has stopped waiting for the answer.
         let parked = Arc::clone(&self.parked);
-        let wait = self
-            .runtime
-            .tools()
-            .map_or(std::time::Duration::ZERO, |tools| tools.approval_timeout())
-            + super::TASK_AFTER;
+        let wait = self.runtime.approval_timeout() + super::TASK_AFTER;
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             let _ = parked

@@ -164,7 +164,7 @@ impl McpServer {
                 let more = include_str!("tools/run_js_fetch.md")
                     .trim_end()
                     .replace('\n', " ")
-                    .replace("HOSTS", &net.hosts().join(", "))
+                    .replace("HOSTS", &reachable(net))
                     .replace(
                         "SECRETS",
                         &if secrets.is_empty() {
@@ -276,5 +276,20 @@ impl McpServer {
     /// The tool calls in progress.
     pub fn calls(&self) -> Arc<InFlight> {
         Arc::clone(&self.calls)
+    }
+}
+
+/// The hosts `fetch` reaches, as the `run_js` description lists them.
+fn reachable(net: &crate::net::Net) -> String {
+    let allowed = net.hosts().join(", ");
+    let asked = net.asked_hosts().join(", ");
+    let asked = format!(
+        "{asked}, each once the user approves (asked once per host per call; the wait does \
+         not count against the time limit; a no rejects with `cause.kind` `declined`)"
+    );
+    match (allowed.is_empty(), net.asks()) {
+        (_, false) => allowed,
+        (true, true) => asked,
+        (false, true) => format!("{allowed}; and {asked}"),
     }
 }

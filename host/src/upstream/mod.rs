@@ -36,7 +36,7 @@ use declarations::{declare, score, ToolEntry};
 pub use policy::ToolPolicy;
 use policy::Verdict;
 
-use crate::approval::{self, Approver, RunApprovals};
+use crate::approval::{self, Ask, RunApprovals};
 use crate::host_call::{HostCall, HostCalls, HostError, HostErrorKind, HostReply, PendingReply};
 use crate::metrics::ToolMetrics;
 
@@ -148,16 +148,9 @@ impl Upstreams {
         !self.policy.ask.is_empty()
     }
 
-    /// Longest a person may take to answer (`--approval-timeout-secs`).
-    pub fn approval_timeout(&self) -> Duration {
-        self.policy.approval_timeout
-    }
-
-    /// A run's way to the tools, counting its calls; `approver` asks a person about the calls
-    /// the policy leaves to one.
-    pub fn for_run(self: &Arc<Self>, approver: Option<Arc<dyn Approver>>) -> Arc<RunTools> {
-        let timeout = self.policy.approval_timeout;
-        let approvals = approver.map(|approver| RunApprovals::new(approver, timeout));
+    /// A run's way to the tools, counting its calls; `approvals` asks a person about the
+    /// calls the policy leaves to one.
+    pub fn for_run(self: &Arc<Self>, approvals: Option<RunApprovals>) -> Arc<RunTools> {
         Arc::new(RunTools {
             upstreams: Arc::clone(self),
             calls: AtomicUsize::new(0),
@@ -479,15 +472,12 @@ impl Upstreams {
             }
         };
         if verdict == Verdict::Ask {
-            let action = format!("call `{server}.{tool}` with {}", approval::shown(text));
-            let allow = format!("--allow-tools {server}.{tool}");
-            match approvals {
-                Some(approvals) => approvals.approve(action, &allow).await?,
-                None => {
-                    let why = "nobody can be asked for this call";
-                    return Err(approval::unasked(&action, why, &allow));
-                }
-            }
+            let ask = Ask {
+                action: format!("call `{server}.{tool}` with {}", approval::shown(text)),
+                by: "--ask-tools",
+                allow: format!("--allow-tools {server}.{tool}"),
+            };
+            approval::approve(approvals, &ask).await?;
         }
         let client = self.client(upstream).await?;
         let mut params = CallToolRequestParams::new(tool.to_string());
@@ -626,12 +616,6 @@ pub struct RunTools {
 }
 
 impl HostCalls for RunTools {
-    fn paused(&self) -> Duration {
-        self.approvals
-            .as_ref()
-            .map_or(Duration::ZERO, RunApprovals::paused)
-    }
-
     fn call(&self, call: HostCall) -> PendingReply {
         let upstreams = Arc::clone(&self.upstreams);
         match call {

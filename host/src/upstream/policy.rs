@@ -26,8 +26,6 @@ pub struct ToolPolicy {
     pub call_timeout: Duration,
     /// Largest result of one tool call, as JSON text.
     pub result_bytes: usize,
-    /// Longest a person may take to answer whether a call may go out.
-    pub approval_timeout: Duration,
 }
 
 impl Default for ToolPolicy {
@@ -41,7 +39,6 @@ impl Default for ToolPolicy {
             concurrent_calls: 8,
             call_timeout: Duration::from_secs(30),
             result_bytes: 4 << 20,
-            approval_timeout: Duration::from_secs(300),
         }
     }
 }
