@@ -41,7 +41,7 @@ pub const MAGIC: &[u8; 8] = b"MCPV8HP\0";
 /// The envelope format. Bump it whenever a snapshot made by an older build could not be
 /// restored by a newer one with the same V8 (e.g. when the set of native functions
 /// registered as external references changes).
-pub const FORMAT_VERSION: u16 = 12;
+pub const FORMAT_VERSION: u16 = 13;
 
 /// Flag bit: the snapshot carries its own read-only heap.
 const FLAG_OWN_READ_ONLY: u8 = 1;

@@ -177,6 +177,7 @@ mod tests {
                     replay: Replay::Exact,
                     last_error: Some(crate::engine::JsException::new("TypeError", "no")),
                     replies: Vec::new(),
+                    key: Some(Box::new([6; 32])),
                 },
                 fingerprint: 5,
             },

@@ -296,3 +296,45 @@ async fn the_sandbox_has_one_time_zone_and_locale_whatever_the_host_has() {
     assert_eq!(new_heap["output"], expected);
     server.stop().await;
 }
+
+/// The WinterTC globals that stand alone (`crypto`, `atob`/`btoa`, `structuredClone`, `self`,
+/// `navigator`), on a heap and stateless. After a `kill -9` the heap is rebuilt from its
+/// journal: a replay draws the same random bytes, so the IDs it kept are the ones answered.
+#[tokio::test]
+async fn the_standalone_web_globals_work_on_heaps_after_a_crash_and_stateless() {
+    let dir = tempfile::tempdir().unwrap();
+    let heaps = dir.path().display().to_string();
+    // Kept in the journal, not in a snapshot: a restart replays the call.
+    let args = ["--directory-path", &heaps, "--checkpoint-idle-secs", "3600"];
+    let server = Server::start(&args).await;
+    let made = server
+        .output(
+            "var id = crypto.randomUUID(); var bytes = crypto.getRandomValues(new Uint8Array(4)); \
+             var copy = structuredClone({ when: new Date(0), tags: new Set(['a']) }); \
+             [id, bytes.join('.'), btoa('hi'), atob('aGk='), self === globalThis].join()",
+            "web",
+        )
+        .await;
+    server.kill().await;
+    let server = Server::start(&args).await;
+    let again = server
+        .output(
+            "[id, bytes.join('.'), btoa('hi'), atob('aGk='), self === globalThis].join() + \
+             ` ${copy.when.getTime()} ${copy.tags.has('a')}`",
+            "web",
+        )
+        .await;
+    assert_eq!(again, format!("{made} 0 true"));
+    server.stop().await;
+
+    let stateless = Server::start(&["--stateless"]).await;
+    let out = stateless
+        .run_js(
+            "[crypto.randomUUID().length, typeof structuredClone, navigator.userAgent.split('/')[0]].join()",
+            None,
+        )
+        .await
+        .ok();
+    assert_eq!(out["output"], "36,function,mcp-v8");
+    stateless.stop().await;
+}

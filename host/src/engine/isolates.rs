@@ -315,6 +315,7 @@ impl Parked {
                 globals::install_mcp(scope);
                 globals::install_tools(scope);
                 globals::install_web(scope);
+                globals::install_platform(scope);
                 if let Some(error) = &last_error {
                     last::keep_error(scope, error);
                 }

@@ -45,6 +45,10 @@ pub struct Tape {
     /// The host's replies to the run's host calls, in the order they came in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replies: Vec<TapedReply>,
+    /// The key of the run's secure random bytes (`crypto.getRandomValues`), drawn from the
+    /// system the first time the run asks for such bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Box<[u8; 32]>>,
 }
 
 /// A host reply as a tape holds it: which call it answered, what that call asked, and the
@@ -86,6 +90,7 @@ impl Tape {
             replay: Replay::Exact,
             last_error: None,
             replies: Vec::new(),
+            key: None,
         }
     }
 }
@@ -160,6 +165,25 @@ impl Deck {
     /// The seed of the run's `Math.random`.
     pub(super) fn seed(&self) -> u64 {
         self.tape().seed
+    }
+
+    /// The key of the run's secure random bytes: drawn from the system and recorded the
+    /// first time a live run asks, played back in a replay.
+    pub(super) fn key(&mut self) -> [u8; 32] {
+        let recording = self.is_recording();
+        let tape = match self {
+            Deck::Recording { tape, .. } | Deck::Playing { tape, .. } => tape,
+        };
+        if let Some(key) = &tape.key {
+            return **key;
+        }
+        if !recording && tape.replay == Replay::Exact {
+            tape.replay =
+                Replay::Impossible("the replay drew random bytes that the call did not".into());
+        }
+        let key = fresh_key();
+        tape.key = Some(Box::new(key));
+        key
     }
 
     /// The wall clock when the run started, in ms since the Unix epoch.
@@ -290,6 +314,44 @@ impl Deck {
 /// `Math.random`'s generator: SplitMix64, fully determined by its seed.
 pub(super) struct Random(u64);
 
+/// 32 bytes from the system's secure random source.
+fn fresh_key() -> [u8; 32] {
+    let mut key = [0; 32];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).is_err() {
+        // The system's source does not fail on the systems mcp-v8 runs on; if it ever did,
+        // two UUIDs are drawn from it too.
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        key[..16].copy_from_slice(a.as_bytes());
+        key[16..].copy_from_slice(b.as_bytes());
+    }
+    key
+}
+
+/// Secure random bytes from a run's key (HMAC-SHA-256 of a counter): unpredictable without
+/// the key, which never leaves the host's records, and the same again in a replay.
+pub(super) struct SecureRandom {
+    key: ring::hmac::Key,
+    counter: u64,
+}
+
+impl SecureRandom {
+    pub(super) fn new(key: &[u8; 32]) -> Self {
+        Self {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+            counter: 0,
+        }
+    }
+
+    /// Fills `bytes`.
+    pub(super) fn fill(&mut self, bytes: &mut [u8]) {
+        for chunk in bytes.chunks_mut(32) {
+            self.counter += 1;
+            let block = ring::hmac::sign(&self.key, &self.counter.to_le_bytes());
+            chunk.copy_from_slice(&block.as_ref()[..chunk.len()]);
+        }
+    }
+}
+
 impl Random {
     pub(super) fn new(seed: u64) -> Self {
         Self(seed)
@@ -309,6 +371,28 @@ impl Random {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secure_random_bytes_follow_the_key_and_a_replay_draws_them_again() {
+        let draw = |key: &[u8; 32]| {
+            let mut random = SecureRandom::new(key);
+            let mut bytes = [0u8; 70];
+            random.fill(&mut bytes);
+            bytes
+        };
+        let mut live = Deck::record();
+        let key = live.key();
+        assert_eq!(live.key(), key, "one key per run");
+        assert_eq!(draw(&key), draw(&key));
+        assert_ne!(draw(&key), draw(&Deck::record().key()));
+        let tape = live.finish();
+        assert_eq!(tape.key, Some(Box::new(key)));
+        assert_eq!(Deck::play(tape).key(), key);
+
+        let mut replay = Deck::play(Deck::record().finish());
+        replay.key();
+        assert!(matches!(replay.finish().replay, Replay::Impossible(_)));
+    }
 
     #[test]
     fn random_numbers_follow_the_seed_and_stay_in_range() {

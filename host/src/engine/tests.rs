@@ -1332,3 +1332,112 @@ fn an_aborted_fetch_replays_as_it_ran() {
     let (replayed, _, _) = on_heap(code, &heap, Some(completion.tape.clone()));
     assert_eq!(replayed.output, completion.output);
 }
+
+#[test]
+fn the_platform_globals_behave_as_on_the_web() {
+    let out = |code: &str| stateless(code).unwrap();
+    let name = |code: &str| exception(stateless(code)).name;
+    // atob and btoa: forgiving base64 and Latin-1.
+    assert_eq!(
+        out("[btoa(''), btoa('f'), btoa('fo'), btoa('foo'), btoa('\\xff\\xfe')].join()"),
+        ",Zg==,Zm8=,Zm9v,//4="
+    );
+    assert_eq!(
+        out("[atob('Zm9v'), atob(' Zm 8\\n'), atob('Zg'), atob('')].join()"),
+        "foo,fo,f,"
+    );
+    assert_eq!(name("btoa('€')"), "InvalidCharacterError");
+    for bad in ["'Zm9v='", "'Z'", "'Zm=9'", "'Zm9v*'", "'Z==='"] {
+        assert_eq!(
+            name(&format!("atob({bad})")),
+            "InvalidCharacterError",
+            "{bad}"
+        );
+    }
+    // crypto.
+    assert_eq!(
+        out("/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(crypto.randomUUID())"),
+        "true"
+    );
+    assert_eq!(
+        out("const a = crypto.getRandomValues(new Uint32Array(8)); \
+             const b = crypto.getRandomValues(new Uint8Array(new ArrayBuffer(64), 3, 40)); \
+             [a.some((x) => x !== 0), b.length, crypto.randomUUID() !== crypto.randomUUID(), \
+              crypto instanceof Crypto, String(crypto)].join()"),
+        "true,40,true,true,[object Crypto]"
+    );
+    assert_eq!(
+        name("crypto.getRandomValues(new Float64Array(2))"),
+        "TypeMismatchError"
+    );
+    assert_eq!(
+        name("crypto.getRandomValues(new Uint8Array(65537))"),
+        "QuotaExceededError"
+    );
+    assert_eq!(name("new Crypto()"), "TypeError");
+    // structuredClone.
+    assert_eq!(
+        out(
+            "const o = { d: new Date(0), m: new Map([[1, { s: new Set([2]) }]]), r: /x/g, \
+             b: new Uint8Array([1, 2]), n: 1n }; o.self = o; const c = structuredClone(o); \
+             [c !== o, c.self === c, c.d.getTime(), c.m.get(1).s.has(2), c.r.flags, c.b[1], \
+              typeof c.n].join()"
+        ),
+        "true,true,0,true,g,2,bigint"
+    );
+    assert_eq!(
+        out("const e = structuredClone(new RangeError('far')); [e instanceof RangeError, e.message].join()"),
+        "true,far"
+    );
+    assert_eq!(name("structuredClone(() => 1)"), "DataCloneError");
+    assert_eq!(name("structuredClone({ f: Symbol() })"), "DataCloneError");
+    assert_eq!(
+        exception(stateless(
+            "structuredClone({ get x() { throw new SyntaxError('mine') } })"
+        ))
+        .message,
+        "mine"
+    );
+    assert_eq!(
+        out("const buf = new Uint8Array([7, 8]).buffer; \
+             const c = structuredClone({ buf }, { transfer: [buf] }); \
+             [buf.byteLength, new Uint8Array(c.buf)[1]].join()"),
+        "0,8"
+    );
+    // self, navigator, reportError.
+    assert_eq!(
+        out("[self === globalThis, navigator.userAgent.startsWith('mcp-v8/'), typeof reportError].join()"),
+        "true,true,function"
+    );
+}
+
+#[test]
+fn random_bytes_replay_to_the_same_values_on_a_heap_and_survive_a_snapshot() {
+    let (_, base) = step("var ids = [];", None).unwrap();
+    let code =
+        "ids.push(crypto.randomUUID(), [...crypto.getRandomValues(new Uint8Array(4))].join('.')); \
+        ids.join()";
+    let (live, live_print, _) = on_heap(code, &base, None);
+    assert_eq!(live.tape.replay, Replay::Exact);
+    assert!(live.tape.key.is_some());
+    let (again, again_print, state) = on_heap(code, &base, Some(live.tape.clone()));
+    assert_eq!(again.output, live.output);
+    assert_eq!(again_print, live_print);
+    let (other, _, _) = on_heap(code, &base, None);
+    assert_ne!(other.output, live.output);
+    // Kept objects and the globals themselves survive the snapshot.
+    let (_, kept) = step(
+        "var c = structuredClone({ a: [1] }); var u = crypto.randomUUID(); 0",
+        Some(state),
+    )
+    .unwrap();
+    assert_eq!(
+        step(
+            "[c.a[0], u.length, btoa('hi'), ids.length].join()",
+            Some(kept)
+        )
+        .unwrap()
+        .0,
+        "1,36,aGk=,2"
+    );
+}

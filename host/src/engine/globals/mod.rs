@@ -19,11 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use super::live::{self, Event, Progress};
 use super::render::{describe_thrown, render, Unrendered};
-use super::tape::{Deck, Random, Tape};
+use super::tape::{Deck, Random, SecureRandom, Tape};
 
 mod clock;
 mod console;
 mod mcp;
+mod platform;
 mod timers;
 mod tools;
 mod web;
@@ -35,6 +36,8 @@ use console::*;
 pub use console::{Console, Dropped, LogLine};
 pub(super) use mcp::install_mcp;
 use mcp::*;
+pub(super) use platform::install_platform;
+use platform::*;
 pub(super) use timers::next_timer;
 use timers::*;
 use tools::*;
@@ -59,6 +62,8 @@ pub(super) struct RunState {
     deck: Deck,
     /// `Math.random`'s generator, seeded from the deck.
     random: Random,
+    /// `crypto.getRandomValues`' generator, made from the deck's key on first use.
+    secure: Option<SecureRandom>,
     sequence: u64,
     next_id: u32,
     /// Rejected promises nobody handled (yet), by identity hash.
@@ -103,6 +108,7 @@ impl RunState {
             timers: BTreeMap::new(),
             now: 0,
             random: Random::new(deck.seed()),
+            secure: None,
             deck,
             sequence: 0,
             next_id: 1,
@@ -308,6 +314,8 @@ pub(super) fn external_references() -> &'static v8::ExternalReferences {
             reference(host_call),
             // Heap format 12.
             reference(web),
+            // Heap format 13.
+            reference(platform),
         ])
     })
 }

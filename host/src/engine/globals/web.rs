@@ -28,10 +28,11 @@ const NAMES: [&str; 13] = [
     "TextDecoder",
 ];
 
-/// Stands in for each web global a heap lacks until code first reads one: then `web.js`
-/// runs (`web(6)`) and defines them all. So a heap that never uses them does not carry them
-/// (they would add to every snapshot), and code that assigns one first keeps its own.
-const LAZY: &str = r#"(global, native, names) => {
+/// Stands in for each global of a group a heap lacks until code first reads one: then the
+/// group's script runs (`native(op)`: `web(6)`, `platform(2)`) and defines them all. So a heap
+/// that never uses them does not carry them (they would add to every snapshot), and code that
+/// assigns one first keeps its own.
+const LAZY: &str = r#"(global, native, names, op) => {
   'use strict';
   const { defineProperty, getOwnPropertyDescriptor } = Object;
   const has = Object.prototype.hasOwnProperty;
@@ -41,7 +42,7 @@ const LAZY: &str = r#"(global, native, names) => {
       const d = getOwnPropertyDescriptor(global, name);
       if (d !== undefined && getters.has(d.get)) delete global[name];
     }
-    native(6);
+    native(op);
   };
   for (const name of names) {
     if (Reflect.apply(has, global, [name])) continue;
@@ -56,19 +57,37 @@ const LAZY: &str = r#"(global, native, names) => {
 /// as stand-ins that define them on first use ([`LAZY`]); heaps saved before they existed get
 /// them on their next run, and code that replaced or deleted one keeps its choice.
 pub(in crate::engine) fn install_web(scope: &mut v8::HandleScope) -> Option<()> {
+    install_lazily(scope, "mcp-v8 web", &NAMES, ("web", web), 6)
+}
+
+/// Adds stand-ins for `names` that the heap lacks, once per heap (`mark`, a private key of
+/// the global, says it was done): the first read of one calls `native(op)` — the native
+/// function named and made by `callback` — which defines them all ([`LAZY`]).
+pub(super) fn install_lazily(
+    scope: &mut v8::HandleScope,
+    mark: &str,
+    names: &[&str],
+    (name, callback): (&str, impl v8::MapFnTo<v8::FunctionCallback>),
+    op: i32,
+) -> Option<()> {
     let global = scope.get_current_context().global(scope);
-    let name = v8::String::new(scope, "mcp-v8 web")?;
-    let mark = v8::Private::for_api(scope, Some(name));
+    let mark = v8::String::new(scope, mark)?;
+    let mark = v8::Private::for_api(scope, Some(mark));
     if global.get_private(scope, mark)?.is_true() {
         return Some(());
     }
-    let native = named_function(scope, "web", 3, web)?;
-    let mut names = Vec::with_capacity(NAMES.len());
-    for name in NAMES {
-        names.push(v8::String::new(scope, name)?.into());
+    let native = named_function(scope, name, 3, callback)?;
+    let mut keys = Vec::with_capacity(names.len());
+    for name in names {
+        keys.push(v8::String::new(scope, name)?.into());
     }
-    let names = v8::Array::new_with_elements(scope, &names);
-    run_setup(scope, LAZY, &[global.into(), native.into(), names.into()]);
+    let keys = v8::Array::new_with_elements(scope, &keys);
+    let op = v8::Integer::new(scope, op);
+    run_setup(
+        scope,
+        LAZY,
+        &[global.into(), native.into(), keys.into(), op.into()],
+    );
     let done = v8::Boolean::new(scope, true);
     global.set_private(scope, mark, done.into())?;
     Some(())
@@ -84,7 +103,7 @@ fn define_web(scope: &mut v8::HandleScope) -> Option<()> {
 }
 
 /// Runs `source`, a function expression, with `args`; an exception stays in it.
-fn run_setup(scope: &mut v8::HandleScope, source: &str, args: &[v8::Local<v8::Value>]) {
+pub(super) fn run_setup(scope: &mut v8::HandleScope, source: &str, args: &[v8::Local<v8::Value>]) {
     let tc = &mut v8::TryCatch::new(scope);
     let Some(source) = v8::String::new(tc, source) else {
         return;
