@@ -45,12 +45,16 @@ pub(super) fn keep_error(scope: &mut v8::HandleScope, error: &JsException) {
         return;
     };
     let value = v8::Exception::error(scope, message);
-    let mut stack = format!("{}: {}", error.name, error.message);
+    let name = match error.name.as_str() {
+        "" => "Error",
+        name => name,
+    };
+    let mut stack = format!("{name}: {}", error.message);
     for frame in &error.stack {
         stack.push_str(&format!("\n    at {frame}"));
     }
     if let Ok(object) = v8::Local::<v8::Object>::try_from(value) {
-        for (key, text) in [("name", error.name.as_str()), ("stack", stack.as_str())] {
+        for (key, text) in [("name", name), ("stack", stack.as_str())] {
             let (Some(key), Some(text)) =
                 (v8::String::new(scope, key), v8::String::new(scope, text))
             else {

@@ -196,9 +196,10 @@ pub enum RunError {
 /// A JavaScript exception, as an agent needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JsException {
-    /// `error.name` (e.g. `TypeError`), or `"Error"` for thrown non-errors.
+    /// `error.name` (e.g. `TypeError`; the class's name for an error whose class only
+    /// inherits a built-in's), or empty for a thrown value that is not an error.
     pub name: String,
-    /// `error.message`, or the thrown value as a string.
+    /// `error.message`, or the thrown value as it renders.
     pub message: String,
     /// 1-based line of the throw, when known.
     pub line: Option<usize>,
@@ -235,7 +236,10 @@ impl JsException {
 
 impl std::fmt::Display for JsException {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Uncaught {}: {}", self.name, self.message)?;
+        match self.name.as_str() {
+            "" => write!(f, "Uncaught {}", self.message)?,
+            name => write!(f, "Uncaught {name}: {}", self.message)?,
+        }
         match (self.line, self.column) {
             (Some(l), Some(c)) => write!(f, " (at line {l}, column {c})")?,
             (Some(l), None) => write!(f, " (at line {l})")?,

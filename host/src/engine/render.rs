@@ -50,8 +50,10 @@ pub(super) fn describe_thrown(
     };
     if thrown.is_native_error() {
         let tc = &mut v8::TryCatch::new(scope);
+        let name = property(tc, "name").unwrap_or_else(|| "Error".into());
+        let name = subclass_name(tc, thrown, &name).unwrap_or(name);
         JsException::new(
-            clipped(property(tc, "name").unwrap_or_else(|| "Error".into())),
+            clipped(name),
             clipped(property(tc, "message").unwrap_or_default()),
         )
     } else {
@@ -60,8 +62,104 @@ pub(super) fn describe_thrown(
         let text = render(scope, thrown, MAX_ERROR_TEXT)
             .map(|text| text.text)
             .unwrap_or_else(|_| "[unprintable value]".into());
-        JsException::new("Error", clipped(format!("thrown value: {text}")))
+        JsException::new("", clipped(text))
     }
+}
+
+/// The error names the built-in constructors give.
+const BUILT_IN_NAMES: [&str; 9] = [
+    "Error",
+    "TypeError",
+    "RangeError",
+    "SyntaxError",
+    "ReferenceError",
+    "EvalError",
+    "URIError",
+    "AggregateError",
+    "SuppressedError",
+];
+
+/// The name of `error`'s class when the error only inherits a built-in's `name`
+/// (`class QuotaError extends Error {}`), as Node and browsers show it.
+fn subclass_name(
+    scope: &mut v8::HandleScope,
+    error: v8::Local<v8::Value>,
+    name: &str,
+) -> Option<String> {
+    if !BUILT_IN_NAMES.contains(&name) {
+        return None;
+    }
+    let object = error.to_object(scope)?;
+    let key = v8::String::new(scope, "name")?;
+    if object.has_own_property(scope, key.into())? {
+        return None;
+    }
+    let constructor = v8::String::new(scope, "constructor")?;
+    let constructor = object.get(scope, constructor.into())?;
+    let constructor = v8::Local::<v8::Function>::try_from(constructor).ok()?;
+    let class = constructor.get_name(scope).to_rust_string_lossy(scope);
+    (!class.is_empty() && class != name).then_some(class)
+}
+
+/// A typed array, `ArrayBuffer` or `DataView` as `Uint8Array(4) [137, 80, 78, 71]`: its
+/// bytes or items, as many as fit in about `max` bytes (then `cut`).
+fn binary(scope: &mut v8::HandleScope, value: v8::Local<v8::Value>, max: usize) -> Option<Text> {
+    let (class, bytes_only) = if let Ok(typed) = v8::Local::<v8::TypedArray>::try_from(value) {
+        let class = typed.get_constructor_name().to_rust_string_lossy(scope);
+        (class, None)
+    } else if let Ok(buffer) = v8::Local::<v8::ArrayBuffer>::try_from(value) {
+        let mut bytes = vec![0; buffer.byte_length()];
+        if let Some(data) = buffer.data().filter(|_| !bytes.is_empty()) {
+            // SAFETY: the buffer holds `byte_length` bytes, and nothing runs while they are
+            // read.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr().cast::<u8>(),
+                    bytes.as_mut_ptr(),
+                    bytes.len(),
+                )
+            };
+        }
+        ("ArrayBuffer".to_string(), Some(bytes))
+    } else if let Ok(view) = v8::Local::<v8::DataView>::try_from(value) {
+        let mut bytes = vec![0; view.byte_length()];
+        let copied = view.copy_contents(&mut bytes);
+        bytes.truncate(copied);
+        ("DataView".to_string(), Some(bytes))
+    } else {
+        return None;
+    };
+    let typed = v8::Local::<v8::TypedArray>::try_from(value).ok();
+    let count = match (&bytes_only, typed) {
+        (Some(bytes), _) => bytes.len(),
+        (None, Some(typed)) => typed.length(),
+        (None, None) => 0,
+    };
+    let mut out = format!("{class}({count}) [");
+    let mut cut = false;
+    for i in 0..count {
+        if out.len() > max {
+            out.push_str(&format!("… {} more", count - i));
+            cut = true;
+            break;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        match (&bytes_only, typed) {
+            (Some(bytes), _) => out.push_str(&bytes[i].to_string()),
+            (None, Some(typed)) => {
+                let item = typed.get_index(scope, u32::try_from(i).ok()?)?;
+                out.push_str(&item.to_rust_string_lossy(scope));
+                if item.is_big_int() {
+                    out.push('n');
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    out.push(']');
+    Some(Text { text: out, cut })
 }
 
 /// A value as text.
@@ -97,6 +195,15 @@ pub(crate) fn render<'s>(
         });
     }
     let tc = &mut v8::TryCatch::new(scope);
+    if value.is_array_buffer_view() || value.is_array_buffer() {
+        if let Some(text) = binary(tc, value, max) {
+            return Ok(text);
+        }
+        if tc.has_terminated() {
+            return Err(Unrendered::Terminated);
+        }
+        tc.reset();
+    }
     if value.is_object() && !value.is_function() {
         if let Some(json) = v8::json::stringify(tc, value) {
             let json = json.to_rust_string_lossy(tc);

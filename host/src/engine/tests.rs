@@ -172,6 +172,18 @@ fn values_render_as_documented() {
         ("Object.create(null)", "{}"),
         ("new Date(0)", r#""1970-01-01T00:00:00.000Z""#),
         ("Promise.resolve(5)", "5"),
+        // Bytes as bytes.
+        (
+            "new Uint8Array([137, 80, 78, 71])",
+            "Uint8Array(4) [137, 80, 78, 71]",
+        ),
+        ("new Float64Array([0.5, -1])", "Float64Array(2) [0.5, -1]"),
+        ("new BigInt64Array([5n])", "BigInt64Array(1) [5n]"),
+        ("new Uint8Array([1, 2]).buffer", "ArrayBuffer(2) [1, 2]"),
+        (
+            "new DataView(new Uint8Array([9, 8, 7]).buffer, 1)",
+            "DataView(2) [8, 7]",
+        ),
     ];
     for (code, expected) in cases {
         assert_eq!(stateless(code).unwrap(), expected, "{code}");
@@ -188,10 +200,26 @@ fn exceptions_carry_name_message_and_position() {
     assert_eq!(e.name, "SyntaxError");
     assert_eq!(e.line, Some(1));
     let e = exception(stateless("throw 'plain'"));
+    assert_eq!((e.name.as_str(), e.message.as_str()), ("", "plain"));
+    assert_eq!(e.to_string(), "Uncaught plain");
+    let e = exception(stateless("throw { code: 7 }"));
+    assert_eq!(e.to_string(), r#"Uncaught {"code":7}"#);
+    // A class that only inherits Error's name is shown by its own.
+    let e = exception(stateless(
+        "class QuotaError extends Error {}\nthrow new QuotaError('over')",
+    ));
     assert_eq!(
         (e.name.as_str(), e.message.as_str()),
-        ("Error", "thrown value: plain")
+        ("QuotaError", "over")
     );
+    let e = exception(stateless(
+        "class Named extends TypeError { name = 'Chosen' }; throw new Named('x')",
+    ));
+    assert_eq!(e.name, "Chosen");
+    let e = exception(stateless(
+        "throw new (class extends RangeError {})('anonymous')",
+    ));
+    assert_eq!(e.name, "RangeError");
     let e = exception(stateless("Promise.reject(new RangeError('nope'))"));
     assert_eq!(
         (e.name.as_str(), e.message.as_str()),
@@ -1440,4 +1468,22 @@ fn random_bytes_replay_to_the_same_values_on_a_heap_and_survive_a_snapshot() {
         .0,
         "1,36,aGk=,2"
     );
+}
+
+#[test]
+fn a_long_typed_array_result_is_cut_within_the_limit() {
+    let limits = Limits {
+        output_bytes: 100,
+        ..limits()
+    };
+    let completion = stateless_run("new Uint8Array(1000)", limits)
+        .result
+        .unwrap();
+    assert!(completion.output_truncated);
+    assert!(
+        completion.output.starts_with("Uint8Array(1000) [0, 0"),
+        "{}",
+        completion.output
+    );
+    assert!(completion.output.len() < 400, "{}", completion.output);
 }
