@@ -602,6 +602,9 @@ fn evaluate(
                 }
             }
             globals::Next::Settled => {}
+            // V8's own work for the isolate (an async `WebAssembly.compile`, say) may settle
+            // the promise yet: run what it posted, or wait for it while it is in progress.
+            globals::Next::Idle if platform_work(tc) => {}
             globals::Next::Idle => return Err(RunError::Unsettled),
             globals::Next::TimedOut => {
                 return Err(terminator
@@ -613,6 +616,25 @@ fn evaluate(
             }
         }
     }
+}
+
+/// Runs the tasks V8 posted for the isolate (the foreground half of its background work,
+/// such as compiling WebAssembly); true if one ran or background work for it is still going,
+/// after a short wait for it.
+fn platform_work(isolate: &mut v8::Isolate) -> bool {
+    let platform = v8::V8::get_current_platform();
+    let mut ran = false;
+    while v8::Platform::pump_message_loop(&platform, isolate, false) {
+        ran = true;
+    }
+    if ran {
+        return true;
+    }
+    if isolate.has_pending_background_tasks() {
+        std::thread::sleep(Duration::from_millis(1));
+        return true;
+    }
+    false
 }
 
 /// Whether a run keeps its result in its heap as `_` ([`last`]).

@@ -1487,3 +1487,18 @@ fn a_long_typed_array_result_is_cut_within_the_limit() {
     );
     assert!(completion.output.len() < 400, "{}", completion.output);
 }
+
+#[test]
+fn webassembly_compiles_asynchronously_in_a_stateless_call() {
+    // The smallest module: the magic number and version 1.
+    let module = "new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0])";
+    assert_eq!(
+        stateless(&format!(
+            "const m = await WebAssembly.compile({module}); \
+             const {{ instance }} = await WebAssembly.instantiate({module}); \
+             [m instanceof WebAssembly.Module, typeof instance.exports].join()"
+        ))
+        .unwrap(),
+        "true,object"
+    );
+}
