@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command. It installs what the tests need (moto, a local S3-compatible
 # server, into target/s3-venv; the official Python MCP SDK into target/py-clients; the test262
-# suite, unpacked into target/test262), builds everything the end-to-end tests start (the
-# mcp-v8 binary and the plugin libraries), then runs every test in the workspace.
+# suite and the web-platform-tests, unpacked into target/test262 and target/wpt), builds
+# everything the end-to-end tests start (the mcp-v8 binary and the plugin libraries), then runs
+# every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -64,6 +65,20 @@ if [ -n "$test262_archive" ]; then
   export MCP_V8_TEST262="$PWD/$test262"
 elif [ -z "${MCP_V8_TEST262:-}" ]; then
   skipped+=("test262: no ../shared/test262/test262-*.tar.gz (or set MCP_V8_TEST262 to an unpacked suite)")
+fi
+# The web-platform-tests for the WinterTC API (host/tests/wpt): the pinned subset in
+# ../shared/wpt, unpacked once into target/wpt.
+wpt_archive=$(ls ../shared/wpt/wpt-*.tar.gz 2>/dev/null | head -n 1 || true)
+if [ -n "$wpt_archive" ]; then
+  wpt=target/wpt
+  if [ "$(cat "$wpt/.archive" 2>/dev/null)" != "$(basename "$wpt_archive")" ]; then
+    rm -rf "$wpt" && mkdir -p "$wpt"
+    tar xzf "$wpt_archive" -C "$wpt"
+    basename "$wpt_archive" > "$wpt/.archive"
+  fi
+  export MCP_V8_WPT="$PWD/$wpt"
+elif [ -z "${MCP_V8_WPT:-}" ]; then
+  skipped+=("wpt: no ../shared/wpt/wpt-*.tar.gz (or set MCP_V8_WPT to an unpacked suite)")
 fi
 report_skipped() {
   for why in "${skipped[@]}"; do echo "test.sh: skipped $why" >&2; done

@@ -39,9 +39,22 @@
   const bytesOf = (text) => native(4, text);
 
   // ---- DOMException, Event, EventTarget (as much as AbortSignal needs) ----
-  const codes = { IndexSizeError: 1, NotFoundError: 8, NotSupportedError: 9, InvalidStateError: 11,
-    SyntaxError: 12, InvalidAccessError: 15, TypeMismatchError: 17, SecurityError: 18, NetworkError: 19,
-    AbortError: 20, TimeoutError: 23, DataCloneError: 25 };
+  // WebIDL's legacy codes: [constant, code, name]; three constants have no name.
+  const legacy = [['INDEX_SIZE_ERR', 1, 'IndexSizeError'], ['DOMSTRING_SIZE_ERR', 2],
+    ['HIERARCHY_REQUEST_ERR', 3, 'HierarchyRequestError'], ['WRONG_DOCUMENT_ERR', 4, 'WrongDocumentError'],
+    ['INVALID_CHARACTER_ERR', 5, 'InvalidCharacterError'], ['NO_DATA_ALLOWED_ERR', 6],
+    ['NO_MODIFICATION_ALLOWED_ERR', 7, 'NoModificationAllowedError'], ['NOT_FOUND_ERR', 8, 'NotFoundError'],
+    ['NOT_SUPPORTED_ERR', 9, 'NotSupportedError'], ['INUSE_ATTRIBUTE_ERR', 10, 'InUseAttributeError'],
+    ['INVALID_STATE_ERR', 11, 'InvalidStateError'], ['SYNTAX_ERR', 12, 'SyntaxError'],
+    ['INVALID_MODIFICATION_ERR', 13, 'InvalidModificationError'], ['NAMESPACE_ERR', 14, 'NamespaceError'],
+    ['INVALID_ACCESS_ERR', 15, 'InvalidAccessError'], ['VALIDATION_ERR', 16],
+    ['TYPE_MISMATCH_ERR', 17, 'TypeMismatchError'], ['SECURITY_ERR', 18, 'SecurityError'],
+    ['NETWORK_ERR', 19, 'NetworkError'], ['ABORT_ERR', 20, 'AbortError'],
+    ['URL_MISMATCH_ERR', 21, 'URLMismatchError'], ['QUOTA_EXCEEDED_ERR', 22, 'QuotaExceededError'],
+    ['TIMEOUT_ERR', 23, 'TimeoutError'], ['INVALID_NODE_TYPE_ERR', 24, 'InvalidNodeTypeError'],
+    ['DATA_CLONE_ERR', 25, 'DataCloneError']];
+  const codes = {};
+  for (const [, code, name] of legacy) if (name) codes[name] = code;
   class DOMException extends ErrorCtor {
     #name;
     constructor(message = '', name = 'Error') {
@@ -51,9 +64,9 @@
     get name() { return this.#name; }
     get code() { return codes[this.#name] ?? 0; }
   }
-  for (const [name, code] of Object.entries(codes)) {
-    const constant = name.replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase().replace(/_ERROR$/, '_ERR');
+  for (const [constant, code] of legacy) {
     defineProperty(DOMException, constant, { value: code, enumerable: true });
+    defineProperty(DOMException.prototype, constant, { value: code, enumerable: true });
   }
   define('DOMException', DOMException);
   const DOMExceptionCtor = DOMException;
