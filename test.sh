@@ -52,34 +52,25 @@ if [ -n "$MCP_V8_CHROMIUM" ]; then
 else
   skipped+=("browser test: no chromium (Debian: apt-get install chromium; or set MCP_V8_CHROMIUM)")
 fi
-# ECMAScript's conformance suite, test262 (host/tests/test262): the pinned copy in
-# ../shared/test262, unpacked once into target/test262.
-test262_archive=$(ls ../shared/test262/test262-*.tar.gz 2>/dev/null | head -n 1 || true)
-if [ -n "$test262_archive" ]; then
-  test262=target/test262
-  if [ "$(cat "$test262/.archive" 2>/dev/null)" != "$(basename "$test262_archive")" ]; then
-    rm -rf "$test262" && mkdir -p "$test262"
-    tar xzf "$test262_archive" -C "$test262"
-    basename "$test262_archive" > "$test262/.archive"
+# A pinned suite from ../shared/NAME (NAME-*.tar.gz), unpacked once into target/NAME and named
+# in $VAR: ECMAScript's test262 (host/tests/test262) and the web-platform-tests for the
+# WinterTC API (host/tests/wpt).
+unpack_suite() {
+  local name=$1 var=$2 archive
+  archive=$(ls ../shared/"$name"/"$name"-*.tar.gz 2>/dev/null | head -n 1 || true)
+  if [ -n "$archive" ]; then
+    if [ "$(cat "target/$name/.archive" 2>/dev/null)" != "$(basename "$archive")" ]; then
+      rm -rf "target/$name" && mkdir -p "target/$name"
+      tar xzf "$archive" -C "target/$name"
+      basename "$archive" > "target/$name/.archive"
+    fi
+    export "$var=$PWD/target/$name"
+  elif [ -z "${!var:-}" ]; then
+    skipped+=("$name: no ../shared/$name/$name-*.tar.gz (or set $var to an unpacked suite)")
   fi
-  export MCP_V8_TEST262="$PWD/$test262"
-elif [ -z "${MCP_V8_TEST262:-}" ]; then
-  skipped+=("test262: no ../shared/test262/test262-*.tar.gz (or set MCP_V8_TEST262 to an unpacked suite)")
-fi
-# The web-platform-tests for the WinterTC API (host/tests/wpt): the pinned subset in
-# ../shared/wpt, unpacked once into target/wpt.
-wpt_archive=$(ls ../shared/wpt/wpt-*.tar.gz 2>/dev/null | head -n 1 || true)
-if [ -n "$wpt_archive" ]; then
-  wpt=target/wpt
-  if [ "$(cat "$wpt/.archive" 2>/dev/null)" != "$(basename "$wpt_archive")" ]; then
-    rm -rf "$wpt" && mkdir -p "$wpt"
-    tar xzf "$wpt_archive" -C "$wpt"
-    basename "$wpt_archive" > "$wpt/.archive"
-  fi
-  export MCP_V8_WPT="$PWD/$wpt"
-elif [ -z "${MCP_V8_WPT:-}" ]; then
-  skipped+=("wpt: no ../shared/wpt/wpt-*.tar.gz (or set MCP_V8_WPT to an unpacked suite)")
-fi
+}
+unpack_suite test262 MCP_V8_TEST262
+unpack_suite wpt MCP_V8_WPT
 report_skipped() {
   for why in "${skipped[@]}"; do echo "test.sh: skipped $why" >&2; done
 }
