@@ -1502,3 +1502,42 @@ fn webassembly_compiles_asynchronously_in_a_stateless_call() {
         "true,object"
     );
 }
+
+/// Heaps name native callbacks by their index in the external references, so the list only
+/// grows at its end, each entry with the heap format that added it. A change here must only
+/// add lines at the end (and bump the heap format): heaps already stored need the rest as is.
+#[test]
+fn the_native_callbacks_are_only_ever_appended() {
+    const PINNED: &[(u16, &str)] = &[
+        (2, "console_log"),
+        (2, "console_info"),
+        (2, "console_warn"),
+        (2, "console_error"),
+        (2, "console_debug"),
+        (2, "set_timeout"),
+        (2, "set_interval"),
+        (2, "clear_timer"),
+        (2, "queue_microtask"),
+        (3, "track_unsaveable"),
+        (3, "wall_now"),
+        (3, "elapsed"),
+        (3, "virtual_date"),
+        (3, "require"),
+        (6, "report_progress"),
+        (7, "is_error"),
+        (8, "random"),
+        (10, "weak_ref_deref"),
+        (11, "host_call"),
+        (12, "web"),
+        (13, "platform"),
+    ];
+    assert_eq!(globals::NATIVES, PINNED);
+    let formats: Vec<u16> = PINNED.iter().map(|(format, _)| *format).collect();
+    assert!(formats.windows(2).all(|w| w[0] <= w[1]), "{formats:?}");
+    assert!(
+        formats
+            .last()
+            .is_some_and(|&last| last <= crate::envelope::FORMAT_VERSION),
+        "a callback added in a heap format this build does not write"
+    );
+}

@@ -3,14 +3,15 @@
 //! (`timers`), a clock (`Date`, `performance`) that moves with the timers, `Math.random` on the
 //! call's seed and a marked `WeakRef.prototype.deref` (`clock`), `mcp.progress` (`mcp`), the
 //! upstream servers' tools as `tools` (`tools`), `fetch` and the web globals around it
-//! (`web`); and
-//! here, the changes that keep every heap snapshottable (see [`PRELUDE`]), modules refused,
-//! and the list of native callbacks.
+//! (`web`), the web globals that stand alone — `crypto`, `atob`, `structuredClone`, ...
+//! (`platform`); and here, the changes that keep every heap snapshottable (see [`PRELUDE`]),
+//! modules refused, and the list of native callbacks.
 //!
 //! The functions live in the heap and are saved with it, so V8 must be able to find their
-//! native callbacks when it creates and when it restores a snapshot: every callback is listed
-//! in [`external_references`], in a fixed order. Changing that list changes the heap format
-//! ([`crate::envelope::FORMAT_VERSION`]).
+//! native callbacks when it creates and when it restores a snapshot: every callback is
+//! declared once, in `natives!`, in a fixed order with the heap format that added it
+//! ([`external_references`]); the list only grows at its end, with the heap format
+//! ([`crate::envelope::FORMAT_VERSION`]), and a test pins it.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -282,42 +283,48 @@ fn reference(callback: impl v8::MapFnTo<v8::FunctionCallback>) -> v8::ExternalRe
     }
 }
 
-/// Every native callback, in a fixed order, for snapshot creation and restoration.
-pub(super) fn external_references() -> &'static v8::ExternalReferences {
-    static REFS: OnceLock<v8::ExternalReferences> = OnceLock::new();
-    REFS.get_or_init(|| {
-        v8::ExternalReferences::new(&[
-            reference(console_log),
-            reference(console_info),
-            reference(console_warn),
-            reference(console_error),
-            reference(console_debug),
-            reference(set_timeout),
-            reference(set_interval),
-            reference(clear_timer),
-            reference(queue_microtask),
-            // Heap format 3. Append only: older heaps refer to the entries above by index.
-            reference(track_unsaveable),
-            reference(wall_now),
-            reference(elapsed),
-            reference(virtual_date),
-            reference(require),
-            // Heap format 6.
-            reference(report_progress),
-            // Heap format 7.
-            reference(is_error),
-            // Heap format 8.
-            reference(random),
-            // Heap format 10.
-            reference(weak_ref_deref),
-            // Heap format 11.
-            reference(host_call),
-            // Heap format 12.
-            reference(web),
-            // Heap format 13.
-            reference(platform),
-        ])
-    })
+/// Declares every native callback a heap may hold, in the order of [`external_references`],
+/// each with the heap format that added it; [`NATIVES`] names them in that order.
+macro_rules! natives {
+    ($($format:literal $callback:ident),* $(,)?) => {
+        /// Every native callback, in a fixed order, for snapshot creation and restoration.
+        pub(super) fn external_references() -> &'static v8::ExternalReferences {
+            static REFS: OnceLock<v8::ExternalReferences> = OnceLock::new();
+            REFS.get_or_init(|| v8::ExternalReferences::new(&[$(reference($callback)),*]))
+        }
+
+        /// The callbacks of [`external_references`], in order, with the heap format that added
+        /// each.
+        #[cfg_attr(not(test), allow(dead_code))]
+        pub(super) const NATIVES: &[(u16, &str)] = &[$(($format, stringify!($callback))),*];
+    };
+}
+
+// Append only, with the heap format that adds the entry (bump
+// [`crate::envelope::FORMAT_VERSION`]): older heaps refer to the entries by index. The list is
+// pinned by `the_native_callbacks_are_only_ever_appended`.
+natives! {
+    2 console_log,
+    2 console_info,
+    2 console_warn,
+    2 console_error,
+    2 console_debug,
+    2 set_timeout,
+    2 set_interval,
+    2 clear_timer,
+    2 queue_microtask,
+    3 track_unsaveable,
+    3 wall_now,
+    3 elapsed,
+    3 virtual_date,
+    3 require,
+    6 report_progress,
+    7 is_error,
+    8 random,
+    10 weak_ref_deref,
+    11 host_call,
+    12 web,
+    13 platform,
 }
 
 fn define(
