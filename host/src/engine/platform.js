@@ -1,8 +1,9 @@
 // Makes the WinterTC globals that stand on their own (see `globals::platform`), each only where
 // the heap has none of that name: `atob`, `btoa`, `crypto` (`getRandomValues`, `randomUUID`),
-// `Crypto`, `structuredClone`, `self`, `navigator`, `reportError`. `native(op, a, b)` does what
+// `Crypto`, `structuredClone`, `Blob`, `File`, `FormData`, `self`, `navigator`, `reportError`. `native(op, a, b)` does what
 // needs the host: 0 fills a view with the run's secure random bytes, 1 clones a value with V8's
-// own serializer (`[true, clone]`, or `[false, why]` for what cannot be cloned).
+// own serializer (`[true, clone]`, or `[false, why]` for what cannot be cloned), 3 and 4 keep
+// and read a Blob's state, 5 tells it Blob's and File's prototypes (see globals/platform.rs).
 (global, native, userAgent) => {
   'use strict';
 
@@ -164,6 +165,203 @@
     return result;
   }
   define('structuredClone', structuredClone);
+
+  // ---- Blob, File (File API) ----
+  // Bytes as a Blob holds them; strings are UTF-8 (as USVStrings).
+  const Uint8 = Uint8Array;
+  let encoder;
+  const utf8 = (text) => {
+    encoder ??= new global.TextEncoder();
+    return encoder.encode(text);
+  };
+  let decoder;
+  const fromUtf8 = (bytes) => {
+    decoder ??= new global.TextDecoder();
+    return decoder.decode(bytes);
+  };
+  const BYTES = Symbol.for('mcp-v8 blob bytes');
+  const blobType = (type) => {
+    const text = type === undefined ? '' : `${type}`;
+    for (let i = 0; i < text.length; i++) {
+      const c = apply(charCodeAt, text, [i]);
+      if (c < 0x20 || c > 0x7e) return '';
+    }
+    return text.toLowerCase();
+  };
+  const partBytes = (part, endings) => {
+    if (part instanceof ArrayBuffer) return new Uint8(part.slice(0));
+    if (isView(part)) return new Uint8(part.buffer.slice(part.byteOffset, part.byteOffset + part.byteLength));
+    if (part instanceof Blob) return part[BYTES]();
+    let text = `${part}`;
+    if (endings === 'native') text = text.replace(/\r\n|\r/g, '\n');
+    return utf8(text);
+  };
+  const concat = (chunks) => {
+    let size = 0;
+    for (const c of chunks) size += c.length;
+    const out = new Uint8(size);
+    let at = 0;
+    for (const c of chunks) { out.set(c, at); at += c.length; }
+    return out;
+  };
+
+  // A Blob's state — [bytes, type] and, for a File, name and lastModified — is kept by the
+  // host under a private key (`native(2..)`), so that structuredClone can copy it and make a
+  // Blob again without running JavaScript.
+  const brand = (blob, ...state) => native(3, blob, state);
+  const state = (blob) => {
+    const s = native(4, blob);
+    if (s === undefined) throw new TypeErrorCtor('Illegal invocation');
+    return s;
+  };
+  class Blob {
+    constructor(blobParts = undefined, options = undefined) {
+      if (options !== undefined && options !== null && typeof options !== 'object' && typeof options !== 'function') {
+        throw new TypeErrorCtor("Failed to construct 'Blob': The provided value is not of type 'BlobPropertyBag'.");
+      }
+      const chunks = [];
+      if (blobParts !== undefined) {
+        if (blobParts === null || (typeof blobParts !== 'object' && typeof blobParts !== 'function')
+          || typeof blobParts[Symbol.iterator] !== 'function') {
+          throw new TypeErrorCtor("Failed to construct 'Blob': The provided value cannot be converted to a sequence.");
+        }
+        // Each part converted as it is iterated (WebIDL's sequence<BlobPart>), before the options.
+        const parts = [];
+        for (const part of blobParts) {
+          parts.push(part instanceof ArrayBuffer || isView(part) || part instanceof Blob ? part : `${part}`);
+        }
+        const endings = options?.endings === undefined ? 'transparent' : `${options.endings}`;
+        if (endings !== 'transparent' && endings !== 'native') {
+          throw new TypeErrorCtor(`Failed to construct 'Blob': '${endings}' is not a valid value for 'endings'.`);
+        }
+        for (const part of parts) chunks.push(partBytes(part, endings));
+      }
+      brand(this, concat(chunks), blobType(options?.type));
+    }
+    get size() { return state(this)[0].length; }
+    get type() { return state(this)[1]; }
+    slice(start = undefined, end = undefined, contentType = undefined) {
+      const bytes = state(this)[0];
+      const size = bytes.length;
+      const at = (n, otherwise) => {
+        if (n === undefined) return otherwise;
+        n = Math.trunc(Number(n)) || 0;
+        return n < 0 ? Math.max(size + n, 0) : Math.min(n, size);
+      };
+      const from = at(start, 0);
+      const to = at(end, size);
+      return new Blob([bytes.subarray(from, Math.max(from, to))], { type: contentType });
+    }
+    text() {
+      try { return Promise.resolve(fromUtf8(state(this)[0])); } catch (e) { return Promise.reject(e); }
+    }
+    arrayBuffer() {
+      try { return Promise.resolve(state(this)[0].slice().buffer); } catch (e) { return Promise.reject(e); }
+    }
+    bytes() {
+      try { return Promise.resolve(state(this)[0].slice()); } catch (e) { return Promise.reject(e); }
+    }
+    stream() {
+      const ReadableStreamCtor = global.ReadableStream;
+      if (typeof ReadableStreamCtor !== 'function') {
+        throw new TypeErrorCtor('Blob.stream: streams are not supported here yet; use arrayBuffer(), bytes() or text()');
+      }
+      const bytes = state(this)[0].slice();
+      return new ReadableStreamCtor({ start(c) { if (bytes.length) c.enqueue(bytes); c.close(); } });
+    }
+    // For fetch bodies: a copy of the bytes.
+    [BYTES]() { return state(this)[0].slice(); }
+  }
+  tag(Blob, 'Blob');
+  define('Blob', Blob);
+
+  class File extends Blob {
+    constructor(fileBits, fileName, options = undefined) {
+      required(arguments.length, 2, "Failed to construct 'File'");
+      super(fileBits, options);
+      const [bytes, type] = state(this);
+      const modified = options?.lastModified;
+      const lastModified = modified === undefined ? Date.now() : Number(BigInt.asIntN(64, BigInt(Math.trunc(Number(modified)) || 0)));
+      brand(this, bytes, type, `${fileName}`.toWellFormed(), lastModified);
+    }
+    get name() {
+      const s = state(this);
+      if (s.length < 4) throw new TypeErrorCtor('Illegal invocation');
+      return s[2];
+    }
+    get lastModified() {
+      const s = state(this);
+      if (s.length < 4) throw new TypeErrorCtor('Illegal invocation');
+      return s[3];
+    }
+    get webkitRelativePath() { return ''; }
+  }
+  tag(File, 'File');
+  define('File', File);
+  // Where structuredClone makes Blobs and Files again.
+  native(5, Blob.prototype, File.prototype);
+
+  // ---- FormData (XHR) ----
+  // An entry's value: a string, or a File (a Blob becomes one named "blob").
+  const entryValue = (value, filename, argc) => {
+    if (value instanceof Blob) {
+      if (!(value instanceof File) || argc > 2) {
+        return new File([value], filename === undefined ? (value instanceof File ? value.name : 'blob') : `${filename}`,
+          { type: value.type, lastModified: value instanceof File ? value.lastModified : undefined });
+      }
+      return value;
+    }
+    return `${value}`.toWellFormed();
+  };
+  class FormData {
+    #list = [];
+    constructor(form = undefined, submitter = undefined) {
+      if (form !== undefined) throw new TypeErrorCtor("Failed to construct 'FormData': parameter 1 is not of type 'HTMLFormElement'.");
+      void submitter;
+    }
+    append(name, value, filename = undefined) {
+      required(arguments.length, 2, "Failed to execute 'append' on 'FormData'");
+      this.#list.push([`${name}`.toWellFormed(), entryValue(value, filename, arguments.length)]);
+    }
+    delete(name) {
+      name = `${name}`.toWellFormed();
+      this.#list = this.#list.filter(([n]) => n !== name);
+    }
+    get(name) {
+      name = `${name}`.toWellFormed();
+      const entry = this.#list.find(([n]) => n === name);
+      return entry === undefined ? null : entry[1];
+    }
+    getAll(name) {
+      name = `${name}`.toWellFormed();
+      return this.#list.filter(([n]) => n === name).map(([, v]) => v);
+    }
+    has(name) {
+      name = `${name}`.toWellFormed();
+      return this.#list.some(([n]) => n === name);
+    }
+    set(name, value, filename = undefined) {
+      required(arguments.length, 2, "Failed to execute 'set' on 'FormData'");
+      name = `${name}`.toWellFormed();
+      const entry = [name, entryValue(value, filename, arguments.length)];
+      const first = this.#list.findIndex(([n]) => n === name);
+      if (first < 0) {
+        this.#list.push(entry);
+      } else {
+        this.#list = this.#list.filter(([n], i) => n !== name || i === first);
+        this.#list[first] = entry;
+      }
+    }
+    forEach(callback, thisArg = undefined) {
+      for (const [n, v] of this.#list) apply(callback, thisArg, [v, n, this]);
+    }
+    *entries() { for (let i = 0; i < this.#list.length; i++) yield [...this.#list[i]]; }
+    *keys() { for (const [n] of this.entries()) yield n; }
+    *values() { for (const [, v] of this.entries()) yield v; }
+    [Symbol.iterator]() { return this.entries(); }
+  }
+  tag(FormData, 'FormData');
+  define('FormData', FormData);
 
   // ---- self, navigator, reportError ----
   define('self', global);

@@ -1541,3 +1541,65 @@ fn the_native_callbacks_are_only_ever_appended() {
         "a callback added in a heap format this build does not write"
     );
 }
+
+#[test]
+fn blobs_files_and_form_data_behave_as_on_the_web_and_stay_in_a_heap() {
+    let out = |code: &str| stateless(code).unwrap();
+    assert_eq!(
+        out("const b = new Blob(['héllo ', new Uint8Array([119, 111]), new Blob(['rld'])], { type: 'Text/Plain' }); \
+             [b.size, b.type, await b.text(), await b.slice(-3).text(), await b.slice(1, 3, 'x/y').text(), \
+              b.slice(1, 3, 'x/y').type, (await b.bytes())[0], String(b)].join('|')"),
+        "12|text/plain|héllo world|rld|é|x/y|104|[object Blob]"
+    );
+    assert_eq!(
+        out("const f = new File(['a\\r\\nb'], 'n.txt', { type: 'text/plain', lastModified: 42, endings: 'native' }); \
+             [f.name, f.lastModified, f.size, f instanceof Blob, await f.text() === 'a\\nb'].join()"),
+        "n.txt,42,3,true,true"
+    );
+    assert_eq!(
+        out("const fd = new FormData(); fd.append('a', '1'); fd.append('a', '2'); fd.set('b', new Blob(['x'])); \
+             fd.append('c', new File(['y'], 'y.txt'), 'renamed.txt'); \
+             [fd.getAll('a').join('+'), fd.get('b').name, fd.get('c').name, fd.has('z'), [...fd.keys()].join('')].join()"),
+        "1+2,blob,renamed.txt,false,aabc"
+    );
+    // As fetch bodies and results of body methods.
+    assert_eq!(
+        out("const fd = new FormData(); fd.append('k', 'v'); fd.append('f', new File(['data'], 'a \"q\".txt')); \
+             const r = new Request('https://h.io/', { method: 'POST', body: fd }); \
+             const text = await r.text(); \
+             [r.headers.get('content-type').startsWith('multipart/form-data; boundary='), \
+              text.includes('name=\"k\"\\r\\n\\r\\nv\\r\\n'), text.includes('filename=\"a %22q%22.txt\"'), \
+              text.trimEnd().endsWith('--')].join()"),
+        "true,true,true,true"
+    );
+    assert_eq!(
+        out("const b = await new Response(new Blob(['{\"a\":1}'], { type: 'application/json' })).blob(); \
+             const f = await new Response('x=1&y=2', { headers: { 'content-type': 'application/x-www-form-urlencoded' } }).formData(); \
+             [b.type, await b.text(), f.get('y')].join()"),
+        "application/json,{\"a\":1},2"
+    );
+    assert_eq!(exception(stateless("new Blob('nope')")).name, "TypeError");
+    // Kept in a heap, across a snapshot.
+    let (_, heap) = step("var kept = new File(['kept'], 'k.txt'); 0", None).unwrap();
+    assert_eq!(
+        step("[kept.name, await kept.text()].join()", Some(heap))
+            .unwrap()
+            .0,
+        "k.txt,kept"
+    );
+}
+
+#[test]
+fn structured_clone_copies_blobs_and_files() {
+    assert_eq!(
+        stateless(
+            "const f = new File(['abc'], 'f.txt', { type: 'text/plain', lastModified: 7 }); \
+             const c = structuredClone({ list: [f, new Blob(['xy'])] }); \
+             const [g, b] = c.list; \
+             [g !== f, g instanceof File, g.name, g.type, g.lastModified, await g.text(), \
+              b instanceof Blob && !(b instanceof File), await b.text()].join()"
+        )
+        .unwrap(),
+        "true,true,f.txt,text/plain,7,abc,true,xy"
+    );
+}

@@ -257,6 +257,8 @@
   tag(TextDecoder, 'TextDecoder');
   define('TextDecoder', TextDecoder);
   const decoder = new TextDecoder();
+  // application/x-www-form-urlencoded keeps a leading byte order mark.
+  const keepBom = new TextDecoder('utf-8', { ignoreBOM: true });
 
   // ---- URLSearchParams, URL ----
   class URLSearchParams {
@@ -457,12 +459,39 @@
 
   // ---- Bodies, Request, Response ----
   // A body as bytes and the content type it implies.
+  // Blob and FormData come with the other globals (made on first use), looked up when needed.
+  const BLOB_BYTES = Symbol.for('mcp-v8 blob bytes');
+  const isA = (value, name) => typeof global[name] === 'function' && value instanceof global[name];
+  // multipart/form-data (HTML's encoding algorithm), with a boundary from crypto.
+  const multipart = (form) => {
+    const boundary = `----mcp-v8-${global.crypto.randomUUID()}`;
+    const escape = (text) => text.replace(/\n/g, '%0A').replace(/\r/g, '%0D').replace(/"/g, '%22');
+    const chunks = [];
+    for (const [name, value] of form) {
+      let head = `--${boundary}\r\nContent-Disposition: form-data; name="${escape(name)}"`;
+      if (typeof value === 'string') {
+        chunks.push(bytesOf(`${head}\r\n\r\n${value.replace(/\r\n|\r|\n/g, '\r\n')}\r\n`));
+      } else {
+        head += `; filename="${escape(value.name)}"\r\nContent-Type: ${value.type || 'application/octet-stream'}\r\n\r\n`;
+        chunks.push(bytesOf(head), value[BLOB_BYTES](), bytesOf('\r\n'));
+      }
+    }
+    chunks.push(bytesOf(`--${boundary}--\r\n`));
+    let size = 0;
+    for (const c of chunks) size += c.length;
+    const out = new Uint8(size);
+    let at = 0;
+    for (const c of chunks) { out.set(c, at); at += c.length; }
+    return [out, `multipart/form-data; boundary=${boundary}`];
+  };
   const extract = (body) => {
     if (body instanceof ArrayBufferCtor) return [new Uint8(body.slice(0)), null];
     if (isView(body)) return [new Uint8(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)), null];
     if (body instanceof URLSearchParams) return [bytesOf(body.toString()), 'application/x-www-form-urlencoded;charset=UTF-8'];
+    if (isA(body, 'Blob')) return [body[BLOB_BYTES](), body.type === '' ? null : body.type];
+    if (isA(body, 'FormData')) return multipart(body);
     if (typeof body === 'object' && body !== null && typeof body.getReader === 'function') {
-      throw new TypeErrorCtor('fetch: streamed bodies are not supported here; send a string, bytes or URLSearchParams');
+      throw new TypeErrorCtor('fetch: streamed bodies are not supported here; send a string, bytes, a Blob, FormData or URLSearchParams');
     }
     return [bytesOf(usv(body)), 'text/plain;charset=UTF-8'];
   };
@@ -480,8 +509,21 @@
       bytes() { return after(take(this), (b) => new Uint8(b)); },
       text() { return after(take(this), (b) => decoder.decode(b)); },
       json() { return after(take(this), (b) => parseJSON(decoder.decode(b))); },
-      blob() { return PromiseCtor.reject(new TypeErrorCtor(`${what}.blob: Blob is not supported here; use arrayBuffer() or bytes()`)); },
-      formData() { return PromiseCtor.reject(new TypeErrorCtor(`${what}.formData: FormData is not supported here; use text() and URLSearchParams`)); },
+      blob() {
+        const type = this.headers.get('content-type') ?? '';
+        return after(take(this), (b) => new global.Blob([b], { type }));
+      },
+      formData() {
+        const type = (this.headers.get('content-type') ?? '').toLowerCase();
+        if (!type.startsWith('application/x-www-form-urlencoded')) {
+          return PromiseCtor.reject(new TypeErrorCtor(`${what}.formData: only application/x-www-form-urlencoded bodies are read as FormData here`));
+        }
+        return after(take(this), (b) => {
+          const form = new global.FormData();
+          for (const [name, value] of new URLSearchParams(keepBom.decode(b))) form.append(name, value);
+          return form;
+        });
+      },
     };
     for (const name of ownKeys(methods)) {
       defineProperty(C.prototype, name, { value: methods[name], writable: true, configurable: true });

@@ -1,6 +1,6 @@
 //! The WinterTC globals that stand on their own — `atob`, `btoa`, `crypto` and `Crypto`
-//! (`getRandomValues`, `randomUUID`), `structuredClone`, `self`, `navigator` and `Navigator`,
-//! `reportError` — made on first use by `platform.js` ([`PLATFORM`]) over one native function
+//! (`getRandomValues`, `randomUUID`), `structuredClone`, `Blob`, `File`, `FormData`, `self`,
+//! `navigator` and `Navigator`, `reportError` — made on first use by `platform.js` ([`PLATFORM`]) over one native function
 //! ([`platform`]) for what needs the host: the run's secure random bytes, which come from a key
 //! on the run's tape so that a replay draws the same ones ([`SecureRandom`]),
 //! and V8's own serializer, which `structuredClone` is defined by.
@@ -14,12 +14,15 @@ use super::*;
 const PLATFORM: &str = include_str!("../platform.js");
 
 /// The globals `platform.js` defines.
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 12] = [
     "atob",
     "btoa",
     "crypto",
     "Crypto",
     "structuredClone",
+    "Blob",
+    "File",
+    "FormData",
     "self",
     "navigator",
     "Navigator",
@@ -37,9 +40,14 @@ pub(in crate::engine) fn install_platform(scope: &mut v8::HandleScope) -> Option
 /// `platform(op, a, b)`, for `platform.js` only:
 ///
 /// * 0 — `fill(view)`: fills the view with the run's secure random bytes; returns it.
-/// * 1 — `clone(value, transfer)`: `[true, copy]` by V8's serializer, with the ArrayBuffers in
-///   `transfer` moved to the copy (and detached), or `[false, why]` when it cannot be cloned.
+/// * 1 — `clone(value, transfer)`: `[true, copy]` by V8's serializer (Blobs and Files as
+///   their bytes and attributes), with the ArrayBuffers in `transfer` moved to the copy (and
+///   detached), or `[false, why]` when it cannot be cloned.
 /// * 2 — `install()`: defines the globals ([`PLATFORM`]; for [`install_lazily`]).
+/// * 3 — `brand(blob, state)`: keeps a Blob's state (`[bytes, type]`, and a File's name and
+///   lastModified) under a private key, where structuredClone finds it.
+/// * 4 — `state(blob)`: that state, or `undefined` if `blob` is no Blob.
+/// * 5 — `prototypes(Blob.prototype, File.prototype)`: where structuredClone makes Blobs again.
 pub(super) fn platform<'s>(
     scope: &mut v8::HandleScope<'s>,
     args: v8::FunctionCallbackArguments<'s>,
@@ -72,6 +80,30 @@ pub(super) fn platform<'s>(
         Some(1) => {
             if let Some(result) = clone(scope, args.get(1), args.get(2)) {
                 rv.set(result);
+            }
+        }
+        Some(3) => {
+            let (Ok(blob), Some(key)) = (
+                v8::Local::<v8::Object>::try_from(args.get(1)),
+                blob_state_key(scope),
+            ) else {
+                return;
+            };
+            blob.set_private(scope, key, args.get(2));
+        }
+        Some(4) => {
+            if let Ok(blob) = v8::Local::<v8::Object>::try_from(args.get(1)) {
+                if let Some(state) = blob_state(scope, blob) {
+                    rv.set(state.into());
+                }
+            }
+        }
+        Some(5) => {
+            let global = scope.get_current_context().global(scope);
+            for (file, prototype) in [(false, args.get(1)), (true, args.get(2))] {
+                if let Some(key) = prototype_key(scope, file) {
+                    global.set_private(scope, key, prototype);
+                }
             }
         }
         Some(2) => {
@@ -107,9 +139,37 @@ fn secure_random(scope: &mut v8::HandleScope, bytes: &mut [u8]) {
     }
 }
 
-/// What V8's serializer could not clone, for the `DataCloneError`.
+/// What V8's serializer could not clone, for the `DataCloneError`; and the Blobs and Files
+/// it meets, written as their bytes and attributes ([`Blobs`] reads them back).
 #[derive(Default)]
 struct Refusal(Rc<RefCell<Option<String>>>);
+
+/// The private key of a Blob's state: `[bytes, type]`, and a File's `name` and
+/// `lastModified` after them ([`platform`], ops 3 and 4).
+fn blob_state_key<'s>(scope: &mut v8::HandleScope<'s>) -> Option<v8::Local<'s, v8::Private>> {
+    let name = v8::String::new(scope, "mcp-v8 blob")?;
+    Some(v8::Private::for_api(scope, Some(name)))
+}
+
+/// The private keys of the global under which `Blob.prototype` and `File.prototype` are kept
+/// for structuredClone ([`platform`], op 5).
+fn prototype_key<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    file: bool,
+) -> Option<v8::Local<'s, v8::Private>> {
+    let name = v8::String::new(scope, if file { "mcp-v8 File" } else { "mcp-v8 Blob" })?;
+    Some(v8::Private::for_api(scope, Some(name)))
+}
+
+/// A Blob's state, if `object` is one.
+fn blob_state<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    object: v8::Local<'s, v8::Object>,
+) -> Option<v8::Local<'s, v8::Array>> {
+    let key = blob_state_key(scope)?;
+    let state = object.get_private(scope, key)?;
+    v8::Local::<v8::Array>::try_from(state).ok()
+}
 
 impl v8::ValueSerializerImpl for Refusal {
     fn throw_data_clone_error<'s>(
@@ -120,11 +180,118 @@ impl v8::ValueSerializerImpl for Refusal {
         *self.0.borrow_mut() = Some(message.to_rust_string_lossy(scope));
         scope.throw_exception(message.into());
     }
+
+    fn has_custom_host_object(&self, _isolate: &mut v8::Isolate) -> bool {
+        true
+    }
+
+    fn is_host_object<'s>(
+        &self,
+        scope: &mut v8::HandleScope<'s>,
+        object: v8::Local<'s, v8::Object>,
+    ) -> Option<bool> {
+        let key = blob_state_key(scope)?;
+        object.has_private(scope, key)
+    }
+
+    // A Blob as its state: how many fields, then each (bytes, then strings, then a number),
+    // read without running any JavaScript.
+    fn write_host_object<'s>(
+        &self,
+        scope: &mut v8::HandleScope<'s>,
+        object: v8::Local<'s, v8::Object>,
+        serializer: &dyn v8::ValueSerializerHelper,
+    ) -> Option<bool> {
+        let state = blob_state(scope, object)?;
+        let length = state.length();
+        serializer.write_uint32(length);
+        for i in 0..length {
+            let field = state.get_index(scope, i)?;
+            if let Ok(view) = v8::Local::<v8::Uint8Array>::try_from(field) {
+                let mut bytes = vec![0; view.byte_length()];
+                let copied = view.copy_contents(&mut bytes);
+                bytes.truncate(copied);
+                serializer.write_uint64(bytes.len() as u64);
+                serializer.write_raw_bytes(&bytes);
+            } else if field.is_number() {
+                serializer.write_double(field.number_value(scope)?);
+            } else {
+                let text = field.to_rust_string_lossy(scope);
+                serializer.write_uint64(text.len() as u64);
+                serializer.write_raw_bytes(text.as_bytes());
+            }
+        }
+        Some(true)
+    }
 }
 
-struct NoHostObjects;
+/// Makes again the Blobs and Files [`Refusal`] wrote: objects of their prototypes with their
+/// state, made without running any JavaScript.
+struct Blobs;
 
-impl v8::ValueDeserializerImpl for NoHostObjects {}
+impl v8::ValueDeserializerImpl for Blobs {
+    fn read_host_object<'s>(
+        &self,
+        scope: &mut v8::HandleScope<'s>,
+        deserializer: &dyn v8::ValueDeserializerHelper,
+    ) -> Option<v8::Local<'s, v8::Object>> {
+        let mut length = 0u32;
+        if !deserializer.read_uint32(&mut length) || !(length == 2 || length == 4) {
+            return None;
+        }
+        let raw = |scope: &mut v8::HandleScope<'s>| -> Option<Vec<u8>> {
+            let _ = scope;
+            let mut size = 0u64;
+            if !deserializer.read_uint64(&mut size) {
+                return None;
+            }
+            Some(
+                deserializer
+                    .read_raw_bytes(usize::try_from(size).ok()?)?
+                    .to_vec(),
+            )
+        };
+        let bytes = raw(scope)?;
+        // Through the isolate's allocator, which keeps the ArrayBuffer budget.
+        let buffer = v8::ArrayBuffer::new(scope, bytes.len());
+        if let Some(data) = buffer.data().filter(|_| !bytes.is_empty()) {
+            // SAFETY: `buffer` was just made with exactly `bytes.len()` bytes, which nothing
+            // else refers to yet.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    data.as_ptr().cast::<u8>(),
+                    bytes.len(),
+                )
+            };
+        }
+        let mut fields: Vec<v8::Local<v8::Value>> =
+            vec![v8::Uint8Array::new(scope, buffer, 0, bytes.len())?.into()];
+        let kind = raw(scope)?;
+        fields.push(v8::String::new(scope, &String::from_utf8_lossy(&kind))?.into());
+        let file = length == 4;
+        if file {
+            let name = raw(scope)?;
+            fields.push(v8::String::new(scope, &String::from_utf8_lossy(&name))?.into());
+            let mut modified = 0f64;
+            if !deserializer.read_double(&mut modified) {
+                return None;
+            }
+            fields.push(v8::Number::new(scope, modified).into());
+        }
+        let global = scope.get_current_context().global(scope);
+        let key = prototype_key(scope, file)?;
+        let prototype = global.get_private(scope, key)?;
+        let object = v8::Object::new(scope);
+        if prototype.is_object() {
+            object.set_prototype(scope, prototype)?;
+        }
+        let state = v8::Array::new_with_elements(scope, &fields);
+        let key = blob_state_key(scope)?;
+        object.set_private(scope, key, state.into())?;
+        Some(object)
+    }
+}
 
 /// `structuredClone(value, {transfer})` (see [`platform`], op 1). An exception thrown while
 /// reading `value` (a getter's) is thrown on.
@@ -191,7 +358,7 @@ fn clone<'s>(
     for buffer in &buffers {
         let _ = buffer.detach(None);
     }
-    let deserializer = v8::ValueDeserializer::new(scope, Box::new(NoHostObjects), &bytes);
+    let deserializer = v8::ValueDeserializer::new(scope, Box::new(Blobs), &bytes);
     for (id, store) in stores.iter().enumerate() {
         let moved = v8::ArrayBuffer::with_backing_store(scope, store);
         deserializer.transfer_array_buffer(u32::try_from(id).ok()?, moved);
