@@ -111,7 +111,11 @@ fn check(result: &Result<String, RunError>, expected: &Expected) -> Option<Strin
     match (expected, result) {
         (Expected::Output(want), Ok(got)) if want == got => None,
         (Expected::Exception { text, at }, Err(RunError::Exception(e))) => {
-            let got = format!("{}: {}", e.name, e.message);
+            // As the error reads after "Uncaught " (a thrown non-Error has no name).
+            let got = match e.name.as_str() {
+                "" => e.message.clone(),
+                name => format!("{name}: {}", e.message),
+            };
             let place = e.line.zip(e.column);
             (!got.starts_with(text.as_str()) || at.is_some_and(|at| Some(at) != place))
                 .then(|| format!("threw {got} at {place:?}"))
