@@ -9,7 +9,8 @@
 //! `MCP_V8_BASELINE=/path/to/another/mcp-v8` each case runs on both, in turn, three times, and
 //! the ratios new/baseline are printed; `MCP_V8_BASELINE_ARGS` adds flags to the baseline's
 //! command line (e.g. `--save sync`). Last, the first call after a restart on a heap with a
-//! full journal is timed against one with none.
+//! full journal is timed against one with none, and the first call after start (on a new
+//! heap, and in `--stateless` mode) against the baseline's.
 #![allow(missing_docs)] // criterion_main! generates an undocumented `main`
 
 use std::path::PathBuf;
@@ -30,12 +31,24 @@ struct Case {
     failing: usize,
     /// What each call runs.
     call: &'static str,
+    /// Each call on a heap of its own, new (else all on one).
+    new_heaps: bool,
 }
 
 const TEN_MB: &str =
     "var data = Array.from({length: 200000}, (_, i) => ({i, s: 'item-' + i})); var n = 0";
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 9] = [
+    Case {
+        name: "a new heap each call",
+        setup: "0",
+        calls: 50,
+        spacing: Duration::ZERO,
+        args: &[],
+        failing: 0,
+        call: "var n = 1; n",
+        new_heaps: true,
+    },
     Case {
         name: "small heap, back to back",
         setup: "var n = 0",
@@ -45,6 +58,7 @@ const CASES: [Case; 8] = [
         args: &[],
         failing: 0,
         call: "++n",
+        new_heaps: false,
     },
     Case {
         name: "small heap, 100 ms apart",
@@ -54,6 +68,7 @@ const CASES: [Case; 8] = [
         args: &[],
         failing: 0,
         call: "++n",
+        new_heaps: false,
     },
     Case {
         name: "~1 MB of data, 500 ms apart",
@@ -63,6 +78,7 @@ const CASES: [Case; 8] = [
         args: &[],
         failing: 0,
         call: "++n",
+        new_heaps: false,
     },
     Case {
         name: "~10 MB of data, back to back",
@@ -72,6 +88,7 @@ const CASES: [Case; 8] = [
         args: &[],
         failing: 0,
         call: "++n",
+        new_heaps: false,
     },
     Case {
         // Checkpoints 20 times as often as by default: what they cost, amortised (mean).
@@ -82,6 +99,7 @@ const CASES: [Case; 8] = [
         args: &["--checkpoint-calls", "5"],
         failing: 0,
         call: "++n",
+        new_heaps: false,
     },
     Case {
         // What undoing a failed call costs: the next call waits for the heap to be made again.
@@ -92,6 +110,7 @@ const CASES: [Case; 8] = [
         args: &[],
         failing: 5,
         call: "++n",
+        new_heaps: false,
     },
     Case {
         // An agent asking for a big value: 200,000 rows as the result of every call.
@@ -102,6 +121,7 @@ const CASES: [Case; 8] = [
         args: &[],
         failing: 0,
         call: "++n, data",
+        new_heaps: false,
     },
     Case {
         name: "~10 MB of data, 1 s apart",
@@ -111,6 +131,7 @@ const CASES: [Case; 8] = [
         args: &[],
         failing: 0,
         call: "++n",
+        new_heaps: false,
     },
 ];
 
@@ -173,6 +194,8 @@ async fn run(binary: &PathBuf, extra: &[String], case: &Case) -> Measured {
                 matches!(failed, mcp_v8_e2e::Reply::Err(_)),
                 "the call should fail"
             );
+        } else if case.new_heaps {
+            server.output(case.call, &format!("new-{call}")).await;
         } else {
             server.output(case.call, "h").await;
         }
@@ -218,6 +241,32 @@ async fn cold_load(binary: &PathBuf, records: usize) -> (f64, f64) {
         server.stop().await;
     }
     (median(&mut replayed), median(&mut restored))
+}
+
+/// The first call after start, on a new heap and in `--stateless` mode: milliseconds from
+/// the call's request to its answer, median of five starts each.
+async fn first_calls(binary: &PathBuf, extra: &[String]) -> (f64, f64) {
+    let (mut heap, mut stateless) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("a directory for the heaps");
+        let server = start(binary, extra, dir.path()).await;
+        let started = Instant::now();
+        server.output("1 + 1", "first").await;
+        heap.push(started.elapsed().as_secs_f64() * 1000.0);
+        server.stop().await;
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .arg("--stateless")
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        let server = Server::start_command(command).await;
+        let started = Instant::now();
+        let answer = server.run_js("1 + 1", None).await.ok();
+        assert_eq!(answer["output"], "2");
+        stateless.push(started.elapsed().as_secs_f64() * 1000.0);
+        server.stop().await;
+    }
+    (median(&mut heap), median(&mut stateless))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -277,6 +326,28 @@ async fn main() {
             oc,
             nc / oc
         );
+    }
+    if filter
+        .as_ref()
+        .is_none_or(|f| "first call after start".contains(f.as_str()))
+    {
+        let (heap, stateless) = first_calls(&binary, &[]).await;
+        match &baseline {
+            None => println!(
+                "{:32} {heap:8.2} ms on a new heap, {stateless:8.2} ms stateless",
+                "first call after start"
+            ),
+            Some(baseline) => {
+                let (old_heap, old_stateless) = first_calls(baseline, &baseline_args).await;
+                println!(
+                    "{:32} new heap {heap:8.2} / {old_heap:8.2} ms = {:5.2}x   stateless \
+                     {stateless:8.2} / {old_stateless:8.2} ms = {:5.2}x",
+                    "first call after start",
+                    heap / old_heap,
+                    stateless / old_stateless
+                );
+            }
+        }
     }
     let wants_cold_load = filter
         .as_ref()
