@@ -1,9 +1,10 @@
 //! The WinterTC globals that stand on their own — `atob`, `btoa`, `crypto` and `Crypto`
 //! (`getRandomValues`, `randomUUID`), `structuredClone`, `Blob`, `File`, `FormData`, `self`,
-//! `navigator` and `Navigator`, `reportError` — made on first use by `platform.js` ([`PLATFORM`]) over one native function
-//! ([`platform`]) for what needs the host: the run's secure random bytes, which come from a key
-//! on the run's tape so that a replay draws the same ones ([`SecureRandom`]),
-//! and V8's own serializer, which `structuredClone` is defined by.
+//! `navigator` and `Navigator`, `reportError` — made on first use by `platform.js`
+//! ([`PLATFORM`]) over one native function ([`platform`]) for what needs the host: the run's
+//! secure random bytes, which come from a key on the run's tape so that a replay draws the
+//! same ones ([`SecureRandom`]); V8's own serializer, which `structuredClone` is defined by;
+//! and a Blob's state, kept where that serializer can read it without running JavaScript.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -82,6 +83,20 @@ pub(super) fn platform<'s>(
                 rv.set(result);
             }
         }
+        Some(2) => {
+            let global = scope.get_current_context().global(scope);
+            let Some(native) = named_function(scope, "platform", 3, platform) else {
+                return;
+            };
+            let Some(agent) = v8::String::new(scope, USER_AGENT) else {
+                return;
+            };
+            run_setup(
+                scope,
+                PLATFORM,
+                &[global.into(), native.into(), agent.into()],
+            );
+        }
         Some(3) => {
             let (Ok(blob), Some(key)) = (
                 v8::Local::<v8::Object>::try_from(args.get(1)),
@@ -105,20 +120,6 @@ pub(super) fn platform<'s>(
                     global.set_private(scope, key, prototype);
                 }
             }
-        }
-        Some(2) => {
-            let global = scope.get_current_context().global(scope);
-            let Some(native) = named_function(scope, "platform", 3, platform) else {
-                return;
-            };
-            let Some(agent) = v8::String::new(scope, USER_AGENT) else {
-                return;
-            };
-            run_setup(
-                scope,
-                PLATFORM,
-                &[global.into(), native.into(), agent.into()],
-            );
         }
         _ => {}
     }
