@@ -62,7 +62,16 @@ pub(super) fn describe_thrown(
         let text = render(scope, thrown, MAX_ERROR_TEXT)
             .map(|text| text.text)
             .unwrap_or_else(|_| "[unprintable value]".into());
-        JsException::new("", clipped(text))
+        // An instance of a class says which, as Node does (`Test262Error {"message":""}`).
+        let class = v8::Local::<v8::Object>::try_from(thrown)
+            .ok()
+            .filter(|object| !object.is_array() && !object.is_function())
+            .map(|object| object.get_constructor_name().to_rust_string_lossy(scope))
+            .filter(|class| !class.is_empty() && class != "Object");
+        match class {
+            Some(class) => JsException::new("", clipped(format!("{class} {text}"))),
+            None => JsException::new("", clipped(text)),
+        }
     }
 }
 

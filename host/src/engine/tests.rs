@@ -204,6 +204,10 @@ fn exceptions_carry_name_message_and_position() {
     assert_eq!(e.to_string(), "Uncaught plain");
     let e = exception(stateless("throw { code: 7 }"));
     assert_eq!(e.to_string(), r#"Uncaught {"code":7}"#);
+    let e = exception(stateless(
+        "function Oops() { this.why = 1 }\nthrow new Oops()",
+    ));
+    assert_eq!(e.to_string(), r#"Uncaught Oops {"why":1}"#);
     // A class that only inherits Error's name is shown by its own.
     let e = exception(stateless(
         "class QuotaError extends Error {}\nthrow new QuotaError('over')",

@@ -721,10 +721,12 @@ impl Test {
                 }
             }
             (Expect::Throws(name), Err(RunError::Exception(e))) if &e.name == name => Ok(()),
-            // A Test262Error is no native error: the engine names it by what it holds.
+            // A Test262Error is no native error: the engine shows it as its class and what
+            // it holds.
             (Expect::Throws(name), Err(RunError::Exception(e)))
                 if name == "Test262Error"
-                    && e.message.starts_with("thrown value: {\"message\":") =>
+                    && e.name.is_empty()
+                    && e.message.starts_with("Test262Error {\"message\":") =>
             {
                 Ok(())
             }
