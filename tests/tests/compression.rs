@@ -9,7 +9,7 @@ use mcp_v8_e2e::Server;
 fn stored(dir: &Path, heap: &str) -> (u8, u64) {
     let bytes = std::fs::read(dir.join(format!("{heap}.heap"))).unwrap();
     // The envelope format this build writes (`envelope::FORMAT_VERSION` in the host).
-    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 12, "format");
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 13, "format");
     let version_len = bytes[10] as usize;
     let name_len = bytes[11 + version_len] as usize;
     let codec = bytes[12 + version_len + name_len + 1];
