@@ -1583,6 +1583,14 @@ fn blobs_files_and_form_data_behave_as_on_the_web_and_stay_in_a_heap() {
         "application/json,{\"a\":1},2"
     );
     assert_eq!(exception(stateless("new Blob('nope')")).name, "TypeError");
+    // A string body does not make them: they are still the stand-ins.
+    assert_eq!(
+        out(
+            "await new Request('https://h.io/', { method: 'POST', body: 'x' }).text(); \
+             typeof Object.getOwnPropertyDescriptor(globalThis, 'Blob').get"
+        ),
+        "function"
+    );
     // Kept in a heap, across a snapshot.
     let (_, heap) = step("var kept = new File(['kept'], 'k.txt'); 0", None).unwrap();
     assert_eq!(

@@ -459,9 +459,17 @@
 
   // ---- Bodies, Request, Response ----
   // A body as bytes and the content type it implies.
-  // Blob and FormData come with the other globals (made on first use), looked up when needed.
+  // Blob and FormData come with the other web globals, made on first use: a body can only be
+  // one once they are made, so looking here never makes them.
   const BLOB_BYTES = Symbol.for('mcp-v8 blob bytes');
-  const isA = (value, name) => typeof global[name] === 'function' && value instanceof global[name];
+  const made = (name) => {
+    const d = Object.getOwnPropertyDescriptor(global, name);
+    return d !== undefined && typeof d.value === 'function' ? d.value : undefined;
+  };
+  const isA = (value, name) => {
+    const C = made(name);
+    return C !== undefined && value instanceof C;
+  };
   // multipart/form-data (HTML's encoding algorithm), with a boundary from crypto.
   const multipart = (form) => {
     const boundary = `----mcp-v8-${global.crypto.randomUUID()}`;
@@ -477,12 +485,8 @@
       }
     }
     chunks.push(bytesOf(`--${boundary}--\r\n`));
-    let size = 0;
-    for (const c of chunks) size += c.length;
-    const out = new Uint8(size);
-    let at = 0;
-    for (const c of chunks) { out.set(c, at); at += c.length; }
-    return [out, `multipart/form-data; boundary=${boundary}`];
+    const BlobCtor = made('Blob');
+    return [new BlobCtor(chunks)[BLOB_BYTES](), `multipart/form-data; boundary=${boundary}`];
   };
   const extract = (body) => {
     if (body instanceof ArrayBufferCtor) return [new Uint8(body.slice(0)), null];
