@@ -111,39 +111,26 @@ fn subclass_name(
 }
 
 /// A typed array, `ArrayBuffer` or `DataView` as `Uint8Array(4) [137, 80, 78, 71]`: its
-/// bytes or items, as many as fit in about `max` bytes (then `cut`).
+/// items (an ArrayBuffer's or DataView's bytes), as many as fit in about `max` bytes (then
+/// `cut`).
 fn binary(scope: &mut v8::HandleScope, value: v8::Local<v8::Value>, max: usize) -> Option<Text> {
-    let (class, bytes_only) = if let Ok(typed) = v8::Local::<v8::TypedArray>::try_from(value) {
-        let class = typed.get_constructor_name().to_rust_string_lossy(scope);
-        (class, None)
-    } else if let Ok(buffer) = v8::Local::<v8::ArrayBuffer>::try_from(value) {
-        let mut bytes = vec![0; buffer.byte_length()];
-        if let Some(data) = buffer.data().filter(|_| !bytes.is_empty()) {
-            // SAFETY: the buffer holds `byte_length` bytes, and nothing runs while they are
-            // read.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    data.as_ptr().cast::<u8>(),
-                    bytes.as_mut_ptr(),
-                    bytes.len(),
-                )
-            };
-        }
-        ("ArrayBuffer".to_string(), Some(bytes))
-    } else if let Ok(view) = v8::Local::<v8::DataView>::try_from(value) {
-        let mut bytes = vec![0; view.byte_length()];
-        let copied = view.copy_contents(&mut bytes);
-        bytes.truncate(copied);
-        ("DataView".to_string(), Some(bytes))
-    } else {
-        return None;
-    };
-    let typed = v8::Local::<v8::TypedArray>::try_from(value).ok();
-    let count = match (&bytes_only, typed) {
-        (Some(bytes), _) => bytes.len(),
-        (None, Some(typed)) => typed.length(),
-        (None, None) => 0,
-    };
+    let (class, items): (String, v8::Local<v8::TypedArray>) =
+        if let Ok(typed) = v8::Local::<v8::TypedArray>::try_from(value) {
+            (
+                typed.get_constructor_name().to_rust_string_lossy(scope),
+                typed,
+            )
+        } else if let Ok(buffer) = v8::Local::<v8::ArrayBuffer>::try_from(value) {
+            let bytes = v8::Uint8Array::new(scope, buffer, 0, buffer.byte_length())?;
+            ("ArrayBuffer".into(), bytes.into())
+        } else if let Ok(view) = v8::Local::<v8::DataView>::try_from(value) {
+            let buffer = view.buffer(scope)?;
+            let bytes = v8::Uint8Array::new(scope, buffer, view.byte_offset(), view.byte_length())?;
+            ("DataView".into(), bytes.into())
+        } else {
+            return None;
+        };
+    let count = items.length();
     let mut out = format!("{class}({count}) [");
     let mut cut = false;
     for i in 0..count {
@@ -155,16 +142,10 @@ fn binary(scope: &mut v8::HandleScope, value: v8::Local<v8::Value>, max: usize) 
         if i > 0 {
             out.push_str(", ");
         }
-        match (&bytes_only, typed) {
-            (Some(bytes), _) => out.push_str(&bytes[i].to_string()),
-            (None, Some(typed)) => {
-                let item = typed.get_index(scope, u32::try_from(i).ok()?)?;
-                out.push_str(&item.to_rust_string_lossy(scope));
-                if item.is_big_int() {
-                    out.push('n');
-                }
-            }
-            (None, None) => {}
+        let item = items.get_index(scope, u32::try_from(i).ok()?)?;
+        out.push_str(&item.to_rust_string_lossy(scope));
+        if item.is_big_int() {
+            out.push('n');
         }
     }
     out.push(']');

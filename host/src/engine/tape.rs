@@ -315,7 +315,7 @@ impl Deck {
 pub(super) struct Random(u64);
 
 /// 32 bytes from the system's secure random source.
-fn fresh_key() -> [u8; 32] {
+pub(super) fn fresh_key() -> [u8; 32] {
     let mut key = [0; 32];
     if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).is_err() {
         // The system's source does not fail on the systems mcp-v8 runs on; if it ever did,

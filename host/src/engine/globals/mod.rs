@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::live::{self, Event, Progress};
 use super::render::{describe_thrown, render, Unrendered};
-use super::tape::{Deck, Random, SecureRandom, Tape};
+use super::tape::{fresh_key, Deck, Random, SecureRandom, Tape};
 
 mod clock;
 mod console;
@@ -325,6 +325,23 @@ natives! {
     11 host_call,
     12 web,
     13 platform,
+}
+
+/// A new ArrayBuffer holding a copy of `bytes`, made through the isolate's allocator, which
+/// keeps the ArrayBuffer budget.
+fn array_buffer_of<'s>(
+    scope: &mut v8::HandleScope<'s>,
+    bytes: &[u8],
+) -> v8::Local<'s, v8::ArrayBuffer> {
+    let buffer = v8::ArrayBuffer::new(scope, bytes.len());
+    if let Some(data) = buffer.data().filter(|_| !bytes.is_empty()) {
+        // SAFETY: `buffer` was just made with exactly `bytes.len()` bytes, which nothing else
+        // refers to yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.as_ptr().cast::<u8>(), bytes.len())
+        };
+    }
+    buffer
 }
 
 fn define(

@@ -136,7 +136,7 @@ fn secure_random(scope: &mut v8::HandleScope, bytes: &mut [u8]) {
             random.fill(bytes);
         }
         // Only between runs (code run while a heap is set up), where nothing is recorded.
-        None => SecureRandom::new(&Deck::record().key()).fill(bytes),
+        None => SecureRandom::new(&fresh_key()).fill(bytes),
     }
 }
 
@@ -240,40 +240,23 @@ impl v8::ValueDeserializerImpl for Blobs {
         if !deserializer.read_uint32(&mut length) || !(length == 2 || length == 4) {
             return None;
         }
-        let raw = |scope: &mut v8::HandleScope<'s>| -> Option<Vec<u8>> {
-            let _ = scope;
+        let raw = || -> Option<&[u8]> {
             let mut size = 0u64;
             if !deserializer.read_uint64(&mut size) {
                 return None;
             }
-            Some(
-                deserializer
-                    .read_raw_bytes(usize::try_from(size).ok()?)?
-                    .to_vec(),
-            )
+            deserializer.read_raw_bytes(usize::try_from(size).ok()?)
         };
-        let bytes = raw(scope)?;
-        // Through the isolate's allocator, which keeps the ArrayBuffer budget.
-        let buffer = v8::ArrayBuffer::new(scope, bytes.len());
-        if let Some(data) = buffer.data().filter(|_| !bytes.is_empty()) {
-            // SAFETY: `buffer` was just made with exactly `bytes.len()` bytes, which nothing
-            // else refers to yet.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    data.as_ptr().cast::<u8>(),
-                    bytes.len(),
-                )
-            };
-        }
+        let bytes = raw()?;
+        let buffer = array_buffer_of(scope, bytes);
         let mut fields: Vec<v8::Local<v8::Value>> =
             vec![v8::Uint8Array::new(scope, buffer, 0, bytes.len())?.into()];
-        let kind = raw(scope)?;
-        fields.push(v8::String::new(scope, &String::from_utf8_lossy(&kind))?.into());
+        let kind = raw()?;
+        fields.push(v8::String::new(scope, &String::from_utf8_lossy(kind))?.into());
         let file = length == 4;
         if file {
-            let name = raw(scope)?;
-            fields.push(v8::String::new(scope, &String::from_utf8_lossy(&name))?.into());
+            let name = raw()?;
+            fields.push(v8::String::new(scope, &String::from_utf8_lossy(name))?.into());
             let mut modified = 0f64;
             if !deserializer.read_double(&mut modified) {
                 return None;

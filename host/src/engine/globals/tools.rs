@@ -296,19 +296,7 @@ fn response_object<'s>(
     }
     let headers = v8::Array::new_with_elements(scope, &pairs);
     property_set(scope, object, "headers", headers.into())?;
-    let buffer = v8::ArrayBuffer::new(scope, response.body.len());
-    if !response.body.is_empty() {
-        let data = buffer.data()?;
-        // SAFETY: `buffer` was just made with exactly `body.len()` bytes, which nothing else
-        // refers to yet.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                response.body.as_ptr(),
-                data.as_ptr().cast::<u8>(),
-                response.body.len(),
-            );
-        }
-    }
+    let buffer = array_buffer_of(scope, &response.body);
     property_set(scope, object, "body", buffer.into())?;
     Some(object)
 }

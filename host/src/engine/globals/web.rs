@@ -214,18 +214,7 @@ pub(super) fn web(
         }
         Some(4) => {
             let bytes = text(scope, 1).into_bytes();
-            let buffer = v8::ArrayBuffer::new(scope, bytes.len());
-            if let Some(data) = buffer.data().filter(|_| !bytes.is_empty()) {
-                // SAFETY: `buffer` was just made with exactly `bytes.len()` bytes, which nothing
-                // else refers to yet.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        bytes.as_ptr(),
-                        data.as_ptr().cast::<u8>(),
-                        bytes.len(),
-                    )
-                };
-            }
+            let buffer = array_buffer_of(scope, &bytes);
             v8::Uint8Array::new(scope, buffer, 0, bytes.len()).map(Into::into)
         }
         Some(5) => {
